@@ -1,0 +1,165 @@
+//! Dotted keys (`probe.http.sample_rate=0.2`) and how they change a [`ClusterConfig`].
+//!
+//! A setting is applied to the JSON form of the configuration and the result is parsed back into
+//! the typed model, so every field of the model is settable without a hand-written list, and the
+//! model's types and [`ClusterConfig::validate`] decide what is allowed.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::{ClusterConfig, ConfigError, Destination, PROBE_NAMES};
+
+/// One assignment, e.g. `probe.http.sample_rate = 0.2`. A `null` value on
+/// `destination.NAME` removes that destination.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Setting {
+    pub key: String,
+    pub value: Value,
+}
+
+/// Parses a CLI argument `key=value`. The value is read as JSON when it is JSON (`0.2`, `false`,
+/// `[80,443]`, `null`) and as a plain string otherwise (`http://collector:4317`).
+pub fn parse_cli_assignment(arg: &str) -> Result<Setting, ConfigError> {
+    let Some((key, raw)) = arg.split_once('=') else {
+        return Err(ConfigError::invalid(
+            arg,
+            "(no `=`)",
+            "an assignment such as probe.http.sample_rate=0.2",
+        ));
+    };
+    let value = serde_json::from_str(raw.trim()).unwrap_or_else(|_| Value::String(raw.to_string()));
+    Ok(Setting {
+        key: key.trim().to_string(),
+        value,
+    })
+}
+
+const TOP_LEVEL_HINT: &str =
+    "keys start with `probe.<name>.`, `budget.` or `destination.<name>.` (e.g. probe.http.sample_rate)";
+
+/// The configuration after `settings`, each applied in order; checked as a whole at the end.
+pub fn apply_settings(
+    config: &ClusterConfig,
+    settings: &[Setting],
+) -> Result<ClusterConfig, ConfigError> {
+    let mut next = config.clone();
+    for setting in settings {
+        next = apply_one(&next, setting)?;
+    }
+    next.validate()?;
+    Ok(next)
+}
+
+fn apply_one(config: &ClusterConfig, setting: &Setting) -> Result<ClusterConfig, ConfigError> {
+    let key = setting.key.as_str();
+    let mut path: Vec<&str> = key.split('.').collect();
+    if path.iter().any(|segment| segment.is_empty()) {
+        return Err(unknown(key, TOP_LEVEL_HINT));
+    }
+    path[0] = match path[0] {
+        "probe" | "probes" => "probes",
+        "budget" => "budget",
+        "destination" | "destinations" => "destinations",
+        _ => return Err(unknown(key, TOP_LEVEL_HINT)),
+    };
+    if path.len() == 1 {
+        return Err(unknown(key, TOP_LEVEL_HINT));
+    }
+    if path[0] == "probes" && !PROBE_NAMES.contains(&path[1]) {
+        return Err(unknown(
+            key,
+            &format!("`{}` is not a probe; probes are {}", path[1], PROBE_NAMES.join(", ")),
+        ));
+    }
+
+    let mut tree = serde_json::to_value(config).map_err(|e| internal(key, e))?;
+    let Value::Object(root) = &mut tree else {
+        return Err(internal(key, "configuration is not a JSON object"));
+    };
+    if path[0] == "destinations" {
+        let destinations = object_at(root, "destinations", key)?;
+        if path.len() == 2 && setting.value.is_null() {
+            if destinations.remove(path[1]).is_none() {
+                return Err(unknown(key, &format!("there is no destination `{}`", path[1])));
+            }
+            return parse(tree, setting);
+        }
+        if !destinations.contains_key(path[1]) {
+            let fresh = serde_json::to_value(Destination::default()).map_err(|e| internal(key, e))?;
+            destinations.insert(path[1].to_string(), fresh);
+        }
+    }
+
+    let (last, parents) = path.split_last().expect("path has at least two segments");
+    let mut object = root;
+    for segment in parents {
+        object = object_at(object, segment, key)?;
+    }
+    let Some(slot) = object.get_mut(*last) else {
+        let allowed: Vec<&str> = object.keys().map(String::as_str).collect();
+        return Err(unknown(key, &format!("allowed here: {}", allowed.join(", "))));
+    };
+    *slot = coerce(slot, &setting.value, key)?;
+    parse(tree, setting)
+}
+
+fn object_at<'a>(
+    object: &'a mut Map<String, Value>,
+    segment: &str,
+    key: &str,
+) -> Result<&'a mut Map<String, Value>, ConfigError> {
+    let allowed: Vec<String> = object.keys().cloned().collect();
+    match object.get_mut(segment) {
+        Some(Value::Object(inner)) => Ok(inner),
+        Some(_) => Err(unknown(key, &format!("`{segment}` has no sub-keys"))),
+        None => Err(unknown(key, &format!("allowed here: {}", allowed.join(", ")))),
+    }
+}
+
+/// Checks the new value has the old value's JSON kind; a string given for a list is split on
+/// commas so `include_ports=80,443` works from a shell.
+fn coerce(old: &Value, new: &Value, key: &str) -> Result<Value, ConfigError> {
+    let expected = match old {
+        Value::Bool(_) => "true or false",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list, e.g. [80,443] or 80,443",
+        Value::Object(_) => "an object",
+        Value::Null => "null",
+    };
+    let same_kind = std::mem::discriminant(old) == std::mem::discriminant(new);
+    match (old, new) {
+        _ if same_kind => Ok(new.clone()),
+        (Value::Array(_), Value::String(text)) => Ok(Value::Array(
+            text.split(',')
+                .map(str::trim)
+                .filter(|item| !item.is_empty())
+                .map(|item| {
+                    serde_json::from_str(item).unwrap_or_else(|_| Value::String(item.to_string()))
+                })
+                .collect(),
+        )),
+        (Value::Array(_), Value::Number(_)) => Ok(Value::Array(vec![new.clone()])),
+        _ => Err(ConfigError::invalid(key, new, expected)),
+    }
+}
+
+fn parse(tree: Value, setting: &Setting) -> Result<ClusterConfig, ConfigError> {
+    serde_json::from_value(tree).map_err(|e| ConfigError::Invalid {
+        key: setting.key.clone(),
+        value: setting.value.to_string(),
+        // serde says e.g. "unknown variant `grpcc`, expected `grpc` or `http/protobuf`".
+        expected: format!("a value of the right type ({e})"),
+    })
+}
+
+fn unknown(key: &str, hint: &str) -> ConfigError {
+    ConfigError::UnknownKey {
+        key: key.to_string(),
+        hint: hint.to_string(),
+    }
+}
+
+fn internal(key: &str, error: impl std::fmt::Display) -> ConfigError {
+    ConfigError::invalid(key, "given", format!("a value the model can hold ({error})"))
+}

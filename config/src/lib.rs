@@ -1,0 +1,195 @@
+//! Apiary's replicated cluster configuration.
+//!
+//! The configuration is event-sourced: every committed change is a [`ConfigEvent`] with a version
+//! one above the previous one, and the current [`ClusterConfig`] is the fold of those events over
+//! the defaults ([`fold`]). A revert is a new event that restores an earlier version, so history is
+//! never rewritten. Changes are addressed with the CLI's dotted keys (`probe.http.sample_rate`) and
+//! checked here, so every entry point (HTTP API, CLI, Raft apply) refuses the same bad input with
+//! the same message.
+
+mod keys;
+mod model;
+
+pub use keys::{apply_settings, parse_cli_assignment, Setting};
+pub use model::*;
+
+use serde::{Deserialize, Serialize};
+
+/// Why a change was refused; every variant names the field and what is allowed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+pub enum ConfigError {
+    #[error("unknown key `{key}`: {hint}")]
+    UnknownKey { key: String, hint: String },
+    #[error("invalid value {value} for `{key}`: expected {expected}")]
+    Invalid {
+        key: String,
+        value: String,
+        expected: String,
+    },
+    #[error("cannot revert to version {requested}: versions run from 0 (the defaults) to {latest}")]
+    NoSuchVersion { requested: u64, latest: u64 },
+    #[error("the change lists no settings: give at least one `key=value`")]
+    Empty,
+}
+
+impl ConfigError {
+    pub fn invalid(
+        key: impl Into<String>,
+        value: impl std::fmt::Display,
+        expected: impl Into<String>,
+    ) -> Self {
+        ConfigError::Invalid {
+            key: key.into(),
+            value: value.to_string(),
+            expected: expected.into(),
+        }
+    }
+}
+
+/// What a client asks for, before the cluster gives it a version.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Intent {
+    Set { settings: Vec<Setting> },
+    Revert { to_version: u64 },
+}
+
+/// A change on its way into the log, with who asked for it and why.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Proposal {
+    pub origin_node: String,
+    pub author: String,
+    pub comment: String,
+    /// RFC 3339 time at which the origin node received the request.
+    pub at: String,
+    pub intent: Intent,
+}
+
+/// A committed change as it is stored in the log. Reverts carry the configuration they restore,
+/// so a fold never needs to look back.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Change {
+    Set {
+        settings: Vec<Setting>,
+    },
+    Revert {
+        to_version: u64,
+        restored: Box<ClusterConfig>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConfigEvent {
+    pub version: u64,
+    pub at: String,
+    pub origin_node: String,
+    pub author: String,
+    pub comment: String,
+    pub change: Change,
+}
+
+impl ClusterConfig {
+    /// The configuration after `change`; `self` is left as it was if the change is refused.
+    pub fn apply(&self, change: &Change) -> Result<ClusterConfig, ConfigError> {
+        match change {
+            Change::Set { settings } => apply_settings(self, settings),
+            Change::Revert { restored, .. } => Ok((**restored).clone()),
+        }
+    }
+}
+
+/// The configuration after `events`, starting from the defaults.
+pub fn fold<'a>(
+    events: impl IntoIterator<Item = &'a ConfigEvent>,
+) -> Result<ClusterConfig, ConfigError> {
+    events
+        .into_iter()
+        .try_fold(ClusterConfig::default(), |config, event| {
+            config.apply(&event.change)
+        })
+}
+
+/// The whole event log with its fold kept up to date; the deterministic core of the replicated
+/// state machine.
+#[derive(Debug, Clone, Default)]
+pub struct History {
+    events: Vec<ConfigEvent>,
+    current: ClusterConfig,
+}
+
+impl History {
+    pub fn from_events(events: Vec<ConfigEvent>) -> Result<Self, ConfigError> {
+        let current = fold(&events)?;
+        Ok(History { events, current })
+    }
+
+    pub fn version(&self) -> u64 {
+        self.events.len() as u64
+    }
+
+    pub fn current(&self) -> &ClusterConfig {
+        &self.current
+    }
+
+    pub fn events(&self) -> &[ConfigEvent] {
+        &self.events
+    }
+
+    /// Events with a version above `since`.
+    pub fn since(&self, since: u64) -> &[ConfigEvent] {
+        let start = (since.min(self.version())) as usize;
+        &self.events[start..]
+    }
+
+    /// The configuration as it was right after `version` was committed (0 = the defaults).
+    pub fn config_at(&self, version: u64) -> Result<ClusterConfig, ConfigError> {
+        if version > self.version() {
+            return Err(ConfigError::NoSuchVersion {
+                requested: version,
+                latest: self.version(),
+            });
+        }
+        fold(&self.events[..version as usize])
+    }
+
+    /// The event a proposal would commit as, without committing it: the check a node makes
+    /// before it proposes.
+    pub fn check(&self, proposal: &Proposal) -> Result<ConfigEvent, ConfigError> {
+        Ok(self.materialize(proposal)?.0)
+    }
+
+    fn materialize(&self, proposal: &Proposal) -> Result<(ConfigEvent, ClusterConfig), ConfigError> {
+        let change = match &proposal.intent {
+            Intent::Set { settings } if settings.is_empty() => return Err(ConfigError::Empty),
+            Intent::Set { settings } => Change::Set {
+                settings: settings.clone(),
+            },
+            Intent::Revert { to_version } => Change::Revert {
+                to_version: *to_version,
+                restored: Box::new(self.config_at(*to_version)?),
+            },
+        };
+        let next = self.current.apply(&change)?;
+        let event = ConfigEvent {
+            version: self.version() + 1,
+            at: proposal.at.clone(),
+            origin_node: proposal.origin_node.clone(),
+            author: proposal.author.clone(),
+            comment: proposal.comment.clone(),
+            change,
+        };
+        Ok((event, next))
+    }
+
+    /// Appends a proposal as the next version.
+    pub fn commit(&mut self, proposal: &Proposal) -> Result<&ConfigEvent, ConfigError> {
+        let (event, next) = self.materialize(proposal)?;
+        self.current = next;
+        self.events.push(event);
+        Ok(&self.events[self.events.len() - 1])
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,222 @@
+//! The typed cluster configuration and its range checks.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+use crate::ConfigError;
+
+/// Names of the probes a node can run, in display order.
+pub const PROBE_NAMES: [&str; 4] = ["http", "tls", "tcp", "process"];
+
+/// The one configuration every node of a cluster agrees on.
+///
+/// Field names are the CLI keys: `probe.http.sample_rate` is `probes.http.sample_rate` here
+/// (the CLI's singular prefixes `probe.` and `destination.` name the plural maps).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    pub probes: Probes,
+    pub budget: Budget,
+    /// OTLP destinations by a name the operator chooses.
+    pub destinations: BTreeMap<String, Destination>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Probes {
+    pub http: ProbeSettings,
+    pub tls: ProbeSettings,
+    pub tcp: ProbeSettings,
+    pub process: ProbeSettings,
+}
+
+impl Probes {
+    pub fn iter(&self) -> impl Iterator<Item = (&'static str, &ProbeSettings)> {
+        PROBE_NAMES.into_iter().zip([&self.http, &self.tls, &self.tcp, &self.process])
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProbeSettings {
+    pub enabled: bool,
+    /// Probability in [0, 1] that an event is kept.
+    pub sample_rate: f64,
+    /// How many payload bytes are captured per read or write (0 to 4096).
+    pub capture_bytes: u32,
+    pub filters: Filters,
+}
+
+/// Include/exclude filters; an empty include list means "everything".
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Filters {
+    pub include_pids: Vec<u32>,
+    pub exclude_pids: Vec<u32>,
+    pub include_ports: Vec<u16>,
+    pub exclude_ports: Vec<u16>,
+    /// cgroup v2 paths, e.g. `/system.slice/nginx.service`.
+    pub include_cgroups: Vec<String>,
+    pub exclude_cgroups: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Budget {
+    /// The most CPU that probes and pipeline may use on one node, in percent of one core.
+    pub cpu_percent_per_node: f64,
+    /// What the OTLP backend can take for the whole cluster.
+    pub export_events_per_second: u64,
+    pub always_keep: AlwaysKeep,
+}
+
+/// Classes of spans kept whatever the sampling, within a hard cap.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlwaysKeep {
+    /// Keep HTTP 5xx responses.
+    pub errors: bool,
+    /// Keep requests slower than this many milliseconds (0 turns it off).
+    pub slower_than_ms: u64,
+    /// Hard cap per node on spans kept by these rules.
+    pub max_per_second: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Destination {
+    /// e.g. `http://collector:4317` (gRPC) or `http://collector:4318` (HTTP/protobuf).
+    pub endpoint: String,
+    pub protocol: Protocol,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+}
+
+impl Default for Destination {
+    fn default() -> Self {
+        Destination {
+            endpoint: String::new(),
+            protocol: Protocol::Grpc,
+            headers: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Protocol {
+    #[serde(rename = "grpc")]
+    Grpc,
+    #[serde(rename = "http/protobuf")]
+    HttpProtobuf,
+}
+
+impl Default for ProbeSettings {
+    fn default() -> Self {
+        ProbeSettings {
+            enabled: true,
+            sample_rate: 1.0,
+            capture_bytes: 256,
+            filters: Filters::default(),
+        }
+    }
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            probes: Probes {
+                http: ProbeSettings::default(),
+                tls: ProbeSettings::default(),
+                tcp: ProbeSettings::default(),
+                process: ProbeSettings::default(),
+            },
+            budget: Budget {
+                cpu_percent_per_node: 2.0,
+                export_events_per_second: 10_000,
+                always_keep: AlwaysKeep {
+                    errors: true,
+                    slower_than_ms: 1_000,
+                    max_per_second: 200,
+                },
+            },
+            destinations: BTreeMap::new(),
+        }
+    }
+}
+
+pub const MAX_CAPTURE_BYTES: u32 = 4096;
+
+impl ClusterConfig {
+    /// Range and format checks that serde's types cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for (name, probe) in self.probes.iter() {
+            if !(0.0..=1.0).contains(&probe.sample_rate) || probe.sample_rate.is_nan() {
+                return Err(ConfigError::invalid(
+                    format!("probe.{name}.sample_rate"),
+                    probe.sample_rate,
+                    "a number from 0 to 1 (0.1 keeps one event in ten)",
+                ));
+            }
+            if probe.capture_bytes > MAX_CAPTURE_BYTES {
+                return Err(ConfigError::invalid(
+                    format!("probe.{name}.capture_bytes"),
+                    probe.capture_bytes,
+                    "an integer from 0 to 4096",
+                ));
+            }
+            for (list, paths) in [
+                ("include_cgroups", &probe.filters.include_cgroups),
+                ("exclude_cgroups", &probe.filters.exclude_cgroups),
+            ] {
+                if let Some(bad) = paths.iter().find(|p| !p.starts_with('/')) {
+                    return Err(ConfigError::invalid(
+                        format!("probe.{name}.filters.{list}"),
+                        bad,
+                        "absolute cgroup v2 paths such as /system.slice/nginx.service",
+                    ));
+                }
+            }
+        }
+        let cpu = self.budget.cpu_percent_per_node;
+        if !(cpu > 0.0 && cpu <= 100.0) {
+            return Err(ConfigError::invalid(
+                "budget.cpu_percent_per_node",
+                cpu,
+                "a number of percent of one core, greater than 0 and at most 100",
+            ));
+        }
+        if self.budget.export_events_per_second == 0 {
+            return Err(ConfigError::invalid(
+                "budget.export_events_per_second",
+                0,
+                "a positive integer (events per second for the whole cluster)",
+            ));
+        }
+        for (name, destination) in &self.destinations {
+            validate_destination(name, destination)?;
+        }
+        Ok(())
+    }
+}
+
+fn validate_destination(name: &str, destination: &Destination) -> Result<(), ConfigError> {
+    let valid_name = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if !valid_name {
+        return Err(ConfigError::invalid(
+            format!("destination.{name}"),
+            name,
+            "a destination name made of letters, digits, '-' and '_'",
+        ));
+    }
+    let field = format!("destination.{name}.endpoint");
+    let allowed = "an http:// or https:// URL with a host, e.g. http://collector:4317";
+    let url = url::Url::parse(&destination.endpoint)
+        .map_err(|_| ConfigError::invalid(&field, &destination.endpoint, allowed))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(ConfigError::invalid(&field, &destination.endpoint, allowed));
+    }
+    Ok(())
+}
