@@ -1,0 +1,354 @@
+//! The cluster CA, node identities, join tokens, and the rustls configurations built from them.
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
+
+use crate::WireError;
+
+/// Every node certificate carries this DNS name: peers are identified by the cluster CA, not by
+/// host names, which change across clouds and NAT.
+pub const PEER_SERVER_NAME: &str = "apiary.peer";
+/// ALPN protocol id; bumped with incompatible wire changes.
+pub const ALPN: &[u8] = b"apiary/1";
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn tls_error(context: &str, error: impl fmt::Display) -> WireError {
+    WireError::Tls(format!("{context}: {error}"))
+}
+
+/// SHA-256 of a certificate's DER bytes.
+pub fn fingerprint(cert: &CertificateDer<'_>) -> [u8; 32] {
+    let digest = ring::digest::digest(&ring::digest::SHA256, cert.as_ref());
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest.as_ref());
+    out
+}
+
+/// The cluster's certificate authority: signs node certificates on join.
+pub struct ClusterCa {
+    cert: CertificateDer<'static>,
+    key: KeyPair,
+}
+
+impl ClusterCa {
+    pub fn generate(cluster_name: &str) -> Result<Self, WireError> {
+        let key = KeyPair::generate().map_err(|e| tls_error("generating the CA key", e))?;
+        let mut params = CertificateParams::default();
+        let mut name = DistinguishedName::new();
+        name.push(DnType::CommonName, format!("apiary cluster CA {cluster_name}"));
+        params.distinguished_name = name;
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let cert = params
+            .self_signed(&key)
+            .map_err(|e| tls_error("self-signing the CA", e))?;
+        Ok(ClusterCa {
+            cert: cert.der().clone(),
+            key,
+        })
+    }
+
+    pub fn from_der(cert: Vec<u8>, key_pkcs8: &[u8]) -> Result<Self, WireError> {
+        let key_der = PrivatePkcs8KeyDer::from(key_pkcs8.to_vec());
+        let key = KeyPair::try_from(&key_der).map_err(|e| tls_error("reading the CA key", e))?;
+        Ok(ClusterCa {
+            cert: CertificateDer::from(cert),
+            key,
+        })
+    }
+
+    pub fn cert_der(&self) -> &CertificateDer<'static> {
+        &self.cert
+    }
+
+    pub fn key_der(&self) -> Vec<u8> {
+        self.key.serialize_der()
+    }
+
+    pub fn fingerprint(&self) -> [u8; 32] {
+        fingerprint(&self.cert)
+    }
+
+    /// Issues a node certificate for the public key in `csr_der`. Only the key is taken from
+    /// the request; names and usages are the CA's choice.
+    pub fn issue_from_csr(&self, node_name: &str, csr_der: &[u8]) -> Result<Vec<u8>, WireError> {
+        let csr = CertificateSigningRequestParams::from_der(&csr_der.to_vec().into())
+            .map_err(|e| WireError::Refused(format!("the join request's CSR is invalid: {e}")))?;
+        self.sign(node_name, &csr.public_key)
+    }
+
+    fn sign(&self, node_name: &str, public_key: &impl rcgen::PublicKeyData) -> Result<Vec<u8>, WireError> {
+        let issuer = Issuer::from_ca_cert_der(&self.cert, &self.key)
+            .map_err(|e| tls_error("loading the CA as issuer", e))?;
+        let cert = node_params(node_name)?
+            .signed_by(public_key, &issuer)
+            .map_err(|e| tls_error("signing a node certificate", e))?;
+        Ok(cert.der().to_vec())
+    }
+
+    /// A key and certificate for a node of this CA's cluster (used by the node that creates
+    /// the cluster, which holds the CA itself).
+    pub fn issue_identity(&self, node_name: &str) -> Result<Identity, WireError> {
+        let key = KeyPair::generate().map_err(|e| tls_error("generating a node key", e))?;
+        let cert = self.sign(node_name, &key)?;
+        Ok(Identity::new(cert, key.serialize_der(), self.cert.to_vec()))
+    }
+}
+
+fn node_params(node_name: &str) -> Result<CertificateParams, WireError> {
+    let mut params = CertificateParams::new(vec![PEER_SERVER_NAME.to_string()])
+        .map_err(|e| tls_error("building node certificate parameters", e))?;
+    let mut name = DistinguishedName::new();
+    name.push(DnType::CommonName, node_name);
+    params.distinguished_name = name;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    Ok(params)
+}
+
+/// A fresh key and a certificate signing request for it; the key never leaves the node.
+pub fn new_key_and_csr(node_name: &str) -> Result<(Vec<u8>, Vec<u8>), WireError> {
+    let key = KeyPair::generate().map_err(|e| tls_error("generating a node key", e))?;
+    let csr = node_params(node_name)?
+        .serialize_request(&key)
+        .map_err(|e| tls_error("building the CSR", e))?;
+    Ok((key.serialize_der(), csr.der().to_vec()))
+}
+
+/// A node's certificate (signed by the cluster CA), its key, and the CA certificate.
+#[derive(Clone)]
+pub struct Identity {
+    pub cert: CertificateDer<'static>,
+    pub key_pkcs8: Vec<u8>,
+    pub ca_cert: CertificateDer<'static>,
+}
+
+impl Identity {
+    pub fn new(cert: Vec<u8>, key_pkcs8: Vec<u8>, ca_cert: Vec<u8>) -> Self {
+        Identity {
+            cert: cert.into(),
+            key_pkcs8,
+            ca_cert: ca_cert.into(),
+        }
+    }
+
+    fn key(&self) -> PrivateKeyDer<'static> {
+        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key_pkcs8.clone()))
+    }
+
+    fn chain(&self) -> Vec<CertificateDer<'static>> {
+        vec![self.cert.clone(), self.ca_cert.clone()]
+    }
+
+    fn roots(&self) -> Result<Arc<RootCertStore>, WireError> {
+        let mut roots = RootCertStore::empty();
+        roots
+            .add(self.ca_cert.clone())
+            .map_err(|e| tls_error("adding the cluster CA to the trust store", e))?;
+        Ok(Arc::new(roots))
+    }
+
+    /// Server side: clients may present no certificate (they can then only ask to join), but a
+    /// certificate they do present must chain to the cluster CA.
+    pub(crate) fn server_config(&self) -> Result<rustls::ServerConfig, WireError> {
+        let verifier = WebPkiClientVerifier::builder_with_provider(self.roots()?, provider())
+            .allow_unauthenticated()
+            .build()
+            .map_err(|e| tls_error("building the client verifier", e))?;
+        let mut config = rustls::ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| tls_error("selecting TLS 1.3", e))?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(self.chain(), self.key())
+            .map_err(|e| tls_error("loading the node certificate", e))?;
+        config.alpn_protocols = vec![ALPN.to_vec()];
+        Ok(config)
+    }
+
+    /// Client side between members: both ends prove membership with the cluster CA.
+    pub(crate) fn client_config(&self) -> Result<rustls::ClientConfig, WireError> {
+        let mut config = rustls::ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| tls_error("selecting TLS 1.3", e))?
+            .with_root_certificates(self.roots()?)
+            .with_client_auth_cert(self.chain(), self.key())
+            .map_err(|e| tls_error("loading the node certificate", e))?;
+        config.alpn_protocols = vec![ALPN.to_vec()];
+        Ok(config)
+    }
+}
+
+/// Client side of a join: no client certificate yet, and the server is trusted only if its
+/// chain ends in the CA whose fingerprint the join token carries.
+pub(crate) fn join_client_config(ca_fingerprint: [u8; 32]) -> Result<rustls::ClientConfig, WireError> {
+    let verifier = PinnedCaVerifier {
+        ca_fingerprint,
+        provider: provider(),
+    };
+    let mut config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| tls_error("selecting TLS 1.3", e))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_no_client_auth();
+    config.alpn_protocols = vec![ALPN.to_vec()];
+    Ok(config)
+}
+
+#[derive(Debug)]
+struct PinnedCaVerifier {
+    ca_fingerprint: [u8; 32],
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl ServerCertVerifier for PinnedCaVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let ca = intermediates
+            .iter()
+            .find(|cert| fingerprint(cert) == self.ca_fingerprint)
+            .ok_or_else(|| {
+                rustls::Error::General(
+                    "the peer's CA does not match the join token's CA fingerprint".into(),
+                )
+            })?;
+        let mut roots = RootCertStore::empty();
+        roots.add(ca.clone().into_owned())?;
+        let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            self.provider.clone(),
+        )
+        .build()
+        .map_err(|e| rustls::Error::General(e.to_string()))?;
+        inner.verify_server_cert(end_entity, &[], server_name, ocsp, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// What a new node needs to join: which CA to trust (its fingerprint) and a shared secret that
+/// proves the operator let it in. Printed as `apiary1.<ca sha256 hex>.<secret hex>`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct JoinToken {
+    pub ca_fingerprint: [u8; 32],
+    pub secret: [u8; 16],
+}
+
+impl JoinToken {
+    pub fn new(ca_fingerprint: [u8; 32]) -> Self {
+        JoinToken {
+            ca_fingerprint,
+            secret: rand::random(),
+        }
+    }
+
+    /// Constant-time comparison of a presented secret with ours.
+    pub fn secret_matches(&self, presented: &[u8]) -> bool {
+        presented.len() == self.secret.len()
+            && presented
+                .iter()
+                .zip(self.secret.iter())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
+    }
+}
+
+impl fmt::Display for JoinToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "apiary1.{}.{}",
+            hex::encode(self.ca_fingerprint),
+            hex::encode(self.secret)
+        )
+    }
+}
+
+impl fmt::Debug for JoinToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never print the secret by accident.
+        write!(f, "JoinToken(ca {}…)", &hex::encode(self.ca_fingerprint)[..12])
+    }
+}
+
+impl FromStr for JoinToken {
+    type Err = WireError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let bad = |why: &str| {
+            WireError::BadToken(format!(
+                "{why}; a join token looks like apiary1.<64 hex digits>.<32 hex digits> \
+                 (see DATA_DIR/join-token on a member node)"
+            ))
+        };
+        let mut parts = text.trim().split('.');
+        let (Some("apiary1"), Some(fp), Some(secret), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(bad("the token does not have the form apiary1.CA.SECRET"));
+        };
+        let mut token = JoinToken {
+            ca_fingerprint: [0; 32],
+            secret: [0; 16],
+        };
+        hex::decode_to_slice(fp, &mut token.ca_fingerprint)
+            .map_err(|_| bad("the CA fingerprint is not 64 hex digits"))?;
+        hex::decode_to_slice(secret, &mut token.secret)
+            .map_err(|_| bad("the secret is not 32 hex digits"))?;
+        Ok(token)
+    }
+}
