@@ -1,1 +1,222 @@
-//! storage
+//! Apiary's durable state, in one `sled` database in the node's data dir.
+//!
+//! Three trees, each with one job: the Raft log (entries keyed by index), small metadata (vote,
+//! committed id, last purged id, current snapshot), and the applied state machine. Values are
+//! opaque bytes: the consensus crate owns their format, this crate owns atomicity and
+//! durability. Writes that must survive a crash are followed by [`Store::flush`].
+
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("cannot open the database in {path}: {source} (is another node using this data dir?)")]
+    Open { path: PathBuf, source: sled::Error },
+    #[error("storage I/O failed: {0}")]
+    Io(#[from] sled::Error),
+}
+
+pub type Result<T> = std::result::Result<T, StorageError>;
+
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    log: sled::Tree,
+    meta: sled::Tree,
+    state: sled::Tree,
+}
+
+impl Store {
+    pub fn open(dir: &Path) -> Result<Self> {
+        let path = dir.join("db");
+        let db = sled::Config::new()
+            .path(&path)
+            .mode(sled::Mode::LowSpace)
+            .open()
+            .map_err(|source| StorageError::Open {
+                path: path.clone(),
+                source,
+            })?;
+        Ok(Store {
+            log: db.open_tree("raft-log")?,
+            meta: db.open_tree("meta")?,
+            state: db.open_tree("state")?,
+            db,
+        })
+    }
+
+    /// Waits until everything written so far is on disk.
+    pub async fn flush(&self) -> Result<()> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    pub fn size_on_disk(&self) -> Result<u64> {
+        Ok(self.db.size_on_disk()?)
+    }
+
+    // --- Raft log -------------------------------------------------------------------------
+
+    pub fn log_append(&self, entries: impl IntoIterator<Item = (u64, Vec<u8>)>) -> Result<()> {
+        let mut batch = sled::Batch::default();
+        for (index, bytes) in entries {
+            batch.insert(&index.to_be_bytes(), bytes);
+        }
+        self.log.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// Entries with `start <= index < end`, in order.
+    pub fn log_range(&self, start: u64, end: u64) -> Result<Vec<(u64, Vec<u8>)>> {
+        if start >= end {
+            return Ok(Vec::new());
+        }
+        self.log
+            .range(start.to_be_bytes()..end.to_be_bytes())
+            .map(|item| {
+                let (key, value) = item?;
+                Ok((index_of(&key), value.to_vec()))
+            })
+            .collect()
+    }
+
+    pub fn log_last(&self) -> Result<Option<(u64, Vec<u8>)>> {
+        Ok(self
+            .log
+            .last()?
+            .map(|(key, value)| (index_of(&key), value.to_vec())))
+    }
+
+    /// Removes entries with `index >= from` (a conflicting suffix).
+    pub fn log_truncate_from(&self, from: u64) -> Result<()> {
+        self.remove_log_keys(from.to_be_bytes().to_vec()..)
+    }
+
+    /// Removes entries with `index <= upto` (covered by a snapshot).
+    pub fn log_purge_upto(&self, upto: u64) -> Result<()> {
+        self.remove_log_keys(..=upto.to_be_bytes().to_vec())
+    }
+
+    fn remove_log_keys(&self, range: impl std::ops::RangeBounds<Vec<u8>>) -> Result<()> {
+        let mut batch = sled::Batch::default();
+        for key in self.log.range(range).keys() {
+            batch.remove(key?);
+        }
+        self.log.apply_batch(batch)?;
+        Ok(())
+    }
+
+    // --- Metadata -------------------------------------------------------------------------
+
+    pub fn meta_get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.meta.get(key)?.map(|v| v.to_vec()))
+    }
+
+    pub fn meta_put(&self, key: &str, value: &[u8]) -> Result<()> {
+        self.meta.insert(key, value)?;
+        Ok(())
+    }
+
+    // --- Applied state --------------------------------------------------------------------
+
+    pub fn state_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(self.state.get(key)?.map(|v| v.to_vec()))
+    }
+
+    /// All state entries whose key starts with `prefix`, in key order.
+    pub fn state_scan(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        self.state
+            .scan_prefix(prefix)
+            .map(|item| {
+                let (key, value) = item?;
+                Ok((key.to_vec(), value.to_vec()))
+            })
+            .collect()
+    }
+
+    /// Writes all `puts` atomically: after a crash either all of them or none are there.
+    pub fn state_write(&self, puts: impl IntoIterator<Item = (Vec<u8>, Vec<u8>)>) -> Result<()> {
+        let mut batch = sled::Batch::default();
+        for (key, value) in puts {
+            batch.insert(key, value);
+        }
+        self.state.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// Replaces the whole state atomically (installing a snapshot).
+    pub fn state_replace(&self, puts: Vec<(Vec<u8>, Vec<u8>)>) -> Result<()> {
+        let mut batch = sled::Batch::default();
+        for key in self.state.iter().keys() {
+            batch.remove(key?);
+        }
+        for (key, value) in puts {
+            batch.insert(key, value);
+        }
+        self.state.apply_batch(batch)?;
+        Ok(())
+    }
+}
+
+fn index_of(key: &[u8]) -> u64 {
+    let mut bytes = [0u8; 8];
+    let n = key.len().min(8);
+    bytes[..n].copy_from_slice(&key[..n]);
+    u64::from_be_bytes(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entries(range: std::ops::Range<u64>) -> Vec<(u64, Vec<u8>)> {
+        range.map(|i| (i, format!("entry {i}").into_bytes())).collect()
+    }
+
+    #[tokio::test]
+    async fn log_append_range_truncate_purge_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            store.log_append(entries(1..11)).unwrap();
+            // 255 and 256 differ in their first byte only in big-endian order.
+            store.log_append(entries(255..258)).unwrap();
+            store.log_truncate_from(256).unwrap();
+            store.log_purge_upto(3).unwrap();
+            store.meta_put("vote", b"v1").unwrap();
+            store.flush().await.unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let all: Vec<u64> = store.log_range(0, u64::MAX).unwrap().iter().map(|e| e.0).collect();
+        assert_eq!(all, (4..11).chain([255]).collect::<Vec<_>>());
+        assert_eq!(store.log_range(5, 7).unwrap(), entries(5..7));
+        assert_eq!(store.log_last().unwrap().unwrap().0, 255);
+        assert_eq!(store.meta_get("vote").unwrap().unwrap(), b"v1");
+        assert!(store.log_range(7, 7).unwrap().is_empty());
+    }
+
+    #[test]
+    fn state_writes_are_atomic_batches_and_replace_clears() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store
+            .state_write([(b"e/1".to_vec(), b"a".to_vec()), (b"e/2".to_vec(), b"b".to_vec())])
+            .unwrap();
+        store.state_write([(b"applied".to_vec(), b"2".to_vec())]).unwrap();
+        assert_eq!(store.state_scan(b"e/").unwrap().len(), 2);
+        store
+            .state_replace(vec![(b"e/9".to_vec(), b"z".to_vec())])
+            .unwrap();
+        assert_eq!(store.state_scan(b"e/").unwrap(), vec![(b"e/9".to_vec(), b"z".to_vec())]);
+        assert!(store.state_get(b"applied").unwrap().is_none());
+    }
+
+    #[test]
+    fn second_open_of_same_dir_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = Store::open(dir.path()).unwrap();
+        match Store::open(dir.path()) {
+            Err(error) => assert!(error.to_string().contains("another node"), "{error}"),
+            Ok(_) => panic!("a second open of a locked database succeeded"),
+        }
+    }
+}
