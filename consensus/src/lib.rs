@@ -1,1 +1,499 @@
-//! consensus
+//! Raft (openraft) for Apiary's replicated config.
+//!
+//! The parts are kept apart as in openraft's examples: [`log_store`] and [`state_machine`] store
+//! through `apiary-storage`, [`network`] talks through `apiary-wire`, and [`Consensus`] is the
+//! glue the node uses: propose a change from any member (followers forward to the leader), admit
+//! new members (learners first, voters up to a small quorum), answer peers' Raft RPCs, and report
+//! the cluster's status.
+
+pub mod log_store;
+pub mod network;
+pub mod state_machine;
+pub mod types;
+
+use std::collections::{BTreeSet, HashMap};
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use apiary_config::{ConfigError, Proposal};
+use apiary_storage::Store;
+use apiary_wire::{Message, Service, Transport};
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{ChangeMembers, ServerState};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+pub use state_machine::{ConfigState, HistoryRef};
+pub use types::{Member, NodeId, Raft, Request, Response};
+
+use crate::log_store::LogStore;
+use crate::network::{call_json, PeerNetwork};
+use crate::state_machine::StateMachine;
+
+/// Raft timing and cluster shape.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub heartbeat_interval: Duration,
+    pub election_timeout_min: Duration,
+    pub election_timeout_max: Duration,
+    /// How long a write may wait for a leader and a quorum before it is answered "unavailable".
+    pub write_timeout: Duration,
+    /// Members beyond this many stay learners, so a large fleet keeps a small quorum.
+    pub max_voters: usize,
+    /// Peers not heard from within this long are shown as unreachable.
+    pub reachable_within: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            heartbeat_interval: Duration::from_millis(100),
+            election_timeout_min: Duration::from_millis(500),
+            election_timeout_max: Duration::from_millis(1000),
+            write_timeout: Duration::from_secs(5),
+            max_voters: 5,
+            reachable_within: Duration::from_secs(3),
+        }
+    }
+}
+
+/// Why a write did not commit. Serializable because followers relay the leader's answer.
+#[derive(Debug, Clone, thiserror::Error, Serialize, Deserialize)]
+pub enum WriteError {
+    #[error("{0}")]
+    Rejected(ConfigError),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// The outcome of trying a write on this node.
+#[derive(Debug, Serialize, Deserialize)]
+enum Attempt<T> {
+    Done(T),
+    Failed(WriteError),
+    /// Not the leader (any more), or a membership change is in progress: try again.
+    Retry(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConsensusError {
+    #[error("invalid Raft settings: {0}")]
+    Settings(String),
+    #[error("storage: {0}")]
+    Storage(String),
+    #[error("raft: {0}")]
+    Raft(String),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MemberStatus {
+    pub id: NodeId,
+    pub name: String,
+    pub address: String,
+    pub role: Role,
+    pub leader: bool,
+    pub reachable: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Voter,
+    Learner,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    pub node_id: NodeId,
+    pub state: String,
+    pub leader_id: Option<NodeId>,
+    pub leader_name: Option<String>,
+    pub term: u64,
+    pub committed_version: u64,
+    pub commit_index: u64,
+    pub last_log_index: u64,
+    pub last_applied_index: u64,
+    pub members: Vec<MemberStatus>,
+}
+
+pub struct Consensus {
+    id: NodeId,
+    raft: Raft,
+    state: Arc<ConfigState>,
+    transport: Arc<Transport>,
+    committed_index: Arc<AtomicU64>,
+    last_heard: Mutex<HashMap<NodeId, Instant>>,
+    settings: Settings,
+}
+
+impl Consensus {
+    pub async fn start(
+        id: NodeId,
+        store: Store,
+        transport: Arc<Transport>,
+        settings: Settings,
+    ) -> Result<Arc<Self>, ConsensusError> {
+        let config = openraft::Config {
+            cluster_name: "apiary".into(),
+            heartbeat_interval: settings.heartbeat_interval.as_millis() as u64,
+            election_timeout_min: settings.election_timeout_min.as_millis() as u64,
+            election_timeout_max: settings.election_timeout_max.as_millis() as u64,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(1000),
+            max_in_snapshot_log_to_keep: 500,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| ConsensusError::Settings(e.to_string()))?;
+        let log_store = LogStore::new(store.clone());
+        let committed_index = log_store.committed_index();
+        let state = ConfigState::open(store).map_err(|e| ConsensusError::Storage(e.to_string()))?;
+        let network = PeerNetwork {
+            transport: transport.clone(),
+        };
+        let raft = Raft::new(id, Arc::new(config), network, log_store, StateMachine(state.clone()))
+            .await
+            .map_err(|e| ConsensusError::Raft(e.to_string()))?;
+        Ok(Arc::new(Consensus {
+            id,
+            raft,
+            state,
+            transport,
+            committed_index,
+            last_heard: Mutex::new(HashMap::new()),
+            settings,
+        }))
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    pub fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    pub fn config_state(&self) -> &Arc<ConfigState> {
+        &self.state
+    }
+
+    /// Makes this node a one-member cluster, unless it already belongs to one.
+    pub async fn bootstrap(&self, me: Member) -> Result<(), ConsensusError> {
+        let initialized = self
+            .raft
+            .is_initialized()
+            .await
+            .map_err(|e| ConsensusError::Raft(e.to_string()))?;
+        if !initialized {
+            let members = std::collections::BTreeMap::from([(self.id, me)]);
+            self.raft
+                .initialize(members)
+                .await
+                .map_err(|e| ConsensusError::Raft(e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// Commits a config change through the leader; returns the new version.
+    pub async fn propose(&self, proposal: Proposal) -> Result<u64, WriteError> {
+        self.on_leader(Service::ForwardWrite, proposal, |p| self.write_here(p))
+            .await
+    }
+
+    /// Adds a node as a learner, then as a voter while there are fewer than `max_voters`.
+    pub async fn admit(&self, id: NodeId, member: Member) -> Result<(), WriteError> {
+        self.on_leader(Service::Admit, (id, member), |(id, member)| {
+            self.admit_here(id, member)
+        })
+        .await
+    }
+
+    /// Asks the member at `via` to admit this node (which is not a member yet, so it cannot
+    /// know the leader itself).
+    pub async fn request_admission(&self, via: &str, me: Member) -> Result<(), WriteError> {
+        let answer = call_json::<_, Attempt<()>>(
+            &self.transport,
+            via,
+            Service::Admit,
+            &(self.id, me),
+            self.settings.write_timeout * 2,
+        )
+        .await;
+        match answer {
+            Ok(Attempt::Done(())) => Ok(()),
+            Ok(Attempt::Failed(error)) => Err(error),
+            Ok(Attempt::Retry(reason)) => Err(WriteError::Unavailable(reason)),
+            Err(e) => Err(WriteError::Unavailable(format!("cannot reach {via}: {e}"))),
+        }
+    }
+
+    /// Runs `local` if this node leads, else forwards `request` to the leader's `service`;
+    /// retries through elections until the write timeout.
+    async fn on_leader<Req, T, F, Fut>(
+        &self,
+        service: Service,
+        request: Req,
+        local: F,
+    ) -> Result<T, WriteError>
+    where
+        Req: Serialize + Clone,
+        T: DeserializeOwned,
+        F: Fn(Req) -> Fut,
+        Fut: Future<Output = Attempt<T>>,
+    {
+        let deadline = Instant::now() + self.settings.write_timeout;
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let attempt = match self.leader() {
+                Some((leader, _)) if leader == self.id => local(request.clone()).await,
+                Some((leader, member)) => {
+                    match call_json::<_, Attempt<T>>(&self.transport, &member.addr, service, &request, remaining)
+                        .await
+                    {
+                        Ok(attempt) => attempt,
+                        Err(e) => Attempt::Retry(format!(
+                            "the leader {} ({}) is unreachable: {e}",
+                            member.name, leader
+                        )),
+                    }
+                }
+                None => Attempt::Retry(
+                    "no leader is elected: fewer than a majority of voters can reach each other"
+                        .into(),
+                ),
+            };
+            match attempt {
+                Attempt::Done(value) => return Ok(value),
+                Attempt::Failed(error) => return Err(error),
+                Attempt::Retry(reason) if Instant::now() + Duration::from_millis(100) >= deadline => {
+                    return Err(WriteError::Unavailable(format!(
+                        "no quorum after {:?}: {reason}; retry when a majority of voters is reachable",
+                        self.settings.write_timeout
+                    )));
+                }
+                Attempt::Retry(reason) => {
+                    tracing::debug!("write will be retried: {reason}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+
+    async fn write_here(&self, proposal: Proposal) -> Attempt<u64> {
+        let write = self.raft.client_write(Request::Config(proposal));
+        match tokio::time::timeout(self.settings.write_timeout, write).await {
+            Err(_) => Attempt::Failed(WriteError::Unavailable(format!(
+                "the change was not committed within {:?}: this leader cannot reach a majority of \
+                 voters; it may still commit if they return (check the history before retrying)",
+                self.settings.write_timeout
+            ))),
+            Ok(Ok(response)) => match response.data {
+                Response::Committed { version } => Attempt::Done(version),
+                Response::Rejected { error } => Attempt::Failed(WriteError::Rejected(error)),
+                Response::Internal => Attempt::Failed(WriteError::Internal(
+                    "a config write applied as an internal entry".into(),
+                )),
+            },
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
+                Attempt::Retry("leadership moved".into())
+            }
+            Ok(Err(e)) => Attempt::Failed(WriteError::Internal(e.to_string())),
+        }
+    }
+
+    async fn admit_here(&self, id: NodeId, member: Member) -> Attempt<()> {
+        let membership = self.raft.metrics().borrow().membership_config.clone();
+        let known = membership.membership().get_node(&id).cloned();
+        if known.is_none() || known.as_ref() != Some(&member) {
+            let add = self.raft.add_learner(id, member.clone(), true);
+            match tokio::time::timeout(self.settings.write_timeout, add).await {
+                Err(_) => return Attempt::Retry("the new learner did not catch up in time".into()),
+                Ok(Err(e)) => return membership_error(e),
+                Ok(Ok(_)) => {}
+            }
+        }
+        let membership = self.raft.metrics().borrow().membership_config.clone();
+        let voters: BTreeSet<NodeId> = membership.membership().voter_ids().collect();
+        if voters.contains(&id) || voters.len() >= self.settings.max_voters {
+            return Attempt::Done(());
+        }
+        let promote = self
+            .raft
+            .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false);
+        match tokio::time::timeout(self.settings.write_timeout, promote).await {
+            Err(_) => Attempt::Retry("promotion to voter did not commit in time".into()),
+            Ok(Err(e)) => membership_error(e),
+            Ok(Ok(_)) => {
+                tracing::info!(node = %member, "promoted to voter ({} voters)", voters.len() + 1);
+                Attempt::Done(())
+            }
+        }
+    }
+
+    /// The current leader and its address, as this node believes.
+    pub fn leader(&self) -> Option<(NodeId, Member)> {
+        let metrics = self.raft.metrics().borrow().clone();
+        let leader = metrics.current_leader?;
+        let member = metrics
+            .membership_config
+            .membership()
+            .get_node(&leader)?
+            .clone();
+        Some((leader, member))
+    }
+
+    /// Answers a peer's request for one of the consensus services.
+    pub async fn handle(&self, service: Service, payload: &[u8]) -> Message {
+        let answer = match service {
+            Service::RaftAppendEntries => match decode(payload) {
+                Ok(rpc) => encode(&self.raft.append_entries(rpc).await),
+                Err(refusal) => return refusal,
+            },
+            Service::RaftVote => match decode(payload) {
+                Ok(rpc) => encode(&self.raft.vote(rpc).await),
+                Err(refusal) => return refusal,
+            },
+            Service::RaftInstallSnapshot => match decode(payload) {
+                Ok(rpc) => encode(&self.raft.install_snapshot(rpc).await),
+                Err(refusal) => return refusal,
+            },
+            Service::ForwardWrite => match decode::<Proposal>(payload) {
+                Ok(proposal) => encode(&self.leader_only(self.write_here(proposal)).await),
+                Err(refusal) => return refusal,
+            },
+            // Joining nodes do not know the leader yet, so any member routes their admission.
+            Service::Admit => match decode::<(NodeId, Member)>(payload) {
+                Ok((id, member)) => encode(&match self.admit(id, member).await {
+                    Ok(()) => Attempt::Done(()),
+                    Err(error) => Attempt::Failed(error),
+                }),
+                Err(refusal) => return refusal,
+            },
+            Service::Ping => encode(&self.id),
+        };
+        answer.unwrap_or_else(|reason| Message::Refused { reason })
+    }
+
+    /// A forwarded request is only served by the leader, so forwards never loop.
+    async fn leader_only<T>(&self, attempt: impl Future<Output = Attempt<T>>) -> Attempt<T> {
+        match self.leader() {
+            Some((leader, _)) if leader == self.id => attempt.await,
+            _ => Attempt::Retry("forwarded to a node that is no longer the leader".into()),
+        }
+    }
+
+    /// Pings every other member once a second, for the `reachable` column of the status.
+    pub fn spawn_reachability_probe(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let this = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                let Some(consensus) = this.upgrade() else { return };
+                let metrics = consensus.raft.metrics().borrow().clone();
+                for (id, member) in metrics.membership_config.membership().nodes() {
+                    if *id == consensus.id {
+                        continue;
+                    }
+                    let (id, addr, consensus) = (*id, member.addr.clone(), consensus.clone());
+                    tokio::spawn(async move {
+                        let ping = call_json::<_, NodeId>(
+                            &consensus.transport,
+                            &addr,
+                            Service::Ping,
+                            &(),
+                            Duration::from_secs(1),
+                        );
+                        if matches!(ping.await, Ok(answered) if answered == id) {
+                            consensus.heard_from(id);
+                        }
+                    });
+                }
+            }
+        })
+    }
+
+    fn heard_from(&self, id: NodeId) {
+        self.last_heard
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, Instant::now());
+    }
+
+    pub fn status(&self) -> ClusterStatus {
+        let metrics = self.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let last_heard = self.last_heard.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let members = membership
+            .nodes()
+            .map(|(id, member)| MemberStatus {
+                id: *id,
+                name: member.name.clone(),
+                address: member.addr.clone(),
+                role: if voters.contains(id) { Role::Voter } else { Role::Learner },
+                leader: metrics.current_leader == Some(*id),
+                reachable: *id == self.id
+                    || last_heard
+                        .get(id)
+                        .is_some_and(|at| at.elapsed() < self.settings.reachable_within),
+            })
+            .collect();
+        let leader_name = metrics
+            .current_leader
+            .and_then(|id| membership.get_node(&id))
+            .map(|member| member.name.clone());
+        ClusterStatus {
+            node_id: self.id,
+            state: match metrics.state {
+                ServerState::Leader => "leader",
+                ServerState::Follower => "follower",
+                ServerState::Candidate => "candidate",
+                ServerState::Learner => "learner",
+                ServerState::Shutdown => "shutdown",
+            }
+            .into(),
+            leader_id: metrics.current_leader,
+            leader_name,
+            term: metrics.current_term,
+            committed_version: self.state.history().version(),
+            commit_index: self.committed_index.load(Ordering::Relaxed),
+            last_log_index: metrics.last_log_index.unwrap_or(0),
+            last_applied_index: metrics.last_applied.map(|id| id.index).unwrap_or(0),
+            members,
+        }
+    }
+
+    pub async fn shutdown(&self) {
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!("raft shutdown: {e}");
+        }
+        self.transport.close();
+    }
+}
+
+fn membership_error<T>(error: RaftError<NodeId, ClientWriteError<NodeId, Member>>) -> Attempt<T> {
+    match error {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => {
+            Attempt::Retry("leadership moved".into())
+        }
+        // Another membership change is still in flight; it finishes within a round trip.
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => Attempt::Retry(e.to_string()),
+        other => Attempt::Failed(WriteError::Internal(other.to_string())),
+    }
+}
+
+fn decode<T: DeserializeOwned>(payload: &[u8]) -> Result<T, Message> {
+    serde_json::from_slice(payload).map_err(|e| Message::Refused {
+        reason: format!("undecodable request payload: {e}"),
+    })
+}
+
+fn encode(value: &impl Serialize) -> Result<Message, String> {
+    serde_json::to_vec(value)
+        .map(|payload| Message::Response { payload })
+        .map_err(|e| format!("cannot encode answer: {e}"))
+}

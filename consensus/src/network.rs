@@ -1,0 +1,139 @@
+//! Raft's network over `apiary-wire`: each RPC is one request frame whose payload is the
+//! openraft message as JSON, answered by `Result<response, RaftError>` as JSON.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use apiary_wire::{Message, Service, Transport, WireError};
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::types::{Member, NodeId, TypeConfig};
+
+/// Resolves `host:port` (a literal address or a DNS name).
+pub async fn resolve(addr: &str) -> Result<SocketAddr, WireError> {
+    if let Ok(parsed) = addr.parse() {
+        return Ok(parsed);
+    }
+    tokio::net::lookup_host(addr)
+        .await
+        .map_err(|e| WireError::Connection(format!("cannot resolve {addr}: {e}")))?
+        .next()
+        .ok_or_else(|| WireError::Connection(format!("{addr} resolves to no address")))
+}
+
+/// Calls `service` on the peer at `addr` and decodes its JSON answer.
+pub async fn call_json<Req: Serialize, Resp: DeserializeOwned>(
+    transport: &Transport,
+    addr: &str,
+    service: Service,
+    request: &Req,
+    timeout: Duration,
+) -> Result<Resp, WireError> {
+    let payload = serde_json::to_vec(request)
+        .map_err(|e| WireError::Malformed(format!("cannot encode request: {e}")))?;
+    let socket = resolve(addr).await?;
+    let message = Message::Request { service, payload };
+    let answer = tokio::time::timeout(timeout, transport.call(socket, &message))
+        .await
+        .map_err(|_| WireError::Connection(format!("{addr} did not answer within {timeout:?}")))??;
+    match answer {
+        Message::Response { payload } => serde_json::from_slice(&payload)
+            .map_err(|e| WireError::Malformed(format!("bad answer from {addr}: {e}"))),
+        Message::Refused { reason } => Err(WireError::Refused(reason)),
+        other => Err(WireError::Malformed(format!(
+            "unexpected answer from {addr}: {other:?}"
+        ))),
+    }
+}
+
+pub struct PeerNetwork {
+    pub transport: Arc<Transport>,
+}
+
+pub struct PeerConnection {
+    transport: Arc<Transport>,
+    target: NodeId,
+    member: Member,
+}
+
+impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
+    type Network = PeerConnection;
+
+    async fn new_client(&mut self, target: NodeId, node: &Member) -> PeerConnection {
+        PeerConnection {
+            transport: self.transport.clone(),
+            target,
+            member: node.clone(),
+        }
+    }
+}
+
+impl PeerConnection {
+    async fn rpc<Req, Resp, E>(
+        &self,
+        service: Service,
+        request: &Req,
+        option: &RPCOption,
+    ) -> Result<Resp, RPCError<NodeId, Member, RaftError<NodeId, E>>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let answer: Result<Resp, RaftError<NodeId, E>> = call_json(
+            &self.transport,
+            &self.member.addr,
+            service,
+            request,
+            option.hard_ttl(),
+        )
+        .await
+        .map_err(|e| match e {
+            // Openraft backs off from unreachable peers instead of hammering them.
+            WireError::Connection(_) => RPCError::Unreachable(Unreachable::new(&e)),
+            _ => RPCError::Network(NetworkError::new(&e)),
+        })?;
+        answer.map_err(|e| {
+            RPCError::RemoteError(RemoteError::new_with_node(self.target, self.member.clone(), e))
+        })
+    }
+}
+
+impl RaftNetwork<TypeConfig> for PeerConnection {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
+        self.rpc(Service::RaftAppendEntries, &rpc, &option).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<NodeId>,
+        RPCError<NodeId, Member, RaftError<NodeId, InstallSnapshotError>>,
+    > {
+        self.rpc(Service::RaftInstallSnapshot, &rpc, &option).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
+        self.rpc(Service::RaftVote, &rpc, &option).await
+    }
+}

@@ -1,0 +1,273 @@
+//! The replicated state machine: the config event log, persisted in the state tree.
+//!
+//! Layout: `e/<version, 8 bytes big-endian>` → a [`ConfigEvent`] as JSON, and `applied` → the last
+//! applied log id with the membership. Both are written in one atomic batch per `apply`, so after
+//! a crash the events and the applied id always agree.
+
+use std::io::Cursor;
+use std::sync::{Arc, RwLock, RwLockReadGuard};
+
+use apiary_config::{ConfigEvent, History};
+use apiary_storage::Store;
+use openraft::storage::RaftStateMachine;
+use openraft::{AnyError, EntryPayload, OptionalSend, RaftSnapshotBuilder, StorageIOError};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::log_store::{from_json, to_json};
+use crate::types::{
+    Entry, LogId, NodeId, Request, Response, Snapshot, SnapshotMeta, StorageError,
+    StoredMembership, TypeConfig,
+};
+
+const APPLIED: &[u8] = b"applied";
+const EVENT_PREFIX: &[u8] = b"e/";
+const SNAPSHOT: &str = "snapshot";
+
+fn io(make: fn(AnyError) -> StorageIOError<NodeId>, error: impl std::fmt::Display) -> StorageError {
+    make(AnyError::error(error.to_string())).into()
+}
+
+fn event_key(version: u64) -> Vec<u8> {
+    [EVENT_PREFIX, &version.to_be_bytes()].concat()
+}
+
+#[derive(Default, Serialize, Deserialize)]
+struct Applied {
+    last_applied: Option<LogId>,
+    membership: StoredMembership,
+}
+
+/// What a snapshot holds: everything needed to rebuild the state machine.
+#[derive(Serialize, Deserialize)]
+struct SnapshotData {
+    applied: Applied,
+    events: Vec<ConfigEvent>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredSnapshot {
+    meta: SnapshotMeta,
+    data: Vec<u8>,
+}
+
+struct State {
+    applied: Applied,
+    history: History,
+}
+
+/// Shared between Raft (which applies) and the node (which reads the config and history).
+pub struct ConfigState {
+    store: Store,
+    state: RwLock<State>,
+    version: watch::Sender<u64>,
+    snapshots_built: std::sync::atomic::AtomicU64,
+}
+
+/// Read access to the applied config and its history.
+pub struct HistoryRef<'a>(RwLockReadGuard<'a, State>);
+
+impl std::ops::Deref for HistoryRef<'_> {
+    type Target = History;
+    fn deref(&self) -> &History {
+        &self.0.history
+    }
+}
+
+impl ConfigState {
+    /// Loads the applied state from disk (empty on a new node).
+    pub fn open(store: Store) -> Result<Arc<Self>, StorageError> {
+        let applied = match store.state_get(APPLIED).map_err(|e| io(StorageIOError::read_state_machine, e))? {
+            Some(bytes) => from_json(&bytes)?,
+            None => Applied::default(),
+        };
+        let events = store
+            .state_scan(EVENT_PREFIX)
+            .map_err(|e| io(StorageIOError::read_state_machine, e))?
+            .iter()
+            .map(|(_, bytes)| from_json::<ConfigEvent>(bytes))
+            .collect::<Result<Vec<_>, _>>()?;
+        let history =
+            History::from_events(events).map_err(|e| io(StorageIOError::read_state_machine, e))?;
+        let (version, _) = watch::channel(history.version());
+        Ok(Arc::new(ConfigState {
+            store,
+            state: RwLock::new(State { applied, history }),
+            version,
+            snapshots_built: Default::default(),
+        }))
+    }
+
+    pub fn history(&self) -> HistoryRef<'_> {
+        HistoryRef(self.read())
+    }
+
+    /// Notified with the new version after each applied change.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.version.subscribe()
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, State> {
+        // Writers replace whole fields; a poisoned lock still holds a consistent state.
+        self.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn snapshot_data(&self) -> Result<(SnapshotMeta, Vec<u8>), StorageError> {
+        let state = self.read();
+        let data = SnapshotData {
+            applied: Applied {
+                last_applied: state.applied.last_applied,
+                membership: state.applied.membership.clone(),
+            },
+            events: state.history.events().to_vec(),
+        };
+        let n = self.snapshots_built.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let snapshot_id = match state.applied.last_applied {
+            Some(id) => format!("{}-{}-{}", id.leader_id, id.index, n),
+            None => format!("empty-{n}"),
+        };
+        let meta = SnapshotMeta {
+            last_log_id: state.applied.last_applied,
+            last_membership: state.applied.membership.clone(),
+            snapshot_id,
+        };
+        Ok((meta, to_json(&data)?))
+    }
+
+    async fn save_snapshot(&self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), StorageError> {
+        let stored = StoredSnapshot {
+            meta: meta.clone(),
+            data: data.to_vec(),
+        };
+        self.store
+            .meta_put(SNAPSHOT, &to_json(&stored)?)
+            .map_err(|e| io(StorageIOError::write, e))?;
+        self.store.flush().await.map_err(|e| io(StorageIOError::write, e))
+    }
+}
+
+/// The handle Raft owns; cheap to clone.
+#[derive(Clone)]
+pub struct StateMachine(pub Arc<ConfigState>);
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
+        let (meta, data) = self.0.snapshot_data()?;
+        self.0.save_snapshot(&meta, &data).await?;
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        let state = self.0.read();
+        Ok((state.applied.last_applied, state.applied.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut responses = Vec::new();
+        let mut puts = Vec::new();
+        let version = {
+            let mut state = self.0.write();
+            for entry in entries {
+                state.applied.last_applied = Some(entry.log_id);
+                let response = match entry.payload {
+                    EntryPayload::Blank => Response::Internal,
+                    EntryPayload::Membership(membership) => {
+                        state.applied.membership = StoredMembership::new(Some(entry.log_id), membership);
+                        Response::Internal
+                    }
+                    // Refusals are deterministic (same history, same proposal), so every node
+                    // refuses the same entries and the histories stay identical.
+                    EntryPayload::Normal(Request::Config(proposal)) => match state.history.commit(&proposal) {
+                        Ok(event) => {
+                            puts.push((event_key(event.version), to_json(event)?));
+                            Response::Committed { version: event.version }
+                        }
+                        Err(error) => Response::Rejected { error },
+                    },
+                };
+                responses.push(response);
+            }
+            puts.push((APPLIED.to_vec(), to_json(&state.applied)?));
+            state.history.version()
+        };
+        self.0
+            .store
+            .state_write(puts)
+            .map_err(|e| io(StorageIOError::write_state_machine, e))?;
+        self.0
+            .store
+            .flush()
+            .await
+            .map_err(|e| io(StorageIOError::write_state_machine, e))?;
+        self.0.version.send_replace(version);
+        Ok(responses)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
+        let bytes = snapshot.into_inner();
+        let data: SnapshotData = from_json(&bytes)?;
+        let history = History::from_events(data.events.clone())
+            .map_err(|e| io(StorageIOError::read_state_machine, e))?;
+        let mut puts = Vec::with_capacity(data.events.len() + 1);
+        for event in &data.events {
+            puts.push((event_key(event.version), to_json(event)?));
+        }
+        let applied = Applied {
+            last_applied: meta.last_log_id,
+            membership: meta.last_membership.clone(),
+        };
+        puts.push((APPLIED.to_vec(), to_json(&applied)?));
+        self.0
+            .store
+            .state_replace(puts)
+            .map_err(|e| io(StorageIOError::write_state_machine, e))?;
+        self.0.save_snapshot(meta, &bytes).await?;
+        let version = history.version();
+        *self.0.write() = State { applied, history };
+        self.0.version.send_replace(version);
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
+        let Some(bytes) = self
+            .0
+            .store
+            .meta_get(SNAPSHOT)
+            .map_err(|e| io(StorageIOError::read, e))?
+        else {
+            return Ok(None);
+        };
+        let stored: StoredSnapshot = from_json(&bytes)?;
+        Ok(Some(Snapshot {
+            meta: stored.meta,
+            snapshot: Box::new(Cursor::new(stored.data)),
+        }))
+    }
+}

@@ -1,0 +1,202 @@
+//! `apiary node`: starts (or restarts, or joins) a member and serves its HTTP API.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use apiary_consensus::{Consensus, Member, Settings, WriteError};
+use apiary_storage::Store;
+use apiary_wire::{request_join, tls::new_key_and_csr, JoinToken, Transport, WireError};
+
+use crate::api::{self, ApiState};
+use crate::identity::{read_token_file, DataDir, NodeIdentity};
+use crate::peer::PeerService;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct NodeArgs {
+    /// Single-node cluster with embedded defaults: data in ./apiary-data, API on
+    /// 127.0.0.1:7700, peers on 127.0.0.1:7701.
+    #[arg(long)]
+    pub dev: bool,
+    /// Node name shown in status and events [default: the host name]
+    #[arg(long, env = "APIARY_NAME")]
+    pub name: Option<String>,
+    /// Where this node keeps its identity, Raft log and config.
+    #[arg(long, env = "APIARY_DATA_DIR", default_value = "./apiary-data")]
+    pub data_dir: PathBuf,
+    /// QUIC address for peers (mutual TLS).
+    #[arg(long, env = "APIARY_LISTEN", default_value = "127.0.0.1:7701")]
+    pub listen: SocketAddr,
+    /// Address other peers should dial, if not --listen (e.g. behind NAT, or --listen 0.0.0.0).
+    #[arg(long, env = "APIARY_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// HTTP API and dashboard address.
+    #[arg(long, env = "APIARY_API", default_value = "127.0.0.1:7700")]
+    pub api: SocketAddr,
+    /// QUIC address of any member, to join its cluster (first start only).
+    #[arg(long, env = "APIARY_JOIN")]
+    pub join: Option<String>,
+    /// The cluster's join token (DATA_DIR/join-token on any member).
+    #[arg(long, env = "APIARY_JOIN_TOKEN", hide_env_values = true)]
+    pub join_token: Option<String>,
+    /// File holding the API write token to use instead of a generated one.
+    #[arg(long, env = "APIARY_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+}
+
+pub async fn run(args: NodeArgs) -> Result<()> {
+    let name = match &args.name {
+        Some(name) => name.clone(),
+        None if args.dev => "dev".to_string(),
+        None => default_name(),
+    };
+    if name.is_empty() || name.len() > 64 {
+        bail!("--name must be 1 to 64 characters");
+    }
+    let advertise = match &args.advertise {
+        Some(addr) => addr.clone(),
+        None if args.listen.ip().is_unspecified() => bail!(
+            "--listen {} is a wildcard address that peers cannot dial: add --advertise HOST:PORT",
+            args.listen
+        ),
+        None => args.listen.to_string(),
+    };
+    let token_override = args.token_file.as_deref().map(read_token_file).transpose()?;
+
+    let dir = DataDir::create(&args.data_dir)?;
+    let identity = if dir.exists() {
+        if args.join.is_some() {
+            tracing::info!("this data dir already belongs to a cluster; --join is ignored");
+        }
+        dir.load()?
+    } else if let Some(via) = &args.join {
+        let token = args
+            .join_token
+            .as_deref()
+            .context("--join needs --join-token: copy DATA_DIR/join-token from any member")?;
+        let token: JoinToken = token.parse()?;
+        join(&dir, &name, via, &token).await?
+    } else {
+        dir.create_cluster(&name, token_override.clone())?
+    };
+    let api_token = token_override.unwrap_or_else(|| identity.api_token.clone());
+    let node_id = identity.node.id;
+
+    let store = Store::open(dir.path())?;
+    let transport = Transport::bind(args.listen, &identity.tls)?;
+    let consensus = Consensus::start(node_id, store, transport.clone(), Settings::default()).await?;
+    transport.serve(Arc::new(PeerService {
+        consensus: consensus.clone(),
+        ca: apiary_wire::ClusterCa::from_der(identity.ca.cert_der().to_vec(), &identity.ca.key_der())?,
+        join_token: identity.join_token.clone(),
+        api_token: api_token.clone(),
+    }));
+    consensus.spawn_reachability_probe();
+    let me = Member {
+        name: identity.node.name.clone(),
+        addr: advertise.clone(),
+    };
+    match &identity.node.joined_via {
+        None => consensus.bootstrap(me).await?,
+        Some(via) if !identity.node.admitted => {
+            wait_for_admission(&consensus, via, me).await?;
+            let mut node = identity.node.clone();
+            node.admitted = true;
+            dir.save_node(&node)?;
+        }
+        Some(_) => {}
+    }
+
+    let listener = tokio::net::TcpListener::bind(args.api).await.with_context(|| {
+        format!("cannot listen for the API on {}: is another node using it? pass --api HOST:PORT", args.api)
+    })?;
+    print_banner(&identity, &args, &advertise, &api_token, &dir);
+    let state = Arc::new(ApiState {
+        consensus: consensus.clone(),
+        node_name: identity.node.name.clone(),
+        api_token,
+    });
+    axum::serve(listener, api::router(state))
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("the API server failed")?;
+    tracing::info!("shutting down");
+    consensus.shutdown().await;
+    Ok(())
+}
+
+async fn join(dir: &DataDir, name: &str, via: &str, token: &JoinToken) -> Result<NodeIdentity> {
+    let (key, csr) = new_key_and_csr(name)?;
+    let target = apiary_consensus::network::resolve(via).await?;
+    for attempt in 1..=30 {
+        match request_join(target, token, name, csr.clone()).await {
+            Ok(grant) => {
+                eprintln!("joined: the cluster issued this node a certificate (node id {})", grant.node_id);
+                return dir.save_grant(name, via, key, grant);
+            }
+            Err(WireError::Connection(reason)) if attempt < 30 => {
+                eprintln!("joining via {via}: attempt {attempt}/30 failed ({reason}); retrying in 1 s");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => return Err(e).with_context(|| format!("cannot join the cluster via {via}")),
+        }
+    }
+    unreachable!("the last attempt returns")
+}
+
+async fn wait_for_admission(consensus: &Consensus, via: &str, me: Member) -> Result<()> {
+    for attempt in 1..=30 {
+        match consensus.request_admission(via, me.clone()).await {
+            Ok(()) => {
+                eprintln!("admitted to the cluster as {me}");
+                return Ok(());
+            }
+            Err(WriteError::Unavailable(reason)) if attempt < 30 => {
+                eprintln!("waiting to be admitted via {via}: attempt {attempt}/30 ({reason})");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => bail!("the cluster did not admit this node via {via}: {e}"),
+        }
+    }
+    unreachable!("the last attempt returns")
+}
+
+fn print_banner(identity: &NodeIdentity, args: &NodeArgs, advertise: &str, api_token: &str, dir: &DataDir) {
+    let data = dir.path().display();
+    println!("apiary node {:?} (id {}) is running", identity.node.name, identity.node.id);
+    println!("  API         http://{}   (try: apiary status --peer http://{})", args.api, args.api);
+    println!("  peers       {advertise} (QUIC, mutual TLS)");
+    println!("  data        {data}");
+    println!("  API token   {api_token}   (also in {})", dir.api_token_path().display());
+    println!("  join token  {}   (also in {})", identity.join_token, dir.join_token_path().display());
+    println!(
+        "  add a node  apiary node --name NAME --data-dir DIR --listen HOST:PORT --api HOST:PORT \
+         --join {advertise} --join-token $(cat {})",
+        dir.join_token_path().display()
+    );
+}
+
+fn default_name() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "node".to_string())
+}
+
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate => {}
+    }
+}

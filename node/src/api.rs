@@ -1,0 +1,236 @@
+//! The HTTP API every node serves (JSON), and `/metrics` in Prometheus text.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use apiary_config::{ConfigError, Intent, Proposal, Setting};
+use apiary_consensus::{Consensus, WriteError};
+use axum::body::Bytes;
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::metrics;
+
+pub struct ApiState {
+    pub consensus: Arc<Consensus>,
+    pub node_name: String,
+    pub api_token: String,
+}
+
+/// Every route of the API; `docs/api.md` is checked against this list by a test.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/healthz"),
+    ("GET", "/metrics"),
+    ("GET", "/v1/cluster"),
+    ("GET", "/v1/config"),
+    ("PATCH", "/v1/config"),
+    ("GET", "/v1/config/history"),
+    ("POST", "/v1/config/revert"),
+];
+
+pub fn router(state: Arc<ApiState>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(prometheus))
+        .route("/v1/cluster", get(cluster))
+        .route("/v1/config", get(get_config).patch(patch_config))
+        .route("/v1/config/history", get(history))
+        .route("/v1/config/revert", post(revert))
+        .fallback(|| async {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "no such endpoint; see docs/api.md for the API (e.g. GET /v1/cluster)",
+            )
+        })
+        .with_state(state)
+}
+
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+
+    fn bad_request(message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::BAD_REQUEST, message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(json!({ "error": self.message }))).into_response()
+    }
+}
+
+impl From<WriteError> for ApiError {
+    fn from(error: WriteError) -> Self {
+        let status = match error {
+            WriteError::Rejected(_) => StatusCode::BAD_REQUEST,
+            WriteError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            WriteError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError::new(status, error.to_string())
+    }
+}
+
+impl From<ConfigError> for ApiError {
+    fn from(error: ConfigError) -> Self {
+        ApiError::bad_request(error.to_string())
+    }
+}
+
+type ApiResult = Result<Json<Value>, ApiError>;
+
+async fn healthz(State(state): State<Arc<ApiState>>) -> Json<Value> {
+    let status = state.consensus.status();
+    Json(json!({
+        "status": "ok",
+        "node": state.node_name,
+        "leader_known": status.leader_id.is_some(),
+        "version": status.committed_version,
+    }))
+}
+
+async fn prometheus(State(state): State<Arc<ApiState>>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        metrics::render(&state.node_name, &state.consensus.status()),
+    )
+}
+
+async fn cluster(State(state): State<Arc<ApiState>>) -> ApiResult {
+    let mut status = serde_json::to_value(state.consensus.status()).map_err(internal)?;
+    status["node_name"] = json!(state.node_name);
+    Ok(Json(status))
+}
+
+async fn get_config(State(state): State<Arc<ApiState>>) -> ApiResult {
+    let history = state.consensus.config_state().history();
+    Ok(Json(json!({ "version": history.version(), "config": history.current() })))
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Changes {
+    List(Vec<Setting>),
+    Map(BTreeMap<String, Value>),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PatchBody {
+    changes: Changes,
+    #[serde(default)]
+    comment: String,
+    author: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RevertBody {
+    version: u64,
+    #[serde(default)]
+    comment: String,
+    author: Option<String>,
+}
+
+const PATCH_SHAPE: &str = r#"{"changes": [{"key": "probe.http.sample_rate", "value": 0.2}], "comment": "why"} or {"changes": {"probe.http.sample_rate": 0.2}}"#;
+
+async fn patch_config(State(state): State<Arc<ApiState>>, headers: HeaderMap, body: Bytes) -> ApiResult {
+    authorize(&state, &headers)?;
+    let body: PatchBody = parse_body(&body, PATCH_SHAPE)?;
+    let settings = match body.changes {
+        Changes::List(list) => list,
+        Changes::Map(map) => map.into_iter().map(|(key, value)| Setting { key, value }).collect(),
+    };
+    let intent = Intent::Set { settings };
+    commit(&state, intent, body.comment, body.author).await
+}
+
+async fn revert(State(state): State<Arc<ApiState>>, headers: HeaderMap, body: Bytes) -> ApiResult {
+    authorize(&state, &headers)?;
+    let body: RevertBody = parse_body(&body, r#"{"version": 3, "comment": "why"}"#)?;
+    let intent = Intent::Revert {
+        to_version: body.version,
+    };
+    commit(&state, intent, body.comment, body.author).await
+}
+
+/// Checks the change here first (a clear 400 without a round trip), then commits it through
+/// the leader and waits until this node has applied it, so a read that follows sees it.
+async fn commit(state: &ApiState, intent: Intent, comment: String, author: Option<String>) -> ApiResult {
+    let proposal = Proposal {
+        origin_node: state.node_name.clone(),
+        author: author.unwrap_or_else(|| "api".into()),
+        comment,
+        at: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+        intent,
+    };
+    let config_state = state.consensus.config_state();
+    config_state.history().check(&proposal)?;
+    let mut applied = config_state.subscribe();
+    let version = state.consensus.propose(proposal).await?;
+    let caught_up = applied.wait_for(|v| *v >= version);
+    let _ = tokio::time::timeout(Duration::from_secs(2), caught_up).await;
+    let history = config_state.history();
+    let event = history.since(version.saturating_sub(1)).first().cloned();
+    Ok(Json(json!({ "version": version, "event": event })))
+}
+
+async fn history(State(state): State<Arc<ApiState>>, Query(query): Query<HashMap<String, String>>) -> ApiResult {
+    let since = match query.get("since") {
+        None => 0,
+        Some(text) => text.parse::<u64>().map_err(|_| {
+            ApiError::bad_request(format!("since={text:?} is not a version: give a non-negative integer"))
+        })?,
+    };
+    let history = state.consensus.config_state().history();
+    Ok(Json(json!({ "version": history.version(), "events": history.since(since) })))
+}
+
+fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8], shape: &str) -> Result<T, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}; expected {shape}")))
+}
+
+fn authorize(state: &ApiState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .map(str::trim);
+    let Some(presented) = presented else {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "this endpoint needs `Authorization: Bearer <token>`; the token is in DATA_DIR/api-token",
+        ));
+    };
+    if !constant_time_eq(presented.as_bytes(), state.api_token.as_bytes()) {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "the bearer token is wrong; the cluster's token is in DATA_DIR/api-token on any node",
+        ));
+    }
+    Ok(())
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn internal(error: impl std::fmt::Display) -> ApiError {
+    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, error.to_string())
+}

@@ -1,0 +1,256 @@
+//! The CLI client: `apiary status` and `apiary config …` against any node's HTTP API.
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use apiary_config::parse_cli_assignment;
+use comfy_table::{presets::UTF8_BORDERS_ONLY, Table};
+use serde_json::{json, Value};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ClientArgs {
+    /// URL of any node's HTTP API.
+    #[arg(long, env = "APIARY_PEER", default_value = "http://127.0.0.1:7700", global = true)]
+    pub peer: String,
+    /// Print JSON for scripts instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// API token for writes [default: $APIARY_TOKEN, else ./apiary-data/api-token]
+    #[arg(long, env = "APIARY_TOKEN", hide_env_values = true, global = true)]
+    pub token: Option<String>,
+}
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum ConfigCommand {
+    /// Show the config applied on the node, one key per line.
+    Get,
+    /// Change settings: `apiary config set probe.http.sample_rate=0.2 probe.tcp.enabled=false`.
+    Set {
+        #[arg(required = true, value_name = "KEY=VALUE")]
+        assignments: Vec<String>,
+        /// Why (kept in the history).
+        #[arg(long, short = 'm', default_value = "")]
+        comment: String,
+        /// Who [default: $USER]
+        #[arg(long)]
+        author: Option<String>,
+    },
+    /// Show the change history.
+    History {
+        /// Only versions above this one.
+        #[arg(long, default_value_t = 0)]
+        since: u64,
+    },
+    /// Restore the config of an earlier version (recorded as a new version).
+    Revert {
+        version: u64,
+        #[arg(long, short = 'm', default_value = "")]
+        comment: String,
+        #[arg(long)]
+        author: Option<String>,
+    },
+}
+
+struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: Option<String>,
+}
+
+impl Client {
+    fn new(args: &ClientArgs) -> Result<Self> {
+        let base = args.peer.trim_end_matches('/').to_string();
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            bail!("--peer {base:?} is not a URL: use e.g. http://127.0.0.1:7700");
+        }
+        let token = args.token.clone().or_else(|| {
+            std::fs::read_to_string(Path::new("apiary-data").join("api-token"))
+                .ok()
+                .map(|t| t.trim().to_string())
+        });
+        Ok(Client {
+            http: reqwest::Client::builder()
+                .timeout(std::time::Duration::from_secs(30))
+                .build()?,
+            base,
+            token,
+        })
+    }
+
+    async fn send(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Result<Value> {
+        let url = format!("{}{path}", self.base);
+        let mut request = self.http.request(method.clone(), &url);
+        if method != reqwest::Method::GET {
+            let token = self.token.as_deref().context(
+                "writes need the API token: pass --token, set APIARY_TOKEN, or run where ./apiary-data/api-token is",
+            )?;
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.with_context(|| {
+            format!("cannot reach the node at {}: is `apiary node` running there? (--peer URL)", self.base)
+        })?;
+        let status = response.status();
+        let body: Value = response
+            .json()
+            .await
+            .with_context(|| format!("{url} answered {status} with a body that is not JSON"))?;
+        if !status.is_success() {
+            let message = body["error"].as_str().unwrap_or("(no message)");
+            bail!("{status}: {message}");
+        }
+        Ok(body)
+    }
+
+    async fn get(&self, path: &str) -> Result<Value> {
+        self.send(reqwest::Method::GET, path, None).await
+    }
+}
+
+fn print_json(value: &Value) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+fn table(header: &[&str]) -> Table {
+    let mut table = Table::new();
+    table.load_preset(UTF8_BORDERS_ONLY).set_header(header.to_vec());
+    table
+}
+
+fn text(value: &Value) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
+pub async fn status(args: &ClientArgs) -> Result<()> {
+    let client = Client::new(args)?;
+    let cluster = client.get("/v1/cluster").await?;
+    if args.json {
+        return print_json(&cluster);
+    }
+    println!(
+        "node {} ({}) · leader {} · term {} · config version {}",
+        text(&cluster["node_name"]),
+        text(&cluster["state"]),
+        text(&cluster["leader_name"]),
+        text(&cluster["term"]),
+        text(&cluster["committed_version"]),
+    );
+    let mut members = table(&["NAME", "ID", "ADDRESS", "ROLE", "LEADER", "REACHABLE"]);
+    for member in cluster["members"].as_array().into_iter().flatten() {
+        members.add_row(vec![
+            text(&member["name"]),
+            text(&member["id"]),
+            text(&member["address"]),
+            text(&member["role"]),
+            if member["leader"] == json!(true) { "*".into() } else { String::new() },
+            if member["reachable"] == json!(true) { "yes".into() } else { "NO".into() },
+        ]);
+    }
+    println!("{members}");
+    Ok(())
+}
+
+pub async fn config(args: &ClientArgs, command: &ConfigCommand) -> Result<()> {
+    let client = Client::new(args)?;
+    let author = |given: &Option<String>| {
+        given.clone().unwrap_or_else(|| std::env::var("USER").unwrap_or_else(|_| "cli".into()))
+    };
+    let answer = match command {
+        ConfigCommand::Get => client.get("/v1/config").await?,
+        ConfigCommand::History { since } => client.get(&format!("/v1/config/history?since={since}")).await?,
+        ConfigCommand::Set {
+            assignments,
+            comment,
+            author: who,
+        } => {
+            let changes = assignments
+                .iter()
+                .map(|arg| parse_cli_assignment(arg))
+                .collect::<Result<Vec<_>, _>>()?;
+            let body = json!({ "changes": changes, "comment": comment, "author": author(who) });
+            client.send(reqwest::Method::PATCH, "/v1/config", Some(body)).await?
+        }
+        ConfigCommand::Revert {
+            version,
+            comment,
+            author: who,
+        } => {
+            let body = json!({ "version": version, "comment": comment, "author": author(who) });
+            client.send(reqwest::Method::POST, "/v1/config/revert", Some(body)).await?
+        }
+    };
+    if args.json {
+        return print_json(&answer);
+    }
+    match command {
+        ConfigCommand::Get => {
+            println!("config version {}", text(&answer["version"]));
+            let mut rows = table(&["KEY", "VALUE"]);
+            for (key, value) in flatten(&answer["config"]) {
+                rows.add_row(vec![key, value]);
+            }
+            println!("{rows}");
+        }
+        ConfigCommand::History { .. } => {
+            let mut rows = table(&["VERSION", "AT", "ORIGIN", "AUTHOR", "CHANGE", "COMMENT"]);
+            for event in answer["events"].as_array().into_iter().flatten() {
+                rows.add_row(vec![
+                    text(&event["version"]),
+                    text(&event["at"]),
+                    text(&event["origin_node"]),
+                    text(&event["author"]),
+                    describe_change(&event["change"]),
+                    text(&event["comment"]),
+                ]);
+            }
+            println!("{rows}");
+        }
+        ConfigCommand::Set { .. } | ConfigCommand::Revert { .. } => {
+            println!("committed: config version {}", text(&answer["version"]));
+        }
+    }
+    Ok(())
+}
+
+fn describe_change(change: &Value) -> String {
+    match change["kind"].as_str() {
+        Some("revert") => format!("revert to version {}", text(&change["to_version"])),
+        _ => change["settings"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|s| format!("{}={}", text(&s["key"]), s["value"]))
+            .collect::<Vec<_>>()
+            .join(" "),
+    }
+}
+
+/// `{"probes": {"http": {"enabled": true}}}` → `probe.http.enabled = true`, in CLI key form.
+fn flatten(config: &Value) -> Vec<(String, String)> {
+    fn walk(prefix: &str, value: &Value, out: &mut Vec<(String, String)>) {
+        match value {
+            Value::Object(map) if !map.is_empty() => {
+                for (key, inner) in map {
+                    let key = match (prefix, key.as_str()) {
+                        ("", "probes") => "probe".to_string(),
+                        ("", "destinations") => "destination".to_string(),
+                        ("", other) => other.to_string(),
+                        (prefix, other) => format!("{prefix}.{other}"),
+                    };
+                    walk(&key, inner, out);
+                }
+            }
+            other => out.push((prefix.to_string(), other.to_string())),
+        }
+    }
+    let mut out = Vec::new();
+    walk("", config, &mut out);
+    out
+}

@@ -1,0 +1,67 @@
+//! Answers other peers over QUIC: join requests from new nodes, and consensus services from
+//! members.
+
+use std::sync::Arc;
+
+use apiary_consensus::Consensus;
+use apiary_wire::{ClusterCa, Handler, JoinGrant, JoinToken, Message, PeerInfo};
+
+pub struct PeerService {
+    pub consensus: Arc<Consensus>,
+    pub ca: ClusterCa,
+    pub join_token: JoinToken,
+    pub api_token: String,
+}
+
+impl Handler for PeerService {
+    async fn handle(&self, peer: PeerInfo, message: Message) -> Message {
+        match message {
+            Message::JoinRequest {
+                secret,
+                node_name,
+                csr_der,
+            } => self.join(peer, &secret, &node_name, &csr_der),
+            Message::Request { service, payload } => self.consensus.handle(service, &payload).await,
+            other => Message::Refused {
+                reason: format!("a member does not accept {other:?} as a request"),
+            },
+        }
+    }
+}
+
+impl PeerService {
+    fn join(&self, peer: PeerInfo, secret: &[u8], node_name: &str, csr_der: &[u8]) -> Message {
+        if !self.join_token.secret_matches(secret) {
+            tracing::warn!(peer = %peer.addr, node_name, "refused a join: wrong join secret");
+            return Message::Refused {
+                reason: "the join token's secret is wrong: copy DATA_DIR/join-token from a member"
+                    .into(),
+            };
+        }
+        if node_name.is_empty() || node_name.len() > 64 {
+            return Message::Refused {
+                reason: "node names must be 1 to 64 characters".into(),
+            };
+        }
+        let cert_der = match self.ca.issue_from_csr(node_name, csr_der) {
+            Ok(cert) => cert,
+            Err(e) => return Message::Refused { reason: e.to_string() },
+        };
+        let taken: Vec<u64> = self.consensus.status().members.iter().map(|m| m.id).collect();
+        let node_id = loop {
+            let candidate = rand::random::<u64>() >> 1;
+            if !taken.contains(&candidate) {
+                break candidate;
+            }
+        };
+        tracing::info!(peer = %peer.addr, node_name, node_id, "issued a certificate to a joining node");
+        Message::JoinGranted(JoinGrant {
+            node_id,
+            cert_der,
+            ca_cert_der: self.ca.cert_der().to_vec(),
+            ca_key_der: self.ca.key_der(),
+            join_secret: self.join_token.secret.to_vec(),
+            api_token: self.api_token.clone(),
+        })
+    }
+}
