@@ -1,0 +1,252 @@
+//! A harness that runs real `apiary node` processes on loopback, each with its own data dir and
+//! ports, and talks to them over their HTTP API. Shared by the tests and the benchmark.
+
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_apiary");
+
+pub fn free_port_pair() -> (u16, u16) {
+    let udp = UdpSocket::bind("127.0.0.1:0").expect("bind udp");
+    let tcp = TcpListener::bind("127.0.0.1:0").expect("bind tcp");
+    (
+        udp.local_addr().unwrap().port(),
+        tcp.local_addr().unwrap().port(),
+    )
+}
+
+pub struct Node {
+    pub name: String,
+    pub quic: SocketAddr,
+    pub api: SocketAddr,
+    pub data_dir: PathBuf,
+    join: Option<(SocketAddr, String)>,
+    child: Option<Child>,
+}
+
+impl Node {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.api)
+    }
+
+    fn spawn(&mut self) {
+        let log = |suffix: &str| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(self.data_dir.with_extension(suffix))
+                .expect("open log")
+        };
+        let mut command = Command::new(BIN);
+        command
+            .args(["node", "--name", &self.name])
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(["--listen", &self.quic.to_string(), "--api", &self.api.to_string()])
+            .env("APIARY_LOG", "info,openraft=warn")
+            .stdin(Stdio::null())
+            .stdout(log("out"))
+            .stderr(log("err"));
+        if let Some((via, token)) = &self.join {
+            command.args(["--join", &via.to_string(), "--join-token", token]);
+        }
+        self.child = Some(command.spawn().expect("spawn apiary node"));
+    }
+
+    /// SIGKILL: no goodbye, as in a crash.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the node again from its data dir, with the same flags.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(self.data_dir.with_extension("err")).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+}
+
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub nodes: Vec<Node>,
+    pub http: reqwest::Client,
+    pub token: String,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for node in &self.nodes {
+                eprintln!("--- log of {} ---\n{}", node.name, node.log_tail());
+            }
+        }
+        for node in &mut self.nodes {
+            node.kill();
+        }
+    }
+}
+
+impl Cluster {
+    /// Starts `size` nodes: the first creates the cluster, the others join through it, one at a
+    /// time, each waiting until it is a member.
+    pub async fn start(size: usize) -> Cluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut cluster = Cluster {
+            dir,
+            nodes: Vec::new(),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(20))
+                .build()
+                .unwrap(),
+            token: String::new(),
+        };
+        for i in 0..size {
+            cluster.add_node(&format!("n{i}")).await;
+        }
+        cluster
+    }
+
+    pub async fn add_node(&mut self, name: &str) {
+        let (quic, api) = free_port_pair();
+        let join = self.nodes.first().map(|first| {
+            let token = std::fs::read_to_string(first.data_dir.join("join-token")).unwrap();
+            (first.quic, token.trim().to_string())
+        });
+        let mut node = Node {
+            name: name.to_string(),
+            quic: SocketAddr::from(([127, 0, 0, 1], quic)),
+            api: SocketAddr::from(([127, 0, 0, 1], api)),
+            data_dir: self.dir.path().join(name),
+            join,
+            child: None,
+        };
+        node.spawn();
+        self.nodes.push(node);
+        let index = self.nodes.len() - 1;
+        let expected = self.nodes.len();
+        self.wait_for(Duration::from_secs(30), &format!("{name} to become a member"), |c| async move {
+            let cluster = c.get(index, "/v1/cluster").await.ok()?;
+            (cluster["members"].as_array()?.len() == expected).then_some(())
+        })
+        .await;
+        if self.token.is_empty() {
+            let text = std::fs::read_to_string(self.nodes[0].data_dir.join("api-token")).unwrap();
+            self.token = text.trim().to_string();
+        }
+    }
+
+    pub async fn get(&self, node: usize, path: &str) -> Result<Value, String> {
+        let response = self
+            .http
+            .get(self.nodes[node].url(path))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = response.status();
+        let body: Value = response.json().await.map_err(|e| e.to_string())?;
+        if status.is_success() {
+            Ok(body)
+        } else {
+            Err(format!("{status}: {body}"))
+        }
+    }
+
+    /// Sends a write; returns the HTTP status and the JSON body.
+    pub async fn write(&self, node: usize, method: reqwest::Method, path: &str, body: Value) -> (u16, Value) {
+        let response = self
+            .http
+            .request(method, self.nodes[node].url(path))
+            .bearer_auth(&self.token)
+            .json(&body)
+            .send()
+            .await
+            .expect("request failed to send");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn set(&self, node: usize, key: &str, value: Value) -> (u16, Value) {
+        let body = json!({ "changes": [{ "key": key, "value": value }], "comment": "test" });
+        self.write(node, reqwest::Method::PATCH, "/v1/config", body).await
+    }
+
+    /// Index of the node every live node agrees is the leader.
+    pub async fn leader(&self, live: &[usize]) -> usize {
+        self.wait_for(Duration::from_secs(20), "an agreed leader", |c| async move {
+            let mut leader = None;
+            for &i in live {
+                let status = c.get(i, "/v1/cluster").await.ok()?;
+                let name = status["leader_name"].as_str()?.to_string();
+                if leader.get_or_insert(name.clone()) != &name {
+                    return None;
+                }
+            }
+            let name = leader?;
+            live.iter().copied().find(|&i| c.nodes[i].name == name)
+        })
+        .await
+    }
+
+    pub async fn config_version(&self, node: usize) -> Option<u64> {
+        self.get(node, "/v1/config").await.ok()?["version"].as_u64()
+    }
+
+    /// Waits until every node in `nodes` has applied `version`.
+    pub async fn wait_version(&self, nodes: &[usize], version: u64) {
+        self.wait_for(Duration::from_secs(20), &format!("version {version} everywhere"), |c| async move {
+            for &i in nodes {
+                if c.config_version(i).await? < version {
+                    return None;
+                }
+            }
+            Some(())
+        })
+        .await
+    }
+
+    /// Polls `check` until it returns `Some`, or panics after `timeout` naming `what`.
+    pub async fn wait_for<'a, T, F, Fut>(&'a self, timeout: Duration, what: &str, check: F) -> T
+    where
+        F: Fn(&'a Cluster) -> Fut,
+        Fut: std::future::Future<Output = Option<T>>,
+    {
+        let start = Instant::now();
+        loop {
+            if let Some(value) = check(self).await {
+                return value;
+            }
+            if start.elapsed() > timeout {
+                panic!("timed out after {timeout:?} waiting for {what}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Runs the `apiary` CLI and returns (success, stdout, stderr).
+pub fn cli(args: &[&str]) -> (bool, String, String) {
+    let output = Command::new(BIN)
+        .args(args)
+        .env_remove("APIARY_TOKEN")
+        .output()
+        .expect("run apiary");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
