@@ -68,7 +68,11 @@ fn apply_one(config: &ClusterConfig, setting: &Setting) -> Result<ClusterConfig,
     if path[0] == "probes" && !PROBE_NAMES.contains(&path[1]) {
         return Err(unknown(
             key,
-            &format!("`{}` is not a probe; probes are {}", path[1], PROBE_NAMES.join(", ")),
+            &format!(
+                "`{}` is not a probe; probes are {}",
+                path[1],
+                PROBE_NAMES.join(", ")
+            ),
         ));
     }
 
@@ -80,12 +84,16 @@ fn apply_one(config: &ClusterConfig, setting: &Setting) -> Result<ClusterConfig,
         let destinations = object_at(root, "destinations", key)?;
         if path.len() == 2 && setting.value.is_null() {
             if destinations.remove(path[1]).is_none() {
-                return Err(unknown(key, &format!("there is no destination `{}`", path[1])));
+                return Err(unknown(
+                    key,
+                    &format!("there is no destination `{}`", path[1]),
+                ));
             }
             return parse(tree, setting);
         }
         if !destinations.contains_key(path[1]) {
-            let fresh = serde_json::to_value(Destination::default()).map_err(|e| internal(key, e))?;
+            let fresh =
+                serde_json::to_value(Destination::default()).map_err(|e| internal(key, e))?;
             destinations.insert(path[1].to_string(), fresh);
         }
     }
@@ -97,7 +105,10 @@ fn apply_one(config: &ClusterConfig, setting: &Setting) -> Result<ClusterConfig,
     }
     let Some(slot) = object.get_mut(*last) else {
         let allowed: Vec<&str> = object.keys().map(String::as_str).collect();
-        return Err(unknown(key, &format!("allowed here: {}", allowed.join(", "))));
+        return Err(unknown(
+            key,
+            &format!("allowed here: {}", allowed.join(", ")),
+        ));
     };
     *slot = coerce(slot, &setting.value, key)?;
     parse(tree, setting)
@@ -112,7 +123,10 @@ fn object_at<'a>(
     match object.get_mut(segment) {
         Some(Value::Object(inner)) => Ok(inner),
         Some(_) => Err(unknown(key, &format!("`{segment}` has no sub-keys"))),
-        None => Err(unknown(key, &format!("allowed here: {}", allowed.join(", ")))),
+        None => Err(unknown(
+            key,
+            &format!("allowed here: {}", allowed.join(", ")),
+        )),
     }
 }
 
@@ -161,5 +175,9 @@ fn unknown(key: &str, hint: &str) -> ConfigError {
 }
 
 fn internal(key: &str, error: impl std::fmt::Display) -> ConfigError {
-    ConfigError::invalid(key, "given", format!("a value the model can hold ({error})"))
+    ConfigError::invalid(
+        key,
+        "given",
+        format!("a value the model can hold ({error})"),
+    )
 }

@@ -26,7 +26,9 @@ pub enum ConfigError {
         value: String,
         expected: String,
     },
-    #[error("cannot revert to version {requested}: versions run from 0 (the defaults) to {latest}")]
+    #[error(
+        "cannot revert to version {requested}: versions run from 0 (the defaults) to {latest}"
+    )]
     NoSuchVersion { requested: u64, latest: u64 },
     #[error("the change lists no settings: give at least one `key=value`")]
     Empty,
@@ -159,7 +161,10 @@ impl History {
         Ok(self.materialize(proposal)?.0)
     }
 
-    fn materialize(&self, proposal: &Proposal) -> Result<(ConfigEvent, ClusterConfig), ConfigError> {
+    fn materialize(
+        &self,
+        proposal: &Proposal,
+    ) -> Result<(ConfigEvent, ClusterConfig), ConfigError> {
         let change = match &proposal.intent {
             Intent::Set { settings } if settings.is_empty() => return Err(ConfigError::Empty),
             Intent::Set { settings } => Change::Set {

@@ -32,7 +32,9 @@ pub struct Probes {
 
 impl Probes {
     pub fn iter(&self) -> impl Iterator<Item = (&'static str, &ProbeSettings)> {
-        PROBE_NAMES.into_iter().zip([&self.http, &self.tls, &self.tcp, &self.process])
+        PROBE_NAMES
+            .into_iter()
+            .zip([&self.http, &self.tls, &self.tcp, &self.process])
     }
 }
 

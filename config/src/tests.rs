@@ -36,9 +36,16 @@ fn cli_keys_mirror_json_shape() {
 
 #[test]
 fn cli_assignment_parses_json_or_string() {
-    assert_eq!(parse_cli_assignment("probe.http.enabled=false").unwrap().value, json!(false));
     assert_eq!(
-        parse_cli_assignment("destination.main.endpoint=http://c:4317").unwrap().value,
+        parse_cli_assignment("probe.http.enabled=false")
+            .unwrap()
+            .value,
+        json!(false)
+    );
+    assert_eq!(
+        parse_cli_assignment("destination.main.endpoint=http://c:4317")
+            .unwrap()
+            .value,
         json!("http://c:4317")
     );
     assert!(parse_cli_assignment("probe.http.enabled").is_err());
@@ -46,8 +53,11 @@ fn cli_assignment_parses_json_or_string() {
 
 #[test]
 fn refuses_rate_outside_unit_interval_naming_field() {
-    let error = apply_settings(&ClusterConfig::default(), &[set("probe.http.sample_rate", json!(1.5))])
-        .unwrap_err();
+    let error = apply_settings(
+        &ClusterConfig::default(),
+        &[set("probe.http.sample_rate", json!(1.5))],
+    )
+    .unwrap_err();
     let message = error.to_string();
     assert!(message.contains("probe.http.sample_rate"), "{message}");
     assert!(message.contains("from 0 to 1"), "{message}");
@@ -55,8 +65,11 @@ fn refuses_rate_outside_unit_interval_naming_field() {
 
 #[test]
 fn refuses_unknown_probe_listing_the_real_ones() {
-    let error = apply_settings(&ClusterConfig::default(), &[set("probe.ftp.enabled", json!(true))])
-        .unwrap_err();
+    let error = apply_settings(
+        &ClusterConfig::default(),
+        &[set("probe.ftp.enabled", json!(true))],
+    )
+    .unwrap_err();
     let message = error.to_string();
     assert!(message.contains("probe.ftp.enabled"), "{message}");
     assert!(message.contains("http, tls, tcp, process"), "{message}");
@@ -64,13 +77,19 @@ fn refuses_unknown_probe_listing_the_real_ones() {
 
 #[test]
 fn refuses_unknown_field_and_wrong_type() {
-    let unknown = apply_settings(&ClusterConfig::default(), &[set("probe.http.rate", json!(1))])
-        .unwrap_err()
-        .to_string();
+    let unknown = apply_settings(
+        &ClusterConfig::default(),
+        &[set("probe.http.rate", json!(1))],
+    )
+    .unwrap_err()
+    .to_string();
     assert!(unknown.contains("sample_rate"), "{unknown}");
-    let wrong = apply_settings(&ClusterConfig::default(), &[set("probe.http.enabled", json!("yes"))])
-        .unwrap_err()
-        .to_string();
+    let wrong = apply_settings(
+        &ClusterConfig::default(),
+        &[set("probe.http.enabled", json!("yes"))],
+    )
+    .unwrap_err()
+    .to_string();
     assert!(wrong.contains("true or false"), "{wrong}");
     let port = apply_settings(
         &ClusterConfig::default(),
@@ -94,9 +113,12 @@ fn list_from_comma_string() {
 #[test]
 fn destinations_are_created_checked_and_removed() {
     let config = ClusterConfig::default();
-    let bad = apply_settings(&config, &[set("destination.main.endpoint", json!("not a url"))])
-        .unwrap_err()
-        .to_string();
+    let bad = apply_settings(
+        &config,
+        &[set("destination.main.endpoint", json!("not a url"))],
+    )
+    .unwrap_err()
+    .to_string();
     assert!(bad.contains("destination.main.endpoint"), "{bad}");
     let bad_protocol = apply_settings(
         &config,
@@ -126,23 +148,35 @@ fn destinations_are_created_checked_and_removed() {
 fn fold_equals_incremental_state_including_reverts() {
     let mut history = History::default();
     history
-        .commit(&set_proposal(vec![set("probe.http.sample_rate", json!(0.5))]))
+        .commit(&set_proposal(vec![set(
+            "probe.http.sample_rate",
+            json!(0.5),
+        )]))
         .unwrap();
     history
         .commit(&set_proposal(vec![set("probe.tcp.enabled", json!(false))]))
         .unwrap();
     history
-        .commit(&set_proposal(vec![set("budget.cpu_percent_per_node", json!(5.0))]))
+        .commit(&set_proposal(vec![set(
+            "budget.cpu_percent_per_node",
+            json!(5.0),
+        )]))
         .unwrap();
-    let event = history.commit(&proposal(Intent::Revert { to_version: 1 })).unwrap();
+    let event = history
+        .commit(&proposal(Intent::Revert { to_version: 1 }))
+        .unwrap();
     assert_eq!(event.version, 4);
     assert_eq!(history.current().probes.http.sample_rate, 0.5);
     assert!(history.current().probes.tcp.enabled);
     assert_eq!(history.current().budget.cpu_percent_per_node, 2.0);
     // Reverting the revert brings version 3 back.
-    history.commit(&proposal(Intent::Revert { to_version: 3 })).unwrap();
+    history
+        .commit(&proposal(Intent::Revert { to_version: 3 }))
+        .unwrap();
     assert!(!history.current().probes.tcp.enabled);
-    history.commit(&proposal(Intent::Revert { to_version: 0 })).unwrap();
+    history
+        .commit(&proposal(Intent::Revert { to_version: 0 }))
+        .unwrap();
     assert_eq!(history.current(), &ClusterConfig::default());
 
     assert_eq!(&fold(history.events()).unwrap(), history.current());
@@ -158,11 +192,22 @@ fn fold_equals_incremental_state_including_reverts() {
 fn refused_changes_leave_no_event() {
     let mut history = History::default();
     assert!(history
-        .commit(&set_proposal(vec![set("probe.http.sample_rate", json!(-0.1))]))
+        .commit(&set_proposal(vec![set(
+            "probe.http.sample_rate",
+            json!(-0.1)
+        )]))
         .is_err());
     assert!(history.commit(&set_proposal(vec![])).is_err());
-    let error = history.commit(&proposal(Intent::Revert { to_version: 9 })).unwrap_err();
-    assert_eq!(error, ConfigError::NoSuchVersion { requested: 9, latest: 0 });
+    let error = history
+        .commit(&proposal(Intent::Revert { to_version: 9 }))
+        .unwrap_err();
+    assert_eq!(
+        error,
+        ConfigError::NoSuchVersion {
+            requested: 9,
+            latest: 0
+        }
+    );
     assert_eq!(history.version(), 0);
 }
 
@@ -170,9 +215,14 @@ fn refused_changes_leave_no_event() {
 fn events_round_trip_through_json() {
     let mut history = History::default();
     history
-        .commit(&set_proposal(vec![set("probe.http.sample_rate", json!(0.25))]))
+        .commit(&set_proposal(vec![set(
+            "probe.http.sample_rate",
+            json!(0.25),
+        )]))
         .unwrap();
-    history.commit(&proposal(Intent::Revert { to_version: 0 })).unwrap();
+    history
+        .commit(&proposal(Intent::Revert { to_version: 0 }))
+        .unwrap();
     let text = serde_json::to_string(history.events()).unwrap();
     let back: Vec<ConfigEvent> = serde_json::from_str(&text).unwrap();
     assert_eq!(back, history.events());

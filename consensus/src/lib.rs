@@ -6,6 +6,10 @@
 //! new members (learners first, voters up to a small quorum), answer peers' Raft RPCs, and report
 //! the cluster's status.
 
+// openraft's traits fix the error type (`StorageError`, about 224 bytes); boxing it in our
+// helpers would only add conversions at every trait boundary.
+#![allow(clippy::result_large_err)]
+
 pub mod log_store;
 pub mod network;
 pub mod state_machine;
@@ -154,9 +158,15 @@ impl Consensus {
         let network = PeerNetwork {
             transport: transport.clone(),
         };
-        let raft = Raft::new(id, Arc::new(config), network, log_store, StateMachine(state.clone()))
-            .await
-            .map_err(|e| ConsensusError::Raft(e.to_string()))?;
+        let raft = Raft::new(
+            id,
+            Arc::new(config),
+            network,
+            log_store,
+            StateMachine(state.clone()),
+        )
+        .await
+        .map_err(|e| ConsensusError::Raft(e.to_string()))?;
         Ok(Arc::new(Consensus {
             id,
             raft,
@@ -250,8 +260,14 @@ impl Consensus {
             let attempt = match self.leader() {
                 Some((leader, _)) if leader == self.id => local(request.clone()).await,
                 Some((leader, member)) => {
-                    match call_json::<_, Attempt<T>>(&self.transport, &member.addr, service, &request, remaining)
-                        .await
+                    match call_json::<_, Attempt<T>>(
+                        &self.transport,
+                        &member.addr,
+                        service,
+                        &request,
+                        remaining,
+                    )
+                    .await
                     {
                         Ok(attempt) => attempt,
                         Err(e) => Attempt::Retry(format!(
@@ -268,7 +284,9 @@ impl Consensus {
             match attempt {
                 Attempt::Done(value) => return Ok(value),
                 Attempt::Failed(error) => return Err(error),
-                Attempt::Retry(reason) if Instant::now() + Duration::from_millis(100) >= deadline => {
+                Attempt::Retry(reason)
+                    if Instant::now() + Duration::from_millis(100) >= deadline =>
+                {
                     return Err(WriteError::Unavailable(format!(
                         "no quorum after {:?}: {reason}; retry when a majority of voters is reachable",
                         self.settings.write_timeout
@@ -392,7 +410,9 @@ impl Consensus {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             loop {
                 tick.tick().await;
-                let Some(consensus) = this.upgrade() else { return };
+                let Some(consensus) = this.upgrade() else {
+                    return;
+                };
                 let metrics = consensus.raft.metrics().borrow().clone();
                 for (id, member) in metrics.membership_config.membership().nodes() {
                     if *id == consensus.id {
@@ -427,14 +447,22 @@ impl Consensus {
         let metrics = self.raft.metrics().borrow().clone();
         let membership = metrics.membership_config.membership();
         let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
-        let last_heard = self.last_heard.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let last_heard = self
+            .last_heard
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         let members = membership
             .nodes()
             .map(|(id, member)| MemberStatus {
                 id: *id,
                 name: member.name.clone(),
                 address: member.addr.clone(),
-                role: if voters.contains(id) { Role::Voter } else { Role::Learner },
+                role: if voters.contains(id) {
+                    Role::Voter
+                } else {
+                    Role::Learner
+                },
                 leader: metrics.current_leader == Some(*id),
                 reachable: *id == self.id
                     || last_heard
@@ -481,7 +509,9 @@ fn membership_error<T>(error: RaftError<NodeId, ClientWriteError<NodeId, Member>
             Attempt::Retry("leadership moved".into())
         }
         // Another membership change is still in flight; it finishes within a round trip.
-        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => Attempt::Retry(e.to_string()),
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
+            Attempt::Retry(e.to_string())
+        }
         other => Attempt::Failed(WriteError::Internal(other.to_string())),
     }
 }

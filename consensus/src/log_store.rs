@@ -49,7 +49,11 @@ impl LogStore {
     }
 
     fn meta<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StorageError> {
-        match self.store.meta_get(key).map_err(|e| io(StorageIOError::read, e))? {
+        match self
+            .store
+            .meta_get(key)
+            .map_err(|e| io(StorageIOError::read, e))?
+        {
             Some(bytes) => Ok(Some(from_json(&bytes)?)),
             None => Ok(None),
         }
@@ -141,7 +145,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(committed)
     }
 
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -166,7 +174,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.store
             .log_truncate_from(log_id.index)
             .map_err(|e| io(StorageIOError::write_logs, e))?;
-        self.store.flush().await.map_err(|e| io(StorageIOError::write_logs, e))
+        self.store
+            .flush()
+            .await
+            .map_err(|e| io(StorageIOError::write_logs, e))
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {

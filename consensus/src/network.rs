@@ -45,7 +45,9 @@ pub async fn call_json<Req: Serialize, Resp: DeserializeOwned>(
     let message = Message::Request { service, payload };
     let answer = tokio::time::timeout(timeout, transport.call(socket, &message))
         .await
-        .map_err(|_| WireError::Connection(format!("{addr} did not answer within {timeout:?}")))??;
+        .map_err(|_| {
+            WireError::Connection(format!("{addr} did not answer within {timeout:?}"))
+        })??;
     match answer {
         Message::Response { payload } => serde_json::from_slice(&payload)
             .map_err(|e| WireError::Malformed(format!("bad answer from {addr}: {e}"))),
@@ -104,7 +106,11 @@ impl PeerConnection {
             _ => RPCError::Network(NetworkError::new(&e)),
         })?;
         answer.map_err(|e| {
-            RPCError::RemoteError(RemoteError::new_with_node(self.target, self.member.clone(), e))
+            RPCError::RemoteError(RemoteError::new_with_node(
+                self.target,
+                self.member.clone(),
+                e,
+            ))
         })
     }
 }

@@ -77,7 +77,10 @@ impl std::ops::Deref for HistoryRef<'_> {
 impl ConfigState {
     /// Loads the applied state from disk (empty on a new node).
     pub fn open(store: Store) -> Result<Arc<Self>, StorageError> {
-        let applied = match store.state_get(APPLIED).map_err(|e| io(StorageIOError::read_state_machine, e))? {
+        let applied = match store
+            .state_get(APPLIED)
+            .map_err(|e| io(StorageIOError::read_state_machine, e))?
+        {
             Some(bytes) => from_json(&bytes)?,
             None => Applied::default(),
         };
@@ -125,7 +128,9 @@ impl ConfigState {
             },
             events: state.history.events().to_vec(),
         };
-        let n = self.snapshots_built.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let n = self
+            .snapshots_built
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let snapshot_id = match state.applied.last_applied {
             Some(id) => format!("{}-{}-{}", id.leader_id, id.index, n),
             None => format!("empty-{n}"),
@@ -146,7 +151,10 @@ impl ConfigState {
         self.store
             .meta_put(SNAPSHOT, &to_json(&stored)?)
             .map_err(|e| io(StorageIOError::write, e))?;
-        self.store.flush().await.map_err(|e| io(StorageIOError::write, e))
+        self.store
+            .flush()
+            .await
+            .map_err(|e| io(StorageIOError::write, e))
     }
 }
 
@@ -187,18 +195,23 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 let response = match entry.payload {
                     EntryPayload::Blank => Response::Internal,
                     EntryPayload::Membership(membership) => {
-                        state.applied.membership = StoredMembership::new(Some(entry.log_id), membership);
+                        state.applied.membership =
+                            StoredMembership::new(Some(entry.log_id), membership);
                         Response::Internal
                     }
                     // Refusals are deterministic (same history, same proposal), so every node
                     // refuses the same entries and the histories stay identical.
-                    EntryPayload::Normal(Request::Config(proposal)) => match state.history.commit(&proposal) {
-                        Ok(event) => {
-                            puts.push((event_key(event.version), to_json(event)?));
-                            Response::Committed { version: event.version }
+                    EntryPayload::Normal(Request::Config(proposal)) => {
+                        match state.history.commit(&proposal) {
+                            Ok(event) => {
+                                puts.push((event_key(event.version), to_json(event)?));
+                                Response::Committed {
+                                    version: event.version,
+                                }
+                            }
+                            Err(error) => Response::Rejected { error },
                         }
-                        Err(error) => Response::Rejected { error },
-                    },
+                    }
                 };
                 responses.push(response);
             }

@@ -31,8 +31,12 @@ pub enum Request {
 /// What applying an entry produced.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Response {
-    Committed { version: u64 },
-    Rejected { error: ConfigError },
+    Committed {
+        version: u64,
+    },
+    Rejected {
+        error: ConfigError,
+    },
     /// A blank or membership entry, which carries no config change.
     Internal,
 }

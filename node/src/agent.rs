@@ -63,7 +63,11 @@ pub async fn run(args: NodeArgs) -> Result<()> {
         ),
         None => args.listen.to_string(),
     };
-    let token_override = args.token_file.as_deref().map(read_token_file).transpose()?;
+    let token_override = args
+        .token_file
+        .as_deref()
+        .map(read_token_file)
+        .transpose()?;
 
     let dir = DataDir::create(&args.data_dir)?;
     let identity = if dir.exists() {
@@ -86,10 +90,14 @@ pub async fn run(args: NodeArgs) -> Result<()> {
 
     let store = Store::open(dir.path())?;
     let transport = Transport::bind(args.listen, &identity.tls)?;
-    let consensus = Consensus::start(node_id, store, transport.clone(), Settings::default()).await?;
+    let consensus =
+        Consensus::start(node_id, store, transport.clone(), Settings::default()).await?;
     transport.serve(Arc::new(PeerService {
         consensus: consensus.clone(),
-        ca: apiary_wire::ClusterCa::from_der(identity.ca.cert_der().to_vec(), &identity.ca.key_der())?,
+        ca: apiary_wire::ClusterCa::from_der(
+            identity.ca.cert_der().to_vec(),
+            &identity.ca.key_der(),
+        )?,
         join_token: identity.join_token.clone(),
         api_token: api_token.clone(),
     }));
@@ -109,9 +117,14 @@ pub async fn run(args: NodeArgs) -> Result<()> {
         Some(_) => {}
     }
 
-    let listener = tokio::net::TcpListener::bind(args.api).await.with_context(|| {
-        format!("cannot listen for the API on {}: is another node using it? pass --api HOST:PORT", args.api)
-    })?;
+    let listener = tokio::net::TcpListener::bind(args.api)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen for the API on {}: is another node using it? pass --api HOST:PORT",
+                args.api
+            )
+        })?;
     print_banner(&identity, &args, &advertise, &api_token, &dir);
     let state = Arc::new(ApiState {
         consensus: consensus.clone(),
@@ -133,11 +146,16 @@ async fn join(dir: &DataDir, name: &str, via: &str, token: &JoinToken) -> Result
     for attempt in 1..=30 {
         match request_join(target, token, name, csr.clone()).await {
             Ok(grant) => {
-                eprintln!("joined: the cluster issued this node a certificate (node id {})", grant.node_id);
+                eprintln!(
+                    "joined: the cluster issued this node a certificate (node id {})",
+                    grant.node_id
+                );
                 return dir.save_grant(name, via, key, grant);
             }
             Err(WireError::Connection(reason)) if attempt < 30 => {
-                eprintln!("joining via {via}: attempt {attempt}/30 failed ({reason}); retrying in 1 s");
+                eprintln!(
+                    "joining via {via}: attempt {attempt}/30 failed ({reason}); retrying in 1 s"
+                );
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
             Err(e) => return Err(e).with_context(|| format!("cannot join the cluster via {via}")),
@@ -163,14 +181,33 @@ async fn wait_for_admission(consensus: &Consensus, via: &str, me: Member) -> Res
     unreachable!("the last attempt returns")
 }
 
-fn print_banner(identity: &NodeIdentity, args: &NodeArgs, advertise: &str, api_token: &str, dir: &DataDir) {
+fn print_banner(
+    identity: &NodeIdentity,
+    args: &NodeArgs,
+    advertise: &str,
+    api_token: &str,
+    dir: &DataDir,
+) {
     let data = dir.path().display();
-    println!("apiary node {:?} (id {}) is running", identity.node.name, identity.node.id);
-    println!("  API         http://{}   (try: apiary status --peer http://{})", args.api, args.api);
+    println!(
+        "apiary node {:?} (id {}) is running",
+        identity.node.name, identity.node.id
+    );
+    println!(
+        "  API         http://{}   (try: apiary status --peer http://{})",
+        args.api, args.api
+    );
     println!("  peers       {advertise} (QUIC, mutual TLS)");
     println!("  data        {data}");
-    println!("  API token   {api_token}   (also in {})", dir.api_token_path().display());
-    println!("  join token  {}   (also in {})", identity.join_token, dir.join_token_path().display());
+    println!(
+        "  API token   {api_token}   (also in {})",
+        dir.api_token_path().display()
+    );
+    println!(
+        "  join token  {}   (also in {})",
+        identity.join_token,
+        dir.join_token_path().display()
+    );
     println!(
         "  add a node  apiary node --name NAME --data-dir DIR --listen HOST:PORT --api HOST:PORT \
          --join {advertise} --join-token $(cat {})",

@@ -43,9 +43,13 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/v1/config/history", get(history))
         .route("/v1/config/revert", post(revert))
         .fallback(|| async {
+            let served: Vec<String> = ROUTES.iter().map(|(m, p)| format!("{m} {p}")).collect();
             ApiError::new(
                 StatusCode::NOT_FOUND,
-                "no such endpoint; see docs/api.md for the API (e.g. GET /v1/cluster)",
+                format!(
+                    "no such endpoint; this node serves {} (see docs/api.md)",
+                    served.join(", ")
+                ),
             )
         })
         .with_state(state)
@@ -119,7 +123,9 @@ async fn cluster(State(state): State<Arc<ApiState>>) -> ApiResult {
 
 async fn get_config(State(state): State<Arc<ApiState>>) -> ApiResult {
     let history = state.consensus.config_state().history();
-    Ok(Json(json!({ "version": history.version(), "config": history.current() })))
+    Ok(Json(
+        json!({ "version": history.version(), "config": history.current() }),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -149,12 +155,19 @@ struct RevertBody {
 
 const PATCH_SHAPE: &str = r#"{"changes": [{"key": "probe.http.sample_rate", "value": 0.2}], "comment": "why"} or {"changes": {"probe.http.sample_rate": 0.2}}"#;
 
-async fn patch_config(State(state): State<Arc<ApiState>>, headers: HeaderMap, body: Bytes) -> ApiResult {
+async fn patch_config(
+    State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult {
     authorize(&state, &headers)?;
     let body: PatchBody = parse_body(&body, PATCH_SHAPE)?;
     let settings = match body.changes {
         Changes::List(list) => list,
-        Changes::Map(map) => map.into_iter().map(|(key, value)| Setting { key, value }).collect(),
+        Changes::Map(map) => map
+            .into_iter()
+            .map(|(key, value)| Setting { key, value })
+            .collect(),
     };
     let intent = Intent::Set { settings };
     commit(&state, intent, body.comment, body.author).await
@@ -171,7 +184,12 @@ async fn revert(State(state): State<Arc<ApiState>>, headers: HeaderMap, body: By
 
 /// Checks the change here first (a clear 400 without a round trip), then commits it through
 /// the leader and waits until this node has applied it, so a read that follows sees it.
-async fn commit(state: &ApiState, intent: Intent, comment: String, author: Option<String>) -> ApiResult {
+async fn commit(
+    state: &ApiState,
+    intent: Intent,
+    comment: String,
+    author: Option<String>,
+) -> ApiResult {
     let proposal = Proposal {
         origin_node: state.node_name.clone(),
         author: author.unwrap_or_else(|| "api".into()),
@@ -190,15 +208,22 @@ async fn commit(state: &ApiState, intent: Intent, comment: String, author: Optio
     Ok(Json(json!({ "version": version, "event": event })))
 }
 
-async fn history(State(state): State<Arc<ApiState>>, Query(query): Query<HashMap<String, String>>) -> ApiResult {
+async fn history(
+    State(state): State<Arc<ApiState>>,
+    Query(query): Query<HashMap<String, String>>,
+) -> ApiResult {
     let since = match query.get("since") {
         None => 0,
         Some(text) => text.parse::<u64>().map_err(|_| {
-            ApiError::bad_request(format!("since={text:?} is not a version: give a non-negative integer"))
+            ApiError::bad_request(format!(
+                "since={text:?} is not a version: give a non-negative integer"
+            ))
         })?,
     };
     let history = state.consensus.config_state().history();
-    Ok(Json(json!({ "version": history.version(), "events": history.since(since) })))
+    Ok(Json(
+        json!({ "version": history.version(), "events": history.since(since) }),
+    ))
 }
 
 fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8], shape: &str) -> Result<T, ApiError> {
@@ -233,4 +258,28 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 fn internal(error: impl std::fmt::Display) -> ApiError {
     ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, error.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ROUTES;
+
+    /// docs/api.md documents exactly the routes the router serves.
+    #[test]
+    fn api_doc_lists_every_route() {
+        let doc = include_str!("../../docs/api.md");
+        let documented: Vec<(String, String)> = doc
+            .lines()
+            .filter_map(|line| line.strip_prefix("### `")?.strip_suffix('`'))
+            .filter_map(|heading| {
+                let (method, path) = heading.split_once(' ')?;
+                Some((method.to_string(), path.to_string()))
+            })
+            .collect();
+        let served: Vec<(String, String)> = ROUTES
+            .iter()
+            .map(|(method, path)| (method.to_string(), path.to_string()))
+            .collect();
+        assert_eq!(documented, served, "docs/api.md and api::ROUTES differ");
+    }
 }

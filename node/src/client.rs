@@ -10,7 +10,12 @@ use serde_json::{json, Value};
 #[derive(Debug, Clone, clap::Args)]
 pub struct ClientArgs {
     /// URL of any node's HTTP API.
-    #[arg(long, env = "APIARY_PEER", default_value = "http://127.0.0.1:7700", global = true)]
+    #[arg(
+        long,
+        env = "APIARY_PEER",
+        default_value = "http://127.0.0.1:7700",
+        global = true
+    )]
     pub peer: String,
     /// Print JSON for scripts instead of tables.
     #[arg(long, global = true)]
@@ -77,7 +82,12 @@ impl Client {
         })
     }
 
-    async fn send(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Result<Value> {
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value> {
         let url = format!("{}{path}", self.base);
         let mut request = self.http.request(method.clone(), &url);
         if method != reqwest::Method::GET {
@@ -90,7 +100,10 @@ impl Client {
             request = request.json(&body);
         }
         let response = request.send().await.with_context(|| {
-            format!("cannot reach the node at {}: is `apiary node` running there? (--peer URL)", self.base)
+            format!(
+                "cannot reach the node at {}: is `apiary node` running there? (--peer URL)",
+                self.base
+            )
         })?;
         let status = response.status();
         let body: Value = response
@@ -116,7 +129,9 @@ fn print_json(value: &Value) -> Result<()> {
 
 fn table(header: &[&str]) -> Table {
     let mut table = Table::new();
-    table.load_preset(UTF8_BORDERS_ONLY).set_header(header.to_vec());
+    table
+        .load_preset(UTF8_BORDERS_ONLY)
+        .set_header(header.to_vec());
     table
 }
 
@@ -149,8 +164,16 @@ pub async fn status(args: &ClientArgs) -> Result<()> {
             text(&member["id"]),
             text(&member["address"]),
             text(&member["role"]),
-            if member["leader"] == json!(true) { "*".into() } else { String::new() },
-            if member["reachable"] == json!(true) { "yes".into() } else { "NO".into() },
+            if member["leader"] == json!(true) {
+                "*".into()
+            } else {
+                String::new()
+            },
+            if member["reachable"] == json!(true) {
+                "yes".into()
+            } else {
+                "NO".into()
+            },
         ]);
     }
     println!("{members}");
@@ -160,11 +183,17 @@ pub async fn status(args: &ClientArgs) -> Result<()> {
 pub async fn config(args: &ClientArgs, command: &ConfigCommand) -> Result<()> {
     let client = Client::new(args)?;
     let author = |given: &Option<String>| {
-        given.clone().unwrap_or_else(|| std::env::var("USER").unwrap_or_else(|_| "cli".into()))
+        given
+            .clone()
+            .unwrap_or_else(|| std::env::var("USER").unwrap_or_else(|_| "cli".into()))
     };
     let answer = match command {
         ConfigCommand::Get => client.get("/v1/config").await?,
-        ConfigCommand::History { since } => client.get(&format!("/v1/config/history?since={since}")).await?,
+        ConfigCommand::History { since } => {
+            client
+                .get(&format!("/v1/config/history?since={since}"))
+                .await?
+        }
         ConfigCommand::Set {
             assignments,
             comment,
@@ -175,7 +204,9 @@ pub async fn config(args: &ClientArgs, command: &ConfigCommand) -> Result<()> {
                 .map(|arg| parse_cli_assignment(arg))
                 .collect::<Result<Vec<_>, _>>()?;
             let body = json!({ "changes": changes, "comment": comment, "author": author(who) });
-            client.send(reqwest::Method::PATCH, "/v1/config", Some(body)).await?
+            client
+                .send(reqwest::Method::PATCH, "/v1/config", Some(body))
+                .await?
         }
         ConfigCommand::Revert {
             version,
@@ -183,7 +214,9 @@ pub async fn config(args: &ClientArgs, command: &ConfigCommand) -> Result<()> {
             author: who,
         } => {
             let body = json!({ "version": version, "comment": comment, "author": author(who) });
-            client.send(reqwest::Method::POST, "/v1/config/revert", Some(body)).await?
+            client
+                .send(reqwest::Method::POST, "/v1/config/revert", Some(body))
+                .await?
         }
     };
     if args.json {

@@ -75,7 +75,11 @@ impl DataDir {
             .with_context(|| format!("{} is corrupt", self.node_path().display()))?;
         let ca_cert = self.read("tls/ca.der")?;
         let ca = ClusterCa::from_der(ca_cert.clone(), &self.read("tls/ca.key")?)?;
-        let tls = Identity::new(self.read("tls/node.der")?, self.read("tls/node.key")?, ca_cert);
+        let tls = Identity::new(
+            self.read("tls/node.der")?,
+            self.read("tls/node.key")?,
+            ca_cert,
+        );
         let api_token = String::from_utf8(self.read("api-token")?)
             .context("api-token is not text")?
             .trim()
@@ -113,11 +117,20 @@ impl DataDir {
     }
 
     /// Stores what a member granted this node when it joined.
-    pub fn save_grant(&self, name: &str, via: &str, node_key: Vec<u8>, grant: JoinGrant) -> Result<NodeIdentity> {
+    pub fn save_grant(
+        &self,
+        name: &str,
+        via: &str,
+        node_key: Vec<u8>,
+        grant: JoinGrant,
+    ) -> Result<NodeIdentity> {
         let ca = ClusterCa::from_der(grant.ca_cert_der.clone(), &grant.ca_key_der)?;
         let mut secret = [0u8; 16];
         if grant.join_secret.len() != secret.len() {
-            bail!("the member sent a join secret of {} bytes, expected 16", grant.join_secret.len());
+            bail!(
+                "the member sent a join secret of {} bytes, expected 16",
+                grant.join_secret.len()
+            );
         }
         secret.copy_from_slice(&grant.join_secret);
         let identity = NodeIdentity {
@@ -145,7 +158,10 @@ impl DataDir {
         self.write_secret("tls/node.der", &identity.tls.cert)?;
         self.write_secret("tls/node.key", &identity.tls.key_pkcs8)?;
         self.write_secret("api-token", format!("{}\n", identity.api_token).as_bytes())?;
-        self.write_secret("join-token", format!("{}\n", identity.join_token).as_bytes())?;
+        self.write_secret(
+            "join-token",
+            format!("{}\n", identity.join_token).as_bytes(),
+        )?;
         // Written last: its presence means the rest is complete.
         self.save_node(&identity.node)
     }

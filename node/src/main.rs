@@ -11,7 +11,11 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "apiary", version, about = "Peer observability agents that agree on one live probe config")]
+#[command(
+    name = "apiary",
+    version,
+    about = "Peer observability agents that agree on one live probe config"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

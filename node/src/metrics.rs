@@ -4,7 +4,9 @@ use std::fmt::Write;
 
 use apiary_consensus::{ClusterStatus, Role};
 
-/// Every metric name this node exports, for dashboards and the test that checks them.
+/// Every metric name this node exports, in output order; the tests (and the dashboard check to
+/// come with deploy/) hold the exporter to this list.
+#[cfg_attr(not(test), allow(dead_code))]
 pub const METRIC_NAMES: &[&str] = &[
     "apiary_raft_term",
     "apiary_raft_is_leader",
@@ -20,14 +22,21 @@ pub const METRIC_NAMES: &[&str] = &[
 ];
 
 pub fn render(node: &str, status: &ClusterStatus) -> String {
-    let label = format!("node=\"{}\"", node.replace('\\', "\\\\").replace('"', "\\\""));
+    let label = format!(
+        "node=\"{}\"",
+        node.replace('\\', "\\\\").replace('"', "\\\"")
+    );
     let mut out = String::new();
     let mut gauge = |name: &str, help: &str, value: u64| {
         let _ = writeln!(out, "# HELP {name} {help}");
         let _ = writeln!(out, "# TYPE {name} gauge");
         let _ = writeln!(out, "{name}{{{label}}} {value}");
     };
-    let voters = status.members.iter().filter(|m| m.role == Role::Voter).count() as u64;
+    let voters = status
+        .members
+        .iter()
+        .filter(|m| m.role == Role::Voter)
+        .count() as u64;
     let others = status.members.iter().filter(|m| m.id != status.node_id);
     let peers_total = others.clone().count() as u64;
     let peers_up = others.filter(|m| m.reachable).count() as u64;
@@ -37,18 +46,101 @@ pub fn render(node: &str, status: &ClusterStatus) -> String {
         "1 if this node is the Raft leader.",
         u64::from(status.leader_id == Some(status.node_id)),
     );
-    gauge("apiary_raft_commit_index", "Highest log index known committed.", status.commit_index);
-    gauge("apiary_raft_last_log_index", "Highest log index stored on this node.", status.last_log_index);
-    gauge("apiary_raft_last_applied_index", "Highest log index applied to the config state.", status.last_applied_index);
+    gauge(
+        "apiary_raft_commit_index",
+        "Highest log index known committed.",
+        status.commit_index,
+    );
+    gauge(
+        "apiary_raft_last_log_index",
+        "Highest log index stored on this node.",
+        status.last_log_index,
+    );
+    gauge(
+        "apiary_raft_last_applied_index",
+        "Highest log index applied to the config state.",
+        status.last_applied_index,
+    );
     gauge(
         "apiary_raft_apply_lag",
         "Log entries stored but not yet applied on this node.",
-        status.last_log_index.saturating_sub(status.last_applied_index),
+        status
+            .last_log_index
+            .saturating_sub(status.last_applied_index),
     );
-    gauge("apiary_config_version", "Config version applied on this node.", status.committed_version);
+    gauge(
+        "apiary_config_version",
+        "Config version applied on this node.",
+        status.committed_version,
+    );
     gauge("apiary_cluster_voters", "Voting members.", voters);
-    gauge("apiary_cluster_learners", "Non-voting members.", status.members.len() as u64 - voters);
-    gauge("apiary_peers_up", "Other members that answered a ping within 3 s.", peers_up);
+    gauge(
+        "apiary_cluster_learners",
+        "Non-voting members.",
+        status.members.len() as u64 - voters,
+    );
+    gauge(
+        "apiary_peers_up",
+        "Other members that answered a ping within 3 s.",
+        peers_up,
+    );
     gauge("apiary_peers_total", "Other members.", peers_total);
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use apiary_consensus::MemberStatus;
+
+    #[test]
+    fn renders_every_listed_metric_once_and_counts_peers() {
+        let member = |id, reachable, role| MemberStatus {
+            id,
+            name: format!("n{id}"),
+            address: "127.0.0.1:1".into(),
+            role,
+            leader: id == 1,
+            reachable,
+        };
+        let status = ClusterStatus {
+            node_id: 1,
+            state: "leader".into(),
+            leader_id: Some(1),
+            leader_name: Some("n1".into()),
+            term: 4,
+            committed_version: 7,
+            commit_index: 12,
+            last_log_index: 13,
+            last_applied_index: 12,
+            members: vec![
+                member(1, true, Role::Voter),
+                member(2, true, Role::Voter),
+                member(3, false, Role::Learner),
+            ],
+        };
+        let text = render("a\"b", &status);
+        let samples: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
+        let names: Vec<&str> = samples
+            .iter()
+            .map(|l| l.split('{').next().unwrap())
+            .collect();
+        assert_eq!(names, METRIC_NAMES);
+        assert!(
+            text.contains("apiary_raft_apply_lag{node=\"a\\\"b\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("apiary_peers_up{node=\"a\\\"b\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("apiary_peers_total{node=\"a\\\"b\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("apiary_cluster_learners{node=\"a\\\"b\"} 1"),
+            "{text}"
+        );
+    }
 }

@@ -45,9 +45,19 @@ impl PeerService {
         }
         let cert_der = match self.ca.issue_from_csr(node_name, csr_der) {
             Ok(cert) => cert,
-            Err(e) => return Message::Refused { reason: e.to_string() },
+            Err(e) => {
+                return Message::Refused {
+                    reason: e.to_string(),
+                }
+            }
         };
-        let taken: Vec<u64> = self.consensus.status().members.iter().map(|m| m.id).collect();
+        let taken: Vec<u64> = self
+            .consensus
+            .status()
+            .members
+            .iter()
+            .map(|m| m.id)
+            .collect();
         let node_id = loop {
             let candidate = rand::random::<u64>() >> 1;
             if !taken.contains(&candidate) {

@@ -15,7 +15,9 @@ async fn change_sent_to_a_follower_is_applied_on_all_three() {
     let leader = cluster.leader(&[0, 1, 2]).await;
     let follower = (leader + 1) % 3;
 
-    let (status, body) = cluster.set(follower, "probe.http.sample_rate", json!(0.2)).await;
+    let (status, body) = cluster
+        .set(follower, "probe.http.sample_rate", json!(0.2))
+        .await;
     assert_eq!(status, 200, "{body}");
     let version = body["version"].as_u64().unwrap();
     assert_eq!(version, 1);
@@ -28,7 +30,10 @@ async fn change_sent_to_a_follower_is_applied_on_all_three() {
     let histories: Vec<_> = futures_all(&cluster, "/v1/config/history").await;
     for node in 0..3 {
         let config = cluster.get(node, "/v1/config").await.unwrap();
-        assert_eq!(config["config"]["probes"]["http"]["sample_rate"], 0.2, "node {node}");
+        assert_eq!(
+            config["config"]["probes"]["http"]["sample_rate"], 0.2,
+            "node {node}"
+        );
         assert_eq!(histories[node], histories[0]);
     }
     let event = &histories[0]["events"][0];
@@ -39,15 +44,33 @@ async fn change_sent_to_a_follower_is_applied_on_all_three() {
     // The CLI against another follower: set, get, history, revert, status, in tables and JSON.
     let peer = cluster.nodes[(leader + 2) % 3].url("");
     let token = cluster.token.clone();
-    let (ok, out, err) = cli(&["config", "set", "probe.tcp.enabled=false", "budget.cpu_percent_per_node=5",
-        "-m", "from the cli", "--peer", &peer, "--token", &token]);
+    let (ok, out, err) = cli(&[
+        "config",
+        "set",
+        "probe.tcp.enabled=false",
+        "budget.cpu_percent_per_node=5",
+        "-m",
+        "from the cli",
+        "--peer",
+        &peer,
+        "--token",
+        &token,
+    ]);
     assert!(ok, "{err}");
     assert!(out.contains("config version 2"), "{out}");
     let (ok, out, _) = cli(&["config", "get", "--peer", &peer]);
-    assert!(ok && out.contains("probe.tcp.enabled") && out.contains("false"), "{out}");
+    assert!(
+        ok && out.contains("probe.tcp.enabled") && out.contains("false"),
+        "{out}"
+    );
     let (ok, out, _) = cli(&["config", "history", "--peer", &peer]);
-    assert!(ok && out.contains("from the cli") && out.contains("probe.http.sample_rate=0.2"), "{out}");
-    let (ok, out, err) = cli(&["config", "revert", "1", "--peer", &peer, "--token", &token, "--json"]);
+    assert!(
+        ok && out.contains("from the cli") && out.contains("probe.http.sample_rate=0.2"),
+        "{out}"
+    );
+    let (ok, out, err) = cli(&[
+        "config", "revert", "1", "--peer", &peer, "--token", &token, "--json",
+    ]);
     assert!(ok, "{err}");
     let reverted: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(reverted["version"], 3);
@@ -55,7 +78,10 @@ async fn change_sent_to_a_follower_is_applied_on_all_three() {
     cluster.wait_version(&[0, 1, 2], 3).await;
     for node in 0..3 {
         let config = cluster.get(node, "/v1/config").await.unwrap();
-        assert_eq!(config["config"]["probes"]["tcp"]["enabled"], true, "revert on node {node}");
+        assert_eq!(
+            config["config"]["probes"]["tcp"]["enabled"], true,
+            "revert on node {node}"
+        );
         assert_eq!(config["config"]["probes"]["http"]["sample_rate"], 0.2);
     }
     let (ok, out, _) = cli(&["status", "--peer", &peer]);
@@ -67,8 +93,20 @@ async fn change_sent_to_a_follower_is_applied_on_all_three() {
     let status: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert!(ok);
     assert_eq!(status["members"].as_array().unwrap().len(), 3);
-    assert!(status["members"].as_array().unwrap().iter().all(|m| m["role"] == "voter"));
-    let (ok, _, err) = cli(&["config", "set", "probe.http.sample_rate=2", "--peer", &peer, "--token", &token]);
+    assert!(status["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|m| m["role"] == "voter"));
+    let (ok, _, err) = cli(&[
+        "config",
+        "set",
+        "probe.http.sample_rate=2",
+        "--peer",
+        &peer,
+        "--token",
+        &token,
+    ]);
     assert!(!ok && err.contains("from 0 to 1"), "{err}");
 }
 
@@ -91,26 +129,37 @@ async fn killed_leader_is_replaced_and_catches_up_after_restart() {
     let survivors: Vec<usize> = (0..3).filter(|&i| i != old_leader).collect();
     let new_leader = cluster.leader(&survivors).await;
     assert_ne!(new_leader, old_leader);
-    let (status, body) = cluster.set(survivors[0], "probe.tls.sample_rate", json!(0.3)).await;
+    let (status, body) = cluster
+        .set(survivors[0], "probe.tls.sample_rate", json!(0.3))
+        .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["version"], 2);
-    let (status, _) = cluster.set(survivors[1], "probe.tcp.enabled", json!(false)).await;
+    let (status, _) = cluster
+        .set(survivors[1], "probe.tcp.enabled", json!(false))
+        .await;
     assert_eq!(status, 200);
 
     cluster.nodes[old_leader].restart();
     cluster.wait_version(&[0, 1, 2], 3).await;
-    let reference = cluster.get(survivors[0], "/v1/config/history").await.unwrap();
+    let reference = cluster
+        .get(survivors[0], "/v1/config/history")
+        .await
+        .unwrap();
     let restarted = cluster.get(old_leader, "/v1/config/history").await.unwrap();
     assert_eq!(restarted, reference);
     let config = cluster.get(old_leader, "/v1/config").await.unwrap();
     assert_eq!(config["config"]["probes"]["tls"]["sample_rate"], 0.3);
     // The restarted node is a full member again: it reports the others reachable.
     cluster
-        .wait_for(Duration::from_secs(10), "restarted node to see its peers", |c| async move {
-            let status = c.get(old_leader, "/v1/cluster").await.ok()?;
-            let members = status["members"].as_array()?;
-            members.iter().all(|m| m["reachable"] == true).then_some(())
-        })
+        .wait_for(
+            Duration::from_secs(10),
+            "restarted node to see its peers",
+            |c| async move {
+                let status = c.get(old_leader, "/v1/cluster").await.ok()?;
+                let members = status["members"].as_array()?;
+                members.iter().all(|m| m["reachable"] == true).then_some(())
+            },
+        )
         .await;
 }
 
@@ -121,7 +170,10 @@ async fn bad_api_input_gets_clear_errors_and_the_node_goes_on() {
     let http = &cluster.http;
 
     let send = |body: &'static str, token: Option<&str>| {
-        let mut request = http.patch(&url).body(body).header("content-type", "application/json");
+        let mut request = http
+            .patch(&url)
+            .body(body)
+            .header("content-type", "application/json");
         if let Some(token) = token {
             request = request.bearer_auth(token);
         }
@@ -134,26 +186,66 @@ async fn bad_api_input_gets_clear_errors_and_the_node_goes_on() {
     let token = Some(cluster.token.as_str());
     let (status, body) = send("{not json", token).await;
     assert_eq!(status, 400);
-    assert!(body["error"].as_str().unwrap().contains("invalid JSON body"), "{body}");
-    let (status, body) = send(r#"{"changes":[{"key":"probe.ftp.enabled","value":true}]}"#, token).await;
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("invalid JSON body"),
+        "{body}"
+    );
+    let (status, body) = send(
+        r#"{"changes":[{"key":"probe.ftp.enabled","value":true}]}"#,
+        token,
+    )
+    .await;
     assert_eq!(status, 400);
-    assert!(body["error"].as_str().unwrap().contains("http, tls, tcp, process"), "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("http, tls, tcp, process"),
+        "{body}"
+    );
     let (status, body) = send(r#"{"changes":{"probe.http.sample_rate":1.5}}"#, token).await;
     assert_eq!(status, 400);
-    assert!(body["error"].as_str().unwrap().contains("probe.http.sample_rate"), "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("probe.http.sample_rate"),
+        "{body}"
+    );
     let (status, body) = send(r#"{"changes":[]}"#, token).await;
     assert_eq!(status, 400, "{body}");
     let (status, body) = send(r#"{"changes":{"probe.http.sample_rate":0.5}}"#, None).await;
     assert_eq!(status, 401);
     assert!(body["error"].as_str().unwrap().contains("Bearer"), "{body}");
-    let (status, _) = send(r#"{"changes":{"probe.http.sample_rate":0.5}}"#, Some("wrong-token")).await;
+    let (status, _) = send(
+        r#"{"changes":{"probe.http.sample_rate":0.5}}"#,
+        Some("wrong-token"),
+    )
+    .await;
     assert_eq!(status, 401);
     let (status, body) = cluster
-        .write(0, Method::POST, "/v1/config/revert", json!({ "version": 42 }))
+        .write(
+            0,
+            Method::POST,
+            "/v1/config/revert",
+            json!({ "version": 42 }),
+        )
         .await;
     assert_eq!(status, 400);
-    assert!(body["error"].as_str().unwrap().contains("versions run from 0"), "{body}");
-    let error = cluster.get(0, "/v1/config/history?since=abc").await.unwrap_err();
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("versions run from 0"),
+        "{body}"
+    );
+    let error = cluster
+        .get(0, "/v1/config/history?since=abc")
+        .await
+        .unwrap_err();
     assert!(error.starts_with("400"), "{error}");
     let error = cluster.get(0, "/v2/nothing").await.unwrap_err();
     assert!(error.starts_with("404"), "{error}");
@@ -163,24 +255,33 @@ async fn bad_api_input_gets_clear_errors_and_the_node_goes_on() {
     // Garbage on the QUIC port.
     let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     for size in [0usize, 1, 17, 1200, 1500] {
-        socket.send_to(&vec![0x5a; size], cluster.nodes[0].quic).await.unwrap();
+        socket
+            .send_to(&vec![0x5a; size], cluster.nodes[0].quic)
+            .await
+            .unwrap();
     }
     // A peer whose certificate comes from another CA.
     let stranger_ca = apiary_wire::ClusterCa::generate("elsewhere").unwrap();
-    let stranger =
-        apiary_wire::Transport::bind("127.0.0.1:0".parse().unwrap(), &stranger_ca.issue_identity("mallory").unwrap())
-            .unwrap();
+    let stranger = apiary_wire::Transport::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        &stranger_ca.issue_identity("mallory").unwrap(),
+    )
+    .unwrap();
     let ping = apiary_wire::Message::Request {
         service: apiary_wire::Service::Ping,
         payload: b"null".to_vec(),
     };
     let refused = stranger.call(cluster.nodes[0].quic, &ping).await;
-    assert!(refused.is_err(), "a peer of another CA was answered: {refused:?}");
+    assert!(
+        refused.is_err(),
+        "a peer of another CA was answered: {refused:?}"
+    );
     // A join with the right CA but a wrong secret.
-    let mut token: apiary_wire::JoinToken = std::fs::read_to_string(cluster.nodes[0].data_dir.join("join-token"))
-        .unwrap()
-        .parse()
-        .unwrap();
+    let mut token: apiary_wire::JoinToken =
+        std::fs::read_to_string(cluster.nodes[0].data_dir.join("join-token"))
+            .unwrap()
+            .parse()
+            .unwrap();
     token.secret[3] ^= 0xff;
     let (_, csr) = apiary_wire::tls::new_key_and_csr("mallory").unwrap();
     let error = apiary_wire::request_join(cluster.nodes[0].quic, &token, "mallory", csr)
@@ -193,21 +294,38 @@ async fn bad_api_input_gets_clear_errors_and_the_node_goes_on() {
     assert_eq!(health["status"], "ok");
     let (status, _) = cluster.set(0, "probe.http.sample_rate", json!(0.5)).await;
     assert_eq!(status, 200);
-    let metrics = http.get(cluster.nodes[0].url("/metrics")).send().await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("apiary_config_version{node=\"n0\"} 1"), "{metrics}");
-    assert!(metrics.contains("apiary_raft_is_leader{node=\"n0\"} 1"), "{metrics}");
+    let metrics = http
+        .get(cluster.nodes[0].url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("apiary_config_version{node=\"n0\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("apiary_raft_is_leader{node=\"n0\"} 1"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn members_beyond_five_voters_stay_learners() {
     let cluster = Cluster::start(6).await;
     let status = cluster
-        .wait_for(Duration::from_secs(20), "5 voters and 1 learner", |c| async move {
-            let status = c.get(5, "/v1/cluster").await.ok()?;
-            let members = status["members"].as_array()?.clone();
-            let voters = members.iter().filter(|m| m["role"] == "voter").count();
-            (voters == 5 && members.len() == 6).then_some(members)
-        })
+        .wait_for(
+            Duration::from_secs(20),
+            "5 voters and 1 learner",
+            |c| async move {
+                let status = c.get(5, "/v1/cluster").await.ok()?;
+                let members = status["members"].as_array()?.clone();
+                let voters = members.iter().filter(|m| m["role"] == "voter").count();
+                (voters == 5 && members.len() == 6).then_some(members)
+            },
+        )
         .await;
     let learner = status.iter().find(|m| m["role"] == "learner").unwrap();
     assert_eq!(learner["name"], "n5");

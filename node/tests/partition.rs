@@ -56,9 +56,15 @@ fn can_partition() -> Result<(), String> {
     if !root {
         return Err("not running as root".into());
     }
-    match Command::new("iptables").args(["-w", "-S", "INPUT"]).output() {
+    match Command::new("iptables")
+        .args(["-w", "-S", "INPUT"])
+        .output()
+    {
         Ok(output) if output.status.success() => Ok(()),
-        Ok(output) => Err(format!("iptables failed: {}", String::from_utf8_lossy(&output.stderr))),
+        Ok(output) => Err(format!(
+            "iptables failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        )),
         Err(e) => Err(format!("iptables is not installed ({e})")),
     }
 }
@@ -80,20 +86,30 @@ async fn minority_refuses_writes_and_no_committed_change_is_lost() {
     let majority: Vec<usize> = all.iter().copied().filter(|&i| i != old_leader).collect();
     {
         let _cut = Partition::isolate(cluster.nodes[old_leader].quic.port());
-        let (status, body) = cluster.set(old_leader, "probe.tcp.enabled", json!(false)).await;
+        let (status, body) = cluster
+            .set(old_leader, "probe.tcp.enabled", json!(false))
+            .await;
         assert_eq!(status, 503, "the isolated leader accepted a write: {body}");
-        assert!(body["error"].as_str().unwrap().contains("majority"), "{body}");
+        assert!(
+            body["error"].as_str().unwrap().contains("majority"),
+            "{body}"
+        );
 
         let new_leader = cluster.leader(&majority).await;
         assert_ne!(new_leader, old_leader);
-        let (status, body) = cluster.set(majority[0], "probe.tls.sample_rate", json!(0.25)).await;
+        let (status, body) = cluster
+            .set(majority[0], "probe.tls.sample_rate", json!(0.25))
+            .await;
         assert_eq!(status, 200, "{body}");
         assert_eq!(body["version"], 2);
         cluster.wait_version(&majority, 2).await;
     }
     // Healed: the old leader learns the new history; its refused write is gone everywhere.
     cluster.wait_version(&all, 2).await;
-    let reference = cluster.get(majority[0], "/v1/config/history").await.unwrap();
+    let reference = cluster
+        .get(majority[0], "/v1/config/history")
+        .await
+        .unwrap();
     assert_eq!(reference["events"].as_array().unwrap().len(), 2);
     for node in all {
         let history = cluster.get(node, "/v1/config/history").await.unwrap();
@@ -109,16 +125,23 @@ async fn minority_refuses_writes_and_no_committed_change_is_lost() {
     let rest: Vec<usize> = all.iter().copied().filter(|&i| i != follower).collect();
     {
         let _cut = Partition::isolate(cluster.nodes[follower].quic.port());
-        let (status, body) = cluster.set(follower, "probe.process.enabled", json!(false)).await;
+        let (status, body) = cluster
+            .set(follower, "probe.process.enabled", json!(false))
+            .await;
         assert_eq!(status, 503, "{body}");
-        let (status, body) = cluster.set(rest[0], "budget.cpu_percent_per_node", json!(3.0)).await;
+        let (status, body) = cluster
+            .set(rest[0], "budget.cpu_percent_per_node", json!(3.0))
+            .await;
         assert_eq!(status, 200, "{body}");
         assert_eq!(body["version"], 3);
     }
     cluster.wait_version(&all, 3).await;
     let reference = cluster.get(leader, "/v1/config/history").await.unwrap();
     for node in all {
-        assert_eq!(cluster.get(node, "/v1/config/history").await.unwrap(), reference);
+        assert_eq!(
+            cluster.get(node, "/v1/config/history").await.unwrap(),
+            reference
+        );
         let config = cluster.get(node, "/v1/config").await.unwrap();
         assert_eq!(config["config"]["probes"]["process"]["enabled"], true);
     }

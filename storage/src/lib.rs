@@ -169,7 +169,9 @@ mod tests {
     use super::*;
 
     fn entries(range: std::ops::Range<u64>) -> Vec<(u64, Vec<u8>)> {
-        range.map(|i| (i, format!("entry {i}").into_bytes())).collect()
+        range
+            .map(|i| (i, format!("entry {i}").into_bytes()))
+            .collect()
     }
 
     #[tokio::test]
@@ -186,7 +188,12 @@ mod tests {
             store.flush().await.unwrap();
         }
         let store = Store::open(dir.path()).unwrap();
-        let all: Vec<u64> = store.log_range(0, u64::MAX).unwrap().iter().map(|e| e.0).collect();
+        let all: Vec<u64> = store
+            .log_range(0, u64::MAX)
+            .unwrap()
+            .iter()
+            .map(|e| e.0)
+            .collect();
         assert_eq!(all, (4..11).chain([255]).collect::<Vec<_>>());
         assert_eq!(store.log_range(5, 7).unwrap(), entries(5..7));
         assert_eq!(store.log_last().unwrap().unwrap().0, 255);
@@ -199,14 +206,22 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         store
-            .state_write([(b"e/1".to_vec(), b"a".to_vec()), (b"e/2".to_vec(), b"b".to_vec())])
+            .state_write([
+                (b"e/1".to_vec(), b"a".to_vec()),
+                (b"e/2".to_vec(), b"b".to_vec()),
+            ])
             .unwrap();
-        store.state_write([(b"applied".to_vec(), b"2".to_vec())]).unwrap();
+        store
+            .state_write([(b"applied".to_vec(), b"2".to_vec())])
+            .unwrap();
         assert_eq!(store.state_scan(b"e/").unwrap().len(), 2);
         store
             .state_replace(vec![(b"e/9".to_vec(), b"z".to_vec())])
             .unwrap();
-        assert_eq!(store.state_scan(b"e/").unwrap(), vec![(b"e/9".to_vec(), b"z".to_vec())]);
+        assert_eq!(
+            store.state_scan(b"e/").unwrap(),
+            vec![(b"e/9".to_vec(), b"z".to_vec())]
+        );
         assert!(store.state_get(b"applied").unwrap().is_none());
     }
 

@@ -42,10 +42,17 @@ pub enum Message {
         csr_der: Vec<u8>,
     },
     JoinGranted(JoinGrant),
-    Request { service: Service, payload: Vec<u8> },
-    Response { payload: Vec<u8> },
+    Request {
+        service: Service,
+        payload: Vec<u8>,
+    },
+    Response {
+        payload: Vec<u8>,
+    },
     /// The request was refused; `reason` says why and what to do.
-    Refused { reason: String },
+    Refused {
+        reason: String,
+    },
 }
 
 /// What a joining node receives: its certificate and the cluster's shared secrets, so that it
@@ -99,7 +106,9 @@ pub async fn write_frame(
     out: &mut (impl AsyncWrite + Unpin),
     message: &Message,
 ) -> Result<(), WireError> {
-    out.write_all(&encode(message)?).await.map_err(WireError::io)
+    out.write_all(&encode(message)?)
+        .await
+        .map_err(WireError::io)
 }
 
 /// Reads one frame; the length is checked before any body byte is buffered.
@@ -140,7 +149,10 @@ mod tests {
         assert!(matches!(decode(b"garbage!"), Err(WireError::Malformed(_))));
         let bytes = encode(&sample()).unwrap();
         for cut in 0..bytes.len() - 4 {
-            assert!(decode(&bytes[4..4 + cut]).is_err(), "prefix of {cut} bytes accepted");
+            assert!(
+                decode(&bytes[4..4 + cut]).is_err(),
+                "prefix of {cut} bytes accepted"
+            );
         }
         let mut seed = 0x2545_f491_4f6c_dd1du64;
         for _ in 0..2000 {

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use quinn::crypto::rustls::QuicClientConfig;
 
 use crate::frame::{JoinGrant, Message, Service};
-use crate::tls::{join_client_config, new_key_and_csr, ClusterCa, Identity, JoinToken, PEER_SERVER_NAME};
+use crate::tls::{
+    join_client_config, new_key_and_csr, ClusterCa, Identity, JoinToken, PEER_SERVER_NAME,
+};
 use crate::{request_join, Handler, PeerInfo, Transport, WireError};
 
 struct Echo {
@@ -38,7 +40,9 @@ impl Handler for Echo {
                         join_secret: vec![],
                         api_token: String::new(),
                     }),
-                    Err(e) => Message::Refused { reason: e.to_string() },
+                    Err(e) => Message::Refused {
+                        reason: e.to_string(),
+                    },
                 }
             }
             other => Message::Refused {
@@ -111,7 +115,9 @@ async fn join_refused_on_wrong_secret_or_wrong_ca() {
     let (_, csr) = new_key_and_csr("n").unwrap();
     let mut wrong_secret = token.clone();
     wrong_secret.secret[0] ^= 1;
-    let error = request_join(addr, &wrong_secret, "n", csr.clone()).await.unwrap_err();
+    let error = request_join(addr, &wrong_secret, "n", csr.clone())
+        .await
+        .unwrap_err();
     assert!(matches!(error, WireError::Refused(_)), "{error}");
     let mut wrong_ca = token.clone();
     wrong_ca.ca_fingerprint[0] ^= 1;
@@ -121,9 +127,14 @@ async fn join_refused_on_wrong_secret_or_wrong_ca() {
 
 async fn unauthenticated_connection(addr: SocketAddr, token: &JoinToken) -> quinn::Connection {
     let endpoint = quinn::Endpoint::client(loopback()).unwrap();
-    let tls = QuicClientConfig::try_from(join_client_config(token.ca_fingerprint).unwrap()).unwrap();
+    let tls =
+        QuicClientConfig::try_from(join_client_config(token.ca_fingerprint).unwrap()).unwrap();
     endpoint
-        .connect_with(quinn::ClientConfig::new(Arc::new(tls)), addr, PEER_SERVER_NAME)
+        .connect_with(
+            quinn::ClientConfig::new(Arc::new(tls)),
+            addr,
+            PEER_SERVER_NAME,
+        )
         .unwrap()
         .await
         .unwrap()
@@ -133,7 +144,9 @@ async fn unauthenticated_connection(addr: SocketAddr, token: &JoinToken) -> quin
 async fn non_member_may_only_ask_to_join() {
     let (_server, addr, _, token, ca) = server().await;
     let connection = unauthenticated_connection(addr, &token).await;
-    let error = crate::transport::tests_request(&connection, &ping(b"sneaky")).await.unwrap_err();
+    let error = crate::transport::tests_request(&connection, &ping(b"sneaky"))
+        .await
+        .unwrap_err();
     assert!(matches!(error, WireError::Connection(_)), "{error}");
     let reason = connection.closed().await.to_string();
     assert!(reason.contains("only send a join request"), "{reason}");
@@ -152,7 +165,9 @@ async fn garbage_frames_and_datagrams_close_only_that_connection() {
     // A garbage frame inside a real stream closes that connection with a reason.
     let connection = unauthenticated_connection(addr, &token).await;
     let (mut send, _recv) = connection.open_bi().await.unwrap();
-    send.write_all(&[0, 0, 0, 8, 1, 2, 3, 4, 5, 6, 7, 8]).await.unwrap();
+    send.write_all(&[0, 0, 0, 8, 1, 2, 3, 4, 5, 6, 7, 8])
+        .await
+        .unwrap();
     send.finish().unwrap();
     let reason = connection.closed().await.to_string();
     assert!(reason.contains("bad frame"), "{reason}");
@@ -173,7 +188,12 @@ fn join_token_round_trips_and_explains_bad_input() {
     let text = token.to_string();
     assert_eq!(text.parse::<JoinToken>().unwrap(), token);
     assert!(!format!("{token:?}").contains(&hex::encode(token.secret)));
-    for bad in ["", "apiary1.zz.00", "apiary2.aa.bb", &text[..text.len() - 2]] {
+    for bad in [
+        "",
+        "apiary1.zz.00",
+        "apiary2.aa.bb",
+        &text[..text.len() - 2],
+    ] {
         let error = bad.parse::<JoinToken>().unwrap_err().to_string();
         assert!(error.contains("apiary1.<64 hex digits>"), "{error}");
     }

@@ -48,7 +48,10 @@ impl ClusterCa {
         let key = KeyPair::generate().map_err(|e| tls_error("generating the CA key", e))?;
         let mut params = CertificateParams::default();
         let mut name = DistinguishedName::new();
-        name.push(DnType::CommonName, format!("apiary cluster CA {cluster_name}"));
+        name.push(
+            DnType::CommonName,
+            format!("apiary cluster CA {cluster_name}"),
+        );
         params.distinguished_name = name;
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
@@ -90,7 +93,11 @@ impl ClusterCa {
         self.sign(node_name, &csr.public_key)
     }
 
-    fn sign(&self, node_name: &str, public_key: &impl rcgen::PublicKeyData) -> Result<Vec<u8>, WireError> {
+    fn sign(
+        &self,
+        node_name: &str,
+        public_key: &impl rcgen::PublicKeyData,
+    ) -> Result<Vec<u8>, WireError> {
         let issuer = Issuer::from_ca_cert_der(&self.cert, &self.key)
             .map_err(|e| tls_error("loading the CA as issuer", e))?;
         let cert = node_params(node_name)?
@@ -196,7 +203,9 @@ impl Identity {
 
 /// Client side of a join: no client certificate yet, and the server is trusted only if its
 /// chain ends in the CA whose fingerprint the join token carries.
-pub(crate) fn join_client_config(ca_fingerprint: [u8; 32]) -> Result<rustls::ClientConfig, WireError> {
+pub(crate) fn join_client_config(
+    ca_fingerprint: [u8; 32],
+) -> Result<rustls::ClientConfig, WireError> {
     let verifier = PinnedCaVerifier {
         ca_fingerprint,
         provider: provider(),
@@ -321,7 +330,11 @@ impl fmt::Display for JoinToken {
 impl fmt::Debug for JoinToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Never print the secret by accident.
-        write!(f, "JoinToken(ca {}…)", &hex::encode(self.ca_fingerprint)[..12])
+        write!(
+            f,
+            "JoinToken(ca {}…)",
+            &hex::encode(self.ca_fingerprint)[..12]
+        )
     }
 }
 

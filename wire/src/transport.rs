@@ -136,7 +136,8 @@ impl Transport {
     }
 
     pub fn close(&self) {
-        self.endpoint.close(VarInt::from_u32(0), b"node shutting down");
+        self.endpoint
+            .close(VarInt::from_u32(0), b"node shutting down");
     }
 }
 
@@ -146,7 +147,8 @@ async fn request(connection: &Connection, message: &Message) -> Result<Message, 
         .await
         .map_err(|e| WireError::Connection(e.to_string()))?;
     write_frame(&mut send, message).await?;
-    send.finish().map_err(|e| WireError::Connection(e.to_string()))?;
+    send.finish()
+        .map_err(|e| WireError::Connection(e.to_string()))?;
     read_frame(&mut recv).await
 }
 
@@ -168,14 +170,20 @@ async fn serve_connection<H: Handler>(connection: Connection, handler: Arc<H>) {
                 Err(e) => {
                     let reason = format!("bad frame: {e}");
                     tracing::warn!(peer = %peer.addr, "closing connection: {reason}");
-                    connection.close(VarInt::from_u32(CLOSE_PROTOCOL_VIOLATION), reason.as_bytes());
+                    connection.close(
+                        VarInt::from_u32(CLOSE_PROTOCOL_VIOLATION),
+                        reason.as_bytes(),
+                    );
                     return;
                 }
             };
             if !peer.member && !matches!(message, Message::JoinRequest { .. }) {
                 let reason = "a peer without a cluster certificate may only send a join request";
                 tracing::warn!(peer = %peer.addr, "closing connection: {reason}");
-                connection.close(VarInt::from_u32(CLOSE_PROTOCOL_VIOLATION), reason.as_bytes());
+                connection.close(
+                    VarInt::from_u32(CLOSE_PROTOCOL_VIOLATION),
+                    reason.as_bytes(),
+                );
                 return;
             }
             let answer = handler.handle(peer, message).await;

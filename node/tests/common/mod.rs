@@ -48,7 +48,12 @@ impl Node {
             .args(["node", "--name", &self.name])
             .arg("--data-dir")
             .arg(&self.data_dir)
-            .args(["--listen", &self.quic.to_string(), "--api", &self.api.to_string()])
+            .args([
+                "--listen",
+                &self.quic.to_string(),
+                "--api",
+                &self.api.to_string(),
+            ])
             .env("APIARY_LOG", "info,openraft=warn")
             .stdin(Stdio::null())
             .stdout(log("out"))
@@ -138,10 +143,14 @@ impl Cluster {
         self.nodes.push(node);
         let index = self.nodes.len() - 1;
         let expected = self.nodes.len();
-        self.wait_for(Duration::from_secs(30), &format!("{name} to become a member"), |c| async move {
-            let cluster = c.get(index, "/v1/cluster").await.ok()?;
-            (cluster["members"].as_array()?.len() == expected).then_some(())
-        })
+        self.wait_for(
+            Duration::from_secs(30),
+            &format!("{name} to become a member"),
+            |c| async move {
+                let cluster = c.get(index, "/v1/cluster").await.ok()?;
+                (cluster["members"].as_array()?.len() == expected).then_some(())
+            },
+        )
         .await;
         if self.token.is_empty() {
             let text = std::fs::read_to_string(self.nodes[0].data_dir.join("api-token")).unwrap();
@@ -166,7 +175,13 @@ impl Cluster {
     }
 
     /// Sends a write; returns the HTTP status and the JSON body.
-    pub async fn write(&self, node: usize, method: reqwest::Method, path: &str, body: Value) -> (u16, Value) {
+    pub async fn write(
+        &self,
+        node: usize,
+        method: reqwest::Method,
+        path: &str,
+        body: Value,
+    ) -> (u16, Value) {
         let response = self
             .http
             .request(method, self.nodes[node].url(path))
@@ -181,23 +196,28 @@ impl Cluster {
 
     pub async fn set(&self, node: usize, key: &str, value: Value) -> (u16, Value) {
         let body = json!({ "changes": [{ "key": key, "value": value }], "comment": "test" });
-        self.write(node, reqwest::Method::PATCH, "/v1/config", body).await
+        self.write(node, reqwest::Method::PATCH, "/v1/config", body)
+            .await
     }
 
     /// Index of the node every live node agrees is the leader.
     pub async fn leader(&self, live: &[usize]) -> usize {
-        self.wait_for(Duration::from_secs(20), "an agreed leader", |c| async move {
-            let mut leader = None;
-            for &i in live {
-                let status = c.get(i, "/v1/cluster").await.ok()?;
-                let name = status["leader_name"].as_str()?.to_string();
-                if leader.get_or_insert(name.clone()) != &name {
-                    return None;
+        self.wait_for(
+            Duration::from_secs(20),
+            "an agreed leader",
+            |c| async move {
+                let mut leader = None;
+                for &i in live {
+                    let status = c.get(i, "/v1/cluster").await.ok()?;
+                    let name = status["leader_name"].as_str()?.to_string();
+                    if leader.get_or_insert(name.clone()) != &name {
+                        return None;
+                    }
                 }
-            }
-            let name = leader?;
-            live.iter().copied().find(|&i| c.nodes[i].name == name)
-        })
+                let name = leader?;
+                live.iter().copied().find(|&i| c.nodes[i].name == name)
+            },
+        )
         .await
     }
 
@@ -207,14 +227,18 @@ impl Cluster {
 
     /// Waits until every node in `nodes` has applied `version`.
     pub async fn wait_version(&self, nodes: &[usize], version: u64) {
-        self.wait_for(Duration::from_secs(20), &format!("version {version} everywhere"), |c| async move {
-            for &i in nodes {
-                if c.config_version(i).await? < version {
-                    return None;
+        self.wait_for(
+            Duration::from_secs(20),
+            &format!("version {version} everywhere"),
+            |c| async move {
+                for &i in nodes {
+                    if c.config_version(i).await? < version {
+                        return None;
+                    }
                 }
-            }
-            Some(())
-        })
+                Some(())
+            },
+        )
         .await
     }
 
