@@ -1,0 +1,735 @@
+// SPDX-License-Identifier: GPL-2.0
+/* Apiary's eBPF programs (CO-RE). Every knob is read from a map at run time, so a config change
+ * is a map write, never a reload. Only tracepoints and uprobes are used: this kernel has no
+ * kprobes and refuses fentry/fexit. */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_endian.h>
+#include "apiary.h"
+
+#ifndef offsetof
+#define offsetof(type, member) __builtin_offsetof(type, member)
+#endif
+
+char LICENSE[] SEC("license") = "GPL";
+
+#define AF_INET 2
+#define AF_INET6 10
+#define S_IFMT 00170000
+#define S_IFSOCK 0140000
+#define MAX_CGROUP_DEPTH 16
+
+/* Tracepoint contexts, laid out as in /sys/kernel/tracing/events/.../format. Declared here (not
+ * taken from vmlinux.h) so they carry no CO-RE relocations. */
+struct ap_sys_enter_ctx {
+	__u64 common;
+	__s64 id;
+	__u64 args[6];
+};
+
+struct ap_sys_exit_ctx {
+	__u64 common;
+	__s64 id;
+	__s64 ret;
+};
+
+struct ap_sock_state_ctx {
+	__u64 common;
+	const void *skaddr;
+	int oldstate;
+	int newstate;
+	__u16 sport, dport, family, protocol;
+	__u8 saddr[4], daddr[4], saddr_v6[16], daddr_v6[16];
+};
+
+struct ap_retransmit_ctx {
+	__u64 common;
+	const void *skbaddr;
+	const void *skaddr;
+	int state;
+	__u16 sport, dport, family;
+	__u8 saddr[4], daddr[4], saddr_v6[16], daddr_v6[16];
+} __attribute__((packed));
+
+struct ap_exec_ctx {
+	__u64 common;
+	__u32 filename_loc;
+	int pid;
+	int old_pid;
+};
+
+struct ap_exit_ctx {
+	__u64 common;
+	char comm[16];
+	int pid;
+	int prio;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 8 * 1024 * 1024);
+} events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, NUM_PROBES);
+	__type(key, __u32);
+	__type(value, struct ap_probe_config);
+} probe_config SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, NUM_PROBES);
+	__type(key, __u32);
+	__type(value, struct ap_probe_stats);
+} probe_stats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct ap_scope_config);
+} scope_config SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 256);
+	__type(key, __u64);
+	__type(value, __u8);
+} scope_cgroups SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 256);
+	__type(key, __u32);
+	__type(value, __u8);
+} scope_netns SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct ap_pid_filter_key);
+	__type(value, __u8);
+} pid_filter SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct ap_port_filter_key);
+	__type(value, __u8);
+} port_filter SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, struct ap_cgroup_filter_key);
+	__type(value, __u8);
+} cgroup_filter SEC(".maps");
+
+/* Buffers of reads in flight (the data is there only when the syscall returns). */
+struct ap_read_args {
+	__u64 buf;
+	__u64 conn_id;
+	__u64 len_ptr; /* SSL_read_ex: where OpenSSL stores the byte count */
+	__u32 fd;
+	__u32 iovec; /* buf points to a struct iovec */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64);
+	__type(value, struct ap_read_args);
+} reads_in_flight SEC(".maps");
+
+/* Per connection (pid << 32 | fd, or the SSL pointer): the sampling decision taken on its
+ * request, so that the response follows it. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64);
+	__type(value, __u32);
+} sampled_conns SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct ap_data_event);
+} data_scratch SEC(".maps");
+
+static __always_inline struct ap_probe_stats *stats_of(__u32 probe)
+{
+	return bpf_map_lookup_elem(&probe_stats, &probe);
+}
+
+static __always_inline int in_scope(__u32 netns)
+{
+	__u32 zero = 0;
+	struct ap_scope_config *scope = bpf_map_lookup_elem(&scope_config, &zero);
+	if (!scope || (!scope->by_cgroup && !scope->by_netns))
+		return 1;
+	if (scope->by_netns && bpf_map_lookup_elem(&scope_netns, &netns))
+		return 1;
+	if (scope->by_cgroup) {
+		for (int level = 0; level < MAX_CGROUP_DEPTH; level++) {
+			__u64 id = bpf_get_current_ancestor_cgroup_id(level);
+			if (id == 0)
+				break;
+			if (bpf_map_lookup_elem(&scope_cgroups, &id))
+				return 1;
+		}
+	}
+	return 0;
+}
+
+static __always_inline __u32 task_netns(void)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	return BPF_CORE_READ(task, nsproxy, net_ns, ns.inum);
+}
+
+/* Filters of one probe: exclusions first, then include lists where they exist. */
+static __always_inline int passes_filters(__u32 probe, struct ap_probe_config *config, __u32 pid,
+					  __u16 port_a, __u16 port_b)
+{
+	struct ap_pid_filter_key pid_key = { .probe = probe, .pid = pid };
+	__u8 *pid_rule = bpf_map_lookup_elem(&pid_filter, &pid_key);
+	if (pid_rule && *pid_rule == FILTER_EXCLUDE)
+		return 0;
+	if ((config->filter_flags & HAS_PID_INCLUDE) && !(pid_rule && *pid_rule == FILTER_INCLUDE))
+		return 0;
+
+	struct ap_port_filter_key port_key = { .probe = probe, .port = port_a };
+	__u8 *rule_a = bpf_map_lookup_elem(&port_filter, &port_key);
+	port_key.port = port_b;
+	__u8 *rule_b = bpf_map_lookup_elem(&port_filter, &port_key);
+	if ((rule_a && *rule_a == FILTER_EXCLUDE) || (rule_b && *rule_b == FILTER_EXCLUDE))
+		return 0;
+	if ((config->filter_flags & HAS_PORT_INCLUDE) &&
+	    !((rule_a && *rule_a == FILTER_INCLUDE) || (rule_b && *rule_b == FILTER_INCLUDE)))
+		return 0;
+
+	int included = 0;
+	for (int level = 0; level < MAX_CGROUP_DEPTH; level++) {
+		struct ap_cgroup_filter_key key = { .probe = probe };
+		key.cgroup_id = bpf_get_current_ancestor_cgroup_id(level);
+		if (key.cgroup_id == 0)
+			break;
+		__u8 *rule = bpf_map_lookup_elem(&cgroup_filter, &key);
+		if (rule && *rule == FILTER_EXCLUDE)
+			return 0;
+		if (rule && *rule == FILTER_INCLUDE)
+			included = 1;
+	}
+	if ((config->filter_flags & HAS_CGROUP_INCLUDE) && !included)
+		return 0;
+	return 1;
+}
+
+static __always_inline void fill_header(struct ap_event_header *h, __u8 kind, __u8 probe, __u32 netns)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	h->kind = kind;
+	h->probe = probe;
+	h->pad = 0;
+	h->pid = pid_tgid >> 32;
+	h->tid = (__u32)pid_tgid;
+	h->netns = netns;
+	h->ts_ns = bpf_ktime_get_ns();
+	h->cgroup_id = bpf_get_current_cgroup_id();
+	bpf_get_current_comm(&h->comm, sizeof(h->comm));
+}
+
+static __always_inline void fill_flow_from_sock(struct ap_flow *flow, struct sock *sk)
+{
+	flow->family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	flow->local_port = BPF_CORE_READ(sk, __sk_common.skc_num);
+	flow->remote_port = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	flow->pad = 0;
+	__builtin_memset(flow->local_addr, 0, 16);
+	__builtin_memset(flow->remote_addr, 0, 16);
+	if (flow->family == AF_INET) {
+		BPF_CORE_READ_INTO(flow->local_addr, sk, __sk_common.skc_rcv_saddr);
+		BPF_CORE_READ_INTO(flow->remote_addr, sk, __sk_common.skc_daddr);
+	} else {
+		BPF_CORE_READ_INTO(flow->local_addr, sk, __sk_common.skc_v6_rcv_saddr);
+		BPF_CORE_READ_INTO(flow->remote_addr, sk, __sk_common.skc_v6_daddr);
+	}
+}
+
+/* The TCP/UDP socket behind a file descriptor of the current process, or NULL. */
+static __always_inline struct sock *sock_of_fd(__u32 fd)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
+	if (!fdt || fd >= BPF_CORE_READ(fdt, max_fds))
+		return 0;
+	struct file **fds = BPF_CORE_READ(fdt, fd);
+	struct file *file = 0;
+	bpf_probe_read_kernel(&file, sizeof(file), &fds[fd]);
+	if (!file)
+		return 0;
+	umode_t mode = BPF_CORE_READ(file, f_inode, i_mode);
+	if ((mode & S_IFMT) != S_IFSOCK)
+		return 0;
+	struct socket *socket = BPF_CORE_READ(file, private_data);
+	if (!socket)
+		return 0;
+	struct sock *sk = BPF_CORE_READ(socket, sk);
+	if (!sk)
+		return 0;
+	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	if (family != AF_INET && family != AF_INET6)
+		return 0;
+	return sk;
+}
+
+#define PREFIX_NONE 0
+#define PREFIX_REQUEST 1
+#define PREFIX_RESPONSE 2
+
+static __always_inline int http_prefix(const char *p)
+{
+	if (p[0] == 'H' && p[1] == 'T' && p[2] == 'T' && p[3] == 'P' && p[4] == '/')
+		return PREFIX_RESPONSE;
+	if ((p[0] == 'G' && p[1] == 'E' && p[2] == 'T' && p[3] == ' ') ||
+	    (p[0] == 'P' && p[1] == 'O' && p[2] == 'S' && p[3] == 'T' && p[4] == ' ') ||
+	    (p[0] == 'P' && p[1] == 'U' && p[2] == 'T' && p[3] == ' ') ||
+	    (p[0] == 'H' && p[1] == 'E' && p[2] == 'A' && p[3] == 'D' && p[4] == ' ') ||
+	    (p[0] == 'P' && p[1] == 'A' && p[2] == 'T' && p[3] == 'C' && p[4] == 'H') ||
+	    (p[0] == 'D' && p[1] == 'E' && p[2] == 'L' && p[3] == 'E' && p[4] == 'T') ||
+	    (p[0] == 'O' && p[1] == 'P' && p[2] == 'T' && p[3] == 'I' && p[4] == 'O'))
+		return PREFIX_REQUEST;
+	return PREFIX_NONE;
+}
+
+/* Emits one HTTP message start seen in a socket buffer (`probe` http) or in TLS plaintext
+ * (`probe` tls). Sampling is per request: a kept request keeps its response. */
+static __always_inline void emit_data(__u32 probe, __u64 conn_key, __u64 conn_id, struct sock *sk,
+				      const void *buf, __s64 len, __u32 direction)
+{
+	if (len <= 0 || !buf)
+		return;
+	struct ap_probe_config *config = bpf_map_lookup_elem(&probe_config, &probe);
+	struct ap_probe_stats *stats = stats_of(probe);
+	if (!config || !stats || !config->enabled)
+		return;
+	char head[8] = {};
+	if (bpf_probe_read_user(head, sizeof(head), buf) < 0)
+		return;
+	int kind = http_prefix(head);
+	if (kind == PREFIX_NONE)
+		return;
+
+	struct ap_flow flow = {};
+	__u32 netns;
+	if (sk) {
+		fill_flow_from_sock(&flow, sk);
+		netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+	} else {
+		netns = task_netns();
+	}
+	if (!in_scope(netns))
+		return;
+	__u32 pid = bpf_get_current_pid_tgid() >> 32;
+	if (!passes_filters(probe, config, pid, flow.local_port, flow.remote_port)) {
+		stats->filtered++;
+		return;
+	}
+
+	__u32 threshold = config->sample_threshold;
+	if (kind == PREFIX_REQUEST) {
+		stats->offered++;
+		__u32 keep = threshold == 0xffffffff || bpf_get_prandom_u32() < threshold;
+		bpf_map_update_elem(&sampled_conns, &conn_key, &keep, BPF_ANY);
+		if (!keep) {
+			stats->sampled_out++;
+			return;
+		}
+	} else {
+		__u32 *keep = bpf_map_lookup_elem(&sampled_conns, &conn_key);
+		if (keep) {
+			__u32 decision = *keep;
+			bpf_map_delete_elem(&sampled_conns, &conn_key);
+			if (!decision)
+				return;
+		} else if (!(threshold == 0xffffffff || bpf_get_prandom_u32() < threshold)) {
+			/* A response whose request we never saw (connection older than the probe). */
+			return;
+		}
+	}
+
+	__u32 zero = 0;
+	struct ap_data_event *ev = bpf_map_lookup_elem(&data_scratch, &zero);
+	if (!ev)
+		return;
+	fill_header(&ev->h, EV_DATA, probe, netns);
+	ev->flow = flow;
+	ev->conn_id = conn_id;
+	ev->total_len = len;
+	ev->direction = direction;
+	ev->sample_threshold = threshold;
+	ev->pad = 0;
+	__u32 captured = config->capture_bytes;
+	if ((__s64)captured > len)
+		captured = len;
+	if (captured > MAX_CAPTURE)
+		captured = MAX_CAPTURE;
+	/* The verifier needs the bound in the register itself; clang would drop a plain mask. */
+	asm volatile("%0 &= %1" : "+r"(captured) : "i"(CAPTURE_MASK));
+	if (bpf_probe_read_user(ev->data, captured, buf) < 0)
+		captured = 0;
+	ev->captured = captured;
+	asm volatile("%0 &= %1" : "+r"(captured) : "i"(CAPTURE_MASK));
+	__u64 size = offsetof(struct ap_data_event, data) + captured;
+	if (bpf_ringbuf_output(&events, ev, size, 0) < 0)
+		stats->lost++;
+	else
+		stats->emitted++;
+}
+
+static __always_inline void socket_send(__u32 fd, const void *buf, __s64 len)
+{
+	struct sock *sk = sock_of_fd(fd);
+	if (!sk)
+		return;
+	__u64 key = (bpf_get_current_pid_tgid() & 0xffffffff00000000ULL) | fd;
+	emit_data(PROBE_HTTP, key, fd, sk, buf, len, DIR_EGRESS);
+}
+
+static __always_inline void remember_read(__u32 fd, __u64 buf, __u32 iovec)
+{
+	struct ap_read_args args = { .buf = buf, .fd = fd, .iovec = iovec, .conn_id = fd };
+	__u64 id = bpf_get_current_pid_tgid();
+	bpf_map_update_elem(&reads_in_flight, &id, &args, BPF_ANY);
+}
+
+static __always_inline void finish_read(__s64 ret)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct ap_read_args *args = bpf_map_lookup_elem(&reads_in_flight, &id);
+	if (!args)
+		return;
+	struct ap_read_args copy = *args;
+	bpf_map_delete_elem(&reads_in_flight, &id);
+	if (ret <= 0)
+		return;
+	__u64 buf = copy.buf;
+	if (copy.iovec) {
+		struct iovec first = {};
+		if (bpf_probe_read_user(&first, sizeof(first), (void *)copy.buf) < 0)
+			return;
+		buf = (__u64)first.iov_base;
+		if ((__s64)first.iov_len < ret)
+			ret = first.iov_len;
+	}
+	struct sock *sk = sock_of_fd(copy.fd);
+	if (!sk)
+		return;
+	__u64 key = (id & 0xffffffff00000000ULL) | copy.fd;
+	emit_data(PROBE_HTTP, key, copy.fd, sk, (void *)buf, ret, DIR_INGRESS);
+}
+
+SEC("tracepoint/syscalls/sys_enter_write")
+int http_enter_write(struct ap_sys_enter_ctx *ctx)
+{
+	socket_send(ctx->args[0], (void *)ctx->args[1], ctx->args[2]);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_sendto")
+int http_enter_sendto(struct ap_sys_enter_ctx *ctx)
+{
+	socket_send(ctx->args[0], (void *)ctx->args[1], ctx->args[2]);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_writev")
+int http_enter_writev(struct ap_sys_enter_ctx *ctx)
+{
+	struct iovec first = {};
+	if (bpf_probe_read_user(&first, sizeof(first), (void *)ctx->args[1]) < 0)
+		return 0;
+	socket_send(ctx->args[0], first.iov_base, first.iov_len);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_read")
+int http_enter_read(struct ap_sys_enter_ctx *ctx)
+{
+	remember_read(ctx->args[0], ctx->args[1], 0);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_recvfrom")
+int http_enter_recvfrom(struct ap_sys_enter_ctx *ctx)
+{
+	remember_read(ctx->args[0], ctx->args[1], 0);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_readv")
+int http_enter_readv(struct ap_sys_enter_ctx *ctx)
+{
+	remember_read(ctx->args[0], ctx->args[1], 1);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_exit_read")
+int http_exit_read(struct ap_sys_exit_ctx *ctx)
+{
+	finish_read(ctx->ret);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_exit_recvfrom")
+int http_exit_recvfrom(struct ap_sys_exit_ctx *ctx)
+{
+	finish_read(ctx->ret);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_exit_readv")
+int http_exit_readv(struct ap_sys_exit_ctx *ctx)
+{
+	finish_read(ctx->ret);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_close")
+int http_enter_close(struct ap_sys_enter_ctx *ctx)
+{
+	__u64 key = (bpf_get_current_pid_tgid() & 0xffffffff00000000ULL) | (__u32)ctx->args[0];
+	bpf_map_delete_elem(&sampled_conns, &key);
+	return 0;
+}
+
+/* --- tls: OpenSSL 3 plaintext ------------------------------------------------------------ */
+
+#define TLS_READ_KEY(id) ((id) ^ 0x5555555555555555ULL)
+
+static __always_inline void tls_remember_read(void *ssl, void *buf, void *len_ptr)
+{
+	struct ap_read_args args = { .buf = (__u64)buf, .conn_id = (__u64)ssl, .len_ptr = (__u64)len_ptr };
+	__u64 id = TLS_READ_KEY(bpf_get_current_pid_tgid());
+	bpf_map_update_elem(&reads_in_flight, &id, &args, BPF_ANY);
+}
+
+static __always_inline void tls_finish_read(__s64 ret)
+{
+	__u64 id = TLS_READ_KEY(bpf_get_current_pid_tgid());
+	struct ap_read_args *args = bpf_map_lookup_elem(&reads_in_flight, &id);
+	if (!args)
+		return;
+	struct ap_read_args copy = *args;
+	bpf_map_delete_elem(&reads_in_flight, &id);
+	if (copy.len_ptr) {
+		/* SSL_read_ex returns 1 on success and stores the count. */
+		__u64 count = 0;
+		if (ret != 1 || bpf_probe_read_user(&count, sizeof(count), (void *)copy.len_ptr) < 0)
+			return;
+		ret = count;
+	}
+	emit_data(PROBE_TLS, copy.conn_id, copy.conn_id, 0, (void *)copy.buf, ret, DIR_INGRESS);
+}
+
+/* OpenSSL 3 has two pairs: SSL_read/SSL_write (curl) and SSL_read_ex/SSL_write_ex (Python). */
+SEC("uprobe")
+int BPF_KPROBE(tls_ssl_write, void *ssl, const void *buf, int num)
+{
+	emit_data(PROBE_TLS, (__u64)ssl, (__u64)ssl, 0, buf, num, DIR_EGRESS);
+	return 0;
+}
+
+SEC("uprobe")
+int BPF_KPROBE(tls_ssl_write_ex, void *ssl, const void *buf, __u64 num)
+{
+	emit_data(PROBE_TLS, (__u64)ssl, (__u64)ssl, 0, buf, num, DIR_EGRESS);
+	return 0;
+}
+
+SEC("uprobe")
+int BPF_KPROBE(tls_ssl_read, void *ssl, void *buf, int num)
+{
+	tls_remember_read(ssl, buf, 0);
+	return 0;
+}
+
+SEC("uprobe")
+int BPF_KPROBE(tls_ssl_read_ex, void *ssl, void *buf, __u64 num, void *readbytes)
+{
+	tls_remember_read(ssl, buf, readbytes);
+	return 0;
+}
+
+SEC("uretprobe")
+int BPF_KRETPROBE(tls_ssl_read_ret, int ret)
+{
+	tls_finish_read(ret);
+	return 0;
+}
+
+SEC("uretprobe")
+int BPF_KRETPROBE(tls_ssl_read_ex_ret, int ret)
+{
+	tls_finish_read(ret);
+	return 0;
+}
+
+/* --- tcp: connection lifecycle and bytes -------------------------------------------------- */
+
+static __always_inline int tcp_gate(struct sock *sk, __u32 *netns, struct ap_probe_stats **stats,
+				    struct ap_probe_config **config)
+{
+	__u32 probe = PROBE_TCP;
+	*config = bpf_map_lookup_elem(&probe_config, &probe);
+	*stats = stats_of(probe);
+	if (!*config || !*stats || !(*config)->enabled)
+		return 0;
+	*netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+	/* State changes often run in softirq context: scope by the socket's netns only. */
+	__u32 zero = 0;
+	struct ap_scope_config *scope = bpf_map_lookup_elem(&scope_config, &zero);
+	if (scope && scope->by_netns && !bpf_map_lookup_elem(&scope_netns, netns))
+		return 0;
+	return 1;
+}
+
+static __always_inline void flow_from_fields(struct ap_flow *flow, __u16 family, __u16 sport, __u16 dport,
+					     const __u8 *saddr, const __u8 *daddr, const __u8 *saddr6,
+					     const __u8 *daddr6)
+{
+	flow->family = family;
+	flow->local_port = sport;
+	flow->remote_port = dport;
+	flow->pad = 0;
+	__builtin_memset(flow->local_addr, 0, 16);
+	__builtin_memset(flow->remote_addr, 0, 16);
+	if (family == AF_INET) {
+		__builtin_memcpy(flow->local_addr, saddr, 4);
+		__builtin_memcpy(flow->remote_addr, daddr, 4);
+	} else {
+		__builtin_memcpy(flow->local_addr, saddr6, 16);
+		__builtin_memcpy(flow->remote_addr, daddr6, 16);
+	}
+}
+
+/* `flow` comes from the tracepoint: by the time a socket closes, its own address fields may
+ * already be cleared. */
+static __always_inline void emit_tcp(struct sock *sk, struct ap_flow *flow, __u8 kind, int old_state,
+				     int new_state)
+{
+	__u32 netns;
+	struct ap_probe_stats *stats;
+	struct ap_probe_config *config;
+	if (!tcp_gate(sk, &netns, &stats, &config))
+		return;
+	struct ap_port_filter_key key = { .probe = PROBE_TCP, .port = flow->local_port };
+	__u8 *rule_a = bpf_map_lookup_elem(&port_filter, &key);
+	key.port = flow->remote_port;
+	__u8 *rule_b = bpf_map_lookup_elem(&port_filter, &key);
+	if ((rule_a && *rule_a == FILTER_EXCLUDE) || (rule_b && *rule_b == FILTER_EXCLUDE) ||
+	    ((config->filter_flags & HAS_PORT_INCLUDE) &&
+	     !((rule_a && *rule_a == FILTER_INCLUDE) || (rule_b && *rule_b == FILTER_INCLUDE)))) {
+		stats->filtered++;
+		return;
+	}
+	stats->offered++;
+	struct ap_tcp_event *ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
+	if (!ev) {
+		stats->lost++;
+		return;
+	}
+	fill_header(&ev->h, kind, PROBE_TCP, netns);
+	ev->flow = *flow;
+	ev->sock = (__u64)sk;
+	ev->old_state = old_state;
+	ev->new_state = new_state;
+	struct tcp_sock *tp = (struct tcp_sock *)sk;
+	ev->bytes_sent = BPF_CORE_READ(tp, bytes_sent);
+	ev->bytes_received = BPF_CORE_READ(tp, bytes_received);
+	ev->bytes_acked = BPF_CORE_READ(tp, bytes_acked);
+	ev->retransmits = BPF_CORE_READ(tp, total_retrans);
+	ev->pad = 0;
+	bpf_ringbuf_submit(ev, 0);
+	stats->emitted++;
+}
+
+SEC("tracepoint/sock/inet_sock_set_state")
+int tcp_state(struct ap_sock_state_ctx *ctx)
+{
+	if (ctx->protocol != IPPROTO_TCP)
+		return 0;
+	struct ap_flow flow;
+	flow_from_fields(&flow, ctx->family, ctx->sport, ctx->dport, ctx->saddr, ctx->daddr, ctx->saddr_v6,
+			 ctx->daddr_v6);
+	emit_tcp((struct sock *)ctx->skaddr, &flow, EV_TCP_STATE, ctx->oldstate, ctx->newstate);
+	return 0;
+}
+
+SEC("tracepoint/tcp/tcp_retransmit_skb")
+int tcp_retransmit(struct ap_retransmit_ctx *ctx)
+{
+	struct ap_flow flow;
+	flow_from_fields(&flow, ctx->family, ctx->sport, ctx->dport, ctx->saddr, ctx->daddr, ctx->saddr_v6,
+			 ctx->daddr_v6);
+	emit_tcp((struct sock *)ctx->skaddr, &flow, EV_TCP_RETRANSMIT, ctx->state, ctx->state);
+	return 0;
+}
+
+/* --- process: exec and exit ----------------------------------------------------------------- */
+
+static __always_inline struct ap_proc_event *process_event(__u8 kind)
+{
+	__u32 probe = PROBE_PROCESS;
+	struct ap_probe_config *config = bpf_map_lookup_elem(&probe_config, &probe);
+	struct ap_probe_stats *stats = stats_of(probe);
+	if (!config || !stats || !config->enabled)
+		return 0;
+	__u32 netns = task_netns();
+	if (!in_scope(netns))
+		return 0;
+	stats->offered++;
+	struct ap_proc_event *ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
+	if (!ev) {
+		stats->lost++;
+		return 0;
+	}
+	stats->emitted++;
+	fill_header(&ev->h, kind, PROBE_PROCESS, netns);
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	ev->ppid = BPF_CORE_READ(task, real_parent, tgid);
+	ev->exit_code = 0;
+	ev->filename[0] = 0;
+	return ev;
+}
+
+SEC("tracepoint/sched/sched_process_exec")
+int process_exec(struct ap_exec_ctx *ctx)
+{
+	struct ap_proc_event *ev = process_event(EV_EXEC);
+	if (!ev)
+		return 0;
+	bpf_probe_read_kernel_str(ev->filename, sizeof(ev->filename),
+				  (void *)ctx + (ctx->filename_loc & 0xffff));
+	bpf_ringbuf_submit(ev, 0);
+	return 0;
+}
+
+SEC("tracepoint/sched/sched_process_exit")
+int process_exit(struct ap_exit_ctx *ctx)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	if ((__u32)pid_tgid != (pid_tgid >> 32))
+		return 0; /* a thread, not the process */
+	struct ap_proc_event *ev = process_event(EV_EXIT);
+	if (!ev)
+		return 0;
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	ev->exit_code = BPF_CORE_READ(task, exit_code) >> 8;
+	bpf_ringbuf_submit(ev, 0);
+	return 0;
+}

@@ -1,0 +1,442 @@
+//! HTTP/1.x message starts captured by the probes, and the spans built from them.
+//!
+//! A request and its response are matched per connection (process, probe, fd or SSL object),
+//! first in first out so that pipelined requests pair up. The side that read the request is the
+//! server; the side that wrote it is the client.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+
+use serde::Serialize;
+
+use crate::abi::{rate_of_threshold, Direction, Flow};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    pub method: String,
+    pub target: String,
+    pub host: Option<String>,
+    pub traceparent: Option<String>,
+}
+
+/// Parses a request line and the headers that fit in the captured prefix.
+pub fn parse_request(data: &[u8]) -> Option<Request> {
+    let text = std::str::from_utf8(prefix_lines(data)).ok()?;
+    let mut lines = text.split("\r\n");
+    let mut parts = lines.next()?.split(' ');
+    let (method, target, version) = (parts.next()?, parts.next()?, parts.next()?);
+    if !version.starts_with("HTTP/1.")
+        || method.is_empty()
+        || !method.bytes().all(|b| b.is_ascii_uppercase())
+    {
+        return None;
+    }
+    let mut request = Request {
+        method: method.to_string(),
+        target: target.to_string(),
+        host: None,
+        traceparent: None,
+    };
+    for line in lines {
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
+        let value = value.trim().to_string();
+        if name.eq_ignore_ascii_case("host") {
+            request.host = Some(value);
+        } else if name.eq_ignore_ascii_case("traceparent") && valid_traceparent(&value) {
+            request.traceparent = Some(value);
+        }
+    }
+    Some(request)
+}
+
+/// The status code of a response's status line.
+pub fn parse_status(data: &[u8]) -> Option<u16> {
+    let line = data.split(|&b| b == b'\r').next()?;
+    let text = std::str::from_utf8(line).ok()?;
+    let mut parts = text.split(' ');
+    if !parts.next()?.starts_with("HTTP/1.") {
+        return None;
+    }
+    let code: u16 = parts.next()?.parse().ok()?;
+    (100..=999).contains(&code).then_some(code)
+}
+
+/// Up to the last complete line: a header cut by the capture limit is not trusted.
+fn prefix_lines(data: &[u8]) -> &[u8] {
+    let end = data
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|i| i + 2);
+    match end {
+        Some(end) => &data[..end],
+        None => match data.windows(2).rposition(|w| w == b"\r\n") {
+            Some(i) => &data[..i],
+            None => data,
+        },
+    }
+}
+
+/// W3C trace context: `00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`.
+fn valid_traceparent(value: &str) -> bool {
+    let parts: Vec<&str> = value.split('-').collect();
+    parts.len() == 4
+        && [2usize, 32, 16, 2].iter().zip(&parts).all(|(len, p)| {
+            p.len() == *len
+                && p.bytes()
+                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        })
+        && parts[1] != "00000000000000000000000000000000"
+}
+
+/// `/users/123/orders/9f8e7d6c5b4a3f2e?x=1` → `/users/{id}/orders/{id}`.
+pub fn route_template(target: &str) -> String {
+    let path = target.split(['?', '#']).next().unwrap_or("");
+    let path = match path.find("://") {
+        // Absolute-form targets (proxies): keep only the path.
+        Some(i) => path[i + 3..]
+            .find('/')
+            .map(|j| &path[i + 3 + j..])
+            .unwrap_or("/"),
+        None => path,
+    };
+    if path.is_empty() {
+        return "/".into();
+    }
+    path.split('/')
+        .map(|segment| {
+            if looks_like_id(segment) {
+                "{id}"
+            } else {
+                segment
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+fn looks_like_id(segment: &str) -> bool {
+    let hex_or_dash = |s: &str| s.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-');
+    let digits = segment.bytes().filter(u8::is_ascii_digit).count();
+    !segment.is_empty()
+        && (segment.bytes().all(|b| b.is_ascii_digit())
+            || (segment.len() == 36 && hex_or_dash(segment) && segment.matches('-').count() == 4)
+            || (segment.len() >= 16 && hex_or_dash(segment) && digits > 0))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SpanKind {
+    Server,
+    Client,
+}
+
+/// One HTTP request/response seen by a probe.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Span {
+    pub kind: SpanKind,
+    /// `http` (socket syscalls) or `tls` (OpenSSL plaintext).
+    pub probe: &'static str,
+    pub service: String,
+    pub pid: u32,
+    pub method: String,
+    pub target: String,
+    pub route: String,
+    pub status: u16,
+    pub start_unix_nanos: u64,
+    pub duration_ns: u64,
+    pub peer: Option<SocketAddr>,
+    pub local: Option<SocketAddr>,
+    pub host: Option<String>,
+    pub traceparent: Option<String>,
+    /// The sampling rate the request was kept at, for re-weighting counts downstream.
+    pub sample_rate: f64,
+    pub netns: u32,
+    pub cgroup_id: u64,
+}
+
+impl Span {
+    pub fn trace_id(&self) -> Option<&str> {
+        self.traceparent
+            .as_deref()
+            .and_then(|t| t.split('-').nth(1))
+    }
+}
+
+/// What the matcher needs from a data event.
+pub struct Message<'a> {
+    pub probe: &'static str,
+    pub pid: u32,
+    pub conn_id: u64,
+    pub ts_ns: u64,
+    pub direction: Direction,
+    pub flow: Option<&'a Flow>,
+    pub sample_threshold: u32,
+    pub data: &'a [u8],
+    pub netns: u32,
+    pub cgroup_id: u64,
+}
+
+struct Pending {
+    request: Request,
+    kind: SpanKind,
+    ts_ns: u64,
+    sample_threshold: u32,
+}
+
+/// Pairs requests with responses. Bounded: the oldest connections are forgotten first.
+#[derive(Default)]
+pub struct Matcher {
+    pending: HashMap<(&'static str, u32, u64), VecDeque<Pending>>,
+}
+
+const MAX_CONNECTIONS: usize = 65_536;
+const MAX_PIPELINED: usize = 64;
+
+impl Matcher {
+    /// Feeds one message start; returns a span when it completes a request.
+    pub fn feed(
+        &mut self,
+        message: Message,
+        service: impl FnOnce(u32) -> String,
+        clock: &Clock,
+    ) -> Option<Span> {
+        let key = (message.probe, message.pid, message.conn_id);
+        if let Some(request) = parse_request(message.data) {
+            if self.pending.len() >= MAX_CONNECTIONS && !self.pending.contains_key(&key) {
+                self.evict_oldest();
+            }
+            let queue = self.pending.entry(key).or_default();
+            if queue.len() >= MAX_PIPELINED {
+                queue.pop_front();
+            }
+            queue.push_back(Pending {
+                request,
+                // Reading a request means serving it.
+                kind: if message.direction == Direction::Ingress {
+                    SpanKind::Server
+                } else {
+                    SpanKind::Client
+                },
+                ts_ns: message.ts_ns,
+                sample_threshold: message.sample_threshold,
+            });
+            return None;
+        }
+        let status = parse_status(message.data)?;
+        let queue = self.pending.get_mut(&key)?;
+        let pending = queue.pop_front()?;
+        if queue.is_empty() {
+            self.pending.remove(&key);
+        }
+        let expected = match pending.kind {
+            SpanKind::Server => Direction::Egress,
+            SpanKind::Client => Direction::Ingress,
+        };
+        if message.direction != expected {
+            return None;
+        }
+        let route = route_template(&pending.request.target);
+        Some(Span {
+            kind: pending.kind,
+            probe: message.probe,
+            service: service(message.pid),
+            pid: message.pid,
+            method: pending.request.method,
+            target: pending.request.target,
+            route,
+            status,
+            start_unix_nanos: clock.to_unix_nanos(pending.ts_ns),
+            duration_ns: message.ts_ns.saturating_sub(pending.ts_ns),
+            peer: message.flow.map(|f| f.remote),
+            local: message.flow.map(|f| f.local),
+            host: pending.request.host,
+            traceparent: pending.request.traceparent,
+            sample_rate: rate_of_threshold(pending.sample_threshold),
+            netns: message.netns,
+            cgroup_id: message.cgroup_id,
+        })
+    }
+
+    /// Forgets the connections of a process that exited.
+    pub fn forget_process(&mut self, pid: u32) {
+        self.pending.retain(|(_, p, _), _| *p != pid);
+    }
+
+    fn evict_oldest(&mut self) {
+        let oldest = self
+            .pending
+            .iter()
+            .filter_map(|(key, queue)| Some((*key, queue.front()?.ts_ns)))
+            .min_by_key(|(_, ts)| *ts)
+            .map(|(key, _)| key);
+        if let Some(key) = oldest {
+            self.pending.remove(&key);
+        }
+    }
+
+    pub fn pending_connections(&self) -> usize {
+        self.pending.len()
+    }
+}
+
+/// Converts the kernel's monotonic timestamps to wall-clock time.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    offset_ns: i128,
+}
+
+impl Clock {
+    pub fn now() -> Self {
+        let monotonic = clock_ns(libc::CLOCK_MONOTONIC);
+        let realtime = clock_ns(libc::CLOCK_REALTIME);
+        Clock {
+            offset_ns: realtime as i128 - monotonic as i128,
+        }
+    }
+
+    pub fn to_unix_nanos(&self, monotonic_ns: u64) -> u64 {
+        (monotonic_ns as i128 + self.offset_ns).max(0) as u64
+    }
+}
+
+pub fn clock_ns(clock: libc::clockid_t) -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec through a valid pointer.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_request_with_traceparent_and_host() {
+        let raw = b"GET /users/42?x=1 HTTP/1.1\r\nHost: api\r\nTraceParent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\r\nAccept: */*\r\n\r\nbody";
+        let request = parse_request(raw).unwrap();
+        assert_eq!(request.method, "GET");
+        assert_eq!(request.target, "/users/42?x=1");
+        assert_eq!(request.host.as_deref(), Some("api"));
+        assert_eq!(
+            request.traceparent.as_deref(),
+            Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
+        );
+    }
+
+    #[test]
+    fn refuses_non_http_and_bad_traceparent() {
+        assert!(parse_request(b"GETTING things done").is_none());
+        assert!(parse_request(b"get / HTTP/1.1\r\n").is_none());
+        let bad = b"GET / HTTP/1.1\r\ntraceparent: 00-zz-yy-01\r\n\r\n";
+        assert_eq!(parse_request(bad).unwrap().traceparent, None);
+        // A header cut by the capture limit is not used.
+        let cut = b"GET / HTTP/1.1\r\ntraceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad";
+        assert_eq!(parse_request(cut).unwrap().traceparent, None);
+        assert_eq!(parse_status(b"HTTP/1.0 404 Not Found\r\n"), Some(404));
+        assert_eq!(parse_status(b"HTTP/2 200"), None);
+        assert_eq!(parse_status(b"HTTP/1.1 abc"), None);
+    }
+
+    #[test]
+    fn templates_obvious_ids_only() {
+        assert_eq!(route_template("/users/123"), "/users/{id}");
+        assert_eq!(
+            route_template("/users/123/orders/9?x"),
+            "/users/{id}/orders/{id}"
+        );
+        assert_eq!(
+            route_template("/o/3fa85f64-5717-4562-b3fc-2c963f66afa6"),
+            "/o/{id}"
+        );
+        assert_eq!(route_template("/blob/9f8e7d6c5b4a3f2e1d"), "/blob/{id}");
+        assert_eq!(route_template("/v1/config"), "/v1/config");
+        assert_eq!(route_template("/api/deadbeefcafe"), "/api/deadbeefcafe");
+        assert_eq!(route_template(""), "/");
+        assert_eq!(route_template("http://h:1/a/7"), "/a/{id}");
+    }
+
+    fn message<'a>(conn: u64, ts: u64, direction: Direction, data: &'a [u8]) -> Message<'a> {
+        Message {
+            probe: "http",
+            pid: 7,
+            conn_id: conn,
+            ts_ns: ts,
+            direction,
+            flow: None,
+            sample_threshold: u32::MAX,
+            data,
+            netns: 1,
+            cgroup_id: 1,
+        }
+    }
+
+    #[test]
+    fn pairs_pipelined_requests_in_order() {
+        let clock = Clock { offset_ns: 1_000 };
+        let mut matcher = Matcher::default();
+        let name = |_| "svc".to_string();
+        assert!(matcher
+            .feed(
+                message(3, 10, Direction::Ingress, b"GET /a HTTP/1.1\r\n\r\n"),
+                name,
+                &clock
+            )
+            .is_none());
+        assert!(matcher
+            .feed(
+                message(3, 20, Direction::Ingress, b"POST /b/1 HTTP/1.1\r\n\r\n"),
+                name,
+                &clock
+            )
+            .is_none());
+        let first = matcher
+            .feed(
+                message(3, 50, Direction::Egress, b"HTTP/1.1 200 OK\r\n"),
+                name,
+                &clock,
+            )
+            .unwrap();
+        assert_eq!(
+            (first.method.as_str(), first.status, first.duration_ns),
+            ("GET", 200, 40)
+        );
+        assert_eq!(first.kind, SpanKind::Server);
+        assert_eq!(first.start_unix_nanos, 1_010);
+        let second = matcher
+            .feed(
+                message(3, 90, Direction::Egress, b"HTTP/1.1 503 Busy\r\n"),
+                name,
+                &clock,
+            )
+            .unwrap();
+        assert_eq!((second.route.as_str(), second.status), ("/b/{id}", 503));
+        assert_eq!(matcher.pending_connections(), 0);
+        // A client span: written request, read response.
+        matcher.feed(
+            message(4, 100, Direction::Egress, b"GET / HTTP/1.1\r\n\r\n"),
+            name,
+            &clock,
+        );
+        let client = matcher
+            .feed(
+                message(4, 130, Direction::Ingress, b"HTTP/1.1 204 No\r\n"),
+                name,
+                &clock,
+            )
+            .unwrap();
+        assert_eq!(client.kind, SpanKind::Client);
+        // A response with no request is ignored.
+        assert!(matcher
+            .feed(
+                message(5, 1, Direction::Egress, b"HTTP/1.1 200 OK\r\n"),
+                name,
+                &clock
+            )
+            .is_none());
+    }
+}

@@ -1,0 +1,31 @@
+//! Apiary's eBPF probes.
+//!
+//! `build.rs` compiles `bpf/apiary.bpf.c` (CO-RE) with clang; [`ProbeSet`] loads it with aya,
+//! attaches each probe (`http`, `tls`, `tcp`, `process`) and writes the replicated config into
+//! BPF maps, so a config change never reloads a program or interrupts the event stream. The
+//! [`observer`] reads the ring buffer and builds HTTP spans, finished TCP flows and process
+//! names. A probe that cannot attach is reported with the kernel's reason; the others run on.
+
+pub mod abi;
+pub mod http;
+mod loader;
+pub mod observer;
+
+pub use http::{Span, SpanKind};
+pub use loader::{find_libssl, ProbeReport, ProbeSet, ProbeState, Scope};
+pub use observer::{spawn_reader, Observer, TcpFlow};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error(
+        "loading eBPF probes needs root (or CAP_BPF, CAP_PERFMON and CAP_SYS_RESOURCE): run \
+         `sudo apiary node …`, or pass --no-probes to run the mesh without probes"
+    )]
+    NotRoot,
+    #[error("cannot load the eBPF probes: {0}")]
+    Load(String),
+    #[error("cannot update a probe map: {0}")]
+    Map(String),
+    #[error("{0}")]
+    Scope(String),
+}

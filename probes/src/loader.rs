@@ -1,0 +1,545 @@
+//! Loads the eBPF object, attaches each probe's programs (a probe that fails is reported and the
+//! others go on), and writes the replicated config into the maps.
+
+use std::collections::BTreeSet;
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use apiary_config::{ClusterConfig, ProbeSettings};
+use aya::maps::{Array, HashMap, MapData, PerCpuArray, RingBuf};
+use aya::programs::{TracePoint, UProbe};
+use aya::Ebpf;
+use serde::Serialize;
+
+use crate::abi::*;
+use crate::ProbeError;
+
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/apiary.bpf.o"));
+
+/// Where each probe's programs attach.
+enum Attach {
+    Tracepoint(&'static str, &'static str),
+    Uprobe(&'static str),
+    Uretprobe(&'static str),
+}
+
+const PROGRAMS: &[(&str, &str, Attach)] = &[
+    (
+        "http",
+        "http_enter_write",
+        Attach::Tracepoint("syscalls", "sys_enter_write"),
+    ),
+    (
+        "http",
+        "http_enter_sendto",
+        Attach::Tracepoint("syscalls", "sys_enter_sendto"),
+    ),
+    (
+        "http",
+        "http_enter_writev",
+        Attach::Tracepoint("syscalls", "sys_enter_writev"),
+    ),
+    (
+        "http",
+        "http_enter_read",
+        Attach::Tracepoint("syscalls", "sys_enter_read"),
+    ),
+    (
+        "http",
+        "http_exit_read",
+        Attach::Tracepoint("syscalls", "sys_exit_read"),
+    ),
+    (
+        "http",
+        "http_enter_recvfrom",
+        Attach::Tracepoint("syscalls", "sys_enter_recvfrom"),
+    ),
+    (
+        "http",
+        "http_exit_recvfrom",
+        Attach::Tracepoint("syscalls", "sys_exit_recvfrom"),
+    ),
+    (
+        "http",
+        "http_enter_readv",
+        Attach::Tracepoint("syscalls", "sys_enter_readv"),
+    ),
+    (
+        "http",
+        "http_exit_readv",
+        Attach::Tracepoint("syscalls", "sys_exit_readv"),
+    ),
+    (
+        "http",
+        "http_enter_close",
+        Attach::Tracepoint("syscalls", "sys_enter_close"),
+    ),
+    ("tls", "tls_ssl_write", Attach::Uprobe("SSL_write")),
+    ("tls", "tls_ssl_read", Attach::Uprobe("SSL_read")),
+    ("tls", "tls_ssl_read_ret", Attach::Uretprobe("SSL_read")),
+    ("tls", "tls_ssl_write_ex", Attach::Uprobe("SSL_write_ex")),
+    ("tls", "tls_ssl_read_ex", Attach::Uprobe("SSL_read_ex")),
+    (
+        "tls",
+        "tls_ssl_read_ex_ret",
+        Attach::Uretprobe("SSL_read_ex"),
+    ),
+    (
+        "tcp",
+        "tcp_state",
+        Attach::Tracepoint("sock", "inet_sock_set_state"),
+    ),
+    (
+        "tcp",
+        "tcp_retransmit",
+        Attach::Tracepoint("tcp", "tcp_retransmit_skb"),
+    ),
+    (
+        "process",
+        "process_exec",
+        Attach::Tracepoint("sched", "sched_process_exec"),
+    ),
+    (
+        "process",
+        "process_exit",
+        Attach::Tracepoint("sched", "sched_process_exit"),
+    ),
+];
+
+/// Limits a node to some processes (`--scope cgroup:PATH` or `--scope netns:NAME`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    Cgroup(PathBuf),
+    Netns(String),
+}
+
+impl std::str::FromStr for Scope {
+    type Err = ProbeError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text.split_once(':') {
+            Some(("cgroup", path)) if !path.is_empty() => Ok(Scope::Cgroup(PathBuf::from(path))),
+            Some(("netns", name)) if !name.is_empty() && !name.contains('/') => Ok(Scope::Netns(name.to_string())),
+            _ => Err(ProbeError::Scope(format!(
+                "--scope {text:?}: use cgroup:/PATH (relative to the cgroup v2 root) or netns:NAME (as in `ip netns`)"
+            ))),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProbeState {
+    Attached,
+    Disabled,
+    Failed,
+}
+
+/// One row of `GET /v1/probes`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProbeReport {
+    pub name: &'static str,
+    pub state: ProbeState,
+    pub reason: Option<String>,
+    pub sample_rate: f64,
+    /// Program runs and kernel time, from the kernel's BPF run-time statistics.
+    pub runs: u64,
+    pub run_time_ns: u64,
+    pub ns_per_run: f64,
+    /// Events offered before sampling, written to the ring buffer, and lost for lack of room.
+    pub offered: u64,
+    pub events: u64,
+    pub lost: u64,
+    pub sampled_out: u64,
+    pub filtered: u64,
+}
+
+pub struct ProbeSet {
+    ebpf: Ebpf,
+    failures: std::collections::HashMap<&'static str, String>,
+    settings: std::collections::HashMap<&'static str, ProbeSettings>,
+    config: Array<MapData, ProbeConfig>,
+    stats: PerCpuArray<MapData, ProbeStats>,
+    pid_filter: HashMap<MapData, PidFilterKey, u8>,
+    port_filter: HashMap<MapData, PortFilterKey, u8>,
+    cgroup_filter: HashMap<MapData, CgroupFilterKey, u8>,
+    events: Option<RingBuf<MapData>>,
+    cgroup_root: Option<PathBuf>,
+    // Keeps the kernel's BPF run-time statistics on while the probes live.
+    _stats_enabled: Option<OwnedFd>,
+}
+
+fn probe_index(name: &str) -> u32 {
+    match name {
+        "http" => PROBE_HTTP,
+        "tls" => PROBE_TLS,
+        "tcp" => PROBE_TCP,
+        _ => PROBE_PROCESS,
+    }
+}
+
+fn map<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
+    ebpf: &mut Ebpf,
+    name: &str,
+) -> Result<T, ProbeError> {
+    let map = ebpf
+        .take_map(name)
+        .ok_or_else(|| ProbeError::Load(format!("the eBPF object has no map {name}")))?;
+    T::try_from(map).map_err(|e| ProbeError::Load(format!("map {name}: {e}")))
+}
+
+impl ProbeSet {
+    /// Loads and attaches every probe. Fails only if nothing can be loaded at all (not root, no
+    /// BPF); a single probe that cannot attach is reported by [`ProbeSet::reports`].
+    pub fn load(scopes: &[Scope]) -> Result<Self, ProbeError> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return Err(ProbeError::NotRoot);
+        }
+        ensure_tracefs()?;
+        let stats_enabled = match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
+            Ok(fd) => Some(fd),
+            Err(e) => {
+                tracing::warn!("BPF run-time statistics unavailable ({e}); probe cost will read 0");
+                None
+            }
+        };
+        let mut ebpf = Ebpf::load(OBJECT).map_err(|e| ProbeError::Load(e.to_string()))?;
+        let libssl = find_libssl();
+        let mut failures = std::collections::HashMap::new();
+        for (probe, program, attach) in PROGRAMS {
+            if failures.contains_key(probe) {
+                continue;
+            }
+            if let Err(reason) = attach_one(&mut ebpf, program, attach, libssl.as_deref()) {
+                tracing::warn!(probe, program, "probe failed: {reason}");
+                failures.insert(*probe, reason);
+            }
+        }
+        let mut set = ProbeSet {
+            config: map(&mut ebpf, "probe_config")?,
+            stats: map(&mut ebpf, "probe_stats")?,
+            pid_filter: map(&mut ebpf, "pid_filter")?,
+            port_filter: map(&mut ebpf, "port_filter")?,
+            cgroup_filter: map(&mut ebpf, "cgroup_filter")?,
+            events: Some(map(&mut ebpf, "events")?),
+            cgroup_root: cgroup2_root(),
+            failures,
+            settings: Default::default(),
+            ebpf,
+            _stats_enabled: stats_enabled,
+        };
+        set.set_scope(scopes)?;
+        Ok(set)
+    }
+
+    fn set_scope(&mut self, scopes: &[Scope]) -> Result<(), ProbeError> {
+        let mut cgroups: HashMap<MapData, u64, u8> = map(&mut self.ebpf, "scope_cgroups")?;
+        let mut netns: HashMap<MapData, u32, u8> = map(&mut self.ebpf, "scope_netns")?;
+        let mut config: Array<MapData, ScopeConfig> = map(&mut self.ebpf, "scope_config")?;
+        let mut scope = ScopeConfig::default();
+        for entry in scopes {
+            match entry {
+                Scope::Cgroup(path) => {
+                    let id = self.cgroup_id(path)?;
+                    cgroups.insert(id, 1, 0).map_err(map_error)?;
+                    scope.by_cgroup = 1;
+                }
+                Scope::Netns(name) => {
+                    let path = Path::new("/run/netns").join(name);
+                    let inode = std::fs::metadata(&path)
+                        .map_err(|e| {
+                            ProbeError::Scope(format!(
+                                "netns {name}: {}: {e} (see `ip netns list`)",
+                                path.display()
+                            ))
+                        })?
+                        .ino();
+                    netns.insert(inode as u32, 1, 0).map_err(map_error)?;
+                    scope.by_netns = 1;
+                }
+            }
+        }
+        config.set(0, scope, 0).map_err(map_error)
+    }
+
+    fn cgroup_id(&self, path: &Path) -> Result<u64, ProbeError> {
+        let root = self
+            .cgroup_root
+            .as_ref()
+            .ok_or_else(|| ProbeError::Scope("no cgroup v2 hierarchy is mounted".into()))?;
+        let full = root.join(path.strip_prefix("/").unwrap_or(path));
+        Ok(std::fs::metadata(&full)
+            .map_err(|e| ProbeError::Scope(format!("cgroup {}: {e}", full.display())))?
+            .ino())
+    }
+
+    /// Takes the ring buffer for the event reader (once).
+    pub fn take_events(&mut self) -> Option<RingBuf<MapData>> {
+        self.events.take()
+    }
+
+    /// Writes the replicated config into the maps. No program is reloaded or detached.
+    pub fn apply(&mut self, config: &ClusterConfig) -> Result<(), ProbeError> {
+        let mut pids = BTreeSet::new();
+        let mut ports = BTreeSet::new();
+        let mut cgroups = BTreeSet::new();
+        let mut values = Vec::new();
+        for (name, settings) in config.probes.iter() {
+            let probe = probe_index(name);
+            let filters = &settings.filters;
+            let mut flags = 0;
+            for (list, rule) in [
+                (&filters.include_pids, FILTER_INCLUDE),
+                (&filters.exclude_pids, FILTER_EXCLUDE),
+            ] {
+                pids.extend(list.iter().map(|&pid| (PidFilterKey { probe, pid }, rule)));
+            }
+            for (list, rule) in [
+                (&filters.include_ports, FILTER_INCLUDE),
+                (&filters.exclude_ports, FILTER_EXCLUDE),
+            ] {
+                ports.extend(list.iter().map(|&port| {
+                    (
+                        PortFilterKey {
+                            probe,
+                            port: port as u32,
+                        },
+                        rule,
+                    )
+                }));
+            }
+            for (list, rule) in [
+                (&filters.include_cgroups, FILTER_INCLUDE),
+                (&filters.exclude_cgroups, FILTER_EXCLUDE),
+            ] {
+                for path in list {
+                    match self.cgroup_id(Path::new(path)) {
+                        Ok(cgroup_id) => {
+                            cgroups.insert((
+                                CgroupFilterKey {
+                                    probe,
+                                    pad: 0,
+                                    cgroup_id,
+                                },
+                                rule,
+                            ));
+                        }
+                        // An include of a cgroup that does not exist here matches nothing here.
+                        Err(e) => tracing::warn!(probe = name, "filter ignored on this node: {e}"),
+                    }
+                }
+            }
+            if !filters.include_pids.is_empty() {
+                flags |= HAS_PID_INCLUDE;
+            }
+            if !filters.include_ports.is_empty() {
+                flags |= HAS_PORT_INCLUDE;
+            }
+            if !filters.include_cgroups.is_empty() {
+                flags |= HAS_CGROUP_INCLUDE;
+            }
+            let value = ProbeConfig {
+                enabled: settings.enabled as u32,
+                sample_threshold: sample_threshold(settings.sample_rate),
+                capture_bytes: settings.capture_bytes.min(MAX_CAPTURE),
+                filter_flags: flags,
+            };
+            // Filters first, switch second: a probe never runs with the new flags and old lists.
+            self.settings.insert(name, settings.clone());
+            values.push((probe, value));
+        }
+        sync(&mut self.pid_filter, &pids)?;
+        sync(&mut self.port_filter, &ports)?;
+        sync(&mut self.cgroup_filter, &cgroups)?;
+        for (probe, value) in values {
+            self.config.set(probe, value, 0).map_err(map_error)?;
+        }
+        Ok(())
+    }
+
+    pub fn reports(&self) -> Vec<ProbeReport> {
+        ["http", "tls", "tcp", "process"]
+            .into_iter()
+            .map(|name| {
+                let probe = probe_index(name);
+                let stats = self
+                    .stats
+                    .get(&probe, 0)
+                    .map(|per_cpu| {
+                        per_cpu.iter().fold(ProbeStats::default(), |mut sum, s| {
+                            sum.offered += s.offered;
+                            sum.emitted += s.emitted;
+                            sum.lost += s.lost;
+                            sum.sampled_out += s.sampled_out;
+                            sum.filtered += s.filtered;
+                            sum
+                        })
+                    })
+                    .unwrap_or_default();
+                let (mut runs, mut run_time_ns) = (0u64, 0u64);
+                for (_, program, _) in PROGRAMS.iter().filter(|(p, _, _)| *p == name) {
+                    if let Some(info) = self.ebpf.program(program).and_then(|p| p.info().ok()) {
+                        runs += info.run_count();
+                        run_time_ns += info.run_time().as_nanos() as u64;
+                    }
+                }
+                let settings = self.settings.get(name);
+                let failure = self.failures.get(name).cloned();
+                let state = match (&failure, settings) {
+                    (Some(_), _) => ProbeState::Failed,
+                    (None, Some(s)) if !s.enabled => ProbeState::Disabled,
+                    _ => ProbeState::Attached,
+                };
+                ProbeReport {
+                    name,
+                    state,
+                    reason: failure,
+                    sample_rate: settings.map(|s| s.sample_rate).unwrap_or(0.0),
+                    runs,
+                    run_time_ns,
+                    ns_per_run: if runs == 0 {
+                        0.0
+                    } else {
+                        run_time_ns as f64 / runs as f64
+                    },
+                    offered: stats.offered,
+                    events: stats.emitted,
+                    lost: stats.lost,
+                    sampled_out: stats.sampled_out,
+                    filtered: stats.filtered,
+                }
+            })
+            .collect()
+    }
+}
+
+fn sync<K: aya::Pod + Ord>(
+    map: &mut HashMap<MapData, K, u8>,
+    wanted: &BTreeSet<(K, u8)>,
+) -> Result<(), ProbeError> {
+    let present: Vec<K> = map.keys().filter_map(Result::ok).collect();
+    for (key, rule) in wanted {
+        map.insert(key, rule, 0).map_err(map_error)?;
+    }
+    for key in present {
+        if !wanted.iter().any(|(k, _)| *k == key) {
+            map.remove(&key).map_err(map_error)?;
+        }
+    }
+    Ok(())
+}
+
+fn map_error(e: aya::maps::MapError) -> ProbeError {
+    ProbeError::Map(e.to_string())
+}
+
+fn attach_one(
+    ebpf: &mut Ebpf,
+    name: &str,
+    attach: &Attach,
+    libssl: Option<&Path>,
+) -> Result<(), String> {
+    let program = ebpf
+        .program_mut(name)
+        .ok_or_else(|| format!("the eBPF object has no program {name}"))?;
+    let explain = |e: aya::programs::ProgramError| verifier_summary(&e.to_string());
+    match attach {
+        Attach::Tracepoint(category, event) => {
+            let tracepoint: &mut TracePoint = program.try_into().map_err(|e| format!("{e}"))?;
+            tracepoint.load().map_err(explain)?;
+            tracepoint
+                .attach(category, event)
+                .map_err(|e| format!("cannot attach to tracepoint {category}/{event}: {e}"))?;
+        }
+        Attach::Uprobe(symbol) | Attach::Uretprobe(symbol) => {
+            let libssl = libssl.ok_or_else(|| {
+                "no OpenSSL 3 library (libssl.so.3) found on this machine; install libssl3 to see HTTPS".to_string()
+            })?;
+            let uprobe: &mut UProbe = program.try_into().map_err(|e| format!("{e}"))?;
+            uprobe.load().map_err(explain)?;
+            uprobe
+                .attach(
+                    *symbol,
+                    libssl,
+                    aya::programs::uprobe::UProbeScope::AllProcesses,
+                )
+                .map_err(|e| format!("cannot attach to {symbol} in {}: {e}", libssl.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// The verifier's log can run to thousands of lines; its end says what was wrong.
+fn verifier_summary(message: &str) -> String {
+    let lines: Vec<&str> = message.lines().collect();
+    if lines.len() <= 12 {
+        return message.to_string();
+    }
+    format!("{} … {}", lines[0], lines[lines.len() - 8..].join(" | "))
+}
+
+/// Tracepoints need tracefs, which a fresh machine does not mount.
+fn ensure_tracefs() -> Result<(), ProbeError> {
+    let target = Path::new("/sys/kernel/tracing");
+    if target.join("events").exists() || Path::new("/sys/kernel/debug/tracing/events").exists() {
+        return Ok(());
+    }
+    let c = |s: &str| std::ffi::CString::new(s).map_err(|e| ProbeError::Load(e.to_string()));
+    let (source, dir, fstype) = (c("nodev")?, c("/sys/kernel/tracing")?, c("tracefs")?);
+    // SAFETY: valid NUL-terminated strings; a null data pointer is allowed for tracefs.
+    let rc = unsafe {
+        libc::mount(
+            source.as_ptr(),
+            dir.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(ProbeError::Load(format!(
+            "tracefs is not mounted and mounting it failed ({}); run `mount -t tracefs nodev /sys/kernel/tracing`",
+            std::io::Error::last_os_error()
+        )));
+    }
+    tracing::info!("mounted tracefs on /sys/kernel/tracing");
+    Ok(())
+}
+
+/// OpenSSL 3's libssl: the usual paths first, then whatever running processes have mapped.
+pub fn find_libssl() -> Option<PathBuf> {
+    let known = [
+        "/usr/lib/x86_64-linux-gnu/libssl.so.3",
+        "/lib/x86_64-linux-gnu/libssl.so.3",
+        "/usr/lib64/libssl.so.3",
+        "/usr/lib/libssl.so.3",
+    ];
+    if let Some(found) = known.iter().map(Path::new).find(|p| p.exists()) {
+        return Some(found.to_path_buf());
+    }
+    let maps = std::fs::read_dir("/proc").ok()?.filter_map(Result::ok);
+    for entry in maps {
+        let Ok(text) = std::fs::read_to_string(entry.path().join("maps")) else {
+            continue;
+        };
+        if let Some(path) = text
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(5))
+            .find(|p| p.contains("libssl.so.3"))
+        {
+            return Some(PathBuf::from(path));
+        }
+    }
+    None
+}
+
+fn cgroup2_root() -> Option<PathBuf> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    mountinfo.lines().find_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        let mount_point = left.split_whitespace().nth(4)?;
+        (right.split_whitespace().next()? == "cgroup2").then(|| PathBuf::from(mount_point))
+    })
+}

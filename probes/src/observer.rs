@@ -1,0 +1,248 @@
+//! Reads the ring buffer and turns events into spans, finished TCP flows and process names.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use aya::maps::{MapData, RingBuf};
+use serde::Serialize;
+use tokio::io::unix::AsyncFd;
+use tokio::sync::broadcast;
+
+use crate::abi::{decode, Event};
+use crate::http::{Clock, Matcher, Message, Span};
+
+/// A TCP connection that closed, with the bytes the kernel counted for it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct TcpFlow {
+    pub local: Option<SocketAddr>,
+    pub remote: Option<SocketAddr>,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    pub retransmits: u32,
+    pub netns: u32,
+    pub closed_unix_nanos: u64,
+}
+
+const RECENT_SPANS: usize = 4096;
+const RECENT_FLOWS: usize = 4096;
+const TCP_FIN_WAIT2: i32 = 5;
+const TCP_CLOSE: i32 = 7;
+const TCP_LAST_ACK: i32 = 9;
+const TCP_CLOSING: i32 = 11;
+
+/// What the probes saw, for the API and the pipeline. Counts what it cannot decode.
+pub struct Observer {
+    spans: broadcast::Sender<Span>,
+    recent_spans: Mutex<VecDeque<Span>>,
+    recent_flows: Mutex<VecDeque<TcpFlow>>,
+    pub decode_errors: AtomicU64,
+    pub spans_total: AtomicU64,
+    pub retransmits_total: AtomicU64,
+}
+
+impl Default for Observer {
+    fn default() -> Self {
+        Observer {
+            spans: broadcast::channel(8192).0,
+            recent_spans: Mutex::new(VecDeque::new()),
+            recent_flows: Mutex::new(VecDeque::new()),
+            decode_errors: AtomicU64::new(0),
+            spans_total: AtomicU64::new(0),
+            retransmits_total: AtomicU64::new(0),
+        }
+    }
+}
+
+fn push_bounded<T>(queue: &Mutex<VecDeque<T>>, item: T, bound: usize) {
+    let mut queue = queue.lock().unwrap_or_else(|p| p.into_inner());
+    if queue.len() >= bound {
+        queue.pop_front();
+    }
+    queue.push_back(item);
+}
+
+impl Observer {
+    /// Live spans; a receiver that falls behind misses spans (and is told how many).
+    pub fn subscribe(&self) -> broadcast::Receiver<Span> {
+        self.spans.subscribe()
+    }
+
+    pub fn recent_spans(&self) -> Vec<Span> {
+        self.recent_spans
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .cloned()
+            .collect()
+    }
+
+    pub fn recent_flows(&self) -> Vec<TcpFlow> {
+        self.recent_flows
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .cloned()
+            .collect()
+    }
+
+    fn publish(&self, span: Span) {
+        self.spans_total.fetch_add(1, Ordering::Relaxed);
+        push_bounded(&self.recent_spans, span.clone(), RECENT_SPANS);
+        let _ = self.spans.send(span);
+    }
+}
+
+/// Turns events into observations; owns the per-connection and per-process state.
+pub struct Assembler {
+    observer: Arc<Observer>,
+    matcher: Matcher,
+    names: HashMap<u32, String>,
+    clock: Clock,
+}
+
+impl Assembler {
+    pub fn new(observer: Arc<Observer>) -> Self {
+        Assembler {
+            observer,
+            matcher: Matcher::default(),
+            names: HashMap::new(),
+            clock: Clock::now(),
+        }
+    }
+
+    pub fn handle(&mut self, record: &[u8]) {
+        let event = match decode(record) {
+            Ok(event) => event,
+            Err(e) => {
+                self.observer.decode_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!("undecodable probe event: {e}");
+                return;
+            }
+        };
+        match event {
+            Event::Data {
+                header,
+                flow,
+                conn_id,
+                direction,
+                sample_threshold,
+                data,
+                ..
+            } => {
+                let probe = if header.probe == crate::abi::PROBE_TLS {
+                    "tls"
+                } else {
+                    "http"
+                };
+                let message = Message {
+                    probe,
+                    pid: header.pid,
+                    conn_id,
+                    ts_ns: header.ts_ns,
+                    direction,
+                    flow: flow.as_ref(),
+                    sample_threshold,
+                    data: &data,
+                    netns: header.netns,
+                    cgroup_id: header.cgroup_id,
+                };
+                let names = &mut self.names;
+                let comm = header.comm.clone();
+                let service = |pid: u32| service_name(names, pid, &comm);
+                if let Some(span) = self.matcher.feed(message, service, &self.clock) {
+                    self.observer.publish(span);
+                }
+            }
+            Event::TcpState {
+                header,
+                flow,
+                old_state,
+                new_state,
+                bytes_sent,
+                bytes_received,
+                retransmits,
+                ..
+            } if new_state == TCP_CLOSE => {
+                // The kernel counts a received FIN as one byte (rcv_nxt moves past it). A socket
+                // that closes from these states did receive the peer's FIN.
+                let fin_received = matches!(old_state, TCP_FIN_WAIT2 | TCP_LAST_ACK | TCP_CLOSING);
+                let bytes_received = bytes_received.saturating_sub(u64::from(fin_received));
+                let flow = TcpFlow {
+                    local: flow.as_ref().map(|f| f.local),
+                    remote: flow.as_ref().map(|f| f.remote),
+                    bytes_sent,
+                    bytes_received,
+                    retransmits,
+                    netns: header.netns,
+                    closed_unix_nanos: self.clock.to_unix_nanos(header.ts_ns),
+                };
+                push_bounded(&self.observer.recent_flows, flow, RECENT_FLOWS);
+            }
+            Event::TcpState { .. } => {}
+            Event::TcpRetransmit { .. } => {
+                self.observer
+                    .retransmits_total
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            Event::Exec {
+                header, filename, ..
+            } => {
+                let name = filename.rsplit('/').next().unwrap_or(&filename).to_string();
+                self.names
+                    .insert(header.pid, if name.is_empty() { header.comm } else { name });
+            }
+            Event::Exit { header, .. } => {
+                self.names.remove(&header.pid);
+                self.matcher.forget_process(header.pid);
+            }
+        }
+    }
+}
+
+/// `service.name` of a process: its executable's name from exec, else /proc, else the comm of
+/// the thread that did the I/O.
+fn service_name(names: &mut HashMap<u32, String>, pid: u32, comm: &str) -> String {
+    if let Some(name) = names.get(&pid) {
+        return name.clone();
+    }
+    let name = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| comm.to_string());
+    if names.len() > 65_536 {
+        names.clear();
+    }
+    names.insert(pid, name.clone());
+    name
+}
+
+/// Reads the ring buffer until it is closed, waking on epoll readiness.
+pub fn spawn_reader(
+    ring: RingBuf<MapData>,
+    observer: Arc<Observer>,
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    // SAFETY: the ring buffer owns its map fd, keeps it open and returns the same fd for as long
+    // as the AsyncFd owns the ring buffer.
+    let mut fd = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    let mut assembler = Assembler::new(observer);
+    Ok(tokio::spawn(async move {
+        loop {
+            let mut guard = match fd.readable_mut().await {
+                Ok(guard) => guard,
+                Err(e) => {
+                    tracing::error!("probe ring buffer failed: {e}");
+                    return;
+                }
+            };
+            let ring = guard.get_inner_mut();
+            while let Some(record) = ring.next() {
+                assembler.handle(&record);
+            }
+            guard.clear_ready();
+        }
+    }))
+}

@@ -1,0 +1,507 @@
+//! The probes in the real kernel, with real servers and clients in other processes. Needs root;
+//! elsewhere each test is skipped with one message.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use apiary_config::{apply_settings, ClusterConfig, Setting};
+use apiary_probes::{spawn_reader, Observer, ProbeSet, ProbeState, Span, SpanKind};
+use serde_json::json;
+
+fn root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+macro_rules! require_root {
+    ($name:literal) => {
+        if !root() {
+            eprintln!(concat!(
+                "SKIPPED ",
+                $name,
+                ": loading eBPF needs root (CI runs these as root via .ci/run)"
+            ));
+            return;
+        }
+    };
+}
+
+fn config(settings: &[(&str, serde_json::Value)]) -> ClusterConfig {
+    let settings: Vec<Setting> = settings
+        .iter()
+        .map(|(key, value)| Setting {
+            key: key.to_string(),
+            value: value.clone(),
+        })
+        .collect();
+    apply_settings(&ClusterConfig::default(), &settings).expect("valid test config")
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Probes {
+    set: ProbeSet,
+    observer: Arc<Observer>,
+}
+
+fn load(config: &ClusterConfig) -> Probes {
+    let mut set = ProbeSet::load(&[]).expect("load probes");
+    set.apply(config).expect("apply config");
+    let observer = Arc::new(Observer::default());
+    spawn_reader(set.take_events().unwrap(), observer.clone()).expect("reader");
+    Probes { set, observer }
+}
+
+fn spans_on_port(observer: &Observer, port: u16) -> Vec<Span> {
+    observer
+        .recent_spans()
+        .into_iter()
+        .filter(|s| {
+            s.local.map(|a| a.port()) == Some(port) || s.peer.map(|a| a.port()) == Some(port)
+        })
+        .collect()
+}
+
+async fn wait_spans(observer: &Observer, port: u16, count: usize) -> Vec<Span> {
+    let start = Instant::now();
+    loop {
+        let spans = spans_on_port(observer, port);
+        if spans.len() >= count || start.elapsed() > Duration::from_secs(10) {
+            return spans;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_listening(port: u16) {
+    let start = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "server on {port} did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn python_server(port: u16, tls: Option<&std::path::Path>) -> Server {
+    let script = match tls {
+        None => format!(
+            "import http.server as h\nh.ThreadingHTTPServer(('127.0.0.1', {port}), h.SimpleHTTPRequestHandler).serve_forever()"
+        ),
+        Some(dir) => format!(
+            "import http.server as h, ssl\ns = h.HTTPServer(('127.0.0.1', {port}), h.SimpleHTTPRequestHandler)\n\
+             c = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)\nc.load_cert_chain('{0}/cert.pem', '{0}/key.pem')\n\
+             s.socket = c.wrap_socket(s.socket, server_side=True)\ns.serve_forever()",
+            dir.display()
+        ),
+    };
+    let child = Command::new("python3")
+        .args(["-c", &script])
+        .current_dir(std::env::temp_dir())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("python3");
+    wait_listening(port);
+    Server(child)
+}
+
+/// Runs curl; returns (status, seconds curl measured).
+fn curl(url: &str, extra: &[&str]) -> (u16, f64) {
+    let output = Command::new("curl")
+        .args([
+            "-s",
+            "-k",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{time_total}",
+        ])
+        .args(extra)
+        .arg(url)
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&output.stdout).to_string();
+    let mut parts = text.split_whitespace();
+    let status = parts.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+    let seconds = parts.next().and_then(|s| s.parse().ok()).unwrap_or(0.0);
+    (status, seconds)
+}
+
+const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_spans_from_python_server_and_curl() {
+    require_root!("http_spans_from_python_server_and_curl");
+    let probes = load(&ClusterConfig::default());
+    let port = free_port();
+    let _server = python_server(port, None);
+    let (status, seconds) = curl(
+        &format!("http://127.0.0.1:{port}/users/123?x=1"),
+        &["-H", &format!("traceparent: {TRACEPARENT}")],
+    );
+    assert_eq!(status, 404);
+    let (status, _) = curl(&format!("http://127.0.0.1:{port}/"), &[]);
+    assert_eq!(status, 200);
+
+    let spans = wait_spans(&probes.observer, port, 4).await;
+    let server: Vec<&Span> = spans
+        .iter()
+        .filter(|s| s.kind == SpanKind::Server)
+        .collect();
+    let client: Vec<&Span> = spans
+        .iter()
+        .filter(|s| s.kind == SpanKind::Client)
+        .collect();
+    assert_eq!(server.len(), 2, "{spans:#?}");
+    assert_eq!(client.len(), 2, "{spans:#?}");
+    let users = server
+        .iter()
+        .find(|s| s.target.starts_with("/users"))
+        .expect("server span");
+    assert_eq!(users.method, "GET");
+    assert_eq!(users.route, "/users/{id}");
+    assert_eq!(users.status, 404);
+    assert!(users.service.starts_with("python"), "{}", users.service);
+    assert_eq!(users.traceparent.as_deref(), Some(TRACEPARENT));
+    assert_eq!(users.trace_id(), Some("4bf92f3577b34da6a3ce929d0e0e4736"));
+    assert_eq!(users.sample_rate, 1.0);
+    assert_eq!(users.local.unwrap().port(), port);
+    let curl_span = client
+        .iter()
+        .find(|s| s.target.starts_with("/users"))
+        .expect("client span");
+    assert_eq!(curl_span.service, "curl");
+    assert_eq!(curl_span.peer.unwrap().port(), port);
+    assert!(curl_span.duration_ns > 0);
+    assert!(
+        (curl_span.duration_ns as f64) / 1e9 <= seconds,
+        "client span {} ns longer than curl's own {seconds} s",
+        curl_span.duration_ns
+    );
+    assert!(users.duration_ns <= curl_span.duration_ns);
+    let root = server.iter().find(|s| s.target == "/").unwrap();
+    assert_eq!((root.status, root.route.as_str()), (200, "/"));
+
+    let reports = probes.set.reports();
+    let http = reports.iter().find(|r| r.name == "http").unwrap();
+    assert_eq!(http.state, ProbeState::Attached);
+    assert!(http.runs > 0 && http.run_time_ns > 0, "{http:?}");
+    assert!(http.events >= 4, "{http:?}");
+    for report in &reports {
+        assert_ne!(report.state, ProbeState::Failed, "{report:?}");
+    }
+}
+
+/// A minimal HTTP/1.1 server in this process (one thread, one request per connection).
+fn rust_server() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut buf = [0u8; 1024];
+            let mut read = 0;
+            while !buf[..read].windows(4).any(|w| w == b"\r\n\r\n") && read < buf.len() {
+                match stream.read(&mut buf[read..]) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => read += n,
+                }
+            }
+            let status = if buf.starts_with(b"GET /fail") {
+                "500 Internal Server Error"
+            } else {
+                "200 OK"
+            };
+            let _ = stream.write_all(
+                format!("HTTP/1.1 {status}\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+                    .as_bytes(),
+            );
+        }
+    });
+    port
+}
+
+fn get(port: u16, path: &str) {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .unwrap();
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sampling_and_disabling_change_live_without_reload() {
+    require_root!("sampling_and_disabling_change_live_without_reload");
+    let port = rust_server();
+    let mut probes = load(&config(&[(
+        "probe.http.filters.include_ports",
+        json!([port]),
+    )]));
+    for _ in 0..20 {
+        get(port, "/warmup");
+    }
+    // Full sampling sees every request (server and client side).
+    let spans = wait_spans(&probes.observer, port, 40).await;
+    assert_eq!(spans.len(), 40);
+
+    probes
+        .set
+        .apply(&config(&[
+            ("probe.http.filters.include_ports", json!([port])),
+            ("probe.http.sample_rate", json!(0.1)),
+        ]))
+        .unwrap();
+    let before = probes
+        .observer
+        .spans_total
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let requests = 2000;
+    let client = tokio::task::spawn_blocking(move || {
+        for i in 0..requests {
+            get(port, &format!("/items/{i}"));
+        }
+    });
+    client.await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let server_spans = spans_on_port(&probes.observer, port)
+        .into_iter()
+        .filter(|s| s.kind == SpanKind::Server && s.route == "/items/{id}")
+        .collect::<Vec<_>>();
+    let kept = server_spans.len() as f64 / requests as f64;
+    assert!(
+        (0.07..=0.13).contains(&kept),
+        "kept {kept} of server requests at sample_rate 0.1"
+    );
+    assert!(server_spans
+        .iter()
+        .all(|s| (s.sample_rate - 0.1).abs() < 1e-6));
+    let after = probes
+        .observer
+        .spans_total
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(after > before);
+
+    probes
+        .set
+        .apply(&config(&[
+            ("probe.http.filters.include_ports", json!([port])),
+            ("probe.http.enabled", json!(false)),
+        ]))
+        .unwrap();
+    let disabled_at = probes
+        .observer
+        .spans_total
+        .load(std::sync::atomic::Ordering::Relaxed);
+    for _ in 0..100 {
+        get(port, "/off");
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let new_spans = spans_on_port(&probes.observer, port)
+        .into_iter()
+        .filter(|s| s.target == "/off")
+        .count();
+    assert_eq!(new_spans, 0, "http disabled but spans still came");
+    let _ = disabled_at;
+    let http = probes
+        .set
+        .reports()
+        .into_iter()
+        .find(|r| r.name == "http")
+        .unwrap();
+    assert_eq!(http.state, ProbeState::Disabled);
+
+    // Enabled again: the same programs, never reloaded, deliver at once.
+    probes
+        .set
+        .apply(&config(&[(
+            "probe.http.filters.include_ports",
+            json!([port]),
+        )]))
+        .unwrap();
+    get(port, "/back");
+    let back = wait_spans(&probes.observer, port, 0).await;
+    let start = Instant::now();
+    let mut seen = back.iter().any(|s| s.target == "/back");
+    while !seen && start.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        seen = spans_on_port(&probes.observer, port)
+            .iter()
+            .any(|s| s.target == "/back");
+    }
+    assert!(seen, "no span after re-enabling");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn port_and_pid_filters_keep_only_what_they_name() {
+    require_root!("port_and_pid_filters_keep_only_what_they_name");
+    let (kept_port, other_port) = (free_port(), free_port());
+    let kept_server = python_server(kept_port, None);
+    let _other_server = python_server(other_port, None);
+    let probes = load(&config(&[
+        ("probe.http.filters.include_ports", json!([kept_port])),
+        (
+            "probe.http.filters.include_pids",
+            json!([kept_server.0.id()]),
+        ),
+    ]));
+    curl(&format!("http://127.0.0.1:{kept_port}/a"), &[]);
+    curl(&format!("http://127.0.0.1:{other_port}/b"), &[]);
+    wait_spans(&probes.observer, kept_port, 1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Only the named server process on the named port: no curl (other pid), no other port.
+    let kept: Vec<Span> = spans_on_port(&probes.observer, kept_port);
+    assert_eq!(kept.len(), 1, "{kept:#?}");
+    assert_eq!(kept[0].kind, SpanKind::Server);
+    assert_eq!(kept[0].pid, kept_server.0.id());
+    assert!(spans_on_port(&probes.observer, other_port).is_empty());
+    let http = probes
+        .set
+        .reports()
+        .into_iter()
+        .find(|r| r.name == "http")
+        .unwrap();
+    assert!(http.filtered > 0, "{http:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_flow_bytes_match_what_was_sent() {
+    require_root!("tcp_flow_bytes_match_what_was_sent");
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let probes = load(&config(&[(
+        "probe.tcp.filters.include_ports",
+        json!([port]),
+    )]));
+    let (sent, answered) = (123_457usize, 4_321usize);
+    let server = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        let mut got = vec![0u8; sent];
+        stream.read_exact(&mut got).unwrap();
+        stream.write_all(&vec![7u8; answered]).unwrap();
+    });
+    let mut client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    client.write_all(&vec![1u8; sent]).unwrap();
+    let mut back = vec![0u8; answered];
+    client.read_exact(&mut back).unwrap();
+    drop(client);
+    server.join().unwrap();
+
+    let start = Instant::now();
+    loop {
+        let flows = probes.observer.recent_flows();
+        let client_flow = flows
+            .iter()
+            .find(|f| f.remote.map(|a| a.port()) == Some(port));
+        if let Some(flow) = client_flow {
+            assert_eq!(flow.bytes_sent, sent as u64, "{flow:?}");
+            assert_eq!(flow.bytes_received, answered as u64, "{flow:?}");
+            let server_flow = flows
+                .iter()
+                .find(|f| f.local.map(|a| a.port()) == Some(port))
+                .expect("server side of the flow");
+            assert_eq!(server_flow.bytes_received, sent as u64);
+            assert_eq!(server_flow.bytes_sent, answered as u64);
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no closed flow for port {port}: {flows:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_spans_through_the_tls_probe() {
+    require_root!("https_spans_through_the_tls_probe");
+    if apiary_probes::find_libssl().is_none() {
+        panic!("no libssl.so.3 on this machine; .ci/run installs libssl3");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let status = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+        ])
+        .arg("-keyout")
+        .arg(dir.path().join("key.pem"))
+        .arg("-out")
+        .arg(dir.path().join("cert.pem"))
+        .stderr(Stdio::null())
+        .status()
+        .expect("openssl");
+    assert!(status.success());
+    let port = free_port();
+    let probes = load(&config(&[("probe.http.enabled", json!(false))]));
+    let _server = python_server(port, Some(dir.path()));
+    let (status, seconds) = curl(
+        &format!("https://127.0.0.1:{port}/secure/42"),
+        &["-H", &format!("traceparent: {TRACEPARENT}")],
+    );
+    assert_eq!(status, 404);
+    let start = Instant::now();
+    let tls_spans = loop {
+        let spans: Vec<Span> = probes
+            .observer
+            .recent_spans()
+            .into_iter()
+            .filter(|s| s.probe == "tls" && s.target == "/secure/42")
+            .collect();
+        if spans.len() >= 2 || start.elapsed() > Duration::from_secs(10) {
+            break spans;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let server = tls_spans
+        .iter()
+        .find(|s| s.kind == SpanKind::Server)
+        .expect("tls server span");
+    let client = tls_spans
+        .iter()
+        .find(|s| s.kind == SpanKind::Client)
+        .expect("tls client span");
+    assert_eq!(
+        (server.method.as_str(), server.status, server.route.as_str()),
+        ("GET", 404, "/secure/{id}")
+    );
+    assert_eq!(server.traceparent.as_deref(), Some(TRACEPARENT));
+    assert_eq!(client.service, "curl");
+    assert!((client.duration_ns as f64) / 1e9 <= seconds);
+    let tls = probes
+        .set
+        .reports()
+        .into_iter()
+        .find(|r| r.name == "tls")
+        .unwrap();
+    assert_eq!(tls.state, ProbeState::Attached, "{tls:?}");
+}
