@@ -251,12 +251,17 @@ static __always_inline void fill_flow_from_sock(struct ap_flow *flow, struct soc
 	flow->pad = 0;
 	__builtin_memset(flow->local_addr, 0, 16);
 	__builtin_memset(flow->remote_addr, 0, 16);
+	/* Read into typed locals: BPF_CORE_READ_INTO on a byte array copies one byte. */
 	if (flow->family == AF_INET) {
-		BPF_CORE_READ_INTO(flow->local_addr, sk, __sk_common.skc_rcv_saddr);
-		BPF_CORE_READ_INTO(flow->remote_addr, sk, __sk_common.skc_daddr);
+		__be32 local = BPF_CORE_READ(sk, __sk_common.skc_rcv_saddr);
+		__be32 remote = BPF_CORE_READ(sk, __sk_common.skc_daddr);
+		__builtin_memcpy(flow->local_addr, &local, 4);
+		__builtin_memcpy(flow->remote_addr, &remote, 4);
 	} else {
-		BPF_CORE_READ_INTO(flow->local_addr, sk, __sk_common.skc_v6_rcv_saddr);
-		BPF_CORE_READ_INTO(flow->remote_addr, sk, __sk_common.skc_v6_daddr);
+		struct in6_addr local = BPF_CORE_READ(sk, __sk_common.skc_v6_rcv_saddr);
+		struct in6_addr remote = BPF_CORE_READ(sk, __sk_common.skc_v6_daddr);
+		__builtin_memcpy(flow->local_addr, &local, 16);
+		__builtin_memcpy(flow->remote_addr, &remote, 16);
 	}
 }
 

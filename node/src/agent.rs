@@ -7,12 +7,14 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use apiary_consensus::{Consensus, Member, Settings, WriteError};
+use apiary_probes::Scope;
 use apiary_storage::Store;
 use apiary_wire::{request_join, tls::new_key_and_csr, JoinToken, Transport, WireError};
 
 use crate::api::{self, ApiState};
 use crate::identity::{read_token_file, DataDir, NodeIdentity};
 use crate::peer::PeerService;
+use crate::probes::ProbeRuntime;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct NodeArgs {
@@ -44,9 +46,20 @@ pub struct NodeArgs {
     /// File holding the API write token to use instead of a generated one.
     #[arg(long, env = "APIARY_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
+    /// Limit the probes to processes in a cgroup (`cgroup:/PATH`) or network namespace
+    /// (`netns:NAME`); repeatable. Default: the whole machine.
+    #[arg(long = "scope", value_name = "cgroup:PATH|netns:NAME")]
+    pub scopes: Vec<Scope>,
+    /// Run the mesh without eBPF probes (no root needed).
+    #[arg(long, env = "APIARY_NO_PROBES")]
+    pub no_probes: bool,
 }
 
 pub async fn run(args: NodeArgs) -> Result<()> {
+    if !args.no_probes {
+        // Before anything is created on disk: one clear error, not a half-started node.
+        apiary_probes::check_privileges()?;
+    }
     let name = match &args.name {
         Some(name) => name.clone(),
         None if args.dev => "dev".to_string(),
@@ -117,6 +130,13 @@ pub async fn run(args: NodeArgs) -> Result<()> {
         Some(_) => {}
     }
 
+    let probes = if args.no_probes {
+        None
+    } else {
+        eprintln!("loading eBPF probes…");
+        Some(ProbeRuntime::start(&args.scopes, &consensus)?)
+    };
+
     let listener = tokio::net::TcpListener::bind(args.api)
         .await
         .with_context(|| {
@@ -130,6 +150,7 @@ pub async fn run(args: NodeArgs) -> Result<()> {
         consensus: consensus.clone(),
         node_name: identity.node.name.clone(),
         api_token,
+        probes,
     });
     axum::serve(listener, api::router(state))
         .with_graceful_shutdown(shutdown_signal())

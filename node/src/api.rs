@@ -16,11 +16,22 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::metrics;
+use crate::probes::ProbeRuntime;
 
 pub struct ApiState {
     pub consensus: Arc<Consensus>,
     pub node_name: String,
     pub api_token: String,
+    pub probes: Option<Arc<ProbeRuntime>>,
+}
+
+impl ApiState {
+    fn probe_reports(&self) -> Vec<apiary_probes::ProbeReport> {
+        match &self.probes {
+            Some(probes) => probes.reports(),
+            None => crate::probes::reports_without_probes("this node was started with --no-probes"),
+        }
+    }
 }
 
 /// Every route of the API; `docs/api.md` is checked against this list by a test.
@@ -32,6 +43,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("PATCH", "/v1/config"),
     ("GET", "/v1/config/history"),
     ("POST", "/v1/config/revert"),
+    ("GET", "/v1/probes"),
+    ("GET", "/v1/spans"),
 ];
 
 pub fn router(state: Arc<ApiState>) -> Router {
@@ -42,6 +55,8 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/v1/config", get(get_config).patch(patch_config))
         .route("/v1/config/history", get(history))
         .route("/v1/config/revert", post(revert))
+        .route("/v1/probes", get(probes))
+        .route("/v1/spans", get(spans))
         .fallback(|| async {
             let served: Vec<String> = ROUTES.iter().map(|(m, p)| format!("{m} {p}")).collect();
             ApiError::new(
@@ -109,10 +124,43 @@ async fn healthz(State(state): State<Arc<ApiState>>) -> Json<Value> {
 }
 
 async fn prometheus(State(state): State<Arc<ApiState>>) -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        metrics::render(&state.node_name, &state.consensus.status()),
-    )
+    let mut text = metrics::render(&state.node_name, &state.consensus.status());
+    let observer = state.probes.as_ref().map(|p| p.observer.as_ref());
+    text.push_str(&metrics::render_probes(
+        &state.node_name,
+        &state.probe_reports(),
+        observer,
+    ));
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
+}
+
+async fn probes(State(state): State<Arc<ApiState>>) -> Json<Value> {
+    Json(json!(state.probe_reports()))
+}
+
+/// The most recent spans this node's probes built, newest last (`?limit=N`, default 100, and
+/// optional `service=NAME`).
+async fn spans(
+    State(state): State<Arc<ApiState>>,
+    Query(query): Query<HashMap<String, String>>,
+) -> ApiResult {
+    let limit = match query.get("limit") {
+        None => 100,
+        Some(text) => text.parse::<usize>().map_err(|_| {
+            ApiError::bad_request(format!(
+                "limit={text:?} is not a count: give a positive integer"
+            ))
+        })?,
+    };
+    let Some(probes) = &state.probes else {
+        return Ok(Json(json!([])));
+    };
+    let mut spans = probes.observer.recent_spans();
+    if let Some(service) = query.get("service") {
+        spans.retain(|s| &s.service == service);
+    }
+    let skip = spans.len().saturating_sub(limit);
+    Ok(Json(json!(spans[skip..])))
 }
 
 async fn cluster(State(state): State<Arc<ApiState>>) -> ApiResult {

@@ -6,6 +6,7 @@ mod client;
 mod identity;
 mod metrics;
 mod peer;
+mod probes;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};

@@ -3,6 +3,7 @@
 use std::fmt::Write;
 
 use apiary_consensus::{ClusterStatus, Role};
+use apiary_probes::{Observer, ProbeReport, ProbeState};
 
 /// Every metric name this node exports, in output order; the tests (and the dashboard check to
 /// come with deploy/) hold the exporter to this list.
@@ -21,11 +22,132 @@ pub const METRIC_NAMES: &[&str] = &[
     "apiary_peers_total",
 ];
 
-pub fn render(node: &str, status: &ClusterStatus) -> String {
-    let label = format!(
+fn node_label(node: &str) -> String {
+    format!(
         "node=\"{}\"",
         node.replace('\\', "\\\\").replace('"', "\\\"")
-    );
+    )
+}
+
+/// Probe counters, one sample per probe: the same numbers as `GET /v1/probes`.
+#[cfg_attr(not(test), allow(dead_code))]
+pub const PROBE_METRIC_NAMES: &[&str] = &[
+    "apiary_probe_attached",
+    "apiary_probe_runs_total",
+    "apiary_probe_run_time_ns_total",
+    "apiary_probe_offered_total",
+    "apiary_probe_events_total",
+    "apiary_probe_lost_total",
+    "apiary_probe_sampled_out_total",
+    "apiary_probe_filtered_total",
+    "apiary_probe_sample_rate",
+];
+
+type ProbeValue = fn(&ProbeReport) -> String;
+
+pub fn render_probes(node: &str, reports: &[ProbeReport], observer: Option<&Observer>) -> String {
+    let label = node_label(node);
+    let mut out = String::new();
+    let families: [(&str, &str, &str, ProbeValue); 9] = [
+        (
+            "apiary_probe_attached",
+            "gauge",
+            "1 if the probe's programs are attached and enabled.",
+            |r| u8::from(r.state == ProbeState::Attached).to_string(),
+        ),
+        (
+            "apiary_probe_runs_total",
+            "counter",
+            "Runs of the probe's eBPF programs.",
+            |r| r.runs.to_string(),
+        ),
+        (
+            "apiary_probe_run_time_ns_total",
+            "counter",
+            "Kernel time spent in the probe's programs.",
+            |r| r.run_time_ns.to_string(),
+        ),
+        (
+            "apiary_probe_offered_total",
+            "counter",
+            "Events offered before sampling.",
+            |r| r.offered.to_string(),
+        ),
+        (
+            "apiary_probe_events_total",
+            "counter",
+            "Events written to the ring buffer.",
+            |r| r.events.to_string(),
+        ),
+        (
+            "apiary_probe_lost_total",
+            "counter",
+            "Events lost for lack of ring buffer room.",
+            |r| r.lost.to_string(),
+        ),
+        (
+            "apiary_probe_sampled_out_total",
+            "counter",
+            "Events dropped by sampling.",
+            |r| r.sampled_out.to_string(),
+        ),
+        (
+            "apiary_probe_filtered_total",
+            "counter",
+            "Events dropped by the probe's filters.",
+            |r| r.filtered.to_string(),
+        ),
+        (
+            "apiary_probe_sample_rate",
+            "gauge",
+            "The probe's configured sampling rate.",
+            |r| r.sample_rate.to_string(),
+        ),
+    ];
+    for (name, kind, help, value) in families {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        for report in reports {
+            let _ = writeln!(
+                out,
+                "{name}{{{label},probe=\"{}\"}} {}",
+                report.name,
+                value(report)
+            );
+        }
+    }
+    if let Some(observer) = observer {
+        for (name, help, value) in [
+            (
+                "apiary_spans_total",
+                "Spans built from probe events.",
+                &observer.spans_total,
+            ),
+            (
+                "apiary_probe_decode_errors_total",
+                "Ring buffer records that could not be decoded.",
+                &observer.decode_errors,
+            ),
+            (
+                "apiary_tcp_retransmits_total",
+                "TCP retransmissions seen.",
+                &observer.retransmits_total,
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} counter");
+            let _ = writeln!(
+                out,
+                "{name}{{{label}}} {}",
+                value.load(std::sync::atomic::Ordering::Relaxed)
+            );
+        }
+    }
+    out
+}
+
+pub fn render(node: &str, status: &ClusterStatus) -> String {
+    let label = node_label(node);
     let mut out = String::new();
     let mut gauge = |name: &str, help: &str, value: u64| {
         let _ = writeln!(out, "# HELP {name} {help}");
@@ -140,6 +262,23 @@ mod tests {
         );
         assert!(
             text.contains("apiary_cluster_learners{node=\"a\\\"b\"} 1"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn renders_every_probe_metric_for_every_probe() {
+        let reports = crate::probes::reports_without_probes("test");
+        let text = render_probes("n", &reports, None);
+        let mut names: Vec<&str> = text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| l.split('{').next().unwrap())
+            .collect();
+        names.dedup();
+        assert_eq!(names, PROBE_METRIC_NAMES);
+        assert!(
+            text.contains("apiary_probe_attached{node=\"n\",probe=\"tls\"} 0"),
             "{text}"
         );
     }

@@ -15,6 +15,15 @@ pub use http::{Span, SpanKind};
 pub use loader::{find_libssl, ProbeReport, ProbeSet, ProbeState, Scope};
 pub use observer::{spawn_reader, Observer, TcpFlow};
 
+/// Fails with [`ProbeError::NotRoot`] unless this process may load eBPF programs.
+pub fn check_privileges() -> Result<(), ProbeError> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err(ProbeError::NotRoot);
+    }
+    Ok(())
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
     #[error(

@@ -193,10 +193,7 @@ impl ProbeSet {
     /// Loads and attaches every probe. Fails only if nothing can be loaded at all (not root, no
     /// BPF); a single probe that cannot attach is reported by [`ProbeSet::reports`].
     pub fn load(scopes: &[Scope]) -> Result<Self, ProbeError> {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            return Err(ProbeError::NotRoot);
-        }
+        crate::check_privileges()?;
         ensure_tracefs()?;
         let stats_enabled = match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
             Ok(fd) => Some(fd),

@@ -185,7 +185,11 @@ async fn http_spans_from_python_server_and_curl() {
     assert_eq!(users.traceparent.as_deref(), Some(TRACEPARENT));
     assert_eq!(users.trace_id(), Some("4bf92f3577b34da6a3ce929d0e0e4736"));
     assert_eq!(users.sample_rate, 1.0);
-    assert_eq!(users.local.unwrap().port(), port);
+    assert_eq!(
+        users.local.unwrap().to_string(),
+        format!("127.0.0.1:{port}")
+    );
+    assert_eq!(users.peer.unwrap().ip().to_string(), "127.0.0.1");
     let curl_span = client
         .iter()
         .find(|s| s.target.starts_with("/users"))
@@ -415,15 +419,18 @@ async fn tcp_flow_bytes_match_what_was_sent() {
         let client_flow = flows
             .iter()
             .find(|f| f.remote.map(|a| a.port()) == Some(port));
-        if let Some(flow) = client_flow {
-            assert_eq!(flow.bytes_sent, sent as u64, "{flow:?}");
-            assert_eq!(flow.bytes_received, answered as u64, "{flow:?}");
-            let server_flow = flows
-                .iter()
-                .find(|f| f.local.map(|a| a.port()) == Some(port))
-                .expect("server side of the flow");
-            assert_eq!(server_flow.bytes_received, sent as u64);
-            assert_eq!(server_flow.bytes_sent, answered as u64);
+        // Not the listener (which has no remote port) but the accepted connection.
+        let server_flow = flows.iter().find(|f| {
+            f.local.map(|a| a.port()) == Some(port) && f.remote.map(|a| a.port()) != Some(0)
+        });
+        if let (Some(client_flow), Some(server_flow)) = (client_flow, server_flow) {
+            assert_eq!(client_flow.bytes_sent, sent as u64, "{client_flow:?}");
+            assert_eq!(
+                client_flow.bytes_received, answered as u64,
+                "{client_flow:?}"
+            );
+            assert_eq!(server_flow.bytes_received, sent as u64, "{server_flow:?}");
+            assert_eq!(server_flow.bytes_sent, answered as u64, "{server_flow:?}");
             break;
         }
         assert!(

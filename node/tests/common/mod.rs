@@ -27,6 +27,8 @@ pub struct Node {
     pub api: SocketAddr,
     pub data_dir: PathBuf,
     join: Option<(SocketAddr, String)>,
+    /// Extra flags; mesh tests run without probes so that many nodes fit one machine.
+    pub extra: Vec<String>,
     child: Option<Child>,
 }
 
@@ -54,6 +56,7 @@ impl Node {
                 "--api",
                 &self.api.to_string(),
             ])
+            .args(&self.extra)
             .env("APIARY_LOG", "info,openraft=warn")
             .stdin(Stdio::null())
             .stdout(log("out"))
@@ -109,6 +112,11 @@ impl Cluster {
     /// Starts `size` nodes: the first creates the cluster, the others join through it, one at a
     /// time, each waiting until it is a member.
     pub async fn start(size: usize) -> Cluster {
+        Self::start_with(size, &["--no-probes"]).await
+    }
+
+    /// Like [`Cluster::start`], with `extra` flags for every node.
+    pub async fn start_with(size: usize, extra: &[&str]) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut cluster = Cluster {
             dir,
@@ -120,12 +128,12 @@ impl Cluster {
             token: String::new(),
         };
         for i in 0..size {
-            cluster.add_node(&format!("n{i}")).await;
+            cluster.add_node(&format!("n{i}"), extra).await;
         }
         cluster
     }
 
-    pub async fn add_node(&mut self, name: &str) {
+    pub async fn add_node(&mut self, name: &str, extra: &[&str]) {
         let (quic, api) = free_port_pair();
         let join = self.nodes.first().map(|first| {
             let token = std::fs::read_to_string(first.data_dir.join("join-token")).unwrap();
@@ -137,6 +145,7 @@ impl Cluster {
             api: SocketAddr::from(([127, 0, 0, 1], api)),
             data_dir: self.dir.path().join(name),
             join,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
             child: None,
         };
         node.spawn();

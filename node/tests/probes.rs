@@ -1,0 +1,213 @@
+//! A node with real eBPF probes: the replicated config reaches the kernel maps, `/v1/probes`,
+//! `/v1/spans` and `/metrics` show what the probes do. Needs root; skipped with one message
+//! otherwise.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{cli, Cluster, BIN};
+use serde_json::{json, Value};
+
+fn root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"))
+}
+
+struct Server(std::process::Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn python_server() -> (Server, u16) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new("python3")
+        .args([
+            "-m",
+            "http.server",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+        ])
+        .current_dir(std::env::temp_dir())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("python3");
+    let start = std::time::Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(start.elapsed() < Duration::from_secs(10));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (Server(child), port)
+}
+
+fn curl(url: &str) {
+    let status = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", url])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+async fn spans_for(cluster: &Cluster, target: &str) -> Vec<Value> {
+    let spans = cluster.get(0, "/v1/spans?limit=4096").await.unwrap();
+    spans
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["target"] == target)
+        .cloned()
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicated_config_drives_the_probes_of_a_node() {
+    if !root() {
+        eprintln!("SKIPPED replicated_config_drives_the_probes_of_a_node: needs root to load eBPF (CI runs it as root)");
+        return;
+    }
+    let cluster = Cluster::start_with(1, &[]).await;
+    let probes = cluster.get(0, "/v1/probes").await.unwrap();
+    let probes = probes.as_array().unwrap();
+    assert_eq!(probes.len(), 4);
+    for probe in probes {
+        assert_eq!(probe["state"], "attached", "{probe}");
+    }
+
+    let (_server, port) = python_server();
+    curl(&format!("http://127.0.0.1:{port}/orders/77"));
+    let spans = cluster
+        .wait_for(
+            Duration::from_secs(10),
+            "the server and client spans",
+            |c| async move {
+                let spans = spans_for(c, "/orders/77").await;
+                (spans.len() >= 2).then_some(spans)
+            },
+        )
+        .await;
+    let server = spans.iter().find(|s| s["kind"] == "server").unwrap();
+    assert_eq!(server["route"], "/orders/{id}");
+    assert_eq!(server["status"], 404);
+    assert_eq!(server["local"], format!("127.0.0.1:{port}"));
+
+    // Off through the API (the mesh), applied to the kernel maps without a reload.
+    let (status, body) = cluster.set(0, "probe.http.enabled", json!(false)).await;
+    assert_eq!(status, 200, "{body}");
+    let http = cluster
+        .wait_for(
+            Duration::from_secs(5),
+            "http to show disabled",
+            |c| async move {
+                let probes = c.get(0, "/v1/probes").await.ok()?;
+                let http = probes
+                    .as_array()?
+                    .iter()
+                    .find(|p| p["name"] == "http")?
+                    .clone();
+                (http["state"] == "disabled").then_some(http)
+            },
+        )
+        .await;
+    let runs_before = http["runs"].as_u64().unwrap();
+    curl(&format!("http://127.0.0.1:{port}/quiet/1"));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(spans_for(&cluster, "/quiet/1").await.is_empty());
+
+    let (status, _) = cluster.set(0, "probe.http.enabled", json!(true)).await;
+    assert_eq!(status, 200);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    curl(&format!("http://127.0.0.1:{port}/loud/2"));
+    cluster
+        .wait_for(
+            Duration::from_secs(10),
+            "spans again after re-enabling",
+            |c| async move { (spans_for(c, "/loud/2").await.len() >= 2).then_some(()) },
+        )
+        .await;
+    let probes = cluster.get(0, "/v1/probes").await.unwrap();
+    let http = probes
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "http")
+        .unwrap()
+        .clone();
+    // The same programs kept running (and counting) the whole time.
+    assert!(http["runs"].as_u64().unwrap() > runs_before);
+    assert!(http["ns_per_run"].as_f64().unwrap() > 0.0);
+
+    let metrics = cluster
+        .http
+        .get(cluster.nodes[0].url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("apiary_probe_runs_total{node=\"n0\",probe=\"http\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("apiary_probe_attached{node=\"n0\",probe=\"tcp\"} 1"),
+        "{metrics}"
+    );
+
+    let (ok, out, _) = cli(&["status", "--peer", &cluster.nodes[0].url(""), "--json"]);
+    assert!(ok, "{out}");
+}
+
+#[test]
+fn without_root_the_node_says_so_once_and_exits() {
+    if !root() {
+        eprintln!("SKIPPED without_root_the_node_says_so_once_and_exits: needs root to drop to another user");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    let output = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            BIN,
+            "node",
+            "--data-dir",
+        ])
+        .arg(dir.path().join("d"))
+        .output()
+        .expect("setpriv");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("needs root") && stderr.contains("--no-probes"),
+        "{stderr}"
+    );
+    assert_eq!(
+        stderr.lines().filter(|l| l.contains("error")).count(),
+        1,
+        "{stderr}"
+    );
+    assert!(
+        !dir.path().join("d").exists(),
+        "a refused start left files behind"
+    );
+}
