@@ -396,8 +396,20 @@ static __always_inline void emit_data(__u32 probe, __u64 conn_key, __u64 conn_id
 		stats->emitted++;
 }
 
+static __always_inline int probe_enabled(__u32 probe)
+{
+	struct ap_probe_config *config = bpf_map_lookup_elem(&probe_config, &probe);
+	return config && config->enabled;
+}
+
+/* Most writes are not HTTP: look at the first bytes before the costlier fd → socket walk. */
 static __always_inline void socket_send(__u32 fd, const void *buf, __s64 len)
 {
+	if (len <= 0 || !probe_enabled(PROBE_HTTP))
+		return;
+	char head[8] = {};
+	if (bpf_probe_read_user(head, sizeof(head), buf) < 0 || http_prefix(head) == PREFIX_NONE)
+		return;
 	struct sock *sk = sock_of_fd(fd);
 	if (!sk)
 		return;
@@ -407,6 +419,8 @@ static __always_inline void socket_send(__u32 fd, const void *buf, __s64 len)
 
 static __always_inline void remember_read(__u32 fd, __u64 buf, __u32 iovec)
 {
+	if (!probe_enabled(PROBE_HTTP))
+		return;
 	struct ap_read_args args = { .buf = buf, .fd = fd, .iovec = iovec, .conn_id = fd };
 	__u64 id = bpf_get_current_pid_tgid();
 	bpf_map_update_elem(&reads_in_flight, &id, &args, BPF_ANY);
@@ -455,6 +469,8 @@ int http_enter_sendto(struct ap_sys_enter_ctx *ctx)
 SEC("tracepoint/syscalls/sys_enter_writev")
 int http_enter_writev(struct ap_sys_enter_ctx *ctx)
 {
+	if (!probe_enabled(PROBE_HTTP))
+		return 0;
 	struct iovec first = {};
 	if (bpf_probe_read_user(&first, sizeof(first), (void *)ctx->args[1]) < 0)
 		return 0;

@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 use apiary_config::{apply_settings, ClusterConfig, Setting};
 use apiary_probes::{spawn_reader, Observer, ProbeReport, ProbeSet};
 
-const RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Type: text/plain\r\n\r\nhello";
+const RESPONSE: &[u8] =
+    b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Type: text/plain\r\n\r\nhello";
 const CONNECTIONS: usize = 4;
 
 fn server() -> u16 {
@@ -66,7 +67,10 @@ fn load(port: u16, per_connection: usize) -> (f64, Vec<Duration>) {
             })
         })
         .collect();
-    let mut all: Vec<Duration> = workers.into_iter().flat_map(|w| w.join().unwrap()).collect();
+    let mut all: Vec<Duration> = workers
+        .into_iter()
+        .flat_map(|w| w.join().unwrap())
+        .collect();
     let elapsed = start.elapsed().as_secs_f64();
     all.sort();
     (all.len() as f64 / elapsed, all)
@@ -116,7 +120,8 @@ fn main() {
     let mut probes = ProbeSet::load(&[]).expect("load probes");
     let observer = Arc::new(Observer::default());
     let events = probes.take_events().unwrap();
-    runtime.block_on(async { spawn_reader(events, observer.clone()).unwrap() });
+    let _runtime = runtime.enter();
+    let _reader = spawn_reader(events, observer.clone()).unwrap();
     for rate in [1.0, 0.1] {
         let setting = |key: &str| Setting {
             key: format!("probe.{key}.sample_rate"),
@@ -166,7 +171,14 @@ fn main() {
     );
     println!(
         "{:<22} | {:>9} | {:>8} | {:>8} | {:>9} | {:>10} | {:>12} | {:>10}",
-        "mode", "req/s", "p50 µs", "p99 µs", "rps ratio", "p99 ratio", "kernel ns/req", "http ns/run"
+        "mode",
+        "req/s",
+        "p50 µs",
+        "p99 µs",
+        "rps ratio",
+        "p99 ratio",
+        "kernel ns/req",
+        "http ns/run"
     );
     for row in &rows {
         let opt = |v: Option<f64>| v.map(|v| format!("{v:.0}")).unwrap_or_else(|| "-".into());
@@ -182,6 +194,13 @@ fn main() {
             opt(row.http_ns_per_run),
         );
     }
-    println!("goals: added p99 <= 2 % (p99 ratio <= 1.02) and <= 1000 kernel ns per request at rate 1");
-    println!("spans built during the run: {}", observer.spans_total.load(std::sync::atomic::Ordering::Relaxed));
+    println!(
+        "goals: added p99 <= 2 % (p99 ratio <= 1.02) and <= 1000 kernel ns per request at rate 1"
+    );
+    println!(
+        "spans built during the run: {}",
+        observer
+            .spans_total
+            .load(std::sync::atomic::Ordering::Relaxed)
+    );
 }

@@ -15,7 +15,10 @@ fn root() -> bool {
 }
 
 fn run(args: &[&str]) {
-    let status = Command::new(args[0]).args(&args[1..]).status().expect(args[0]);
+    let status = Command::new(args[0])
+        .args(&args[1..])
+        .status()
+        .expect(args[0]);
     assert!(status.success(), "{args:?} failed");
 }
 
@@ -23,7 +26,9 @@ struct Netns(String);
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "delete", &self.0]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "delete", &self.0])
+            .status();
     }
 }
 
@@ -52,7 +57,13 @@ fn curl_until_ok(prefix: &[&str], url: &str) {
     let start = Instant::now();
     loop {
         let mut command = Command::new(prefix.first().copied().unwrap_or("curl"));
-        command.args(prefix.iter().skip(1)).args(if prefix.is_empty() { vec![] } else { vec!["curl"] });
+        command
+            .args(prefix.iter().skip(1))
+            .args(if prefix.is_empty() {
+                vec![]
+            } else {
+                vec!["curl"]
+            });
         let ok = command
             .args(["-s", "-o", "/dev/null", "--max-time", "2", url])
             .status()
@@ -61,7 +72,10 @@ fn curl_until_ok(prefix: &[&str], url: &str) {
         if ok {
             return;
         }
-        assert!(start.elapsed() < Duration::from_secs(10), "{url} never answered");
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{url} never answered"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -75,13 +89,19 @@ fn load(scopes: &[Scope]) -> (ProbeSet, Arc<Observer>) {
 }
 
 fn spans_with(observer: &Observer, target: &str) -> Vec<Span> {
-    observer.recent_spans().into_iter().filter(|s| s.target == target).collect()
+    observer
+        .recent_spans()
+        .into_iter()
+        .filter(|s| s.target == target)
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn netns_scope_sees_only_that_namespace() {
     if !root() || Command::new("ip").arg("-V").output().is_err() {
-        eprintln!("SKIPPED netns_scope_sees_only_that_namespace: needs root and iproute2 (CI runs it)");
+        eprintln!(
+            "SKIPPED netns_scope_sees_only_that_namespace: needs root and iproute2 (CI runs it)"
+        );
         return;
     }
     let name = format!("apiary-scope-{}", std::process::id());
@@ -90,22 +110,56 @@ async fn netns_scope_sees_only_that_namespace() {
     run(&["ip", "-n", &netns.0, "link", "set", "lo", "up"]);
     let (_probes, observer) = load(&[Scope::Netns(name.clone())]);
 
-    let _inside = spawn(&["ip", "netns", "exec", &name, "python3", "-m", "http.server", "18080", "--bind", "127.0.0.1"]);
-    let host_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let _outside = spawn(&["python3", "-m", "http.server", &host_port.to_string(), "--bind", "127.0.0.1"]);
-    curl_until_ok(&["ip", "netns", "exec", &name], "http://127.0.0.1:18080/inside/1");
+    let _inside = spawn(&[
+        "ip",
+        "netns",
+        "exec",
+        &name,
+        "python3",
+        "-m",
+        "http.server",
+        "18080",
+        "--bind",
+        "127.0.0.1",
+    ]);
+    let host_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let _outside = spawn(&[
+        "python3",
+        "-m",
+        "http.server",
+        &host_port.to_string(),
+        "--bind",
+        "127.0.0.1",
+    ]);
+    curl_until_ok(
+        &["ip", "netns", "exec", &name],
+        "http://127.0.0.1:18080/inside/1",
+    );
     curl_until_ok(&[], &format!("http://127.0.0.1:{host_port}/outside/1"));
 
     let start = Instant::now();
-    while spans_with(&observer, "/inside/1").len() < 2 && start.elapsed() < Duration::from_secs(10) {
+    while spans_with(&observer, "/inside/1").len() < 2 && start.elapsed() < Duration::from_secs(10)
+    {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let inside = spans_with(&observer, "/inside/1");
-    assert!(inside.len() >= 2, "server and client spans from the namespace: {inside:#?}");
-    let inode = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(format!("/run/netns/{name}")).unwrap());
+    assert!(
+        inside.len() >= 2,
+        "server and client spans from the namespace: {inside:#?}"
+    );
+    let inode = std::os::unix::fs::MetadataExt::ino(
+        &std::fs::metadata(format!("/run/netns/{name}")).unwrap(),
+    );
     assert!(inside.iter().all(|s| s.netns as u64 == inode));
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(spans_with(&observer, "/outside/1").is_empty(), "host traffic leaked into a netns scope");
+    assert!(
+        spans_with(&observer, "/outside/1").is_empty(),
+        "host traffic leaked into a netns scope"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -122,8 +176,19 @@ async fn cgroup_scope_sees_only_that_cgroup() {
     let dir = root_dir.join(&name);
     std::fs::create_dir_all(&dir).expect("create cgroup");
     let (_probes, observer) = load(&[Scope::Cgroup(format!("/{name}").into())]);
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let _server = spawn(&["python3", "-m", "http.server", &port.to_string(), "--bind", "127.0.0.1"]);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let _server = spawn(&[
+        "python3",
+        "-m",
+        "http.server",
+        &port.to_string(),
+        "--bind",
+        "127.0.0.1",
+    ]);
     curl_until_ok(&[], &format!("http://127.0.0.1:{port}/warmup"));
 
     // curl inside the cgroup (it moves itself there before exec), and outside it.
@@ -133,10 +198,18 @@ async fn cgroup_scope_sees_only_that_cgroup() {
         procs.display()
     );
     run(&["sh", "-c", &script]);
-    run(&["curl", "-s", "-o", "/dev/null", &format!("http://127.0.0.1:{port}/out-of-cgroup/1")]);
+    run(&[
+        "curl",
+        "-s",
+        "-o",
+        "/dev/null",
+        &format!("http://127.0.0.1:{port}/out-of-cgroup/1"),
+    ]);
 
     let start = Instant::now();
-    while spans_with(&observer, "/in-cgroup/1").is_empty() && start.elapsed() < Duration::from_secs(10) {
+    while spans_with(&observer, "/in-cgroup/1").is_empty()
+        && start.elapsed() < Duration::from_secs(10)
+    {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let inside = spans_with(&observer, "/in-cgroup/1");
