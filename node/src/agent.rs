@@ -50,6 +50,9 @@ pub struct NodeArgs {
     /// (`netns:NAME`); repeatable. Default: the whole machine.
     #[arg(long = "scope", value_name = "cgroup:PATH|netns:NAME")]
     pub scopes: Vec<Scope>,
+    /// OpenSSL 3 libssl for the `tls` probe [default: found on the system]
+    #[arg(long, env = "APIARY_LIBSSL")]
+    pub libssl: Option<PathBuf>,
     /// Run the mesh without eBPF probes (no root needed).
     #[arg(long, env = "APIARY_NO_PROBES")]
     pub no_probes: bool,
@@ -134,7 +137,11 @@ pub async fn run(args: NodeArgs) -> Result<()> {
         None
     } else {
         eprintln!("loading eBPF probes…");
-        Some(ProbeRuntime::start(&args.scopes, &consensus)?)
+        Some(ProbeRuntime::start(
+            &args.scopes,
+            args.libssl.as_deref(),
+            &consensus,
+        )?)
     };
 
     let listener = tokio::net::TcpListener::bind(args.api)

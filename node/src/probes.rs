@@ -14,8 +14,12 @@ pub struct ProbeRuntime {
 impl ProbeRuntime {
     /// Loads and attaches the probes, applies the current config, and keeps applying it as new
     /// versions commit. Map writes only: programs stay loaded and events keep flowing.
-    pub fn start(scopes: &[Scope], consensus: &Arc<Consensus>) -> Result<Arc<Self>> {
-        let mut set = ProbeSet::load(scopes)?;
+    pub fn start(
+        scopes: &[Scope],
+        libssl: Option<&std::path::Path>,
+        consensus: &Arc<Consensus>,
+    ) -> Result<Arc<Self>> {
+        let mut set = ProbeSet::load_with_libssl(scopes, libssl)?;
         let state = consensus.config_state().clone();
         let mut versions = state.subscribe();
         set.apply(state.history().current())

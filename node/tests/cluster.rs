@@ -334,3 +334,26 @@ async fn members_beyond_five_voters_stay_learners() {
     assert_eq!(code, 200, "{body}");
     cluster.wait_version(&[0, 1, 2, 3, 4, 5], 1).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_file_sets_the_write_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let token_path = dir.path().join("token");
+    std::fs::write(&token_path, "an-operator-chosen-token-0123456789\n").unwrap();
+    let path = token_path.to_str().unwrap();
+    let cluster = Cluster::start_with(1, &["--no-probes", "--token-file", path]).await;
+    assert_eq!(cluster.token, "an-operator-chosen-token-0123456789");
+    let (status, body) = cluster.set(0, "probe.http.sample_rate", json!(0.3)).await;
+    assert_eq!(status, 200, "{body}");
+
+    std::fs::write(&token_path, "short").unwrap();
+    let (ok, _, err) = cli(&[
+        "node",
+        "--no-probes",
+        "--token-file",
+        path,
+        "--data-dir",
+        dir.path().join("x").to_str().unwrap(),
+    ]);
+    assert!(!ok && err.contains("at least 16"), "{err}");
+}

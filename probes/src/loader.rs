@@ -193,6 +193,12 @@ impl ProbeSet {
     /// Loads and attaches every probe. Fails only if nothing can be loaded at all (not root, no
     /// BPF); a single probe that cannot attach is reported by [`ProbeSet::reports`].
     pub fn load(scopes: &[Scope]) -> Result<Self, ProbeError> {
+        Self::load_with_libssl(scopes, None)
+    }
+
+    /// [`ProbeSet::load`], with the `tls` probe on a given libssl (e.g. an OpenSSL 3 built into
+    /// /opt) instead of the one found on the system.
+    pub fn load_with_libssl(scopes: &[Scope], libssl: Option<&Path>) -> Result<Self, ProbeError> {
         crate::check_privileges()?;
         ensure_tracefs()?;
         let stats_enabled = match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
@@ -203,13 +209,23 @@ impl ProbeSet {
             }
         };
         let mut ebpf = Ebpf::load(OBJECT).map_err(|e| ProbeError::Load(e.to_string()))?;
-        let libssl = find_libssl();
+        let libssl = match libssl {
+            Some(path) => Ok(path.to_path_buf()),
+            None => find_libssl().ok_or_else(|| {
+                "no OpenSSL 3 library (libssl.so.3) found on this machine; install libssl3 or pass --libssl PATH to see HTTPS".to_string()
+            }),
+        };
         let mut failures = std::collections::HashMap::new();
         for (probe, program, attach) in PROGRAMS {
             if failures.contains_key(probe) {
                 continue;
             }
-            if let Err(reason) = attach_one(&mut ebpf, program, attach, libssl.as_deref()) {
+            if let Err(reason) = attach_one(
+                &mut ebpf,
+                program,
+                attach,
+                libssl.as_deref().map_err(Clone::clone),
+            ) {
                 tracing::warn!(probe, program, "probe failed: {reason}");
                 failures.insert(*probe, reason);
             }
@@ -436,7 +452,7 @@ fn attach_one(
     ebpf: &mut Ebpf,
     name: &str,
     attach: &Attach,
-    libssl: Option<&Path>,
+    libssl: Result<&Path, String>,
 ) -> Result<(), String> {
     let program = ebpf
         .program_mut(name)
@@ -451,9 +467,13 @@ fn attach_one(
                 .map_err(|e| format!("cannot attach to tracepoint {category}/{event}: {e}"))?;
         }
         Attach::Uprobe(symbol) | Attach::Uretprobe(symbol) => {
-            let libssl = libssl.ok_or_else(|| {
-                "no OpenSSL 3 library (libssl.so.3) found on this machine; install libssl3 to see HTTPS".to_string()
-            })?;
+            let libssl = libssl?;
+            if !libssl.exists() {
+                return Err(format!(
+                    "{} does not exist: no HTTPS plaintext from this node",
+                    libssl.display()
+                ));
+            }
             let uprobe: &mut UProbe = program.try_into().map_err(|e| format!("{e}"))?;
             uprobe.load().map_err(explain)?;
             uprobe

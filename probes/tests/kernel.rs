@@ -512,3 +512,32 @@ async fn https_spans_through_the_tls_probe() {
         .unwrap();
     assert_eq!(tls.state, ProbeState::Attached, "{tls:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_probe_that_cannot_attach_is_reported_and_the_others_run() {
+    require_root!("a_probe_that_cannot_attach_is_reported_and_the_others_run");
+    let missing = std::path::Path::new("/nonexistent/apiary/libssl.so.3");
+    let mut set = ProbeSet::load_with_libssl(&[], Some(missing)).expect("the other probes load");
+    set.apply(&ClusterConfig::default()).unwrap();
+    let observer = Arc::new(Observer::default());
+    spawn_reader(set.take_events().unwrap(), observer.clone()).unwrap();
+    let reports = set.reports();
+    let tls = reports.iter().find(|r| r.name == "tls").unwrap();
+    assert_eq!(tls.state, ProbeState::Failed);
+    assert!(
+        tls.reason
+            .as_deref()
+            .unwrap()
+            .contains("/nonexistent/apiary/libssl.so.3"),
+        "{tls:?}"
+    );
+    for name in ["http", "tcp", "process"] {
+        let report = reports.iter().find(|r| r.name == name).unwrap();
+        assert_eq!(report.state, ProbeState::Attached, "{report:?}");
+    }
+    let port = free_port();
+    let _server = python_server(port, None);
+    curl(&format!("http://127.0.0.1:{port}/still/1"), &[]);
+    let spans = wait_spans(&observer, port, 2).await;
+    assert_eq!(spans.len(), 2, "http kept working: {spans:#?}");
+}

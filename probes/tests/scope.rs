@@ -222,6 +222,66 @@ async fn cgroup_scope_sees_only_that_cgroup() {
     let _ = std::fs::remove_dir(&dir);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cgroup_filter_keeps_only_that_cgroup() {
+    let Some(root_dir) = cgroup2_root() else {
+        eprintln!("SKIPPED cgroup_filter_keeps_only_that_cgroup: no cgroup v2 hierarchy mounted");
+        return;
+    };
+    if !root() {
+        eprintln!("SKIPPED cgroup_filter_keeps_only_that_cgroup: needs root (CI runs it)");
+        return;
+    }
+    let name = format!("apiary-filter-{}", std::process::id());
+    let dir = root_dir.join(&name);
+    std::fs::create_dir_all(&dir).expect("create cgroup");
+    let settings = [apiary_config::Setting {
+        key: "probe.http.filters.include_cgroups".into(),
+        value: serde_json::json!([format!("/{name}")]),
+    }];
+    let config = apiary_config::apply_settings(&ClusterConfig::default(), &settings).unwrap();
+    let mut set = ProbeSet::load(&[]).expect("load probes");
+    set.apply(&config).unwrap();
+    let observer = Arc::new(Observer::default());
+    spawn_reader(set.take_events().unwrap(), observer.clone()).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let _server = spawn(&[
+        "python3",
+        "-m",
+        "http.server",
+        &port.to_string(),
+        "--bind",
+        "127.0.0.1",
+    ]);
+    curl_until_ok(&[], &format!("http://127.0.0.1:{port}/warmup"));
+    let script = format!(
+        "echo $$ > {} && exec curl -s -o /dev/null http://127.0.0.1:{port}/filtered-in/1",
+        dir.join("cgroup.procs").display()
+    );
+    run(&["sh", "-c", &script]);
+    let start = Instant::now();
+    while spans_with(&observer, "/filtered-in/1").is_empty()
+        && start.elapsed() < Duration::from_secs(10)
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let kept = spans_with(&observer, "/filtered-in/1");
+    assert_eq!(kept.len(), 1, "{kept:#?}");
+    assert_eq!(kept[0].service, "curl");
+    assert!(spans_with(&observer, "/warmup").is_empty());
+    let http = set
+        .reports()
+        .into_iter()
+        .find(|r| r.name == "http")
+        .unwrap();
+    assert!(http.filtered > 0, "{http:?}");
+    let _ = std::fs::remove_dir(&dir);
+}
+
 fn cgroup2_root() -> Option<std::path::PathBuf> {
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
     mountinfo.lines().find_map(|line| {
