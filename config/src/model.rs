@@ -95,10 +95,11 @@ pub struct Destination {
 }
 
 impl Default for Destination {
+    /// OTLP's recommended default transport is HTTP/protobuf.
     fn default() -> Self {
         Destination {
             endpoint: String::new(),
-            protocol: Protocol::Grpc,
+            protocol: Protocol::HttpProtobuf,
             headers: BTreeMap::new(),
         }
     }

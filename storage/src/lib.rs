@@ -157,6 +157,78 @@ impl Store {
     }
 }
 
+/// A durable FIFO of opaque items (export batches) in its own tree, bounded in bytes.
+///
+/// Items leave only through [`Queue::ack`], after their destination acknowledged them, so a
+/// crash or restart re-sends instead of losing. Sequence numbers keep increasing across restarts.
+#[derive(Clone)]
+pub struct Queue {
+    tree: sled::Tree,
+    db: sled::Db,
+}
+
+impl Store {
+    /// Opens (or creates) the queue called `name`.
+    pub fn queue(&self, name: &str) -> Result<Queue> {
+        Ok(Queue {
+            tree: self.db.open_tree(format!("queue/{name}"))?,
+            db: self.db.clone(),
+        })
+    }
+
+    /// Deletes the queue called `name` and everything in it.
+    pub fn drop_queue(&self, name: &str) -> Result<()> {
+        self.db.drop_tree(format!("queue/{name}"))?;
+        Ok(())
+    }
+}
+
+impl Queue {
+    /// Appends an item and waits until it is on disk; returns its sequence number.
+    pub async fn push(&self, item: &[u8]) -> Result<u64> {
+        // sled's id generator is persistent and monotonic, so order survives restarts and an
+        // emptied queue.
+        let next = self.db.generate_id()? + 1;
+        self.tree.insert(next.to_be_bytes(), item)?;
+        self.db.flush_async().await?;
+        Ok(next)
+    }
+
+    /// Up to `max` items from the front, oldest first.
+    pub fn peek(&self, max: usize) -> Result<Vec<(u64, Vec<u8>)>> {
+        self.tree
+            .iter()
+            .take(max)
+            .map(|item| {
+                let (key, value) = item?;
+                Ok((index_of(&key), value.to_vec()))
+            })
+            .collect()
+    }
+
+    /// Removes the item with sequence number `seq` (delivered, or dropped by policy).
+    pub fn ack(&self, seq: u64) -> Result<()> {
+        self.tree.remove(seq.to_be_bytes())?;
+        Ok(())
+    }
+
+    pub fn len(&self) -> usize {
+        self.tree.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tree.is_empty()
+    }
+
+    /// Bytes of all items (values only).
+    pub fn bytes(&self) -> Result<u64> {
+        self.tree
+            .iter()
+            .values()
+            .try_fold(0u64, |sum, value| Ok(sum + value?.len() as u64))
+    }
+}
+
 fn index_of(key: &[u8]) -> u64 {
     let mut bytes = [0u8; 8];
     let n = key.len().min(8);
@@ -223,6 +295,37 @@ mod tests {
             vec![(b"e/9".to_vec(), b"z".to_vec())]
         );
         assert!(store.state_get(b"applied").unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn queue_is_fifo_durable_and_keeps_counting_after_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let queue = store.queue("otlp").unwrap();
+            let first = queue.push(b"a").await.unwrap();
+            assert!(queue.push(b"bb").await.unwrap() > first);
+            assert!(queue.push(b"ccc").await.unwrap() > first);
+            queue.ack(first).unwrap();
+            assert_eq!(queue.bytes().unwrap(), 5);
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let queue = store.queue("otlp").unwrap();
+        let items = queue.peek(10).unwrap();
+        let values: Vec<&[u8]> = items.iter().map(|(_, v)| v.as_slice()).collect();
+        assert_eq!(values, vec![&b"bb"[..], &b"ccc"[..]]);
+        let last = queue.push(b"d").await.unwrap();
+        assert!(last > items[1].0, "sequence went backwards after reopen");
+        for (seq, _) in &items {
+            queue.ack(*seq).unwrap();
+        }
+        queue.ack(last).unwrap();
+        assert!(
+            queue.push(b"e").await.unwrap() > last,
+            "sequence restarted on an empty queue"
+        );
+        store.drop_queue("otlp").unwrap();
+        assert!(store.queue("otlp").unwrap().is_empty());
     }
 
     #[test]

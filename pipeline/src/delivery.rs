@@ -1,0 +1,223 @@
+//! One destination: a disk queue in front of a sink, and a worker that sends the oldest batch
+//! until the destination acknowledges it.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use apiary_storage::Queue;
+use serde::Serialize;
+use tokio::sync::Notify;
+
+use crate::sink::{SendError, Sink};
+
+/// What to do when the disk buffer is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FullPolicy {
+    /// Make room by dropping the oldest batches (counted).
+    DropOldest,
+    /// Wait for room: the source slows down (and its own counters show what it could not take).
+    Block,
+}
+
+impl std::str::FromStr for FullPolicy {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "drop-oldest" => Ok(FullPolicy::DropOldest),
+            "block" => Ok(FullPolicy::Block),
+            other => Err(format!(
+                "{other:?} is not a buffer policy: use drop-oldest or block"
+            )),
+        }
+    }
+}
+
+/// Counters of one destination, for `/v1/export` and `/metrics`.
+#[derive(Debug, Default, Serialize)]
+pub struct DeliveryStats {
+    pub queued_batches: AtomicU64,
+    pub queued_bytes: AtomicU64,
+    pub delivered_batches: AtomicU64,
+    pub delivered_spans: AtomicU64,
+    /// Spans the destination refused in a partial success.
+    pub rejected_spans: AtomicU64,
+    /// Spans dropped by the full-buffer policy or after a permanent error.
+    pub dropped_spans: AtomicU64,
+    pub failed_attempts: AtomicU64,
+    #[serde(skip)]
+    pub last_error: Mutex<Option<String>>,
+}
+
+/// Batch layout in the queue: 4-byte span count, then the encoded OTLP request.
+fn frame(span_count: u32, payload: &[u8]) -> Vec<u8> {
+    let mut item = Vec::with_capacity(4 + payload.len());
+    item.extend_from_slice(&span_count.to_be_bytes());
+    item.extend_from_slice(payload);
+    item
+}
+
+fn unframe(item: &[u8]) -> (u32, &[u8]) {
+    match item.split_first_chunk::<4>() {
+        Some((count, payload)) => (u32::from_be_bytes(*count), payload),
+        None => (0, &[]),
+    }
+}
+
+pub struct Delivery<S: Sink> {
+    pub name: String,
+    queue: Queue,
+    sink: S,
+    max_bytes: u64,
+    policy: FullPolicy,
+    pub stats: Arc<DeliveryStats>,
+    wake: Notify,
+}
+
+impl<S: Sink> Delivery<S> {
+    pub fn new(
+        name: &str,
+        queue: Queue,
+        sink: S,
+        max_bytes: u64,
+        policy: FullPolicy,
+    ) -> Result<Arc<Self>, String> {
+        let stats = Arc::new(DeliveryStats::default());
+        stats
+            .queued_batches
+            .store(queue.len() as u64, Ordering::Relaxed);
+        stats
+            .queued_bytes
+            .store(queue.bytes().map_err(|e| e.to_string())?, Ordering::Relaxed);
+        Ok(Arc::new(Delivery {
+            name: name.to_string(),
+            queue,
+            sink,
+            max_bytes,
+            policy,
+            stats,
+            wake: Notify::new(),
+        }))
+    }
+
+    /// Stores a batch on disk; it is sent (and re-sent after a restart) until acknowledged.
+    pub async fn enqueue(&self, span_count: u32, payload: &[u8]) -> Result<(), String> {
+        let item = frame(span_count, payload);
+        let size = item.len() as u64;
+        loop {
+            let queued = self.stats.queued_bytes.load(Ordering::Relaxed);
+            if queued + size <= self.max_bytes || self.queue.is_empty() {
+                break;
+            }
+            match self.policy {
+                FullPolicy::Block => tokio::time::sleep(Duration::from_millis(50)).await,
+                FullPolicy::DropOldest => {
+                    let Some((seq, oldest)) = self.queue.peek(1).map_err(|e| e.to_string())?.pop()
+                    else {
+                        break;
+                    };
+                    self.remove(seq, &oldest)?;
+                    let (spans, _) = unframe(&oldest);
+                    self.stats
+                        .dropped_spans
+                        .fetch_add(spans as u64, Ordering::Relaxed);
+                    tracing::warn!(destination = %self.name, spans, "export buffer full: dropped the oldest batch");
+                }
+            }
+        }
+        self.queue.push(&item).await.map_err(|e| e.to_string())?;
+        self.stats.queued_batches.fetch_add(1, Ordering::Relaxed);
+        self.stats.queued_bytes.fetch_add(size, Ordering::Relaxed);
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    fn remove(&self, seq: u64, item: &[u8]) -> Result<(), String> {
+        self.queue.ack(seq).map_err(|e| e.to_string())?;
+        self.stats.queued_batches.fetch_sub(1, Ordering::Relaxed);
+        self.stats
+            .queued_bytes
+            .fetch_sub(item.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Sends batches oldest first, forever. Retryable failures back off exponentially with
+    /// jitter (or as long as the destination asked); permanent ones drop that batch, counted.
+    pub async fn run(self: Arc<Self>) {
+        let mut attempt: u32 = 0;
+        loop {
+            let next = match self.queue.peek(1) {
+                Ok(mut items) => items.pop(),
+                Err(e) => {
+                    tracing::error!(destination = %self.name, "export queue unreadable: {e}");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            let Some((seq, item)) = next else {
+                let _ =
+                    tokio::time::timeout(Duration::from_millis(500), self.wake.notified()).await;
+                continue;
+            };
+            let (spans, payload) = unframe(&item);
+            match self.sink.send(payload).await {
+                Ok(outcome) => {
+                    attempt = 0;
+                    if let Err(e) = self.remove(seq, &item) {
+                        tracing::error!(destination = %self.name, "cannot ack a delivered batch: {e}");
+                    }
+                    self.stats.delivered_batches.fetch_add(1, Ordering::Relaxed);
+                    self.stats.delivered_spans.fetch_add(
+                        spans as u64 - outcome.rejected_spans.min(spans as u64),
+                        Ordering::Relaxed,
+                    );
+                    if outcome.rejected_spans > 0 {
+                        self.stats
+                            .rejected_spans
+                            .fetch_add(outcome.rejected_spans, Ordering::Relaxed);
+                        tracing::warn!(destination = %self.name, rejected = outcome.rejected_spans,
+                            "destination rejected part of a batch: {}", outcome.message);
+                    }
+                }
+                Err(SendError::Retryable {
+                    reason,
+                    retry_after,
+                }) => {
+                    self.stats.failed_attempts.fetch_add(1, Ordering::Relaxed);
+                    let wait = retry_after.unwrap_or_else(|| backoff(attempt));
+                    attempt = attempt.saturating_add(1);
+                    tracing::warn!(destination = %self.name, "export failed, retrying in {wait:?}: {reason}");
+                    *self
+                        .stats
+                        .last_error
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner()) = Some(reason);
+                    tokio::time::sleep(wait).await;
+                }
+                Err(SendError::Permanent(reason)) => {
+                    self.stats.failed_attempts.fetch_add(1, Ordering::Relaxed);
+                    self.stats
+                        .dropped_spans
+                        .fetch_add(spans as u64, Ordering::Relaxed);
+                    tracing::error!(destination = %self.name, spans, "destination refused a batch for good, dropped: {reason}");
+                    *self
+                        .stats
+                        .last_error
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner()) = Some(reason);
+                    if let Err(e) = self.remove(seq, &item) {
+                        tracing::error!(destination = %self.name, "cannot drop a refused batch: {e}");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// 200 ms doubling to 30 s, with ±50 % jitter so that many nodes do not retry in step.
+pub fn backoff(attempt: u32) -> Duration {
+    let base = 200u64.saturating_mul(1u64 << attempt.min(8)).min(30_000);
+    let jitter = rand::random_range(0.5..1.5);
+    Duration::from_millis((base as f64 * jitter) as u64)
+}

@@ -1,0 +1,265 @@
+//! Probe spans as OTLP (`ExportTraceServiceRequest`), grouped by process into resources.
+
+use std::collections::BTreeMap;
+
+use apiary_probes::{Span, SpanKind};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::{
+    span, status, ResourceSpans, ScopeSpans, Span as OtlpSpan, Status,
+};
+use prost::Message;
+
+/// Attributes every resource from this node carries.
+#[derive(Debug, Clone, Default)]
+pub struct ResourceInfo {
+    pub host_name: String,
+    pub node: String,
+    /// From `OTEL_RESOURCE_ATTRIBUTES` (`key=value,key=value`).
+    pub extra: Vec<(String, String)>,
+}
+
+impl ResourceInfo {
+    /// Parses `OTEL_RESOURCE_ATTRIBUTES`; malformed pairs are reported, not guessed.
+    pub fn with_env_attributes(mut self, text: &str) -> Result<Self, String> {
+        for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (key, value) = pair
+                .split_once('=')
+                .ok_or_else(|| format!("OTEL_RESOURCE_ATTRIBUTES: {pair:?} is not key=value"))?;
+            self.extra
+                .push((key.trim().to_string(), value.trim().to_string()));
+        }
+        Ok(self)
+    }
+}
+
+fn attribute(key: &str, value: any_value::Value) -> KeyValue {
+    KeyValue {
+        key: key.to_string(),
+        value: Some(AnyValue { value: Some(value) }),
+        ..Default::default()
+    }
+}
+
+fn string(key: &str, value: impl Into<String>) -> KeyValue {
+    attribute(key, any_value::Value::StringValue(value.into()))
+}
+
+fn int(key: &str, value: i64) -> KeyValue {
+    attribute(key, any_value::Value::IntValue(value))
+}
+
+fn double(key: &str, value: f64) -> KeyValue {
+    attribute(key, any_value::Value::DoubleValue(value))
+}
+
+fn hex_bytes(text: &str) -> Option<Vec<u8>> {
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// Trace id, span id and parent span id. A request that carried a W3C `traceparent` joins that
+/// trace: on the server side the caller's span is the parent; on the client side the header's
+/// span id is the id the calling app gave its request, so the client span takes it and the
+/// server span on the other end links to it.
+fn ids(span: &Span) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+    let fresh_span_id = rand::random::<[u8; 8]>().to_vec();
+    let parsed = span.traceparent.as_deref().and_then(|header| {
+        let mut parts = header.split('-').skip(1);
+        Some((hex_bytes(parts.next()?)?, hex_bytes(parts.next()?)?))
+    });
+    match (parsed, span.kind) {
+        (Some((trace, parent)), SpanKind::Server) => (trace, fresh_span_id, parent),
+        (Some((trace, own)), SpanKind::Client) => (trace, own, Vec::new()),
+        (None, _) => (
+            rand::random::<[u8; 16]>().to_vec(),
+            fresh_span_id,
+            Vec::new(),
+        ),
+    }
+}
+
+fn to_otlp(span: &Span) -> OtlpSpan {
+    let (trace_id, span_id, parent_span_id) = ids(span);
+    let path = span.target.split(['?', '#']).next().unwrap_or("/");
+    let mut attributes = vec![
+        string("http.request.method", &span.method),
+        string("url.path", path),
+        string("http.route", &span.route),
+        int("http.response.status_code", span.status as i64),
+        string("apiary.probe", span.probe),
+        double("apiary.sample_rate", span.sample_rate),
+    ];
+    if let Some(peer) = span.peer {
+        attributes.push(string("network.peer.address", peer.ip().to_string()));
+        attributes.push(int("network.peer.port", peer.port() as i64));
+        if span.kind == SpanKind::Client {
+            attributes.push(string(
+                "server.address",
+                span.host.clone().unwrap_or_else(|| peer.ip().to_string()),
+            ));
+            attributes.push(int("server.port", peer.port() as i64));
+        } else {
+            attributes.push(string("client.address", peer.ip().to_string()));
+        }
+    }
+    // Semantic conventions: 5xx is an error on both sides, 4xx only for the client.
+    let error = span.status >= 500 || (span.kind == SpanKind::Client && span.status >= 400);
+    OtlpSpan {
+        trace_id,
+        span_id,
+        parent_span_id,
+        name: format!("{} {}", span.method, span.route),
+        kind: match span.kind {
+            SpanKind::Server => span::SpanKind::Server as i32,
+            SpanKind::Client => span::SpanKind::Client as i32,
+        },
+        start_time_unix_nano: span.start_unix_nanos,
+        end_time_unix_nano: span.start_unix_nanos + span.duration_ns,
+        attributes,
+        status: Some(Status {
+            code: if error {
+                status::StatusCode::Error as i32
+            } else {
+                status::StatusCode::Unset as i32
+            },
+            message: String::new(),
+        }),
+        ..Default::default()
+    }
+}
+
+/// One OTLP request for `spans`, one resource per (service, process).
+pub fn export_request(spans: &[Span], resource: &ResourceInfo) -> ExportTraceServiceRequest {
+    let mut by_process: BTreeMap<(&str, u32), Vec<OtlpSpan>> = BTreeMap::new();
+    for span in spans {
+        by_process
+            .entry((span.service.as_str(), span.pid))
+            .or_default()
+            .push(to_otlp(span));
+    }
+    let resource_spans = by_process
+        .into_iter()
+        .map(|((service, pid), spans)| {
+            let mut attributes = vec![
+                string("service.name", service),
+                int("process.pid", pid as i64),
+                string("host.name", &resource.host_name),
+                string("apiary.node", &resource.node),
+            ];
+            attributes.extend(resource.extra.iter().map(|(k, v)| string(k, v)));
+            ResourceSpans {
+                resource: Some(Resource {
+                    attributes,
+                    ..Default::default()
+                }),
+                scope_spans: vec![ScopeSpans {
+                    scope: Some(InstrumentationScope {
+                        name: "apiary".into(),
+                        version: env!("CARGO_PKG_VERSION").into(),
+                        ..Default::default()
+                    }),
+                    spans,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }
+        })
+        .collect();
+    ExportTraceServiceRequest { resource_spans }
+}
+
+pub fn encode(spans: &[Span], resource: &ResourceInfo) -> Vec<u8> {
+    export_request(spans, resource).encode_to_vec()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn span(kind: SpanKind, traceparent: Option<&str>, status: u16) -> Span {
+        Span {
+            kind,
+            probe: "http",
+            service: "shop".into(),
+            pid: 10,
+            method: "GET".into(),
+            target: "/cart/7?x=1".into(),
+            route: "/cart/{id}".into(),
+            status,
+            start_unix_nanos: 1_000,
+            duration_ns: 500,
+            peer: Some("10.0.0.2:8080".parse().unwrap()),
+            local: Some("10.0.0.1:40000".parse().unwrap()),
+            host: Some("cart".into()),
+            traceparent: traceparent.map(str::to_string),
+            sample_rate: 0.5,
+            netns: 1,
+            cgroup_id: 1,
+        }
+    }
+
+    const TP: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    #[test]
+    fn server_span_joins_the_callers_trace() {
+        let otlp = to_otlp(&span(SpanKind::Server, Some(TP), 503));
+        assert_eq!(
+            otlp.trace_id,
+            hex_bytes("4bf92f3577b34da6a3ce929d0e0e4736").unwrap()
+        );
+        assert_eq!(otlp.parent_span_id, hex_bytes("00f067aa0ba902b7").unwrap());
+        assert_eq!(otlp.span_id.len(), 8);
+        assert_eq!(otlp.name, "GET /cart/{id}");
+        assert_eq!(otlp.end_time_unix_nano - otlp.start_time_unix_nano, 500);
+        assert_eq!(otlp.status.unwrap().code, status::StatusCode::Error as i32);
+        let client = to_otlp(&span(SpanKind::Client, Some(TP), 404));
+        assert_eq!(client.span_id, hex_bytes("00f067aa0ba902b7").unwrap());
+        assert!(client.parent_span_id.is_empty());
+        assert_eq!(
+            client.status.unwrap().code,
+            status::StatusCode::Error as i32
+        );
+    }
+
+    #[test]
+    fn request_groups_by_process_and_round_trips() {
+        let resource = ResourceInfo {
+            host_name: "h".into(),
+            node: "n1".into(),
+            extra: vec![],
+        }
+        .with_env_attributes("deployment.environment=prod, team=edge")
+        .unwrap();
+        let mut other = span(SpanKind::Server, None, 200);
+        other.pid = 11;
+        let bytes = encode(
+            &[
+                span(SpanKind::Server, None, 200),
+                span(SpanKind::Client, None, 200),
+                other,
+            ],
+            &resource,
+        );
+        let decoded = ExportTraceServiceRequest::decode(bytes.as_slice()).unwrap();
+        assert_eq!(decoded.resource_spans.len(), 2);
+        let first = &decoded.resource_spans[0];
+        let attrs = &first.resource.as_ref().unwrap().attributes;
+        for key in [
+            "service.name",
+            "host.name",
+            "apiary.node",
+            "deployment.environment",
+            "team",
+        ] {
+            assert!(attrs.iter().any(|kv| kv.key == key), "missing {key}");
+        }
+        assert_eq!(first.scope_spans[0].spans.len(), 2);
+        assert!(ResourceInfo::default()
+            .with_env_attributes("novalue")
+            .is_err());
+    }
+}
