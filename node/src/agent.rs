@@ -7,11 +7,13 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use apiary_consensus::{Consensus, Member, Settings, WriteError};
+use apiary_pipeline::{FullPolicy, ResourceInfo};
 use apiary_probes::Scope;
 use apiary_storage::Store;
 use apiary_wire::{request_join, tls::new_key_and_csr, JoinToken, Transport, WireError};
 
 use crate::api::{self, ApiState};
+use crate::export::{Export, ExportOptions};
 use crate::identity::{read_token_file, DataDir, NodeIdentity};
 use crate::peer::PeerService;
 use crate::probes::ProbeRuntime;
@@ -53,6 +55,12 @@ pub struct NodeArgs {
     /// OpenSSL 3 libssl for the `tls` probe [default: found on the system]
     #[arg(long, env = "APIARY_LIBSSL")]
     pub libssl: Option<PathBuf>,
+    /// Bytes of disk each export destination may buffer while it is down or slow.
+    #[arg(long, env = "APIARY_EXPORT_BUFFER_BYTES", default_value_t = 256 << 20)]
+    pub export_buffer_bytes: u64,
+    /// When a destination's buffer is full: drop-oldest (counted) or block.
+    #[arg(long, env = "APIARY_EXPORT_BUFFER_FULL", default_value = "drop-oldest")]
+    pub export_buffer_full: FullPolicy,
     /// Run the mesh without eBPF probes (no root needed).
     #[arg(long, env = "APIARY_NO_PROBES")]
     pub no_probes: bool,
@@ -106,8 +114,13 @@ pub async fn run(args: NodeArgs) -> Result<()> {
 
     let store = Store::open(dir.path())?;
     let transport = Transport::bind(args.listen, &identity.tls)?;
-    let consensus =
-        Consensus::start(node_id, store, transport.clone(), Settings::default()).await?;
+    let consensus = Consensus::start(
+        node_id,
+        store.clone(),
+        transport.clone(),
+        Settings::default(),
+    )
+    .await?;
     transport.serve(Arc::new(PeerService {
         consensus: consensus.clone(),
         ca: apiary_wire::ClusterCa::from_der(
@@ -144,6 +157,24 @@ pub async fn run(args: NodeArgs) -> Result<()> {
         )?)
     };
 
+    let resource = ResourceInfo {
+        host_name: default_name(),
+        node: identity.node.name.clone(),
+        extra: Vec::new(),
+    }
+    .with_env_attributes(&std::env::var("OTEL_RESOURCE_ATTRIBUTES").unwrap_or_default())
+    .map_err(anyhow::Error::msg)?;
+    let export = Export::start(
+        store,
+        &consensus,
+        probes.as_ref().map(|p| p.observer.clone()),
+        resource,
+        ExportOptions {
+            buffer_bytes: args.export_buffer_bytes,
+            full_policy: args.export_buffer_full,
+        },
+    )?;
+
     let listener = tokio::net::TcpListener::bind(args.api)
         .await
         .with_context(|| {
@@ -158,6 +189,7 @@ pub async fn run(args: NodeArgs) -> Result<()> {
         node_name: identity.node.name.clone(),
         api_token,
         probes,
+        export,
     });
     axum::serve(listener, api::router(state))
         .with_graceful_shutdown(shutdown_signal())

@@ -15,6 +15,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::export::Export;
 use crate::metrics;
 use crate::probes::ProbeRuntime;
 
@@ -23,6 +24,7 @@ pub struct ApiState {
     pub node_name: String,
     pub api_token: String,
     pub probes: Option<Arc<ProbeRuntime>>,
+    pub export: Arc<Export>,
 }
 
 impl ApiState {
@@ -45,6 +47,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/config/revert"),
     ("GET", "/v1/probes"),
     ("GET", "/v1/spans"),
+    ("GET", "/v1/export"),
 ];
 
 pub fn router(state: Arc<ApiState>) -> Router {
@@ -57,6 +60,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/v1/config/revert", post(revert))
         .route("/v1/probes", get(probes))
         .route("/v1/spans", get(spans))
+        .route("/v1/export", get(export_status))
         .fallback(|| async {
             let served: Vec<String> = ROUTES.iter().map(|(m, p)| format!("{m} {p}")).collect();
             ApiError::new(
@@ -131,7 +135,12 @@ async fn prometheus(State(state): State<Arc<ApiState>>) -> impl IntoResponse {
         &state.probe_reports(),
         observer,
     ));
+    text.push_str(&metrics::render_export(&state.node_name, &state.export));
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
+}
+
+async fn export_status(State(state): State<Arc<ApiState>>) -> Json<Value> {
+    Json(json!(state.export.status()))
 }
 
 async fn probes(State(state): State<Arc<ApiState>>) -> Json<Value> {

@@ -3,6 +3,7 @@
 mod agent;
 mod api;
 mod client;
+mod export;
 mod identity;
 mod metrics;
 mod peer;

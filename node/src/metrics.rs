@@ -5,6 +5,8 @@ use std::fmt::Write;
 use apiary_consensus::{ClusterStatus, Role};
 use apiary_probes::{Observer, ProbeReport, ProbeState};
 
+use crate::export::{DestinationStatus, Export};
+
 /// Every metric name this node exports, in output order; the tests (and the dashboard check to
 /// come with deploy/) hold the exporter to this list.
 #[cfg_attr(not(test), allow(dead_code))]
@@ -143,6 +145,77 @@ pub fn render_probes(node: &str, reports: &[ProbeReport], observer: Option<&Obse
             );
         }
     }
+    out
+}
+
+/// Per export destination (label `destination`), and what the batcher missed.
+pub fn render_export(node: &str, export: &Export) -> String {
+    let label = node_label(node);
+    let rows = export.status();
+    let mut out = String::new();
+    type Family = (
+        &'static str,
+        &'static str,
+        &'static str,
+        fn(&DestinationStatus) -> u64,
+    );
+    let families: [Family; 5] = [
+        (
+            "apiary_export_queued_batches",
+            "gauge",
+            "Batches on disk waiting for the destination.",
+            |r| r.queued_batches,
+        ),
+        (
+            "apiary_export_delivered_spans_total",
+            "counter",
+            "Spans the destination acknowledged.",
+            |r| r.delivered_spans,
+        ),
+        (
+            "apiary_export_dropped_spans_total",
+            "counter",
+            "Spans dropped: buffer full or refused for good.",
+            |r| r.dropped_spans,
+        ),
+        (
+            "apiary_export_rejected_spans_total",
+            "counter",
+            "Spans refused in an OTLP partial success.",
+            |r| r.rejected_spans,
+        ),
+        (
+            "apiary_export_failed_attempts_total",
+            "counter",
+            "Send attempts that failed.",
+            |r| r.failed_attempts,
+        ),
+    ];
+    for (name, kind, help, value) in families {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        for row in &rows {
+            let destination = row.name.replace('"', "");
+            let _ = writeln!(
+                out,
+                "{name}{{{label},destination=\"{destination}\"}} {}",
+                value(row)
+            );
+        }
+    }
+    let name = "apiary_export_source_dropped_spans_total";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Spans the exporter missed because it fell behind the probes."
+    );
+    let _ = writeln!(out, "# TYPE {name} counter");
+    let _ = writeln!(
+        out,
+        "{name}{{{label}}} {}",
+        export
+            .source_dropped
+            .load(std::sync::atomic::Ordering::Relaxed)
+    );
     out
 }
 

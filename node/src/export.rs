@@ -1,0 +1,341 @@
+//! Export on a node: the probes' spans, batched, into one durable delivery per destination.
+//! Destinations come from the replicated config (every node exports to them) and from the
+//! standard `OTEL_EXPORTER_OTLP_*` variables (this node only).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+use apiary_config::{ClusterConfig, Destination, Protocol};
+use apiary_consensus::Consensus;
+use apiary_pipeline::{otlp, Delivery, FullPolicy, OtlpHttp, ResourceInfo};
+use apiary_probes::{Observer, Span};
+use apiary_storage::Store;
+use serde::Serialize;
+use tokio::sync::broadcast::error::RecvError;
+
+/// The node-local destination's name; `@` cannot appear in replicated destination names.
+const ENV_DESTINATION: &str = "@env";
+const BATCH_SPANS: usize = 512;
+const BATCH_WAIT: Duration = Duration::from_millis(200);
+
+#[derive(Debug, Clone)]
+pub struct ExportOptions {
+    pub buffer_bytes: u64,
+    pub full_policy: FullPolicy,
+}
+
+struct Active {
+    destination: Destination,
+    delivery: Option<Arc<Delivery<OtlpHttp>>>,
+    worker: Option<tokio::task::JoinHandle<()>>,
+    problem: Option<String>,
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        if let Some(worker) = &self.worker {
+            worker.abort();
+        }
+    }
+}
+
+/// One row of `GET /v1/export`.
+#[derive(Debug, Serialize)]
+pub struct DestinationStatus {
+    pub name: String,
+    pub origin: &'static str,
+    pub endpoint: String,
+    pub protocol: Protocol,
+    pub state: &'static str,
+    pub reason: Option<String>,
+    pub queued_batches: u64,
+    pub queued_bytes: u64,
+    pub delivered_spans: u64,
+    pub rejected_spans: u64,
+    pub dropped_spans: u64,
+    pub failed_attempts: u64,
+}
+
+pub struct Export {
+    store: Store,
+    resource: ResourceInfo,
+    options: ExportOptions,
+    env_destination: Option<Destination>,
+    active: Mutex<HashMap<String, Active>>,
+    /// Spans the batcher missed because it fell behind the probes.
+    pub source_dropped: AtomicU64,
+}
+
+impl Export {
+    pub fn start(
+        store: Store,
+        consensus: &Arc<Consensus>,
+        observer: Option<Arc<Observer>>,
+        resource: ResourceInfo,
+        options: ExportOptions,
+    ) -> Result<Arc<Self>> {
+        let export = Arc::new(Export {
+            store,
+            resource,
+            options,
+            env_destination: env_destination()?,
+            active: Mutex::new(HashMap::new()),
+            source_dropped: AtomicU64::new(0),
+        });
+        let state = consensus.config_state().clone();
+        let mut versions = state.subscribe();
+        export.reconcile(state.history().current());
+        let weak = Arc::downgrade(&export);
+        tokio::spawn(async move {
+            while versions.changed().await.is_ok() {
+                let Some(export) = weak.upgrade() else { return };
+                let config = state.history().current().clone();
+                export.reconcile(&config);
+            }
+        });
+        if let Some(observer) = observer {
+            tokio::spawn(batch_spans(Arc::downgrade(&export), observer));
+        }
+        Ok(export)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Active>> {
+        self.active.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts deliveries for new or changed destinations and stops removed ones (their queue
+    /// goes with them).
+    fn reconcile(&self, config: &ClusterConfig) {
+        let mut wanted: HashMap<String, Destination> =
+            config.destinations.clone().into_iter().collect();
+        if let Some(local) = &self.env_destination {
+            wanted.insert(ENV_DESTINATION.to_string(), local.clone());
+        }
+        let mut active = self.lock();
+        let removed: Vec<String> = active
+            .keys()
+            .filter(|name| !wanted.contains_key(*name))
+            .cloned()
+            .collect();
+        for name in removed {
+            active.remove(&name);
+            if let Err(e) = self.store.drop_queue(&name) {
+                tracing::warn!(destination = %name, "cannot delete its export queue: {e}");
+            }
+            tracing::info!(destination = %name, "export stopped (destination removed)");
+        }
+        for (name, destination) in wanted {
+            if active
+                .get(&name)
+                .is_some_and(|a| a.destination == destination)
+            {
+                continue;
+            }
+            let started = self.start_delivery(&name, &destination);
+            active.insert(name, started);
+        }
+    }
+
+    fn start_delivery(&self, name: &str, destination: &Destination) -> Active {
+        let mut active = Active {
+            destination: destination.clone(),
+            delivery: None,
+            worker: None,
+            problem: None,
+        };
+        if destination.protocol == Protocol::Grpc {
+            active.problem = Some(format!(
+                "OTLP over gRPC is not supported yet; set destination.{name}.protocol=http/protobuf (port 4318)"
+            ));
+            tracing::warn!(destination = %name, "{}", active.problem.as_deref().unwrap_or_default());
+            return active;
+        }
+        let headers = destination
+            .headers
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let delivery = OtlpHttp::new(&destination.endpoint, headers).and_then(|sink| {
+            let queue = self.store.queue(name).map_err(|e| e.to_string())?;
+            Delivery::new(
+                name,
+                queue,
+                sink,
+                self.options.buffer_bytes,
+                self.options.full_policy,
+            )
+        });
+        match delivery {
+            Ok(delivery) => {
+                tracing::info!(destination = %name, endpoint = %destination.endpoint, "export started");
+                active.worker = Some(tokio::spawn(delivery.clone().run()));
+                active.delivery = Some(delivery);
+            }
+            Err(e) => active.problem = Some(e),
+        }
+        active
+    }
+
+    async fn enqueue(&self, spans: &[Span]) {
+        let deliveries: Vec<Arc<Delivery<OtlpHttp>>> = self
+            .lock()
+            .values()
+            .filter_map(|a| a.delivery.clone())
+            .collect();
+        if deliveries.is_empty() {
+            return;
+        }
+        let payload = otlp::encode(spans, &self.resource);
+        for delivery in deliveries {
+            if let Err(e) = delivery.enqueue(spans.len() as u32, &payload).await {
+                tracing::error!(destination = %delivery.name, "cannot queue a batch: {e}");
+            }
+        }
+    }
+
+    pub fn status(&self) -> Vec<DestinationStatus> {
+        let mut rows: Vec<DestinationStatus> = self
+            .lock()
+            .iter()
+            .map(|(name, active)| {
+                let stat = |f: fn(&apiary_pipeline::DeliveryStats) -> &AtomicU64| {
+                    active
+                        .delivery
+                        .as_ref()
+                        .map(|d| f(&d.stats).load(Ordering::Relaxed))
+                        .unwrap_or(0)
+                };
+                let last_error = active.delivery.as_ref().and_then(|d| {
+                    d.stats
+                        .last_error
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .clone()
+                });
+                DestinationStatus {
+                    name: name.clone(),
+                    origin: if name == ENV_DESTINATION {
+                        "env"
+                    } else {
+                        "replicated"
+                    },
+                    endpoint: active.destination.endpoint.clone(),
+                    protocol: active.destination.protocol,
+                    state: if active.problem.is_some() {
+                        "failed"
+                    } else {
+                        "running"
+                    },
+                    reason: active.problem.clone().or(last_error),
+                    queued_batches: stat(|s| &s.queued_batches),
+                    queued_bytes: stat(|s| &s.queued_bytes),
+                    delivered_spans: stat(|s| &s.delivered_spans),
+                    rejected_spans: stat(|s| &s.rejected_spans),
+                    dropped_spans: stat(|s| &s.dropped_spans),
+                    failed_attempts: stat(|s| &s.failed_attempts),
+                }
+            })
+            .collect();
+        rows.sort_by(|a, b| a.name.cmp(&b.name));
+        rows
+    }
+}
+
+/// Collects spans into batches of up to 512 or 200 ms, whichever comes first.
+async fn batch_spans(export: std::sync::Weak<Export>, observer: Arc<Observer>) {
+    let mut spans = observer.subscribe();
+    let mut batch = Vec::with_capacity(BATCH_SPANS);
+    loop {
+        let deadline = tokio::time::sleep(BATCH_WAIT);
+        tokio::pin!(deadline);
+        while batch.len() < BATCH_SPANS {
+            tokio::select! {
+                received = spans.recv() => match received {
+                    Ok(span) => batch.push(span),
+                    Err(RecvError::Lagged(missed)) => {
+                        if let Some(export) = export.upgrade() {
+                            export.source_dropped.fetch_add(missed, Ordering::Relaxed);
+                        }
+                        tracing::warn!(missed, "export fell behind the probes; spans not exported");
+                    }
+                    Err(RecvError::Closed) => return,
+                },
+                _ = &mut deadline => break,
+            }
+        }
+        let Some(export) = export.upgrade() else {
+            return;
+        };
+        if !batch.is_empty() {
+            export.enqueue(&batch).await;
+            batch.clear();
+        }
+    }
+}
+
+/// The node-local destination from `OTEL_EXPORTER_OTLP_ENDPOINT`, `_PROTOCOL` and `_HEADERS`.
+fn env_destination() -> Result<Option<Destination>> {
+    let Ok(endpoint) = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT") else {
+        return Ok(None);
+    };
+    let protocol = match std::env::var("OTEL_EXPORTER_OTLP_PROTOCOL").as_deref() {
+        Err(_) | Ok("http/protobuf") => Protocol::HttpProtobuf,
+        Ok("grpc") => Protocol::Grpc,
+        Ok(other) => bail!("OTEL_EXPORTER_OTLP_PROTOCOL={other:?}: use http/protobuf or grpc"),
+    };
+    let mut headers = std::collections::BTreeMap::new();
+    if let Ok(text) = std::env::var("OTEL_EXPORTER_OTLP_HEADERS") {
+        for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let Some((key, value)) = pair.split_once('=') else {
+                bail!("OTEL_EXPORTER_OTLP_HEADERS: {pair:?} is not key=value");
+            };
+            headers.insert(key.trim().to_string(), percent_decode(value.trim()));
+        }
+    }
+    let destination = Destination {
+        endpoint,
+        protocol,
+        headers,
+    };
+    // The same checks as a replicated destination.
+    let mut probe = ClusterConfig::default();
+    probe.destinations.insert("env".into(), destination.clone());
+    probe
+        .validate()
+        .map_err(|e| anyhow::anyhow!("OTEL_EXPORTER_OTLP_ENDPOINT: {e}"))?;
+    Ok(Some(destination))
+}
+
+/// OTEL_EXPORTER_OTLP_HEADERS values are URL-encoded (`Bearer%20abc`).
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn percent_decoding_of_header_values() {
+        assert_eq!(super::percent_decode("Bearer%20abc"), "Bearer abc");
+        assert_eq!(super::percent_decode("a%2"), "a%2");
+        assert_eq!(super::percent_decode("%41%42"), "AB");
+        assert_eq!(super::percent_decode("plain"), "plain");
+    }
+}
