@@ -9,6 +9,7 @@ use apiary_consensus::{Consensus, WriteError};
 use axum::body::Bytes;
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::sse::Event;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -47,6 +48,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/config/revert"),
     ("GET", "/v1/probes"),
     ("GET", "/v1/spans"),
+    ("GET", "/v1/spans/stream"),
     ("GET", "/v1/export"),
 ];
 
@@ -60,6 +62,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/v1/config/revert", post(revert))
         .route("/v1/probes", get(probes))
         .route("/v1/spans", get(spans))
+        .route("/v1/spans/stream", get(stream_spans))
         .route("/v1/export", get(export_status))
         .fallback(|| async {
             let served: Vec<String> = ROUTES.iter().map(|(m, p)| format!("{m} {p}")).collect();
@@ -137,6 +140,48 @@ async fn prometheus(State(state): State<Arc<ApiState>>) -> impl IntoResponse {
     ));
     text.push_str(&metrics::render_export(&state.node_name, &state.export));
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
+}
+
+/// Live spans as server-sent events, one JSON span per event (`?service=NAME` filters), for
+/// `apiary tail` and the dashboard. A client that falls behind is told how many it missed.
+async fn stream_spans(
+    State(state): State<Arc<ApiState>>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<
+    axum::response::Sse<impl futures_util::Stream<Item = Result<Event, std::convert::Infallible>>>,
+    ApiError,
+> {
+    let Some(probes) = &state.probes else {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "this node runs without probes (--no-probes): it has no spans to stream",
+        ));
+    };
+    let receiver = probes.observer.subscribe();
+    let service = query.get("service").cloned();
+    let stream = futures_util::stream::unfold(receiver, move |mut receiver| {
+        let service = service.clone();
+        async move {
+            loop {
+                match receiver.recv().await {
+                    Ok(span) if service.as_ref().is_some_and(|s| s != &span.service) => continue,
+                    Ok(span) => {
+                        let event = Event::default()
+                            .event("span")
+                            .json_data(&span)
+                            .unwrap_or_default();
+                        return Some((Ok(event), receiver));
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                        let event = Event::default().event("missed").data(missed.to_string());
+                        return Some((Ok(event), receiver));
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                }
+            }
+        }
+    });
+    Ok(axum::response::Sse::new(stream).keep_alive(axum::response::sse::KeepAlive::default()))
 }
 
 async fn export_status(State(state): State<Arc<ApiState>>) -> Json<Value> {

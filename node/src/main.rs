@@ -29,6 +29,15 @@ enum Command {
     Node(agent::NodeArgs),
     /// Show the cluster: leader, members, roles, reachability.
     Status(client::ClientArgs),
+    /// Follow the node's live spans, one line each (service, kind, method, route, status,
+    /// duration, trace id).
+    Tail {
+        #[command(flatten)]
+        client: client::ClientArgs,
+        /// Only spans of this service.
+        #[arg(long)]
+        service: Option<String>,
+    },
     /// Read and change the replicated config.
     Config {
         #[command(flatten)]
@@ -63,6 +72,7 @@ async fn run(cli: Cli) -> Result<()> {
             agent::run(args).await
         }
         Command::Status(client) => client::status(&client).await,
+        Command::Tail { client, service } => client::tail(&client, service.as_deref()).await,
         Command::Config { client, command } => client::config(&client, &command).await,
     }
 }

@@ -211,3 +211,71 @@ fn without_root_the_node_says_so_once_and_exits() {
         "a refused start left files behind"
     );
 }
+
+/// Reads `apiary tail` output until a line contains `needle` (or panics after 15 s).
+fn tail_until(args: &[&str], needle: &str, trigger: impl Fn()) -> String {
+    use std::io::BufRead;
+    let mut child = Command::new(BIN)
+        .arg("tail")
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("apiary tail");
+    let stdout = child.stdout.take().unwrap();
+    let (sender, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if sender.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_millis(500)); // subscribed before the request
+    trigger();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let found = loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) if line.contains(needle) => break line,
+            Ok(_) => continue,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("apiary tail never printed {needle}");
+            }
+        }
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_follows_live_spans_as_lines_and_json() {
+    if !root() {
+        eprintln!("SKIPPED tail_follows_live_spans_as_lines_and_json: needs root to load eBPF (CI runs it as root)");
+        return;
+    }
+    let cluster = Cluster::start_with(1, &[]).await;
+    let (_server, port) = python_server();
+    let peer = cluster.nodes[0].url("");
+    let line = tail_until(&["--peer", &peer], "/tail/{id}", || {
+        curl(&format!("http://127.0.0.1:{port}/tail/5"))
+    });
+    assert!(
+        line.contains("GET") && line.contains("404") && line.contains(" ms"),
+        "{line}"
+    );
+    let json_line = tail_until(&["--peer", &peer, "--json"], "/json/{id}", || {
+        curl(&format!("http://127.0.0.1:{port}/json/6"))
+    });
+    let span: Value = serde_json::from_str(&json_line).expect("one JSON span per line");
+    assert_eq!(span["route"], "/json/{id}");
+
+    let without = Cluster::start(1).await;
+    let (ok, _, err) = cli(&["tail", "--peer", &without.nodes[0].url("")]);
+    assert!(!ok && err.contains("--no-probes"), "{err}");
+}
