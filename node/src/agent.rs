@@ -61,6 +61,9 @@ pub struct NodeArgs {
     /// When a destination's buffer is full: drop-oldest (counted) or block.
     #[arg(long, env = "APIARY_EXPORT_BUFFER_FULL", default_value = "drop-oldest")]
     pub export_buffer_full: FullPolicy,
+    /// OTLP/HTTP receiver for instrumented apps (traces, metrics, logs), or `off`.
+    #[arg(long, env = "APIARY_OTLP_HTTP", default_value = "127.0.0.1:4318")]
+    pub otlp_http: String,
     /// Run the mesh without eBPF probes (no root needed).
     #[arg(long, env = "APIARY_NO_PROBES")]
     pub no_probes: bool,
@@ -175,6 +178,25 @@ pub async fn run(args: NodeArgs) -> Result<()> {
         },
     )?;
 
+    let otlp_http = match args.otlp_http.as_str() {
+        "off" => None,
+        addr => {
+            let addr: std::net::SocketAddr = addr.parse().with_context(|| {
+                format!("--otlp-http {addr:?}: give HOST:PORT (e.g. 127.0.0.1:4318) or off")
+            })?;
+            let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+                format!("cannot listen for OTLP/HTTP on {addr}: is a collector using it? pass --otlp-http HOST:PORT or off")
+            })?;
+            let router = crate::receiver::router(export.clone());
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, router).await {
+                    tracing::error!("the OTLP/HTTP receiver stopped: {e}");
+                }
+            });
+            Some(addr)
+        }
+    };
+
     let listener = tokio::net::TcpListener::bind(args.api)
         .await
         .with_context(|| {
@@ -184,6 +206,9 @@ pub async fn run(args: NodeArgs) -> Result<()> {
             )
         })?;
     print_banner(&identity, &args, &advertise, &api_token, &dir);
+    if let Some(addr) = otlp_http {
+        println!("  OTLP/HTTP   http://{addr}   (point apps' OTEL_EXPORTER_OTLP_ENDPOINT here)");
+    }
     let state = Arc::new(ApiState {
         consensus: consensus.clone(),
         node_name: identity.node.name.clone(),

@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{bail, Result};
 use apiary_config::{ClusterConfig, Destination, Protocol};
 use apiary_consensus::Consensus;
-use apiary_pipeline::{otlp, Delivery, FullPolicy, OtlpHttp, ResourceInfo};
+use apiary_pipeline::{otlp, Delivery, FullPolicy, OtlpHttp, ResourceInfo, Signal};
 use apiary_probes::{Observer, Span};
 use apiary_storage::Store;
 use serde::Serialize;
@@ -53,9 +53,9 @@ pub struct DestinationStatus {
     pub reason: Option<String>,
     pub queued_batches: u64,
     pub queued_bytes: u64,
-    pub delivered_spans: u64,
-    pub rejected_spans: u64,
-    pub dropped_spans: u64,
+    pub delivered_items: u64,
+    pub rejected_items: u64,
+    pub dropped_items: u64,
     pub failed_attempts: u64,
 }
 
@@ -67,6 +67,8 @@ pub struct Export {
     active: Mutex<HashMap<String, Active>>,
     /// Spans the batcher missed because it fell behind the probes.
     pub source_dropped: AtomicU64,
+    /// Items apps sent while no destination was configured.
+    pub received_without_destination: AtomicU64,
 }
 
 impl Export {
@@ -84,6 +86,7 @@ impl Export {
             env_destination: env_destination()?,
             active: Mutex::new(HashMap::new()),
             source_dropped: AtomicU64::new(0),
+            received_without_destination: AtomicU64::new(0),
         });
         let state = consensus.config_state().clone();
         let mut versions = state.subscribe();
@@ -179,6 +182,28 @@ impl Export {
         active
     }
 
+    /// Queues an OTLP request from an app for every destination; fails if any could not store
+    /// it (the app retries). Without destinations it is counted and dropped.
+    pub async fn accept(&self, signal: Signal, items: u32, payload: &[u8]) -> Result<(), String> {
+        let deliveries: Vec<Arc<Delivery<OtlpHttp>>> = self
+            .lock()
+            .values()
+            .filter_map(|a| a.delivery.clone())
+            .collect();
+        if deliveries.is_empty() {
+            self.received_without_destination
+                .fetch_add(items as u64, Ordering::Relaxed);
+            return Ok(());
+        }
+        for delivery in deliveries {
+            delivery
+                .enqueue(signal, items, payload)
+                .await
+                .map_err(|e| format!("destination {}: {e}", delivery.name))?;
+        }
+        Ok(())
+    }
+
     async fn enqueue(&self, spans: &[Span]) {
         let deliveries: Vec<Arc<Delivery<OtlpHttp>>> = self
             .lock()
@@ -190,7 +215,10 @@ impl Export {
         }
         let payload = otlp::encode(spans, &self.resource);
         for delivery in deliveries {
-            if let Err(e) = delivery.enqueue(spans.len() as u32, &payload).await {
+            if let Err(e) = delivery
+                .enqueue(Signal::Traces, spans.len() as u32, &payload)
+                .await
+            {
                 tracing::error!(destination = %delivery.name, "cannot queue a batch: {e}");
             }
         }
@@ -232,9 +260,9 @@ impl Export {
                     reason: active.problem.clone().or(last_error),
                     queued_batches: stat(|s| &s.queued_batches),
                     queued_bytes: stat(|s| &s.queued_bytes),
-                    delivered_spans: stat(|s| &s.delivered_spans),
-                    rejected_spans: stat(|s| &s.rejected_spans),
-                    dropped_spans: stat(|s| &s.dropped_spans),
+                    delivered_items: stat(|s| &s.delivered_items),
+                    rejected_items: stat(|s| &s.rejected_items),
+                    dropped_items: stat(|s| &s.dropped_items),
                     failed_attempts: stat(|s| &s.failed_attempts),
                 }
             })

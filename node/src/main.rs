@@ -8,6 +8,7 @@ mod identity;
 mod metrics;
 mod peer;
 mod probes;
+mod receiver;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};

@@ -167,22 +167,22 @@ pub fn render_export(node: &str, export: &Export) -> String {
             |r| r.queued_batches,
         ),
         (
-            "apiary_export_delivered_spans_total",
+            "apiary_export_delivered_items_total",
             "counter",
-            "Spans the destination acknowledged.",
-            |r| r.delivered_spans,
+            "Items (spans, metrics, log records) the destination acknowledged.",
+            |r| r.delivered_items,
         ),
         (
-            "apiary_export_dropped_spans_total",
+            "apiary_export_dropped_items_total",
             "counter",
-            "Spans dropped: buffer full or refused for good.",
-            |r| r.dropped_spans,
+            "Items dropped: buffer full or refused for good.",
+            |r| r.dropped_items,
         ),
         (
-            "apiary_export_rejected_spans_total",
+            "apiary_export_rejected_items_total",
             "counter",
-            "Spans refused in an OTLP partial success.",
-            |r| r.rejected_spans,
+            "Items refused in an OTLP partial success.",
+            |r| r.rejected_items,
         ),
         (
             "apiary_export_failed_attempts_total",
@@ -203,7 +203,7 @@ pub fn render_export(node: &str, export: &Export) -> String {
             );
         }
     }
-    let name = "apiary_export_source_dropped_spans_total";
+    let name = "apiary_export_source_dropped_items_total";
     let _ = writeln!(
         out,
         "# HELP {name} Spans the exporter missed because it fell behind the probes."

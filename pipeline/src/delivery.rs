@@ -10,6 +10,7 @@ use serde::Serialize;
 use tokio::sync::Notify;
 
 use crate::sink::{SendError, Sink};
+use crate::Signal;
 
 /// What to do when the disk buffer is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -40,29 +41,34 @@ pub struct DeliveryStats {
     pub queued_batches: AtomicU64,
     pub queued_bytes: AtomicU64,
     pub delivered_batches: AtomicU64,
-    pub delivered_spans: AtomicU64,
-    /// Spans the destination refused in a partial success.
-    pub rejected_spans: AtomicU64,
-    /// Spans dropped by the full-buffer policy or after a permanent error.
-    pub dropped_spans: AtomicU64,
+    pub delivered_items: AtomicU64,
+    /// Items (spans, metrics, log records) the destination refused in a partial success.
+    pub rejected_items: AtomicU64,
+    /// Items dropped by the full-buffer policy or after a permanent error.
+    pub dropped_items: AtomicU64,
     pub failed_attempts: AtomicU64,
     #[serde(skip)]
     pub last_error: Mutex<Option<String>>,
 }
 
-/// Batch layout in the queue: 4-byte span count, then the encoded OTLP request.
-fn frame(span_count: u32, payload: &[u8]) -> Vec<u8> {
-    let mut item = Vec::with_capacity(4 + payload.len());
-    item.extend_from_slice(&span_count.to_be_bytes());
+/// Batch layout in the queue: the signal (1 byte), the item count (4 bytes), then the encoded
+/// OTLP export request.
+fn frame(signal: Signal, items: u32, payload: &[u8]) -> Vec<u8> {
+    let mut item = Vec::with_capacity(5 + payload.len());
+    item.push(signal.code());
+    item.extend_from_slice(&items.to_be_bytes());
     item.extend_from_slice(payload);
     item
 }
 
-fn unframe(item: &[u8]) -> (u32, &[u8]) {
-    match item.split_first_chunk::<4>() {
-        Some((count, payload)) => (u32::from_be_bytes(*count), payload),
-        None => (0, &[]),
-    }
+fn unframe(item: &[u8]) -> Option<(Signal, u32, &[u8])> {
+    let (&code, rest) = item.split_first()?;
+    let (count, payload) = rest.split_first_chunk::<4>()?;
+    Some((
+        Signal::from_code(code)?,
+        u32::from_be_bytes(*count),
+        payload,
+    ))
 }
 
 pub struct Delivery<S: Sink> {
@@ -102,8 +108,8 @@ impl<S: Sink> Delivery<S> {
     }
 
     /// Stores a batch on disk; it is sent (and re-sent after a restart) until acknowledged.
-    pub async fn enqueue(&self, span_count: u32, payload: &[u8]) -> Result<(), String> {
-        let item = frame(span_count, payload);
+    pub async fn enqueue(&self, signal: Signal, items: u32, payload: &[u8]) -> Result<(), String> {
+        let item = frame(signal, items, payload);
         let size = item.len() as u64;
         loop {
             let queued = self.stats.queued_bytes.load(Ordering::Relaxed);
@@ -118,11 +124,11 @@ impl<S: Sink> Delivery<S> {
                         break;
                     };
                     self.remove(seq, &oldest)?;
-                    let (spans, _) = unframe(&oldest);
+                    let items = unframe(&oldest).map(|(_, n, _)| n).unwrap_or(0);
                     self.stats
-                        .dropped_spans
-                        .fetch_add(spans as u64, Ordering::Relaxed);
-                    tracing::warn!(destination = %self.name, spans, "export buffer full: dropped the oldest batch");
+                        .dropped_items
+                        .fetch_add(items as u64, Ordering::Relaxed);
+                    tracing::warn!(destination = %self.name, items, "export buffer full: dropped the oldest batch");
                 }
             }
         }
@@ -160,23 +166,29 @@ impl<S: Sink> Delivery<S> {
                     tokio::time::timeout(Duration::from_millis(500), self.wake.notified()).await;
                 continue;
             };
-            let (spans, payload) = unframe(&item);
-            match self.sink.send(payload).await {
+            let Some((signal, spans, payload)) = unframe(&item) else {
+                tracing::error!(destination = %self.name, seq, "unreadable batch in the export queue, dropped");
+                if let Err(e) = self.remove(seq, &item) {
+                    tracing::error!(destination = %self.name, "cannot drop it: {e}");
+                }
+                continue;
+            };
+            match self.sink.send(signal, payload).await {
                 Ok(outcome) => {
                     attempt = 0;
                     if let Err(e) = self.remove(seq, &item) {
                         tracing::error!(destination = %self.name, "cannot ack a delivered batch: {e}");
                     }
                     self.stats.delivered_batches.fetch_add(1, Ordering::Relaxed);
-                    self.stats.delivered_spans.fetch_add(
-                        spans as u64 - outcome.rejected_spans.min(spans as u64),
+                    self.stats.delivered_items.fetch_add(
+                        spans as u64 - outcome.rejected_items.min(spans as u64),
                         Ordering::Relaxed,
                     );
-                    if outcome.rejected_spans > 0 {
+                    if outcome.rejected_items > 0 {
                         self.stats
-                            .rejected_spans
-                            .fetch_add(outcome.rejected_spans, Ordering::Relaxed);
-                        tracing::warn!(destination = %self.name, rejected = outcome.rejected_spans,
+                            .rejected_items
+                            .fetch_add(outcome.rejected_items, Ordering::Relaxed);
+                        tracing::warn!(destination = %self.name, rejected = outcome.rejected_items,
                             "destination rejected part of a batch: {}", outcome.message);
                     }
                 }
@@ -198,7 +210,7 @@ impl<S: Sink> Delivery<S> {
                 Err(SendError::Permanent(reason)) => {
                     self.stats.failed_attempts.fetch_add(1, Ordering::Relaxed);
                     self.stats
-                        .dropped_spans
+                        .dropped_items
                         .fetch_add(spans as u64, Ordering::Relaxed);
                     tracing::error!(destination = %self.name, spans, "destination refused a batch for good, dropped: {reason}");
                     *self

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use apiary_pipeline::{otlp, Delivery, FullPolicy, OtlpHttp, ResourceInfo};
+use apiary_pipeline::{otlp, Delivery, FullPolicy, OtlpHttp, ResourceInfo, Signal};
 use apiary_probes::{Span, SpanKind};
 use apiary_storage::Store;
 use axum::body::Bytes;
@@ -149,7 +149,11 @@ async fn enqueue_batches(
             .map(|i| span(from + b * per_batch + i))
             .collect();
         delivery
-            .enqueue(spans.len() as u32, &otlp::encode(&spans, &resource))
+            .enqueue(
+                Signal::Traces,
+                spans.len() as u32,
+                &otlp::encode(&spans, &resource),
+            )
             .await
             .unwrap();
     }
@@ -188,7 +192,7 @@ async fn receiver_down_then_up_gets_everything_once() {
     let mut want = [expected(0, 1000), expected(1000, 250)].concat();
     want.sort();
     assert_eq!(got, want, "lost or duplicated spans");
-    assert_eq!(delivery.stats.delivered_spans.load(Ordering::Relaxed), 1250);
+    assert_eq!(delivery.stats.delivered_items.load(Ordering::Relaxed), 1250);
     assert_eq!(delivery.stats.queued_batches.load(Ordering::Relaxed), 0);
     assert!(store.queue("test").unwrap().is_empty());
 }
@@ -257,7 +261,7 @@ async fn retry_after_is_honoured_and_refusals_are_counted() {
     tokio::spawn(refused.clone().run());
     enqueue_batches(&refused, 0, 1, 4).await;
     wait_until("the refused batch to be dropped", || {
-        refused.stats.dropped_spans.load(Ordering::Relaxed) == 4
+        refused.stats.dropped_items.load(Ordering::Relaxed) == 4
     })
     .await;
     assert!(refused
@@ -286,10 +290,10 @@ async fn retry_after_is_honoured_and_refusals_are_counted() {
     tokio::spawn(partial.clone().run());
     enqueue_batches(&partial, 0, 1, 5).await;
     wait_until("partial success", || {
-        partial.stats.rejected_spans.load(Ordering::Relaxed) == 1
+        partial.stats.rejected_items.load(Ordering::Relaxed) == 1
     })
     .await;
-    assert_eq!(partial.stats.delivered_spans.load(Ordering::Relaxed), 4);
+    assert_eq!(partial.stats.delivered_items.load(Ordering::Relaxed), 4);
 }
 
 #[tokio::test]
@@ -306,7 +310,7 @@ async fn full_buffer_drops_oldest_and_counts_it() {
     let delivery = delivery(&store, addr, one_batch * 3 + one_batch / 2);
     enqueue_batches(&delivery, 0, 5, 10).await;
     assert_eq!(delivery.stats.queued_batches.load(Ordering::Relaxed), 3);
-    assert_eq!(delivery.stats.dropped_spans.load(Ordering::Relaxed), 20);
+    assert_eq!(delivery.stats.dropped_items.load(Ordering::Relaxed), 20);
     let (receiver, _server) = Receiver::start(addr, Mode::Accept).await;
     tokio::spawn(delivery.clone().run());
     wait_until("the newest batches", || receiver.span_names().len() >= 30).await;

@@ -12,12 +12,15 @@ use serde_json::{json, Value};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_apiary");
 
-pub fn free_port_pair() -> (u16, u16) {
+/// A UDP port (QUIC) and two TCP ports (API, OTLP/HTTP), free when asked.
+pub fn free_ports() -> (u16, u16, u16) {
     let udp = UdpSocket::bind("127.0.0.1:0").expect("bind udp");
     let tcp = TcpListener::bind("127.0.0.1:0").expect("bind tcp");
+    let otlp = TcpListener::bind("127.0.0.1:0").expect("bind tcp");
     (
         udp.local_addr().unwrap().port(),
         tcp.local_addr().unwrap().port(),
+        otlp.local_addr().unwrap().port(),
     )
 }
 
@@ -25,6 +28,7 @@ pub struct Node {
     pub name: String,
     pub quic: SocketAddr,
     pub api: SocketAddr,
+    pub otlp: SocketAddr,
     pub data_dir: PathBuf,
     join: Option<(SocketAddr, String)>,
     /// Extra flags; mesh tests run without probes so that many nodes fit one machine.
@@ -55,6 +59,8 @@ impl Node {
                 &self.quic.to_string(),
                 "--api",
                 &self.api.to_string(),
+                "--otlp-http",
+                &self.otlp.to_string(),
             ])
             .args(&self.extra)
             .env("APIARY_LOG", "info,openraft=warn")
@@ -134,7 +140,7 @@ impl Cluster {
     }
 
     pub async fn add_node(&mut self, name: &str, extra: &[&str]) {
-        let (quic, api) = free_port_pair();
+        let (quic, api, otlp) = free_ports();
         let join = self.nodes.first().map(|first| {
             let token = std::fs::read_to_string(first.data_dir.join("join-token")).unwrap();
             (first.quic, token.trim().to_string())
@@ -143,6 +149,7 @@ impl Cluster {
             name: name.to_string(),
             quic: SocketAddr::from(([127, 0, 0, 1], quic)),
             api: SocketAddr::from(([127, 0, 0, 1], api)),
+            otlp: SocketAddr::from(([127, 0, 0, 1], otlp)),
             data_dir: self.dir.path().join(name),
             join,
             extra: extra.iter().map(|s| s.to_string()).collect(),
