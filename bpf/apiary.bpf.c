@@ -346,13 +346,14 @@ static __always_inline void emit_data(__u32 probe, __u64 conn_key, __u64 conn_id
 	}
 
 	__u32 threshold = config->sample_threshold;
+	__u32 flags = 0;
 	if (kind == PREFIX_REQUEST) {
 		stats->offered++;
 		__u32 keep = threshold == 0xffffffff || bpf_get_prandom_u32() < threshold;
 		bpf_map_update_elem(&sampled_conns, &conn_key, &keep, BPF_ANY);
 		if (!keep) {
 			stats->sampled_out++;
-			return;
+			flags = DATA_SAMPLED_OUT;
 		}
 	} else {
 		__u32 *keep = bpf_map_lookup_elem(&sampled_conns, &conn_key);
@@ -360,7 +361,7 @@ static __always_inline void emit_data(__u32 probe, __u64 conn_key, __u64 conn_id
 			__u32 decision = *keep;
 			bpf_map_delete_elem(&sampled_conns, &conn_key);
 			if (!decision)
-				return;
+				flags = DATA_SAMPLED_OUT;
 		} else if (!(threshold == 0xffffffff || bpf_get_prandom_u32() < threshold)) {
 			/* A response whose request we never saw (connection older than the probe). */
 			return;
@@ -377,8 +378,10 @@ static __always_inline void emit_data(__u32 probe, __u64 conn_key, __u64 conn_id
 	ev->total_len = len;
 	ev->direction = direction;
 	ev->sample_threshold = threshold;
-	ev->pad = 0;
+	ev->flags = flags;
 	__u32 captured = config->capture_bytes;
+	if (flags && captured > BRIEF_CAPTURE)
+		captured = BRIEF_CAPTURE;
 	if ((__s64)captured > len)
 		captured = len;
 	if (captured > MAX_CAPTURE)

@@ -30,6 +30,11 @@
 #define DIR_INGRESS 0 /* read/recv: bytes into the process */
 #define DIR_EGRESS 1  /* write/send: bytes out of the process */
 
+/* A request sampling dropped still sends its first bytes (method, path, status line) so that
+ * request counts, errors and latency stay exact; only the span is not exported. */
+#define DATA_SAMPLED_OUT 1
+#define BRIEF_CAPTURE 256
+
 struct ap_probe_config {
 	__u32 enabled;
 	/* Keep an event when bpf_get_prandom_u32() < sample_threshold; 0xffffffff keeps all. */
@@ -96,7 +101,7 @@ struct ap_data_event {
 	__u32 direction;
 	__u32 captured;  /* bytes of data[] that are valid */
 	__u32 sample_threshold;
-	__u32 pad;
+	__u32 flags;     /* DATA_SAMPLED_OUT: counted for RED metrics, not exported as a span */
 	__u8 data[MAX_CAPTURE + 1];
 };
 

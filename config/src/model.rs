@@ -113,6 +113,15 @@ pub enum Protocol {
     HttpProtobuf,
 }
 
+impl std::fmt::Display for Protocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Protocol::Grpc => "grpc",
+            Protocol::HttpProtobuf => "http/protobuf",
+        })
+    }
+}
+
 impl Default for ProbeSettings {
     fn default() -> Self {
         ProbeSettings {

@@ -61,6 +61,16 @@ pub struct NodeArgs {
     /// When a destination's buffer is full: drop-oldest (counted) or block.
     #[arg(long, env = "APIARY_EXPORT_BUFFER_FULL", default_value = "drop-oldest")]
     pub export_buffer_full: FullPolicy,
+    /// How often RED metrics (counted before sampling) go to the export destinations.
+    #[arg(long, default_value = "10s", value_name = "DURATION")]
+    pub metrics_interval: humantime::Duration,
+    /// Also write everything exported as OTLP/JSON lines to this file (`-`: standard output).
+    /// `--dev` defaults it to DATA_DIR/telemetry.jsonl.
+    #[arg(long, env = "APIARY_EXPORT_FILE", value_name = "PATH|-")]
+    pub export_file: Option<PathBuf>,
+    /// OTLP/gRPC receiver for instrumented apps (traces, metrics, logs), or `off`.
+    #[arg(long, env = "APIARY_OTLP_GRPC", default_value = "127.0.0.1:4317")]
+    pub otlp_grpc: String,
     /// OTLP/HTTP receiver for instrumented apps (traces, metrics, logs), or `off`.
     #[arg(long, env = "APIARY_OTLP_HTTP", default_value = "127.0.0.1:4318")]
     pub otlp_http: String,
@@ -175,15 +185,17 @@ pub async fn run(args: NodeArgs) -> Result<()> {
         ExportOptions {
             buffer_bytes: args.export_buffer_bytes,
             full_policy: args.export_buffer_full,
+            metrics_interval: args.metrics_interval.into(),
+            json_file: args
+                .export_file
+                .clone()
+                .or_else(|| args.dev.then(|| dir.path().join("telemetry.jsonl"))),
         },
     )?;
 
-    let otlp_http = match args.otlp_http.as_str() {
-        "off" => None,
-        addr => {
-            let addr: std::net::SocketAddr = addr.parse().with_context(|| {
-                format!("--otlp-http {addr:?}: give HOST:PORT (e.g. 127.0.0.1:4318) or off")
-            })?;
+    let otlp_http = match receiver_address("--otlp-http", &args.otlp_http, 4318)? {
+        None => None,
+        Some(addr) => {
             let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
                 format!("cannot listen for OTLP/HTTP on {addr}: is a collector using it? pass --otlp-http HOST:PORT or off")
             })?;
@@ -193,6 +205,16 @@ pub async fn run(args: NodeArgs) -> Result<()> {
                     tracing::error!("the OTLP/HTTP receiver stopped: {e}");
                 }
             });
+            Some(addr)
+        }
+    };
+    let otlp_grpc = match receiver_address("--otlp-grpc", &args.otlp_grpc, 4317)? {
+        None => None,
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+                format!("cannot listen for OTLP/gRPC on {addr}: is a collector using it? pass --otlp-grpc HOST:PORT or off")
+            })?;
+            tokio::spawn(crate::receiver_grpc::serve(listener, export.clone()));
             Some(addr)
         }
     };
@@ -206,8 +228,16 @@ pub async fn run(args: NodeArgs) -> Result<()> {
             )
         })?;
     print_banner(&identity, &args, &advertise, &api_token, &dir);
+    if let Some(addr) = otlp_grpc {
+        println!(
+            "  OTLP/gRPC   http://{addr}   (apps' OTEL_EXPORTER_OTLP_ENDPOINT, protocol grpc)"
+        );
+    }
     if let Some(addr) = otlp_http {
-        println!("  OTLP/HTTP   http://{addr}   (point apps' OTEL_EXPORTER_OTLP_ENDPOINT here)");
+        println!("  OTLP/HTTP   http://{addr}   (apps' OTEL_EXPORTER_OTLP_ENDPOINT, protocol http/protobuf)");
+    }
+    for destination in state_destinations(&export) {
+        println!("  exporting   {destination}");
     }
     let state = Arc::new(ApiState {
         consensus: consensus.clone(),
@@ -298,6 +328,24 @@ fn print_banner(
          --join {advertise} --join-token $(cat {})",
         dir.join_token_path().display()
     );
+}
+
+fn receiver_address(flag: &str, value: &str, port: u16) -> Result<Option<SocketAddr>> {
+    if value == "off" {
+        return Ok(None);
+    }
+    value
+        .parse()
+        .map(Some)
+        .with_context(|| format!("{flag} {value:?}: give HOST:PORT (e.g. 127.0.0.1:{port}) or off"))
+}
+
+fn state_destinations(export: &Export) -> Vec<String> {
+    export
+        .status()
+        .into_iter()
+        .map(|d| format!("{} → {} ({})", d.name, d.endpoint, d.protocol))
+        .collect()
 }
 
 fn default_name() -> String {

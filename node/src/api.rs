@@ -139,6 +139,10 @@ async fn prometheus(State(state): State<Arc<ApiState>>) -> impl IntoResponse {
         observer,
     ));
     text.push_str(&metrics::render_export(&state.node_name, &state.export));
+    state
+        .export
+        .red
+        .render_prometheus(&state.node_name, &mut text);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }
 

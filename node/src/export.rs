@@ -10,14 +10,20 @@ use std::time::Duration;
 use anyhow::{bail, Result};
 use apiary_config::{ClusterConfig, Destination, Protocol};
 use apiary_consensus::Consensus;
-use apiary_pipeline::{otlp, Delivery, FullPolicy, OtlpHttp, ResourceInfo, Signal};
+use apiary_pipeline::{
+    otlp, AnySink, Delivery, FullPolicy, JsonLines, OtlpGrpc, OtlpHttp, RedMetrics, ResourceInfo,
+    ServerSpanIndex, Signal,
+};
 use apiary_probes::{Observer, Span};
 use apiary_storage::Store;
 use serde::Serialize;
 use tokio::sync::broadcast::error::RecvError;
 
-/// The node-local destination's name; `@` cannot appear in replicated destination names.
+/// Node-local destinations' names; `@` cannot appear in replicated destination names.
 const ENV_DESTINATION: &str = "@env";
+const FILE_DESTINATION: &str = "@file";
+/// A JSON-lines file is rotated to `.1` past this size.
+const FILE_MAX_BYTES: u64 = 64 << 20;
 const BATCH_SPANS: usize = 512;
 const BATCH_WAIT: Duration = Duration::from_millis(200);
 
@@ -25,11 +31,15 @@ const BATCH_WAIT: Duration = Duration::from_millis(200);
 pub struct ExportOptions {
     pub buffer_bytes: u64,
     pub full_policy: FullPolicy,
+    /// How often the RED metrics go to the destinations.
+    pub metrics_interval: Duration,
+    /// Also write everything as OTLP/JSON lines here (`-`: standard output).
+    pub json_file: Option<std::path::PathBuf>,
 }
 
 struct Active {
     destination: Destination,
-    delivery: Option<Arc<Delivery<OtlpHttp>>>,
+    delivery: Option<Arc<Delivery<AnySink>>>,
     worker: Option<tokio::task::JoinHandle<()>>,
     problem: Option<String>,
 }
@@ -48,7 +58,8 @@ pub struct DestinationStatus {
     pub name: String,
     pub origin: &'static str,
     pub endpoint: String,
-    pub protocol: Protocol,
+    /// `http/protobuf`, `grpc` or `json-lines` (the local file sink).
+    pub protocol: String,
     pub state: &'static str,
     pub reason: Option<String>,
     pub queued_batches: u64,
@@ -69,6 +80,10 @@ pub struct Export {
     pub source_dropped: AtomicU64,
     /// Items apps sent while no destination was configured.
     pub received_without_destination: AtomicU64,
+    /// Requests per service, route and status, counted before sampling.
+    pub red: Arc<RedMetrics>,
+    /// Probe server spans by (trace, caller span), to re-parent apps' own spans under them.
+    pub server_spans: ServerSpanIndex,
 }
 
 impl Export {
@@ -87,6 +102,8 @@ impl Export {
             active: Mutex::new(HashMap::new()),
             source_dropped: AtomicU64::new(0),
             received_without_destination: AtomicU64::new(0),
+            red: Arc::new(RedMetrics::new()),
+            server_spans: ServerSpanIndex::default(),
         });
         let state = consensus.config_state().clone();
         let mut versions = state.subscribe();
@@ -100,7 +117,10 @@ impl Export {
             }
         });
         if let Some(observer) = observer {
+            let red = export.red.clone();
+            observer.set_request_tap(Box::new(move |span| red.record(span)));
             tokio::spawn(batch_spans(Arc::downgrade(&export), observer));
+            tokio::spawn(export_red_metrics(Arc::downgrade(&export)));
         }
         Ok(export)
     }
@@ -116,6 +136,15 @@ impl Export {
             config.destinations.clone().into_iter().collect();
         if let Some(local) = &self.env_destination {
             wanted.insert(ENV_DESTINATION.to_string(), local.clone());
+        }
+        if let Some(path) = &self.options.json_file {
+            wanted.insert(
+                FILE_DESTINATION.to_string(),
+                Destination {
+                    endpoint: path.display().to_string(),
+                    ..Destination::default()
+                },
+            );
         }
         let mut active = self.lock();
         let removed: Vec<String> = active
@@ -149,19 +178,25 @@ impl Export {
             worker: None,
             problem: None,
         };
-        if destination.protocol == Protocol::Grpc {
-            active.problem = Some(format!(
-                "OTLP over gRPC is not supported yet; set destination.{name}.protocol=http/protobuf (port 4318)"
-            ));
-            tracing::warn!(destination = %name, "{}", active.problem.as_deref().unwrap_or_default());
-            return active;
-        }
-        let headers = destination
+        let headers: Vec<(String, String)> = destination
             .headers
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        let delivery = OtlpHttp::new(&destination.endpoint, headers).and_then(|sink| {
+        let sink = if name == FILE_DESTINATION {
+            Ok(AnySink::JsonLines(JsonLines::new(
+                std::path::Path::new(&destination.endpoint),
+                FILE_MAX_BYTES,
+            )))
+        } else {
+            match destination.protocol {
+                Protocol::HttpProtobuf => {
+                    OtlpHttp::new(&destination.endpoint, headers).map(AnySink::Http)
+                }
+                Protocol::Grpc => OtlpGrpc::new(&destination.endpoint, headers).map(AnySink::Grpc),
+            }
+        };
+        let delivery = sink.and_then(|sink| {
             let queue = self.store.queue(name).map_err(|e| e.to_string())?;
             Delivery::new(
                 name,
@@ -177,7 +212,10 @@ impl Export {
                 active.worker = Some(tokio::spawn(delivery.clone().run()));
                 active.delivery = Some(delivery);
             }
-            Err(e) => active.problem = Some(e),
+            Err(e) => {
+                tracing::warn!(destination = %name, "cannot export: {e}");
+                active.problem = Some(e);
+            }
         }
         active
     }
@@ -185,11 +223,7 @@ impl Export {
     /// Queues an OTLP request from an app for every destination; fails if any could not store
     /// it (the app retries). Without destinations it is counted and dropped.
     pub async fn accept(&self, signal: Signal, items: u32, payload: &[u8]) -> Result<(), String> {
-        let deliveries: Vec<Arc<Delivery<OtlpHttp>>> = self
-            .lock()
-            .values()
-            .filter_map(|a| a.delivery.clone())
-            .collect();
+        let deliveries = self.deliveries();
         if deliveries.is_empty() {
             self.received_without_destination
                 .fetch_add(items as u64, Ordering::Relaxed);
@@ -204,24 +238,28 @@ impl Export {
         Ok(())
     }
 
-    async fn enqueue(&self, spans: &[Span]) {
-        let deliveries: Vec<Arc<Delivery<OtlpHttp>>> = self
-            .lock()
+    fn deliveries(&self) -> Vec<Arc<Delivery<AnySink>>> {
+        self.lock()
             .values()
             .filter_map(|a| a.delivery.clone())
-            .collect();
-        if deliveries.is_empty() {
-            return;
-        }
-        let payload = otlp::encode(spans, &self.resource);
-        for delivery in deliveries {
-            if let Err(e) = delivery
-                .enqueue(Signal::Traces, spans.len() as u32, &payload)
-                .await
-            {
+            .collect()
+    }
+
+    async fn enqueue(&self, signal: Signal, items: u32, payload: &[u8]) {
+        for delivery in self.deliveries() {
+            if let Err(e) = delivery.enqueue(signal, items, payload).await {
                 tracing::error!(destination = %delivery.name, "cannot queue a batch: {e}");
             }
         }
+    }
+
+    async fn enqueue_spans(&self, spans: &[Span]) {
+        if self.deliveries().is_empty() {
+            return;
+        }
+        let payload = otlp::encode(spans, &self.resource);
+        self.enqueue(Signal::Traces, spans.len() as u32, &payload)
+            .await;
     }
 
     pub fn status(&self) -> Vec<DestinationStatus> {
@@ -245,13 +283,17 @@ impl Export {
                 });
                 DestinationStatus {
                     name: name.clone(),
-                    origin: if name == ENV_DESTINATION {
-                        "env"
-                    } else {
-                        "replicated"
+                    origin: match name.as_str() {
+                        ENV_DESTINATION => "env",
+                        FILE_DESTINATION => "local",
+                        _ => "replicated",
                     },
                     endpoint: active.destination.endpoint.clone(),
-                    protocol: active.destination.protocol,
+                    protocol: if name == FILE_DESTINATION {
+                        "json-lines".into()
+                    } else {
+                        active.destination.protocol.to_string()
+                    },
                     state: if active.problem.is_some() {
                         "failed"
                     } else {
@@ -282,7 +324,12 @@ async fn batch_spans(export: std::sync::Weak<Export>, observer: Arc<Observer>) {
         while batch.len() < BATCH_SPANS {
             tokio::select! {
                 received = spans.recv() => match received {
-                    Ok(span) => batch.push(span),
+                    Ok(span) => {
+                        if let Some(export) = export.upgrade() {
+                            export.server_spans.remember(&span);
+                        }
+                        batch.push(span);
+                    }
                     Err(RecvError::Lagged(missed)) => {
                         if let Some(export) = export.upgrade() {
                             export.source_dropped.fetch_add(missed, Ordering::Relaxed);
@@ -298,8 +345,37 @@ async fn batch_spans(export: std::sync::Weak<Export>, observer: Arc<Observer>) {
             return;
         };
         if !batch.is_empty() {
-            export.enqueue(&batch).await;
+            export.enqueue_spans(&batch).await;
             batch.clear();
+        }
+    }
+}
+
+/// Sends the cumulative RED histograms to every destination once per interval.
+async fn export_red_metrics(export: std::sync::Weak<Export>) {
+    let Some(interval) = export.upgrade().map(|e| e.options.metrics_interval) else {
+        return;
+    };
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks.tick().await;
+    loop {
+        ticks.tick().await;
+        let Some(export) = export.upgrade() else {
+            return;
+        };
+        if export.deliveries().is_empty() {
+            continue;
+        }
+        if let Some(request) = export.red.to_otlp(&export.resource) {
+            let points = request
+                .resource_metrics
+                .iter()
+                .flat_map(|r| &r.scope_metrics)
+                .map(|s| s.metrics.len() as u32)
+                .sum();
+            let payload = prost::Message::encode_to_vec(&request);
+            export.enqueue(Signal::Metrics, points, &payload).await;
         }
     }
 }

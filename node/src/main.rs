@@ -9,6 +9,7 @@ mod metrics;
 mod peer;
 mod probes;
 mod receiver;
+mod receiver_grpc;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -27,7 +28,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run an agent: create a cluster, join one (--join), or restart from --data-dir.
-    Node(agent::NodeArgs),
+    Node(Box<agent::NodeArgs>),
     /// Show the cluster: leader, members, roles, reachability.
     Status(client::ClientArgs),
     /// Follow the node's live spans, one line each (service, kind, method, route, status,
@@ -70,7 +71,7 @@ async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Node(args) => {
             init_logging();
-            agent::run(args).await
+            agent::run(*args).await
         }
         Command::Status(client) => client::status(&client).await,
         Command::Tail { client, service } => client::tail(&client, service.as_deref()).await,

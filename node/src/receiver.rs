@@ -1,10 +1,12 @@
 //! The OTLP/HTTP receiver (default 127.0.0.1:4318): instrumented apps send traces, metrics and
-//! logs here, and they go to every export destination beside the probes' spans. A request is
-//! answered 200 only once it is in every destination's disk buffer.
+//! logs here (protobuf or OTLP/JSON, optionally gzip), and they go to every export destination
+//! beside the probes' spans. A request is answered 200 only once it is in every destination's
+//! disk buffer. The gRPC receiver (`receiver_grpc`) shares `ingest`.
 
+use std::io::Read;
 use std::sync::Arc;
 
-use apiary_pipeline::Signal;
+use apiary_pipeline::{OtlpRequest, Signal};
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -14,8 +16,32 @@ use axum::Router;
 
 use crate::export::Export;
 
-/// Requests larger than this are refused with 413 (the OTLP/HTTP way to say "split it").
+/// Requests larger than this (after decompression) are refused: 413 over HTTP (the OTLP way to
+/// say "split it"), RESOURCE_EXHAUSTED-style errors over gRPC.
 pub const MAX_REQUEST_BYTES: usize = 8 << 20;
+
+/// Re-parents app spans under the probes' spans of the same requests, then queues the request
+/// for every destination. `Err` means not stored: the app should retry.
+pub async fn ingest(
+    export: &Export,
+    mut request: OtlpRequest,
+    encoded: Option<&[u8]>,
+) -> Result<(), String> {
+    let mut changed = false;
+    if let OtlpRequest::Traces(traces) = &mut request {
+        changed = export.server_spans.reparent(traces) > 0;
+    }
+    let items = request.items().min(u32::MAX as u64) as u32;
+    let owned;
+    let payload = match encoded {
+        Some(bytes) if !changed => bytes,
+        _ => {
+            owned = request.encode();
+            &owned
+        }
+    };
+    export.accept(request.signal(), items, payload).await
+}
 
 pub fn router(export: Arc<Export>) -> Router {
     let route = |signal: Signal| {
@@ -42,50 +68,89 @@ fn refuse(status: StatusCode, message: String) -> Response {
         .into_response()
 }
 
+/// Inflates a gzip body, refusing what would grow past the limit.
+fn gunzip(body: &[u8]) -> Result<Vec<u8>, Box<Response>> {
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(body)
+        .take(MAX_REQUEST_BYTES as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| {
+            Box::new(refuse(
+                StatusCode::BAD_REQUEST,
+                format!("Content-Encoding is gzip but the body is not valid gzip: {e}"),
+            ))
+        })?;
+    if out.len() > MAX_REQUEST_BYTES {
+        return Err(Box::new(refuse(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the request inflates past {MAX_REQUEST_BYTES} bytes: send smaller batches"),
+        )));
+    }
+    Ok(out)
+}
+
 async fn receive(export: Arc<Export>, signal: Signal, headers: HeaderMap, body: Bytes) -> Response {
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    if !content_type.starts_with("application/x-protobuf") {
-        let hint = if content_type.starts_with("application/json") {
-            "OTLP/JSON is not supported yet"
-        } else {
-            "unsupported content type"
-        };
+    let json = if content_type.starts_with("application/x-protobuf") {
+        false
+    } else if content_type.starts_with("application/json") {
+        true
+    } else {
         return refuse(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            format!("{hint} ({content_type:?}): send OTLP protobuf with Content-Type: application/x-protobuf"),
+            format!("unsupported content type {content_type:?}: send OTLP as application/x-protobuf or application/json"),
         );
-    }
-    if let Some(encoding) = headers
+    };
+    let inflated;
+    let body: &[u8] = match headers
         .get(header::CONTENT_ENCODING)
         .and_then(|v| v.to_str().ok())
     {
-        if encoding != "identity" {
+        None | Some("identity") => &body,
+        Some("gzip") => match gunzip(&body) {
+            Ok(bytes) => {
+                inflated = bytes;
+                &inflated
+            }
+            Err(response) => return *response,
+        },
+        Some(other) => {
             return refuse(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                format!("Content-Encoding {encoding:?} is not supported yet: send uncompressed"),
-            );
+                format!("Content-Encoding {other:?} is not supported: send gzip or uncompressed"),
+            )
         }
-    }
-    let items = match signal.count_items(&body) {
-        Ok(items) => items,
+    };
+    let decoded = if json {
+        OtlpRequest::decode_json(signal, body).map_err(|e| e.to_string())
+    } else {
+        OtlpRequest::decode_protobuf(signal, body).map_err(|e| e.to_string())
+    };
+    let request = match decoded {
+        Ok(request) => request,
         Err(e) => {
             return refuse(
                 StatusCode::BAD_REQUEST,
                 format!(
-                    "the body is not a valid OTLP {} export request: {e}",
-                    signal.path()
+                    "the body is not a valid OTLP {} export request ({}): {e}",
+                    signal.path(),
+                    if json { "JSON" } else { "protobuf" }
                 ),
             )
         }
     };
-    match export
-        .accept(signal, items.min(u32::MAX as u64) as u32, &body)
-        .await
-    {
+    let encoded = (!json).then_some(body);
+    match ingest(&export, request, encoded).await {
         // An empty Export*ServiceResponse: no partial success to report.
+        Ok(()) if json => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/json")],
+            "{}",
+        )
+            .into_response(),
         Ok(()) => (
             StatusCode::OK,
             [(header::CONTENT_TYPE, "application/x-protobuf")],

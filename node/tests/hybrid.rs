@@ -192,8 +192,9 @@ async fn app_spans_and_probe_spans_meet_in_one_trace() {
         .find(|s| s.name == "handle /basket/42")
         .unwrap();
     assert!(app.service.contains("shop-app"), "{app:?}");
-    // curl's request, seen by the probe, is the caller span the traceparent names; the app's
-    // own span and the probe's server span both hang under it: one trace, not unrelated ones.
+    // curl's request, seen by the probe, is the caller span the traceparent names; the probe's
+    // server span hangs under it, and the app's own span under the probe's server span: one
+    // trace with the request's real nesting, not unrelated or sibling spans.
     let probe_spans: Vec<&Seen> = in_trace
         .iter()
         .filter(|s| s.name == "GET /basket/{id}")
@@ -208,5 +209,5 @@ async fn app_spans_and_probe_spans_meet_in_one_trace() {
         .find(|s| s.span_id != CALLER_SPAN)
         .expect("the probe's server span");
     assert_eq!(server.parent, CALLER_SPAN, "{server:?}");
-    assert_eq!(app.parent, CALLER_SPAN, "{app:?}");
+    assert_eq!(app.parent, server.span_id, "{app:?}");
 }

@@ -10,6 +10,7 @@ use axum::body::Bytes;
 use common::Cluster;
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
 use opentelemetry_proto::tonic::metrics::v1::{Metric, ResourceMetrics, ScopeMetrics};
@@ -179,25 +180,52 @@ async fn apps_otlp_reaches_destinations_and_bad_input_is_refused() {
     .unwrap();
     assert_eq!(garbage.status(), 400);
     assert!(garbage.text().await.unwrap().contains("not a valid OTLP"));
-    let json_body = post("/v1/traces", "application/json", b"{}".to_vec())
+    // OTLP/JSON: a valid request is taken, a malformed one refused with 400.
+    let json_body = post(
+        "/v1/logs",
+        "application/json",
+        br#"{"resourceLogs":[]}"#.to_vec(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(json_body.status(), 200);
+    let bad_json = post(
+        "/v1/traces",
+        "application/json",
+        br#"{"resourceSpans": 7}"#.to_vec(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(bad_json.status(), 400);
+    assert!(bad_json.text().await.unwrap().contains("JSON"));
+    let text = post("/v1/traces", "text/plain", b"hi".to_vec())
         .await
         .unwrap();
-    assert_eq!(json_body.status(), 415);
-    assert!(json_body
+    assert_eq!(text.status(), 415);
+    assert!(text
         .text()
         .await
         .unwrap()
         .contains("application/x-protobuf"));
-    let gzip = cluster
-        .http
-        .post(format!("{otlp}/v1/traces"))
-        .header("content-type", protobuf)
-        .header("content-encoding", "gzip")
-        .body(vec![1, 2, 3])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(gzip.status(), 415);
+    let gzip = |body: Vec<u8>| {
+        cluster
+            .http
+            .post(format!("{otlp}/v1/traces"))
+            .header("content-type", protobuf)
+            .header("content-encoding", "gzip")
+            .body(body)
+            .send()
+    };
+    assert_eq!(gzip(vec![1, 2, 3]).await.unwrap().status(), 400);
+    let mut compressed = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut compressed, &traces().encode_to_vec()).unwrap();
+    assert_eq!(
+        gzip(compressed.finish().unwrap()).await.unwrap().status(),
+        200
+    );
+    let mut bomb = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    std::io::Write::write_all(&mut bomb, &vec![0u8; 9 << 20]).unwrap();
+    assert_eq!(gzip(bomb.finish().unwrap()).await.unwrap().status(), 413);
     let huge = post("/v1/traces", protobuf, vec![0u8; 9 << 20])
         .await
         .unwrap();
@@ -205,7 +233,48 @@ async fn apps_otlp_reaches_destinations_and_bad_input_is_refused() {
     let wrong_path = post("/v1/profiles", protobuf, vec![]).await.unwrap();
     assert_eq!(wrong_path.status(), 404);
 
+    // OTLP/gRPC on the same node: a real client's request is taken; garbage is refused with a
+    // gRPC status and the node goes on.
+    let grpc_url = format!("http://{}", cluster.nodes[0].otlp_grpc);
+    let mut client = TraceServiceClient::connect(grpc_url.clone()).await.unwrap();
+    client.export(traces()).await.expect("gRPC export accepted");
+    let mut framed = vec![0u8, 0, 0, 0, 12];
+    framed.extend_from_slice(b"\xff\xff\xffgarbage!!");
+    let output = std::process::Command::new("curl")
+        .args([
+            "-s",
+            "-i",
+            "--http2-prior-knowledge",
+            "-H",
+            "content-type: application/grpc",
+            "-H",
+            "te: trailers",
+            "--data-binary",
+            "@-",
+            &format!("{grpc_url}/opentelemetry.proto.collector.trace.v1.TraceService/Export"),
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            std::io::Write::write_all(child.stdin.as_mut().unwrap(), &framed)?;
+            drop(child.stdin.take());
+            child.wait_with_output()
+        })
+        .unwrap();
+    let answer = String::from_utf8_lossy(&output.stdout).to_lowercase();
+    assert!(
+        answer.contains("grpc-status") && !answer.contains("grpc-status: 0"),
+        "{answer}"
+    );
+    {
+        use std::io::Write as _;
+        let mut raw = std::net::TcpStream::connect(cluster.nodes[0].otlp_grpc).unwrap();
+        let _ = raw.write_all(b"GET / HTTP/1.0\r\n\r\n\x00\x01garbage");
+    }
+
     // Still serving.
+    client.export(traces()).await.expect("gRPC still serving");
     assert_eq!(
         post("/v1/traces", protobuf, traces().encode_to_vec())
             .await
@@ -223,9 +292,13 @@ async fn apps_otlp_reaches_destinations_and_bad_input_is_refused() {
         .clone();
     assert_eq!(collector_row["state"], "running");
     cluster
-        .wait_for(Duration::from_secs(10), "the second trace request", |_| {
-            let n = collector.bodies("/v1/traces").len();
-            async move { (n >= 2).then_some(()) }
-        })
+        .wait_for(
+            Duration::from_secs(10),
+            "every accepted trace request",
+            |_| {
+                let n = collector.bodies("/v1/traces").len();
+                async move { (n >= 5).then_some(()) }
+            },
+        )
         .await;
 }

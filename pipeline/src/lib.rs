@@ -3,11 +3,14 @@
 //! leaves its buffer only when the destination acknowledged it, so a destination that is down,
 //! or a node that restarts, delays delivery but loses nothing acknowledged.
 //!
-//! Today: the OTLP/HTTP (protobuf) sink. Next (see the pipeline issue): the OTLP gRPC sink, the
-//! OTLP receiver source, RED metrics and merging with apps' own spans.
+//! RED metrics (`red`) are counted from every request, sampled or not.
 
 pub mod delivery;
+pub mod grpc;
+pub mod merge;
 pub mod otlp;
+pub mod red;
+pub mod request;
 pub mod sink;
 
 pub use delivery::{Delivery, DeliveryStats, FullPolicy};
@@ -42,33 +45,10 @@ impl Signal {
     fn from_code(code: u8) -> Option<Signal> {
         Signal::ALL.into_iter().find(|s| s.code() == code)
     }
-
-    /// Validates an OTLP protobuf export request of this signal; returns how many items
-    /// (spans, metrics, log records) it carries.
-    pub fn count_items(self, payload: &[u8]) -> Result<u64, prost::DecodeError> {
-        use opentelemetry_proto::tonic::collector::{logs, metrics, trace};
-        use prost::Message;
-        Ok(match self {
-            Signal::Traces => trace::v1::ExportTraceServiceRequest::decode(payload)?
-                .resource_spans
-                .iter()
-                .flat_map(|r| &r.scope_spans)
-                .map(|s| s.spans.len() as u64)
-                .sum(),
-            Signal::Metrics => metrics::v1::ExportMetricsServiceRequest::decode(payload)?
-                .resource_metrics
-                .iter()
-                .flat_map(|r| &r.scope_metrics)
-                .map(|s| s.metrics.len() as u64)
-                .sum(),
-            Signal::Logs => logs::v1::ExportLogsServiceRequest::decode(payload)?
-                .resource_logs
-                .iter()
-                .flat_map(|r| &r.scope_logs)
-                .map(|s| s.log_records.len() as u64)
-                .sum(),
-        })
-    }
 }
+pub use grpc::OtlpGrpc;
+pub use merge::ServerSpanIndex;
 pub use otlp::ResourceInfo;
-pub use sink::{Accepted, OtlpHttp, SendError, Sink};
+pub use red::RedMetrics;
+pub use request::OtlpRequest;
+pub use sink::{Accepted, AnySink, JsonLines, OtlpHttp, SendError, Sink};

@@ -32,6 +32,60 @@ impl ResourceInfo {
         }
         Ok(self)
     }
+
+    /// The resource of a service (and process, when one is known): `service.name`,
+    /// `process.pid`, `host.name`, `apiary.node`, the pod's `k8s.*` when the process runs in a
+    /// Kubernetes pod, and the `OTEL_RESOURCE_ATTRIBUTES` extras.
+    pub fn attributes(&self, service: &str, pid: Option<u32>) -> Vec<KeyValue> {
+        let mut attributes = vec![string("service.name", service)];
+        if let Some(pid) = pid {
+            attributes.push(int("process.pid", pid as i64));
+            attributes.extend(
+                kubernetes_of(std::path::Path::new("/proc"), pid)
+                    .into_iter()
+                    .map(|(k, v)| string(k, v)),
+            );
+        }
+        attributes.push(string("host.name", &self.host_name));
+        attributes.push(string("apiary.node", &self.node));
+        attributes.extend(self.extra.iter().map(|(k, v)| string(k, v)));
+        attributes
+    }
+}
+
+/// `k8s.namespace.name`, `k8s.pod.name` and `k8s.pod.uid` of a process in a Kubernetes pod,
+/// read from what every pod has: its service-account namespace file, `HOSTNAME` (the pod's
+/// name) and the pod UID in its cgroup path. Empty for a process outside Kubernetes.
+pub fn kubernetes_of(proc_root: &std::path::Path, pid: u32) -> Vec<(&'static str, String)> {
+    let process = proc_root.join(pid.to_string());
+    let Ok(namespace) = std::fs::read_to_string(
+        process.join("root/var/run/secrets/kubernetes.io/serviceaccount/namespace"),
+    ) else {
+        return Vec::new();
+    };
+    let mut found = vec![("k8s.namespace.name", namespace.trim().to_string())];
+    if let Ok(environ) = std::fs::read(process.join("environ")) {
+        if let Some(name) = environ
+            .split(|b| *b == 0)
+            .find_map(|var| var.strip_prefix(b"HOSTNAME="))
+        {
+            found.push(("k8s.pod.name", String::from_utf8_lossy(name).into_owned()));
+        }
+    }
+    if let Ok(cgroup) = std::fs::read_to_string(process.join("cgroup")) {
+        // …/kubepods-burstable-pod1234_5678.slice/… (systemd) or …/kubepods/burstable/pod1234-5678/…
+        if let Some(uid) = cgroup.split(['/', '\n']).find_map(|part| {
+            let rest = &part[part.rfind("pod")? + 3..];
+            let uid: String = rest
+                .chars()
+                .take_while(|c| c.is_ascii_hexdigit() || *c == '-' || *c == '_')
+                .collect();
+            (uid.len() == 36).then(|| uid.replace('_', "-"))
+        }) {
+            found.push(("k8s.pod.uid", uid));
+        }
+    }
+    found
 }
 
 fn attribute(key: &str, value: any_value::Value) -> KeyValue {
@@ -42,13 +96,16 @@ fn attribute(key: &str, value: any_value::Value) -> KeyValue {
     }
 }
 
-fn string(key: &str, value: impl Into<String>) -> KeyValue {
+pub(crate) fn string_attribute(key: &str, value: impl Into<String>) -> KeyValue {
     attribute(key, any_value::Value::StringValue(value.into()))
 }
 
-fn int(key: &str, value: i64) -> KeyValue {
+pub(crate) fn int_attribute(key: &str, value: i64) -> KeyValue {
     attribute(key, any_value::Value::IntValue(value))
 }
+
+use int_attribute as int;
+use string_attribute as string;
 
 fn double(key: &str, value: f64) -> KeyValue {
     attribute(key, any_value::Value::DoubleValue(value))
@@ -61,24 +118,43 @@ fn hex_bytes(text: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
+/// A probe span's id, derived from what identifies the request (process, start, duration,
+/// side) so that the receiver can later name it as the parent of the app's own span.
+pub fn probe_span_id(span: &Span) -> [u8; 8] {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    (span.pid, span.start_unix_nanos, span.duration_ns).hash(&mut hasher);
+    (
+        span.kind == SpanKind::Server,
+        &span.target,
+        &span.traceparent,
+    )
+        .hash(&mut hasher);
+    let id = hasher.finish().to_be_bytes();
+    // An all-zero span id is invalid in OTLP.
+    if id == [0; 8] {
+        [0, 0, 0, 0, 0, 0, 0, 1]
+    } else {
+        id
+    }
+}
+
+/// The (trace id, caller's span id) a request carried in its W3C `traceparent`.
+pub fn traceparent_ids(span: &Span) -> Option<(Vec<u8>, Vec<u8>)> {
+    let mut parts = span.traceparent.as_deref()?.split('-').skip(1);
+    Some((hex_bytes(parts.next()?)?, hex_bytes(parts.next()?)?))
+}
+
 /// Trace id, span id and parent span id. A request that carried a W3C `traceparent` joins that
 /// trace: on the server side the caller's span is the parent; on the client side the header's
 /// span id is the id the calling app gave its request, so the client span takes it and the
 /// server span on the other end links to it.
 fn ids(span: &Span) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
-    let fresh_span_id = rand::random::<[u8; 8]>().to_vec();
-    let parsed = span.traceparent.as_deref().and_then(|header| {
-        let mut parts = header.split('-').skip(1);
-        Some((hex_bytes(parts.next()?)?, hex_bytes(parts.next()?)?))
-    });
-    match (parsed, span.kind) {
-        (Some((trace, parent)), SpanKind::Server) => (trace, fresh_span_id, parent),
+    let own_id = probe_span_id(span).to_vec();
+    match (traceparent_ids(span), span.kind) {
+        (Some((trace, parent)), SpanKind::Server) => (trace, own_id, parent),
         (Some((trace, own)), SpanKind::Client) => (trace, own, Vec::new()),
-        (None, _) => (
-            rand::random::<[u8; 16]>().to_vec(),
-            fresh_span_id,
-            Vec::new(),
-        ),
+        (None, _) => (rand::random::<[u8; 16]>().to_vec(), own_id, Vec::new()),
     }
 }
 
@@ -144,13 +220,7 @@ pub fn export_request(spans: &[Span], resource: &ResourceInfo) -> ExportTraceSer
     let resource_spans = by_process
         .into_iter()
         .map(|((service, pid), spans)| {
-            let mut attributes = vec![
-                string("service.name", service),
-                int("process.pid", pid as i64),
-                string("host.name", &resource.host_name),
-                string("apiary.node", &resource.node),
-            ];
-            attributes.extend(resource.extra.iter().map(|(k, v)| string(k, v)));
+            let attributes = resource.attributes(service, Some(pid));
             ResourceSpans {
                 resource: Some(Resource {
                     attributes,
@@ -197,6 +267,7 @@ mod tests {
             host: Some("cart".into()),
             traceparent: traceparent.map(str::to_string),
             sample_rate: 0.5,
+            sampled: true,
             netns: 1,
             cgroup_id: 1,
         }
@@ -261,5 +332,33 @@ mod tests {
         assert!(ResourceInfo::default()
             .with_env_attributes("novalue")
             .is_err());
+    }
+
+    #[test]
+    fn kubernetes_pod_of_a_process() {
+        let proc_root = tempfile::tempdir().unwrap();
+        let process = proc_root.path().join("42");
+        let secrets = process.join("root/var/run/secrets/kubernetes.io/serviceaccount");
+        std::fs::create_dir_all(&secrets).unwrap();
+        std::fs::write(secrets.join("namespace"), "shop\n").unwrap();
+        std::fs::write(process.join("environ"), b"PATH=/bin\0HOSTNAME=cart-7d9f\0").unwrap();
+        std::fs::write(
+            process.join("cgroup"),
+            "0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod0c5f2a3e_1b2c_4d5e_8f90_a1b2c3d4e5f6.slice/cri-containerd-ab.scope\n",
+        )
+        .unwrap();
+        let found = kubernetes_of(proc_root.path(), 42);
+        assert_eq!(
+            found,
+            vec![
+                ("k8s.namespace.name", "shop".to_string()),
+                ("k8s.pod.name", "cart-7d9f".to_string()),
+                (
+                    "k8s.pod.uid",
+                    "0c5f2a3e-1b2c-4d5e-8f90-a1b2c3d4e5f6".to_string()
+                ),
+            ]
+        );
+        assert!(kubernetes_of(proc_root.path(), 43).is_empty());
     }
 }

@@ -116,6 +116,7 @@ fn span(i: usize) -> Span {
         host: None,
         traceparent: None,
         sample_rate: 1.0,
+        sampled: true,
         netns: 0,
         cgroup_id: 0,
     }

@@ -82,6 +82,9 @@ unsafe impl aya::Pod for PortFilterKey {}
 unsafe impl aya::Pod for CgroupFilterKey {}
 
 /// A sampling rate in [0, 1] as the kernel's threshold on `bpf_get_prandom_u32()`.
+/// `flags` bit of a data event (apiary.h).
+const DATA_SAMPLED_OUT: u32 = 1;
+
 pub fn sample_threshold(rate: f64) -> u32 {
     if rate >= 1.0 {
         u32::MAX
@@ -132,6 +135,8 @@ pub enum Event {
         total_len: i64,
         direction: Direction,
         sample_threshold: u32,
+        /// Sampling dropped the request: count it, do not export it.
+        sampled_out: bool,
         data: Vec<u8>,
     },
     TcpState {
@@ -263,6 +268,7 @@ pub fn decode(record: &[u8]) -> Result<Event, DecodeError> {
                     Direction::Egress
                 },
                 sample_threshold: r.u32(at + 24)?,
+                sampled_out: r.u32(at + 28)? & DATA_SAMPLED_OUT != 0,
                 data: r.bytes(DATA_PAYLOAD_AT, captured)?.to_vec(),
                 header,
             })

@@ -152,6 +152,8 @@ pub struct Span {
     pub traceparent: Option<String>,
     /// The sampling rate the request was kept at, for re-weighting counts downstream.
     pub sample_rate: f64,
+    /// False when sampling dropped the request: it counts in RED metrics but is not exported.
+    pub sampled: bool,
     pub netns: u32,
     pub cgroup_id: u64,
 }
@@ -173,6 +175,7 @@ pub struct Message<'a> {
     pub direction: Direction,
     pub flow: Option<&'a Flow>,
     pub sample_threshold: u32,
+    pub sampled_out: bool,
     pub data: &'a [u8],
     pub netns: u32,
     pub cgroup_id: u64,
@@ -183,6 +186,7 @@ struct Pending {
     kind: SpanKind,
     ts_ns: u64,
     sample_threshold: u32,
+    sampled_out: bool,
 }
 
 /// Pairs requests with responses. Bounded: the oldest connections are forgotten first.
@@ -221,6 +225,7 @@ impl Matcher {
                 },
                 ts_ns: message.ts_ns,
                 sample_threshold: message.sample_threshold,
+                sampled_out: message.sampled_out,
             });
             return None;
         }
@@ -254,6 +259,7 @@ impl Matcher {
             host: pending.request.host,
             traceparent: pending.request.traceparent,
             sample_rate: rate_of_threshold(pending.sample_threshold),
+            sampled: !pending.sampled_out,
             netns: message.netns,
             cgroup_id: message.cgroup_id,
         })
@@ -369,6 +375,7 @@ mod tests {
             direction,
             flow: None,
             sample_threshold: u32::MAX,
+            sampled_out: false,
             data,
             netns: 1,
             cgroup_id: 1,

@@ -32,9 +32,13 @@ const TCP_CLOSE: i32 = 7;
 const TCP_LAST_ACK: i32 = 9;
 const TCP_CLOSING: i32 = 11;
 
+/// Sees every request, sampled or not (for RED metrics, which must stay exact).
+pub type RequestTap = Box<dyn Fn(&Span) + Send + Sync>;
+
 /// What the probes saw, for the API and the pipeline. Counts what it cannot decode.
 pub struct Observer {
     spans: broadcast::Sender<Span>,
+    tap: std::sync::OnceLock<RequestTap>,
     recent_spans: Mutex<VecDeque<Span>>,
     recent_flows: Mutex<VecDeque<TcpFlow>>,
     pub decode_errors: AtomicU64,
@@ -46,6 +50,7 @@ impl Default for Observer {
     fn default() -> Self {
         Observer {
             spans: broadcast::channel(8192).0,
+            tap: std::sync::OnceLock::new(),
             recent_spans: Mutex::new(VecDeque::new()),
             recent_flows: Mutex::new(VecDeque::new()),
             decode_errors: AtomicU64::new(0),
@@ -87,7 +92,19 @@ impl Observer {
             .collect()
     }
 
+    /// Installs the function that sees every request, sampled or not; only the first call
+    /// takes effect (returns false otherwise).
+    pub fn set_request_tap(&self, tap: RequestTap) -> bool {
+        self.tap.set(tap).is_ok()
+    }
+
     fn publish(&self, span: Span) {
+        if let Some(tap) = self.tap.get() {
+            tap(&span);
+        }
+        if !span.sampled {
+            return;
+        }
         self.spans_total.fetch_add(1, Ordering::Relaxed);
         push_bounded(&self.recent_spans, span.clone(), RECENT_SPANS);
         let _ = self.spans.send(span);
@@ -128,6 +145,7 @@ impl Assembler {
                 conn_id,
                 direction,
                 sample_threshold,
+                sampled_out,
                 data,
                 ..
             } => {
@@ -144,6 +162,7 @@ impl Assembler {
                     direction,
                     flow: flow.as_ref(),
                     sample_threshold,
+                    sampled_out,
                     data: &data,
                     netns: header.netns,
                     cgroup_id: header.cgroup_id,

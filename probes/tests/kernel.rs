@@ -264,6 +264,14 @@ async fn sampling_and_disabling_change_live_without_reload() {
         "probe.http.filters.include_ports",
         json!([port]),
     )]));
+    // RED metrics see every request, sampled or not.
+    let counted = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let tap = counted.clone();
+    probes.observer.set_request_tap(Box::new(move |span| {
+        if span.kind == SpanKind::Server && span.route == "/items/{id}" && span.status == 200 {
+            tap.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }));
     for _ in 0..20 {
         get(port, "/warmup");
     }
@@ -301,7 +309,12 @@ async fn sampling_and_disabling_change_live_without_reload() {
     );
     assert!(server_spans
         .iter()
-        .all(|s| (s.sample_rate - 0.1).abs() < 1e-6));
+        .all(|s| (s.sample_rate - 0.1).abs() < 1e-6 && s.sampled));
+    assert_eq!(
+        counted.load(std::sync::atomic::Ordering::Relaxed),
+        requests,
+        "every request counts for RED metrics whatever the sampling"
+    );
     let after = probes
         .observer
         .spans_total

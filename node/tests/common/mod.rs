@@ -12,15 +12,17 @@ use serde_json::{json, Value};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_apiary");
 
-/// A UDP port (QUIC) and two TCP ports (API, OTLP/HTTP), free when asked.
-pub fn free_ports() -> (u16, u16, u16) {
+/// A UDP port (QUIC) and three TCP ports (API, OTLP/HTTP, OTLP/gRPC), free when asked.
+pub fn free_ports() -> (u16, u16, u16, u16) {
     let udp = UdpSocket::bind("127.0.0.1:0").expect("bind udp");
     let tcp = TcpListener::bind("127.0.0.1:0").expect("bind tcp");
     let otlp = TcpListener::bind("127.0.0.1:0").expect("bind tcp");
+    let grpc = TcpListener::bind("127.0.0.1:0").expect("bind tcp");
     (
         udp.local_addr().unwrap().port(),
         tcp.local_addr().unwrap().port(),
         otlp.local_addr().unwrap().port(),
+        grpc.local_addr().unwrap().port(),
     )
 }
 
@@ -29,6 +31,7 @@ pub struct Node {
     pub quic: SocketAddr,
     pub api: SocketAddr,
     pub otlp: SocketAddr,
+    pub otlp_grpc: SocketAddr,
     pub data_dir: PathBuf,
     join: Option<(SocketAddr, String)>,
     /// Extra flags; mesh tests run without probes so that many nodes fit one machine.
@@ -61,6 +64,8 @@ impl Node {
                 &self.api.to_string(),
                 "--otlp-http",
                 &self.otlp.to_string(),
+                "--otlp-grpc",
+                &self.otlp_grpc.to_string(),
             ])
             .args(&self.extra)
             .env("APIARY_LOG", "info,openraft=warn")
@@ -140,7 +145,7 @@ impl Cluster {
     }
 
     pub async fn add_node(&mut self, name: &str, extra: &[&str]) {
-        let (quic, api, otlp) = free_ports();
+        let (quic, api, otlp, grpc) = free_ports();
         let join = self.nodes.first().map(|first| {
             let token = std::fs::read_to_string(first.data_dir.join("join-token")).unwrap();
             (first.quic, token.trim().to_string())
@@ -150,6 +155,7 @@ impl Cluster {
             quic: SocketAddr::from(([127, 0, 0, 1], quic)),
             api: SocketAddr::from(([127, 0, 0, 1], api)),
             otlp: SocketAddr::from(([127, 0, 0, 1], otlp)),
+            otlp_grpc: SocketAddr::from(([127, 0, 0, 1], grpc)),
             data_dir: self.dir.path().join(name),
             join,
             extra: extra.iter().map(|s| s.to_string()).collect(),

@@ -1,0 +1,188 @@
+//! Merging an app's own spans with the probes' spans of the same requests.
+//!
+//! When a request carries a W3C `traceparent`, the probe's server span and the app's server span
+//! (from its OpenTelemetry SDK) both name the caller's span as their parent: two siblings for
+//! one request. The probe saw the request first (on the wire) and the app handled it inside, so
+//! the app's span becomes the child of the probe's span. This index remembers, for a while, the
+//! probe server spans by (trace id, caller span id); the receiver re-parents app spans with it.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use apiary_probes::{Span, SpanKind};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::trace::v1::span::SpanKind as OtlpKind;
+
+use crate::otlp::{probe_span_id, traceparent_ids};
+
+type Key = (Vec<u8>, Vec<u8>);
+
+/// Probe server spans of the last one to two `keep` periods, in two generations.
+pub struct ServerSpanIndex {
+    keep: Duration,
+    max_entries: usize,
+    state: Mutex<Generations>,
+}
+
+struct Generations {
+    current: HashMap<Key, [u8; 8]>,
+    previous: HashMap<Key, [u8; 8]>,
+    rotated: Instant,
+}
+
+impl Default for ServerSpanIndex {
+    fn default() -> Self {
+        Self::new(Duration::from_secs(60), 200_000)
+    }
+}
+
+impl ServerSpanIndex {
+    pub fn new(keep: Duration, max_entries: usize) -> Self {
+        ServerSpanIndex {
+            keep,
+            max_entries,
+            state: Mutex::new(Generations {
+                current: HashMap::new(),
+                previous: HashMap::new(),
+                rotated: Instant::now(),
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Generations> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Remembers a probe span that will be exported.
+    pub fn remember(&self, span: &Span) {
+        if span.kind != SpanKind::Server {
+            return;
+        }
+        let Some(key) = traceparent_ids(span) else {
+            return;
+        };
+        let mut state = self.lock();
+        if state.rotated.elapsed() >= self.keep || state.current.len() >= self.max_entries / 2 {
+            state.previous = std::mem::take(&mut state.current);
+            state.rotated = Instant::now();
+        }
+        state.current.insert(key, probe_span_id(span));
+    }
+
+    /// Makes each app server span whose request a probe saw the child of the probe's span.
+    /// Returns how many spans changed.
+    pub fn reparent(&self, request: &mut ExportTraceServiceRequest) -> usize {
+        let state = self.lock();
+        if state.current.is_empty() && state.previous.is_empty() {
+            return 0;
+        }
+        let mut changed = 0;
+        for span in request
+            .resource_spans
+            .iter_mut()
+            .flat_map(|r| r.scope_spans.iter_mut())
+            .flat_map(|s| s.spans.iter_mut())
+        {
+            if span.kind != OtlpKind::Server as i32 || span.parent_span_id.is_empty() {
+                continue;
+            }
+            let key = (span.trace_id.clone(), span.parent_span_id.clone());
+            let Some(probe_span) = state.current.get(&key).or_else(|| state.previous.get(&key))
+            else {
+                continue;
+            };
+            if span.span_id != probe_span {
+                span.parent_span_id = probe_span.to_vec();
+                changed += 1;
+            }
+        }
+        changed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span as OtlpSpan};
+
+    fn probe_span(traceparent: &str) -> Span {
+        Span {
+            kind: SpanKind::Server,
+            probe: "http",
+            service: "shop".into(),
+            pid: 10,
+            method: "GET".into(),
+            target: "/a".into(),
+            route: "/a".into(),
+            status: 200,
+            start_unix_nanos: 5,
+            duration_ns: 7,
+            peer: None,
+            local: None,
+            host: None,
+            traceparent: Some(traceparent.into()),
+            sample_rate: 1.0,
+            sampled: true,
+            netns: 1,
+            cgroup_id: 1,
+        }
+    }
+
+    fn app_request(kind: OtlpKind, parent: Vec<u8>) -> ExportTraceServiceRequest {
+        ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                scope_spans: vec![ScopeSpans {
+                    spans: vec![OtlpSpan {
+                        trace_id: vec![0xab; 16],
+                        span_id: vec![3; 8],
+                        parent_span_id: parent,
+                        kind: kind as i32,
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        }
+    }
+
+    fn parent_of(request: &ExportTraceServiceRequest) -> &[u8] {
+        &request.resource_spans[0].scope_spans[0].spans[0].parent_span_id
+    }
+
+    #[test]
+    fn app_server_span_becomes_the_child_of_the_probe_span() {
+        let index = ServerSpanIndex::default();
+        let tp = format!("00-{}-{}-01", "ab".repeat(16), "01".repeat(8));
+        let probe = probe_span(&tp);
+        index.remember(&probe);
+        let mut request = app_request(OtlpKind::Server, vec![1; 8]);
+        assert_eq!(index.reparent(&mut request), 1);
+        assert_eq!(parent_of(&request), probe_span_id(&probe));
+        // Another caller, a client span, or a root span: untouched.
+        for (kind, parent) in [
+            (OtlpKind::Server, vec![2; 8]),
+            (OtlpKind::Client, vec![1; 8]),
+            (OtlpKind::Server, vec![]),
+        ] {
+            let mut request = app_request(kind, parent.clone());
+            assert_eq!(index.reparent(&mut request), 0);
+            assert_eq!(parent_of(&request), parent.as_slice());
+        }
+    }
+
+    #[test]
+    fn forgets_after_two_generations() {
+        let index = ServerSpanIndex::new(Duration::from_millis(1), 100);
+        let tp = format!("00-{}-{}-01", "ab".repeat(16), "01".repeat(8));
+        index.remember(&probe_span(&tp));
+        std::thread::sleep(Duration::from_millis(3));
+        let other = format!("00-{}-{}-01", "cd".repeat(16), "01".repeat(8));
+        index.remember(&probe_span(&other));
+        std::thread::sleep(Duration::from_millis(3));
+        index.remember(&probe_span(&other));
+        let mut request = app_request(OtlpKind::Server, vec![1; 8]);
+        assert_eq!(index.reparent(&mut request), 0);
+    }
+}

@@ -1,0 +1,354 @@
+//! RED metrics (rate, errors, duration) per service, route, method and status, counted from every
+//! request the probes saw — before sampling — so they stay exact whatever the sampling rate.
+//! Exported as OTLP histograms (`http.server.request.duration`, `http.client.request.duration`,
+//! cumulative) and as Prometheus text.
+
+use std::collections::HashMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use apiary_probes::{Span, SpanKind};
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use opentelemetry_proto::tonic::common::v1::InstrumentationScope;
+use opentelemetry_proto::tonic::metrics::v1::{
+    metric, AggregationTemporality, Histogram, HistogramDataPoint, Metric, ResourceMetrics,
+    ScopeMetrics,
+};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use serde::Serialize;
+
+use crate::otlp::{int_attribute, string_attribute, ResourceInfo};
+
+/// The OpenTelemetry semantic conventions' advice for HTTP durations, in seconds.
+pub const DURATION_BOUNDS_SECONDS: [f64; 14] = [
+    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+];
+const BUCKETS: usize = DURATION_BOUNDS_SECONDS.len() + 1;
+
+/// Series beyond this fold into the route `{other}` so that a scan of random paths cannot eat
+/// the node's memory.
+pub const MAX_SERIES: usize = 10_000;
+pub const OVERFLOW_ROUTE: &str = "{other}";
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct RedKey {
+    pub service: String,
+    /// `server` or `client`.
+    pub kind: &'static str,
+    pub method: String,
+    pub route: String,
+    pub status: u16,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct RedSeries {
+    pub count: u64,
+    pub errors: u64,
+    pub sum_seconds: f64,
+    /// Per bucket (not cumulative); the last one is `+Inf`.
+    pub buckets: [u64; BUCKETS],
+}
+
+/// Semantic conventions: 5xx is an error on both sides, 4xx only for the client.
+pub fn is_error(kind: SpanKind, status: u16) -> bool {
+    status >= 500 || (kind == SpanKind::Client && status >= 400)
+}
+
+pub struct RedMetrics {
+    start_unix_nanos: u64,
+    series: Mutex<HashMap<RedKey, RedSeries>>,
+    /// Requests counted under `{other}` because the series limit was reached.
+    pub overflowed: AtomicU64,
+}
+
+impl Default for RedMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn unix_nanos_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+impl RedMetrics {
+    pub fn new() -> Self {
+        RedMetrics {
+            start_unix_nanos: unix_nanos_now(),
+            series: Mutex::new(HashMap::new()),
+            overflowed: AtomicU64::new(0),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<RedKey, RedSeries>> {
+        self.series.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Counts one request, sampled or not.
+    pub fn record(&self, span: &Span) {
+        let mut key = RedKey {
+            service: span.service.clone(),
+            kind: match span.kind {
+                SpanKind::Server => "server",
+                SpanKind::Client => "client",
+            },
+            method: span.method.clone(),
+            route: span.route.clone(),
+            status: span.status,
+        };
+        let seconds = span.duration_ns as f64 / 1e9;
+        let bucket = DURATION_BOUNDS_SECONDS
+            .iter()
+            .position(|bound| seconds <= *bound)
+            .unwrap_or(BUCKETS - 1);
+        let mut series = self.lock();
+        if series.len() >= MAX_SERIES && !series.contains_key(&key) {
+            key.route = OVERFLOW_ROUTE.to_string();
+            self.overflowed.fetch_add(1, Ordering::Relaxed);
+        }
+        let entry = series.entry(key).or_default();
+        entry.count += 1;
+        entry.errors += u64::from(is_error(span.kind, span.status));
+        entry.sum_seconds += seconds;
+        entry.buckets[bucket] += 1;
+    }
+
+    /// Every series, sorted.
+    pub fn snapshot(&self) -> Vec<(RedKey, RedSeries)> {
+        let mut rows: Vec<(RedKey, RedSeries)> = self
+            .lock()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        rows.sort_by(|a, b| a.0.cmp(&b.0));
+        rows
+    }
+
+    /// Cumulative OTLP histograms, one resource per service; `None` when nothing was counted.
+    pub fn to_otlp(&self, resource: &ResourceInfo) -> Option<ExportMetricsServiceRequest> {
+        let rows = self.snapshot();
+        if rows.is_empty() {
+            return None;
+        }
+        let now = unix_nanos_now();
+        let mut by_service: Vec<(String, [Vec<HistogramDataPoint>; 2])> = Vec::new();
+        for (key, series) in rows {
+            if by_service.last().map(|(s, _)| s) != Some(&key.service) {
+                by_service.push((key.service.clone(), [Vec::new(), Vec::new()]));
+            }
+            let Some((_, points)) = by_service.last_mut() else {
+                continue;
+            };
+            let mut attributes = vec![
+                string_attribute("http.request.method", &key.method),
+                string_attribute("http.route", &key.route),
+                int_attribute("http.response.status_code", key.status as i64),
+            ];
+            let kind = if key.kind == "server" {
+                SpanKind::Server
+            } else {
+                SpanKind::Client
+            };
+            if is_error(kind, key.status) {
+                attributes.push(string_attribute("error.type", key.status.to_string()));
+            }
+            points[usize::from(key.kind == "client")].push(HistogramDataPoint {
+                attributes,
+                start_time_unix_nano: self.start_unix_nanos,
+                time_unix_nano: now,
+                count: series.count,
+                sum: Some(series.sum_seconds),
+                bucket_counts: series.buckets.to_vec(),
+                explicit_bounds: DURATION_BOUNDS_SECONDS.to_vec(),
+                ..Default::default()
+            });
+        }
+        let resource_metrics = by_service
+            .into_iter()
+            .map(|(service, [server, client])| {
+                let metrics = [
+                    ("http.server.request.duration", server),
+                    ("http.client.request.duration", client),
+                ]
+                .into_iter()
+                .filter(|(_, points)| !points.is_empty())
+                .map(|(name, data_points)| Metric {
+                    name: name.into(),
+                    description: "Duration of HTTP requests seen by Apiary's probes, counted before sampling.".into(),
+                    unit: "s".into(),
+                    data: Some(metric::Data::Histogram(Histogram {
+                        data_points,
+                        aggregation_temporality: AggregationTemporality::Cumulative as i32,
+                    })),
+                    ..Default::default()
+                })
+                .collect();
+                ResourceMetrics {
+                    resource: Some(Resource {
+                        attributes: resource.attributes(&service, None),
+                        ..Default::default()
+                    }),
+                    scope_metrics: vec![ScopeMetrics {
+                        scope: Some(InstrumentationScope {
+                            name: "apiary".into(),
+                            version: env!("CARGO_PKG_VERSION").into(),
+                            ..Default::default()
+                        }),
+                        metrics,
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }
+            })
+            .collect();
+        Some(ExportMetricsServiceRequest { resource_metrics })
+    }
+
+    /// Prometheus text: `apiary_http_requests_total` and
+    /// `apiary_http_request_duration_seconds` (histogram), labelled by node, service, kind,
+    /// method, route and status.
+    pub fn render_prometheus(&self, node: &str, out: &mut String) {
+        let rows = self.snapshot();
+        let labels = |key: &RedKey| {
+            format!(
+                "node=\"{}\",service=\"{}\",kind=\"{}\",method=\"{}\",route=\"{}\",status=\"{}\"",
+                escape(node),
+                escape(&key.service),
+                key.kind,
+                escape(&key.method),
+                escape(&key.route),
+                key.status
+            )
+        };
+        out.push_str("# HELP apiary_http_requests_total HTTP requests seen by the probes, counted before sampling.\n# TYPE apiary_http_requests_total counter\n");
+        for (key, series) in &rows {
+            let _ = writeln!(
+                out,
+                "apiary_http_requests_total{{{}}} {}",
+                labels(key),
+                series.count
+            );
+        }
+        out.push_str("# HELP apiary_http_request_duration_seconds Duration of HTTP requests seen by the probes, counted before sampling.\n# TYPE apiary_http_request_duration_seconds histogram\n");
+        for (key, series) in &rows {
+            let labels = labels(key);
+            let mut cumulative = 0;
+            for (i, count) in series.buckets.iter().enumerate() {
+                cumulative += count;
+                let le = DURATION_BOUNDS_SECONDS
+                    .get(i)
+                    .map(|b| b.to_string())
+                    .unwrap_or_else(|| "+Inf".into());
+                let _ = writeln!(
+                    out,
+                    "apiary_http_request_duration_seconds_bucket{{{labels},le=\"{le}\"}} {cumulative}"
+                );
+            }
+            let _ = writeln!(
+                out,
+                "apiary_http_request_duration_seconds_sum{{{labels}}} {}",
+                series.sum_seconds
+            );
+            let _ = writeln!(
+                out,
+                "apiary_http_request_duration_seconds_count{{{labels}}} {}",
+                series.count
+            );
+        }
+        out.push_str("# HELP apiary_http_series_overflow_total Requests counted under route {other} because the series limit was reached.\n# TYPE apiary_http_series_overflow_total counter\n");
+        let _ = writeln!(
+            out,
+            "apiary_http_series_overflow_total{{node=\"{}\"}} {}",
+            escape(node),
+            self.overflowed.load(Ordering::Relaxed)
+        );
+    }
+}
+
+/// Prometheus label value escaping.
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn span(status: u16, duration_ns: u64, sampled: bool) -> Span {
+        Span {
+            kind: SpanKind::Server,
+            probe: "http",
+            service: "shop".into(),
+            pid: 10,
+            method: "GET".into(),
+            target: "/cart/7".into(),
+            route: "/cart/{id}".into(),
+            status,
+            start_unix_nanos: 1,
+            duration_ns,
+            peer: None,
+            local: None,
+            host: None,
+            traceparent: None,
+            sample_rate: 0.1,
+            sampled,
+            netns: 1,
+            cgroup_id: 1,
+        }
+    }
+
+    #[test]
+    fn counts_every_request_with_errors_and_buckets() {
+        let red = RedMetrics::new();
+        red.record(&span(200, 3_000_000, true));
+        red.record(&span(200, 60_000_000, false));
+        red.record(&span(503, 20_000_000_000, false));
+        let rows = red.snapshot();
+        assert_eq!(rows.len(), 2);
+        let ok = &rows[0].1;
+        assert_eq!((ok.count, ok.errors), (2, 0));
+        assert_eq!(ok.buckets[0], 1, "3 ms in the 5 ms bucket");
+        assert_eq!(ok.buckets[4], 1, "60 ms in the 75 ms bucket");
+        let failed = &rows[1].1;
+        assert_eq!((failed.count, failed.errors), (1, 1));
+        assert_eq!(failed.buckets[BUCKETS - 1], 1, "20 s in +Inf");
+
+        let request = red.to_otlp(&ResourceInfo::default()).unwrap();
+        let metric = &request.resource_metrics[0].scope_metrics[0].metrics[0];
+        assert_eq!(metric.name, "http.server.request.duration");
+        let Some(metric::Data::Histogram(histogram)) = &metric.data else {
+            panic!("not a histogram")
+        };
+        let total: u64 = histogram.data_points.iter().map(|p| p.count).sum();
+        assert_eq!(total, 3);
+        assert!(histogram
+            .data_points
+            .iter()
+            .all(|p| p.bucket_counts.len() == p.explicit_bounds.len() + 1
+                && p.bucket_counts.iter().sum::<u64>() == p.count));
+
+        let mut text = String::new();
+        red.render_prometheus("n1", &mut text);
+        assert!(text.contains("apiary_http_requests_total{node=\"n1\",service=\"shop\",kind=\"server\",method=\"GET\",route=\"/cart/{id}\",status=\"503\"} 1"));
+        assert!(text.contains("le=\"+Inf\"} 2"));
+    }
+
+    #[test]
+    fn series_are_bounded() {
+        let red = RedMetrics::new();
+        for i in 0..(MAX_SERIES + 5) {
+            let mut s = span(200, 1, true);
+            s.route = format!("/r{i}");
+            red.record(&s);
+        }
+        assert_eq!(red.snapshot().len(), MAX_SERIES + 1);
+        assert_eq!(red.overflowed.load(Ordering::Relaxed), 5);
+    }
+}
