@@ -1,7 +1,7 @@
 //! Hybrid observability: an app instrumented with the OpenTelemetry Python SDK sends its spans
 //! to the node's OTLP receiver, the probes see the same requests, and the destination gets both
 //! in one trace. Needs root (probes) and a Python with `opentelemetry-sdk` and
-//! `opentelemetry-exporter-otlp-proto-http`, named by APIARY_TEST_OTEL_PYTHON (.ci/run makes one);
+//! `opentelemetry-exporter-otlp-proto-http`, named by APIARY_TEST_OTEL_PYTHON or in target/otel-venv (.ci/run makes it);
 //! skipped with one message otherwise.
 
 mod common;
@@ -63,12 +63,8 @@ fn hex(bytes: &[u8]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn app_spans_and_probe_spans_meet_in_one_trace() {
-    let root = std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"));
-    let python = std::env::var("APIARY_TEST_OTEL_PYTHON").ok();
-    let (true, Some(python)) = (root, python) else {
+    let python = common::venv_tool("APIARY_TEST_OTEL_PYTHON", "bin/python");
+    let (true, Some(python)) = (common::root(), python) else {
         eprintln!(
             "SKIPPED app_spans_and_probe_spans_meet_in_one_trace: needs root and APIARY_TEST_OTEL_PYTHON \
              (a python with opentelemetry-sdk and opentelemetry-exporter-otlp-proto-http; .ci/run sets it)"

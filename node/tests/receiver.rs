@@ -3,11 +3,9 @@
 
 mod common;
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::body::Bytes;
-use common::Cluster;
+use common::{Cluster, Collector};
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
@@ -17,47 +15,6 @@ use opentelemetry_proto::tonic::metrics::v1::{Metric, ResourceMetrics, ScopeMetr
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 use prost::Message;
 use serde_json::json;
-
-/// (path, body) of every request the collector got.
-type Requests = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
-
-#[derive(Clone, Default)]
-struct Collector {
-    received: Requests,
-}
-
-impl Collector {
-    async fn start(&self) -> u16 {
-        let received = self.received.clone();
-        let app = axum::Router::new().route(
-            "/{*path}",
-            axum::routing::post(move |uri: axum::http::Uri, body: Bytes| {
-                let received = received.clone();
-                async move {
-                    received
-                        .lock()
-                        .unwrap()
-                        .push((uri.path().to_string(), body.to_vec()));
-                    ""
-                }
-            }),
-        );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        port
-    }
-
-    fn bodies(&self, path: &str) -> Vec<Vec<u8>> {
-        self.received
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(p, _)| p == path)
-            .map(|(_, b)| b.clone())
-            .collect()
-    }
-}
 
 fn traces() -> ExportTraceServiceRequest {
     let spans = (0..3u8)

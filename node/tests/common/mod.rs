@@ -296,3 +296,125 @@ pub fn cli(args: &[&str]) -> (bool, String, String) {
         String::from_utf8_lossy(&output.stderr).into_owned(),
     )
 }
+
+/// True when the tests run as root (the probes need it).
+pub fn root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"))
+}
+
+/// A child process killed when dropped.
+pub struct Server(pub Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Python's `http.server` on a free loopback port (404 for every path but `/`).
+pub fn python_server() -> (Server, u16) {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new("python3")
+        .args([
+            "-m",
+            "http.server",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+        ])
+        .current_dir(std::env::temp_dir())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("python3");
+    let start = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(start.elapsed() < Duration::from_secs(10));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (Server(child), port)
+}
+
+/// One GET with curl, body discarded.
+pub fn curl(url: &str) {
+    let status = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", url])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// (path, body) of every request the collector got.
+pub type Requests = std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>>;
+
+/// An OTLP/HTTP receiver that records every request, for checking fields with the official
+/// protobuf definitions.
+#[derive(Clone, Default)]
+pub struct Collector {
+    received: Requests,
+}
+
+impl Collector {
+    pub async fn start(&self) -> u16 {
+        let received = self.received.clone();
+        let app = axum::Router::new().route(
+            "/{*path}",
+            axum::routing::post(move |uri: axum::http::Uri, body: axum::body::Bytes| {
+                let received = received.clone();
+                async move {
+                    received
+                        .lock()
+                        .unwrap()
+                        .push((uri.path().to_string(), body.to_vec()));
+                    ""
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        port
+    }
+
+    pub fn bodies(&self, path: &str) -> Vec<Vec<u8>> {
+        self.received
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(p, _)| p == path)
+            .map(|(_, b)| b.clone())
+            .collect()
+    }
+}
+
+/// A tool from the environment variable `var`, else from the workspace's `target/otel-venv`
+/// (which .ci/run builds: the OpenTelemetry Python SDK and the rotel collector).
+pub fn venv_tool(var: &str, relative: &str) -> Option<PathBuf> {
+    if let Ok(path) = std::env::var(var) {
+        return Some(PathBuf::from(path));
+    }
+    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/otel-venv");
+    if relative.contains('*') {
+        // lib/python3*/site-packages/…: the one Python version the venv has.
+        let (before, after) = relative.split_once('*')?;
+        let parent = venv.join(before);
+        let parent_dir = parent.parent()?;
+        let prefix = parent.file_name()?.to_str()?.to_string();
+        std::fs::read_dir(parent_dir)
+            .ok()?
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+            .map(|e| e.path().join(after.trim_start_matches('/')))
+            .find(|p| p.exists())
+    } else {
+        Some(venv.join(relative)).filter(|p| p.exists())
+    }
+}
