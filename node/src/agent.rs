@@ -174,6 +174,7 @@ pub async fn run(args: NodeArgs) -> Result<()> {
         host_name: default_name(),
         node: identity.node.name.clone(),
         extra: Vec::new(),
+        ..Default::default()
     }
     .with_env_attributes(&std::env::var("OTEL_RESOURCE_ATTRIBUTES").unwrap_or_default())
     .map_err(anyhow::Error::msg)?;

@@ -6,7 +6,7 @@
 use std::io::Read;
 use std::sync::Arc;
 
-use apiary_pipeline::{OtlpRequest, Signal};
+use apiary_pipeline::{wire, OtlpRequest, Signal};
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -22,25 +22,39 @@ pub const MAX_REQUEST_BYTES: usize = 8 << 20;
 
 /// Re-parents app spans under the probes' spans of the same requests, then queues the request
 /// for every destination. `Err` means not stored: the app should retry.
-pub async fn ingest(
-    export: &Export,
-    mut request: OtlpRequest,
-    encoded: Option<&[u8]>,
-) -> Result<(), String> {
-    let mut changed = false;
+pub async fn ingest(export: &Export, mut request: OtlpRequest) -> Result<(), String> {
     if let OtlpRequest::Traces(traces) = &mut request {
-        changed = export.server_spans.reparent(traces) > 0;
+        export.server_spans.reparent(traces);
     }
     let items = request.items().min(u32::MAX as u64) as u32;
-    let owned;
-    let payload = match encoded {
-        Some(bytes) if !changed => bytes,
-        _ => {
-            owned = request.encode();
-            &owned
-        }
-    };
-    export.accept(request.signal(), items, payload).await
+    export
+        .accept(request.signal(), items, &request.encode())
+        .await
+}
+
+/// Why a request was not taken.
+enum Refusal {
+    Invalid(String),
+    NotStored(String),
+}
+
+/// The protobuf fast path: the framing is checked and items counted at the wire level; only a
+/// request holding an app span to re-parent is decoded and re-encoded.
+async fn ingest_protobuf(export: &Export, signal: Signal, bytes: &[u8]) -> Result<(), Refusal> {
+    let mut merge = false;
+    let items = wire::scan(signal, bytes, |trace, parent| {
+        merge = merge || export.server_spans.contains(trace, parent);
+    })
+    .map_err(|e| Refusal::Invalid(e.to_string()))?;
+    if merge {
+        let request = OtlpRequest::decode_protobuf(signal, bytes)
+            .map_err(|e| Refusal::Invalid(e.to_string()))?;
+        return ingest(export, request).await.map_err(Refusal::NotStored);
+    }
+    export
+        .accept(signal, items.min(u32::MAX as u64) as u32, bytes)
+        .await
+        .map_err(Refusal::NotStored)
 }
 
 pub fn router(export: Arc<Export>) -> Router {
@@ -124,27 +138,23 @@ async fn receive(export: Arc<Export>, signal: Signal, headers: HeaderMap, body: 
             )
         }
     };
-    let decoded = if json {
-        OtlpRequest::decode_json(signal, body).map_err(|e| e.to_string())
-    } else {
-        OtlpRequest::decode_protobuf(signal, body).map_err(|e| e.to_string())
-    };
-    let request = match decoded {
-        Ok(request) => request,
-        Err(e) => {
-            return refuse(
-                StatusCode::BAD_REQUEST,
-                format!(
-                    "the body is not a valid OTLP {} export request ({}): {e}",
-                    signal.path(),
-                    if json { "JSON" } else { "protobuf" }
-                ),
-            )
+    let outcome = if json {
+        match OtlpRequest::decode_json(signal, body) {
+            Ok(request) => ingest(&export, request).await.map_err(Refusal::NotStored),
+            Err(e) => Err(Refusal::Invalid(e.to_string())),
         }
+    } else {
+        ingest_protobuf(&export, signal, body).await
     };
-    let encoded = (!json).then_some(body);
-    match ingest(&export, request, encoded).await {
-        // An empty Export*ServiceResponse: no partial success to report.
+    match outcome {
+        Err(Refusal::Invalid(e)) => refuse(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "the body is not a valid OTLP {} export request ({}): {e}",
+                signal.path(),
+                if json { "JSON" } else { "protobuf" }
+            ),
+        ),
         Ok(()) if json => (
             StatusCode::OK,
             [(header::CONTENT_TYPE, "application/json")],
@@ -157,7 +167,7 @@ async fn receive(export: Arc<Export>, signal: Signal, headers: HeaderMap, body: 
             Vec::<u8>::new(),
         )
             .into_response(),
-        Err(reason) => {
+        Err(Refusal::NotStored(reason)) => {
             let mut response = refuse(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("not stored, retry: {reason}"),

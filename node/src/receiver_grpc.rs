@@ -36,7 +36,7 @@ struct Receiver {
 
 impl Receiver {
     async fn take(&self, request: OtlpRequest) -> Result<(), Status> {
-        ingest(&self.export, request, None)
+        ingest(&self.export, request)
             .await
             .map_err(|reason| Status::unavailable(format!("not stored, retry: {reason}")))
     }

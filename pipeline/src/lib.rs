@@ -6,12 +6,14 @@
 //! RED metrics (`red`) are counted from every request, sampled or not.
 
 pub mod delivery;
+pub mod encode;
 pub mod grpc;
 pub mod merge;
 pub mod otlp;
 pub mod red;
 pub mod request;
 pub mod sink;
+pub mod wire;
 
 pub use delivery::{Delivery, DeliveryStats, FullPolicy};
 

@@ -16,7 +16,11 @@ use opentelemetry_proto::tonic::trace::v1::span::SpanKind as OtlpKind;
 
 use crate::otlp::{probe_span_id, traceparent_ids};
 
-type Key = (Vec<u8>, Vec<u8>);
+type Key = ([u8; 16], [u8; 8]);
+
+fn key(trace: &[u8], parent: &[u8]) -> Option<Key> {
+    Some((trace.try_into().ok()?, parent.try_into().ok()?))
+}
 
 /// Probe server spans of the last one to two `keep` periods, in two generations.
 pub struct ServerSpanIndex {
@@ -59,7 +63,7 @@ impl ServerSpanIndex {
         if span.kind != SpanKind::Server {
             return;
         }
-        let Some(key) = traceparent_ids(span) else {
+        let Some(key) = traceparent_ids(span).and_then(|(t, p)| key(&t, &p)) else {
             return;
         };
         let mut state = self.lock();
@@ -68,6 +72,15 @@ impl ServerSpanIndex {
             state.rotated = Instant::now();
         }
         state.current.insert(key, probe_span_id(span));
+    }
+
+    /// Whether a probe span is known for this (trace id, caller span id).
+    pub fn contains(&self, trace: &[u8], parent: &[u8]) -> bool {
+        let Some(key) = key(trace, parent) else {
+            return false;
+        };
+        let state = self.lock();
+        state.current.contains_key(&key) || state.previous.contains_key(&key)
     }
 
     /// Makes each app server span whose request a probe saw the child of the probe's span.
@@ -87,7 +100,9 @@ impl ServerSpanIndex {
             if span.kind != OtlpKind::Server as i32 || span.parent_span_id.is_empty() {
                 continue;
             }
-            let key = (span.trace_id.clone(), span.parent_span_id.clone());
+            let Some(key) = key(&span.trace_id, &span.parent_span_id) else {
+                continue;
+            };
             let Some(probe_span) = state.current.get(&key).or_else(|| state.previous.get(&key))
             else {
                 continue;
@@ -158,6 +173,8 @@ mod tests {
         let probe = probe_span(&tp);
         index.remember(&probe);
         let mut request = app_request(OtlpKind::Server, vec![1; 8]);
+        assert!(index.contains(&[0xab; 16], &[1; 8]));
+        assert!(!index.contains(&[0xab; 16], &[2; 8]));
         assert_eq!(index.reparent(&mut request), 1);
         assert_eq!(parent_of(&request), probe_span_id(&probe));
         // Another caller, a client span, or a root span: untouched.

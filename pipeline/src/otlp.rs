@@ -9,7 +9,6 @@ use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{
     span, status, ResourceSpans, ScopeSpans, Span as OtlpSpan, Status,
 };
-use prost::Message;
 
 /// Attributes every resource from this node carries.
 #[derive(Debug, Clone, Default)]
@@ -18,6 +17,29 @@ pub struct ResourceInfo {
     pub node: String,
     /// From `OTEL_RESOURCE_ATTRIBUTES` (`key=value,key=value`).
     pub extra: Vec<(String, String)>,
+    /// Kubernetes attributes by process, read once per process from /proc.
+    pub kubernetes: KubernetesCache,
+}
+
+type PodAttributes = Vec<(&'static str, String)>;
+
+/// Processes' pod attributes, bounded (cleared when it holds too many processes).
+#[derive(Debug, Clone, Default)]
+pub struct KubernetesCache(
+    std::sync::Arc<std::sync::Mutex<std::collections::HashMap<u32, PodAttributes>>>,
+);
+
+impl KubernetesCache {
+    fn of(&self, pid: u32) -> PodAttributes {
+        let mut cache = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() > 4096 {
+            cache.clear();
+        }
+        cache
+            .entry(pid)
+            .or_insert_with(|| kubernetes_of(std::path::Path::new("/proc"), pid))
+            .clone()
+    }
 }
 
 impl ResourceInfo {
@@ -41,7 +63,8 @@ impl ResourceInfo {
         if let Some(pid) = pid {
             attributes.push(int("process.pid", pid as i64));
             attributes.extend(
-                kubernetes_of(std::path::Path::new("/proc"), pid)
+                self.kubernetes
+                    .of(pid)
                     .into_iter()
                     .map(|(k, v)| string(k, v)),
             );
@@ -145,17 +168,66 @@ pub fn traceparent_ids(span: &Span) -> Option<(Vec<u8>, Vec<u8>)> {
     Some((hex_bytes(parts.next()?)?, hex_bytes(parts.next()?)?))
 }
 
-/// Trace id, span id and parent span id. A request that carried a W3C `traceparent` joins that
-/// trace: on the server side the caller's span is the parent; on the client side the header's
-/// span id is the id the calling app gave its request, so the client span takes it and the
-/// server span on the other end links to it.
-fn ids(span: &Span) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
-    let own_id = probe_span_id(span).to_vec();
-    match (traceparent_ids(span), span.kind) {
-        (Some((trace, parent)), SpanKind::Server) => (trace, own_id, parent),
-        (Some((trace, own)), SpanKind::Client) => (trace, own, Vec::new()),
-        (None, _) => (rand::random::<[u8; 16]>().to_vec(), own_id, Vec::new()),
+fn hex_into(text: &str, out: &mut [u8]) -> bool {
+    let bytes = text.as_bytes();
+    if bytes.len() != out.len() * 2 {
+        return false;
     }
+    for (i, pair) in bytes.chunks_exact(2).enumerate() {
+        let nibble = |c: u8| (c as char).to_digit(16);
+        match (nibble(pair[0]), nibble(pair[1])) {
+            (Some(h), Some(l)) => out[i] = (h * 16 + l) as u8,
+            _ => return false,
+        }
+    }
+    true
+}
+
+/// Trace id, span id and parent span id, written into the arrays; returns whether there is a
+/// parent. A request that carried a W3C `traceparent` joins that trace: on the server side
+/// the caller's span is the parent; on the client side the header's span id is the id the
+/// calling app gave its request, so the client span takes it and the server span on the other
+/// end links to it.
+pub(crate) fn ids_into(
+    span: &Span,
+    trace_id: &mut [u8; 16],
+    span_id: &mut [u8; 8],
+    parent: &mut [u8; 8],
+) -> bool {
+    *span_id = probe_span_id(span);
+    let mut header = [0u8; 8];
+    let carried = span.traceparent.as_deref().is_some_and(|value| {
+        let mut parts = value.split('-').skip(1);
+        let (Some(trace), Some(caller)) = (parts.next(), parts.next()) else {
+            return false;
+        };
+        hex_into(trace, trace_id) && hex_into(caller, &mut header)
+    });
+    if !carried {
+        *trace_id = rand::random();
+        return false;
+    }
+    match span.kind {
+        SpanKind::Server => {
+            *parent = header;
+            true
+        }
+        SpanKind::Client => {
+            *span_id = header;
+            false
+        }
+    }
+}
+
+fn ids(span: &Span) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+    let (mut trace_id, mut span_id, mut parent) = ([0u8; 16], [0u8; 8], [0u8; 8]);
+    let has_parent = ids_into(span, &mut trace_id, &mut span_id, &mut parent);
+    let parent = if has_parent {
+        parent.to_vec()
+    } else {
+        Vec::new()
+    };
+    (trace_id.to_vec(), span_id.to_vec(), parent)
 }
 
 fn to_otlp(span: &Span) -> OtlpSpan {
@@ -242,13 +314,17 @@ pub fn export_request(spans: &[Span], resource: &ResourceInfo) -> ExportTraceSer
     ExportTraceServiceRequest { resource_spans }
 }
 
+/// The protobuf bytes of [`export_request`], written directly (see `encode`).
 pub fn encode(spans: &[Span], resource: &ResourceInfo) -> Vec<u8> {
-    export_request(spans, resource).encode_to_vec()
+    let mut out = Vec::with_capacity(spans.len() * 400);
+    crate::encode::encode_spans(spans, resource, &mut out);
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use prost::Message;
 
     fn span(kind: SpanKind, traceparent: Option<&str>, status: u16) -> Span {
         Span {
@@ -302,6 +378,7 @@ mod tests {
             host_name: "h".into(),
             node: "n1".into(),
             extra: vec![],
+            ..Default::default()
         }
         .with_env_attributes("deployment.environment=prod, team=edge")
         .unwrap();

@@ -302,12 +302,12 @@ async fn full_buffer_drops_oldest_and_counts_it() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
     let addr = free_addr(); // nothing listens: everything stays queued
-    let one_batch = otlp::encode(
-        &(0..10).map(span).collect::<Vec<_>>(),
-        &ResourceInfo::default(),
-    )
-    .len() as u64
-        + 4;
+                            // What one batch of 10 spans takes in the buffer (compressed, framed).
+    let measure = delivery(&store, addr, u64::MAX);
+    enqueue_batches(&measure, 0, 1, 10).await;
+    let one_batch = measure.stats.queued_bytes.load(Ordering::Relaxed);
+    store.drop_queue("test").unwrap();
+    drop(measure);
     let delivery = delivery(&store, addr, one_batch * 3 + one_batch / 2);
     enqueue_batches(&delivery, 0, 5, 10).await;
     assert_eq!(delivery.stats.queued_batches.load(Ordering::Relaxed), 3);

@@ -250,6 +250,40 @@ fn flow(r: &Reader, at: usize) -> Result<Option<Flow>, DecodeError> {
     })
 }
 
+/// A data event's bytes exactly as the kernel writes them (apiary.h), for benchmarks and for
+/// testing the decoder without a kernel.
+pub fn encode_data_event(
+    pid: u32,
+    conn_id: u64,
+    ts_ns: u64,
+    direction: Direction,
+    flow: Option<(std::net::SocketAddrV4, std::net::SocketAddrV4)>,
+    data: &[u8],
+) -> Vec<u8> {
+    let captured = data.len().min(MAX_CAPTURE as usize);
+    let mut record = vec![0u8; DATA_PAYLOAD_AT + captured];
+    record[0] = EV_DATA;
+    record[4..8].copy_from_slice(&pid.to_le_bytes());
+    record[8..12].copy_from_slice(&pid.to_le_bytes());
+    record[16..24].copy_from_slice(&ts_ns.to_le_bytes());
+    record[32..36].copy_from_slice(b"app\0");
+    if let Some((local, remote)) = flow {
+        record[48..50].copy_from_slice(&2u16.to_le_bytes());
+        record[50..52].copy_from_slice(&local.port().to_le_bytes());
+        record[52..54].copy_from_slice(&remote.port().to_le_bytes());
+        record[56..60].copy_from_slice(&local.ip().octets());
+        record[72..76].copy_from_slice(&remote.ip().octets());
+    }
+    record[88..96].copy_from_slice(&conn_id.to_le_bytes());
+    record[96..104].copy_from_slice(&(data.len() as u64).to_le_bytes());
+    let egress = u32::from(direction == Direction::Egress);
+    record[104..108].copy_from_slice(&egress.to_le_bytes());
+    record[108..112].copy_from_slice(&(captured as u32).to_le_bytes());
+    record[112..116].copy_from_slice(&u32::MAX.to_le_bytes());
+    record[DATA_PAYLOAD_AT..].copy_from_slice(&data[..captured]);
+    record
+}
+
 pub fn decode(record: &[u8]) -> Result<Event, DecodeError> {
     let r = Reader(record);
     let kind = r.u8(0)?;
@@ -344,6 +378,39 @@ mod tests {
         let mut odd = vec![0u8; 400];
         odd[0] = 99;
         assert_eq!(decode(&odd), Err(DecodeError::Kind(99)));
+    }
+
+    #[test]
+    fn encoded_data_event_round_trips() {
+        let local = "127.0.0.1:8080".parse().unwrap();
+        let remote = "127.0.0.2:40000".parse().unwrap();
+        let record = encode_data_event(
+            7,
+            3,
+            99,
+            Direction::Ingress,
+            Some((local, remote)),
+            b"GET / HTTP/1.1",
+        );
+        let Event::Data {
+            header,
+            flow,
+            conn_id,
+            direction,
+            sample_threshold,
+            sampled_out,
+            data,
+            ..
+        } = decode(&record).unwrap()
+        else {
+            panic!("not a data event");
+        };
+        assert_eq!((header.pid, header.ts_ns, conn_id), (7, 99, 3));
+        assert_eq!(flow.unwrap().remote.to_string(), "127.0.0.2:40000");
+        assert_eq!(direction, Direction::Ingress);
+        assert_eq!(sample_threshold, u32::MAX);
+        assert!(!sampled_out);
+        assert_eq!(data, b"GET / HTTP/1.1");
     }
 
     #[test]

@@ -78,6 +78,11 @@ impl Node {
         self.child = Some(command.spawn().expect("spawn apiary node"));
     }
 
+    /// The running process's id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// SIGKILL: no goodbye, as in a crash.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

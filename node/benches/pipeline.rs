@@ -1,0 +1,464 @@
+//! Pipeline throughput, in spans per second of CPU (one core fully busy = 1 s/s):
+//!
+//! 1. probe source → sink: kernel-format ring records (built in memory) → span assembly → RED
+//!    metrics → OTLP encoding → the sled disk buffer → OTLP/HTTP → a local receiver that decodes
+//!    every request. In this process; its CPU includes the receiver's decoding.
+//! 2. OTLP receiver source → sink: a real `apiary node --no-probes` takes OTLP/HTTP batches on
+//!    4318, buffers them on disk and forwards them to a local receiver; the node's own CPU
+//!    (from /proc) is the cost.
+//! 3. Memory: the node's resident memory and disk buffer per 100 k spans buffered while the
+//!    destination refuses them.
+//!
+//! Baseline, measured in the same run: OTLP-encoding the same spans and nothing else.
+//! `cargo bench -p apiary --bench pipeline` (APIARY_BENCH_SPANS overrides 200 000).
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use apiary_pipeline::{otlp, Delivery, FullPolicy, OtlpHttp, RedMetrics, ResourceInfo, Signal};
+use apiary_probes::abi::{encode_data_event, Direction};
+use apiary_probes::{Assembler, Observer, Span};
+use axum::body::Bytes;
+use axum::http::StatusCode;
+use common::Cluster;
+use serde_json::json;
+
+const BATCH: usize = 512;
+
+/// CPU seconds (user + system) a process has used, from /proc (USER_HZ is 100 on Linux).
+fn cpu_seconds(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after_comm = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
+    let fields: Vec<&str> = after_comm.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // Fields 14 and 15 of stat; after the comm they are the 12th and 13th (0-based 11, 12).
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+fn rss_bytes(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+        .unwrap_or(0)
+}
+
+/// A receiver that decodes every request and counts spans; `refuse` makes it answer 503.
+#[derive(Clone, Default)]
+struct Counter {
+    spans: Arc<AtomicU64>,
+    refuse: Arc<AtomicBool>,
+}
+
+impl Counter {
+    async fn start(&self) -> u16 {
+        let state = self.clone();
+        let app = axum::Router::new().route(
+            "/v1/traces",
+            axum::routing::post(move |body: Bytes| {
+                let state = state.clone();
+                async move {
+                    if state.refuse.load(Ordering::Relaxed) {
+                        return StatusCode::SERVICE_UNAVAILABLE;
+                    }
+                    let Some(n) = count_spans(&body) else {
+                        return StatusCode::BAD_REQUEST;
+                    };
+                    state.spans.fetch_add(n, Ordering::Relaxed);
+                    StatusCode::OK
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        port
+    }
+
+    async fn wait_for(&self, total: u64) {
+        while self.spans.load(Ordering::Relaxed) < total {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+/// Spans in an encoded ExportTraceServiceRequest, walking the protobuf wire format without
+/// building messages, so that the receiver's cost stays out of the pipeline's figures (the
+/// tests check the contents with the official definitions).
+fn count_spans(bytes: &[u8]) -> Option<u64> {
+    fn varint(bytes: &[u8], at: &mut usize) -> Option<u64> {
+        let mut value = 0u64;
+        for shift in (0..64).step_by(7) {
+            let byte = *bytes.get(*at)?;
+            *at += 1;
+            value |= u64::from(byte & 0x7f) << shift;
+            if byte < 0x80 {
+                return Some(value);
+            }
+        }
+        None
+    }
+    /// (field, body) of each length-delimited field; other wire types are skipped.
+    fn fields(bytes: &[u8]) -> Option<Vec<(u64, &[u8])>> {
+        let (mut at, mut out) = (0, Vec::new());
+        while at < bytes.len() {
+            let key = varint(bytes, &mut at)?;
+            match key & 7 {
+                0 => {
+                    varint(bytes, &mut at)?;
+                }
+                1 => at += 8,
+                5 => at += 4,
+                2 => {
+                    let len = varint(bytes, &mut at)? as usize;
+                    out.push((key >> 3, bytes.get(at..at + len)?));
+                    at += len;
+                }
+                _ => return None,
+            }
+        }
+        Some(out)
+    }
+    let mut spans = 0;
+    for (field, resource_spans) in fields(bytes)? {
+        if field != 1 {
+            continue;
+        }
+        for (field, scope_spans) in fields(resource_spans)? {
+            if field == 2 {
+                spans += fields(scope_spans)?.iter().filter(|(f, _)| *f == 2).count() as u64;
+            }
+        }
+    }
+    Some(spans)
+}
+
+/// Request and response records of `n` server requests on a few connections.
+fn ring_records(n: usize) -> Vec<Vec<u8>> {
+    let local = "10.0.0.1:8080".parse().unwrap();
+    let mut records = Vec::with_capacity(n * 2);
+    for i in 0..n {
+        let remote = std::net::SocketAddrV4::new([10, 0, 0, 2].into(), 40000 + (i % 64) as u16);
+        let request = format!(
+            "GET /api/orders/{i}?page=2 HTTP/1.1\r\nHost: shop\r\nUser-Agent: bench\r\n\
+             traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n\r\n"
+        );
+        let ts = 1_000_000 + i as u64 * 1000;
+        let conn = (i % 64) as u64;
+        let flow = Some((local, remote));
+        records.push(encode_data_event(
+            100,
+            conn,
+            ts,
+            Direction::Ingress,
+            flow,
+            request.as_bytes(),
+        ));
+        records.push(encode_data_event(
+            100,
+            conn,
+            ts + 500,
+            Direction::Egress,
+            flow,
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n",
+        ));
+    }
+    records
+}
+
+fn resource() -> ResourceInfo {
+    ResourceInfo {
+        host_name: "bench".into(),
+        node: "bench".into(),
+        extra: Vec::new(),
+        ..Default::default()
+    }
+}
+
+struct Row {
+    stage: &'static str,
+    spans: u64,
+    wall: Duration,
+    cpu: f64,
+}
+
+impl Row {
+    fn per_core(&self) -> f64 {
+        self.spans as f64 / self.cpu.max(1e-9)
+    }
+}
+
+/// The probe source as the node runs it: ring records → assembler → every request to RED (the
+/// tap sees sampled and unsampled requests alike), spans out.
+struct ProbeSource {
+    assembler: Assembler,
+    spans: Arc<Mutex<Vec<Span>>>,
+}
+
+impl ProbeSource {
+    fn new(red: Option<Arc<RedMetrics>>) -> Self {
+        let observer = Arc::new(Observer::default());
+        let spans = Arc::new(Mutex::new(Vec::new()));
+        let sink = spans.clone();
+        observer.set_request_tap(Box::new(move |span| {
+            if let Some(red) = &red {
+                red.record(span);
+            }
+            sink.lock().unwrap().push(span.clone());
+        }));
+        ProbeSource {
+            assembler: Assembler::new(observer),
+            spans,
+        }
+    }
+
+    fn feed(&mut self, records: &[Vec<u8>]) -> Vec<Span> {
+        for record in records {
+            self.assembler.handle(record);
+        }
+        std::mem::take(&mut *self.spans.lock().unwrap())
+    }
+}
+
+fn assemble(records: &[Vec<u8>], red: Option<Arc<RedMetrics>>) -> Vec<Span> {
+    ProbeSource::new(red).feed(records)
+}
+
+async fn probe_source(spans: u64) -> (Row, Row) {
+    let records = ring_records(spans as usize);
+    // Baseline: OTLP encoding only.
+    let mut check = Vec::new();
+    apiary_pipeline::encode::encode_spans(
+        &assemble(&records[..BATCH * 2], None),
+        &resource(),
+        &mut check,
+    );
+    assert_eq!(
+        count_spans(&check),
+        Some(BATCH as u64),
+        "the span counter reads the encoding"
+    );
+    let assembled = assemble(&records, None);
+    let resource = resource();
+    let (start, cpu) = (Instant::now(), cpu_seconds("self"));
+    let mut bytes = 0;
+    for batch in assembled.chunks(BATCH) {
+        bytes += otlp::encode(batch, &resource).len();
+    }
+    let baseline = Row {
+        stage: "baseline: OTLP encoding only",
+        spans,
+        wall: start.elapsed(),
+        cpu: cpu_seconds("self") - cpu,
+    };
+    assert!(bytes > 0);
+
+    let counter = Counter::default();
+    let port = counter.start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = apiary_storage::Store::open(dir.path()).unwrap();
+    let sink = OtlpHttp::new(&format!("http://127.0.0.1:{port}"), Vec::new()).unwrap();
+    let delivery = Delivery::new(
+        "bench",
+        store.queue("bench").unwrap(),
+        sink,
+        4 << 30,
+        FullPolicy::Block,
+    )
+    .unwrap();
+    tokio::spawn(delivery.clone().run());
+    let mut source = ProbeSource::new(Some(Arc::new(RedMetrics::new())));
+    let (start, cpu) = (Instant::now(), cpu_seconds("self"));
+    for chunk in records.chunks(BATCH * 2) {
+        let spans = source.feed(chunk);
+        let payload = otlp::encode(&spans, &resource);
+        delivery
+            .enqueue(Signal::Traces, spans.len() as u32, &payload)
+            .await
+            .unwrap();
+    }
+    counter.wait_for(spans).await;
+    let row = Row {
+        stage: "probe source → RED → OTLP → disk buffer → OTLP/HTTP (+ receiver)",
+        spans,
+        wall: start.elapsed(),
+        cpu: cpu_seconds("self") - cpu,
+    };
+    (baseline, row)
+}
+
+fn otlp_batch(first: usize, resource: &ResourceInfo) -> Vec<u8> {
+    let spans: Vec<Span> = (first..first + BATCH)
+        .map(|i| Span {
+            kind: apiary_probes::SpanKind::Server,
+            probe: "http",
+            service: "shop".into(),
+            pid: 1,
+            method: "GET".into(),
+            target: format!("/api/orders/{i}"),
+            route: "/api/orders/{id}".into(),
+            status: 200,
+            start_unix_nanos: 1_700_000_000_000_000_000 + i as u64,
+            duration_ns: 1000,
+            peer: Some("10.0.0.2:40000".parse().unwrap()),
+            local: Some("10.0.0.1:8080".parse().unwrap()),
+            host: Some("shop".into()),
+            traceparent: None,
+            sample_rate: 1.0,
+            sampled: true,
+            netns: 1,
+            cgroup_id: 1,
+        })
+        .collect();
+    otlp::encode(&spans, resource)
+}
+
+async fn receiver_source(spans: u64, rounds: usize) -> (Vec<Row>, u64, u64) {
+    let counter = Counter::default();
+    let port = counter.start().await;
+    let cluster = Cluster::start(1).await;
+    let (status, body) = cluster
+        .set(
+            0,
+            "destination.bench.endpoint",
+            json!(format!("http://127.0.0.1:{port}")),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let pid = cluster.nodes[0].pid().unwrap();
+    let url = format!("http://{}/v1/traces", cluster.nodes[0].otlp);
+    let resource = resource();
+    let batches: Vec<Vec<u8>> = (0..(spans as usize).div_ceil(BATCH))
+        .map(|i| otlp_batch(i * BATCH, &resource))
+        .collect();
+    let send_all = |batches: Vec<Vec<u8>>| {
+        let http = cluster.http.clone();
+        let url = url.clone();
+        async move {
+            let batches = Arc::new(batches);
+            let next = Arc::new(AtomicU64::new(0));
+            let mut senders = Vec::new();
+            for _ in 0..4 {
+                let (http, url, batches, next) =
+                    (http.clone(), url.clone(), batches.clone(), next.clone());
+                senders.push(tokio::spawn(async move {
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                        let Some(batch) = batches.get(i) else { return };
+                        let response = http
+                            .post(&url)
+                            .header("content-type", "application/x-protobuf")
+                            .body(batch.clone())
+                            .send()
+                            .await
+                            .unwrap();
+                        assert_eq!(response.status(), 200);
+                    }
+                }));
+            }
+            for sender in senders {
+                sender.await.unwrap();
+            }
+        }
+    };
+    let total = (batches.len() * BATCH) as u64;
+    let mut rows = Vec::new();
+    for round in 0..rounds {
+        let (start, cpu) = (Instant::now(), cpu_seconds(&pid.to_string()));
+        send_all(batches.clone()).await;
+        counter.wait_for(total * (round as u64 + 1)).await;
+        rows.push(Row {
+            stage: "OTLP/HTTP receiver → disk buffer → OTLP/HTTP (node process)",
+            spans: total,
+            wall: start.elapsed(),
+            cpu: cpu_seconds(&pid.to_string()) - cpu,
+        });
+    }
+
+    // Memory: the destination refuses; 100 k spans wait in the buffer.
+    counter.refuse.store(true, Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let hundred_k: Vec<Vec<u8>> = (0..100_000usize.div_ceil(BATCH))
+        .map(|i| otlp_batch(i * BATCH, &resource))
+        .collect();
+    let rss_before = rss_bytes(pid);
+    send_all(hundred_k).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss_growth = rss_bytes(pid).saturating_sub(rss_before);
+    let export = cluster.get(0, "/v1/export").await.unwrap();
+    let queued_bytes = export[0]["queued_bytes"].as_u64().unwrap_or(0);
+    (rows, rss_growth, queued_bytes)
+}
+
+/// The row with the median throughput.
+fn median(mut rows: Vec<Row>) -> Row {
+    rows.sort_by(|a, b| a.per_core().total_cmp(&b.per_core()));
+    let middle = rows.len() / 2;
+    rows.swap_remove(middle)
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let spans: u64 = std::env::var("APIARY_BENCH_SPANS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200_000);
+    let rounds: usize = std::env::var("APIARY_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let (mut baselines, mut probes) = (Vec::new(), Vec::new());
+    for round in 1..=rounds {
+        eprintln!("probe source, round {round}/{rounds}: {spans} spans…");
+        let (baseline, probe) = probe_source(spans).await;
+        baselines.push(baseline);
+        probes.push(probe);
+    }
+    eprintln!("receiver source: {rounds} rounds of {spans} spans through a node…");
+    let (receivers, rss_growth, queued_bytes) = receiver_source(spans, rounds).await;
+    let (baseline, probe, receiver) = (median(baselines), median(probes), median(receivers));
+
+    println!();
+    println!(
+        "median of {rounds} rounds (this machine's speed varies between runs: compare the ratios)"
+    );
+    println!(
+        "{:<78} {:>9} {:>8} {:>7} {:>13} {:>9}",
+        "stage", "spans", "wall s", "CPU s", "spans/s/core", "vs goal"
+    );
+    for row in [&baseline, &probe, &receiver] {
+        println!(
+            "{:<78} {:>9} {:>8.2} {:>7.2} {:>13.0} {:>8.2}x",
+            row.stage,
+            row.spans,
+            row.wall.as_secs_f64(),
+            row.cpu,
+            row.per_core(),
+            row.per_core() / 200_000.0
+        );
+    }
+    println!();
+    println!(
+        "pipeline cost relative to encoding alone: probe source {:.1}x, receiver source {:.1}x",
+        baseline.per_core() / probe.per_core(),
+        baseline.per_core() / receiver.per_core()
+    );
+    println!(
+        "100 k buffered spans: node resident memory +{:.1} MiB, disk buffer {:.1} MiB",
+        rss_growth as f64 / (1 << 20) as f64,
+        queued_bytes as f64 / (1 << 20) as f64
+    );
+    println!("goal: ≥ 200 000 spans/s per core through the pipeline");
+}
