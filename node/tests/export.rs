@@ -48,8 +48,49 @@ struct Receiver {
     unavailable: Arc<AtomicBool>,
 }
 
+/// A receiver running on its own runtime and thread, so that stopping it closes every socket
+/// (listener and kept-alive connections), as a collector process that went away.
+struct Running(
+    Option<std::sync::mpsc::Sender<()>>,
+    Option<std::thread::JoinHandle<()>>,
+);
+
+impl Running {
+    fn stop(mut self) {
+        drop(self.0.take());
+        if let Some(thread) = self.1.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
 impl Receiver {
     async fn start(self) -> u16 {
+        let (port, running) = self.start_on(0);
+        std::mem::forget(running);
+        port
+    }
+
+    fn start_on(self, port: u16) -> (u16, Running) {
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let (bound, port_rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.spawn(self.serve(port, bound));
+            // Runs the server until the test drops the sender; dropping the runtime then
+            // cancels every task and closes every socket.
+            runtime.block_on(async {
+                let _ = tokio::task::spawn_blocking(move || stopped.recv()).await;
+            });
+        });
+        let port = port_rx.recv().unwrap();
+        (port, Running(Some(stop), Some(thread)))
+    }
+
+    async fn serve(self, port: u16, bound: std::sync::mpsc::Sender<u16>) {
         let state = self.clone();
         let app = axum::Router::new().route(
             "/v1/traces",
@@ -79,10 +120,11 @@ impl Receiver {
                 }
             }),
         );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        port
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .unwrap();
+        bound.send(listener.local_addr().unwrap().port()).unwrap();
+        let _ = axum::serve(listener, app).await;
     }
 
     fn with_target(&self, prefix: &str) -> Vec<Received> {
@@ -106,7 +148,7 @@ async fn spans_reach_an_otlp_receiver_across_an_outage_and_a_node_kill() {
         return;
     }
     let receiver = Receiver::default();
-    let receiver_port = receiver.clone().start().await;
+    let (receiver_port, running) = receiver.clone().start_on(0);
     let mut cluster = Cluster::start_with(1, &[]).await;
     let endpoint = format!("http://127.0.0.1:{receiver_port}");
     let (status, body) = cluster
@@ -136,6 +178,55 @@ async fn spans_reach_an_otlp_receiver_across_an_outage_and_a_node_kill() {
         server.resource
     );
     assert!(server.resource.contains_key("host.name"));
+
+    // The receiver is gone for 30 s while requests keep coming; then it is back on its port.
+    running.stop();
+    let load = std::thread::spawn(move || {
+        let until = std::time::Instant::now() + Duration::from_secs(30);
+        let mut requests = 0;
+        while std::time::Instant::now() < until {
+            curl(&format!("http://127.0.0.1:{port}/down/{requests}"));
+            requests += 1;
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        requests
+    });
+    let requests = tokio::task::spawn_blocking(move || load.join().unwrap())
+        .await
+        .unwrap();
+    let export = cluster.get(0, "/v1/export").await.unwrap();
+    assert!(
+        export[0]["failed_attempts"].as_u64().unwrap() > 0,
+        "delivery was tried while the receiver was down: {export}"
+    );
+    let (_, _running) = receiver.clone().start_on(receiver_port);
+    let received = cluster
+        .wait_for(
+            Duration::from_secs(60),
+            "every span of the 30 s outage",
+            |_| {
+                let got = receiver.with_target("/down/");
+                async move {
+                    let unique: std::collections::BTreeSet<(String, bool)> = got
+                        .iter()
+                        .map(|s| {
+                            (
+                                s.attributes["url.path"].clone(),
+                                s.attributes.contains_key("client.address"),
+                            )
+                        })
+                        .collect();
+                    (unique.len() == 2 * requests).then_some(got)
+                }
+            },
+        )
+        .await;
+    eprintln!(
+        "30 s outage: {requests} requests, {} spans received for {} ({} duplicates from at-least-once retries)",
+        received.len(),
+        2 * requests,
+        received.len() - 2 * requests
+    );
 
     // Outage: the receiver answers 503; spans queue on disk.
     receiver.unavailable.store(true, Ordering::SeqCst);
