@@ -65,12 +65,6 @@ impl Running {
 }
 
 impl Receiver {
-    async fn start(self) -> u16 {
-        let (port, running) = self.start_on(0);
-        std::mem::forget(running);
-        port
-    }
-
     fn start_on(self, port: u16) -> (u16, Running) {
         let (stop, stopped) = std::sync::mpsc::channel::<()>();
         let (bound, port_rx) = std::sync::mpsc::channel();
