@@ -1,0 +1,79 @@
+//! Turns a target rate into the rate a node runs at, without oscillating: small differences are
+//! ignored (hysteresis), a rate may fall at once (to protect the budget) but rise at most by a
+//! factor per step.
+
+use serde::Serialize;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RateController {
+    rate: f64,
+    /// Relative difference below which the rate stays.
+    pub dead_band: f64,
+    /// Largest factor the rate may grow by in one step.
+    pub max_rise: f64,
+}
+
+impl RateController {
+    pub fn new(rate: f64) -> Self {
+        RateController {
+            rate: rate.clamp(0.0, 1.0),
+            dead_band: 0.10,
+            max_rise: 2.0,
+        }
+    }
+
+    pub fn rate(&self) -> f64 {
+        self.rate
+    }
+
+    /// One step toward `target`; returns the new rate and whether it changed.
+    pub fn step(&mut self, target: f64) -> (f64, bool) {
+        let target = target.clamp(0.0, 1.0);
+        let current = self.rate;
+        let differs = if current == 0.0 {
+            target > 0.0
+        } else {
+            ((target - current) / current).abs() > self.dead_band
+        };
+        // The configured ceiling is always reachable exactly, whatever the dead band.
+        if !differs && !(target == 1.0 && current != 1.0 && target > current) {
+            return (current, false);
+        }
+        let next = if target < current {
+            target
+        } else {
+            target.min((current * self.max_rise).max(crate::allocate::MIN_RATE))
+        };
+        self.rate = next;
+        (next, next != current)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn falls_at_once_rises_gradually_and_ignores_jitter() {
+        let mut c = RateController::new(1.0);
+        assert_eq!(c.step(0.95), (1.0, false), "inside the dead band");
+        assert_eq!(c.step(0.1), (0.1, true), "falls at once");
+        assert_eq!(c.step(0.105), (0.1, false));
+        assert_eq!(c.step(1.0), (0.2, true), "rises at most 2x per step");
+        assert_eq!(c.step(1.0).0, 0.4);
+        assert_eq!(c.step(1.0).0, 0.8);
+        assert_eq!(c.step(1.0).0, 1.0);
+        assert_eq!(c.step(1.0), (1.0, false));
+    }
+
+    #[test]
+    fn no_oscillation_around_a_noisy_target() {
+        let mut c = RateController::new(0.5);
+        let mut changes = 0;
+        for i in 0..100 {
+            let noise = if i % 2 == 0 { 0.52 } else { 0.48 };
+            changes += usize::from(c.step(noise).1);
+        }
+        assert_eq!(changes, 0);
+    }
+}
