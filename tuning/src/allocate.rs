@@ -79,7 +79,6 @@ pub fn allocate(reports: &[LoadReport], budget: Budget) -> Allocation {
             for (_, j) in &wants[k..] {
                 shares[*j] = fair;
             }
-            remaining = 0.0;
             break;
         }
     }

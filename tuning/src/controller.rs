@@ -35,8 +35,9 @@ impl RateController {
         } else {
             ((target - current) / current).abs() > self.dead_band
         };
-        // The configured ceiling is always reachable exactly, whatever the dead band.
-        if !differs && !(target == 1.0 && current != 1.0 && target > current) {
+        // Full sampling is always reachable exactly, whatever the dead band.
+        let to_full = target == 1.0 && current < 1.0;
+        if !(differs || to_full) {
             return (current, false);
         }
         let next = if target < current {
