@@ -391,6 +391,11 @@ impl Consensus {
                 Err(refusal) => return refusal,
             },
             Service::Ping => encode(&self.id),
+            Service::LoadReport => {
+                return Message::Refused {
+                    reason: "load reports go to the node's tuning, not to consensus".into(),
+                }
+            }
         };
         answer.unwrap_or_else(|reason| Message::Refused { reason })
     }
@@ -434,6 +439,31 @@ impl Consensus {
                 }
             }
         })
+    }
+
+    /// Sends a one-way JSON message to every other member (gossip outside the Raft log);
+    /// failures are left to the caller's next round.
+    pub fn broadcast<T: Serialize + Sync>(self: &Arc<Self>, service: Service, message: &T) {
+        let Ok(payload) = serde_json::to_vec(message) else {
+            return;
+        };
+        let metrics = self.raft.metrics().borrow().clone();
+        for (id, member) in metrics.membership_config.membership().nodes() {
+            if *id == self.id {
+                continue;
+            }
+            let (addr, transport, payload) =
+                (member.addr.clone(), self.transport.clone(), payload.clone());
+            tokio::spawn(async move {
+                let Ok(socket) = network::resolve(&addr).await else {
+                    return;
+                };
+                let message = Message::Request { service, payload };
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(1), transport.call(socket, &message))
+                        .await;
+            });
+        }
     }
 
     fn heard_from(&self, id: NodeId) {

@@ -317,6 +317,7 @@ fn otlp_batch(first: usize, resource: &ResourceInfo) -> Vec<u8> {
             traceparent: None,
             sample_rate: 1.0,
             sampled: true,
+            kept_by: None,
             netns: 1,
             cgroup_id: 1,
         })

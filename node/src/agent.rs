@@ -134,8 +134,10 @@ pub async fn run(args: NodeArgs) -> Result<()> {
         Settings::default(),
     )
     .await?;
+    let intensity_slot = Arc::new(std::sync::OnceLock::new());
     transport.serve(Arc::new(PeerService {
         consensus: consensus.clone(),
+        intensity: intensity_slot.clone(),
         ca: apiary_wire::ClusterCa::from_der(
             identity.ca.cert_der().to_vec(),
             &identity.ca.key_der(),
@@ -240,7 +242,15 @@ pub async fn run(args: NodeArgs) -> Result<()> {
     for destination in state_destinations(&export) {
         println!("  exporting   {destination}");
     }
+    let intensity = crate::intensity::Intensity::start(
+        node_id,
+        identity.node.name.clone(),
+        consensus.clone(),
+        probes.clone(),
+    );
+    let _ = intensity_slot.set(intensity.clone());
     let state = Arc::new(ApiState {
+        intensity,
         consensus: consensus.clone(),
         node_name: identity.node.name.clone(),
         api_token,

@@ -22,6 +22,7 @@ use crate::probes::ProbeRuntime;
 
 pub struct ApiState {
     pub consensus: Arc<Consensus>,
+    pub intensity: Arc<crate::intensity::Intensity>,
     pub node_name: String,
     pub api_token: String,
     pub probes: Option<Arc<ProbeRuntime>>,
@@ -50,6 +51,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/spans"),
     ("GET", "/v1/spans/stream"),
     ("GET", "/v1/export"),
+    ("GET", "/v1/intensity"),
 ];
 
 pub fn router(state: Arc<ApiState>) -> Router {
@@ -64,6 +66,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/v1/spans", get(spans))
         .route("/v1/spans/stream", get(stream_spans))
         .route("/v1/export", get(export_status))
+        .route("/v1/intensity", get(intensity))
         .fallback(|| async {
             let served: Vec<String> = ROUTES.iter().map(|(m, p)| format!("{m} {p}")).collect();
             ApiError::new(
@@ -143,6 +146,10 @@ async fn prometheus(State(state): State<Arc<ApiState>>) -> impl IntoResponse {
         .export
         .red
         .render_prometheus(&state.node_name, &mut text);
+    text.push_str(&metrics::render_intensity(
+        &state.node_name,
+        &state.intensity.status(),
+    ));
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }
 
@@ -190,6 +197,10 @@ async fn stream_spans(
 
 async fn export_status(State(state): State<Arc<ApiState>>) -> Json<Value> {
     Json(json!(state.export.status()))
+}
+
+async fn intensity(State(state): State<Arc<ApiState>>) -> Json<Value> {
+    Json(json!(state.intensity.status()))
 }
 
 async fn probes(State(state): State<Arc<ApiState>>) -> Json<Value> {

@@ -145,8 +145,13 @@ fn text(value: &Value) -> String {
 
 pub async fn status(args: &ClientArgs) -> Result<()> {
     let client = Client::new(args)?;
-    let cluster = client.get("/v1/cluster").await?;
+    let mut cluster = client.get("/v1/cluster").await?;
+    // Older nodes have no tuning endpoint; the cluster table stands alone then.
+    let intensity = client.get("/v1/intensity").await.ok();
     if args.json {
+        if let (Some(object), Some(intensity)) = (cluster.as_object_mut(), &intensity) {
+            object.insert("intensity".into(), intensity.clone());
+        }
         return print_json(&cluster);
     }
     println!(
@@ -177,7 +182,62 @@ pub async fn status(args: &ClientArgs) -> Result<()> {
         ]);
     }
     println!("{members}");
+    if let Some(intensity) = intensity {
+        print_intensity(&intensity);
+    }
     Ok(())
+}
+
+/// Cooperative tuning as this node sees it: one row per node in its view.
+fn print_intensity(intensity: &Value) {
+    println!(
+        "probe intensity ({}) · export budget {} spans/s cluster-wide · CPU budget {} % per node · this node at rate {} (configured {})",
+        text(&intensity["mode"]),
+        text(&intensity["budget_export_events_per_second"]),
+        text(&intensity["budget_cpu_percent_per_node"]),
+        text(&intensity["rate"]),
+        text(&intensity["configured_rate"]),
+    );
+    let mut rows = table(&[
+        "NAME",
+        "DEMAND/S",
+        "CPU %",
+        "SHARE/S",
+        "RATE",
+        "REPORT AGE",
+        "WHY",
+    ]);
+    let number = |v: &Value, digits: usize| {
+        v.as_f64()
+            .map(|f| format!("{f:.digits$}"))
+            .unwrap_or_else(|| "-".into())
+    };
+    let view = intensity["view"].as_array().cloned().unwrap_or_default();
+    for decision in intensity["allocation"]["decisions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        let peer = view.iter().find(|v| v["node"] == decision["node"]);
+        rows.add_row(vec![
+            text(&decision["name"]),
+            number(&decision["demand"], 0),
+            peer.map_or_else(|| "(this node)".into(), |p| number(&p["cpu_percent"], 1)),
+            number(&decision["share"], 0),
+            number(&decision["rate"], 3),
+            peer.map_or_else(|| "-".into(), |p| format!("{} ms", text(&p["age_ms"]))),
+            text(&decision["reason"]),
+        ]);
+    }
+    println!("{rows}");
+    if let Some(last) = intensity["decisions"].as_array().and_then(|d| d.first()) {
+        println!(
+            "last change: {} → {} ({})",
+            text(&last["from"]),
+            text(&last["to"]),
+            text(&last["reason"])
+        );
+    }
 }
 
 pub async fn config(args: &ClientArgs, command: &ConfigCommand) -> Result<()> {

@@ -5,6 +5,7 @@ mod api;
 mod client;
 mod export;
 mod identity;
+mod intensity;
 mod metrics;
 mod peer;
 mod probes;

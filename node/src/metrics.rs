@@ -219,6 +219,54 @@ pub fn render_export(node: &str, export: &Export) -> String {
     out
 }
 
+/// Cooperative tuning: this node's rate and share, and each fresh peer's demand.
+pub fn render_intensity(node: &str, status: &crate::intensity::IntensityStatus) -> String {
+    let label = node_label(node);
+    let mut out = String::new();
+    let mut gauge = |name: &str, help: &str, value: f64| {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} gauge\n{name}{{{label}}} {value}"
+        );
+    };
+    gauge(
+        "apiary_intensity_rate",
+        "Sampling rate cooperative tuning runs this node's HTTP probes at.",
+        status.rate,
+    );
+    gauge(
+        "apiary_intensity_configured_rate",
+        "The operator's configured sampling rate (the ceiling).",
+        status.configured_rate,
+    );
+    let own = status
+        .allocation
+        .as_ref()
+        .and_then(|a| a.of(status.node))
+        .cloned();
+    gauge(
+        "apiary_intensity_demand",
+        "Requests per second the probes see on this node, before sampling.",
+        own.as_ref().map_or(0.0, |d| d.demand),
+    );
+    gauge(
+        "apiary_intensity_share",
+        "This node's share of the cluster export budget, spans per second.",
+        own.as_ref().map_or(0.0, |d| d.share),
+    );
+    gauge(
+        "apiary_intensity_fresh_peers",
+        "Peers whose load report is fresh in this node's view.",
+        status.view.iter().filter(|v| v.fresh).count() as f64,
+    );
+    gauge(
+        "apiary_intensity_kept_by_rule",
+        "Spans budget.always_keep kept after sampling dropped them (total).",
+        status.kept_by_rule as f64,
+    );
+    out
+}
+
 pub fn render(node: &str, status: &ClusterStatus) -> String {
     let label = node_label(node);
     let mut out = String::new();

@@ -8,6 +8,8 @@ use apiary_wire::{ClusterCa, Handler, JoinGrant, JoinToken, Message, PeerInfo};
 
 pub struct PeerService {
     pub consensus: Arc<Consensus>,
+    /// Set once the node's tuning runs; load reports before that are refused.
+    pub intensity: Arc<std::sync::OnceLock<Arc<crate::intensity::Intensity>>>,
     pub ca: ClusterCa,
     pub join_token: JoinToken,
     pub api_token: String,
@@ -21,6 +23,15 @@ impl Handler for PeerService {
                 node_name,
                 csr_der,
             } => self.join(peer, &secret, &node_name, &csr_der),
+            Message::Request {
+                service: apiary_wire::Service::LoadReport,
+                payload,
+            } => match self.intensity.get() {
+                Some(intensity) => intensity.receive(&payload),
+                None => Message::Refused {
+                    reason: "this node's tuning is not running yet".into(),
+                },
+            },
             Message::Request { service, payload } => self.consensus.handle(service, &payload).await,
             other => Message::Refused {
                 reason: format!("a member does not accept {other:?} as a request"),

@@ -3,12 +3,28 @@
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
+use apiary_config::ClusterConfig;
 use apiary_consensus::Consensus;
-use apiary_probes::{spawn_reader, Observer, ProbeReport, ProbeSet, ProbeState, Scope};
+use apiary_probes::{spawn_reader, KeepRule, Observer, ProbeReport, ProbeSet, ProbeState, Scope};
 
 pub struct ProbeRuntime {
     set: Mutex<ProbeSet>,
     pub observer: Arc<Observer>,
+    /// The rate cooperative tuning asks for; the maps get min(configured, tuned).
+    tuned_rate: Mutex<Option<f64>>,
+    state: Arc<apiary_consensus::ConfigState>,
+}
+
+/// The config the maps get: the replicated one with the HTTP-level probes' sampling lowered to
+/// the tuned rate.
+fn effective(config: &ClusterConfig, tuned: Option<f64>) -> ClusterConfig {
+    let mut config = config.clone();
+    if let Some(tuned) = tuned {
+        for probe in [&mut config.probes.http, &mut config.probes.tls] {
+            probe.sample_rate = probe.sample_rate.min(tuned);
+        }
+    }
+    config
 }
 
 impl ProbeRuntime {
@@ -25,6 +41,7 @@ impl ProbeRuntime {
         set.apply(state.history().current())
             .context("applying the config to the probes")?;
         let observer = Arc::new(Observer::default());
+        observer.set_keep_rule(keep_rule(state.history().current()));
         let events = set
             .take_events()
             .context("the probes' ring buffer was already taken")?;
@@ -32,6 +49,8 @@ impl ProbeRuntime {
         let runtime = Arc::new(ProbeRuntime {
             set: Mutex::new(set),
             observer,
+            tuned_rate: Mutex::new(None),
+            state: state.clone(),
         });
         let weak = Arc::downgrade(&runtime);
         tokio::spawn(async move {
@@ -43,7 +62,9 @@ impl ProbeRuntime {
                     let history = state.history();
                     (history.version(), history.current().clone())
                 };
-                let applied = runtime.lock().apply(&config);
+                runtime.observer.set_keep_rule(keep_rule(&config));
+                let tuned = *runtime.tuned_rate.lock().unwrap_or_else(|p| p.into_inner());
+                let applied = runtime.lock().apply(&effective(&config, tuned));
                 match applied {
                     Ok(()) => tracing::info!(version, "probe config applied"),
                     Err(e) => tracing::error!(version, "probe config not applied: {e}"),
@@ -59,6 +80,26 @@ impl ProbeRuntime {
 
     pub fn reports(&self) -> Vec<ProbeReport> {
         self.lock().reports()
+    }
+
+    /// Sets the rate cooperative tuning chose (never above the configured one) and writes it
+    /// into the maps at once.
+    pub fn set_tuned_rate(&self, rate: f64) -> Result<()> {
+        *self.tuned_rate.lock().unwrap_or_else(|p| p.into_inner()) = Some(rate);
+        let config = self.state.history().current().clone();
+        self.lock()
+            .apply(&effective(&config, Some(rate)))
+            .context("applying the tuned sampling rate")
+    }
+}
+
+/// The replicated `budget.always_keep` as the observer's rule.
+fn keep_rule(config: &ClusterConfig) -> KeepRule {
+    let keep = &config.budget.always_keep;
+    KeepRule {
+        errors: keep.errors,
+        slower_than_ns: keep.slower_than_ms.saturating_mul(1_000_000),
+        max_per_second: keep.max_per_second,
     }
 }
 

@@ -109,6 +109,9 @@ fn span_fields(out: &mut Vec<u8>, span: &Span, scratch: &mut String) {
     int_attribute(out, "http.response.status_code", span.status as i64);
     string_attribute(out, "apiary.probe", span.probe);
     double_attribute(out, "apiary.sample_rate", span.sample_rate);
+    if let Some(reason) = span.kept_by {
+        string_attribute(out, "apiary.kept_by", reason);
+    }
     if let Some(peer) = span.peer {
         use std::fmt::Write;
         scratch.clear();
@@ -215,6 +218,7 @@ mod tests {
             traceparent: traceparent.map(str::to_string),
             sample_rate: [1.0, 0.25, 0.0][i as usize % 3],
             sampled: true,
+            kept_by: [None, Some("error"), Some("slow")][i as usize % 3],
             netns: 1,
             cgroup_id: 1,
         }

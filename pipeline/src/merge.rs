@@ -139,6 +139,7 @@ mod tests {
             traceparent: Some(traceparent.into()),
             sample_rate: 1.0,
             sampled: true,
+            kept_by: None,
             netns: 1,
             cgroup_id: 1,
         }

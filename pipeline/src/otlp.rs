@@ -241,6 +241,9 @@ fn to_otlp(span: &Span) -> OtlpSpan {
         string("apiary.probe", span.probe),
         double("apiary.sample_rate", span.sample_rate),
     ];
+    if let Some(reason) = span.kept_by {
+        attributes.push(string("apiary.kept_by", reason));
+    }
     if let Some(peer) = span.peer {
         attributes.push(string("network.peer.address", peer.ip().to_string()));
         attributes.push(int("network.peer.port", peer.port() as i64));
@@ -344,6 +347,7 @@ mod tests {
             traceparent: traceparent.map(str::to_string),
             sample_rate: 0.5,
             sampled: true,
+            kept_by: None,
             netns: 1,
             cgroup_id: 1,
         }

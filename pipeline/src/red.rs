@@ -299,6 +299,7 @@ mod tests {
             traceparent: None,
             sample_rate: 0.1,
             sampled,
+            kept_by: None,
             netns: 1,
             cgroup_id: 1,
         }

@@ -117,6 +117,7 @@ fn span(i: usize) -> Span {
         traceparent: None,
         sample_rate: 1.0,
         sampled: true,
+        kept_by: None,
         netns: 0,
         cgroup_id: 0,
     }

@@ -154,6 +154,8 @@ pub struct Span {
     pub sample_rate: f64,
     /// False when sampling dropped the request: it counts in RED metrics but is not exported.
     pub sampled: bool,
+    /// Set when `budget.always_keep` kept a request sampling had dropped (`error`, `slow`).
+    pub kept_by: Option<&'static str>,
     pub netns: u32,
     pub cgroup_id: u64,
 }
@@ -260,6 +262,7 @@ impl Matcher {
             traceparent: pending.request.traceparent,
             sample_rate: rate_of_threshold(pending.sample_threshold),
             sampled: !pending.sampled_out,
+            kept_by: None,
             netns: message.netns,
             cgroup_id: message.cgroup_id,
         })

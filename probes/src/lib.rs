@@ -13,7 +13,7 @@ pub mod observer;
 
 pub use http::{Span, SpanKind};
 pub use loader::{find_libssl, ProbeReport, ProbeSet, ProbeState, Scope};
-pub use observer::{spawn_reader, Assembler, Observer, TcpFlow};
+pub use observer::{spawn_reader, Assembler, KeepRule, Observer, TcpFlow};
 
 /// Fails with [`ProbeError::NotRoot`] unless this process may load eBPF programs.
 pub fn check_privileges() -> Result<(), ProbeError> {

@@ -35,10 +35,47 @@ const TCP_CLOSING: i32 = 11;
 /// Sees every request, sampled or not (for RED metrics, which must stay exact).
 pub type RequestTap = Box<dyn Fn(&Span) + Send + Sync>;
 
+/// Requests kept whatever the sampling (`budget.always_keep`), within a per-second cap.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KeepRule {
+    /// HTTP 5xx.
+    pub errors: bool,
+    /// Slower than this (0: off).
+    pub slower_than_ns: u64,
+    pub max_per_second: u64,
+}
+
+impl KeepRule {
+    fn reason(&self, span: &Span) -> Option<&'static str> {
+        if self.errors && span.status >= 500 {
+            Some("error")
+        } else if self.slower_than_ns > 0 && span.duration_ns > self.slower_than_ns {
+            Some("slow")
+        } else {
+            None
+        }
+    }
+}
+
+/// The cap's state: (second, spans kept in it).
+#[derive(Default)]
+struct KeepBudget {
+    rule: KeepRule,
+    second: u64,
+    kept: u64,
+}
+
 /// What the probes saw, for the API and the pipeline. Counts what it cannot decode.
 pub struct Observer {
     spans: broadcast::Sender<Span>,
     tap: std::sync::OnceLock<RequestTap>,
+    keep: Mutex<KeepBudget>,
+    /// Requests seen, sampled or not (the demand cooperative tuning shares).
+    pub requests_total: AtomicU64,
+    /// Spans kept by `budget.always_keep` that sampling had dropped.
+    pub kept_by_rule: AtomicU64,
+    /// Spans the rule would have kept beyond its per-second cap.
+    pub kept_over_cap: AtomicU64,
     recent_spans: Mutex<VecDeque<Span>>,
     recent_flows: Mutex<VecDeque<TcpFlow>>,
     pub decode_errors: AtomicU64,
@@ -51,6 +88,10 @@ impl Default for Observer {
         Observer {
             spans: broadcast::channel(8192).0,
             tap: std::sync::OnceLock::new(),
+            keep: Mutex::new(KeepBudget::default()),
+            requests_total: AtomicU64::new(0),
+            kept_by_rule: AtomicU64::new(0),
+            kept_over_cap: AtomicU64::new(0),
             recent_spans: Mutex::new(VecDeque::new()),
             recent_flows: Mutex::new(VecDeque::new()),
             decode_errors: AtomicU64::new(0),
@@ -98,12 +139,41 @@ impl Observer {
         self.tap.set(tap).is_ok()
     }
 
-    fn publish(&self, span: Span) {
+    pub fn set_keep_rule(&self, rule: KeepRule) {
+        self.keep.lock().unwrap_or_else(|p| p.into_inner()).rule = rule;
+    }
+
+    /// Whether the keep rule takes a span sampling dropped (and counts it against the cap).
+    fn keep_anyway(&self, span: &Span) -> Option<&'static str> {
+        let mut keep = self.keep.lock().unwrap_or_else(|p| p.into_inner());
+        let reason = keep.rule.reason(span)?;
+        let second = span.start_unix_nanos / 1_000_000_000;
+        if second != keep.second {
+            keep.second = second;
+            keep.kept = 0;
+        }
+        if keep.kept >= keep.rule.max_per_second {
+            self.kept_over_cap.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        keep.kept += 1;
+        self.kept_by_rule.fetch_add(1, Ordering::Relaxed);
+        Some(reason)
+    }
+
+    fn publish(&self, mut span: Span) {
+        self.requests_total.fetch_add(1, Ordering::Relaxed);
         if let Some(tap) = self.tap.get() {
             tap(&span);
         }
         if !span.sampled {
-            return;
+            let Some(reason) = self.keep_anyway(&span) else {
+                return;
+            };
+            // Every span of its class is kept (up to the cap): it stands for itself.
+            span.sampled = true;
+            span.sample_rate = 1.0;
+            span.kept_by = Some(reason);
         }
         self.spans_total.fetch_add(1, Ordering::Relaxed);
         push_bounded(&self.recent_spans, span.clone(), RECENT_SPANS);
@@ -264,4 +334,60 @@ pub fn spawn_reader(
             guard.clear_ready();
         }
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::SpanKind;
+
+    fn span(status: u16, duration_ns: u64, second: u64) -> Span {
+        Span {
+            kind: SpanKind::Server,
+            probe: "http",
+            service: "s".into(),
+            pid: 1,
+            method: "GET".into(),
+            target: "/".into(),
+            route: "/".into(),
+            status,
+            start_unix_nanos: second * 1_000_000_000,
+            duration_ns,
+            peer: None,
+            local: None,
+            host: None,
+            traceparent: None,
+            sample_rate: 0.05,
+            sampled: false,
+            kept_by: None,
+            netns: 1,
+            cgroup_id: 1,
+        }
+    }
+
+    #[test]
+    fn errors_and_slow_requests_are_kept_within_the_cap() {
+        let observer = Observer::default();
+        let mut live = observer.subscribe();
+        observer.set_keep_rule(KeepRule {
+            errors: true,
+            slower_than_ns: 1_000_000,
+            max_per_second: 3,
+        });
+        observer.publish(span(200, 10, 1)); // fast success: dropped by sampling
+        observer.publish(span(503, 10, 1));
+        observer.publish(span(200, 2_000_000, 1));
+        observer.publish(span(500, 10, 1));
+        observer.publish(span(500, 10, 1)); // over the cap of 3 in second 1
+        observer.publish(span(500, 10, 2)); // a new second
+        let kept: Vec<Span> = std::iter::from_fn(|| live.try_recv().ok()).collect();
+        let reasons: Vec<_> = kept.iter().map(|s| s.kept_by).collect();
+        assert_eq!(
+            reasons,
+            vec![Some("error"), Some("slow"), Some("error"), Some("error")]
+        );
+        assert!(kept.iter().all(|s| s.sampled && s.sample_rate == 1.0));
+        assert_eq!(observer.kept_over_cap.load(Ordering::Relaxed), 1);
+        assert_eq!(observer.requests_total.load(Ordering::Relaxed), 6);
+    }
 }

@@ -26,17 +26,20 @@ impl RateController {
         self.rate
     }
 
-    /// One step toward `target`; returns the new rate and whether it changed.
-    pub fn step(&mut self, target: f64) -> (f64, bool) {
-        let target = target.clamp(0.0, 1.0);
+    /// One step toward `target` (at most `ceiling`, the configured rate); returns the new rate
+    /// and whether it changed.
+    pub fn step(&mut self, target: f64, ceiling: f64) -> (f64, bool) {
+        let ceiling = ceiling.clamp(0.0, 1.0);
+        let target = target.clamp(0.0, ceiling);
         let current = self.rate;
         let differs = if current == 0.0 {
             target > 0.0
         } else {
             ((target - current) / current).abs() > self.dead_band
         };
-        // Full sampling is always reachable exactly, whatever the dead band.
-        let to_full = target == 1.0 && current < 1.0;
+        // The configured rate is always reachable exactly, whatever the dead band; and a lowered
+        // ceiling applies at once.
+        let to_full = target == ceiling && current != ceiling;
         if !(differs || to_full) {
             return (current, false);
         }
@@ -57,14 +60,20 @@ mod tests {
     #[test]
     fn falls_at_once_rises_gradually_and_ignores_jitter() {
         let mut c = RateController::new(1.0);
-        assert_eq!(c.step(0.95), (1.0, false), "inside the dead band");
-        assert_eq!(c.step(0.1), (0.1, true), "falls at once");
-        assert_eq!(c.step(0.105), (0.1, false));
-        assert_eq!(c.step(1.0), (0.2, true), "rises at most 2x per step");
-        assert_eq!(c.step(1.0).0, 0.4);
-        assert_eq!(c.step(1.0).0, 0.8);
-        assert_eq!(c.step(1.0).0, 1.0);
-        assert_eq!(c.step(1.0), (1.0, false));
+        assert_eq!(c.step(0.95, 1.0), (1.0, false), "inside the dead band");
+        assert_eq!(c.step(0.1, 1.0), (0.1, true), "falls at once");
+        assert_eq!(c.step(0.105, 1.0), (0.1, false));
+        assert_eq!(c.step(1.0, 1.0), (0.2, true), "rises at most 2x per step");
+        assert_eq!(c.step(1.0, 1.0).0, 0.4);
+        assert_eq!(c.step(1.0, 1.0).0, 0.8);
+        assert_eq!(c.step(1.0, 1.0).0, 1.0);
+        assert_eq!(c.step(1.0, 1.0), (1.0, false));
+        assert_eq!(
+            c.step(1.0, 0.3),
+            (0.3, true),
+            "a lowered ceiling applies at once"
+        );
+        assert_eq!(c.step(0.29, 0.3), (0.3, false));
     }
 
     #[test]
@@ -73,7 +82,7 @@ mod tests {
         let mut changes = 0;
         for i in 0..100 {
             let noise = if i % 2 == 0 { 0.52 } else { 0.48 };
-            changes += usize::from(c.step(noise).1);
+            changes += usize::from(c.step(noise, 1.0).1);
         }
         assert_eq!(changes, 0);
     }

@@ -30,6 +30,8 @@ pub enum Service {
     /// A newly joined node asks to become a member.
     Admit,
     Ping,
+    /// A member's load report, gossiped once a second for cooperative tuning (not Raft).
+    LoadReport,
 }
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]

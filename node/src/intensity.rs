@@ -1,0 +1,316 @@
+//! Cooperative probe intensity on a node: once a second, measure this node's load, gossip it to
+//! the other members over QUIC, run the shared allocation over the fresh reports, and write the
+//! resulting sampling rate into this node's BPF maps.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use apiary_consensus::Consensus;
+use apiary_tuning::{allocate, Allocation, Budget, LoadReport, RateController};
+use apiary_wire::{Message, Service};
+use serde::Serialize;
+
+use crate::probes::ProbeRuntime;
+
+/// A report older than this counts as gone.
+pub const FRESH: Duration = Duration::from_secs(3);
+const TICK: Duration = Duration::from_secs(1);
+const DECISIONS_KEPT: usize = 20;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RateChange {
+    pub at_unix_ms: u64,
+    pub from: f64,
+    pub to: f64,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PeerView {
+    #[serde(flatten)]
+    pub report: LoadReport,
+    pub age_ms: u64,
+    pub fresh: bool,
+}
+
+/// `GET /v1/intensity`.
+#[derive(Debug, Clone, Serialize)]
+pub struct IntensityStatus {
+    pub node: u64,
+    pub name: String,
+    pub configured_rate: f64,
+    pub rate: f64,
+    pub budget_export_events_per_second: u64,
+    pub budget_cpu_percent_per_node: f64,
+    /// `cooperative` (shares from the fresh view), `safe-share` (too few fresh reports: an
+    /// equal share of the budget), or `off` (no probes).
+    pub mode: &'static str,
+    /// Age of the oldest fresh report in the view.
+    pub view_age_ms: u64,
+    pub view: Vec<PeerView>,
+    pub allocation: Option<Allocation>,
+    pub decisions: Vec<RateChange>,
+    pub kept_by_rule: u64,
+    pub kept_over_cap: u64,
+}
+
+#[derive(Clone)]
+struct Counters {
+    at: Instant,
+    requests: u64,
+    exported: u64,
+    bpf_ns: u64,
+    cpu_s: f64,
+}
+
+struct State {
+    controller: RateController,
+    last: Option<Counters>,
+    allocation: Option<Allocation>,
+    mode: &'static str,
+    decisions: VecDeque<RateChange>,
+}
+
+pub struct Intensity {
+    node: u64,
+    name: String,
+    consensus: Arc<Consensus>,
+    probes: Option<Arc<ProbeRuntime>>,
+    reports: Mutex<HashMap<u64, (LoadReport, Instant)>>,
+    state: Mutex<State>,
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// CPU seconds (user + system) this process used (USER_HZ is 100 on Linux).
+fn own_cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+impl Intensity {
+    pub fn start(
+        node: u64,
+        name: String,
+        consensus: Arc<Consensus>,
+        probes: Option<Arc<ProbeRuntime>>,
+    ) -> Arc<Self> {
+        let configured = consensus
+            .config_state()
+            .history()
+            .current()
+            .probes
+            .http
+            .sample_rate;
+        let intensity = Arc::new(Intensity {
+            node,
+            name,
+            consensus,
+            probes,
+            reports: Mutex::new(HashMap::new()),
+            state: Mutex::new(State {
+                controller: RateController::new(configured),
+                last: None,
+                allocation: None,
+                mode: "cooperative",
+                decisions: VecDeque::new(),
+            }),
+        });
+        let weak = Arc::downgrade(&intensity);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(TICK);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(intensity) = weak.upgrade() else {
+                    return;
+                };
+                intensity.round();
+            }
+        });
+        intensity
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A peer's report, from the QUIC service.
+    pub fn receive(&self, payload: &[u8]) -> Message {
+        match serde_json::from_slice::<LoadReport>(payload) {
+            Ok(report) if report.node != self.node => {
+                self.reports
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(report.node, (report, Instant::now()));
+                Message::Response {
+                    payload: b"null".to_vec(),
+                }
+            }
+            Ok(_) => Message::Refused {
+                reason: "a load report from this node's own id: two nodes share an identity?"
+                    .into(),
+            },
+            Err(e) => Message::Refused {
+                reason: format!("malformed load report: {e}"),
+            },
+        }
+    }
+
+    /// One second of tuning: measure, share, decide, apply.
+    fn round(self: &Arc<Self>) {
+        let Some(probes) = &self.probes else {
+            self.lock().mode = "off";
+            return;
+        };
+        let config = self.consensus.config_state().history().current().clone();
+        let configured = config.probes.http.sample_rate;
+        let budget = &config.budget;
+        let now = Counters {
+            at: Instant::now(),
+            requests: probes.observer.requests_total.load(Ordering::Relaxed),
+            exported: probes.observer.spans_total.load(Ordering::Relaxed),
+            bpf_ns: probes.reports().iter().map(|r| r.run_time_ns).sum(),
+            cpu_s: own_cpu_seconds(),
+        };
+        let mut state = self.lock();
+        let Some(last) = state.last.replace(now.clone()) else {
+            return;
+        };
+        let seconds = now.at.duration_since(last.at).as_secs_f64().max(1e-3);
+        let demand = now.requests.saturating_sub(last.requests) as f64 / seconds;
+        let exported = now.exported.saturating_sub(last.exported) as f64 / seconds;
+        let cpu_percent = ((now.bpf_ns.saturating_sub(last.bpf_ns)) as f64 / 1e9
+            + (now.cpu_s - last.cpu_s).max(0.0))
+            / seconds
+            * 100.0;
+        // Above its CPU budget, a node can afford proportionally fewer exported spans.
+        let cpu_cap = (cpu_percent > budget.cpu_percent_per_node && exported > 0.0)
+            .then(|| exported * budget.cpu_percent_per_node / cpu_percent);
+        let rate = state.controller.rate();
+        let own = LoadReport {
+            node: self.node,
+            name: self.name.clone(),
+            demand,
+            cpu_cap,
+            cpu_percent,
+            configured_rate: configured,
+            rate,
+            exported,
+        };
+        self.consensus.broadcast(Service::LoadReport, &own);
+
+        let members = self.consensus.status().members.len().max(1);
+        let mut view: Vec<LoadReport> = {
+            let mut reports = self.reports.lock().unwrap_or_else(|p| p.into_inner());
+            reports.retain(|_, (_, at)| at.elapsed() < FRESH * 10);
+            reports
+                .values()
+                .filter(|(_, at)| at.elapsed() < FRESH)
+                .map(|(r, _)| r.clone())
+                .collect()
+        };
+        view.push(own);
+        let total = Budget {
+            export_events_per_second: budget.export_events_per_second as f64,
+        };
+        // Without fresh reports from a majority, this node may be cut off: it takes an equal
+        // share of the budget instead of trusting a partial view.
+        let (target, reason, mode) = if members > 1 && view.len() * 2 <= members {
+            let share = total.export_events_per_second / members as f64;
+            let target = if demand > 0.0 {
+                (share / demand).min(configured)
+            } else {
+                configured
+            };
+            state.allocation = None;
+            (
+                target,
+                format!(
+                    "safe share: {} of {members} members reported recently, {share:.0} spans/s",
+                    view.len()
+                ),
+                "safe-share",
+            )
+        } else {
+            let allocation = allocate(&view, total);
+            let (target, reason) = allocation
+                .of(self.node)
+                .map(|d| (d.rate, d.reason.clone()))
+                .unwrap_or((configured, "not in the view".into()));
+            state.allocation = Some(allocation);
+            (target, reason, "cooperative")
+        };
+        state.mode = mode;
+        let (next, changed) = state.controller.step(target, configured);
+        if changed {
+            if let Err(e) = probes.set_tuned_rate(next) {
+                tracing::error!("cannot apply the tuned sampling rate: {e:#}");
+                return;
+            }
+            tracing::info!(from = rate, to = next, "sampling rate tuned: {reason}");
+            state.decisions.push_back(RateChange {
+                at_unix_ms: unix_ms(),
+                from: rate,
+                to: next,
+                reason,
+            });
+            if state.decisions.len() > DECISIONS_KEPT {
+                state.decisions.pop_front();
+            }
+        }
+    }
+
+    pub fn status(&self) -> IntensityStatus {
+        let config = self.consensus.config_state().history().current().clone();
+        let state = self.lock();
+        let reports = self.reports.lock().unwrap_or_else(|p| p.into_inner());
+        let mut view: Vec<PeerView> = reports
+            .values()
+            .map(|(report, at)| PeerView {
+                report: report.clone(),
+                age_ms: at.elapsed().as_millis() as u64,
+                fresh: at.elapsed() < FRESH,
+            })
+            .collect();
+        view.sort_by_key(|v| v.report.node);
+        let observer = self.probes.as_ref().map(|p| &p.observer);
+        IntensityStatus {
+            node: self.node,
+            name: self.name.clone(),
+            configured_rate: config.probes.http.sample_rate,
+            rate: state.controller.rate(),
+            budget_export_events_per_second: config.budget.export_events_per_second,
+            budget_cpu_percent_per_node: config.budget.cpu_percent_per_node,
+            mode: state.mode,
+            view_age_ms: view
+                .iter()
+                .filter(|v| v.fresh)
+                .map(|v| v.age_ms)
+                .max()
+                .unwrap_or(0),
+            view,
+            allocation: state.allocation.clone(),
+            decisions: state.decisions.iter().rev().cloned().collect(),
+            kept_by_rule: observer.map_or(0, |o| o.kept_by_rule.load(Ordering::Relaxed)),
+            kept_over_cap: observer.map_or(0, |o| o.kept_over_cap.load(Ordering::Relaxed)),
+        }
+    }
+}

@@ -1,0 +1,290 @@
+//! Cooperative probe intensity across a real 3-node mesh. Each node is a "host": its probes see
+//! only its own network namespace (`--scope netns:…`). Heavy load on A's host alone makes A
+//! sample less so that the cluster's export rate stays within the budget while B and C keep
+//! their full rate; killing B gives its share to the others; without load A returns to its
+//! configured rate; errors are all kept at a 0.05 sampling rate. Needs root and iproute2;
+//! skipped with one message otherwise.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{root, Cluster};
+use serde_json::{json, Value};
+
+const BUDGET: f64 = 100.0;
+
+struct Netns(String);
+
+impl Netns {
+    fn new(name: String) -> Netns {
+        let _ = Command::new("ip").args(["netns", "delete", &name]).status();
+        assert!(Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .unwrap()
+            .success());
+        assert!(Command::new("ip")
+            .args(["-n", &name, "link", "set", "lo", "up"])
+            .status()
+            .unwrap()
+            .success());
+        Netns(name)
+    }
+
+    fn spawn(&self, args: &[&str]) -> Child {
+        Command::new("ip")
+            .args(["netns", "exec", &self.0])
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+
+    fn run(&self, args: &[&str]) {
+        let _ = Command::new("ip")
+            .args(["netns", "exec", &self.0])
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "delete", &self.0])
+            .status();
+    }
+}
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+const PORT: &str = "8080";
+
+/// An HTTP server in the namespace and a client loop: `pause` seconds between requests, or
+/// none (as fast as curl goes).
+fn load(netns: &Netns, pause: Option<&str>) -> Killed {
+    let script = match pause {
+        Some(pause) => format!(
+            "while true; do curl -s -o /dev/null http://127.0.0.1:{PORT}/light/1; sleep {pause}; done"
+        ),
+        None => format!(
+            "while true; do curl -s -o /dev/null 'http://127.0.0.1:{PORT}/heavy/[1-2000]'; done"
+        ),
+    };
+    Killed(netns.spawn(&["sh", "-c", &script]))
+}
+
+async fn intensity(cluster: &Cluster, node: usize) -> Value {
+    cluster
+        .get(node, "/v1/intensity")
+        .await
+        .unwrap_or(Value::Null)
+}
+
+fn decision<'a>(status: &'a Value, name: &str) -> Option<&'a Value> {
+    status["allocation"]["decisions"]
+        .as_array()?
+        .iter()
+        .find(|d| d["name"] == name)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heavy_load_on_one_host_is_sampled_down_within_the_cluster_budget() {
+    let has_ip = Command::new("ip").arg("-V").output().is_ok();
+    if !root() || !has_ip {
+        eprintln!("SKIPPED heavy_load_on_one_host_is_sampled_down_within_the_cluster_budget: needs root and iproute2 (CI runs it)");
+        return;
+    }
+    let tag = std::process::id();
+    let hosts: Vec<Netns> = ["a", "b", "c"]
+        .iter()
+        .map(|h| Netns::new(format!("apiary-{tag}-{h}")))
+        .collect();
+    let _servers: Vec<Killed> = hosts
+        .iter()
+        .map(|h| {
+            Killed(h.spawn(&[
+                "python3",
+                "-m",
+                "http.server",
+                PORT,
+                "--bind",
+                "127.0.0.1",
+                "--directory",
+                "/tmp",
+            ]))
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(800));
+
+    let mut cluster = Cluster::start_with(0, &[]).await;
+    for (i, host) in hosts.iter().enumerate() {
+        let scope = format!("netns:{}", host.0);
+        cluster
+            .add_node(&format!("n{i}"), &["--scope", &scope])
+            .await;
+    }
+    let budget = json!({"changes": [
+        {"key": "budget.export_events_per_second", "value": BUDGET as u64},
+        {"key": "budget.cpu_percent_per_node", "value": 100},
+    ]});
+    let (status, body) = cluster
+        .write(0, reqwest::Method::PATCH, "/v1/config", budget)
+        .await;
+    assert_eq!(status, 200, "{body}");
+
+    let _light_b = load(&hosts[1], Some("0.2"));
+    let _light_c = load(&hosts[2], Some("0.2"));
+    let heavy = load(&hosts[0], None);
+    let loaded = Instant::now();
+
+    // A samples down; B and C keep their rate.
+    let a = cluster
+        .wait_for(
+            Duration::from_secs(15),
+            "node A sampling down",
+            |c| async move {
+                let a = intensity(c, 0).await;
+                (a["rate"].as_f64()? < 0.5 && a["mode"] == "cooperative").then_some(a)
+            },
+        )
+        .await;
+    eprintln!(
+        "A sampled down after {:?}: {}",
+        loaded.elapsed(),
+        decision(&a, "n0")
+            .map(|d| d.to_string())
+            .unwrap_or_default()
+    );
+    assert!(
+        loaded.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        loaded.elapsed()
+    );
+    // The export rate across the cluster, as each node's peers hear it, over 5 s.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut samples = Vec::new();
+    for _ in 0..5 {
+        let mut total = 0.0;
+        for node in 0..3 {
+            let observer = intensity(&cluster, (node + 1) % 3).await;
+            let report = observer["view"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|v| v["name"] == format!("n{node}"))
+                .cloned()
+                .unwrap_or(Value::Null);
+            total += report["exported"].as_f64().unwrap_or(0.0);
+        }
+        samples.push(total);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let exported = samples.iter().sum::<f64>() / samples.len() as f64;
+    let a = intensity(&cluster, 0).await;
+    eprintln!(
+        "cluster export {exported:.1} spans/s (budget {BUDGET}), samples {samples:?}; A demand {} rate {}",
+        decision(&a, "n0").map(|d| d["demand"].clone()).unwrap_or_default(),
+        a["rate"]
+    );
+    assert!(
+        (exported - BUDGET).abs() <= BUDGET * 0.10,
+        "cluster export {exported:.1}/s is not within 10 % of the {BUDGET}/s budget"
+    );
+    for node in [1, 2] {
+        let status = intensity(&cluster, node).await;
+        assert_eq!(status["rate"], 1.0, "n{node} lost its full rate: {status}");
+    }
+
+    // B dies: within a few seconds its share goes to the others.
+    let share_before = decision(&a, "n0").unwrap()["share"].as_f64().unwrap();
+    cluster.nodes[1].kill();
+    let a = cluster
+        .wait_for(
+            Duration::from_secs(10),
+            "B's share given away",
+            |c| async move {
+                let a = intensity(c, 0).await;
+                decision(&a, "n1").is_none().then_some(a)
+            },
+        )
+        .await;
+    let share_after = decision(&a, "n0").unwrap()["share"].as_f64().unwrap();
+    eprintln!("A's share: {share_before:.1} with B, {share_after:.1} without");
+    assert!(share_after > share_before, "{a}");
+
+    // Load stops: A returns to its configured rate.
+    drop(heavy);
+    hosts[0].run(&["pkill", "-f", "8080/heavy/"]);
+    cluster
+        .wait_for(
+            Duration::from_secs(20),
+            "A back at its configured rate",
+            |c| async move {
+                let a = intensity(c, 0).await;
+                (a["rate"] == 1.0).then_some(())
+            },
+        )
+        .await;
+
+    // At a configured 0.05, every error is still kept (python's file server answers 501 to DELETE).
+    let (status, body) = cluster.set(0, "probe.http.sample_rate", json!(0.05)).await;
+    assert_eq!(status, 200, "{body}");
+    cluster
+        .wait_for(Duration::from_secs(10), "C at rate 0.05", |c| async move {
+            let s = intensity(c, 2).await;
+            (s["rate"].as_f64()? <= 0.05 + 1e-9).then_some(())
+        })
+        .await;
+    for _ in 0..40 {
+        hosts[2].run(&[
+            "curl",
+            "-s",
+            "-o",
+            "/dev/null",
+            "-X",
+            "DELETE",
+            &format!("http://127.0.0.1:{PORT}/pot"),
+        ]);
+    }
+    let kept = cluster
+        .wait_for(
+            Duration::from_secs(10),
+            "all 40 errors kept",
+            |c| async move {
+                let spans = c.get(2, "/v1/spans?limit=4096").await.ok()?;
+                let errors = spans
+                    .as_array()?
+                    .iter()
+                    .filter(|s| s["status"] == 501 && s["kind"] == "server")
+                    .count();
+                (errors == 40).then_some(spans)
+            },
+        )
+        .await;
+    // Each was either sampled (about 1 in 20) or kept by the rule, which says so.
+    let errors: Vec<&Value> = kept
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["status"] == 501 && s["kind"] == "server")
+        .collect();
+    let by_rule = errors.iter().filter(|s| s["kept_by"] == "error").count();
+    assert!(by_rule >= 25, "only {by_rule} of 40 kept by the rule");
+    assert!(errors
+        .iter()
+        .all(|s| (s["kept_by"] == "error" && s["sample_rate"] == 1.0)
+            || (s["kept_by"].is_null() && s["sample_rate"].as_f64() < Some(0.06))));
+}
