@@ -197,13 +197,17 @@ impl Intensity {
         let seconds = now.at.duration_since(last.at).as_secs_f64().max(1e-3);
         let demand = now.requests.saturating_sub(last.requests) as f64 / seconds;
         let exported = now.exported.saturating_sub(last.exported) as f64 / seconds;
-        let cpu_percent = ((now.bpf_ns.saturating_sub(last.bpf_ns)) as f64 / 1e9
-            + (now.cpu_s - last.cpu_s).max(0.0))
-            / seconds
-            * 100.0;
-        // Above its CPU budget, a node can afford proportionally fewer exported spans.
-        let cpu_cap = (cpu_percent > budget.cpu_percent_per_node && exported > 0.0)
-            .then(|| exported * budget.cpu_percent_per_node / cpu_percent);
+        let bpf_percent = now.bpf_ns.saturating_sub(last.bpf_ns) as f64 / 1e9 / seconds * 100.0;
+        let agent_percent = (now.cpu_s - last.cpu_s).max(0.0) / seconds * 100.0;
+        let cpu_percent = bpf_percent + agent_percent;
+        // Over its CPU budget, a node exports proportionally fewer spans. Only the agent's own
+        // CPU shrinks with sampling: the probes' kernel time is paid per request whatever the
+        // rate, so it is taken off the budget first (if it alone exceeds it, the cap is 0 and
+        // the node samples at the floor rate).
+        let cpu_cap = (cpu_percent > budget.cpu_percent_per_node && exported > 0.0).then(|| {
+            let allowed = (budget.cpu_percent_per_node - bpf_percent).max(0.0);
+            exported * (allowed / agent_percent.max(1e-6)).min(1.0)
+        });
         let rate = state.controller.rate();
         let own = LoadReport {
             node: self.node,

@@ -6,45 +6,18 @@
 //! default 20 000, 4 connections).
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+#[path = "loopback.rs"]
+mod loopback;
+
 use apiary_config::{apply_settings, ClusterConfig, Setting};
+use loopback::{percentile, server, RESPONSE};
 use apiary_probes::{spawn_reader, Observer, ProbeReport, ProbeSet};
 
-const RESPONSE: &[u8] =
-    b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Type: text/plain\r\n\r\nhello";
 const CONNECTIONS: usize = 4;
-
-fn server() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            stream.set_nodelay(true).ok();
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 4096];
-                let mut have = 0;
-                loop {
-                    match stream.read(&mut buf[have..]) {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => have += n,
-                    }
-                    while let Some(end) = buf[..have].windows(4).position(|w| w == b"\r\n\r\n") {
-                        if stream.write_all(RESPONSE).is_err() {
-                            return;
-                        }
-                        buf.copy_within(end + 4..have, 0);
-                        have -= end + 4;
-                    }
-                }
-            });
-        }
-    });
-    port
-}
 
 /// Runs the load; returns (requests per second, sorted latencies).
 fn load(port: u16, per_connection: usize) -> (f64, Vec<Duration>) {
@@ -74,10 +47,6 @@ fn load(port: u16, per_connection: usize) -> (f64, Vec<Duration>) {
     let elapsed = start.elapsed().as_secs_f64();
     all.sort();
     (all.len() as f64 / elapsed, all)
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
 fn kernel_ns(reports: &[ProbeReport]) -> u64 {
