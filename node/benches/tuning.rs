@@ -37,7 +37,12 @@ fn process_cpu_seconds(pid: u32) -> f64 {
         .rsplit_once(')')
         .map(|(_, rest)| rest.split_whitespace().collect())
         .unwrap_or_default();
-    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
     (ticks(11) + ticks(12)) / 100.0
 }
 
@@ -158,7 +163,11 @@ async fn main() {
         v.map(|v| format!("{v:.digits$}"))
             .unwrap_or_else(|| "-".into())
     };
-    for (mode, phases) in [("no node", &baseline), ("tuning on", &tuned), ("tuning off", &fixed)] {
+    for (mode, phases) in [
+        ("no node", &baseline),
+        ("tuning on", &tuned),
+        ("tuning off", &fixed),
+    ] {
         for (phase, base) in phases.iter().zip(&baseline) {
             println!(
                 "{:<11} {:<5} {:>8.0} {:>9}% {:>13} {:>7} {:>9.0} {:>11.3}x",

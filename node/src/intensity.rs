@@ -67,6 +67,8 @@ struct Counters {
 
 struct State {
     controller: RateController,
+    /// The agent's CPU % of the last rounds, for its quiet floor.
+    agent_history: VecDeque<f64>,
     last: Option<Counters>,
     allocation: Option<Allocation>,
     mode: &'static str,
@@ -127,6 +129,7 @@ impl Intensity {
             reports: Mutex::new(HashMap::new()),
             state: Mutex::new(State {
                 controller: RateController::new(configured),
+                agent_history: VecDeque::new(),
                 last: None,
                 allocation: None,
                 mode: "cooperative",
@@ -200,14 +203,28 @@ impl Intensity {
         let bpf_percent = now.bpf_ns.saturating_sub(last.bpf_ns) as f64 / 1e9 / seconds * 100.0;
         let agent_percent = (now.cpu_s - last.cpu_s).max(0.0) / seconds * 100.0;
         let cpu_percent = bpf_percent + agent_percent;
-        // Over its CPU budget, a node exports proportionally fewer spans. Only the agent's own
-        // CPU shrinks with sampling: the probes' kernel time is paid per request whatever the
-        // rate, so it is taken off the budget first (if it alone exceeds it, the cap is 0 and
-        // the node samples at the floor rate).
-        let cpu_cap = (cpu_percent > budget.cpu_percent_per_node && exported > 0.0).then(|| {
-            let allowed = (budget.cpu_percent_per_node - bpf_percent).max(0.0);
-            exported * (allowed / agent_percent.max(1e-6)).min(1.0)
-        });
+        // The agent's CPU when quiet (the lowest of the last minute) is not reducible by
+        // sampling, nor is the probes' kernel time (paid per request whatever the rate). Over
+        // its CPU budget, a node caps its exported spans in proportion to the rest; when the
+        // fixed part alone exceeds the budget, sampling cannot help and there is no cap.
+        state.agent_history.push_back(agent_percent);
+        if state.agent_history.len() > 60 {
+            state.agent_history.pop_front();
+        }
+        let floor = state
+            .agent_history
+            .iter()
+            .copied()
+            .fold(f64::INFINITY, f64::min);
+        let reducible = (agent_percent - floor).max(0.0);
+        let allowed = budget.cpu_percent_per_node - bpf_percent - floor;
+        // Scaled from the full demand, not from what is exported now: where the agent's cost
+        // does not shrink with the rate, this settles instead of ratcheting down to the floor.
+        let cpu_cap = (cpu_percent > budget.cpu_percent_per_node
+            && allowed > 0.0
+            && reducible > allowed
+            && demand > 0.0)
+            .then(|| demand * configured * allowed / reducible);
         let rate = state.controller.rate();
         let own = LoadReport {
             node: self.node,

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 mod loopback;
 
 use apiary_config::{apply_settings, ClusterConfig, Setting};
-use loopback::{percentile, server, RESPONSE};
 use apiary_probes::{spawn_reader, Observer, ProbeReport, ProbeSet};
+use loopback::{percentile, server, RESPONSE};
 
 const CONNECTIONS: usize = 4;
 
