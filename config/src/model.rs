@@ -143,7 +143,7 @@ impl Default for ClusterConfig {
                 process: ProbeSettings::default(),
             },
             budget: Budget {
-                cpu_percent_per_node: 2.0,
+                cpu_percent_per_node: 10.0,
                 export_events_per_second: 10_000,
                 always_keep: AlwaysKeep {
                     errors: true,

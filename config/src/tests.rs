@@ -168,7 +168,7 @@ fn fold_equals_incremental_state_including_reverts() {
     assert_eq!(event.version, 4);
     assert_eq!(history.current().probes.http.sample_rate, 0.5);
     assert!(history.current().probes.tcp.enabled);
-    assert_eq!(history.current().budget.cpu_percent_per_node, 2.0);
+    assert_eq!(history.current().budget.cpu_percent_per_node, 10.0);
     // Reverting the revert brings version 3 back.
     history
         .commit(&proposal(Intent::Revert { to_version: 3 }))

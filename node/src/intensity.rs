@@ -220,9 +220,10 @@ impl Intensity {
         let allowed = budget.cpu_percent_per_node - bpf_percent - floor;
         // Scaled from the full demand, not from what is exported now: where the agent's cost
         // does not shrink with the rate, this settles instead of ratcheting down to the floor.
+        // Under a point of reducible CPU is measurement noise, not a reason to drop spans.
         let cpu_cap = (cpu_percent > budget.cpu_percent_per_node
             && allowed > 0.0
-            && reducible > allowed
+            && reducible > allowed.max(1.0)
             && demand > 0.0)
             .then(|| demand * configured * allowed / reducible);
         let rate = state.controller.rate();

@@ -115,6 +115,7 @@ async fn spans_and_red_metrics_reach_rotel_over_grpc_and_http() {
     let checker_port = checker.start().await;
 
     let cluster = Cluster::start_with(1, &["--metrics-interval", "1s"]).await;
+    cluster.unbind_budgets().await;
     let settings = json!({"changes": [
         {"key": "destination.viagrpc.endpoint", "value": format!("http://127.0.0.1:{grpc_port}")},
         {"key": "destination.viagrpc.protocol", "value": "grpc"},

@@ -144,6 +144,7 @@ async fn spans_reach_an_otlp_receiver_across_an_outage_and_a_node_kill() {
     let receiver = Receiver::default();
     let (receiver_port, running) = receiver.clone().start_on(0);
     let mut cluster = Cluster::start_with(1, &[]).await;
+    cluster.unbind_budgets().await;
     let endpoint = format!("http://127.0.0.1:{receiver_port}");
     let (status, body) = cluster
         .set(0, "destination.main.endpoint", json!(endpoint))

@@ -111,6 +111,7 @@ async fn app_spans_and_probe_spans_meet_in_one_trace() {
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
 
     let cluster = Cluster::start_with(1, &[]).await;
+    cluster.unbind_budgets().await;
     let (status, body) = cluster
         .set(
             0,

@@ -28,6 +28,7 @@ async fn replicated_config_drives_the_probes_of_a_node() {
         return;
     }
     let cluster = Cluster::start_with(1, &[]).await;
+    cluster.unbind_budgets().await;
     let probes = cluster.get(0, "/v1/probes").await.unwrap();
     let probes = probes.as_array().unwrap();
     assert_eq!(probes.len(), 4);
@@ -209,6 +210,7 @@ async fn tail_follows_live_spans_as_lines_and_json() {
         return;
     }
     let cluster = Cluster::start_with(1, &[]).await;
+    cluster.unbind_budgets().await;
     let (_server, port) = python_server();
     let peer = cluster.nodes[0].url("");
     let line = tail_until(&["--peer", &peer], "/tail/{id}", || {

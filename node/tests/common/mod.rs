@@ -227,6 +227,19 @@ impl Cluster {
             .await
     }
 
+    /// Budgets too large to bind, so that cooperative tuning leaves sampling alone in tests that
+    /// count every span (the tuning test sets its own).
+    pub async fn unbind_budgets(&self) {
+        let body = json!({"changes": [
+            {"key": "budget.cpu_percent_per_node", "value": 100},
+            {"key": "budget.export_events_per_second", "value": 1_000_000_000u64},
+        ], "comment": "test: tuning off"});
+        let (status, answer) = self
+            .write(0, reqwest::Method::PATCH, "/v1/config", body)
+            .await;
+        assert_eq!(status, 200, "{answer}");
+    }
+
     /// Index of the node every live node agrees is the leader.
     pub async fn leader(&self, live: &[usize]) -> usize {
         self.wait_for(
