@@ -325,7 +325,7 @@ fn otlp_batch(first: usize, resource: &ResourceInfo) -> Vec<u8> {
     otlp::encode(&spans, resource)
 }
 
-async fn receiver_source(spans: u64, rounds: usize) -> (Vec<Row>, u64, u64) {
+async fn receiver_source(spans: u64, rounds: usize, buffered: usize) -> (Vec<Row>, u64, u64) {
     let counter = Counter::default();
     let port = counter.start().await;
     let cluster = Cluster::start(1).await;
@@ -391,15 +391,17 @@ async fn receiver_source(spans: u64, rounds: usize) -> (Vec<Row>, u64, u64) {
     // Memory: the destination refuses; 100 k spans wait in the buffer.
     counter.refuse.store(true, Ordering::Relaxed);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let hundred_k: Vec<Vec<u8>> = (0..100_000usize.div_ceil(BATCH))
+    let hundred_k: Vec<Vec<u8>> = (0..buffered.div_ceil(BATCH))
         .map(|i| otlp_batch(i * BATCH, &resource))
         .collect();
     let rss_before = rss_bytes(pid);
     send_all(hundred_k).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let rss_growth = rss_bytes(pid).saturating_sub(rss_before);
+    // Per 100 k spans.
+    let scale = 100_000.0 / (buffered.div_ceil(BATCH) * BATCH) as f64;
+    let rss_growth = (rss_bytes(pid).saturating_sub(rss_before) as f64 * scale) as u64;
     let export = cluster.get(0, "/v1/export").await.unwrap();
-    let queued_bytes = export[0]["queued_bytes"].as_u64().unwrap_or(0);
+    let queued_bytes = (export[0]["queued_bytes"].as_u64().unwrap_or(0) as f64 * scale) as u64;
     (rows, rss_growth, queued_bytes)
 }
 
@@ -412,14 +414,17 @@ fn median(mut rows: Vec<Row>) -> Row {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
+    // `cargo bench` passes --bench; `cargo test --all-targets` runs this too: keep that a quick
+    // smoke run of every stage.
+    let quick = !std::env::args().any(|a| a == "--bench");
     let spans: u64 = std::env::var("APIARY_BENCH_SPANS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(200_000);
+        .unwrap_or(if quick { 5_000 } else { 200_000 });
     let rounds: usize = std::env::var("APIARY_BENCH_ROUNDS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(3);
+        .unwrap_or(if quick { 1 } else { 3 });
     let (mut baselines, mut probes) = (Vec::new(), Vec::new());
     for round in 1..=rounds {
         eprintln!("probe source, round {round}/{rounds}: {spans} spans…");
@@ -428,7 +433,8 @@ async fn main() {
         probes.push(probe);
     }
     eprintln!("receiver source: {rounds} rounds of {spans} spans through a node…");
-    let (receivers, rss_growth, queued_bytes) = receiver_source(spans, rounds).await;
+    let (receivers, rss_growth, queued_bytes) =
+        receiver_source(spans, rounds, if quick { 5_000 } else { 100_000 }).await;
     let (baseline, probe, receiver) = (median(baselines), median(probes), median(receivers));
 
     println!();

@@ -137,8 +137,10 @@ async fn main() {
             .and_then(|v| v.parse().ok())
             .unwrap_or(default)
     };
+    // `cargo bench` passes --bench; under `cargo test --all-targets` this is a short smoke run.
+    let quick = !std::env::args().any(|a| a == "--bench");
     let low = env("APIARY_BENCH_RATE", 300.0);
-    let seconds = env("APIARY_BENCH_PHASE_SECONDS", 6.0) as u64;
+    let seconds = env("APIARY_BENCH_PHASE_SECONDS", if quick { 1.0 } else { 6.0 }) as u64;
     let port = server();
 
     eprintln!("no node: 1x → 10x → 1x at {low} req/s…");

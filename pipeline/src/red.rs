@@ -50,6 +50,19 @@ pub struct RedSeries {
     pub buckets: [u64; BUCKETS],
 }
 
+#[derive(Default)]
+struct Table {
+    by_hash: HashMap<u64, Vec<(RedKey, RedSeries)>>,
+    len: usize,
+}
+
+fn key_hash(service: &str, kind: &str, method: &str, route: &str, status: u16) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    (service, kind, method, route, status).hash(&mut hasher);
+    hasher.finish()
+}
+
 /// Semantic conventions: 5xx is an error on both sides, 4xx only for the client.
 pub fn is_error(kind: SpanKind, status: u16) -> bool {
     status >= 500 || (kind == SpanKind::Client && status >= 400)
@@ -57,7 +70,9 @@ pub fn is_error(kind: SpanKind, status: u16) -> bool {
 
 pub struct RedMetrics {
     start_unix_nanos: u64,
-    series: Mutex<HashMap<RedKey, RedSeries>>,
+    /// Series by a hash of their key, so that counting a request of a known series allocates
+    /// nothing (this runs for every request the probes see).
+    series: Mutex<Table>,
     /// Requests counted under `{other}` because the series limit was reached.
     pub overflowed: AtomicU64,
 }
@@ -79,38 +94,73 @@ impl RedMetrics {
     pub fn new() -> Self {
         RedMetrics {
             start_unix_nanos: unix_nanos_now(),
-            series: Mutex::new(HashMap::new()),
+            series: Mutex::new(Table::default()),
             overflowed: AtomicU64::new(0),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<RedKey, RedSeries>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
         self.series.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Counts one request, sampled or not.
     pub fn record(&self, span: &Span) {
-        let mut key = RedKey {
-            service: span.service.clone(),
-            kind: match span.kind {
-                SpanKind::Server => "server",
-                SpanKind::Client => "client",
-            },
-            method: span.method.clone(),
-            route: span.route.clone(),
-            status: span.status,
+        let kind = match span.kind {
+            SpanKind::Server => "server",
+            SpanKind::Client => "client",
         };
         let seconds = span.duration_ns as f64 / 1e9;
         let bucket = DURATION_BOUNDS_SECONDS
             .iter()
             .position(|bound| seconds <= *bound)
             .unwrap_or(BUCKETS - 1);
-        let mut series = self.lock();
-        if series.len() >= MAX_SERIES && !series.contains_key(&key) {
-            key.route = OVERFLOW_ROUTE.to_string();
+        let mut table = self.lock();
+        let mut route = span.route.as_str();
+        let mut hash = key_hash(&span.service, kind, &span.method, route, span.status);
+        let known = |table: &Table, hash: u64, route: &str| {
+            table.by_hash.get(&hash).and_then(|bucket| {
+                bucket.iter().position(|(k, _)| {
+                    k.service == span.service
+                        && k.kind == kind
+                        && k.method == span.method
+                        && k.route == route
+                        && k.status == span.status
+                })
+            })
+        };
+        let mut at = known(&table, hash, route);
+        if at.is_none() && table.len >= MAX_SERIES {
+            route = OVERFLOW_ROUTE;
+            hash = key_hash(&span.service, kind, &span.method, route, span.status);
+            at = known(&table, hash, route);
             self.overflowed.fetch_add(1, Ordering::Relaxed);
         }
-        let entry = series.entry(key).or_default();
+        let bucket_of_hash = table.by_hash.entry(hash).or_default();
+        let index = match at {
+            Some(index) => index,
+            None => {
+                bucket_of_hash.push((
+                    RedKey {
+                        service: span.service.clone(),
+                        kind,
+                        method: span.method.clone(),
+                        route: route.to_string(),
+                        status: span.status,
+                    },
+                    RedSeries::default(),
+                ));
+                let index = bucket_of_hash.len() - 1;
+                table.len += 1;
+                index
+            }
+        };
+        let Some((_, entry)) = table
+            .by_hash
+            .get_mut(&hash)
+            .and_then(|bucket| bucket.get_mut(index))
+        else {
+            return;
+        };
         entry.count += 1;
         entry.errors += u64::from(is_error(span.kind, span.status));
         entry.sum_seconds += seconds;
@@ -121,7 +171,9 @@ impl RedMetrics {
     pub fn snapshot(&self) -> Vec<(RedKey, RedSeries)> {
         let mut rows: Vec<(RedKey, RedSeries)> = self
             .lock()
-            .iter()
+            .by_hash
+            .values()
+            .flatten()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         rows.sort_by(|a, b| a.0.cmp(&b.0));

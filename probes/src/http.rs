@@ -80,14 +80,26 @@ fn prefix_lines(data: &[u8]) -> &[u8] {
 
 /// W3C trace context: `00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`.
 fn valid_traceparent(value: &str) -> bool {
-    let parts: Vec<&str> = value.split('-').collect();
-    parts.len() == 4
-        && [2usize, 32, 16, 2].iter().zip(&parts).all(|(len, p)| {
-            p.len() == *len
-                && p.bytes()
-                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
-        })
-        && parts[1] != "00000000000000000000000000000000"
+    let mut parts = value.split('-');
+    let lower_hex = |p: &str, len: usize| {
+        p.len() == len
+            && p.bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    };
+    let (Some(version), Some(trace), Some(parent), Some(flags), None) = (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) else {
+        return false;
+    };
+    lower_hex(version, 2)
+        && lower_hex(trace, 32)
+        && lower_hex(parent, 16)
+        && lower_hex(flags, 2)
+        && trace != "00000000000000000000000000000000"
 }
 
 /// `/users/123/orders/9f8e7d6c5b4a3f2e?x=1` → `/users/{id}/orders/{id}`.
@@ -104,16 +116,18 @@ pub fn route_template(target: &str) -> String {
     if path.is_empty() {
         return "/".into();
     }
-    path.split('/')
-        .map(|segment| {
-            if looks_like_id(segment) {
-                "{id}"
-            } else {
-                segment
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("/")
+    let mut route = String::with_capacity(path.len());
+    for (i, segment) in path.split('/').enumerate() {
+        if i > 0 {
+            route.push('/');
+        }
+        route.push_str(if looks_like_id(segment) {
+            "{id}"
+        } else {
+            segment
+        });
+    }
+    route
 }
 
 fn looks_like_id(segment: &str) -> bool {

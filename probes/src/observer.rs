@@ -238,8 +238,8 @@ impl Assembler {
                     cgroup_id: header.cgroup_id,
                 };
                 let names = &mut self.names;
-                let comm = header.comm.clone();
-                let service = |pid: u32| service_name(names, pid, &comm);
+                let comm = &header.comm;
+                let service = |pid: u32| service_name(names, pid, comm);
                 if let Some(span) = self.matcher.feed(message, service, &self.clock) {
                     self.observer.publish(span);
                 }
