@@ -19,30 +19,17 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use apiary_pipeline::{otlp, Delivery, FullPolicy, OtlpHttp, RedMetrics, ResourceInfo, Signal};
+use apiary_pipeline::{
+    otlp, wire, Delivery, FullPolicy, OtlpHttp, RedMetrics, ResourceInfo, Signal,
+};
 use apiary_probes::abi::{encode_data_event, Direction};
 use apiary_probes::{Assembler, Observer, Span};
 use axum::body::Bytes;
 use axum::http::StatusCode;
-use common::Cluster;
+use common::{process_cpu_seconds, Cluster};
 use serde_json::json;
 
 const BATCH: usize = 512;
-
-/// CPU seconds (user + system) a process has used, from /proc (USER_HZ is 100 on Linux).
-fn cpu_seconds(pid: &str) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after_comm = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
-    let fields: Vec<&str> = after_comm.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    // Fields 14 and 15 of stat; after the comm they are the 12th and 13th (0-based 11, 12).
-    (ticks(11) + ticks(12)) / 100.0
-}
 
 fn rss_bytes(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -72,7 +59,9 @@ impl Counter {
                     if state.refuse.load(Ordering::Relaxed) {
                         return StatusCode::SERVICE_UNAVAILABLE;
                     }
-                    let Some(n) = count_spans(&body) else {
+                    // Counted at the wire level, not decoded, so that the receiver's cost
+                    // stays out of the pipeline's figures (the tests check the contents).
+                    let Ok(n) = wire::scan(Signal::Traces, &body, |_, _| {}) else {
                         return StatusCode::BAD_REQUEST;
                     };
                     state.spans.fetch_add(n, Ordering::Relaxed);
@@ -91,57 +80,6 @@ impl Counter {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
-}
-
-/// Spans in an encoded ExportTraceServiceRequest, walking the protobuf wire format without
-/// building messages, so that the receiver's cost stays out of the pipeline's figures (the
-/// tests check the contents with the official definitions).
-fn count_spans(bytes: &[u8]) -> Option<u64> {
-    fn varint(bytes: &[u8], at: &mut usize) -> Option<u64> {
-        let mut value = 0u64;
-        for shift in (0..64).step_by(7) {
-            let byte = *bytes.get(*at)?;
-            *at += 1;
-            value |= u64::from(byte & 0x7f) << shift;
-            if byte < 0x80 {
-                return Some(value);
-            }
-        }
-        None
-    }
-    /// (field, body) of each length-delimited field; other wire types are skipped.
-    fn fields(bytes: &[u8]) -> Option<Vec<(u64, &[u8])>> {
-        let (mut at, mut out) = (0, Vec::new());
-        while at < bytes.len() {
-            let key = varint(bytes, &mut at)?;
-            match key & 7 {
-                0 => {
-                    varint(bytes, &mut at)?;
-                }
-                1 => at += 8,
-                5 => at += 4,
-                2 => {
-                    let len = varint(bytes, &mut at)? as usize;
-                    out.push((key >> 3, bytes.get(at..at + len)?));
-                    at += len;
-                }
-                _ => return None,
-            }
-        }
-        Some(out)
-    }
-    let mut spans = 0;
-    for (field, resource_spans) in fields(bytes)? {
-        if field != 1 {
-            continue;
-        }
-        for (field, scope_spans) in fields(resource_spans)? {
-            if field == 2 {
-                spans += fields(scope_spans)?.iter().filter(|(f, _)| *f == 2).count() as u64;
-            }
-        }
-    }
-    Some(spans)
 }
 
 /// Request and response records of `n` server requests on a few connections.
@@ -245,13 +183,13 @@ async fn probe_source(spans: u64) -> (Row, Row) {
         &mut check,
     );
     assert_eq!(
-        count_spans(&check),
-        Some(BATCH as u64),
+        wire::scan(Signal::Traces, &check, |_, _| {}),
+        Ok(BATCH as u64),
         "the span counter reads the encoding"
     );
     let assembled = assemble(&records, None);
     let resource = resource();
-    let (start, cpu) = (Instant::now(), cpu_seconds("self"));
+    let (start, cpu) = (Instant::now(), process_cpu_seconds("self"));
     let mut bytes = 0;
     for batch in assembled.chunks(BATCH) {
         bytes += otlp::encode(batch, &resource).len();
@@ -260,7 +198,7 @@ async fn probe_source(spans: u64) -> (Row, Row) {
         stage: "baseline: OTLP encoding only",
         spans,
         wall: start.elapsed(),
-        cpu: cpu_seconds("self") - cpu,
+        cpu: process_cpu_seconds("self") - cpu,
     };
     assert!(bytes > 0);
 
@@ -279,7 +217,7 @@ async fn probe_source(spans: u64) -> (Row, Row) {
     .unwrap();
     tokio::spawn(delivery.clone().run());
     let mut source = ProbeSource::new(Some(Arc::new(RedMetrics::new())));
-    let (start, cpu) = (Instant::now(), cpu_seconds("self"));
+    let (start, cpu) = (Instant::now(), process_cpu_seconds("self"));
     for chunk in records.chunks(BATCH * 2) {
         let spans = source.feed(chunk);
         let payload = otlp::encode(&spans, &resource);
@@ -293,7 +231,7 @@ async fn probe_source(spans: u64) -> (Row, Row) {
         stage: "probe source → RED → OTLP → disk buffer → OTLP/HTTP (+ receiver)",
         spans,
         wall: start.elapsed(),
-        cpu: cpu_seconds("self") - cpu,
+        cpu: process_cpu_seconds("self") - cpu,
     };
     (baseline, row)
 }
@@ -377,14 +315,14 @@ async fn receiver_source(spans: u64, rounds: usize, buffered: usize) -> (Vec<Row
     let total = (batches.len() * BATCH) as u64;
     let mut rows = Vec::new();
     for round in 0..rounds {
-        let (start, cpu) = (Instant::now(), cpu_seconds(&pid.to_string()));
+        let (start, cpu) = (Instant::now(), process_cpu_seconds(&pid.to_string()));
         send_all(batches.clone()).await;
         counter.wait_for(total * (round as u64 + 1)).await;
         rows.push(Row {
             stage: "OTLP/HTTP receiver → disk buffer → OTLP/HTTP (node process)",
             spans: total,
             wall: start.elapsed(),
-            cpu: cpu_seconds(&pid.to_string()) - cpu,
+            cpu: process_cpu_seconds(&pid.to_string()) - cpu,
         });
     }
 

@@ -15,7 +15,7 @@ mod loopback;
 
 use std::time::{Duration, Instant};
 
-use common::{root, Cluster};
+use common::{process_cpu_seconds, root, Cluster};
 use loopback::{paced, percentile, server};
 use serde_json::json;
 
@@ -31,21 +31,6 @@ struct Phase {
     sample_rate: Option<f64>,
 }
 
-fn process_cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    (ticks(11) + ticks(12)) / 100.0
-}
-
 /// (BPF run time ns, spans exported) from the node's API.
 async fn node_counters(cluster: &Cluster) -> (f64, f64) {
     let probes = cluster.get(0, "/v1/probes").await.unwrap();
@@ -55,15 +40,7 @@ async fn node_counters(cluster: &Cluster) -> (f64, f64) {
         .iter()
         .map(|p| p["run_time_ns"].as_f64().unwrap_or(0.0))
         .sum();
-    let metrics = cluster
-        .http
-        .get(cluster.nodes[0].url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = cluster.metrics(0).await;
     let spans = metrics
         .lines()
         .find(|l| l.starts_with("apiary_spans_total"))
@@ -79,7 +56,7 @@ async fn run(port: u16, low: f64, seconds: u64, cluster: Option<&Cluster>) -> Ve
         let before = match cluster {
             Some(c) => Some((
                 node_counters(c).await,
-                process_cpu_seconds(c.nodes[0].pid().unwrap()),
+                process_cpu_seconds(&c.nodes[0].pid().unwrap().to_string()),
             )),
             None => None,
         };
@@ -100,7 +77,7 @@ async fn run(port: u16, low: f64, seconds: u64, cluster: Option<&Cluster>) -> Ve
         };
         if let (Some(c), Some(((bpf0, spans0), cpu0))) = (cluster, before) {
             let (bpf1, spans1) = node_counters(c).await;
-            let cpu1 = process_cpu_seconds(c.nodes[0].pid().unwrap());
+            let cpu1 = process_cpu_seconds(&c.nodes[0].pid().unwrap().to_string());
             phase.cpu_percent = Some(((bpf1 - bpf0) / 1e9 + (cpu1 - cpu0)) / elapsed * 100.0);
             phase.exported = Some((spans1 - spans0) / elapsed);
             phase.sample_rate = c.get(0, "/v1/intensity").await.unwrap()["rate"].as_f64();

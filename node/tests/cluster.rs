@@ -294,14 +294,7 @@ async fn bad_api_input_gets_clear_errors_and_the_node_goes_on() {
     assert_eq!(health["status"], "ok");
     let (status, _) = cluster.set(0, "probe.http.sample_rate", json!(0.5)).await;
     assert_eq!(status, 200);
-    let metrics = http
-        .get(cluster.nodes[0].url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = cluster.metrics(0).await;
     assert!(
         metrics.contains("apiary_config_version{node=\"n0\"} 1"),
         "{metrics}"

@@ -53,15 +53,7 @@ fn queried_names(expr: &str) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_dashboard_query_names_an_exported_metric() {
     let cluster = Cluster::start(1).await;
-    let text = cluster
-        .http
-        .get(cluster.nodes[0].url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = cluster.metrics(0).await;
     let exported = exported_names(&text);
     assert!(exported.contains("apiary_raft_term"), "{exported:?}");
 

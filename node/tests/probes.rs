@@ -99,15 +99,7 @@ async fn replicated_config_drives_the_probes_of_a_node() {
     assert!(http["runs"].as_u64().unwrap() > runs_before);
     assert!(http["ns_per_run"].as_f64().unwrap() > 0.0);
 
-    let metrics = cluster
-        .http
-        .get(cluster.nodes[0].url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = cluster.metrics(0).await;
     assert!(
         metrics.contains("apiary_probe_runs_total{node=\"n0\",probe=\"http\"}"),
         "{metrics}"
