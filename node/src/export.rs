@@ -245,8 +245,15 @@ impl Export {
             .collect()
     }
 
-    async fn enqueue(&self, signal: Signal, items: u32, payload: &[u8]) {
-        for delivery in self.deliveries() {
+    /// Queues one batch for each of `deliveries`; a failure is logged (the source has no one to
+    /// answer to) and the others still get it.
+    async fn enqueue(
+        deliveries: &[Arc<Delivery<AnySink>>],
+        signal: Signal,
+        items: u32,
+        payload: &[u8],
+    ) {
+        for delivery in deliveries {
             if let Err(e) = delivery.enqueue(signal, items, payload).await {
                 tracing::error!(destination = %delivery.name, "cannot queue a batch: {e}");
             }
@@ -254,12 +261,12 @@ impl Export {
     }
 
     async fn enqueue_spans(&self, spans: &[Span]) {
-        if self.deliveries().is_empty() {
+        let deliveries = self.deliveries();
+        if deliveries.is_empty() {
             return;
         }
         let payload = otlp::encode(spans, &self.resource);
-        self.enqueue(Signal::Traces, spans.len() as u32, &payload)
-            .await;
+        Self::enqueue(&deliveries, Signal::Traces, spans.len() as u32, &payload).await;
     }
 
     pub fn status(&self) -> Vec<DestinationStatus> {
@@ -364,7 +371,8 @@ async fn export_red_metrics(export: std::sync::Weak<Export>) {
         let Some(export) = export.upgrade() else {
             return;
         };
-        if export.deliveries().is_empty() {
+        let deliveries = export.deliveries();
+        if deliveries.is_empty() {
             continue;
         }
         if let Some(request) = export.red.to_otlp(&export.resource) {
@@ -375,7 +383,7 @@ async fn export_red_metrics(export: std::sync::Weak<Export>) {
                 .map(|s| s.metrics.len() as u32)
                 .sum();
             let payload = prost::Message::encode_to_vec(&request);
-            export.enqueue(Signal::Metrics, points, &payload).await;
+            Export::enqueue(&deliveries, Signal::Metrics, points, &payload).await;
         }
     }
 }

@@ -63,7 +63,7 @@ impl ServerSpanIndex {
         if span.kind != SpanKind::Server {
             return;
         }
-        let Some(key) = traceparent_ids(span).and_then(|(t, p)| key(&t, &p)) else {
+        let Some(key) = traceparent_ids(span) else {
             return;
         };
         let mut state = self.lock();

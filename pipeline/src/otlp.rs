@@ -134,13 +134,6 @@ fn double(key: &str, value: f64) -> KeyValue {
     attribute(key, any_value::Value::DoubleValue(value))
 }
 
-fn hex_bytes(text: &str) -> Option<Vec<u8>> {
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
-        .collect()
-}
-
 /// A probe span's id, derived from what identifies the request (process, start, duration,
 /// side) so that the receiver can later name it as the parent of the app's own span.
 pub fn probe_span_id(span: &Span) -> [u8; 8] {
@@ -163,9 +156,11 @@ pub fn probe_span_id(span: &Span) -> [u8; 8] {
 }
 
 /// The (trace id, caller's span id) a request carried in its W3C `traceparent`.
-pub fn traceparent_ids(span: &Span) -> Option<(Vec<u8>, Vec<u8>)> {
+pub fn traceparent_ids(span: &Span) -> Option<([u8; 16], [u8; 8])> {
     let mut parts = span.traceparent.as_deref()?.split('-').skip(1);
-    Some((hex_bytes(parts.next()?)?, hex_bytes(parts.next()?)?))
+    let (mut trace, mut caller) = ([0u8; 16], [0u8; 8]);
+    (hex_into(parts.next()?, &mut trace) && hex_into(parts.next()?, &mut caller))
+        .then_some((trace, caller))
 }
 
 fn hex_into(text: &str, out: &mut [u8]) -> bool {
@@ -195,18 +190,11 @@ pub(crate) fn ids_into(
     parent: &mut [u8; 8],
 ) -> bool {
     *span_id = probe_span_id(span);
-    let mut header = [0u8; 8];
-    let carried = span.traceparent.as_deref().is_some_and(|value| {
-        let mut parts = value.split('-').skip(1);
-        let (Some(trace), Some(caller)) = (parts.next(), parts.next()) else {
-            return false;
-        };
-        hex_into(trace, trace_id) && hex_into(caller, &mut header)
-    });
-    if !carried {
+    let Some((trace, header)) = traceparent_ids(span) else {
         *trace_id = rand::random();
         return false;
-    }
+    };
+    *trace_id = trace;
     match span.kind {
         SpanKind::Server => {
             *parent = header;
@@ -328,6 +316,11 @@ pub fn encode(spans: &[Span], resource: &ResourceInfo) -> Vec<u8> {
 mod tests {
     use super::*;
     use prost::Message;
+
+    fn hex_bytes(text: &str) -> Option<Vec<u8>> {
+        let mut out = vec![0u8; text.len() / 2];
+        hex_into(text, &mut out).then_some(out)
+    }
 
     fn span(kind: SpanKind, traceparent: Option<&str>, status: u16) -> Span {
         Span {

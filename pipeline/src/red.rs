@@ -114,32 +114,31 @@ impl RedMetrics {
             .iter()
             .position(|bound| seconds <= *bound)
             .unwrap_or(BUCKETS - 1);
+        let matches = |k: &RedKey, route: &str| {
+            k.service == span.service
+                && k.kind == kind
+                && k.method == span.method
+                && k.route == route
+                && k.status == span.status
+        };
         let mut table = self.lock();
+        let Table { by_hash, len } = &mut *table;
         let mut route = span.route.as_str();
         let mut hash = key_hash(&span.service, kind, &span.method, route, span.status);
-        let known = |table: &Table, hash: u64, route: &str| {
-            table.by_hash.get(&hash).and_then(|bucket| {
-                bucket.iter().position(|(k, _)| {
-                    k.service == span.service
-                        && k.kind == kind
-                        && k.method == span.method
-                        && k.route == route
-                        && k.status == span.status
-                })
-            })
-        };
-        let mut at = known(&table, hash, route);
-        if at.is_none() && table.len >= MAX_SERIES {
+        if *len >= MAX_SERIES
+            && !by_hash
+                .get(&hash)
+                .is_some_and(|bucket| bucket.iter().any(|(k, _)| matches(k, route)))
+        {
             route = OVERFLOW_ROUTE;
             hash = key_hash(&span.service, kind, &span.method, route, span.status);
-            at = known(&table, hash, route);
             self.overflowed.fetch_add(1, Ordering::Relaxed);
         }
-        let bucket_of_hash = table.by_hash.entry(hash).or_default();
-        let index = match at {
+        let same_hash = by_hash.entry(hash).or_default();
+        let index = match same_hash.iter().position(|(k, _)| matches(k, route)) {
             Some(index) => index,
             None => {
-                bucket_of_hash.push((
+                same_hash.push((
                     RedKey {
                         service: span.service.clone(),
                         kind,
@@ -149,18 +148,11 @@ impl RedMetrics {
                     },
                     RedSeries::default(),
                 ));
-                let index = bucket_of_hash.len() - 1;
-                table.len += 1;
-                index
+                *len += 1;
+                same_hash.len() - 1
             }
         };
-        let Some((_, entry)) = table
-            .by_hash
-            .get_mut(&hash)
-            .and_then(|bucket| bucket.get_mut(index))
-        else {
-            return;
-        };
+        let entry = &mut same_hash[index].1;
         entry.count += 1;
         entry.errors += u64::from(is_error(span.kind, span.status));
         entry.sum_seconds += seconds;
