@@ -245,8 +245,7 @@ fn to_otlp(span: &Span) -> OtlpSpan {
             attributes.push(string("client.address", peer.ip().to_string()));
         }
     }
-    // Semantic conventions: 5xx is an error on both sides, 4xx only for the client.
-    let error = span.status >= 500 || (span.kind == SpanKind::Client && span.status >= 400);
+    let error = crate::red::is_error(span.kind, span.status);
     OtlpSpan {
         trace_id,
         span_id,
