@@ -17,9 +17,18 @@ use crate::export::{Export, ExportOptions};
 use crate::identity::{read_token_file, DataDir, NodeIdentity};
 use crate::peer::PeerService;
 use crate::probes::ProbeRuntime;
+use crate::progress::Progress;
+use crate::settings::ClusterSeed;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct NodeArgs {
+    /// Settings file (see `apiary init`); flags and APIARY_* variables override it
+    /// [default: ./apiary.toml when it exists]
+    #[arg(long, env = "APIARY_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Check the settings (file, environment, flags), print the ones in effect, and exit.
+    #[arg(long)]
+    pub check: bool,
     /// Single-node cluster with embedded defaults: data in ./apiary-data, API on
     /// 127.0.0.1:7700, peers on 127.0.0.1:7701.
     #[arg(long)]
@@ -50,7 +59,12 @@ pub struct NodeArgs {
     pub token_file: Option<PathBuf>,
     /// Limit the probes to processes in a cgroup (`cgroup:/PATH`) or network namespace
     /// (`netns:NAME`); repeatable. Default: the whole machine.
-    #[arg(long = "scope", value_name = "cgroup:PATH|netns:NAME")]
+    #[arg(
+        long = "scope",
+        env = "APIARY_SCOPE",
+        value_delimiter = ',',
+        value_name = "cgroup:PATH|netns:NAME"
+    )]
     pub scopes: Vec<Scope>,
     /// OpenSSL 3 libssl for the `tls` probe [default: found on the system]
     #[arg(long, env = "APIARY_LIBSSL")]
@@ -62,7 +76,12 @@ pub struct NodeArgs {
     #[arg(long, env = "APIARY_EXPORT_BUFFER_FULL", default_value = "drop-oldest")]
     pub export_buffer_full: FullPolicy,
     /// How often RED metrics (counted before sampling) go to the export destinations.
-    #[arg(long, default_value = "10s", value_name = "DURATION")]
+    #[arg(
+        long,
+        env = "APIARY_METRICS_INTERVAL",
+        default_value = "10s",
+        value_name = "DURATION"
+    )]
     pub metrics_interval: humantime::Duration,
     /// Also write everything exported as OTLP/JSON lines to this file (`-`: standard output).
     /// `--dev` defaults it to DATA_DIR/telemetry.jsonl.
@@ -79,7 +98,7 @@ pub struct NodeArgs {
     pub no_probes: bool,
 }
 
-pub async fn run(args: NodeArgs) -> Result<()> {
+pub async fn run(args: NodeArgs, seed: ClusterSeed) -> Result<()> {
     if !args.no_probes {
         // Before anything is created on disk: one clear error, not a half-started node.
         apiary_probes::check_privileges()?;
@@ -107,6 +126,13 @@ pub async fn run(args: NodeArgs) -> Result<()> {
         .transpose()?;
 
     let dir = DataDir::create(&args.data_dir)?;
+    let creating = !dir.exists() && args.join.is_none();
+    if !creating && !seed.0.is_empty() {
+        tracing::info!(
+            "the [cluster] table of the config file is only used when creating a cluster; \
+             change a running cluster with `apiary config set`"
+        );
+    }
     let identity = if dir.exists() {
         if args.join.is_some() {
             tracing::info!("this data dir already belongs to a cluster; --join is ignored");
@@ -146,12 +172,18 @@ pub async fn run(args: NodeArgs) -> Result<()> {
         api_token: api_token.clone(),
     }));
     consensus.spawn_reachability_probe();
+    watch_catch_up(consensus.clone());
     let me = Member {
         name: identity.node.name.clone(),
         addr: advertise.clone(),
     };
     match &identity.node.joined_via {
-        None => consensus.bootstrap(me).await?,
+        None => {
+            consensus.bootstrap(me).await?;
+            if creating && !seed.0.is_empty() {
+                commit_seed(&consensus, &identity.node.name, seed).await?;
+            }
+        }
         Some(via) if !identity.node.admitted => {
             wait_for_admission(&consensus, via, me).await?;
             let mut node = identity.node.clone();
@@ -164,12 +196,15 @@ pub async fn run(args: NodeArgs) -> Result<()> {
     let probes = if args.no_probes {
         None
     } else {
-        eprintln!("loading eBPF probes…");
-        Some(ProbeRuntime::start(
-            &args.scopes,
-            args.libssl.as_deref(),
-            &consensus,
-        )?)
+        let progress = Progress::spinner("loading and attaching the eBPF probes");
+        let runtime = ProbeRuntime::start(&args.scopes, args.libssl.as_deref(), &consensus)?;
+        let reports = runtime.reports();
+        let attached = reports
+            .iter()
+            .filter(|r| r.state == apiary_probes::ProbeState::Attached)
+            .count();
+        progress.finish(&format!("{attached} of {} probes attached", reports.len()));
+        Some(runtime)
     };
 
     let resource = ResourceInfo {
@@ -269,19 +304,20 @@ pub async fn run(args: NodeArgs) -> Result<()> {
 async fn join(dir: &DataDir, name: &str, via: &str, token: &JoinToken) -> Result<NodeIdentity> {
     let (key, csr) = new_key_and_csr(name)?;
     let target = apiary_consensus::network::resolve(via).await?;
+    let progress = Progress::spinner(&format!("joining the cluster via {via}"));
     for attempt in 1..=30 {
         match request_join(target, token, name, csr.clone()).await {
             Ok(grant) => {
-                eprintln!(
+                progress.finish(&format!(
                     "joined: the cluster issued this node a certificate (node id {})",
                     grant.node_id
-                );
+                ));
                 return dir.save_grant(name, via, key, grant);
             }
             Err(WireError::Connection(reason)) if attempt < 30 => {
-                eprintln!(
-                    "joining via {via}: attempt {attempt}/30 failed ({reason}); retrying in 1 s"
-                );
+                progress.note(&format!(
+                    "attempt {attempt}/30 failed ({reason}); retrying in 1 s"
+                ));
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
             Err(e) => return Err(e).with_context(|| format!("cannot join the cluster via {via}")),
@@ -290,21 +326,84 @@ async fn join(dir: &DataDir, name: &str, via: &str, token: &JoinToken) -> Result
     unreachable!("the last attempt returns")
 }
 
+/// Commits the config file's `[cluster]` table as the new cluster's first change.
+async fn commit_seed(consensus: &Consensus, node: &str, seed: ClusterSeed) -> Result<()> {
+    let proposal = apiary_config::Proposal {
+        origin_node: node.to_string(),
+        author: "apiary.toml".into(),
+        comment: "initial config from the [cluster] table".into(),
+        at: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+        intent: apiary_config::Intent::Set { settings: seed.0 },
+    };
+    for attempt in 1..=50 {
+        match consensus.propose(proposal.clone()).await {
+            Ok(version) => {
+                eprintln!("committed the config file's [cluster] table as version {version}");
+                return Ok(());
+            }
+            // Right after bootstrap the node may not have elected itself yet.
+            Err(WriteError::Unavailable(_)) if attempt < 50 => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            Err(e) => bail!("cannot commit the config file's [cluster] table: {e}"),
+        }
+    }
+    unreachable!("the last attempt returns")
+}
+
 async fn wait_for_admission(consensus: &Consensus, via: &str, me: Member) -> Result<()> {
+    let progress = Progress::spinner(&format!("waiting to be admitted via {via}"));
     for attempt in 1..=30 {
         match consensus.request_admission(via, me.clone()).await {
             Ok(()) => {
-                eprintln!("admitted to the cluster as {me}");
+                progress.finish(&format!("admitted to the cluster as {me}"));
                 return Ok(());
             }
             Err(WriteError::Unavailable(reason)) if attempt < 30 => {
-                eprintln!("waiting to be admitted via {via}: attempt {attempt}/30 ({reason})");
+                progress.note(&format!("attempt {attempt}/30 ({reason})"));
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
             Err(e) => bail!("the cluster did not admit this node via {via}: {e}"),
         }
     }
     unreachable!("the last attempt returns")
+}
+
+/// Shows the node finding a leader and applying the log up to the cluster's commit index: the
+/// long part of restarting a node that was away, or of a new member copying a large log.
+fn watch_catch_up(consensus: Arc<Consensus>) {
+    tokio::spawn(async move {
+        let waiting = Progress::spinner("waiting for a leader (a majority of voters)");
+        let leader = loop {
+            let status = consensus.status();
+            if let Some(leader) = status.leader_name {
+                break leader;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        waiting.finish(&format!("leader: {leader}"));
+        let status = consensus.status();
+        if status.last_applied_index >= status.commit_index {
+            return;
+        }
+        let catching_up = Progress::counter("catching up the config log", status.commit_index);
+        let mut last_line = std::time::Instant::now();
+        loop {
+            let status = consensus.status();
+            if status.last_applied_index >= status.commit_index {
+                catching_up.finish(&format!(
+                    "in sync at config version {}",
+                    status.committed_version
+                ));
+                return;
+            }
+            if last_line.elapsed() >= Duration::from_secs(2) {
+                catching_up.position(status.last_applied_index, status.commit_index);
+                last_line = std::time::Instant::now();
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
 }
 
 fn print_banner(
@@ -359,7 +458,7 @@ fn state_destinations(export: &Export) -> Vec<String> {
         .collect()
 }
 
-fn default_name() -> String {
+pub(crate) fn default_name() -> String {
     std::fs::read_to_string("/etc/hostname")
         .ok()
         .map(|s| s.trim().to_string())

@@ -56,14 +56,14 @@ pub enum ConfigCommand {
     },
 }
 
-struct Client {
+pub(crate) struct Client {
     http: reqwest::Client,
     base: String,
     token: Option<String>,
 }
 
 impl Client {
-    fn new(args: &ClientArgs) -> Result<Self> {
+    pub(crate) fn new(args: &ClientArgs) -> Result<Self> {
         let base = args.peer.trim_end_matches('/').to_string();
         if !(base.starts_with("http://") || base.starts_with("https://")) {
             bail!("--peer {base:?} is not a URL: use e.g. http://127.0.0.1:7700");
@@ -117,7 +117,7 @@ impl Client {
         Ok(body)
     }
 
-    async fn get(&self, path: &str) -> Result<Value> {
+    pub(crate) async fn get(&self, path: &str) -> Result<Value> {
         self.send(reqwest::Method::GET, path, None).await
     }
 }

@@ -2,18 +2,23 @@
 
 mod agent;
 mod api;
+mod checks;
 mod client;
+mod doctor;
 mod export;
 mod identity;
+mod init;
 mod intensity;
 mod metrics;
 mod peer;
 mod probes;
+mod progress;
 mod receiver;
 mod receiver_grpc;
+mod settings;
 
-use anyhow::Result;
-use clap::{Parser, Subcommand};
+use anyhow::{Context, Result};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(
@@ -30,6 +35,10 @@ struct Cli {
 enum Command {
     /// Run an agent: create a cluster, join one (--join), or restart from --data-dir.
     Node(Box<agent::NodeArgs>),
+    /// Check this machine, ask a few questions, and write an apiary.toml for `apiary node`.
+    Init(init::InitArgs),
+    /// Check a running node and this machine; print a fix for each failure.
+    Doctor(client::ClientArgs),
     /// Show the cluster: leader, members, roles, reachability.
     Status(client::ClientArgs),
     /// Follow the node's live spans, one line each (service, kind, method, route, status,
@@ -51,7 +60,11 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -59,7 +72,7 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    match runtime.block_on(run(cli, &matches)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -68,12 +81,29 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> Result<()> {
+async fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<()> {
     match cli.command {
-        Command::Node(args) => {
+        Command::Node(mut args) => {
+            let mut seed = settings::ClusterSeed::default();
+            if let Some(path) = settings::locate(args.config.as_deref()) {
+                let file = settings::FileSettings::load(&path)?;
+                let node_matches = matches
+                    .subcommand_matches("node")
+                    .context("the node subcommand's flags")?;
+                seed = settings::layer(&mut args, file, node_matches);
+                eprintln!(
+                    "settings from {} (flags and APIARY_* override it)",
+                    path.display()
+                );
+            }
+            if args.check {
+                return settings::print_effective(&args, &seed);
+            }
             init_logging();
-            agent::run(*args).await
+            agent::run(*args, seed).await
         }
+        Command::Init(args) => init::run(args),
+        Command::Doctor(client) => doctor::run(&client).await,
         Command::Status(client) => client::status(&client).await,
         Command::Tail { client, service } => client::tail(&client, service.as_deref()).await,
         Command::Config { client, command } => client::config(&client, &command).await,

@@ -1,0 +1,249 @@
+//! `apiary doctor`: checks a running node and this machine, and says how to fix each failure.
+//!
+//! It asks the node's own API (so it sees what the node sees: its leader, which peers answer,
+//! which probes failed and why, which destinations are behind) and adds the machine checks that
+//! `apiary init` runs. It exits non-zero when anything failed, so it also serves as a health
+//! check in scripts.
+
+use anyhow::{bail, Result};
+use serde_json::{json, Value};
+
+use crate::checks::{self, Check, Status};
+use crate::client::{Client, ClientArgs};
+
+/// Batches waiting for a destination beyond which the doctor calls it behind.
+const BACKLOG_WARN_BATCHES: u64 = 100;
+
+pub async fn run(args: &ClientArgs) -> Result<()> {
+    let client = Client::new(args)?;
+    let mut found = Vec::new();
+    match client.get("/healthz").await {
+        Ok(health) => {
+            found.push(Check::ok(
+                "node",
+                format!("{} answers at {}", text(&health["node"]), args.peer),
+            ));
+            found.extend(cluster_checks(&client.get("/v1/cluster").await?));
+            let probes = client.get("/v1/probes").await?;
+            let without_probes = probes.as_array().is_none_or(|list| {
+                list.iter().all(|p| {
+                    p["reason"]
+                        .as_str()
+                        .is_some_and(|r| r.contains("--no-probes"))
+                })
+            });
+            if !without_probes {
+                found.extend(checks::probe_prerequisites());
+                found.extend(probe_checks(&probes));
+            } else {
+                found.push(Check::ok(
+                    "probes",
+                    "this node runs without probes (--no-probes)",
+                ));
+            }
+            found.extend(export_checks(&client.get("/v1/export").await?));
+        }
+        Err(e) => {
+            found.push(Check::fail(
+                "node",
+                format!("{e:#}"),
+                "start it (`apiary node --config apiary.toml`, or `systemctl start apiary`), or point --peer at its API",
+            ));
+            found.extend(checks::probe_prerequisites());
+        }
+    }
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({ "checks": found }))?
+        );
+    } else {
+        println!("{}", checks::render(&found));
+    }
+    let failed = found.iter().filter(|c| c.status == Status::Fail).count();
+    if failed > 0 {
+        bail!("{failed} check(s) failed: see the fix column");
+    }
+    Ok(())
+}
+
+fn cluster_checks(cluster: &Value) -> Vec<Check> {
+    let mut found = Vec::new();
+    match cluster["leader_name"].as_str() {
+        Some(leader) => found.push(Check::ok(
+            "leader",
+            format!("{leader} (term {}, config version {})", cluster["term"], cluster["committed_version"]),
+        )),
+        None => found.push(Check::fail(
+            "leader",
+            "no leader: config changes cannot commit",
+            "a majority of the voters must run and reach each other: start the stopped voters (`apiary status` lists them) and check that their QUIC (UDP) ports are open",
+        )),
+    }
+    for member in cluster["members"].as_array().into_iter().flatten() {
+        let name = text(&member["name"]);
+        let addr = text(&member["address"]);
+        let role = text(&member["role"]);
+        if member["reachable"] == json!(true) {
+            found.push(Check::ok(
+                &format!("peer {name}"),
+                format!("{role} at {addr} answers"),
+            ));
+        } else {
+            found.push(Check::fail(
+                &format!("peer {name}"),
+                format!("{role} at {addr} does not answer"),
+                format!("check that {name} runs (`apiary doctor` there) and that UDP {addr} is open from this node"),
+            ));
+        }
+    }
+    let commit = cluster["commit_index"].as_u64().unwrap_or(0);
+    let applied = cluster["last_applied_index"].as_u64().unwrap_or(0);
+    if commit > applied + 100 {
+        found.push(Check::warn(
+            "catch-up",
+            format!("applied {applied} of {commit} committed log entries"),
+            "wait: the node is catching up; if it does not move, check its log (journalctl -u apiary)",
+        ));
+    }
+    found
+}
+
+fn probe_checks(probes: &Value) -> Vec<Check> {
+    let mut found = Vec::new();
+    for probe in probes.as_array().into_iter().flatten() {
+        let name = format!("probe {}", text(&probe["name"]));
+        let lost = probe["lost"].as_u64().unwrap_or(0);
+        match probe["state"].as_str() {
+            Some("failed") => found.push(Check::fail(
+                &name,
+                format!("failed: {}", text(&probe["reason"])),
+                probe_fix(probe["name"].as_str().unwrap_or("")),
+            )),
+            Some("disabled") => found.push(Check::ok(
+                &name,
+                format!("disabled: {}", probe["reason"].as_str().unwrap_or("by the cluster config")),
+            )),
+            _ if lost > 0 => found.push(Check::warn(
+                &name,
+                format!("attached; {lost} events lost (the ring buffer was full)"),
+                "lower its sample_rate (`apiary config set probe.NAME.sample_rate=0.2`) or its capture_bytes",
+            )),
+            _ => found.push(Check::ok(
+                &name,
+                format!("attached, {} runs, {:.0} ns/run", probe["runs"], probe["ns_per_run"].as_f64().unwrap_or(0.0)),
+            )),
+        }
+    }
+    found
+}
+
+fn probe_fix(probe: &str) -> &'static str {
+    match probe {
+        "tls" => "install OpenSSL 3 (libssl3) or give the node --libssl PATH, then restart it",
+        _ => "read the reason: a missing tracepoint needs a kernel with it; a verifier rejection is a bug to report with the reason",
+    }
+}
+
+fn export_checks(destinations: &Value) -> Vec<Check> {
+    let mut found = Vec::new();
+    let list = destinations.as_array().cloned().unwrap_or_default();
+    if list.is_empty() {
+        found.push(Check::warn(
+            "export",
+            "no destination: spans and metrics stay on this node",
+            "apiary config set destination.main.endpoint=http://COLLECTOR:4318",
+        ));
+    }
+    for destination in list {
+        let name = format!("export {}", text(&destination["name"]));
+        let endpoint = text(&destination["endpoint"]);
+        let queued = destination["queued_batches"].as_u64().unwrap_or(0);
+        let dropped = destination["dropped_items"].as_u64().unwrap_or(0);
+        if destination["state"] == json!("failed") {
+            found.push(Check::fail(
+                &name,
+                format!("{endpoint}: {}", text(&destination["reason"])),
+                "fix the destination in the config (`apiary config set destination.NAME.endpoint=URL`)",
+            ));
+        } else if queued > BACKLOG_WARN_BATCHES {
+            found.push(Check::warn(
+                &name,
+                format!("{endpoint} is behind: {queued} batches wait on disk (last error: {})", text(&destination["reason"])),
+                "check that the collector runs and answers; nothing is lost until the buffer is full (--export-buffer-bytes)",
+            ));
+        } else if dropped > 0 {
+            found.push(Check::warn(
+                &name,
+                format!("{endpoint}: {dropped} items dropped because the disk buffer was full"),
+                "give the buffer more room (--export-buffer-bytes) or make the collector faster",
+            ));
+        } else {
+            found.push(Check::ok(
+                &name,
+                format!(
+                    "{endpoint}: {} items delivered, {queued} batches waiting",
+                    destination["delivered_items"]
+                ),
+            ));
+        }
+    }
+    found
+}
+
+fn text(value: &Value) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cluster_without_leader_and_an_unreachable_peer_fail_with_fixes() {
+        let cluster = json!({
+            "leader_name": null, "term": 3, "committed_version": 2,
+            "commit_index": 10, "last_applied_index": 10,
+            "members": [
+                {"name": "a", "address": "10.0.0.1:7701", "role": "voter", "reachable": true},
+                {"name": "b", "address": "10.0.0.2:7701", "role": "voter", "reachable": false},
+            ]
+        });
+        let found = cluster_checks(&cluster);
+        let failed: Vec<_> = found
+            .iter()
+            .filter(|c| c.status == Status::Fail)
+            .map(|c| c.name.as_str())
+            .collect();
+        assert_eq!(failed, ["leader", "peer b"]);
+        assert!(found
+            .iter()
+            .all(|c| c.status == Status::Ok || c.fix.is_some()));
+    }
+
+    #[test]
+    fn failed_probes_and_stuck_destinations_are_named() {
+        let probes = json!([
+            {"name": "tls", "state": "failed", "reason": "no libssl.so.3", "lost": 0},
+            {"name": "http", "state": "attached", "runs": 5, "ns_per_run": 900.0, "lost": 3},
+        ]);
+        let found = probe_checks(&probes);
+        assert_eq!(found[0].status, Status::Fail);
+        assert!(found[0].detail.contains("no libssl.so.3"));
+        assert!(found[0]
+            .fix
+            .as_deref()
+            .is_some_and(|f| f.contains("libssl3")));
+        assert_eq!(found[1].status, Status::Warn);
+
+        let export = json!([{"name": "main", "endpoint": "http://c:4318", "state": "running",
+            "reason": "connection refused", "queued_batches": 500, "dropped_items": 0}]);
+        let found = export_checks(&export);
+        assert_eq!(found[0].status, Status::Warn);
+        assert!(found[0].detail.contains("connection refused"));
+    }
+}
