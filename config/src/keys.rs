@@ -181,3 +181,54 @@ fn internal(key: &str, error: impl std::fmt::Display) -> ConfigError {
         format!("a value the model can hold ({error})"),
     )
 }
+
+/// Every leaf of a config as (dotted key, value) in the CLI's spelling: `{"probes": {"http":
+/// {"enabled": true}}}` gives `probe.http.enabled = true`. An empty table is one leaf (`{}`).
+pub fn flatten(config: &Value) -> Vec<(String, Value)> {
+    fn walk(prefix: &str, value: &Value, out: &mut Vec<(String, Value)>) {
+        match value {
+            Value::Object(map) if !map.is_empty() => {
+                for (key, inner) in map {
+                    let key = match (prefix, key.as_str()) {
+                        ("", "probes") => "probe".to_string(),
+                        ("", "destinations") => "destination".to_string(),
+                        ("", other) => other.to_string(),
+                        (prefix, other) => format!("{prefix}.{other}"),
+                    };
+                    walk(&key, inner, out);
+                }
+            }
+            other => out.push((prefix.to_string(), other.clone())),
+        }
+    }
+    let mut out = Vec::new();
+    walk("", config, &mut out);
+    out
+}
+
+/// One key a config change touched: `from` is `None` for a new key, `to` for a removed one.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct KeyChange {
+    pub key: String,
+    pub from: Option<Value>,
+    pub to: Option<Value>,
+}
+
+/// What changed between two configs, key by key, in key order.
+pub fn diff(before: &ClusterConfig, after: &ClusterConfig) -> Vec<KeyChange> {
+    let leaves = |config: &ClusterConfig| -> std::collections::BTreeMap<String, Value> {
+        serde_json::to_value(config)
+            .map(|v| flatten(&v).into_iter().collect())
+            .unwrap_or_default()
+    };
+    let (before, after) = (leaves(before), leaves(after));
+    let keys: std::collections::BTreeSet<&String> = before.keys().chain(after.keys()).collect();
+    keys.into_iter()
+        .filter(|key| before.get(*key) != after.get(*key))
+        .map(|key| KeyChange {
+            key: key.clone(),
+            from: before.get(key).cloned(),
+            to: after.get(key).cloned(),
+        })
+        .collect()
+}

@@ -10,7 +10,7 @@
 mod keys;
 mod model;
 
-pub use keys::{apply_settings, parse_cli_assignment, Setting};
+pub use keys::{apply_settings, diff, flatten, parse_cli_assignment, KeyChange, Setting};
 pub use model::*;
 
 use serde::{Deserialize, Serialize};

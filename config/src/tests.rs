@@ -227,3 +227,33 @@ fn events_round_trip_through_json() {
     let back: Vec<ConfigEvent> = serde_json::from_str(&text).unwrap();
     assert_eq!(back, history.events());
 }
+
+#[test]
+fn diff_names_each_changed_key_with_old_and_new_values() {
+    let before = ClusterConfig::default();
+    let after = crate::apply_settings(
+        &before,
+        &[
+            Setting {
+                key: "probe.http.sample_rate".into(),
+                value: serde_json::json!(0.5),
+            },
+            Setting {
+                key: "destination.main.endpoint".into(),
+                value: serde_json::json!("http://c:4318"),
+            },
+        ],
+    )
+    .unwrap();
+    let changes = crate::diff(&before, &after);
+    let keys: Vec<&str> = changes.iter().map(|c| c.key.as_str()).collect();
+    assert!(keys.contains(&"probe.http.sample_rate"), "{keys:?}");
+    assert!(keys.contains(&"destination.main.endpoint"), "{keys:?}");
+    let rate = changes
+        .iter()
+        .find(|c| c.key == "probe.http.sample_rate")
+        .unwrap();
+    assert_eq!(rate.from, Some(serde_json::json!(1.0)));
+    assert_eq!(rate.to, Some(serde_json::json!(0.5)));
+    assert!(crate::diff(&after, &after).is_empty());
+}

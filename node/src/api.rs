@@ -52,6 +52,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/spans/stream"),
     ("GET", "/v1/export"),
     ("GET", "/v1/intensity"),
+    ("GET", "/v1/red"),
+    ("GET", "/"),
 ];
 
 pub fn router(state: Arc<ApiState>) -> Router {
@@ -67,6 +69,9 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/v1/spans/stream", get(stream_spans))
         .route("/v1/export", get(export_status))
         .route("/v1/intensity", get(intensity))
+        .route("/v1/red", get(red))
+        .route("/", get(crate::dashboard::index))
+        .route("/assets/{*file}", get(crate::dashboard::asset))
         .fallback(|| async {
             let served: Vec<String> = ROUTES.iter().map(|(m, p)| format!("{m} {p}")).collect();
             ApiError::new(
@@ -197,6 +202,14 @@ async fn stream_spans(
 
 async fn export_status(State(state): State<Arc<ApiState>>) -> Json<Value> {
     Json(json!(state.export.status()))
+}
+
+/// RED per service and route since the node started, counted before sampling.
+async fn red(State(state): State<Arc<ApiState>>) -> Json<Value> {
+    Json(json!({
+        "bounds_seconds": apiary_pipeline::red::DURATION_BOUNDS_SECONDS,
+        "routes": state.export.red.routes(),
+    }))
 }
 
 async fn intensity(State(state): State<Arc<ApiState>>) -> Json<Value> {
@@ -338,8 +351,18 @@ async fn history(
         })?,
     };
     let history = state.consensus.config_state().history();
+    // Each event with the keys it changed, old and new: the dashboard's per-version diff.
+    let mut before = history.config_at(since.min(history.version()))?;
+    let mut events = Vec::new();
+    for event in history.since(since) {
+        let after = before.apply(&event.change)?;
+        let mut value = serde_json::to_value(event).map_err(internal)?;
+        value["diff"] = json!(apiary_config::diff(&before, &after));
+        events.push(value);
+        before = after;
+    }
     Ok(Json(
-        json!({ "version": history.version(), "events": history.since(since) }),
+        json!({ "version": history.version(), "events": events }),
     ))
 }
 

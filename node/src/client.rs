@@ -286,8 +286,8 @@ pub async fn config(args: &ClientArgs, command: &ConfigCommand) -> Result<()> {
         ConfigCommand::Get => {
             println!("config version {}", text(&answer["version"]));
             let mut rows = table(&["KEY", "VALUE"]);
-            for (key, value) in flatten(&answer["config"]) {
-                rows.add_row(vec![key, value]);
+            for (key, value) in apiary_config::flatten(&answer["config"]) {
+                rows.add_row(vec![key, value.to_string()]);
             }
             println!("{rows}");
         }
@@ -323,29 +323,6 @@ fn describe_change(change: &Value) -> String {
             .collect::<Vec<_>>()
             .join(" "),
     }
-}
-
-/// `{"probes": {"http": {"enabled": true}}}` → `probe.http.enabled = true`, in CLI key form.
-fn flatten(config: &Value) -> Vec<(String, String)> {
-    fn walk(prefix: &str, value: &Value, out: &mut Vec<(String, String)>) {
-        match value {
-            Value::Object(map) if !map.is_empty() => {
-                for (key, inner) in map {
-                    let key = match (prefix, key.as_str()) {
-                        ("", "probes") => "probe".to_string(),
-                        ("", "destinations") => "destination".to_string(),
-                        ("", other) => other.to_string(),
-                        (prefix, other) => format!("{prefix}.{other}"),
-                    };
-                    walk(&key, inner, out);
-                }
-            }
-            other => out.push((prefix.to_string(), other.to_string())),
-        }
-    }
-    let mut out = Vec::new();
-    walk("", config, &mut out);
-    out
 }
 
 /// `apiary tail`: follows the node's live spans, one line each, until interrupted.

@@ -4,6 +4,7 @@ mod agent;
 mod api;
 mod checks;
 mod client;
+mod dashboard;
 mod doctor;
 mod export;
 mod identity;

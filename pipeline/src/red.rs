@@ -50,6 +50,48 @@ pub struct RedSeries {
     pub buckets: [u64; BUCKETS],
 }
 
+/// Requests of one route since the node started (`GET /v1/red`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct RouteSummary {
+    pub service: String,
+    pub kind: &'static str,
+    pub method: String,
+    pub route: String,
+    pub count: u64,
+    pub errors: u64,
+    pub sum_seconds: f64,
+    pub buckets: [u64; BUCKETS],
+    pub p50_seconds: f64,
+    pub p99_seconds: f64,
+}
+
+/// The `q` quantile of a histogram, interpolated linearly inside its bucket (as Prometheus'
+/// `histogram_quantile` does); the open last bucket answers its lower bound.
+pub fn quantile(buckets: &[u64; BUCKETS], q: f64) -> f64 {
+    let total: u64 = buckets.iter().sum();
+    if total == 0 {
+        return 0.0;
+    }
+    let rank = q * total as f64;
+    let mut below = 0u64;
+    for (index, &n) in buckets.iter().enumerate() {
+        if n > 0 && (below + n) as f64 >= rank {
+            let lower = if index == 0 {
+                0.0
+            } else {
+                DURATION_BOUNDS_SECONDS[index - 1]
+            };
+            let Some(&upper) = DURATION_BOUNDS_SECONDS.get(index) else {
+                return lower;
+            };
+            let within = (rank - below as f64) / n as f64;
+            return lower + (upper - lower) * within.clamp(0.0, 1.0);
+        }
+        below += n;
+    }
+    DURATION_BOUNDS_SECONDS[DURATION_BOUNDS_SECONDS.len() - 1]
+}
+
 #[derive(Default)]
 struct Table {
     by_hash: HashMap<u64, Vec<(RedKey, RedSeries)>>,
@@ -169,6 +211,44 @@ impl RedMetrics {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         rows.sort_by(|a, b| a.0.cmp(&b.0));
+        rows
+    }
+
+    /// One row per service, side, method and route (all statuses together), with latency
+    /// quantiles estimated from the histogram: what the dashboard's services page shows.
+    pub fn routes(&self) -> Vec<RouteSummary> {
+        let mut rows: Vec<RouteSummary> = Vec::new();
+        for (key, series) in self.snapshot() {
+            let same_route = |r: &RouteSummary| {
+                r.service == key.service
+                    && r.kind == key.kind
+                    && r.method == key.method
+                    && r.route == key.route
+            };
+            let row = match rows.iter().position(same_route) {
+                Some(index) => &mut rows[index],
+                None => {
+                    rows.push(RouteSummary {
+                        service: key.service.clone(),
+                        kind: key.kind,
+                        method: key.method.clone(),
+                        route: key.route.clone(),
+                        ..Default::default()
+                    });
+                    rows.last_mut().expect("just pushed")
+                }
+            };
+            row.count += series.count;
+            row.errors += series.errors;
+            row.sum_seconds += series.sum_seconds;
+            for (total, n) in row.buckets.iter_mut().zip(series.buckets) {
+                *total += n;
+            }
+        }
+        for row in &mut rows {
+            row.p50_seconds = quantile(&row.buckets, 0.50);
+            row.p99_seconds = quantile(&row.buckets, 0.99);
+        }
         rows
     }
 
@@ -347,6 +427,31 @@ mod tests {
             netns: 1,
             cgroup_id: 1,
         }
+    }
+
+    #[test]
+    fn routes_sum_statuses_and_estimate_quantiles() {
+        let red = RedMetrics::new();
+        for _ in 0..98 {
+            red.record(&span(200, 3_000_000, false));
+        }
+        red.record(&span(500, 600_000_000, false));
+        red.record(&span(500, 600_000_000, false));
+        let rows = red.routes();
+        assert_eq!(rows.len(), 1, "one route across statuses");
+        let row = &rows[0];
+        assert_eq!((row.count, row.errors), (100, 2));
+        assert!(
+            row.p50_seconds > 0.0 && row.p50_seconds <= 0.005,
+            "{}",
+            row.p50_seconds
+        );
+        assert!(
+            row.p99_seconds > 0.5 && row.p99_seconds <= 0.75,
+            "{}",
+            row.p99_seconds
+        );
+        assert_eq!(quantile(&[0; BUCKETS], 0.5), 0.0);
     }
 
     #[test]

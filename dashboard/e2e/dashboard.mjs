@@ -1,0 +1,134 @@
+// End-to-end test of the dashboard in headless Chromium (Debian's, driven by playwright-core):
+// loads every page on node A, changes a setting through the form on A and sees it on node B's
+// page, reverts it from B, and keeps a screenshot of each step. Run by node/tests/dashboard_ui.rs,
+// which starts the nodes and passes A_URL, B_URL, TOKEN, SHOTS and CHROMIUM.
+import { chromium } from 'playwright-core';
+import { mkdirSync } from 'node:fs';
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+
+const { A_URL, B_URL, TOKEN, SHOTS, CHROMIUM, HAS_PROBES } = process.env;
+for (const [name, value] of Object.entries({ A_URL, B_URL, TOKEN, SHOTS, CHROMIUM })) {
+  if (!value) throw new Error(`${name} is not set: run this through node/tests/dashboard_ui.rs`);
+}
+mkdirSync(SHOTS, { recursive: true });
+
+const browser = await chromium.launchPersistentContext(mkdtempSync(join(tmpdir(), 'apiary-chromium-')), {
+  executablePath: CHROMIUM,
+  headless: true,
+  viewport: { width: 1400, height: 900 },
+  args: [
+    '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+    '--disable-background-networking', '--disable-component-update', '--disable-sync',
+  ],
+});
+const page = browser.pages()[0] || (await browser.newPage());
+const errors = [];
+page.on('pageerror', (e) => errors.push(`page error: ${e.message}`));
+page.on('console', (m) => {
+  if (m.type() === 'error' && !m.text().includes('/v1/spans/stream')) errors.push(`console: ${m.text()}`);
+});
+
+async function step(name, fn) {
+  process.stdout.write(`- ${name} … `);
+  try {
+    await fn();
+    await page.screenshot({ path: join(SHOTS, `${name}.png`), fullPage: true });
+    console.log('ok');
+  } catch (e) {
+    await page.screenshot({ path: join(SHOTS, `${name}-FAILED.png`), fullPage: true }).catch(() => {});
+    console.log('FAILED');
+    throw new Error(`${name}: ${e.message}`);
+  }
+}
+
+const text = (selector) => page.locator(selector).first().innerText();
+const waitText = (selector, pattern, timeout = 15000) =>
+  page.waitForFunction(
+    ([s, p]) => [...document.querySelectorAll(s)].some((e) => new RegExp(p).test(e.innerText)),
+    [selector, pattern],
+    { timeout },
+  );
+
+await step('01-cluster', async () => {
+  await page.goto(`${A_URL}/#/cluster`);
+  await waitText('[data-testid=cluster-summary]', 'leader \\S+');
+  await waitText('[data-testid=members] tbody', 'reachable');
+  const rows = await page.locator('[data-testid=members] tbody tr').count();
+  if (rows !== 2) throw new Error(`expected 2 members, saw ${rows}`);
+  await waitText('[data-testid=intensity] tbody', '\\d');
+});
+
+await step('02-services', async () => {
+  await page.goto(`${A_URL}/#/services`);
+  await page.waitForSelector('.chart canvas', { timeout: 10000 });
+  if (HAS_PROBES === '1') {
+    // The browser's own requests to the node are HTTP on loopback: the probes count them.
+    await waitText('main table tbody', '/v1/', 20000);
+  }
+});
+
+await step('03-spans', async () => {
+  await page.goto(`${A_URL}/#/spans`);
+  if (HAS_PROBES === '1') {
+    await waitText('[data-testid=stream-status]', '^live');
+    await page.evaluate(() => fetch('/healthz?from-the-spans-test'));
+    await waitText('[data-testid=spans] tbody', 'healthz', 20000);
+    await page.fill('input[name=filter]', 'no-such-service-xyz');
+    const shown = await page.locator('[data-testid=spans] tbody tr').count();
+    if (shown !== 0) throw new Error(`the filter left ${shown} rows`);
+    await page.fill('input[name=filter]', '');
+  } else {
+    await page.waitForSelector('[data-testid=spans]');
+  }
+});
+
+await step('04-probes', async () => {
+  await page.goto(`${A_URL}/#/probes`);
+  await waitText('[data-testid=probes] tbody', 'http');
+  const rows = await page.locator('[data-testid=probes] tbody tr').count();
+  if (rows !== 4) throw new Error(`expected 4 probes, saw ${rows}`);
+});
+
+let versionBefore = 0;
+await step('05-config-write-without-token-is-refused', async () => {
+  await page.goto(`${A_URL}/#/config`);
+  await waitText('[data-testid=config-version]', '^\\d+$');
+  versionBefore = Number(await text('[data-testid=config-version]'));
+  await page.fill('input[name=key]', 'probe.http.sample_rate');
+  await page.fill('input[name=value]', '0.5');
+  await page.click('[data-testid=config-form] button[type=submit]');
+  await waitText('[data-testid=config-result]', 'token');
+});
+
+await step('06-config-set-on-a', async () => {
+  await page.fill('input[name=token]', TOKEN);
+  await page.click('form.token button');
+  await page.fill('input[name=comment]', 'halve HTTP sampling from the dashboard test');
+  await page.click('[data-testid=config-form] button[type=submit]');
+  await waitText('[data-testid=config-result]', `committed as version ${versionBefore + 1}`);
+  await waitText('[data-testid=config-current] tr[data-key="probe.http.sample_rate"]', '0\\.5');
+});
+
+await step('07-config-seen-on-b', async () => {
+  await page.goto(`${B_URL}/#/config`);
+  await waitText('[data-testid=config-current] tr[data-key="probe.http.sample_rate"]', '0\\.5');
+  await waitText(`.event[data-version="${versionBefore + 1}"]`, 'probe\\.http\\.sample_rate');
+  await waitText(`.event[data-version="${versionBefore + 1}"] .diff`, '1(\\.0)?\\s*→\\s*0\\.5');
+});
+
+await step('08-revert-on-b-seen-on-a', async () => {
+  // B is another origin (port), so it keeps its own token.
+  await page.fill('input[name=token]', TOKEN);
+  await page.click('form.token button');
+  await page.click(`.event[data-version="${versionBefore + 1}"] button.revert`);
+  await waitText('[data-testid=config-result]', `as version ${versionBefore + 2}`);
+  await page.goto(`${A_URL}/#/config`);
+  await waitText('[data-testid=config-version]', `^${versionBefore + 2}$`);
+  await waitText('[data-testid=config-current] tr[data-key="probe.http.sample_rate"]', '^\\S+\\s+1(\\.0)?$');
+});
+
+await browser.close();
+if (errors.length) throw new Error(`the pages logged errors:\n${errors.join('\n')}`);
+console.log(`dashboard e2e passed; screenshots in ${SHOTS}`);

@@ -1,0 +1,81 @@
+//! The dashboard in a real browser: two nodes, headless Chromium driven by playwright-core
+//! (`dashboard/e2e/dashboard.mjs`). Every page loads on node A; a setting changed through A's
+//! form shows on B's page with its diff; a revert from B shows on A. Screenshots of each step
+//! are kept in `target/dashboard-screenshots/` as artifacts.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::{root, Cluster};
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+#[tokio::test]
+async fn every_page_loads_and_a_change_on_one_node_shows_on_another() {
+    if !Path::new(CHROMIUM).exists() {
+        eprintln!("SKIPPED dashboard browser test: {CHROMIUM} is missing (apt-get install chromium; .ci/run does)");
+        return;
+    }
+    let playwright = repo().join("dashboard/node_modules/playwright-core");
+    assert!(
+        playwright.exists(),
+        "{} is missing: building the apiary binary runs `npm ci` in dashboard/",
+        playwright.display()
+    );
+    // With root the nodes run their probes, so the services and spans pages have data (the
+    // browser's own requests); otherwise they run the mesh only and those pages stay empty.
+    let probes = root();
+    let extra: &[&str] = if probes { &[] } else { &["--no-probes"] };
+    let cluster = Cluster::start_with(2, extra).await;
+    let shots = repo().join("target/dashboard-screenshots");
+    let _ = std::fs::remove_dir_all(&shots);
+    let output = tokio::task::spawn_blocking({
+        let (a, b, token) = (
+            format!("http://{}", cluster.nodes[0].api),
+            format!("http://{}", cluster.nodes[1].api),
+            cluster.token.clone(),
+        );
+        let shots = shots.clone();
+        move || {
+            Command::new("node")
+                .arg("e2e/dashboard.mjs")
+                .current_dir(repo().join("dashboard"))
+                .env("A_URL", a)
+                .env("B_URL", b)
+                .env("TOKEN", token)
+                .env("SHOTS", &shots)
+                .env("CHROMIUM", CHROMIUM)
+                .env("HAS_PROBES", if probes { "1" } else { "0" })
+                .output()
+        }
+    })
+    .await
+    .expect("join")
+    .expect("run node (Node.js) for the browser test");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    println!("{stdout}");
+    assert!(
+        output.status.success(),
+        "the dashboard browser test failed:\n{stdout}\n{stderr}\nnode A's log:\n{}",
+        cluster.nodes[0].log_tail()
+    );
+    for page in [
+        "01-cluster",
+        "02-services",
+        "03-spans",
+        "04-probes",
+        "07-config-seen-on-b",
+    ] {
+        assert!(
+            shots.join(format!("{page}.png")).exists(),
+            "screenshot {page}"
+        );
+    }
+}
