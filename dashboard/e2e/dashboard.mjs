@@ -27,7 +27,11 @@ const page = browser.pages()[0] || (await browser.newPage());
 const errors = [];
 page.on('pageerror', (e) => errors.push(`page error: ${e.message}`));
 page.on('console', (m) => {
-  if (m.type() === 'error' && !m.text().includes('/v1/spans/stream')) errors.push(`console: ${m.text()}`);
+  // Failed requests are reported with their address by the response handler below.
+  if (m.type() === 'error' && !m.text().startsWith('Failed to load resource')) errors.push(`console: ${m.text()}`);
+});
+page.on('response', (r) => {
+  if (r.status() >= 400) errors.push(`HTTP ${r.status()} for ${r.request().method()} ${r.url()}`);
 });
 
 async function step(name, fn) {
