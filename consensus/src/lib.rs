@@ -11,6 +11,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod log_store;
+mod membership;
 pub mod network;
 pub mod state_machine;
 pub mod types;
@@ -388,6 +389,10 @@ impl Consensus {
                     Ok(()) => Attempt::Done(()),
                     Err(error) => Attempt::Failed(error),
                 }),
+                Err(refusal) => return refusal,
+            },
+            Service::RemoveMember => match decode::<NodeId>(payload) {
+                Ok(id) => encode(&self.leader_only(self.remove_here(id)).await),
                 Err(refusal) => return refusal,
             },
             Service::Ping => encode(&self.id),

@@ -53,6 +53,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/export"),
     ("GET", "/v1/intensity"),
     ("GET", "/v1/red"),
+    ("DELETE", "/v1/members/{id}"),
     ("GET", "/"),
 ];
 
@@ -70,6 +71,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/v1/export", get(export_status))
         .route("/v1/intensity", get(intensity))
         .route("/v1/red", get(red))
+        .route("/v1/members/{id}", axum::routing::delete(remove_member))
         .route("/", get(crate::dashboard::index))
         .route("/assets/{*file}", get(crate::dashboard::asset))
         .fallback(|| async {
@@ -202,6 +204,22 @@ async fn stream_spans(
 
 async fn export_status(State(state): State<Arc<ApiState>>) -> Json<Value> {
     Json(json!(state.export.status()))
+}
+
+/// Removes a member (by id) from the cluster, through the leader.
+async fn remove_member(
+    State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> ApiResult {
+    authorize(&state, &headers)?;
+    let id: u64 = id.parse().map_err(|_| {
+        ApiError::bad_request(format!(
+            "{id:?} is not a member id: GET /v1/cluster lists the members and their ids"
+        ))
+    })?;
+    state.consensus.remove(id).await?;
+    Ok(Json(json!({ "removed": id })))
 }
 
 /// RED per service and route since the node started, counted before sampling.

@@ -51,6 +51,13 @@ enum Command {
         #[arg(long)]
         service: Option<String>,
     },
+    /// Manage the cluster's members.
+    Members {
+        #[command(flatten)]
+        client: client::ClientArgs,
+        #[command(subcommand)]
+        command: client::MembersCommand,
+    },
     /// Read and change the replicated config.
     Config {
         #[command(flatten)]
@@ -107,6 +114,7 @@ async fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<()> {
         Command::Doctor(client) => doctor::run(&client).await,
         Command::Status(client) => client::status(&client).await,
         Command::Tail { client, service } => client::tail(&client, service.as_deref()).await,
+        Command::Members { client, command } => client::members(&client, &command).await,
         Command::Config { client, command } => client::config(&client, &command).await,
     }
 }

@@ -350,3 +350,87 @@ async fn token_file_sets_the_write_token() {
     ]);
     assert!(!ok && err.contains("at least 16"), "{err}");
 }
+
+/// A voter lost for good is removed by name through the CLI: a reachable learner takes its vote,
+/// the cluster keeps five voters, and writes go on. Bad removals are refused with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_voter_is_removed_and_a_learner_takes_its_vote() {
+    let mut cluster = Cluster::start(6).await;
+    let voters = |status: &serde_json::Value| -> Vec<String> {
+        status["members"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|m| m["role"] == "voter")
+            .map(|m| m["name"].as_str().unwrap_or_default().to_string())
+            .collect()
+    };
+    let status = cluster.get(0, "/v1/cluster").await.unwrap();
+    assert_eq!(voters(&status).len(), 5, "{status}");
+    assert!(
+        !voters(&status).contains(&"n5".to_string()),
+        "n5 starts as a learner"
+    );
+
+    cluster.nodes[2].kill();
+    let peer = cluster.nodes[0].url("");
+    let (ok, out, err) = cli(&[
+        "members",
+        "remove",
+        "n2",
+        "--peer",
+        &peer,
+        "--token",
+        &cluster.token,
+    ]);
+    assert!(ok, "members remove: {out}{err}");
+    assert!(out.contains("removed n2"), "{out}");
+
+    let status = cluster.get(0, "/v1/cluster").await.unwrap();
+    let names: Vec<&str> = status["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap())
+        .collect();
+    assert!(!names.contains(&"n2"), "{status}");
+    let voters_now = voters(&status);
+    assert_eq!(voters_now.len(), 5, "a learner took the vote: {status}");
+    assert!(voters_now.contains(&"n5".to_string()), "{status}");
+    let (code, body) = cluster.set(3, "probe.http.sample_rate", json!(0.3)).await;
+    assert_eq!(code, 200, "writes go on after the removal: {body}");
+
+    let (ok, _, err) = cli(&[
+        "members",
+        "remove",
+        "nobody",
+        "--peer",
+        &peer,
+        "--token",
+        &cluster.token,
+    ]);
+    assert!(
+        !ok && err.contains("no member is called \"nobody\""),
+        "{err}"
+    );
+    let (code, body) = cluster
+        .write(0, reqwest::Method::DELETE, "/v1/members/12345", json!({}))
+        .await;
+    assert_eq!(code, 400, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("current member"),
+        "{body}"
+    );
+    let (code, _) = cluster
+        .write(
+            0,
+            reqwest::Method::DELETE,
+            "/v1/members/not-a-number",
+            json!({}),
+        )
+        .await;
+    assert_eq!(code, 400);
+}

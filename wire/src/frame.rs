@@ -32,6 +32,8 @@ pub enum Service {
     Ping,
     /// A member's load report, gossiped once a second for cooperative tuning (not Raft).
     LoadReport,
+    /// An operator's removal of a member, forwarded to the leader.
+    RemoveMember,
 }
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
