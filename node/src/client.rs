@@ -69,7 +69,10 @@ pub async fn members(args: &ClientArgs, command: &MembersCommand) -> Result<()> 
     let members = cluster["members"].as_array().cloned().unwrap_or_default();
     let found: Vec<&Value> = members
         .iter()
-        .filter(|m| m["name"] == json!(member) || m["id"].to_string() == *member)
+        .filter(|m| {
+            m["name"] == json!(member)
+                || m["id"].as_u64().map(|id| id.to_string()).as_deref() == Some(member.as_str())
+        })
         .collect();
     let target = match found.as_slice() {
         [one] => *one,
