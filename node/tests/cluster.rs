@@ -434,3 +434,69 @@ async fn a_lost_voter_is_removed_and_a_learner_takes_its_vote() {
         .await;
     assert_eq!(code, 400);
 }
+
+/// The rotation procedures of docs/operations.md: a new API token through --token-file and a
+/// restart, and a new join secret written into the member's join-token file and a restart. The
+/// old tokens stop working; the new ones work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_and_join_tokens_rotate_by_file_and_restart() {
+    let mut cluster = Cluster::start(1).await;
+    let old_api = cluster.token.clone();
+    let token_file = cluster.dir.path().join("new-api-token");
+    std::fs::write(&token_file, "rotated-api-token-0123456789abcdef\n").unwrap();
+    let join_file = cluster.nodes[0].data_dir.join("join-token");
+    let old_join = std::fs::read_to_string(&join_file)
+        .unwrap()
+        .trim()
+        .to_string();
+    let (fingerprint, _) = old_join.rsplit_once('.').unwrap();
+    let new_join = format!("{fingerprint}.{}", "5e".repeat(16));
+    std::fs::write(&join_file, format!("{new_join}\n")).unwrap();
+
+    let node = &mut cluster.nodes[0];
+    node.extra
+        .extend(["--token-file".to_string(), token_file.display().to_string()]);
+    node.restart();
+    cluster
+        .wait_for(
+            Duration::from_secs(20),
+            "the restarted node",
+            |c| async move { c.get(0, "/healthz").await.ok() },
+        )
+        .await;
+
+    let (code, _) = cluster.set(0, "probe.tcp.enabled", json!(false)).await;
+    assert_eq!(code, 401, "the old API token is refused after the rotation");
+    cluster.token = "rotated-api-token-0123456789abcdef".into();
+    let (code, body) = cluster.set(0, "probe.tcp.enabled", json!(false)).await;
+    assert_eq!(code, 200, "the new API token works: {body}");
+
+    let quic = cluster.nodes[0].quic.to_string();
+    let stale = tempfile::tempdir().unwrap();
+    let (ok, _, err) = cli(&[
+        "node",
+        "--no-probes",
+        "--name",
+        "late",
+        "--data-dir",
+        stale.path().join("d").to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--api",
+        "127.0.0.1:0",
+        "--otlp-grpc",
+        "off",
+        "--otlp-http",
+        "off",
+        "--join",
+        &quic,
+        "--join-token",
+        &old_join,
+    ]);
+    assert!(
+        !ok && err.contains("secret is wrong"),
+        "the old join token is refused: {err}"
+    );
+    // add_node reads the member's (new) join-token file.
+    cluster.add_node("fresh", &["--no-probes"]).await;
+}
