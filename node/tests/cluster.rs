@@ -441,7 +441,6 @@ async fn a_lost_voter_is_removed_and_a_learner_takes_its_vote() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_and_join_tokens_rotate_by_file_and_restart() {
     let mut cluster = Cluster::start(1).await;
-    let old_api = cluster.token.clone();
     let token_file = cluster.dir.path().join("new-api-token");
     std::fs::write(&token_file, "rotated-api-token-0123456789abcdef\n").unwrap();
     let join_file = cluster.nodes[0].data_dir.join("join-token");
