@@ -47,13 +47,13 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("PATCH", "/v1/config"),
     ("GET", "/v1/config/history"),
     ("POST", "/v1/config/revert"),
+    ("DELETE", "/v1/members/{id}"),
     ("GET", "/v1/probes"),
     ("GET", "/v1/spans"),
     ("GET", "/v1/spans/stream"),
     ("GET", "/v1/export"),
     ("GET", "/v1/intensity"),
     ("GET", "/v1/red"),
-    ("DELETE", "/v1/members/{id}"),
     ("GET", "/"),
 ];
 
