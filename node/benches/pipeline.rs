@@ -1,8 +1,8 @@
 //! Pipeline throughput, in spans per second of CPU (one core fully busy = 1 s/s):
 //!
 //! 1. probe source → sink: kernel-format ring records (built in memory) → span assembly → RED
-//!    metrics → OTLP encoding → the sled disk buffer → OTLP/HTTP → a local receiver that decodes
-//!    every request. In this process; its CPU includes the receiver's decoding.
+//!    metrics → OTLP encoding → the sled disk buffer → OTLP/HTTP → a local receiver (a child
+//!    process that counts spans at the wire level). The CPU is this process's: the pipeline's.
 //! 2. OTLP receiver source → sink: a real `apiary node --no-probes` takes OTLP/HTTP batches on
 //!    4318, buffers them on disk and forwards them to a local receiver; the node's own CPU
 //!    (from /proc) is the cost.
@@ -41,45 +41,123 @@ fn rss_bytes(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-/// A receiver that decodes every request and counts spans; `refuse` makes it answer 503.
+/// A receiver that counts spans at the wire level; `refuse` makes it answer 503. It runs in a
+/// child process (this bench binary again, with `RECEIVER_ENV` set), so that the pipeline's CPU
+/// figures are the pipeline's alone, as a collector on another machine would leave them.
 #[derive(Clone, Default)]
 struct Counter {
     spans: Arc<AtomicU64>,
     refuse: Arc<AtomicBool>,
 }
 
+const RECEIVER_ENV: &str = "APIARY_BENCH_RECEIVER";
+
 impl Counter {
-    async fn start(&self) -> u16 {
+    async fn serve(&self) -> u16 {
         let state = self.clone();
-        let app = axum::Router::new().route(
-            "/v1/traces",
-            axum::routing::post(move |body: Bytes| {
-                let state = state.clone();
-                async move {
-                    if state.refuse.load(Ordering::Relaxed) {
-                        return StatusCode::SERVICE_UNAVAILABLE;
+        let (count, refuse) = (self.clone(), self.clone());
+        let app = axum::Router::new()
+            .route(
+                "/v1/traces",
+                axum::routing::post(move |body: Bytes| {
+                    let state = state.clone();
+                    async move {
+                        if state.refuse.load(Ordering::Relaxed) {
+                            return StatusCode::SERVICE_UNAVAILABLE;
+                        }
+                        let Ok(n) = wire::scan(Signal::Traces, &body, |_, _| {}) else {
+                            return StatusCode::BAD_REQUEST;
+                        };
+                        state.spans.fetch_add(n, Ordering::Relaxed);
+                        StatusCode::OK
                     }
-                    // Counted at the wire level, not decoded, so that the receiver's cost
-                    // stays out of the pipeline's figures (the tests check the contents).
-                    let Ok(n) = wire::scan(Signal::Traces, &body, |_, _| {}) else {
-                        return StatusCode::BAD_REQUEST;
-                    };
-                    state.spans.fetch_add(n, Ordering::Relaxed);
-                    StatusCode::OK
-                }
-            }),
-        );
+                }),
+            )
+            .route(
+                "/count",
+                axum::routing::get(move || {
+                    let count = count.clone();
+                    async move { count.spans.load(Ordering::Relaxed).to_string() }
+                }),
+            )
+            .route(
+                "/refuse",
+                axum::routing::post(move || {
+                    let refuse = refuse.clone();
+                    async move { refuse.refuse.store(true, Ordering::Relaxed) }
+                }),
+            );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
         port
     }
+}
+
+/// The counting receiver in its own process.
+struct RemoteCounter {
+    child: std::process::Child,
+    port: u16,
+    http: reqwest::Client,
+}
+
+impl Drop for RemoteCounter {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl RemoteCounter {
+    fn start() -> Self {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .env(RECEIVER_ENV, "1")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("start the receiver process");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        RemoteCounter {
+            child,
+            port: line.trim().parse().expect("the receiver prints its port"),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    async fn count(&self) -> u64 {
+        let url = format!("http://127.0.0.1:{}/count", self.port);
+        let text = self
+            .http
+            .get(url)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.parse().unwrap()
+    }
 
     async fn wait_for(&self, total: u64) {
-        while self.spans.load(Ordering::Relaxed) < total {
+        while self.count().await < total {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
+
+    async fn refuse(&self) {
+        let url = format!("http://127.0.0.1:{}/refuse", self.port);
+        self.http.post(url).send().await.unwrap();
+    }
+}
+
+/// The receiver process: serves until killed, after printing its port.
+async fn run_receiver() {
+    let port = Counter::default().serve().await;
+    println!("{port}");
+    std::future::pending::<()>().await;
 }
 
 /// Request and response records of `n` server requests on a few connections.
@@ -202,8 +280,8 @@ async fn probe_source(spans: u64) -> (Row, Row) {
     };
     assert!(bytes > 0);
 
-    let counter = Counter::default();
-    let port = counter.start().await;
+    let counter = RemoteCounter::start();
+    let port = counter.port;
     let dir = tempfile::tempdir().unwrap();
     let store = apiary_storage::Store::open(dir.path()).unwrap();
     let sink = OtlpHttp::new(&format!("http://127.0.0.1:{port}"), Vec::new()).unwrap();
@@ -228,7 +306,7 @@ async fn probe_source(spans: u64) -> (Row, Row) {
     }
     counter.wait_for(spans).await;
     let row = Row {
-        stage: "probe source → RED → OTLP → disk buffer → OTLP/HTTP (+ receiver)",
+        stage: "probe source → RED → OTLP → disk buffer → OTLP/HTTP (in process)",
         spans,
         wall: start.elapsed(),
         cpu: process_cpu_seconds("self") - cpu,
@@ -264,8 +342,8 @@ fn otlp_batch(first: usize, resource: &ResourceInfo) -> Vec<u8> {
 }
 
 async fn receiver_source(spans: u64, rounds: usize, buffered: usize) -> (Vec<Row>, u64, u64) {
-    let counter = Counter::default();
-    let port = counter.start().await;
+    let counter = RemoteCounter::start();
+    let port = counter.port;
     let cluster = Cluster::start(1).await;
     let (status, body) = cluster
         .set(
@@ -327,7 +405,7 @@ async fn receiver_source(spans: u64, rounds: usize, buffered: usize) -> (Vec<Row
     }
 
     // Memory: the destination refuses; 100 k spans wait in the buffer.
-    counter.refuse.store(true, Ordering::Relaxed);
+    counter.refuse().await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let hundred_k: Vec<Vec<u8>> = (0..buffered.div_ceil(BATCH))
         .map(|i| otlp_batch(i * BATCH, &resource))
@@ -352,6 +430,9 @@ fn median(mut rows: Vec<Row>) -> Row {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
+    if std::env::var_os(RECEIVER_ENV).is_some() {
+        return run_receiver().await;
+    }
     // `cargo bench` passes --bench; `cargo test --all-targets` runs this too: keep that a quick
     // smoke run of every stage.
     let quick = !std::env::args().any(|a| a == "--bench");

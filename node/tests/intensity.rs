@@ -173,10 +173,11 @@ async fn heavy_load_on_one_host_is_sampled_down_within_the_cluster_budget() {
         "took {:?}",
         loaded.elapsed()
     );
-    // The export rate across the cluster, as each node's peers hear it, over 5 s.
+    // The export rate across the cluster, as each node's peers hear it, over 10 s (each 1 s
+    // report varies by about 10 % with sampling alone; ten of them average that out).
     tokio::time::sleep(Duration::from_secs(2)).await;
     let mut samples = Vec::new();
-    for _ in 0..5 {
+    for _ in 0..10 {
         let mut total = 0.0;
         for node in 0..3 {
             let observer = intensity(&cluster, (node + 1) % 3).await;

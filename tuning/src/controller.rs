@@ -1,14 +1,17 @@
-//! Turns a target rate into the rate a node runs at, without oscillating: small differences are
-//! ignored (hysteresis), a rate may fall at once (to protect the budget) but rise at most by a
-//! factor per step.
+//! Turns a target rate into the rate a node runs at, without oscillating: a rate falls at once
+//! when the target is even slightly lower (so the budget is not overrun by a dead band), but rises
+//! only for a clear difference (hysteresis) and at most by a factor per step. Around a noisy target
+//! the rate therefore settles at the low edge of the noise, never above it.
 
 use serde::Serialize;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct RateController {
     rate: f64,
-    /// Relative difference below which the rate stays.
+    /// Relative rise below which the rate stays.
     pub dead_band: f64,
+    /// Relative fall below which the rate stays (measurement jitter).
+    pub fall_band: f64,
     /// Largest factor the rate may grow by in one step.
     pub max_rise: f64,
 }
@@ -18,6 +21,7 @@ impl RateController {
         RateController {
             rate: rate.clamp(0.0, 1.0),
             dead_band: 0.10,
+            fall_band: 0.02,
             max_rise: 2.0,
         }
     }
@@ -34,8 +38,10 @@ impl RateController {
         let current = self.rate;
         let differs = if current == 0.0 {
             target > 0.0
+        } else if target < current {
+            (current - target) / current > self.fall_band
         } else {
-            ((target - current) / current).abs() > self.dead_band
+            (target - current) / current > self.dead_band
         };
         // The configured rate is always reachable exactly, whatever the dead band; and a lowered
         // ceiling applies at once.
@@ -60,7 +66,21 @@ mod tests {
     #[test]
     fn falls_at_once_rises_gradually_and_ignores_jitter() {
         let mut c = RateController::new(1.0);
-        assert_eq!(c.step(0.95, 1.0), (1.0, false), "inside the dead band");
+        assert_eq!(
+            c.step(0.99, 1.0),
+            (1.0, false),
+            "jitter below the fall band"
+        );
+        assert_eq!(
+            c.step(0.95, 1.0),
+            (0.95, true),
+            "a small fall applies: no budget overrun"
+        );
+        assert_eq!(
+            c.step(1.0, 1.0),
+            (1.0, true),
+            "the configured rate is always reachable"
+        );
         assert_eq!(c.step(0.1, 1.0), (0.1, true), "falls at once");
         assert_eq!(c.step(0.105, 1.0), (0.1, false));
         assert_eq!(c.step(1.0, 1.0), (0.2, true), "rises at most 2x per step");
@@ -73,7 +93,7 @@ mod tests {
             (0.3, true),
             "a lowered ceiling applies at once"
         );
-        assert_eq!(c.step(0.29, 0.3), (0.3, false));
+        assert_eq!(c.step(0.296, 0.3), (0.3, false), "jitter");
     }
 
     #[test]
@@ -84,6 +104,10 @@ mod tests {
             let noise = if i % 2 == 0 { 0.52 } else { 0.48 };
             changes += usize::from(c.step(noise, 1.0).1);
         }
-        assert_eq!(changes, 0);
+        assert_eq!(
+            changes, 1,
+            "one fall to the low edge of the noise, then still"
+        );
+        assert_eq!(c.rate(), 0.48);
     }
 }
