@@ -16,7 +16,7 @@
 mod common;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use apiary_pipeline::{
@@ -216,38 +216,41 @@ impl Row {
 }
 
 /// The probe source as the node runs it: ring records → assembler → every request to RED (the
-/// tap sees sampled and unsampled requests alike), spans out.
+/// tap sees sampled and unsampled requests alike), spans out through the observer's channel (as
+/// the export's batcher takes them).
 struct ProbeSource {
     assembler: Assembler,
-    spans: Arc<Mutex<Vec<Span>>>,
+    spans: tokio::sync::broadcast::Receiver<Arc<Span>>,
 }
 
 impl ProbeSource {
     fn new(red: Option<Arc<RedMetrics>>) -> Self {
         let observer = Arc::new(Observer::default());
-        let spans = Arc::new(Mutex::new(Vec::new()));
-        let sink = spans.clone();
-        observer.set_request_tap(Box::new(move |span| {
-            if let Some(red) = &red {
-                red.record(span);
-            }
-            sink.lock().unwrap().push(span.clone());
-        }));
+        if let Some(red) = red {
+            observer.set_request_tap(Box::new(move |span| red.record(span)));
+        }
         ProbeSource {
+            spans: observer.subscribe(),
             assembler: Assembler::new(observer),
-            spans,
         }
     }
 
-    fn feed(&mut self, records: &[Vec<u8>]) -> Vec<Span> {
-        for record in records {
-            self.assembler.handle(record);
+    /// Feeds at most a few thousand records at a time (the channel holds 8 192 spans).
+    fn feed(&mut self, records: &[Vec<u8>]) -> Vec<Arc<Span>> {
+        let mut out = Vec::with_capacity(records.len() / 2);
+        for chunk in records.chunks(4096) {
+            for record in chunk {
+                self.assembler.handle(record);
+            }
+            while let Ok(span) = self.spans.try_recv() {
+                out.push(span);
+            }
         }
-        std::mem::take(&mut *self.spans.lock().unwrap())
+        out
     }
 }
 
-fn assemble(records: &[Vec<u8>], red: Option<Arc<RedMetrics>>) -> Vec<Span> {
+fn assemble(records: &[Vec<u8>], red: Option<Arc<RedMetrics>>) -> Vec<Arc<Span>> {
     ProbeSource::new(red).feed(records)
 }
 

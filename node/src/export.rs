@@ -260,7 +260,7 @@ impl Export {
         }
     }
 
-    async fn enqueue_spans(&self, spans: &[Span]) {
+    async fn enqueue_spans(&self, spans: &[Arc<Span>]) {
         let deliveries = self.deliveries();
         if deliveries.is_empty() {
             return;

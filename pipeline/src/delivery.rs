@@ -135,7 +135,10 @@ impl<S: Sink> Delivery<S> {
                     else {
                         break;
                     };
-                    self.remove(seq, &oldest)?;
+                    if !self.remove(seq, &oldest)? {
+                        // Delivered or dropped by someone else meanwhile: look again.
+                        continue;
+                    }
                     let items = unframe(&oldest).map(|(_, n, _)| n).unwrap_or(0);
                     self.stats
                         .dropped_items
@@ -144,20 +147,30 @@ impl<S: Sink> Delivery<S> {
                 }
             }
         }
-        self.queue.push(&item).await.map_err(|e| e.to_string())?;
+        // Counted before it is visible to the sender, so that a delivery cannot subtract it
+        // first (the counters would wrap below zero and every later batch look "too big").
         self.stats.queued_batches.fetch_add(1, Ordering::Relaxed);
         self.stats.queued_bytes.fetch_add(size, Ordering::Relaxed);
+        if let Err(e) = self.queue.push(&item).await {
+            self.stats.queued_batches.fetch_sub(1, Ordering::Relaxed);
+            self.stats.queued_bytes.fetch_sub(size, Ordering::Relaxed);
+            return Err(e.to_string());
+        }
         self.wake.notify_one();
         Ok(())
     }
 
-    fn remove(&self, seq: u64, item: &[u8]) -> Result<(), String> {
-        self.queue.ack(seq).map_err(|e| e.to_string())?;
-        self.stats.queued_batches.fetch_sub(1, Ordering::Relaxed);
-        self.stats
-            .queued_bytes
-            .fetch_sub(item.len() as u64, Ordering::Relaxed);
-        Ok(())
+    /// Takes a batch out of the queue. Only the caller that really removed it adjusts the
+    /// counters, so a delivery and a drop-oldest racing for the same batch count it once.
+    fn remove(&self, seq: u64, item: &[u8]) -> Result<bool, String> {
+        let removed = self.queue.ack(seq).map_err(|e| e.to_string())?;
+        if removed {
+            self.stats.queued_batches.fetch_sub(1, Ordering::Relaxed);
+            self.stats
+                .queued_bytes
+                .fetch_sub(item.len() as u64, Ordering::Relaxed);
+        }
+        Ok(removed)
     }
 
     /// Sends batches oldest first, forever. Retryable failures back off exponentially with

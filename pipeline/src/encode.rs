@@ -143,9 +143,15 @@ fn span_fields(out: &mut Vec<u8>, span: &Span, scratch: &mut String) {
 
 /// Encodes `spans` as one `ExportTraceServiceRequest`, one resource per (service, process),
 /// appending to `out`.
-pub fn encode_spans(spans: &[Span], resource: &ResourceInfo, out: &mut Vec<u8>) {
+/// Takes spans or shared spans (`Arc<Span>`, as the observer hands them out).
+pub fn encode_spans<S: std::borrow::Borrow<Span>>(
+    spans: &[S],
+    resource: &ResourceInfo,
+    out: &mut Vec<u8>,
+) {
     let mut by_process: BTreeMap<(&str, u32), Vec<&Span>> = BTreeMap::new();
     for span in spans {
+        let span: &Span = span.borrow();
         by_process
             .entry((span.service.as_str(), span.pid))
             .or_default()

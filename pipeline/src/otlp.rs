@@ -305,7 +305,7 @@ pub fn export_request(spans: &[Span], resource: &ResourceInfo) -> ExportTraceSer
 }
 
 /// The protobuf bytes of [`export_request`], written directly (see `encode`).
-pub fn encode(spans: &[Span], resource: &ResourceInfo) -> Vec<u8> {
+pub fn encode<S: std::borrow::Borrow<Span>>(spans: &[S], resource: &ResourceInfo) -> Vec<u8> {
     let mut out = Vec::with_capacity(spans.len() * 400);
     crate::encode::encode_spans(spans, resource, &mut out);
     out

@@ -322,3 +322,54 @@ async fn full_buffer_drops_oldest_and_counts_it() {
     want.sort();
     assert_eq!(got, want, "the oldest batches should be the ones dropped");
 }
+
+/// Many writers at once while the sender delivers as fast as it can (the node's OTLP receiver
+/// with several clients): the counters must not drift, or the buffer would look full and drop
+/// acknowledged batches. Once a drift wrapped `queued_bytes` below zero and every later batch
+/// was dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_writers_lose_nothing_and_the_counters_return_to_zero() {
+    let addr = free_addr();
+    let (receiver, _task) = Receiver::start(addr, Mode::Accept).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let delivery = delivery(&store, addr, 1 << 30);
+    tokio::spawn(delivery.clone().run());
+    let (writers, batches, per_batch) = (8, 60, 4);
+    let mut tasks = Vec::new();
+    for w in 0..writers {
+        let delivery = delivery.clone();
+        tasks.push(tokio::spawn(async move {
+            enqueue_batches(&delivery, w * batches * per_batch, batches, per_batch).await;
+        }));
+    }
+    // A hang here is the failure this test is about (sled's concurrent flushes): fail, not hang.
+    let all_written = async {
+        for task in tasks {
+            task.await.unwrap();
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), all_written)
+        .await
+        .expect("eight writers finished within 60 s (a sled flush hang?)");
+    let total = writers * batches * per_batch;
+    wait_until("every span delivered", || {
+        receiver.span_names().len() >= total
+    })
+    .await;
+    let stats = &delivery.stats;
+    assert_eq!(
+        stats.dropped_items.load(Ordering::Relaxed),
+        0,
+        "nothing dropped"
+    );
+    let mut names = receiver.span_names();
+    names.sort();
+    names.dedup();
+    assert_eq!(names.len(), total, "every span once");
+    wait_until("the counters back at zero", || {
+        stats.queued_batches.load(Ordering::Relaxed) == 0
+            && stats.queued_bytes.load(Ordering::Relaxed) == 0
+    })
+    .await;
+}

@@ -4,6 +4,7 @@
 //! from the record bytes with bounds checks, so a short or odd record is an error, never
 //! undefined behaviour.
 
+use std::borrow::Cow;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 pub const PROBE_HTTP: u32 = 0;
@@ -104,14 +105,15 @@ pub fn rate_of_threshold(threshold: u32) -> f64 {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Header {
+pub struct Header<'a> {
     pub probe: u32,
     pub pid: u32,
     pub tid: u32,
     pub netns: u32,
     pub ts_ns: u64,
     pub cgroup_id: u64,
-    pub comm: String,
+    /// Borrowed from the record unless it had to be repaired (invalid UTF-8).
+    pub comm: Cow<'a, str>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -127,9 +129,11 @@ pub enum Direction {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Event {
+/// One ring-buffer record, borrowing its bytes from the record: decoding copies nothing, so the
+/// probe path pays for a copy only where a span keeps a value.
+pub enum Event<'a> {
     Data {
-        header: Header,
+        header: Header<'a>,
         flow: Option<Flow>,
         conn_id: u64,
         total_len: i64,
@@ -137,10 +141,10 @@ pub enum Event {
         sample_threshold: u32,
         /// Sampling dropped the request: count it, do not export it.
         sampled_out: bool,
-        data: Vec<u8>,
+        data: &'a [u8],
     },
     TcpState {
-        header: Header,
+        header: Header<'a>,
         flow: Option<Flow>,
         sock: u64,
         old_state: i32,
@@ -150,17 +154,17 @@ pub enum Event {
         retransmits: u32,
     },
     TcpRetransmit {
-        header: Header,
+        header: Header<'a>,
         flow: Option<Flow>,
         sock: u64,
     },
     Exec {
-        header: Header,
+        header: Header<'a>,
         ppid: u32,
-        filename: String,
+        filename: Cow<'a, str>,
     },
     Exit {
-        header: Header,
+        header: Header<'a>,
         exit_code: i32,
     },
 }
@@ -176,8 +180,8 @@ pub enum DecodeError {
 /// Bounds-checked little-endian reads from one record.
 struct Reader<'a>(&'a [u8]);
 
-impl Reader<'_> {
-    fn bytes(&self, at: usize, len: usize) -> Result<&[u8], DecodeError> {
+impl<'a> Reader<'a> {
+    fn bytes(&self, at: usize, len: usize) -> Result<&'a [u8], DecodeError> {
         self.0
             .get(at..at + len)
             .ok_or(DecodeError::Short(self.0.len()))
@@ -200,10 +204,10 @@ impl Reader<'_> {
             self.bytes(at, 8)?.try_into().unwrap_or_default(),
         ))
     }
-    fn cstr(&self, at: usize, len: usize) -> Result<String, DecodeError> {
+    fn cstr(&self, at: usize, len: usize) -> Result<Cow<'a, str>, DecodeError> {
         let raw = self.bytes(at, len)?;
         let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
-        Ok(String::from_utf8_lossy(&raw[..end]).into_owned())
+        Ok(String::from_utf8_lossy(&raw[..end]))
     }
 }
 
@@ -214,7 +218,7 @@ const DATA_PAYLOAD_AT: usize = HEADER_SIZE + FLOW_SIZE + 32;
 const TCP_EVENT_SIZE: usize = HEADER_SIZE + FLOW_SIZE + 48;
 const PROC_EVENT_SIZE: usize = HEADER_SIZE + 8 + 256;
 
-fn header(r: &Reader) -> Result<Header, DecodeError> {
+fn header<'a>(r: &Reader<'a>) -> Result<Header<'a>, DecodeError> {
     Ok(Header {
         probe: r.u8(1)? as u32,
         pid: r.u32(4)?,
@@ -284,7 +288,7 @@ pub fn encode_data_event(
     record
 }
 
-pub fn decode(record: &[u8]) -> Result<Event, DecodeError> {
+pub fn decode(record: &[u8]) -> Result<Event<'_>, DecodeError> {
     let r = Reader(record);
     let kind = r.u8(0)?;
     let header = header(&r)?;
@@ -303,7 +307,7 @@ pub fn decode(record: &[u8]) -> Result<Event, DecodeError> {
                 },
                 sample_threshold: r.u32(at + 24)?,
                 sampled_out: r.u32(at + 28)? & DATA_SAMPLED_OUT != 0,
-                data: r.bytes(DATA_PAYLOAD_AT, captured)?.to_vec(),
+                data: r.bytes(DATA_PAYLOAD_AT, captured)?,
                 header,
             })
         }

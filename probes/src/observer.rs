@@ -67,7 +67,8 @@ struct KeepBudget {
 
 /// What the probes saw, for the API and the pipeline. Counts what it cannot decode.
 pub struct Observer {
-    spans: broadcast::Sender<Span>,
+    /// Shared, not copied: every subscriber and the recent list hold the same span.
+    spans: broadcast::Sender<Arc<Span>>,
     tap: std::sync::OnceLock<RequestTap>,
     keep: Mutex<KeepBudget>,
     /// Requests seen, sampled or not (the demand cooperative tuning shares).
@@ -76,7 +77,7 @@ pub struct Observer {
     pub kept_by_rule: AtomicU64,
     /// Spans the rule would have kept beyond its per-second cap.
     pub kept_over_cap: AtomicU64,
-    recent_spans: Mutex<VecDeque<Span>>,
+    recent_spans: Mutex<VecDeque<Arc<Span>>>,
     recent_flows: Mutex<VecDeque<TcpFlow>>,
     pub decode_errors: AtomicU64,
     pub spans_total: AtomicU64,
@@ -111,11 +112,11 @@ fn push_bounded<T>(queue: &Mutex<VecDeque<T>>, item: T, bound: usize) {
 
 impl Observer {
     /// Live spans; a receiver that falls behind misses spans (and is told how many).
-    pub fn subscribe(&self) -> broadcast::Receiver<Span> {
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Span>> {
         self.spans.subscribe()
     }
 
-    pub fn recent_spans(&self) -> Vec<Span> {
+    pub fn recent_spans(&self) -> Vec<Arc<Span>> {
         self.recent_spans
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -176,6 +177,7 @@ impl Observer {
             span.kept_by = Some(reason);
         }
         self.spans_total.fetch_add(1, Ordering::Relaxed);
+        let span = Arc::new(span);
         push_bounded(&self.recent_spans, span.clone(), RECENT_SPANS);
         let _ = self.spans.send(span);
     }
@@ -279,8 +281,14 @@ impl Assembler {
                 header, filename, ..
             } => {
                 let name = filename.rsplit('/').next().unwrap_or(&filename).to_string();
-                self.names
-                    .insert(header.pid, if name.is_empty() { header.comm } else { name });
+                self.names.insert(
+                    header.pid,
+                    if name.is_empty() {
+                        header.comm.into_owned()
+                    } else {
+                        name
+                    },
+                );
             }
             Event::Exit { header, .. } => {
                 self.names.remove(&header.pid);
@@ -380,7 +388,7 @@ mod tests {
         observer.publish(span(500, 10, 1));
         observer.publish(span(500, 10, 1)); // over the cap of 3 in second 1
         observer.publish(span(500, 10, 2)); // a new second
-        let kept: Vec<Span> = std::iter::from_fn(|| live.try_recv().ok()).collect();
+        let kept: Vec<Arc<Span>> = std::iter::from_fn(|| live.try_recv().ok()).collect();
         let reasons: Vec<_> = kept.iter().map(|s| s.kept_by).collect();
         assert_eq!(
             reasons,

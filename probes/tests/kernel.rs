@@ -68,6 +68,7 @@ fn spans_on_port(observer: &Observer, port: u16) -> Vec<Span> {
         .filter(|s| {
             s.local.map(|a| a.port()) == Some(port) || s.peer.map(|a| a.port()) == Some(port)
         })
+        .map(|s| (*s).clone())
         .collect()
 }
 
@@ -496,6 +497,7 @@ async fn https_spans_through_the_tls_probe() {
             .recent_spans()
             .into_iter()
             .filter(|s| s.probe == "tls" && s.target == "/secure/42")
+            .map(|s| (*s).clone())
             .collect();
         if spans.len() >= 2 || start.elapsed() > Duration::from_secs(10) {
             break spans;

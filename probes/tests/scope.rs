@@ -93,6 +93,7 @@ fn spans_with(observer: &Observer, target: &str) -> Vec<Span> {
         .recent_spans()
         .into_iter()
         .filter(|s| s.target == target)
+        .map(|s| (*s).clone())
         .collect()
 }
 
