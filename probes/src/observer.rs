@@ -235,7 +235,7 @@ impl Assembler {
                     flow: flow.as_ref(),
                     sample_threshold,
                     sampled_out,
-                    data: &data,
+                    data,
                     netns: header.netns,
                     cgroup_id: header.cgroup_id,
                 };
