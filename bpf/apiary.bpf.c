@@ -191,41 +191,50 @@ static __always_inline __u32 task_netns(void)
 	return BPF_CORE_READ(task, nsproxy, net_ns, ns.inum);
 }
 
-/* Filters of one probe: exclusions first, then include lists where they exist. */
+/* Filters of one probe: exclusions first, then include lists where they exist. A kind of
+ * filter with no rules costs nothing: its map lookups (and the cgroup ancestry walk, up to
+ * MAX_CGROUP_DEPTH helper calls and lookups) run only when the config holds such rules. */
 static __always_inline int passes_filters(__u32 probe, struct ap_probe_config *config, __u32 pid,
 					  __u16 port_a, __u16 port_b)
 {
-	struct ap_pid_filter_key pid_key = { .probe = probe, .pid = pid };
-	__u8 *pid_rule = bpf_map_lookup_elem(&pid_filter, &pid_key);
-	if (pid_rule && *pid_rule == FILTER_EXCLUDE)
-		return 0;
-	if ((config->filter_flags & HAS_PID_INCLUDE) && !(pid_rule && *pid_rule == FILTER_INCLUDE))
-		return 0;
-
-	struct ap_port_filter_key port_key = { .probe = probe, .port = port_a };
-	__u8 *rule_a = bpf_map_lookup_elem(&port_filter, &port_key);
-	port_key.port = port_b;
-	__u8 *rule_b = bpf_map_lookup_elem(&port_filter, &port_key);
-	if ((rule_a && *rule_a == FILTER_EXCLUDE) || (rule_b && *rule_b == FILTER_EXCLUDE))
-		return 0;
-	if ((config->filter_flags & HAS_PORT_INCLUDE) &&
-	    !((rule_a && *rule_a == FILTER_INCLUDE) || (rule_b && *rule_b == FILTER_INCLUDE)))
-		return 0;
-
-	int included = 0;
-	for (int level = 0; level < MAX_CGROUP_DEPTH; level++) {
-		struct ap_cgroup_filter_key key = { .probe = probe };
-		key.cgroup_id = bpf_get_current_ancestor_cgroup_id(level);
-		if (key.cgroup_id == 0)
-			break;
-		__u8 *rule = bpf_map_lookup_elem(&cgroup_filter, &key);
-		if (rule && *rule == FILTER_EXCLUDE)
+	__u32 flags = config->filter_flags;
+	if (flags & HAS_PID_RULES) {
+		struct ap_pid_filter_key pid_key = { .probe = probe, .pid = pid };
+		__u8 *pid_rule = bpf_map_lookup_elem(&pid_filter, &pid_key);
+		if (pid_rule && *pid_rule == FILTER_EXCLUDE)
 			return 0;
-		if (rule && *rule == FILTER_INCLUDE)
-			included = 1;
+		if ((flags & HAS_PID_INCLUDE) && !(pid_rule && *pid_rule == FILTER_INCLUDE))
+			return 0;
 	}
-	if ((config->filter_flags & HAS_CGROUP_INCLUDE) && !included)
-		return 0;
+
+	if (flags & HAS_PORT_RULES) {
+		struct ap_port_filter_key port_key = { .probe = probe, .port = port_a };
+		__u8 *rule_a = bpf_map_lookup_elem(&port_filter, &port_key);
+		port_key.port = port_b;
+		__u8 *rule_b = bpf_map_lookup_elem(&port_filter, &port_key);
+		if ((rule_a && *rule_a == FILTER_EXCLUDE) || (rule_b && *rule_b == FILTER_EXCLUDE))
+			return 0;
+		if ((flags & HAS_PORT_INCLUDE) &&
+		    !((rule_a && *rule_a == FILTER_INCLUDE) || (rule_b && *rule_b == FILTER_INCLUDE)))
+			return 0;
+	}
+
+	if (flags & HAS_CGROUP_RULES) {
+		int included = 0;
+		for (int level = 0; level < MAX_CGROUP_DEPTH; level++) {
+			struct ap_cgroup_filter_key key = { .probe = probe };
+			key.cgroup_id = bpf_get_current_ancestor_cgroup_id(level);
+			if (key.cgroup_id == 0)
+				break;
+			__u8 *rule = bpf_map_lookup_elem(&cgroup_filter, &key);
+			if (rule && *rule == FILTER_EXCLUDE)
+				return 0;
+			if (rule && *rule == FILTER_INCLUDE)
+				included = 1;
+		}
+		if ((flags & HAS_CGROUP_INCLUDE) && !included)
+			return 0;
+	}
 	return 1;
 }
 
@@ -448,6 +457,10 @@ static __always_inline void finish_read(__s64 ret)
 		if ((__s64)first.iov_len < ret)
 			ret = first.iov_len;
 	}
+	/* As for writes: most reads are not HTTP; skip the fd → socket walk for them. */
+	char head[8] = {};
+	if (bpf_probe_read_user(head, sizeof(head), (void *)buf) < 0 || http_prefix(head) == PREFIX_NONE)
+		return;
 	struct sock *sk = sock_of_fd(copy.fd);
 	if (!sk)
 		return;

@@ -17,6 +17,11 @@
 #define HAS_PID_INCLUDE 1
 #define HAS_PORT_INCLUDE 2
 #define HAS_CGROUP_INCLUDE 4
+/* ...and any rule of that kind exists (include or exclude): without one, its lookups are skipped,
+ * so a probe with no filters pays for none. */
+#define HAS_PID_RULES 8
+#define HAS_PORT_RULES 16
+#define HAS_CGROUP_RULES 32
 
 #define FILTER_INCLUDE 1
 #define FILTER_EXCLUDE 2

@@ -17,6 +17,9 @@ pub const MAX_CAPTURE: u32 = 4095;
 pub const HAS_PID_INCLUDE: u32 = 1;
 pub const HAS_PORT_INCLUDE: u32 = 2;
 pub const HAS_CGROUP_INCLUDE: u32 = 4;
+pub const HAS_PID_RULES: u32 = 8;
+pub const HAS_PORT_RULES: u32 = 16;
+pub const HAS_CGROUP_RULES: u32 = 32;
 pub const FILTER_INCLUDE: u8 = 1;
 pub const FILTER_EXCLUDE: u8 = 2;
 

@@ -353,6 +353,15 @@ impl ProbeSet {
             if !filters.include_cgroups.is_empty() {
                 flags |= HAS_CGROUP_INCLUDE;
             }
+            if !(filters.include_pids.is_empty() && filters.exclude_pids.is_empty()) {
+                flags |= HAS_PID_RULES;
+            }
+            if !(filters.include_ports.is_empty() && filters.exclude_ports.is_empty()) {
+                flags |= HAS_PORT_RULES;
+            }
+            if !(filters.include_cgroups.is_empty() && filters.exclude_cgroups.is_empty()) {
+                flags |= HAS_CGROUP_RULES;
+            }
             let value = ProbeConfig {
                 enabled: settings.enabled as u32,
                 sample_threshold: sample_threshold(settings.sample_rate),
