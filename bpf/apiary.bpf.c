@@ -72,6 +72,17 @@ struct {
 	__uint(max_entries, 8 * 1024 * 1024);
 } events SEC(".maps");
 
+/* Waking the reader for every event made each traced syscall pay for a wakeup and a context
+ * switch. Events are written without a wakeup; the reader drains on a short timer, and is woken
+ * at once only when this much data waits (an eighth of the ring), so a burst cannot fill it. */
+#define WAKEUP_BYTES (1024 * 1024)
+
+static __always_inline __u64 wakeup_flags(void)
+{
+	return bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= WAKEUP_BYTES ? BPF_RB_FORCE_WAKEUP
+										  : BPF_RB_NO_WAKEUP;
+}
+
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, NUM_PROBES);
@@ -402,7 +413,7 @@ static __always_inline void emit_data(__u32 probe, __u64 conn_key, __u64 conn_id
 	ev->captured = captured;
 	asm volatile("%0 &= %1" : "+r"(captured) : "i"(CAPTURE_MASK));
 	__u64 size = offsetof(struct ap_data_event, data) + captured;
-	if (bpf_ringbuf_output(&events, ev, size, 0) < 0)
+	if (bpf_ringbuf_output(&events, ev, size, wakeup_flags()) < 0)
 		stats->lost++;
 	else
 		stats->emitted++;
@@ -691,7 +702,7 @@ static __always_inline void emit_tcp(struct sock *sk, struct ap_flow *flow, __u8
 	ev->bytes_acked = BPF_CORE_READ(tp, bytes_acked);
 	ev->retransmits = BPF_CORE_READ(tp, total_retrans);
 	ev->pad = 0;
-	bpf_ringbuf_submit(ev, 0);
+	bpf_ringbuf_submit(ev, wakeup_flags());
 	stats->emitted++;
 }
 
@@ -752,7 +763,7 @@ int process_exec(struct ap_exec_ctx *ctx)
 		return 0;
 	bpf_probe_read_kernel_str(ev->filename, sizeof(ev->filename),
 				  (void *)ctx + (ctx->filename_loc & 0xffff));
-	bpf_ringbuf_submit(ev, 0);
+	bpf_ringbuf_submit(ev, wakeup_flags());
 	return 0;
 }
 
@@ -767,6 +778,6 @@ int process_exit(struct ap_exit_ctx *ctx)
 		return 0;
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
 	ev->exit_code = BPF_CORE_READ(task, exit_code) >> 8;
-	bpf_ringbuf_submit(ev, 0);
+	bpf_ringbuf_submit(ev, wakeup_flags());
 	return 0;
 }
