@@ -83,7 +83,9 @@ pub struct Export {
     /// Requests per service, route and status, counted before sampling.
     pub red: Arc<RedMetrics>,
     /// Probe server spans by (trace, caller span), to re-parent apps' own spans under them.
-    pub server_spans: ServerSpanIndex,
+    pub server_spans: Arc<ServerSpanIndex>,
+    /// The probes' observer, when the node runs probes: the receiver syncs with it.
+    pub observer: Option<Arc<Observer>>,
 }
 
 impl Export {
@@ -103,7 +105,8 @@ impl Export {
             source_dropped: AtomicU64::new(0),
             received_without_destination: AtomicU64::new(0),
             red: Arc::new(RedMetrics::new()),
-            server_spans: ServerSpanIndex::default(),
+            server_spans: Arc::default(),
+            observer: observer.clone(),
         });
         let state = consensus.config_state().clone();
         let mut versions = state.subscribe();
@@ -119,6 +122,10 @@ impl Export {
         if let Some(observer) = observer {
             let red = export.red.clone();
             observer.set_request_tap(Box::new(move |span| red.record(span)));
+            // Indexed as published, so that after `Observer::sync` an app span finds the probe
+            // span of its request.
+            let index = export.server_spans.clone();
+            observer.set_export_tap(Box::new(move |span| index.remember(span)));
             tokio::spawn(batch_spans(Arc::downgrade(&export), observer));
             tokio::spawn(export_red_metrics(Arc::downgrade(&export)));
         }
@@ -331,12 +338,7 @@ async fn batch_spans(export: std::sync::Weak<Export>, observer: Arc<Observer>) {
         while batch.len() < BATCH_SPANS {
             tokio::select! {
                 received = spans.recv() => match received {
-                    Ok(span) => {
-                        if let Some(export) = export.upgrade() {
-                            export.server_spans.remember(&span);
-                        }
-                        batch.push(span);
-                    }
+                    Ok(span) => batch.push(span),
                     Err(RecvError::Lagged(missed)) => {
                         if let Some(export) = export.upgrade() {
                             export.source_dropped.fetch_add(missed, Ordering::Relaxed);

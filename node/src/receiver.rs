@@ -22,7 +22,14 @@ pub const MAX_REQUEST_BYTES: usize = 8 << 20;
 
 /// Re-parents app spans under the probes' spans of the same requests, then queues the request
 /// for every destination. `Err` means not stored: the app should retry.
-pub async fn ingest(export: &Export, mut request: OtlpRequest) -> Result<(), String> {
+pub async fn ingest(export: &Export, request: OtlpRequest) -> Result<(), String> {
+    if request.signal() == Signal::Traces {
+        sync_with_probes(export).await;
+    }
+    ingest_synced(export, request).await
+}
+
+async fn ingest_synced(export: &Export, mut request: OtlpRequest) -> Result<(), String> {
     if let OtlpRequest::Traces(traces) = &mut request {
         export.server_spans.reparent(traces);
     }
@@ -31,6 +38,17 @@ pub async fn ingest(export: &Export, mut request: OtlpRequest) -> Result<(), Str
         .accept(request.signal(), items, &request.encode())
         .await
 }
+
+/// The probes' reader drains on a timer; an app's span can arrive before the probe span of the
+/// same request was read from the ring. A drain on demand (well under a millisecond when the
+/// ring is quiet) puts that span in the index first.
+async fn sync_with_probes(export: &Export) {
+    if let Some(observer) = &export.observer {
+        observer.sync(SYNC_TIMEOUT).await;
+    }
+}
+
+const SYNC_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Why a request was not taken.
 enum Refusal {
@@ -41,6 +59,9 @@ enum Refusal {
 /// The protobuf fast path: the framing is checked and items counted at the wire level; only a
 /// request holding an app span to re-parent is decoded and re-encoded.
 async fn ingest_protobuf(export: &Export, signal: Signal, bytes: &[u8]) -> Result<(), Refusal> {
+    if signal == Signal::Traces {
+        sync_with_probes(export).await;
+    }
     let mut merge = false;
     let items = wire::scan(signal, bytes, |trace, parent| {
         merge = merge || export.server_spans.contains(trace, parent);
@@ -49,7 +70,9 @@ async fn ingest_protobuf(export: &Export, signal: Signal, bytes: &[u8]) -> Resul
     if merge {
         let request = OtlpRequest::decode_protobuf(signal, bytes)
             .map_err(|e| Refusal::Invalid(e.to_string()))?;
-        return ingest(export, request).await.map_err(Refusal::NotStored);
+        return ingest_synced(export, request)
+            .await
+            .map_err(Refusal::NotStored);
     }
     export
         .accept(signal, items.min(u32::MAX as u64) as u32, bytes)

@@ -82,6 +82,11 @@ pub struct Observer {
     pub decode_errors: AtomicU64,
     pub spans_total: AtomicU64,
     pub retransmits_total: AtomicU64,
+    /// Called with every span that will be exported, as it is published (before any channel).
+    export_tap: std::sync::OnceLock<RequestTap>,
+    /// `sync` asks the ring reader to drain now; it counts the drains it did on request.
+    drain_requests: tokio::sync::Notify,
+    drains: tokio::sync::watch::Sender<u64>,
 }
 
 impl Default for Observer {
@@ -98,6 +103,9 @@ impl Default for Observer {
             decode_errors: AtomicU64::new(0),
             spans_total: AtomicU64::new(0),
             retransmits_total: AtomicU64::new(0),
+            export_tap: std::sync::OnceLock::new(),
+            drain_requests: tokio::sync::Notify::new(),
+            drains: tokio::sync::watch::channel(0).0,
         }
     }
 }
@@ -140,6 +148,23 @@ impl Observer {
         self.tap.set(tap).is_ok()
     }
 
+    /// Sees every span that will be exported, synchronously as it is published: for indexes
+    /// that must be up to date once `sync` returns.
+    pub fn set_export_tap(&self, tap: RequestTap) -> bool {
+        self.export_tap.set(tap).is_ok()
+    }
+
+    /// Returns once the ring reader has drained everything the kernel wrote before this call
+    /// (or after `timeout`, e.g. when no reader runs). The reader otherwise drains on a timer;
+    /// a caller that must see the spans of requests that just finished (the OTLP receiver,
+    /// before it re-parents an app's spans) asks for a drain first.
+    pub async fn sync(&self, timeout: std::time::Duration) {
+        let mut drains = self.drains.subscribe();
+        let before = *drains.borrow_and_update();
+        self.drain_requests.notify_one();
+        let _ = tokio::time::timeout(timeout, drains.wait_for(|n| *n > before)).await;
+    }
+
     pub fn set_keep_rule(&self, rule: KeepRule) {
         self.keep.lock().unwrap_or_else(|p| p.into_inner()).rule = rule;
     }
@@ -177,6 +202,9 @@ impl Observer {
             span.kept_by = Some(reason);
         }
         self.spans_total.fetch_add(1, Ordering::Relaxed);
+        if let Some(tap) = self.export_tap.get() {
+            tap(&span);
+        }
         let span = Arc::new(span);
         push_bounded(&self.recent_spans, span.clone(), RECENT_SPANS);
         let _ = self.spans.send(span);
@@ -325,7 +353,7 @@ pub fn spawn_reader(
     // as the AsyncFd owns the ring buffer.
     let mut fd = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
         .map_err(|e| std::io::Error::other(e.to_string()))?;
-    let mut assembler = Assembler::new(observer);
+    let mut assembler = Assembler::new(observer.clone());
     Ok(tokio::spawn(async move {
         // The probes write without waking this reader (see WAKEUP_BYTES in bpf/apiary.bpf.c):
         // it drains on this tick, or at once when the kernel wakes it for a large backlog.
@@ -344,6 +372,10 @@ pub fn spawn_reader(
                     }
                 },
                 _ = tick.tick() => drain(fd.get_mut(), &mut assembler),
+                _ = observer.drain_requests.notified() => {
+                    drain(fd.get_mut(), &mut assembler);
+                    observer.drains.send_modify(|n| *n += 1);
+                }
             }
         }
     }))
