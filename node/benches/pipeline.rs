@@ -24,9 +24,10 @@ use apiary_pipeline::{
 };
 use apiary_probes::abi::{encode_data_event, Direction};
 use apiary_probes::{Assembler, Observer, Span};
+use apiary_tuning::process_cpu_seconds;
 use axum::body::Bytes;
 use axum::http::StatusCode;
-use common::{process_cpu_seconds, Cluster};
+use common::Cluster;
 use serde_json::json;
 
 const BATCH: usize = 512;

@@ -15,7 +15,8 @@ mod loopback;
 
 use std::time::{Duration, Instant};
 
-use common::{process_cpu_seconds, root, Cluster};
+use apiary_tuning::process_cpu_seconds;
+use common::{root, Cluster};
 use loopback::{paced, percentile, server};
 use serde_json::json;
 

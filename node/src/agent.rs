@@ -327,28 +327,20 @@ async fn join(dir: &DataDir, name: &str, via: &str, token: &JoinToken) -> Result
 }
 
 /// Commits the config file's `[cluster]` table as the new cluster's first change.
+/// `propose` waits through the election that follows bootstrap, as for any write.
 async fn commit_seed(consensus: &Consensus, node: &str, seed: ClusterSeed) -> Result<()> {
-    let proposal = apiary_config::Proposal {
-        origin_node: node.to_string(),
-        author: "apiary.toml".into(),
-        comment: "initial config from the [cluster] table".into(),
-        at: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
-        intent: apiary_config::Intent::Set { settings: seed.0 },
-    };
-    for attempt in 1..=50 {
-        match consensus.propose(proposal.clone()).await {
-            Ok(version) => {
-                eprintln!("committed the config file's [cluster] table as version {version}");
-                return Ok(());
-            }
-            // Right after bootstrap the node may not have elected itself yet.
-            Err(WriteError::Unavailable(_)) if attempt < 50 => {
-                tokio::time::sleep(Duration::from_millis(100)).await
-            }
-            Err(e) => bail!("cannot commit the config file's [cluster] table: {e}"),
-        }
-    }
-    unreachable!("the last attempt returns")
+    let proposal = api::proposal(
+        node,
+        "apiary.toml".into(),
+        "initial config from the [cluster] table".into(),
+        apiary_config::Intent::Set { settings: seed.0 },
+    );
+    let version = consensus
+        .propose(proposal)
+        .await
+        .context("cannot commit the config file's [cluster] table")?;
+    eprintln!("committed the config file's [cluster] table as version {version}");
+    Ok(())
 }
 
 async fn wait_for_admission(consensus: &Consensus, via: &str, me: Member) -> Result<()> {

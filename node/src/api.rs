@@ -332,19 +332,25 @@ async fn revert(State(state): State<Arc<ApiState>>, headers: HeaderMap, body: By
 
 /// Checks the change here first (a clear 400 without a round trip), then commits it through
 /// the leader and waits until this node has applied it, so a read that follows sees it.
+/// A proposal stamped now, as this node makes it.
+pub(crate) fn proposal(origin: &str, author: String, comment: String, intent: Intent) -> Proposal {
+    Proposal {
+        origin_node: origin.to_string(),
+        author,
+        comment,
+        at: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+        intent,
+    }
+}
+
 async fn commit(
     state: &ApiState,
     intent: Intent,
     comment: String,
     author: Option<String>,
 ) -> ApiResult {
-    let proposal = Proposal {
-        origin_node: state.node_name.clone(),
-        author: author.unwrap_or_else(|| "api".into()),
-        comment,
-        at: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
-        intent,
-    };
+    let author = author.unwrap_or_else(|| "api".into());
+    let proposal = proposal(&state.node_name, author, comment, intent);
     let config_state = state.consensus.config_state();
     config_state.history().check(&proposal)?;
     let mut applied = config_state.subscribe();

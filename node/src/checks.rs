@@ -6,7 +6,6 @@ use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::path::Path;
 use std::time::Duration;
 
-use comfy_table::{presets::UTF8_BORDERS_ONLY, Table};
 use serde::Serialize;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -239,9 +238,7 @@ pub fn data_dir_writable(dir: &Path) -> Check {
 
 /// A table of checks for a terminal: status, check, what was found, and the fix.
 pub fn render(checks: &[Check]) -> String {
-    let mut table = Table::new();
-    table.load_preset(UTF8_BORDERS_ONLY);
-    table.set_header(["", "check", "found", "fix"]);
+    let mut table = crate::client::table(&["", "check", "found", "fix"]);
     for check in checks {
         let mark = match check.status {
             Status::Ok => "ok",

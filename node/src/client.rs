@@ -171,7 +171,7 @@ fn print_json(value: &Value) -> Result<()> {
     Ok(())
 }
 
-fn table(header: &[&str]) -> Table {
+pub(crate) fn table(header: &[&str]) -> Table {
     let mut table = Table::new();
     table
         .load_preset(UTF8_BORDERS_ONLY)
@@ -179,7 +179,7 @@ fn table(header: &[&str]) -> Table {
     table
 }
 
-fn text(value: &Value) -> String {
+pub(crate) fn text(value: &Value) -> String {
     match value {
         Value::String(s) => s.clone(),
         Value::Null => "-".into(),

@@ -9,7 +9,7 @@ use anyhow::{bail, Result};
 use serde_json::{json, Value};
 
 use crate::checks::{self, Check, Status};
-use crate::client::{Client, ClientArgs};
+use crate::client::{text, Client, ClientArgs};
 
 /// Batches waiting for a destination beyond which the doctor calls it behind.
 const BACKLOG_WARN_BATCHES: u64 = 100;
@@ -189,14 +189,6 @@ fn export_checks(destinations: &Value) -> Vec<Check> {
         }
     }
     found
-}
-
-fn text(value: &Value) -> String {
-    match value {
-        Value::String(s) => s.clone(),
-        Value::Null => "-".into(),
-        other => other.to_string(),
-    }
 }
 
 #[cfg(test)]

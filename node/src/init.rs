@@ -167,7 +167,7 @@ fn ask(args: &InitArgs, no_probes: bool, interactive: bool) -> Result<Plan> {
         interactive,
         "Node name:",
         args.name.clone(),
-        default_name(),
+        crate::agent::default_name(),
         |s| {
             if s.is_empty() || s.len() > 64 {
                 Err("1 to 64 characters".into())
@@ -453,8 +453,4 @@ fn write_file(path: &Path, text: &str) -> Result<()> {
 
 fn absolute(path: &Path) -> PathBuf {
     std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
-}
-
-fn default_name() -> String {
-    crate::agent::default_name()
 }

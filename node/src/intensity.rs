@@ -91,22 +91,6 @@ fn unix_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// CPU seconds (user + system) this process used (USER_HZ is 100 on Linux).
-fn own_cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    (ticks(11) + ticks(12)) / 100.0
-}
-
 impl Intensity {
     pub fn start(
         node: u64,
@@ -191,7 +175,7 @@ impl Intensity {
             requests: probes.observer.requests_total.load(Ordering::Relaxed),
             exported: probes.observer.spans_total.load(Ordering::Relaxed),
             bpf_ns: probes.reports().iter().map(|r| r.run_time_ns).sum(),
-            cpu_s: own_cpu_seconds(),
+            cpu_s: apiary_tuning::process_cpu_seconds("self"),
         };
         let mut state = self.lock();
         let Some(last) = state.last.replace(now.clone()) else {

@@ -11,9 +11,11 @@
 
 mod allocate;
 mod controller;
+mod cpu;
 
 pub use allocate::{allocate, Allocation, Budget, Decision};
 pub use controller::RateController;
+pub use cpu::process_cpu_seconds;
 
 use serde::{Deserialize, Serialize};
 

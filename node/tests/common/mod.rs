@@ -448,21 +448,3 @@ pub fn venv_tool(var: &str, relative: &str) -> Option<PathBuf> {
         Some(venv.join(relative)).filter(|p| p.exists())
     }
 }
-
-/// CPU seconds (user + system) a process has used, from `/proc/PID/stat` (`self` for this one;
-/// USER_HZ is 100 on Linux).
-pub fn process_cpu_seconds(pid: &str) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields 14 and 15 of stat; after the comm they are the 12th and 13th (0-based 11, 12).
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    (ticks(11) + ticks(12)) / 100.0
-}
