@@ -22,16 +22,13 @@ pub const MAX_REQUEST_BYTES: usize = 8 << 20;
 
 /// Re-parents app spans under the probes' spans of the same requests, then queues the request
 /// for every destination. `Err` means not stored: the app should retry.
-pub async fn ingest(export: &Export, request: OtlpRequest) -> Result<(), String> {
-    if request.signal() == Signal::Traces {
-        sync_with_probes(export).await;
-    }
-    ingest_synced(export, request).await
-}
-
-async fn ingest_synced(export: &Export, mut request: OtlpRequest) -> Result<(), String> {
+pub async fn ingest(export: &Export, mut request: OtlpRequest) -> Result<(), String> {
     if let OtlpRequest::Traces(traces) = &mut request {
-        export.server_spans.reparent(traces);
+        if export.server_spans.reparent(traces).unknown_callers > 0
+            && sync_with_probes(export).await
+        {
+            export.server_spans.reparent(traces);
+        }
     }
     let items = request.items().min(u32::MAX as u64) as u32;
     export
@@ -40,11 +37,16 @@ async fn ingest_synced(export: &Export, mut request: OtlpRequest) -> Result<(), 
 }
 
 /// The probes' reader drains on a timer; an app's span can arrive before the probe span of the
-/// same request was read from the ring. A drain on demand (well under a millisecond when the
-/// ring is quiet) puts that span in the index first.
-async fn sync_with_probes(export: &Export) {
-    if let Some(observer) = &export.observer {
-        observer.sync(SYNC_TIMEOUT).await;
+/// same request was read from the ring. When an app span names a caller the index does not
+/// know, a drain on demand (well under a millisecond when the ring is quiet) puts any such probe
+/// span in the index before a second look. False when the node runs no probes.
+async fn sync_with_probes(export: &Export) -> bool {
+    match &export.observer {
+        Some(observer) => {
+            observer.sync(SYNC_TIMEOUT).await;
+            true
+        }
+        None => false,
     }
 }
 
@@ -59,20 +61,25 @@ enum Refusal {
 /// The protobuf fast path: the framing is checked and items counted at the wire level; only a
 /// request holding an app span to re-parent is decoded and re-encoded.
 async fn ingest_protobuf(export: &Export, signal: Signal, bytes: &[u8]) -> Result<(), Refusal> {
-    if signal == Signal::Traces {
-        sync_with_probes(export).await;
+    let scan = |merge: &mut bool, unknown: &mut bool| {
+        wire::scan(signal, bytes, |trace, parent| {
+            let known = export.server_spans.contains(trace, parent);
+            *merge |= known;
+            *unknown |= !known;
+        })
+        .map_err(|e| Refusal::Invalid(e.to_string()))
+    };
+    let (mut merge, mut unknown) = (false, false);
+    let items = scan(&mut merge, &mut unknown)?;
+    // A caller not known yet may be a probe span still in the ring: drain, look again. Only a
+    // request with a span to re-parent is decoded; the rest goes on as it came.
+    if !merge && unknown && sync_with_probes(export).await {
+        scan(&mut merge, &mut unknown)?;
     }
-    let mut merge = false;
-    let items = wire::scan(signal, bytes, |trace, parent| {
-        merge = merge || export.server_spans.contains(trace, parent);
-    })
-    .map_err(|e| Refusal::Invalid(e.to_string()))?;
     if merge {
         let request = OtlpRequest::decode_protobuf(signal, bytes)
             .map_err(|e| Refusal::Invalid(e.to_string()))?;
-        return ingest_synced(export, request)
-            .await
-            .map_err(Refusal::NotStored);
+        return ingest(export, request).await.map_err(Refusal::NotStored);
     }
     export
         .accept(signal, items.min(u32::MAX as u64) as u32, bytes)

@@ -84,13 +84,11 @@ impl ServerSpanIndex {
     }
 
     /// Makes each app server span whose request a probe saw the child of the probe's span.
-    /// Returns how many spans changed.
-    pub fn reparent(&self, request: &mut ExportTraceServiceRequest) -> usize {
+    /// Returns how many spans changed, and how many server spans name a caller the index does
+    /// not know (yet: the probe span of that request may still be in the ring buffer).
+    pub fn reparent(&self, request: &mut ExportTraceServiceRequest) -> Reparented {
         let state = self.lock();
-        if state.current.is_empty() && state.previous.is_empty() {
-            return 0;
-        }
-        let mut changed = 0;
+        let mut outcome = Reparented::default();
         for span in request
             .resource_spans
             .iter_mut()
@@ -105,15 +103,23 @@ impl ServerSpanIndex {
             };
             let Some(probe_span) = state.current.get(&key).or_else(|| state.previous.get(&key))
             else {
+                outcome.unknown_callers += 1;
                 continue;
             };
             if span.span_id != probe_span {
                 span.parent_span_id = probe_span.to_vec();
-                changed += 1;
+                outcome.changed += 1;
             }
         }
-        changed
+        outcome
     }
+}
+
+/// What [`ServerSpanIndex::reparent`] did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Reparented {
+    pub changed: usize,
+    pub unknown_callers: usize,
 }
 
 #[cfg(test)]
@@ -176,7 +182,7 @@ mod tests {
         let mut request = app_request(OtlpKind::Server, vec![1; 8]);
         assert!(index.contains(&[0xab; 16], &[1; 8]));
         assert!(!index.contains(&[0xab; 16], &[2; 8]));
-        assert_eq!(index.reparent(&mut request), 1);
+        assert_eq!(index.reparent(&mut request).changed, 1);
         assert_eq!(parent_of(&request), probe_span_id(&probe));
         // Another caller, a client span, or a root span: untouched.
         for (kind, parent) in [
@@ -185,7 +191,7 @@ mod tests {
             (OtlpKind::Server, vec![]),
         ] {
             let mut request = app_request(kind, parent.clone());
-            assert_eq!(index.reparent(&mut request), 0);
+            assert_eq!(index.reparent(&mut request).changed, 0);
             assert_eq!(parent_of(&request), parent.as_slice());
         }
     }
@@ -201,6 +207,12 @@ mod tests {
         std::thread::sleep(Duration::from_millis(3));
         index.remember(&probe_span(&other));
         let mut request = app_request(OtlpKind::Server, vec![1; 8]);
-        assert_eq!(index.reparent(&mut request), 0);
+        assert_eq!(
+            index.reparent(&mut request),
+            Reparented {
+                changed: 0,
+                unknown_callers: 1
+            }
+        );
     }
 }
