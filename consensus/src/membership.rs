@@ -3,6 +3,7 @@
 //! keeps as many voters as it can (up to `max_voters`).
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use apiary_config::ConfigError;
@@ -49,6 +50,12 @@ impl Consensus {
                     return attempt;
                 }
                 tracing::info!(node = learner, "promoted to voter in place of {id}");
+            } else {
+                tracing::info!(
+                    node = id,
+                    "no learner is caught up to take the vote now; the voter keeper will \
+                     promote one when it is"
+                );
             }
         }
         let change = if voters.contains(&id) {
@@ -80,6 +87,62 @@ impl Consensus {
         }
     }
 
+    /// On the leader, every two seconds: while there are fewer voters than `max_voters`,
+    /// promotes a learner that is caught up and answered a ping lately. This heals the voter
+    /// count after a removal that found no learner ready at that moment (one that had just
+    /// joined, or was briefly unreachable).
+    pub fn spawn_voter_keeper(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let this = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(2));
+            loop {
+                tick.tick().await;
+                let Some(consensus) = this.upgrade() else {
+                    return;
+                };
+                consensus.fill_voters().await;
+            }
+        })
+    }
+
+    async fn fill_voters(&self) {
+        if !matches!(self.leader(), Some((leader, _)) if leader == self.id) {
+            return;
+        }
+        let membership = self.raft.metrics().borrow().membership_config.clone();
+        let membership = membership.membership();
+        if membership.get_joint_config().len() > 1
+            || membership.voter_ids().count() >= self.settings.max_voters
+        {
+            return;
+        }
+        let learners: Vec<NodeId> = membership
+            .learner_ids()
+            .filter(|id| self.heard_lately(id))
+            .collect();
+        let Some(learner) = self.live_learner(learners) else {
+            return;
+        };
+        match self
+            .change(ChangeMembers::AddVoterIds(BTreeSet::from([learner])))
+            .await
+        {
+            Ok(()) => tracing::info!(
+                node = learner,
+                "promoted to voter to restore the voter count"
+            ),
+            Err(_) => tracing::debug!(node = learner, "promotion will be retried"),
+        }
+    }
+
+    fn heard_lately(&self, id: &NodeId) -> bool {
+        self.last_heard
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .is_some_and(|at| at.elapsed() < Duration::from_secs(3))
+    }
+
     /// A learner fit to vote: one the leader is replicating to and that is caught up (the
     /// leader's replication state, which is fresher than the once-a-second pings), preferring
     /// one that also answered a ping lately.
@@ -93,15 +156,8 @@ impl Consensus {
                 .and_then(|matched| matched.as_ref())
                 .is_some_and(|log_id| log_id.index + CAUGHT_UP_SLACK >= last)
         };
-        let heard = |id: &NodeId| {
-            self.last_heard
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get(id)
-                .is_some_and(|at| at.elapsed() < Duration::from_secs(3))
-        };
         let mut candidates: Vec<NodeId> = learners.into_iter().filter(caught_up).collect();
-        candidates.sort_by_key(|id| !heard(id));
+        candidates.sort_by_key(|id| !self.heard_lately(id));
         candidates.first().copied()
     }
 }

@@ -172,6 +172,7 @@ pub async fn run(args: NodeArgs, seed: ClusterSeed) -> Result<()> {
         api_token: api_token.clone(),
     }));
     consensus.spawn_reachability_probe();
+    consensus.spawn_voter_keeper();
     watch_catch_up(consensus.clone());
     let me = Member {
         name: identity.node.name.clone(),

@@ -44,7 +44,7 @@ impl Node {
         format!("http://{}{path}", self.api)
     }
 
-    fn spawn(&mut self) {
+    pub fn spawn(&mut self) {
         let log = |suffix: &str| {
             std::fs::OpenOptions::new()
                 .create(true)
