@@ -10,6 +10,7 @@
 // helpers would only add conversions at every trait boundary.
 #![allow(clippy::result_large_err)]
 
+pub mod ca;
 pub mod log_store;
 mod membership;
 pub mod network;
@@ -187,6 +188,10 @@ impl Consensus {
         &self.raft
     }
 
+    pub fn transport(&self) -> &Arc<Transport> {
+        &self.transport
+    }
+
     pub fn config_state(&self) -> &Arc<ConfigState> {
         &self.state
     }
@@ -212,6 +217,27 @@ impl Consensus {
     pub async fn propose(&self, proposal: Proposal) -> Result<u64, WriteError> {
         self.on_leader(Service::ForwardWrite, proposal, |p| self.write_here(p))
             .await
+    }
+
+    /// Commits a step of a CA rotation through the leader.
+    pub async fn ca_step(&self, step: ca::CaStep) -> Result<(), WriteError> {
+        self.on_leader(Service::CaStep, step, |step| self.ca_step_here(step))
+            .await
+    }
+
+    async fn ca_step_here(&self, step: ca::CaStep) -> Attempt<()> {
+        let write = self.raft.client_write(Request::Ca(step));
+        match tokio::time::timeout(self.settings.write_timeout, write).await {
+            Err(_) => Attempt::Retry("the CA step did not commit in time".into()),
+            Ok(Ok(response)) => match response.data {
+                Response::Rejected { error } => Attempt::Failed(WriteError::Rejected(error)),
+                _ => Attempt::Done(()),
+            },
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
+                Attempt::Retry("leadership moved".into())
+            }
+            Ok(Err(e)) => Attempt::Failed(WriteError::Internal(e.to_string())),
+        }
     }
 
     /// Adds a node as a learner, then as a voter while there are fewer than `max_voters`.
@@ -395,10 +421,14 @@ impl Consensus {
                 Ok(id) => encode(&self.leader_only(self.remove_here(id)).await),
                 Err(refusal) => return refusal,
             },
+            Service::CaStep => match decode::<ca::CaStep>(payload) {
+                Ok(step) => encode(&self.leader_only(self.ca_step_here(step)).await),
+                Err(refusal) => return refusal,
+            },
             Service::Ping => encode(&self.id),
-            Service::LoadReport => {
+            Service::LoadReport | Service::CaStatus => {
                 return Message::Refused {
-                    reason: "load reports go to the node's tuning, not to consensus".into(),
+                    reason: format!("{service:?} is answered by the node, not by consensus"),
                 }
             }
         };

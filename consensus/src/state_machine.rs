@@ -14,6 +14,7 @@ use openraft::{AnyError, EntryPayload, OptionalSend, RaftSnapshotBuilder, Storag
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use crate::ca::{apply_step, CaState};
 use crate::log_store::{from_json, to_json};
 use crate::types::{
     Entry, LogId, NodeId, Request, Response, Snapshot, SnapshotMeta, StorageError,
@@ -36,6 +37,9 @@ fn event_key(version: u64) -> Vec<u8> {
 struct Applied {
     last_applied: Option<LogId>,
     membership: StoredMembership,
+    /// The latest CA rotation (absent in data dirs from before rotations existed).
+    #[serde(default)]
+    ca: Option<CaState>,
 }
 
 /// What a snapshot holds: everything needed to rebuild the state machine.
@@ -61,6 +65,7 @@ pub struct ConfigState {
     store: Store,
     state: RwLock<State>,
     version: watch::Sender<u64>,
+    ca: watch::Sender<Option<CaState>>,
     snapshots_built: std::sync::atomic::AtomicU64,
 }
 
@@ -93,10 +98,12 @@ impl ConfigState {
         let history =
             History::from_events(events).map_err(|e| io(StorageIOError::read_state_machine, e))?;
         let (version, _) = watch::channel(history.version());
+        let (ca, _) = watch::channel(applied.ca.clone());
         Ok(Arc::new(ConfigState {
             store,
             state: RwLock::new(State { applied, history }),
             version,
+            ca,
             snapshots_built: Default::default(),
         }))
     }
@@ -108,6 +115,16 @@ impl ConfigState {
     /// Notified with the new version after each applied change.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.version.subscribe()
+    }
+
+    /// The applied CA rotation state (`None`: the cluster's first CA is the only one).
+    pub fn ca(&self) -> Option<CaState> {
+        self.read().applied.ca.clone()
+    }
+
+    /// The applied CA rotation state; notified after each applied rotation step.
+    pub fn subscribe_ca(&self) -> watch::Receiver<Option<CaState>> {
+        self.ca.subscribe()
     }
 
     fn read(&self) -> RwLockReadGuard<'_, State> {
@@ -125,6 +142,7 @@ impl ConfigState {
             applied: Applied {
                 last_applied: state.applied.last_applied,
                 membership: state.applied.membership.clone(),
+                ca: state.applied.ca.clone(),
             },
             events: state.history.events().to_vec(),
         };
@@ -188,6 +206,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     {
         let mut responses = Vec::new();
         let mut puts = Vec::new();
+        let mut ca_changed = false;
         let version = {
             let mut state = self.0.write();
             for entry in entries {
@@ -212,6 +231,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                             Err(error) => Response::Rejected { error },
                         }
                     }
+                    EntryPayload::Normal(Request::Ca(step)) => {
+                        match apply_step(state.applied.ca.as_ref(), step) {
+                            Ok(ca) => {
+                                state.applied.ca = Some(ca);
+                                ca_changed = true;
+                                Response::Internal
+                            }
+                            Err(error) => Response::Rejected { error },
+                        }
+                    }
                 };
                 responses.push(response);
             }
@@ -228,6 +257,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .await
             .map_err(|e| io(StorageIOError::write_state_machine, e))?;
         self.0.version.send_replace(version);
+        if ca_changed {
+            let ca = self.0.read().applied.ca.clone();
+            self.0.ca.send_replace(ca);
+        }
         Ok(responses)
     }
 
@@ -255,6 +288,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let applied = Applied {
             last_applied: meta.last_log_id,
             membership: meta.last_membership.clone(),
+            ca: data.applied.ca.clone(),
         };
         puts.push((APPLIED.to_vec(), to_json(&applied)?));
         self.0
@@ -263,8 +297,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .map_err(|e| io(StorageIOError::write_state_machine, e))?;
         self.0.save_snapshot(meta, &bytes).await?;
         let version = history.version();
+        let ca = applied.ca.clone();
         *self.0.write() = State { applied, history };
         self.0.version.send_replace(version);
+        self.0.ca.send_if_modified(|current| {
+            let changed = *current != ca;
+            *current = ca;
+            changed
+        });
         Ok(())
     }
 

@@ -26,6 +26,8 @@ impl fmt::Display for Member {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Request {
     Config(Proposal),
+    /// A step of rotating the cluster CA (see [`crate::ca`]).
+    Ca(crate::ca::CaStep),
 }
 
 /// What applying an entry produced.

@@ -13,6 +13,7 @@ use apiary_storage::Store;
 use apiary_wire::{request_join, tls::new_key_and_csr, JoinToken, Transport, WireError};
 
 use crate::api::{self, ApiState};
+use crate::ca::CaRuntime;
 use crate::export::{Export, ExportOptions};
 use crate::identity::{read_token_file, DataDir, NodeIdentity};
 use crate::peer::PeerService;
@@ -160,15 +161,22 @@ pub async fn run(args: NodeArgs, seed: ClusterSeed) -> Result<()> {
         Settings::default(),
     )
     .await?;
+    let ca = CaRuntime::new(
+        dir.clone(),
+        identity.node.name.clone(),
+        transport.clone(),
+        apiary_wire::ClusterCa::from_der(identity.ca.cert_der().to_vec(), &identity.ca.key_der())?,
+        identity.tls.clone(),
+        identity.join_token.clone(),
+    );
+    // Before serving: a restart in the middle of a CA rotation trusts what the log says.
+    ca.reconcile(consensus.config_state().ca().as_ref())?;
+    ca.follow(&consensus);
     let intensity_slot = Arc::new(std::sync::OnceLock::new());
     transport.serve(Arc::new(PeerService {
         consensus: consensus.clone(),
         intensity: intensity_slot.clone(),
-        ca: apiary_wire::ClusterCa::from_der(
-            identity.ca.cert_der().to_vec(),
-            &identity.ca.key_der(),
-        )?,
-        join_token: identity.join_token.clone(),
+        ca: ca.clone(),
         api_token: api_token.clone(),
     }));
     consensus.spawn_reachability_probe();
@@ -292,6 +300,7 @@ pub async fn run(args: NodeArgs, seed: ClusterSeed) -> Result<()> {
         api_token,
         probes,
         export,
+        ca,
     });
     axum::serve(listener, api::router(state))
         .with_graceful_shutdown(shutdown_signal())

@@ -27,6 +27,7 @@ pub struct ApiState {
     pub api_token: String,
     pub probes: Option<Arc<ProbeRuntime>>,
     pub export: Arc<Export>,
+    pub ca: Arc<crate::ca::CaRuntime>,
 }
 
 impl ApiState {
@@ -48,6 +49,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/config/history"),
     ("POST", "/v1/config/revert"),
     ("DELETE", "/v1/members/{id}"),
+    ("GET", "/v1/ca"),
+    ("POST", "/v1/ca/rotate"),
     ("GET", "/v1/probes"),
     ("GET", "/v1/spans"),
     ("GET", "/v1/spans/stream"),
@@ -72,6 +75,8 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/v1/intensity", get(intensity))
         .route("/v1/red", get(red))
         .route("/v1/members/{id}", axum::routing::delete(remove_member))
+        .route("/v1/ca", get(ca_status))
+        .route("/v1/ca/rotate", post(rotate_ca))
         .route("/", get(crate::dashboard::index))
         .route("/assets/{*file}", get(crate::dashboard::asset))
         .fallback(|| async {
@@ -220,6 +225,30 @@ async fn remove_member(
     })?;
     state.consensus.remove(id).await?;
     Ok(Json(json!({ "removed": id })))
+}
+
+/// The CA fingerprint and each member's applied rotation step.
+async fn ca_status(State(state): State<Arc<ApiState>>) -> Json<Value> {
+    Json(json!(crate::ca::report(&state.consensus, &state.ca).await))
+}
+
+/// Runs (or continues) a CA rotation to the end; answers with the steps taken and the result.
+async fn rotate_ca(State(state): State<Arc<ApiState>>, headers: HeaderMap) -> ApiResult {
+    authorize(&state, &headers)?;
+    let steps = std::sync::Mutex::new(Vec::<String>::new());
+    let on_step = |step: &str| {
+        tracing::info!("CA rotation: {step}");
+        steps
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(step.to_string());
+    };
+    crate::ca::rotate(&state.consensus, &state.ca, on_step)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}")))?;
+    let mut report = json!(crate::ca::report(&state.consensus, &state.ca).await);
+    report["steps"] = json!(steps.into_inner().unwrap_or_else(|p| p.into_inner()));
+    Ok(Json(report))
 }
 
 /// RED per service and route since the node started, counted before sampling.

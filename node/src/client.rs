@@ -118,9 +118,7 @@ impl Client {
                 .map(|t| t.trim().to_string())
         });
         Ok(Client {
-            http: reqwest::Client::builder()
-                .timeout(std::time::Duration::from_secs(30))
-                .build()?,
+            http: reqwest::Client::builder().build()?,
             base,
             token,
         })
@@ -132,8 +130,20 @@ impl Client {
         path: &str,
         body: Option<Value>,
     ) -> Result<Value> {
+        self.send_within(method, path, body, std::time::Duration::from_secs(30))
+            .await
+    }
+
+    /// Like `send`, for requests that run long on the node (a CA rotation).
+    pub(crate) async fn send_within(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+        timeout: std::time::Duration,
+    ) -> Result<Value> {
         let url = format!("{}{path}", self.base);
-        let mut request = self.http.request(method.clone(), &url);
+        let mut request = self.http.request(method.clone(), &url).timeout(timeout);
         if method != reqwest::Method::GET {
             let token = self.token.as_deref().context(
                 "writes need the API token: pass --token, set APIARY_TOKEN, or run where ./apiary-data/api-token is",
@@ -166,7 +176,7 @@ impl Client {
     }
 }
 
-fn print_json(value: &Value) -> Result<()> {
+pub(crate) fn print_json(value: &Value) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }

@@ -37,6 +37,7 @@ pub struct NodeIdentity {
     pub join_token: JoinToken,
 }
 
+#[derive(Clone)]
 pub struct DataDir {
     root: PathBuf,
 }
@@ -45,6 +46,9 @@ impl DataDir {
     pub fn create(root: &Path) -> Result<Self> {
         fs::create_dir_all(root.join("tls"))
             .with_context(|| format!("cannot create the data dir {}", root.display()))?;
+        // The Raft log and snapshots hold the CA key of a rotation: only the node's user reads.
+        fs::set_permissions(root, fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("cannot make {} private (mode 0700)", root.display()))?;
         Ok(DataDir {
             root: root.to_path_buf(),
         })
@@ -150,6 +154,20 @@ impl DataDir {
         };
         self.save(&identity)?;
         Ok(identity)
+    }
+
+    /// Stores the CA this node now presents, its certificate under it, and the join token for
+    /// it (a CA rotation's switch). The node key does not change.
+    pub fn save_active(
+        &self,
+        ca: &ClusterCa,
+        tls: &Identity,
+        join_token: &JoinToken,
+    ) -> Result<()> {
+        self.write_secret("tls/node.der", &tls.cert)?;
+        self.write_secret("tls/ca.key", &ca.key_der())?;
+        self.write_secret("tls/ca.der", ca.cert_der())?;
+        self.write_secret("join-token", format!("{join_token}\n").as_bytes())
     }
 
     fn save(&self, identity: &NodeIdentity) -> Result<()> {

@@ -2,6 +2,8 @@
 
 mod agent;
 mod api;
+mod ca;
+mod ca_cli;
 mod checks;
 mod client;
 mod dashboard;
@@ -57,6 +59,13 @@ enum Command {
         client: client::ClientArgs,
         #[command(subcommand)]
         command: client::MembersCommand,
+    },
+    /// Show or rotate the cluster CA.
+    Ca {
+        #[command(flatten)]
+        client: client::ClientArgs,
+        #[command(subcommand)]
+        command: ca_cli::CaCommand,
     },
     /// Read and change the replicated config.
     Config {
@@ -115,6 +124,7 @@ async fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<()> {
         Command::Status(client) => client::status(&client).await,
         Command::Tail { client, service } => client::tail(&client, service.as_deref()).await,
         Command::Members { client, command } => client::members(&client, &command).await,
+        Command::Ca { client, command } => ca_cli::run(&client, &command).await,
         Command::Config { client, command } => client::config(&client, &command).await,
     }
 }

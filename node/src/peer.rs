@@ -4,14 +4,15 @@
 use std::sync::Arc;
 
 use apiary_consensus::Consensus;
-use apiary_wire::{ClusterCa, Handler, JoinGrant, JoinToken, Message, PeerInfo};
+use apiary_wire::{Handler, JoinGrant, Message, PeerInfo, Service};
+
+use crate::ca::{answer_status, CaRuntime};
 
 pub struct PeerService {
     pub consensus: Arc<Consensus>,
     /// Set once the node's tuning runs; load reports before that are refused.
     pub intensity: Arc<std::sync::OnceLock<Arc<crate::intensity::Intensity>>>,
-    pub ca: ClusterCa,
-    pub join_token: JoinToken,
+    pub ca: Arc<CaRuntime>,
     pub api_token: String,
 }
 
@@ -24,7 +25,11 @@ impl Handler for PeerService {
                 csr_der,
             } => self.join(peer, &secret, &node_name, &csr_der),
             Message::Request {
-                service: apiary_wire::Service::LoadReport,
+                service: Service::CaStatus,
+                ..
+            } => answer_status(&self.ca),
+            Message::Request {
+                service: Service::LoadReport,
                 payload,
             } => match self.intensity.get() {
                 Some(intensity) => intensity.receive(&payload),
@@ -42,7 +47,28 @@ impl Handler for PeerService {
 
 impl PeerService {
     fn join(&self, peer: PeerInfo, secret: &[u8], node_name: &str, csr_der: &[u8]) -> Message {
-        if !self.join_token.secret_matches(secret) {
+        if self.ca.rotating() {
+            return Message::Refused {
+                reason: "the cluster CA is being rotated; join once `apiary ca status` shows the \
+                         rotation finished, with the new join token"
+                    .into(),
+            };
+        }
+        self.ca.with_active(|ca, join_token| {
+            self.grant(peer, secret, node_name, csr_der, ca, join_token)
+        })
+    }
+
+    fn grant(
+        &self,
+        peer: PeerInfo,
+        secret: &[u8],
+        node_name: &str,
+        csr_der: &[u8],
+        ca: &apiary_wire::ClusterCa,
+        join_token: &apiary_wire::JoinToken,
+    ) -> Message {
+        if !join_token.secret_matches(secret) {
             tracing::warn!(peer = %peer.addr, node_name, "refused a join: wrong join secret");
             return Message::Refused {
                 reason: "the join token's secret is wrong: copy DATA_DIR/join-token from a member"
@@ -54,7 +80,7 @@ impl PeerService {
                 reason: "node names must be 1 to 64 characters".into(),
             };
         }
-        let cert_der = match self.ca.issue_from_csr(node_name, csr_der) {
+        let cert_der = match ca.issue_from_csr(node_name, csr_der) {
             Ok(cert) => cert,
             Err(e) => {
                 return Message::Refused {
@@ -79,9 +105,9 @@ impl PeerService {
         Message::JoinGranted(JoinGrant {
             node_id,
             cert_der,
-            ca_cert_der: self.ca.cert_der().to_vec(),
-            ca_key_der: self.ca.key_der(),
-            join_secret: self.join_token.secret.to_vec(),
+            ca_cert_der: ca.cert_der().to_vec(),
+            ca_key_der: ca.key_der(),
+            join_secret: join_token.secret.to_vec(),
             api_token: self.api_token.clone(),
         })
     }

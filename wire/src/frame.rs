@@ -34,6 +34,10 @@ pub enum Service {
     LoadReport,
     /// An operator's removal of a member, forwarded to the leader.
     RemoveMember,
+    /// A step of a CA rotation, forwarded to the leader.
+    CaStep,
+    /// Which CA rotation step a member has applied to its transport.
+    CaStatus,
 }
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]

@@ -123,6 +123,10 @@ async fn join_refused_on_wrong_secret_or_wrong_ca() {
     wrong_ca.ca_fingerprint[0] ^= 1;
     let error = request_join(addr, &wrong_ca, "n", csr).await.unwrap_err();
     assert!(error.to_string().contains("fingerprint"), "{error}");
+    assert!(
+        matches!(error, WireError::Refused(_)),
+        "a wrong CA is not retried: {error:?}"
+    );
 }
 
 async fn unauthenticated_connection(addr: SocketAddr, token: &JoinToken) -> quinn::Connection {
@@ -197,4 +201,37 @@ fn join_token_round_trips_and_explains_bad_input() {
         let error = bad.parse::<JoinToken>().unwrap_err().to_string();
         assert!(error.contains("apiary1.<64 hex digits>"), "{error}");
     }
+}
+
+/// A CA rotation at the transport: a peer of a new CA is refused until the server trusts that
+/// CA too, and refused again (its open connection closed) once the server drops it.
+#[tokio::test]
+async fn reload_changes_which_cas_are_trusted() {
+    let (server, addr, server_identity, _, old_ca) = server().await;
+    let new_ca = ClusterCa::generate("test").unwrap();
+    let client_key = new_key_and_csr("client").unwrap().0;
+    let client_identity = Identity::new(
+        new_ca.issue_for_key("client", &client_key).unwrap(),
+        client_key,
+        new_ca.cert_der().to_vec(),
+    )
+    .trusting([old_ca.cert_der().to_vec()]);
+    let client = Transport::bind(loopback(), &client_identity).unwrap();
+    assert!(
+        client.call(addr, &ping(b"1")).await.is_err(),
+        "the server does not trust the new CA yet"
+    );
+
+    let staged = server_identity
+        .clone()
+        .trusting([new_ca.cert_der().to_vec()]);
+    server.reload(&staged, false).unwrap();
+    let answer = client.call(addr, &ping(b"2")).await.unwrap();
+    assert!(matches!(answer, Message::Response { payload } if payload == b"2"));
+
+    server.reload(&server_identity, true).unwrap();
+    assert!(
+        client.call(addr, &ping(b"3")).await.is_err(),
+        "the old trust is back: the connection is closed and a new one refused"
+    );
 }

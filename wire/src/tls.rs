@@ -106,6 +106,14 @@ impl ClusterCa {
         Ok(cert.der().to_vec())
     }
 
+    /// A certificate under this CA for a key the node already has (a member re-issues its own
+    /// certificate when the cluster CA is rotated; its key does not change).
+    pub fn issue_for_key(&self, node_name: &str, key_pkcs8: &[u8]) -> Result<Vec<u8>, WireError> {
+        let key_der = PrivatePkcs8KeyDer::from(key_pkcs8.to_vec());
+        let key = KeyPair::try_from(&key_der).map_err(|e| tls_error("reading the node key", e))?;
+        self.sign(node_name, &key)
+    }
+
     /// A key and certificate for a node of this CA's cluster (used by the node that creates
     /// the cluster, which holds the CA itself).
     pub fn issue_identity(&self, node_name: &str) -> Result<Identity, WireError> {
@@ -138,12 +146,14 @@ pub fn new_key_and_csr(node_name: &str) -> Result<(Vec<u8>, Vec<u8>), WireError>
     Ok((key.serialize_der(), csr.der().to_vec()))
 }
 
-/// A node's certificate (signed by the cluster CA), its key, and the CA certificate.
+/// A node's certificate (signed by the cluster CA), its key, and the CA certificate; while the
+/// CA is rotated, one more CA is trusted besides it.
 #[derive(Clone)]
 pub struct Identity {
     pub cert: CertificateDer<'static>,
     pub key_pkcs8: Vec<u8>,
     pub ca_cert: CertificateDer<'static>,
+    pub also_trusted: Vec<CertificateDer<'static>>,
 }
 
 impl Identity {
@@ -152,7 +162,14 @@ impl Identity {
             cert: cert.into(),
             key_pkcs8,
             ca_cert: ca_cert.into(),
+            also_trusted: Vec::new(),
         }
+    }
+
+    /// The same identity, trusting peers of `cas` too (during a CA rotation).
+    pub fn trusting(mut self, cas: impl IntoIterator<Item = Vec<u8>>) -> Self {
+        self.also_trusted = cas.into_iter().map(CertificateDer::from).collect();
+        self
     }
 
     fn key(&self) -> PrivateKeyDer<'static> {
@@ -165,9 +182,11 @@ impl Identity {
 
     fn roots(&self) -> Result<Arc<RootCertStore>, WireError> {
         let mut roots = RootCertStore::empty();
-        roots
-            .add(self.ca_cert.clone())
-            .map_err(|e| tls_error("adding the cluster CA to the trust store", e))?;
+        for ca in std::iter::once(&self.ca_cert).chain(&self.also_trusted) {
+            roots
+                .add(ca.clone())
+                .map_err(|e| tls_error("adding the cluster CA to the trust store", e))?;
+        }
         Ok(Arc::new(roots))
     }
 

@@ -44,30 +44,66 @@ fn quic_error(context: &str, error: impl std::fmt::Display) -> WireError {
 
 pub struct Transport {
     endpoint: Endpoint,
-    client: quinn::ClientConfig,
+    client: Mutex<quinn::ClientConfig>,
     connections: Mutex<HashMap<SocketAddr, Connection>>,
+    /// Connections peers opened to us, kept so a reload can close them.
+    accepted: Arc<Mutex<Vec<Connection>>>,
+}
+
+fn server_config(identity: &Identity) -> Result<quinn::ServerConfig, WireError> {
+    let server_tls = QuicServerConfig::try_from(identity.server_config()?)
+        .map_err(|e| quic_error("QUIC server config", e))?;
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_tls));
+    server.transport_config(transport_config());
+    Ok(server)
+}
+
+fn client_config(identity: &Identity) -> Result<quinn::ClientConfig, WireError> {
+    let client_tls = QuicClientConfig::try_from(identity.client_config()?)
+        .map_err(|e| quic_error("QUIC client config", e))?;
+    let mut client = quinn::ClientConfig::new(Arc::new(client_tls));
+    client.transport_config(transport_config());
+    Ok(client)
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A poisoned lock still guards a valid value: every write replaces whole entries.
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Transport {
     /// Binds `listen` for both serving and dialing, so peers see one address per node.
     pub fn bind(listen: SocketAddr, identity: &Identity) -> Result<Arc<Self>, WireError> {
-        let server_tls = QuicServerConfig::try_from(identity.server_config()?)
-            .map_err(|e| quic_error("QUIC server config", e))?;
-        let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_tls));
-        server.transport_config(transport_config());
-        let endpoint = Endpoint::server(server, listen).map_err(|e| WireError::Bind {
-            addr: listen,
-            reason: e.to_string(),
-        })?;
-        let client_tls = QuicClientConfig::try_from(identity.client_config()?)
-            .map_err(|e| quic_error("QUIC client config", e))?;
-        let mut client = quinn::ClientConfig::new(Arc::new(client_tls));
-        client.transport_config(transport_config());
+        let endpoint =
+            Endpoint::server(server_config(identity)?, listen).map_err(|e| WireError::Bind {
+                addr: listen,
+                reason: e.to_string(),
+            })?;
         Ok(Arc::new(Transport {
             endpoint,
-            client,
+            client: Mutex::new(client_config(identity)?),
             connections: Mutex::new(HashMap::new()),
+            accepted: Arc::new(Mutex::new(Vec::new())),
         }))
+    }
+
+    /// Serves and dials with `identity` from now on (a CA rotation step). The TLS configs are
+    /// built anew, so no session resumes under the old trust. With `close_connections`, every
+    /// open connection is closed too, so none authenticated under a CA no longer trusted
+    /// survives; peers dial again.
+    pub fn reload(&self, identity: &Identity, close_connections: bool) -> Result<(), WireError> {
+        let server = server_config(identity)?;
+        let client = client_config(identity)?;
+        self.endpoint.set_server_config(Some(server));
+        *lock(&self.client) = client;
+        if close_connections {
+            let dialed: Vec<Connection> = self.lock().drain().map(|(_, c)| c).collect();
+            let accepted: Vec<Connection> = lock(&self.accepted).drain(..).collect();
+            for connection in dialed.iter().chain(&accepted) {
+                connection.close(VarInt::from_u32(0), b"credentials reloaded");
+            }
+        }
+        Ok(())
     }
 
     pub fn local_addr(&self) -> Result<SocketAddr, WireError> {
@@ -77,13 +113,22 @@ impl Transport {
     /// Accepts connections until the endpoint closes; each request is answered by `handler`.
     pub fn serve<H: Handler>(self: &Arc<Self>, handler: Arc<H>) -> tokio::task::JoinHandle<()> {
         let endpoint = self.endpoint.clone();
+        let accepted = self.accepted.clone();
         tokio::spawn(async move {
             while let Some(incoming) = endpoint.accept().await {
                 let handler = handler.clone();
+                let accepted = accepted.clone();
                 tokio::spawn(async move {
                     let addr = incoming.remote_address();
                     match incoming.await {
-                        Ok(connection) => serve_connection(connection, handler).await,
+                        Ok(connection) => {
+                            {
+                                let mut accepted = lock(&accepted);
+                                accepted.retain(|c| c.close_reason().is_none());
+                                accepted.push(connection.clone());
+                            }
+                            serve_connection(connection, handler).await
+                        }
                         // Wrong CA, no ALPN, garbage: the peer is told by TLS; we keep running.
                         Err(e) => tracing::warn!(peer = %addr, "refused QUIC connection: {e}"),
                     }
@@ -113,9 +158,10 @@ impl Transport {
                 return Ok(connection);
             }
         }
+        let client = lock(&self.client).clone();
         let connection = self
             .endpoint
-            .connect_with(self.client.clone(), addr, PEER_SERVER_NAME)
+            .connect_with(client, addr, PEER_SERVER_NAME)
             .map_err(|e| WireError::Connection(format!("cannot dial {addr}: {e}")))?
             .await
             .map_err(|e| WireError::Connection(format!("cannot connect to {addr}: {e}")))?;
@@ -131,8 +177,7 @@ impl Transport {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Connection>> {
-        // A poisoned cache is still a valid cache: entries are only inserted or removed whole.
-        self.connections.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.connections)
     }
 
     pub fn close(&self) {
@@ -219,7 +264,11 @@ pub async fn request_join(
         .connect_with(config, target, PEER_SERVER_NAME)
         .map_err(|e| WireError::Connection(format!("cannot dial {target}: {e}")))?
         .await
-        .map_err(|e| WireError::Connection(format!("cannot connect to {target}: {e}")))?;
+        .map_err(|e| match handshake_refusal(&e) {
+            // A wrong CA does not get better with retries: say so at once.
+            true => WireError::Refused(format!("{target} failed the TLS handshake: {e}")),
+            false => WireError::Connection(format!("cannot connect to {target}: {e}")),
+        })?;
     let answer = request(
         &connection,
         &Message::JoinRequest {
@@ -237,6 +286,17 @@ pub async fn request_join(
         other => Err(WireError::Malformed(format!(
             "unexpected answer to a join request: {other:?}"
         ))),
+    }
+}
+
+/// Whether a connection failed in the TLS handshake (a certificate refused by either side), as
+/// opposed to the network.
+fn handshake_refusal(error: &quinn::ConnectionError) -> bool {
+    let crypto = |code: quinn::TransportErrorCode| (0x100..0x200).contains(&u64::from(code));
+    match error {
+        quinn::ConnectionError::TransportError(e) => crypto(e.code),
+        quinn::ConnectionError::ConnectionClosed(close) => crypto(close.error_code),
+        _ => false,
     }
 }
 

@@ -1,0 +1,378 @@
+//! The node's side of the cluster CA: which CA it presents and trusts, kept in step with the
+//! replicated rotation state ([`apiary_consensus::ca`]), and the driver that takes a rotation
+//! through its three steps.
+//!
+//! The data dir always holds the CA the node presents (`tls/ca.der`, `tls/ca.key`,
+//! `tls/node.der`) and the join token for it. The extra CA trusted during a rotation comes from
+//! the applied state, which is on disk too, so a restart in the middle of a rotation rebuilds the
+//! same trust.
+
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use apiary_consensus::ca::{CaPhase, CaState, CaStep};
+use apiary_consensus::network::call_json;
+use apiary_consensus::Consensus;
+use apiary_wire::tls::fingerprint;
+use apiary_wire::{ClusterCa, Identity, JoinToken, Message, Service, Transport};
+use serde::{Deserialize, Serialize};
+
+use crate::identity::DataDir;
+
+/// How long the driver waits for every member to apply one step.
+const STEP_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the driver waits for every member before it proposes anything.
+const FIRST_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Which rotation step a node has applied to its transport: `(epoch, phase)`, `None` before any
+/// rotation.
+pub type Applied = Option<(u64, CaPhase)>;
+
+struct Active {
+    ca: ClusterCa,
+    tls: Identity,
+    join_token: JoinToken,
+}
+
+pub struct CaRuntime {
+    dir: DataDir,
+    node_name: String,
+    transport: Arc<Transport>,
+    active: RwLock<Active>,
+    applied: Mutex<Applied>,
+}
+
+fn hex_fingerprint(cert: &[u8]) -> String {
+    hex::encode(fingerprint(&cert.to_vec().into()))
+}
+
+impl CaRuntime {
+    pub fn new(
+        dir: DataDir,
+        node_name: String,
+        transport: Arc<Transport>,
+        ca: ClusterCa,
+        tls: Identity,
+        join_token: JoinToken,
+    ) -> Arc<Self> {
+        Arc::new(CaRuntime {
+            dir,
+            node_name,
+            transport,
+            active: RwLock::new(Active {
+                ca,
+                tls,
+                join_token,
+            }),
+            applied: Mutex::new(None),
+        })
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Active> {
+        // Writers replace whole fields, so a poisoned lock still holds a usable identity.
+        self.active.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs `f` with the CA this node admits joiners under, and the join token for it.
+    pub fn with_active<T>(&self, f: impl FnOnce(&ClusterCa, &JoinToken) -> T) -> T {
+        let active = self.read();
+        f(&active.ca, &active.join_token)
+    }
+
+    pub fn fingerprint(&self) -> String {
+        hex::encode(self.read().ca.fingerprint())
+    }
+
+    pub fn applied(&self) -> Applied {
+        *self.applied.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// True between the stage and the finish of a rotation, when joins are refused: a node
+    /// admitted then would trust only one of the two CAs in use.
+    pub fn rotating(&self) -> bool {
+        matches!(
+            self.applied(),
+            Some((_, CaPhase::Staged | CaPhase::Switched))
+        )
+    }
+
+    /// Makes the data dir and the transport match the rotation state `state`: from the switch
+    /// on, present a certificate of the new CA (issued here, for this node's own key); trust
+    /// the other CA between stage and finish; close connections made under the old trust at
+    /// the finish.
+    pub fn reconcile(&self, state: Option<&CaState>) -> Result<()> {
+        let applied = state.map(|s| (s.epoch, s.phase));
+        if applied == self.applied() {
+            return Ok(());
+        }
+        let mut active = self.active.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(state) = state.filter(|s| s.phase >= CaPhase::Switched) {
+            if active.ca.cert_der().as_ref() != state.cert.as_slice() {
+                let ca = ClusterCa::from_der(state.cert.clone(), &state.key)
+                    .context("the rotation's CA key is unreadable")?;
+                let cert = ca.issue_for_key(&self.node_name, &active.tls.key_pkcs8)?;
+                let tls = Identity::new(cert, active.tls.key_pkcs8.clone(), state.cert.clone());
+                let join_token = JoinToken {
+                    ca_fingerprint: ca.fingerprint(),
+                    secret: active.join_token.secret,
+                };
+                self.dir.save_active(&ca, &tls, &join_token)?;
+                *active = Active {
+                    ca,
+                    tls,
+                    join_token,
+                };
+                tracing::info!(
+                    epoch = state.epoch,
+                    fingerprint = %hex::encode(active.ca.fingerprint()),
+                    "presenting a certificate of the new cluster CA"
+                );
+            }
+        }
+        let also_trusted = match state {
+            Some(s) if s.phase == CaPhase::Staged => vec![s.cert.clone()],
+            Some(s) if s.phase == CaPhase::Switched => vec![s.previous_cert.clone()],
+            _ => Vec::new(),
+        };
+        let finishing = matches!(state, Some(s) if s.phase == CaPhase::Finished);
+        self.transport
+            .reload(&active.tls.clone().trusting(also_trusted), finishing)?;
+        *self.applied.lock().unwrap_or_else(|p| p.into_inner()) = applied;
+        if let Some(s) = state {
+            tracing::info!(epoch = s.epoch, phase = %s.phase, "applied a CA rotation step");
+        }
+        Ok(())
+    }
+
+    /// Follows the applied rotation state for as long as the node runs.
+    pub fn follow(self: &Arc<Self>, consensus: &Consensus) {
+        let mut updates = consensus.config_state().subscribe_ca();
+        let this = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let state = updates.borrow_and_update().clone();
+                if let Err(e) = this.reconcile(state.as_ref()) {
+                    tracing::error!(
+                        "cannot apply the CA rotation step: {e:#}; the node keeps its current \
+                         certificates (check the data dir's tls/ directory)"
+                    );
+                }
+                if updates.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+}
+
+/// One member's answer in a rotation report.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MemberCa {
+    pub name: String,
+    pub epoch: Option<u64>,
+    pub phase: Option<CaPhase>,
+    /// Why the member did not answer, if it did not.
+    pub error: Option<String>,
+}
+
+/// What `GET /v1/ca` and a finished rotation report.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CaReport {
+    /// SHA-256 of the CA this node presents, as in the join token.
+    pub fingerprint: String,
+    pub epoch: u64,
+    pub phase: Option<CaPhase>,
+    pub members: Vec<MemberCa>,
+}
+
+/// Asks every member which rotation step it has applied (this node answers for itself).
+async fn member_states(consensus: &Consensus, runtime: &CaRuntime) -> Vec<MemberCa> {
+    let asks = consensus
+        .status()
+        .members
+        .into_iter()
+        .map(|member| async move {
+            let answer: Result<Applied, _> = if member.id == consensus.id() {
+                Ok(runtime.applied())
+            } else {
+                call_json(
+                    consensus.transport(),
+                    &member.address,
+                    Service::CaStatus,
+                    &(),
+                    Duration::from_secs(2),
+                )
+                .await
+            };
+            match answer {
+                Ok(applied) => MemberCa {
+                    name: member.name,
+                    epoch: applied.map(|a| a.0),
+                    phase: applied.map(|a| a.1),
+                    error: None,
+                },
+                Err(e) => MemberCa {
+                    name: member.name,
+                    epoch: None,
+                    phase: None,
+                    error: Some(e.to_string()),
+                },
+            }
+        });
+    futures_util::future::join_all(asks).await
+}
+
+pub async fn report(consensus: &Consensus, runtime: &CaRuntime) -> CaReport {
+    let applied = runtime.applied();
+    CaReport {
+        fingerprint: runtime.fingerprint(),
+        epoch: applied.map_or(0, |a| a.0),
+        phase: applied.map(|a| a.1),
+        members: member_states(consensus, runtime).await,
+    }
+}
+
+/// Answers a peer's `CaStatus` request.
+pub fn answer_status(runtime: &CaRuntime) -> Message {
+    match serde_json::to_vec(&runtime.applied()) {
+        Ok(payload) => Message::Response { payload },
+        Err(e) => Message::Refused {
+            reason: format!("cannot encode the CA status: {e}"),
+        },
+    }
+}
+
+/// Takes the cluster through a CA rotation, or resumes one that stopped part way: each step is
+/// proposed only once every member has applied the one before. Returns the new fingerprint.
+pub async fn rotate(
+    consensus: &Consensus,
+    runtime: &CaRuntime,
+    on_step: impl Fn(&str),
+) -> Result<String> {
+    let current = || consensus.config_state().ca();
+    let target = match current() {
+        Some(s) if s.phase != CaPhase::Finished => {
+            on_step(&format!("resuming rotation {} ({})", s.epoch, s.phase));
+            s.epoch
+        }
+        Some(s) => s.epoch + 1,
+        None => 1,
+    };
+    let mut first = true;
+    loop {
+        // The first check fails fast: it is the one that finds a member already down.
+        let timeout = if first {
+            FIRST_CHECK_TIMEOUT
+        } else {
+            STEP_TIMEOUT
+        };
+        first = false;
+        let state = wait_until_applied(consensus, runtime, timeout).await?;
+        let step = match &state {
+            Some(s) if s.epoch == target && s.phase == CaPhase::Finished => {
+                on_step("every member trusts only the new CA");
+                return Ok(hex_fingerprint(&s.cert));
+            }
+            Some(s) if s.phase == CaPhase::Staged => CaStep::Switch { epoch: s.epoch },
+            Some(s) if s.phase == CaPhase::Switched => CaStep::Finish { epoch: s.epoch },
+            _ => {
+                let ca = ClusterCa::generate(&format!("epoch {target}"))?;
+                let previous_cert = runtime.with_active(|ca, _| ca.cert_der().to_vec());
+                CaStep::Stage {
+                    epoch: target,
+                    previous_cert,
+                    cert: ca.cert_der().to_vec(),
+                    key: ca.key_der(),
+                }
+            }
+        };
+        on_step(match step.phase() {
+            CaPhase::Staged => "staging a new CA: every member trusts both",
+            CaPhase::Switched => "switching: every member presents a certificate of the new CA",
+            CaPhase::Finished => "finishing: every member stops trusting the old CA",
+        });
+        let wanted = (step.epoch(), step.phase());
+        if let Err(error) = consensus.ca_step(step).await {
+            // The step may have committed while its answer was lost (the leader closes its
+            // connections when it finishes); the applied state tells.
+            if wait_for_local(consensus, wanted, Duration::from_secs(5))
+                .await
+                .is_err()
+            {
+                return Err(error).context("the rotation step was not committed");
+            }
+        }
+        wait_for_local(consensus, wanted, STEP_TIMEOUT).await?;
+    }
+}
+
+/// Waits until this node's state machine has applied the step (it proposes through the
+/// leader, which may be another node).
+async fn wait_for_local(
+    consensus: &Consensus,
+    wanted: (u64, CaPhase),
+    timeout: Duration,
+) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    let mut updates = consensus.config_state().subscribe_ca();
+    loop {
+        if updates
+            .borrow_and_update()
+            .as_ref()
+            .map(|s| (s.epoch, s.phase))
+            == Some(wanted)
+        {
+            return Ok(());
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if tokio::time::timeout(left, updates.changed()).await.is_err() {
+            bail!("this node did not apply the committed rotation step within {timeout:?}");
+        }
+    }
+}
+
+/// Waits until every member has applied the step this node has applied, and returns it.
+async fn wait_until_applied(
+    consensus: &Consensus,
+    runtime: &CaRuntime,
+    timeout: Duration,
+) -> Result<Option<CaState>> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let state = consensus.config_state().ca();
+        let at = state.as_ref().map(|s| (s.epoch, s.phase));
+        let members = member_states(consensus, runtime).await;
+        let behind: Vec<&MemberCa> = members
+            .iter()
+            .filter(|m| m.error.is_some() || m.epoch.zip(m.phase) != at)
+            .collect();
+        if behind.is_empty() {
+            return Ok(state);
+        }
+        if Instant::now() > deadline {
+            let names: Vec<String> = behind
+                .iter()
+                .map(|m| match &m.error {
+                    Some(e) => format!("{} (unreachable: {e})", m.name),
+                    None => format!("{} (at {})", m.name, describe(m.epoch.zip(m.phase))),
+                })
+                .collect();
+            bail!(
+                "the rotation waits at {} for {}: every member must apply each step before the \
+                 next. Start the member, or remove it for good (`apiary members remove NAME`), \
+                 then run `apiary ca rotate` again to continue",
+                describe(at),
+                names.join(", ")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn describe(at: Applied) -> String {
+    match at {
+        None => "the original CA".into(),
+        Some((epoch, phase)) => format!("rotation {epoch} {phase}"),
+    }
+}

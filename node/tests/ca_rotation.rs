@@ -1,0 +1,196 @@
+//! Rotating the cluster CA in place, on real nodes over real QUIC: refused while a member is
+//! down, then stage → switch → finish on every member; afterwards the old CA's certificates
+//! and join token are refused, the new join token admits, writes go on, restarts keep the new
+//! CA, and a second rotation works the same way.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use apiary_wire::{Identity, Message, Service, Transport};
+use common::{cli, free_ports, Cluster, BIN};
+use serde_json::{json, Value};
+
+fn join_token(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("join-token"))
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+/// The CA fingerprint inside a join token `apiary1.<fingerprint>.<secret>`.
+fn token_fingerprint(token: &str) -> String {
+    token.split('.').nth(1).unwrap_or_default().to_string()
+}
+
+/// Calls a member's `Ping` over QUIC with the identity stored in `tls` (a copy of a node's
+/// `tls/` directory). The caller trusts the member's current CA (read from `member_dir`), so
+/// only the member's trust decides.
+async fn ping_with(
+    tls: &Path,
+    member_dir: &Path,
+    member: std::net::SocketAddr,
+) -> Result<Message, String> {
+    let read = |name: &str| std::fs::read(tls.join(name)).unwrap();
+    let member_ca = std::fs::read(member_dir.join("tls/ca.der")).unwrap();
+    let identity =
+        Identity::new(read("node.der"), read("node.key"), read("ca.der")).trusting([member_ca]);
+    let transport = Transport::bind("127.0.0.1:0".parse().unwrap(), &identity).unwrap();
+    let ping = Message::Request {
+        service: Service::Ping,
+        payload: b"null".to_vec(),
+    };
+    let answer = tokio::time::timeout(Duration::from_secs(5), transport.call(member, &ping)).await;
+    transport.close();
+    match answer {
+        Ok(Ok(message @ Message::Response { .. })) => Ok(message),
+        Ok(Ok(other)) => Err(format!("{other:?}")),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("timed out".into()),
+    }
+}
+
+fn copy_tls(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for name in ["ca.der", "node.der", "node.key"] {
+        std::fs::copy(from.join("tls").join(name), to.join(name)).unwrap();
+    }
+}
+
+async fn ca_report(cluster: &Cluster, node: usize) -> Value {
+    cluster.get(node, "/v1/ca").await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_ca_rotates_in_place() {
+    let mut cluster = Cluster::start(3).await;
+    let scratch = tempfile::tempdir().unwrap();
+    let old_tls = scratch.path().join("old-tls");
+    copy_tls(&cluster.nodes[0].data_dir, &old_tls);
+    let old_token = join_token(&cluster.nodes[0].data_dir);
+    let old_fingerprint = token_fingerprint(&old_token);
+
+    let report = ca_report(&cluster, 1).await;
+    assert_eq!(report["fingerprint"], json!(old_fingerprint), "{report}");
+    assert_eq!(report["phase"], Value::Null, "{report}");
+    ping_with(&old_tls, &cluster.nodes[1].data_dir, cluster.nodes[1].quic)
+        .await
+        .expect("before the rotation, the first CA's certificate is a member's");
+
+    // A member down: nothing is staged, and the error names it.
+    cluster.nodes[2].kill();
+    let peer = cluster.nodes[1].url("");
+    let rotate = |peer: &str, token: &str| cli(&["ca", "rotate", "--peer", peer, "--token", token]);
+    let (ok, out, err) = rotate(&peer, &cluster.token);
+    assert!(!ok, "a rotation with a member down must stop: {out}");
+    assert!(err.contains("n2") && err.contains("unreachable"), "{err}");
+    assert_eq!(ca_report(&cluster, 0).await["phase"], Value::Null);
+    let (ok, _, err) = rotate(&peer, "not-the-token");
+    assert!(!ok && err.contains("token"), "{err}");
+
+    cluster.nodes[2].spawn();
+    let (ok, out, err) = rotate(&peer, &cluster.token);
+    assert!(ok, "rotate: {out}{err}");
+    let new_fingerprint = token_fingerprint(&join_token(&cluster.nodes[1].data_dir));
+    assert_ne!(new_fingerprint, old_fingerprint);
+    assert!(out.contains(&new_fingerprint), "{out}");
+    for step in ["staging", "switching", "finishing"] {
+        assert!(out.contains(step), "{out}");
+    }
+
+    for i in 0..3 {
+        let report = ca_report(&cluster, i).await;
+        assert_eq!(report["fingerprint"], json!(new_fingerprint), "{report}");
+        assert_eq!(report["epoch"], json!(1), "{report}");
+        assert_eq!(report["phase"], json!("finished"), "{report}");
+        let token = join_token(&cluster.nodes[i].data_dir);
+        assert_eq!(token_fingerprint(&token), new_fingerprint);
+        assert_eq!(
+            token.rsplit('.').next(),
+            old_token.rsplit('.').next(),
+            "the join secret is kept"
+        );
+    }
+    let (ok, out, _) = cli(&["ca", "status", "--peer", &peer, "--json"]);
+    assert!(ok);
+    let status: Value = serde_json::from_str(&out).unwrap();
+    let members = status["members"].as_array().unwrap();
+    assert_eq!(members.len(), 3);
+    assert!(members.iter().all(|m| m["phase"] == "finished"), "{status}");
+
+    // The old CA's certificate no longer gets a member to answer.
+    let refused = ping_with(&old_tls, &cluster.nodes[0].data_dir, cluster.nodes[0].quic).await;
+    assert!(refused.is_err(), "the old CA is still trusted: {refused:?}");
+    let new_tls = scratch.path().join("new-tls");
+    copy_tls(&cluster.nodes[0].data_dir, &new_tls);
+    ping_with(&new_tls, &cluster.nodes[1].data_dir, cluster.nodes[1].quic)
+        .await
+        .expect("a certificate of the new CA is a member's");
+
+    // Writes go on and reach every member.
+    let (code, body) = cluster.set(2, "probe.http.sample_rate", json!(0.4)).await;
+    assert_eq!(code, 200, "{body}");
+    let version = body["version"].as_u64().unwrap();
+    cluster.wait_version(&[0, 1, 2], version).await;
+
+    // The old join token is refused at once, naming the CA mismatch.
+    let (quic, api, otlp, grpc) = free_ports();
+    let output = Command::new(BIN)
+        .args(["node", "--no-probes", "--name", "late"])
+        .args([
+            "--data-dir",
+            &scratch.path().join("late").display().to_string(),
+        ])
+        .args(["--listen", &format!("127.0.0.1:{quic}")])
+        .args(["--api", &format!("127.0.0.1:{api}")])
+        .args(["--otlp-http", &format!("127.0.0.1:{otlp}")])
+        .args(["--otlp-grpc", &format!("127.0.0.1:{grpc}")])
+        .args(["--join", &cluster.nodes[0].quic.to_string()])
+        .args(["--join-token", &old_token])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        err.contains("does not match the join token's CA fingerprint"),
+        "{err}"
+    );
+
+    // The new join token (what add_node reads from n0) admits a node, which gets the config.
+    cluster.add_node("n3", &["--no-probes"]).await;
+    cluster.wait_version(&[3], version).await;
+
+    // A restarted member comes back under the new CA.
+    cluster.nodes[1].restart();
+    cluster
+        .wait_for(Duration::from_secs(20), "n1 back", |c| async move {
+            let status = c.get(1, "/v1/cluster").await.ok()?;
+            status["leader_name"].as_str().map(|_| ())
+        })
+        .await;
+    let (code, body) = cluster.set(1, "probe.http.sample_rate", json!(0.6)).await;
+    assert_eq!(code, 200, "{body}");
+    let version = body["version"].as_u64().unwrap();
+    cluster.wait_version(&[0, 1, 2, 3], version).await;
+    assert_eq!(
+        ca_report(&cluster, 1).await["fingerprint"],
+        json!(new_fingerprint)
+    );
+
+    // A second rotation, now with four members.
+    let (ok, out, err) = rotate(&cluster.nodes[3].url(""), &cluster.token);
+    assert!(ok, "second rotation: {out}{err}");
+    let third_fingerprint = token_fingerprint(&join_token(&cluster.nodes[0].data_dir));
+    assert_ne!(third_fingerprint, new_fingerprint);
+    for i in 0..4 {
+        let report = ca_report(&cluster, i).await;
+        assert_eq!(report["fingerprint"], json!(third_fingerprint), "{report}");
+        assert_eq!(report["epoch"], json!(2), "{report}");
+    }
+    let refused = ping_with(&new_tls, &cluster.nodes[2].data_dir, cluster.nodes[2].quic).await;
+    assert!(refused.is_err(), "the first rotation's CA is still trusted");
+    let (code, body) = cluster.set(3, "probe.http.sample_rate", json!(0.7)).await;
+    assert_eq!(code, 200, "{body}");
+}
