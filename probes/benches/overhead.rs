@@ -60,6 +60,8 @@ struct Row {
     p99: Duration,
     kernel_ns_per_request: Option<f64>,
     http_ns_per_run: Option<f64>,
+    /// Per program: (name, runs per request, ns per run), programs that ran only.
+    programs: Vec<(&'static str, f64, f64)>,
 }
 
 fn main() {
@@ -85,6 +87,7 @@ fn main() {
         p99: percentile(&lat, 0.99),
         kernel_ns_per_request: None,
         http_ns_per_run: None,
+        programs: Vec::new(),
     });
     let mut probes = ProbeSet::load(&[]).expect("load probes");
     let observer = Arc::new(Observer::default());
@@ -104,8 +107,10 @@ fn main() {
         probes.apply(&config).unwrap();
         load(port, per_connection / 10 + 1);
         let before = probes.reports();
+        let programs_before = probes.program_stats();
         let (rps, lat) = load(port, per_connection);
         let after = probes.reports();
+        let programs_after = probes.program_stats();
         let requests = (per_connection * CONNECTIONS) as f64;
         let http = |reports: &[ProbeReport]| {
             let r = reports.iter().find(|r| r.name == "http").unwrap();
@@ -119,6 +124,15 @@ fn main() {
             p99: percentile(&lat, 0.99),
             kernel_ns_per_request: Some((kernel_ns(&after) - kernel_ns(&before)) as f64 / requests),
             http_ns_per_run: Some((ns1 - ns0) as f64 / (runs1 - runs0).max(1) as f64),
+            programs: programs_after
+                .iter()
+                .zip(&programs_before)
+                .filter(|(after, before)| after.1 > before.1)
+                .map(|(after, before)| {
+                    let runs = (after.1 - before.1) as f64;
+                    (after.0, runs / requests, (after.2 - before.2) as f64 / runs)
+                })
+                .collect(),
         });
     }
     drop(probes);
@@ -130,6 +144,7 @@ fn main() {
         p99: percentile(&lat, 0.99),
         kernel_ns_per_request: None,
         http_ns_per_run: None,
+        programs: Vec::new(),
     });
 
     let base_p99 = rows[0].p99.as_secs_f64();
@@ -166,6 +181,17 @@ fn main() {
     println!(
         "goals: added p99 <= 2 % (p99 ratio <= 1.02) and <= 1000 kernel ns per request at rate 1"
     );
+    for row in rows.iter().filter(|r| !r.programs.is_empty()) {
+        println!();
+        println!("where the kernel time goes, {}:", row.mode);
+        println!(
+            "{:<22} | {:>12} | {:>10} | {:>10}",
+            "program", "runs/request", "ns/run", "ns/request"
+        );
+        for (name, runs, ns) in &row.programs {
+            println!("{name:<22} | {runs:>12.2} | {ns:>10.0} | {:>10.0}", runs * ns);
+        }
+    }
     println!(
         "spans built during the run: {}",
         observer

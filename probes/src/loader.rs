@@ -381,6 +381,22 @@ impl ProbeSet {
         Ok(())
     }
 
+    /// Run count and total run time (BPF statistics) of each attached program, by name: the
+    /// overhead benchmark's breakdown of where kernel time goes.
+    pub fn program_stats(&self) -> Vec<(&'static str, u64, u64)> {
+        PROGRAMS
+            .iter()
+            .filter_map(|(_, program, _)| {
+                let info = self.ebpf.program(program)?.info().ok()?;
+                Some((
+                    *program,
+                    info.run_count(),
+                    info.run_time().as_nanos() as u64,
+                ))
+            })
+            .collect()
+    }
+
     pub fn reports(&self) -> Vec<ProbeReport> {
         ["http", "tls", "tcp", "process"]
             .into_iter()
