@@ -148,21 +148,50 @@ struct ap_read_args {
 	__u32 iovec; /* buf points to a struct iovec */
 };
 
+/* One slot per thread in the thread's own storage: a read's enter and exit find it without a
+ * hash update and delete per syscall (which cost more than the rest of a non-HTTP read). */
+struct ap_reads_in_flight {
+	struct ap_read_args plain; /* read/recvfrom/readv */
+	struct ap_read_args tls;   /* SSL_read/SSL_read_ex */
+	__u8 plain_set;
+	__u8 tls_set;
+	__u8 pad[6];
+};
+
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 16384);
-	__type(key, __u64);
-	__type(value, struct ap_read_args);
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct ap_reads_in_flight);
 } reads_in_flight SEC(".maps");
 
-/* Per connection (pid << 32 | fd, or the SSL pointer): the sampling decision taken on its
- * request, so that the response follows it. */
+static __always_inline struct ap_reads_in_flight *thread_reads(int create)
+{
+	return bpf_task_storage_get(&reads_in_flight, bpf_get_current_task_btf(), 0,
+				    create ? BPF_LOCAL_STORAGE_GET_F_CREATE : 0);
+}
+
+#define KEEP_UNDECIDED 2
+
+/* What the http and tls probes keep per connection, so that a request or response on a known
+ * connection costs one lookup instead of a walk from the fd to the socket, and no map update. */
+struct ap_conn {
+	__u64 file; /* the struct file behind the fd when cached: a reused fd gets a fresh entry */
+	struct ap_flow flow;
+	__u32 netns;
+	__u32 keep; /* the last request's sampling decision (its response follows it), or undecided */
+};
+
+/* Keyed by pid << 32 | fd, or by the SSL pointer with bit 63 set (user addresses never have it,
+ * and pids are far below 2^31, so the two kinds of keys cannot meet). */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 65536);
 	__type(key, __u64);
-	__type(value, __u32);
-} sampled_conns SEC(".maps");
+	__type(value, struct ap_conn);
+} conns SEC(".maps");
+
+#define TLS_CONN_KEY(ssl) ((__u64)(ssl) | (1ULL << 63))
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -285,18 +314,27 @@ static __always_inline void fill_flow_from_sock(struct ap_flow *flow, struct soc
 	}
 }
 
-/* The TCP/UDP socket behind a file descriptor of the current process, or NULL. */
-static __always_inline struct sock *sock_of_fd(__u32 fd)
+/* The open file behind a file descriptor of the current process, or NULL. The task's BTF
+ * pointer allows plain loads down to the fd array (no helper call each); only the array slot
+ * itself needs a probe read. */
+static __always_inline struct file *file_of_fd(__u32 fd)
 {
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
-	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
-	if (!fdt || fd >= BPF_CORE_READ(fdt, max_fds))
+	struct task_struct *task = bpf_get_current_task_btf();
+	struct files_struct *files = task->files;
+	if (!files)
 		return 0;
-	struct file **fds = BPF_CORE_READ(fdt, fd);
+	struct fdtable *fdt = files->fdt;
+	if (!fdt || fd >= fdt->max_fds)
+		return 0;
+	struct file **fds = fdt->fd;
 	struct file *file = 0;
 	bpf_probe_read_kernel(&file, sizeof(file), &fds[fd]);
-	if (!file)
-		return 0;
+	return file;
+}
+
+/* The TCP/UDP socket of an open file, or NULL. */
+static __always_inline struct sock *sock_of_file(struct file *file)
+{
 	umode_t mode = BPF_CORE_READ(file, f_inode, i_mode);
 	if ((mode & S_IFMT) != S_IFSOCK)
 		return 0;
@@ -331,36 +369,76 @@ static __always_inline int http_prefix(const char *p)
 	return PREFIX_NONE;
 }
 
+/* The connection behind an fd: from the cache while the fd still holds the same file, else
+ * read from the socket once. NULL when the fd is not a TCP/UDP socket. */
+static __always_inline struct ap_conn *conn_of_fd(__u64 key, __u32 fd)
+{
+	struct file *file = file_of_fd(fd);
+	if (!file)
+		return 0;
+	struct ap_conn *conn = bpf_map_lookup_elem(&conns, &key);
+	if (conn && conn->file == (__u64)file)
+		return conn;
+	struct sock *sk = sock_of_file(file);
+	if (!sk)
+		return 0;
+	struct ap_conn fresh = { .file = (__u64)file, .keep = KEEP_UNDECIDED };
+	fill_flow_from_sock(&fresh.flow, sk);
+	fresh.netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+	if (bpf_map_update_elem(&conns, &key, &fresh, BPF_ANY) < 0)
+		return 0;
+	return bpf_map_lookup_elem(&conns, &key);
+}
+
+/* TLS connections have no socket at hand: no addresses, the task's netns. */
+static __always_inline struct ap_conn *conn_of_ssl(__u64 ssl)
+{
+	__u64 key = TLS_CONN_KEY(ssl);
+	struct ap_conn *conn = bpf_map_lookup_elem(&conns, &key);
+	if (conn)
+		return conn;
+	struct ap_conn fresh = { .keep = KEEP_UNDECIDED, .netns = task_netns() };
+	if (bpf_map_update_elem(&conns, &key, &fresh, BPF_ANY) < 0)
+		return 0;
+	return bpf_map_lookup_elem(&conns, &key);
+}
+
+/* Whether a buffer starts an HTTP request or response (its first bytes). */
+static __always_inline int message_kind(const void *buf, __s64 len)
+{
+	char head[8] = {};
+	if (len <= 0 || !buf || bpf_probe_read_user(head, sizeof(head), buf) < 0)
+		return PREFIX_NONE;
+	return http_prefix(head);
+}
+
+static __always_inline void fill_data_event(struct ap_data_event *ev, __u32 probe, struct ap_conn *conn,
+					    __u64 conn_id, __s64 len, __u32 direction, __u32 threshold,
+					    __u32 flags)
+{
+	fill_header(&ev->h, EV_DATA, probe, conn->netns);
+	ev->flow = conn->flow;
+	ev->conn_id = conn_id;
+	ev->total_len = len;
+	ev->direction = direction;
+	ev->sample_threshold = threshold;
+	ev->flags = flags;
+}
+
 /* Emits one HTTP message start seen in a socket buffer (`probe` http) or in TLS plaintext
  * (`probe` tls). Sampling is per request: a kept request keeps its response. */
-static __always_inline void emit_data(__u32 probe, __u64 conn_key, __u64 conn_id, struct sock *sk,
+static __always_inline void emit_data(__u32 probe, struct ap_conn *conn, __u64 conn_id, int kind,
 				      const void *buf, __s64 len, __u32 direction)
 {
-	if (len <= 0 || !buf)
-		return;
 	struct ap_probe_config *config = bpf_map_lookup_elem(&probe_config, &probe);
 	struct ap_probe_stats *stats = stats_of(probe);
 	if (!config || !stats || !config->enabled)
 		return;
-	char head[8] = {};
-	if (bpf_probe_read_user(head, sizeof(head), buf) < 0)
-		return;
-	int kind = http_prefix(head);
-	if (kind == PREFIX_NONE)
-		return;
-
-	struct ap_flow flow = {};
-	__u32 netns;
-	if (sk) {
-		fill_flow_from_sock(&flow, sk);
-		netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
-	} else {
-		netns = task_netns();
-	}
+	__u32 netns = conn->netns;
 	if (!in_scope(netns))
 		return;
 	__u32 pid = bpf_get_current_pid_tgid() >> 32;
-	if (!passes_filters(probe, config, pid, flow.local_port, flow.remote_port)) {
+	if (!passes_filters(probe, config, pid, conn->flow.local_port, conn->flow.remote_port)) {
 		stats->filtered++;
 		return;
 	}
@@ -370,35 +448,23 @@ static __always_inline void emit_data(__u32 probe, __u64 conn_key, __u64 conn_id
 	if (kind == PREFIX_REQUEST) {
 		stats->offered++;
 		__u32 keep = threshold == 0xffffffff || bpf_get_prandom_u32() < threshold;
-		bpf_map_update_elem(&sampled_conns, &conn_key, &keep, BPF_ANY);
+		conn->keep = keep;
 		if (!keep) {
 			stats->sampled_out++;
 			flags = DATA_SAMPLED_OUT;
 		}
 	} else {
-		__u32 *keep = bpf_map_lookup_elem(&sampled_conns, &conn_key);
-		if (keep) {
-			__u32 decision = *keep;
-			bpf_map_delete_elem(&sampled_conns, &conn_key);
-			if (!decision)
-				flags = DATA_SAMPLED_OUT;
-		} else if (!(threshold == 0xffffffff || bpf_get_prandom_u32() < threshold)) {
+		__u32 decision = conn->keep;
+		conn->keep = KEEP_UNDECIDED;
+		if (decision == 0) {
+			flags = DATA_SAMPLED_OUT;
+		} else if (decision == KEEP_UNDECIDED &&
+			   !(threshold == 0xffffffff || bpf_get_prandom_u32() < threshold)) {
 			/* A response whose request we never saw (connection older than the probe). */
 			return;
 		}
 	}
 
-	__u32 zero = 0;
-	struct ap_data_event *ev = bpf_map_lookup_elem(&data_scratch, &zero);
-	if (!ev)
-		return;
-	fill_header(&ev->h, EV_DATA, probe, netns);
-	ev->flow = flow;
-	ev->conn_id = conn_id;
-	ev->total_len = len;
-	ev->direction = direction;
-	ev->sample_threshold = threshold;
-	ev->flags = flags;
 	__u32 captured = config->capture_bytes;
 	if (flags && captured > BRIEF_CAPTURE)
 		captured = BRIEF_CAPTURE;
@@ -406,6 +472,12 @@ static __always_inline void emit_data(__u32 probe, __u64 conn_key, __u64 conn_id
 		captured = len;
 	if (captured > MAX_CAPTURE)
 		captured = MAX_CAPTURE;
+
+	__u32 zero = 0;
+	struct ap_data_event *ev = bpf_map_lookup_elem(&data_scratch, &zero);
+	if (!ev)
+		return;
+	fill_data_event(ev, probe, conn, conn_id, len, direction, threshold, flags);
 	/* The verifier needs the bound in the register itself; clang would drop a plain mask. */
 	asm volatile("%0 &= %1" : "+r"(captured) : "i"(CAPTURE_MASK));
 	if (bpf_probe_read_user(ev->data, captured, buf) < 0)
@@ -430,33 +502,39 @@ static __always_inline void socket_send(__u32 fd, const void *buf, __s64 len)
 {
 	if (len <= 0 || !probe_enabled(PROBE_HTTP))
 		return;
-	char head[8] = {};
-	if (bpf_probe_read_user(head, sizeof(head), buf) < 0 || http_prefix(head) == PREFIX_NONE)
-		return;
-	struct sock *sk = sock_of_fd(fd);
-	if (!sk)
+	int kind = message_kind(buf, len);
+	if (kind == PREFIX_NONE)
 		return;
 	__u64 key = (bpf_get_current_pid_tgid() & 0xffffffff00000000ULL) | fd;
-	emit_data(PROBE_HTTP, key, fd, sk, buf, len, DIR_EGRESS);
+	struct ap_conn *conn = conn_of_fd(key, fd);
+	if (!conn)
+		return;
+	emit_data(PROBE_HTTP, conn, fd, kind, buf, len, DIR_EGRESS);
 }
 
 static __always_inline void remember_read(__u32 fd, __u64 buf, __u32 iovec)
 {
 	if (!probe_enabled(PROBE_HTTP))
 		return;
-	struct ap_read_args args = { .buf = buf, .fd = fd, .iovec = iovec, .conn_id = fd };
-	__u64 id = bpf_get_current_pid_tgid();
-	bpf_map_update_elem(&reads_in_flight, &id, &args, BPF_ANY);
+	struct ap_reads_in_flight *reads = thread_reads(1);
+	if (!reads)
+		return;
+	reads->plain.buf = buf;
+	reads->plain.fd = fd;
+	reads->plain.iovec = iovec;
+	reads->plain.conn_id = fd;
+	reads->plain.len_ptr = 0;
+	reads->plain_set = 1;
 }
 
 static __always_inline void finish_read(__s64 ret)
 {
 	__u64 id = bpf_get_current_pid_tgid();
-	struct ap_read_args *args = bpf_map_lookup_elem(&reads_in_flight, &id);
-	if (!args)
+	struct ap_reads_in_flight *reads = thread_reads(0);
+	if (!reads || !reads->plain_set)
 		return;
-	struct ap_read_args copy = *args;
-	bpf_map_delete_elem(&reads_in_flight, &id);
+	struct ap_read_args copy = reads->plain;
+	reads->plain_set = 0;
 	if (ret <= 0)
 		return;
 	__u64 buf = copy.buf;
@@ -469,14 +547,14 @@ static __always_inline void finish_read(__s64 ret)
 			ret = first.iov_len;
 	}
 	/* As for writes: most reads are not HTTP; skip the fd → socket walk for them. */
-	char head[8] = {};
-	if (bpf_probe_read_user(head, sizeof(head), (void *)buf) < 0 || http_prefix(head) == PREFIX_NONE)
-		return;
-	struct sock *sk = sock_of_fd(copy.fd);
-	if (!sk)
+	int kind = message_kind((void *)buf, ret);
+	if (kind == PREFIX_NONE)
 		return;
 	__u64 key = (id & 0xffffffff00000000ULL) | copy.fd;
-	emit_data(PROBE_HTTP, key, copy.fd, sk, (void *)buf, ret, DIR_INGRESS);
+	struct ap_conn *conn = conn_of_fd(key, copy.fd);
+	if (!conn)
+		return;
+	emit_data(PROBE_HTTP, conn, copy.fd, kind, (void *)buf, ret, DIR_INGRESS);
 }
 
 SEC("tracepoint/syscalls/sys_enter_write")
@@ -551,29 +629,47 @@ SEC("tracepoint/syscalls/sys_enter_close")
 int http_enter_close(struct ap_sys_enter_ctx *ctx)
 {
 	__u64 key = (bpf_get_current_pid_tgid() & 0xffffffff00000000ULL) | (__u32)ctx->args[0];
-	bpf_map_delete_elem(&sampled_conns, &key);
+	/* Most closed fds were never an HTTP connection: a lookup takes no lock, a delete does. */
+	if (bpf_map_lookup_elem(&conns, &key))
+		bpf_map_delete_elem(&conns, &key);
 	return 0;
 }
 
 /* --- tls: OpenSSL 3 plaintext ------------------------------------------------------------ */
 
-#define TLS_READ_KEY(id) ((id) ^ 0x5555555555555555ULL)
+static __always_inline void tls_emit(__u64 ssl, const void *buf, __s64 len, __u32 direction)
+{
+	if (!probe_enabled(PROBE_TLS))
+		return;
+	int kind = message_kind(buf, len);
+	if (kind == PREFIX_NONE)
+		return;
+	struct ap_conn *conn = conn_of_ssl(ssl);
+	if (!conn)
+		return;
+	emit_data(PROBE_TLS, conn, ssl, kind, buf, len, direction);
+}
 
 static __always_inline void tls_remember_read(void *ssl, void *buf, void *len_ptr)
 {
-	struct ap_read_args args = { .buf = (__u64)buf, .conn_id = (__u64)ssl, .len_ptr = (__u64)len_ptr };
-	__u64 id = TLS_READ_KEY(bpf_get_current_pid_tgid());
-	bpf_map_update_elem(&reads_in_flight, &id, &args, BPF_ANY);
+	struct ap_reads_in_flight *reads = thread_reads(1);
+	if (!reads)
+		return;
+	reads->tls.buf = (__u64)buf;
+	reads->tls.conn_id = (__u64)ssl;
+	reads->tls.len_ptr = (__u64)len_ptr;
+	reads->tls.fd = 0;
+	reads->tls.iovec = 0;
+	reads->tls_set = 1;
 }
 
 static __always_inline void tls_finish_read(__s64 ret)
 {
-	__u64 id = TLS_READ_KEY(bpf_get_current_pid_tgid());
-	struct ap_read_args *args = bpf_map_lookup_elem(&reads_in_flight, &id);
-	if (!args)
+	struct ap_reads_in_flight *reads = thread_reads(0);
+	if (!reads || !reads->tls_set)
 		return;
-	struct ap_read_args copy = *args;
-	bpf_map_delete_elem(&reads_in_flight, &id);
+	struct ap_read_args copy = reads->tls;
+	reads->tls_set = 0;
 	if (copy.len_ptr) {
 		/* SSL_read_ex returns 1 on success and stores the count. */
 		__u64 count = 0;
@@ -581,21 +677,21 @@ static __always_inline void tls_finish_read(__s64 ret)
 			return;
 		ret = count;
 	}
-	emit_data(PROBE_TLS, copy.conn_id, copy.conn_id, 0, (void *)copy.buf, ret, DIR_INGRESS);
+	tls_emit(copy.conn_id, (void *)copy.buf, ret, DIR_INGRESS);
 }
 
 /* OpenSSL 3 has two pairs: SSL_read/SSL_write (curl) and SSL_read_ex/SSL_write_ex (Python). */
 SEC("uprobe")
 int BPF_KPROBE(tls_ssl_write, void *ssl, const void *buf, int num)
 {
-	emit_data(PROBE_TLS, (__u64)ssl, (__u64)ssl, 0, buf, num, DIR_EGRESS);
+	tls_emit((__u64)ssl, buf, num, DIR_EGRESS);
 	return 0;
 }
 
 SEC("uprobe")
 int BPF_KPROBE(tls_ssl_write_ex, void *ssl, const void *buf, __u64 num)
 {
-	emit_data(PROBE_TLS, (__u64)ssl, (__u64)ssl, 0, buf, num, DIR_EGRESS);
+	tls_emit((__u64)ssl, buf, num, DIR_EGRESS);
 	return 0;
 }
 

@@ -189,7 +189,10 @@ fn main() {
             "program", "runs/request", "ns/run", "ns/request"
         );
         for (name, runs, ns) in &row.programs {
-            println!("{name:<22} | {runs:>12.2} | {ns:>10.0} | {:>10.0}", runs * ns);
+            println!(
+                "{name:<22} | {runs:>12.2} | {ns:>10.0} | {:>10.0}",
+                runs * ns
+            );
         }
     }
     println!(

@@ -208,7 +208,12 @@ impl ProbeSet {
                 None
             }
         };
-        let mut ebpf = Ebpf::load(OBJECT).map_err(|e| ProbeError::Load(e.to_string()))?;
+        // aya 0.14 has no userspace type for task storage (the per-thread read slots); the
+        // kernel creates and uses it, userspace never reads it.
+        let mut ebpf = aya::EbpfLoader::new()
+            .allow_unsupported_maps()
+            .load(OBJECT)
+            .map_err(|e| ProbeError::Load(e.to_string()))?;
         let libssl = match libssl {
             Some(path) => Ok(path.to_path_buf()),
             None => find_libssl().ok_or_else(|| {

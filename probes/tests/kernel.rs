@@ -556,3 +556,46 @@ async fn a_probe_that_cannot_attach_is_reported_and_the_others_run() {
     let spans = wait_spans(&observer, port, 2).await;
     assert_eq!(spans.len(), 2, "http kept working: {spans:#?}");
 }
+
+/// The probes remember each connection (addresses, sampling) by process and fd. When an fd is
+/// made to point at another connection without a close (`dup2`), its next request must carry
+/// the new connection's addresses, not the remembered ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reused_fd_reports_its_new_connection() {
+    require_root!("a_reused_fd_reports_its_new_connection");
+    use std::os::fd::AsRawFd;
+    let (first_port, second_port) = (rust_server(), rust_server());
+    let probes = load(&config(&[]));
+    let ask = |stream: &mut TcpStream, path: &str| {
+        stream
+            .write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+            .unwrap();
+        let mut response = [0u8; 256];
+        let _ = stream.read(&mut response);
+    };
+    let mut first = TcpStream::connect(("127.0.0.1", first_port)).unwrap();
+    ask(&mut first, "/before-dup2");
+    wait_spans(&probes.observer, first_port, 2).await;
+
+    let second = TcpStream::connect(("127.0.0.1", second_port)).unwrap();
+    // SAFETY: both fds are open and owned by live streams; dup2 replaces `first`'s fd with
+    // a copy of `second`'s, which `first` then owns (and closes on drop).
+    assert!(unsafe { libc::dup2(second.as_raw_fd(), first.as_raw_fd()) } >= 0);
+    ask(&mut first, "/after-dup2");
+    let spans = wait_spans(&probes.observer, second_port, 2).await;
+    let client = spans
+        .iter()
+        .find(|s| s.kind == SpanKind::Client && s.target == "/after-dup2")
+        .unwrap_or_else(|| panic!("no client span for /after-dup2 on the second port: {spans:#?}"));
+    assert_eq!(
+        client.peer.map(|a| a.port()),
+        Some(second_port),
+        "{client:#?}"
+    );
+    assert!(
+        spans_on_port(&probes.observer, first_port)
+            .iter()
+            .all(|s| s.target != "/after-dup2"),
+        "the request after dup2 was reported on the first connection"
+    );
+}
