@@ -20,9 +20,13 @@ use serde::Serialize;
 
 use crate::otlp::{int_attribute, string_attribute, ResourceInfo};
 
-/// The OpenTelemetry semantic conventions' advice for HTTP durations, in seconds.
-pub const DURATION_BOUNDS_SECONDS: [f64; 14] = [
-    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+/// Histogram bounds for HTTP durations, in seconds: the OpenTelemetry semantic conventions'
+/// advice (5 ms to 10 s) with five finer buckets below it, because the services the probes see
+/// on one machine often answer in well under a millisecond, and with a first bucket of 5 ms
+/// their p50 and p99 could only read "somewhere below 5 ms".
+pub const DURATION_BOUNDS_SECONDS: [f64; 19] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75,
+    1.0, 2.5, 5.0, 7.5, 10.0,
 ];
 const BUCKETS: usize = DURATION_BOUNDS_SECONDS.len() + 1;
 
@@ -429,6 +433,27 @@ mod tests {
         }
     }
 
+    /// Sub-millisecond services get sub-millisecond quantiles, not "below 5 ms".
+    #[test]
+    fn fast_routes_get_fine_quantiles() {
+        let red = RedMetrics::new();
+        for _ in 0..99 {
+            red.record(&span(200, 180_000, false));
+        }
+        red.record(&span(200, 900_000, false));
+        let row = &red.routes()[0];
+        assert!(
+            row.p50_seconds > 0.0001 && row.p50_seconds <= 0.00025,
+            "{}",
+            row.p50_seconds
+        );
+        assert!(
+            row.p99_seconds > 0.0001 && row.p99_seconds <= 0.001,
+            "{}",
+            row.p99_seconds
+        );
+    }
+
     #[test]
     fn routes_sum_statuses_and_estimate_quantiles() {
         let red = RedMetrics::new();
@@ -442,7 +467,7 @@ mod tests {
         let row = &rows[0];
         assert_eq!((row.count, row.errors), (100, 2));
         assert!(
-            row.p50_seconds > 0.0 && row.p50_seconds <= 0.005,
+            row.p50_seconds > 0.0025 && row.p50_seconds <= 0.005,
             "{}",
             row.p50_seconds
         );
@@ -464,8 +489,14 @@ mod tests {
         assert_eq!(rows.len(), 2);
         let ok = &rows[0].1;
         assert_eq!((ok.count, ok.errors), (2, 0));
-        assert_eq!(ok.buckets[0], 1, "3 ms in the 5 ms bucket");
-        assert_eq!(ok.buckets[4], 1, "60 ms in the 75 ms bucket");
+        let bucket_of = |upper: f64| {
+            DURATION_BOUNDS_SECONDS
+                .iter()
+                .position(|&b| b == upper)
+                .unwrap()
+        };
+        assert_eq!(ok.buckets[bucket_of(0.005)], 1, "3 ms in the 5 ms bucket");
+        assert_eq!(ok.buckets[bucket_of(0.075)], 1, "60 ms in the 75 ms bucket");
         let failed = &rows[1].1;
         assert_eq!((failed.count, failed.errors), (1, 1));
         assert_eq!(failed.buckets[BUCKETS - 1], 1, "20 s in +Inf");
