@@ -24,6 +24,10 @@ pub async fn run(args: &ClientArgs) -> Result<()> {
                 format!("{} answers at {}", text(&health["node"]), args.peer),
             ));
             found.extend(cluster_checks(&client.get("/v1/cluster").await?));
+            // Nodes from before CA rotation have no /v1/ca: nothing to check there.
+            if let Ok(ca) = client.get("/v1/ca").await {
+                found.push(ca_check(&ca));
+            }
             let probes = client.get("/v1/probes").await?;
             let without_probes = probes.as_array().is_none_or(|list| {
                 list.iter().all(|p| {
@@ -107,6 +111,26 @@ fn cluster_checks(cluster: &Value) -> Vec<Check> {
         ));
     }
     found
+}
+
+/// A CA rotation that stopped between its steps leaves two CAs trusted and joins refused.
+fn ca_check(ca: &Value) -> Check {
+    let fingerprint = text(&ca["fingerprint"]);
+    let short = fingerprint.get(..16).unwrap_or(&fingerprint);
+    match ca["phase"].as_str() {
+        Some(phase @ ("staged" | "switched")) => Check::warn(
+            "cluster CA",
+            format!(
+                "rotation {} stopped after its {phase} step: two CAs are trusted and joins are refused",
+                text(&ca["epoch"])
+            ),
+            "run `apiary ca rotate` to continue it (every member must run; `apiary ca status` shows which did not apply the step)",
+        ),
+        _ => Check::ok(
+            "cluster CA",
+            format!("{short}… ({} rotations)", ca["epoch"].as_u64().unwrap_or(0)),
+        ),
+    }
 }
 
 fn probe_checks(probes: &Value) -> Vec<Check> {
@@ -215,6 +239,24 @@ mod tests {
         assert!(found
             .iter()
             .all(|c| c.status == Status::Ok || c.fix.is_some()));
+    }
+
+    #[test]
+    fn a_stopped_ca_rotation_is_a_warning_with_the_way_on() {
+        let paused =
+            ca_check(&json!({"fingerprint": "ab".repeat(32), "epoch": 2, "phase": "switched"}));
+        assert_eq!(paused.status, Status::Warn);
+        assert!(paused
+            .fix
+            .as_deref()
+            .unwrap_or("")
+            .contains("apiary ca rotate"));
+        let done =
+            ca_check(&json!({"fingerprint": "ab".repeat(32), "epoch": 1, "phase": "finished"}));
+        assert_eq!(done.status, Status::Ok);
+        let never = ca_check(&json!({"fingerprint": "cd".repeat(32), "epoch": 0, "phase": null}));
+        assert_eq!(never.status, Status::Ok);
+        assert!(never.detail.contains("cdcd"), "{}", never.detail);
     }
 
     #[test]

@@ -120,6 +120,7 @@ async fn init_writes_a_file_the_node_runs_from_with_env_and_flags_above_it() {
     let (ok, out, err) = cli(&["doctor", "--peer", &base]);
     assert!(ok, "doctor on a healthy node: {out}{err}");
     assert!(out.contains("from-flag") && out.contains("leader"), "{out}");
+    assert!(out.contains("cluster CA"), "{out}");
     let (ok, out, _) = cli(&["doctor", "--peer", &base, "--json"]);
     assert!(ok);
     let report: serde_json::Value = serde_json::from_str(&out).expect("doctor --json is JSON");
