@@ -418,7 +418,7 @@ static __always_inline struct ap_data_event *scratch_event(void)
 }
 
 /* Reads the start of a buffer into the CPU's scratch event and says whether it starts an HTTP
- * message: one read of user memory (each costs about 140 ns here, whatever its size) serves
+ * message: one read of user memory (about 140 ns each here for 8 to 70 bytes: the call, not the copy) serves
  * both the check and a capture of the default size. `got` is how many bytes were read. */
 static __always_inline int read_message_start(struct ap_data_event *ev, const void *buf, __s64 len,
 					      __u32 *got)
