@@ -418,8 +418,9 @@ static __always_inline struct ap_data_event *scratch_event(void)
 }
 
 /* Reads the start of a buffer into the CPU's scratch event and says whether it starts an HTTP
- * message: one read of user memory (about 140 ns each here for 8 to 70 bytes: the call, not the copy) serves
- * both the check and a capture of the default size. `got` is how many bytes were read. */
+ * message. One read of user memory serves both the check and a capture of the default size:
+ * a read cost about 140 ns here for 8 as for 70 bytes (the call, not the copy). `got` is how
+ * many bytes were read. */
 static __always_inline int read_message_start(struct ap_data_event *ev, const void *buf, __s64 len,
 					      __u32 *got)
 {
@@ -433,9 +434,9 @@ static __always_inline int read_message_start(struct ap_data_event *ev, const vo
 	return http_prefix((const char *)ev->data);
 }
 
-static __always_inline void fill_data_event(struct ap_data_event *ev, __u32 probe, struct ap_conn *conn,
-					    __u64 conn_id, __s64 len, __u32 direction, __u32 threshold,
-					    __u32 flags)
+static __always_inline void fill_data_event(struct ap_data_event *ev, __u32 probe,
+					    struct ap_conn *conn, __u64 conn_id, __s64 len,
+					    __u32 direction, __u32 threshold, __u32 flags)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	ev->h.kind = EV_DATA;

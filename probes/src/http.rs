@@ -22,7 +22,11 @@ pub struct Request {
 /// Parses a request line and the headers that fit in the captured prefix.
 pub fn parse_request(data: &[u8]) -> Option<Request> {
     let text = std::str::from_utf8(prefix_lines(data)).ok()?;
-    let mut lines = text.split("\r\n");
+    // Split on the byte '\n' (a memchr search) and drop the '\r': cheaper than a two-byte
+    // pattern, and the same lines for CRLF input.
+    let mut lines = text
+        .split('\n')
+        .map(|line| line.strip_suffix('\r').unwrap_or(line));
     let mut parts = lines.next()?.split(' ');
     let (method, target, version) = (parts.next()?, parts.next()?, parts.next()?);
     if !version.starts_with("HTTP/1.")
@@ -223,7 +227,13 @@ impl Matcher {
         clock: &Clock,
     ) -> Option<Span> {
         let key = (message.probe, message.pid, message.conn_id);
-        if let Some(request) = parse_request(message.data) {
+        // Half the messages are responses: do not try them as requests first.
+        let request = if message.data.starts_with(b"HTTP/") {
+            None
+        } else {
+            parse_request(message.data)
+        };
+        if let Some(request) = request {
             if self.pending.len() >= MAX_CONNECTIONS && !self.pending.contains_key(&key) {
                 self.evict_oldest();
             }
@@ -349,6 +359,8 @@ mod tests {
             request.traceparent.as_deref(),
             Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
         );
+        // A status line is never taken for a request line.
+        assert!(parse_request(b"HTTP/1.1 200 OK\r\nHost: x\r\n\r\n").is_none());
     }
 
     #[test]
