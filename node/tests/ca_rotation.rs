@@ -194,3 +194,85 @@ async fn the_cluster_ca_rotates_in_place() {
     let (code, body) = cluster.set(3, "probe.http.sample_rate", json!(0.7)).await;
     assert_eq!(code, 200, "{body}");
 }
+
+/// A member that stops answering part way stops the rotation with its name; the doctor says how
+/// to go on; the member restarts in the middle of the rotation (trusting what its log says) and
+/// a second `ca rotate` finishes the same rotation instead of starting another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotation_stopped_part_way_continues_after_a_restart() {
+    let mut cluster = Cluster::start(3).await;
+    let peer = cluster.nodes[0].url("");
+    let token = cluster.token.clone();
+    let rotation = {
+        let (peer, token) = (peer.clone(), token.clone());
+        std::thread::spawn(move || cli(&["ca", "rotate", "--peer", &peer, "--token", &token]))
+    };
+    // Freeze n2 as soon as it has staged the new CA: the next step cannot reach it.
+    let pid = cluster.nodes[2].pid().unwrap().to_string();
+    cluster
+        .wait_for(
+            Duration::from_secs(20),
+            "n2 to stage the new CA",
+            |c| async move {
+                let report = c.get(2, "/v1/ca").await.ok()?;
+                (report["phase"] != Value::Null).then_some(())
+            },
+        )
+        .await;
+    assert!(Command::new("kill")
+        .args(["-STOP", &pid])
+        .status()
+        .unwrap()
+        .success());
+
+    let (ok, out, err) = rotation.join().unwrap();
+    assert!(!ok, "the rotation cannot finish with n2 frozen: {out}");
+    assert!(
+        err.contains("n2") && err.contains("run `apiary ca rotate` again"),
+        "{err}"
+    );
+    let report = ca_report(&cluster, 0).await;
+    // Where it stopped depends on whether the driver saw n2 staged before it froze.
+    let phase = report["phase"].as_str().unwrap_or_default().to_string();
+    assert!(
+        ["staged", "switched", "finished"].contains(&phase.as_str()),
+        "{report}"
+    );
+    if phase != "finished" {
+        let (_, out, _) = cli(&["doctor", "--peer", &peer]);
+        assert!(
+            out.contains(&format!("stopped after its {phase} step")),
+            "{out}"
+        );
+    }
+
+    // SIGKILL ends the frozen process; it starts again from its data dir mid-rotation.
+    cluster.nodes[2].restart();
+    cluster
+        .wait_for(
+            Duration::from_secs(30),
+            "n2 back in the cluster",
+            |c| async move {
+                let status = c.get(2, "/v1/cluster").await.ok()?;
+                status["leader_name"].as_str().map(|_| ())
+            },
+        )
+        .await;
+    let (ok, out, err) = cli(&["ca", "rotate", "--peer", &peer, "--token", &token]);
+    assert!(ok, "the second call finishes the rotation: {out}{err}");
+    let fingerprint = token_fingerprint(&join_token(&cluster.nodes[0].data_dir));
+    for i in 0..3 {
+        let report = ca_report(&cluster, i).await;
+        assert_eq!(
+            report["epoch"],
+            json!(1),
+            "the same rotation, continued: {report}"
+        );
+        assert_eq!(report["phase"], json!("finished"), "{report}");
+        assert_eq!(report["fingerprint"], json!(fingerprint), "{report}");
+    }
+    let (code, body) = cluster.set(2, "probe.http.sample_rate", json!(0.3)).await;
+    assert_eq!(code, 200, "{body}");
+    let version = body["version"].as_u64().unwrap();
+    cluster.wait_version(&[0, 1, 2], version).await;
+}
