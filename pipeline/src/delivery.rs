@@ -91,6 +91,9 @@ pub struct Delivery<S: Sink> {
     policy: FullPolicy,
     pub stats: Arc<DeliveryStats>,
     wake: Notify,
+    /// The batch the sender is sending right now. Drop-oldest skips it: dropping it would count
+    /// it as dropped and then, when the send succeeds, as delivered too.
+    in_flight: Mutex<Option<u64>>,
 }
 
 impl<S: Sink> Delivery<S> {
@@ -116,6 +119,7 @@ impl<S: Sink> Delivery<S> {
             policy,
             stats,
             wake: Notify::new(),
+            in_flight: Mutex::new(None),
         }))
     }
 
@@ -131,14 +135,26 @@ impl<S: Sink> Delivery<S> {
             match self.policy {
                 FullPolicy::Block => tokio::time::sleep(Duration::from_millis(50)).await,
                 FullPolicy::DropOldest => {
-                    let Some((seq, oldest)) = self.queue.peek(1).map_err(|e| e.to_string())?.pop()
-                    else {
-                        break;
+                    // Under the lock the sender takes to pick its batch, so the two never meet
+                    // on the same batch. With only the batch being sent queued, this one goes
+                    // in over the limit (by at most a batch).
+                    let dropped = {
+                        let in_flight = self.lock_in_flight();
+                        let oldest = self
+                            .queue
+                            .peek(2)
+                            .map_err(|e| e.to_string())?
+                            .into_iter()
+                            .find(|(seq, _)| Some(*seq) != *in_flight);
+                        match oldest {
+                            None => break,
+                            Some((seq, oldest)) => self.remove(seq, &oldest)?.then_some(oldest),
+                        }
                     };
-                    if !self.remove(seq, &oldest)? {
-                        // Delivered or dropped by someone else meanwhile: look again.
+                    let Some(oldest) = dropped else {
+                        // Dropped by another writer meanwhile: look again.
                         continue;
-                    }
+                    };
                     let items = unframe(&oldest).map(|(_, n, _)| n).unwrap_or(0);
                     self.stats
                         .dropped_items
@@ -160,6 +176,11 @@ impl<S: Sink> Delivery<S> {
         Ok(())
     }
 
+    fn lock_in_flight(&self) -> std::sync::MutexGuard<'_, Option<u64>> {
+        // The guarded value is a plain seq, valid whatever a panicking holder did.
+        self.in_flight.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Takes a batch out of the queue. Only the caller that really removed it adjusts the
     /// counters, so a delivery and a drop-oldest racing for the same batch count it once.
     fn remove(&self, seq: u64, item: &[u8]) -> Result<bool, String> {
@@ -178,8 +199,17 @@ impl<S: Sink> Delivery<S> {
     pub async fn run(self: Arc<Self>) {
         let mut attempt: u32 = 0;
         loop {
-            let next = match self.queue.peek(1) {
-                Ok(mut items) => items.pop(),
+            let picked = {
+                let mut in_flight = self.lock_in_flight();
+                let picked = self.queue.peek(1).map(|mut items| items.pop());
+                *in_flight = picked
+                    .as_ref()
+                    .ok()
+                    .and_then(|p| p.as_ref().map(|(seq, _)| *seq));
+                picked
+            };
+            let next = match picked {
+                Ok(next) => next,
                 Err(e) => {
                     tracing::error!(destination = %self.name, "export queue unreadable: {e}");
                     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -198,12 +228,18 @@ impl<S: Sink> Delivery<S> {
                 }
                 continue;
             };
-            match self.sink.send(signal, &payload).await {
+            let sent = self.sink.send(signal, &payload).await;
+            if !matches!(sent, Ok(_) | Err(SendError::Permanent(_))) {
+                // Not sent: while the sender waits to retry, drop-oldest may take the batch.
+                *self.lock_in_flight() = None;
+            }
+            match sent {
                 Ok(outcome) => {
                     attempt = 0;
                     if let Err(e) = self.remove(seq, &item) {
                         tracing::error!(destination = %self.name, "cannot ack a delivered batch: {e}");
                     }
+                    *self.lock_in_flight() = None;
                     self.stats.delivered_batches.fetch_add(1, Ordering::Relaxed);
                     self.stats.delivered_items.fetch_add(
                         spans as u64 - outcome.rejected_items.min(spans as u64),
@@ -246,6 +282,7 @@ impl<S: Sink> Delivery<S> {
                     if let Err(e) = self.remove(seq, &item) {
                         tracing::error!(destination = %self.name, "cannot drop a refused batch: {e}");
                     }
+                    *self.lock_in_flight() = None;
                 }
             }
         }

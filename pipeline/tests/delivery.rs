@@ -24,6 +24,8 @@ enum Mode {
     Unavailable(u32),
     BadRequest,
     RejectOne,
+    /// Hold the first request this long before accepting it (a batch in flight).
+    SlowFirst(Duration),
 }
 
 #[derive(Clone)]
@@ -49,6 +51,11 @@ impl Receiver {
                 let state = state.clone();
                 async move {
                     let n = state.requests.fetch_add(1, Ordering::SeqCst);
+                    if let Mode::SlowFirst(delay) = mode {
+                        if n == 0 {
+                            tokio::time::sleep(delay).await;
+                        }
+                    }
                     if let Mode::Unavailable(times) = mode {
                         if n < times {
                             return (
@@ -194,6 +201,11 @@ async fn receiver_down_then_up_gets_everything_once() {
     let mut want = [expected(0, 1000), expected(1000, 250)].concat();
     want.sort();
     assert_eq!(got, want, "lost or duplicated spans");
+    // The receiver holds the spans before the sender hears its answer and counts them.
+    wait_until("the last batch counted", || {
+        delivery.stats.delivered_items.load(Ordering::Relaxed) >= 1250
+    })
+    .await;
     assert_eq!(delivery.stats.delivered_items.load(Ordering::Relaxed), 1250);
     assert_eq!(delivery.stats.queued_batches.load(Ordering::Relaxed), 0);
     assert!(store.queue("test").unwrap().is_empty());
@@ -321,6 +333,57 @@ async fn full_buffer_drops_oldest_and_counts_it() {
     let mut want = expected(20, 30);
     want.sort();
     assert_eq!(got, want, "the oldest batches should be the ones dropped");
+}
+
+/// Drop-oldest while the oldest batch is being sent: it drops the next one instead, so every
+/// batch is counted once, as delivered or as dropped, never both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_in_flight_is_not_dropped_and_counted_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let addr = free_addr();
+    let measure = delivery(&store, addr, u64::MAX);
+    enqueue_batches(&measure, 0, 1, 10).await;
+    let one_batch = measure.stats.queued_bytes.load(Ordering::Relaxed);
+    store.drop_queue("test").unwrap();
+    drop(measure);
+
+    let (receiver, _server) = Receiver::start(addr, Mode::SlowFirst(Duration::from_secs(1))).await;
+    let delivery = delivery(&store, addr, one_batch * 2 + one_batch / 2);
+    tokio::spawn(delivery.clone().run());
+    enqueue_batches(&delivery, 0, 1, 10).await;
+    wait_until("the first batch in flight", || {
+        receiver.requests.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    // Batch 0 is at the receiver; these overflow the buffer while it is there.
+    enqueue_batches(&delivery, 10, 3, 10).await;
+    let stats = &delivery.stats;
+    wait_until("the queue to drain", || {
+        stats.queued_batches.load(Ordering::Relaxed) == 0
+    })
+    .await;
+    let (delivered, dropped) = (
+        stats.delivered_items.load(Ordering::Relaxed),
+        stats.dropped_items.load(Ordering::Relaxed),
+    );
+    assert_eq!(
+        delivered + dropped,
+        40,
+        "delivered {delivered} + dropped {dropped}"
+    );
+    let got = receiver.span_names();
+    assert_eq!(got.len() as u64, delivered, "{got:?}");
+    let mut got = got;
+    got.sort();
+    let mut want = [expected(0, 10), expected(30, 10)].concat();
+    want.sort();
+    // Room for 2.5 batches: the two batches after the one in flight made room, in turn.
+    assert_eq!(
+        got, want,
+        "the batch in flight and the newest were delivered"
+    );
+    assert_eq!(dropped, 20);
 }
 
 /// Many writers at once while the sender delivers as fast as it can (the node's OTLP receiver
