@@ -445,33 +445,49 @@ impl Consensus {
 
     /// Pings every other member once a second, for the `reachable` column of the status.
     pub fn spawn_reachability_probe(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        self.spawn_every(Duration::from_secs(1), |consensus| async move {
+            let metrics = consensus.raft.metrics().borrow().clone();
+            for (id, member) in metrics.membership_config.membership().nodes() {
+                if *id == consensus.id {
+                    continue;
+                }
+                let (id, addr, consensus) = (*id, member.addr.clone(), consensus.clone());
+                tokio::spawn(async move {
+                    let ping = call_json::<_, NodeId>(
+                        &consensus.transport,
+                        &addr,
+                        Service::Ping,
+                        &(),
+                        Duration::from_secs(1),
+                    );
+                    if matches!(ping.await, Ok(answered) if answered == id) {
+                        consensus.heard_from(id);
+                    }
+                });
+            }
+        })
+    }
+
+    /// Runs `task` every `period` for as long as the consensus is alive (the task holds only
+    /// a weak reference between runs, so a shut-down node's tasks end).
+    fn spawn_every<F, Fut>(
+        self: &Arc<Self>,
+        period: Duration,
+        task: F,
+    ) -> tokio::task::JoinHandle<()>
+    where
+        F: Fn(Arc<Self>) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send,
+    {
         let this = Arc::downgrade(self);
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            let mut tick = tokio::time::interval(period);
             loop {
                 tick.tick().await;
                 let Some(consensus) = this.upgrade() else {
                     return;
                 };
-                let metrics = consensus.raft.metrics().borrow().clone();
-                for (id, member) in metrics.membership_config.membership().nodes() {
-                    if *id == consensus.id {
-                        continue;
-                    }
-                    let (id, addr, consensus) = (*id, member.addr.clone(), consensus.clone());
-                    tokio::spawn(async move {
-                        let ping = call_json::<_, NodeId>(
-                            &consensus.transport,
-                            &addr,
-                            Service::Ping,
-                            &(),
-                            Duration::from_secs(1),
-                        );
-                        if matches!(ping.await, Ok(answered) if answered == id) {
-                            consensus.heard_from(id);
-                        }
-                    });
-                }
+                task(consensus).await;
             }
         })
     }
@@ -501,6 +517,15 @@ impl Consensus {
         }
     }
 
+    /// Whether `id` answered a ping within `reachable_within`.
+    fn heard_lately(&self, id: &NodeId) -> bool {
+        self.last_heard
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .is_some_and(|at| at.elapsed() < self.settings.reachable_within)
+    }
+
     fn heard_from(&self, id: NodeId) {
         self.last_heard
             .lock()
@@ -512,11 +537,6 @@ impl Consensus {
         let metrics = self.raft.metrics().borrow().clone();
         let membership = metrics.membership_config.membership();
         let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
-        let last_heard = self
-            .last_heard
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
         let members = membership
             .nodes()
             .map(|(id, member)| MemberStatus {
@@ -529,10 +549,7 @@ impl Consensus {
                     Role::Learner
                 },
                 leader: metrics.current_leader == Some(*id),
-                reachable: *id == self.id
-                    || last_heard
-                        .get(id)
-                        .is_some_and(|at| at.elapsed() < self.settings.reachable_within),
+                reachable: *id == self.id || self.heard_lately(id),
             })
             .collect();
         let leader_name = metrics

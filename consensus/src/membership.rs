@@ -92,16 +92,8 @@ impl Consensus {
     /// count after a removal that found no learner ready at that moment (one that had just
     /// joined, or was briefly unreachable).
     pub fn spawn_voter_keeper(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
-        let this = Arc::downgrade(self);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(2));
-            loop {
-                tick.tick().await;
-                let Some(consensus) = this.upgrade() else {
-                    return;
-                };
-                consensus.fill_voters().await;
-            }
+        self.spawn_every(Duration::from_secs(2), |consensus| async move {
+            consensus.fill_voters().await
         })
     }
 
@@ -133,14 +125,6 @@ impl Consensus {
             ),
             Err(_) => tracing::debug!(node = learner, "promotion will be retried"),
         }
-    }
-
-    fn heard_lately(&self, id: &NodeId) -> bool {
-        self.last_heard
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(id)
-            .is_some_and(|at| at.elapsed() < Duration::from_secs(3))
     }
 
     /// A learner fit to vote: one the leader is replicating to and that is caught up (the
