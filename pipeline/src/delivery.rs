@@ -228,18 +228,12 @@ impl<S: Sink> Delivery<S> {
                 }
                 continue;
             };
-            let sent = self.sink.send(signal, &payload).await;
-            if !matches!(sent, Ok(_) | Err(SendError::Permanent(_))) {
-                // Not sent: while the sender waits to retry, drop-oldest may take the batch.
-                *self.lock_in_flight() = None;
-            }
-            match sent {
+            let retry_in = match self.sink.send(signal, &payload).await {
                 Ok(outcome) => {
                     attempt = 0;
                     if let Err(e) = self.remove(seq, &item) {
                         tracing::error!(destination = %self.name, "cannot ack a delivered batch: {e}");
                     }
-                    *self.lock_in_flight() = None;
                     self.stats.delivered_batches.fetch_add(1, Ordering::Relaxed);
                     self.stats.delivered_items.fetch_add(
                         spans as u64 - outcome.rejected_items.min(spans as u64),
@@ -252,6 +246,7 @@ impl<S: Sink> Delivery<S> {
                         tracing::warn!(destination = %self.name, rejected = outcome.rejected_items,
                             "destination rejected part of a batch: {}", outcome.message);
                     }
+                    None
                 }
                 Err(SendError::Retryable {
                     reason,
@@ -266,7 +261,7 @@ impl<S: Sink> Delivery<S> {
                         .last_error
                         .lock()
                         .unwrap_or_else(|p| p.into_inner()) = Some(reason);
-                    tokio::time::sleep(wait).await;
+                    Some(wait)
                 }
                 Err(SendError::Permanent(reason)) => {
                     self.stats.failed_attempts.fetch_add(1, Ordering::Relaxed);
@@ -282,8 +277,14 @@ impl<S: Sink> Delivery<S> {
                     if let Err(e) = self.remove(seq, &item) {
                         tracing::error!(destination = %self.name, "cannot drop a refused batch: {e}");
                     }
-                    *self.lock_in_flight() = None;
+                    None
                 }
+            };
+            // Only now, with a sent batch already removed: a drop-oldest may take a batch that
+            // waits for its retry, never one whose send succeeded.
+            *self.lock_in_flight() = None;
+            if let Some(wait) = retry_in {
+                tokio::time::sleep(wait).await;
             }
         }
     }
