@@ -282,7 +282,9 @@ static __always_inline int passes_filters(__u32 probe, struct ap_probe_config *c
 	return 1;
 }
 
-static __always_inline void fill_header(struct ap_event_header *h, __u8 kind, __u8 probe, __u32 netns)
+/* Everything of a header but the cgroup and comm, which callers fill from helpers or a cache. */
+static __always_inline void fill_header_ids(struct ap_event_header *h, __u8 kind, __u8 probe,
+					    __u32 netns)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	h->kind = kind;
@@ -292,6 +294,11 @@ static __always_inline void fill_header(struct ap_event_header *h, __u8 kind, __
 	h->tid = (__u32)pid_tgid;
 	h->netns = netns;
 	h->ts_ns = bpf_ktime_get_ns();
+}
+
+static __always_inline void fill_header(struct ap_event_header *h, __u8 kind, __u8 probe, __u32 netns)
+{
+	fill_header_ids(h, kind, probe, netns);
 	h->cgroup_id = bpf_get_current_cgroup_id();
 	bpf_get_current_comm(&h->comm, sizeof(h->comm));
 }
@@ -438,14 +445,7 @@ static __always_inline void fill_data_event(struct ap_data_event *ev, __u32 prob
 					    struct ap_conn *conn, __u64 conn_id, __s64 len,
 					    __u32 direction, __u32 threshold, __u32 flags)
 {
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	ev->h.kind = EV_DATA;
-	ev->h.probe = probe;
-	ev->h.pad = 0;
-	ev->h.pid = pid_tgid >> 32;
-	ev->h.tid = (__u32)pid_tgid;
-	ev->h.netns = conn->netns;
-	ev->h.ts_ns = bpf_ktime_get_ns();
+	fill_header_ids(&ev->h, EV_DATA, probe, conn->netns);
 	ev->h.cgroup_id = conn->cgroup_id;
 	__builtin_memcpy(ev->h.comm, conn->comm, sizeof(ev->h.comm));
 	ev->flow = conn->flow;
@@ -521,17 +521,12 @@ static __always_inline void emit_data(__u32 probe, struct ap_conn *conn, struct 
 		stats->emitted++;
 }
 
-static __always_inline int probe_enabled(__u32 probe)
+/* One buffer seen by the http probe (`conn_id` an fd of the current process) or the tls probe
+ * (an SSL pointer). Most buffers are not HTTP: their first bytes are checked before the
+ * connection is looked up (and, the first time, walked to from the fd). */
+static __always_inline void emit_message(__u32 probe, __u64 conn_id, const void *buf, __s64 len,
+					 __u32 direction)
 {
-	struct ap_probe_config *config = bpf_map_lookup_elem(&probe_config, &probe);
-	return config && config->enabled;
-}
-
-/* Most writes are not HTTP: look at the first bytes before the costlier fd → socket walk. */
-static __always_inline void socket_send(__u32 fd, const void *buf, __s64 len)
-{
-	if (len <= 0 || !probe_enabled(PROBE_HTTP))
-		return;
 	struct ap_data_event *ev = scratch_event();
 	__u32 got = 0;
 	if (!ev)
@@ -539,11 +534,29 @@ static __always_inline void socket_send(__u32 fd, const void *buf, __s64 len)
 	int kind = read_message_start(ev, buf, len, &got);
 	if (kind == PREFIX_NONE)
 		return;
-	__u64 key = (bpf_get_current_pid_tgid() & 0xffffffff00000000ULL) | fd;
-	struct ap_conn *conn = conn_of_fd(key, fd);
+	struct ap_conn *conn;
+	if (probe == PROBE_HTTP) {
+		__u64 key = (bpf_get_current_pid_tgid() & 0xffffffff00000000ULL) | (__u32)conn_id;
+		conn = conn_of_fd(key, conn_id);
+	} else {
+		conn = conn_of_ssl(conn_id);
+	}
 	if (!conn)
 		return;
-	emit_data(PROBE_HTTP, conn, ev, got, fd, kind, buf, len, DIR_EGRESS);
+	emit_data(probe, conn, ev, got, conn_id, kind, buf, len, direction);
+}
+
+static __always_inline int probe_enabled(__u32 probe)
+{
+	struct ap_probe_config *config = bpf_map_lookup_elem(&probe_config, &probe);
+	return config && config->enabled;
+}
+
+static __always_inline void socket_send(__u32 fd, const void *buf, __s64 len)
+{
+	if (len <= 0 || !probe_enabled(PROBE_HTTP))
+		return;
+	emit_message(PROBE_HTTP, fd, buf, len, DIR_EGRESS);
 }
 
 static __always_inline void remember_read(__u32 fd, __u64 buf, __u32 iovec)
@@ -563,7 +576,6 @@ static __always_inline void remember_read(__u32 fd, __u64 buf, __u32 iovec)
 
 static __always_inline void finish_read(__s64 ret)
 {
-	__u64 id = bpf_get_current_pid_tgid();
 	struct ap_reads_in_flight *reads = thread_reads(0);
 	if (!reads || !reads->plain_set)
 		return;
@@ -580,19 +592,7 @@ static __always_inline void finish_read(__s64 ret)
 		if ((__s64)first.iov_len < ret)
 			ret = first.iov_len;
 	}
-	/* As for writes: most reads are not HTTP; skip the fd → socket walk for them. */
-	struct ap_data_event *ev = scratch_event();
-	__u32 got = 0;
-	if (!ev)
-		return;
-	int kind = read_message_start(ev, (void *)buf, ret, &got);
-	if (kind == PREFIX_NONE)
-		return;
-	__u64 key = (id & 0xffffffff00000000ULL) | copy.fd;
-	struct ap_conn *conn = conn_of_fd(key, copy.fd);
-	if (!conn)
-		return;
-	emit_data(PROBE_HTTP, conn, ev, got, copy.fd, kind, (void *)buf, ret, DIR_INGRESS);
+	emit_message(PROBE_HTTP, copy.fd, (void *)buf, ret, DIR_INGRESS);
 }
 
 SEC("tracepoint/syscalls/sys_enter_write")
@@ -679,17 +679,7 @@ static __always_inline void tls_emit(__u64 ssl, const void *buf, __s64 len, __u3
 {
 	if (!probe_enabled(PROBE_TLS))
 		return;
-	struct ap_data_event *ev = scratch_event();
-	__u32 got = 0;
-	if (!ev)
-		return;
-	int kind = read_message_start(ev, buf, len, &got);
-	if (kind == PREFIX_NONE)
-		return;
-	struct ap_conn *conn = conn_of_ssl(ssl);
-	if (!conn)
-		return;
-	emit_data(PROBE_TLS, conn, ev, got, ssl, kind, buf, len, direction);
+	emit_message(PROBE_TLS, ssl, buf, len, direction);
 }
 
 static __always_inline void tls_remember_read(void *ssl, void *buf, void *len_ptr)
