@@ -293,17 +293,19 @@ pub async fn rotate(
             CaPhase::Finished => "finishing: every member stops trusting the old CA",
         });
         let wanted = (step.epoch(), step.phase());
-        if let Err(error) = consensus.ca_step(step).await {
+        match consensus.ca_step(step).await {
+            Ok(()) => wait_for_local(consensus, wanted, STEP_TIMEOUT).await?,
             // The step may have committed while its answer was lost (the leader closes its
             // connections when it finishes); the applied state tells.
-            if wait_for_local(consensus, wanted, Duration::from_secs(5))
-                .await
-                .is_err()
-            {
-                return Err(error).context("the rotation step was not committed");
+            Err(error) => {
+                if wait_for_local(consensus, wanted, Duration::from_secs(5))
+                    .await
+                    .is_err()
+                {
+                    return Err(error).context("the rotation step was not committed");
+                }
             }
         }
-        wait_for_local(consensus, wanted, STEP_TIMEOUT).await?;
     }
 }
 

@@ -171,15 +171,9 @@ impl DataDir {
     }
 
     fn save(&self, identity: &NodeIdentity) -> Result<()> {
-        self.write_secret("tls/ca.der", identity.ca.cert_der())?;
-        self.write_secret("tls/ca.key", &identity.ca.key_der())?;
-        self.write_secret("tls/node.der", &identity.tls.cert)?;
         self.write_secret("tls/node.key", &identity.tls.key_pkcs8)?;
+        self.save_active(&identity.ca, &identity.tls, &identity.join_token)?;
         self.write_secret("api-token", format!("{}\n", identity.api_token).as_bytes())?;
-        self.write_secret(
-            "join-token",
-            format!("{}\n", identity.join_token).as_bytes(),
-        )?;
         // Written last: its presence means the rest is complete.
         self.save_node(&identity.node)
     }

@@ -351,20 +351,46 @@ async fn token_file_sets_the_write_token() {
     assert!(!ok && err.contains("at least 16"), "{err}");
 }
 
+/// The names of the voters in a `/v1/cluster` answer.
+fn voters(status: &serde_json::Value) -> Vec<String> {
+    status["members"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|m| m["role"] == "voter")
+        .map(|m| m["name"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+/// `apiary members remove NAME` through node 0.
+fn remove_member(cluster: &Cluster, name: &str) -> (bool, String, String) {
+    let peer = cluster.nodes[0].url("");
+    cli(&[
+        "members",
+        "remove",
+        name,
+        "--peer",
+        &peer,
+        "--token",
+        &cluster.token,
+    ])
+}
+
+/// Node 0's view once it counts `count` voters (the voter keeper promotes within seconds).
+async fn wait_for_voters(cluster: &Cluster, count: usize, timeout: Duration) -> serde_json::Value {
+    cluster
+        .wait_for(timeout, &format!("{count} voters"), |c| async move {
+            let status = c.get(0, "/v1/cluster").await.ok()?;
+            (voters(&status).len() == count).then_some(status)
+        })
+        .await
+}
+
 /// A voter lost for good is removed by name through the CLI: a reachable learner takes its vote,
 /// the cluster keeps five voters, and writes go on. Bad removals are refused with the reason.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_voter_is_removed_and_a_learner_takes_its_vote() {
     let mut cluster = Cluster::start(6).await;
-    let voters = |status: &serde_json::Value| -> Vec<String> {
-        status["members"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|m| m["role"] == "voter")
-            .map(|m| m["name"].as_str().unwrap_or_default().to_string())
-            .collect()
-    };
     let status = cluster.get(0, "/v1/cluster").await.unwrap();
     assert_eq!(voters(&status).len(), 5, "{status}");
     assert!(
@@ -373,16 +399,7 @@ async fn a_lost_voter_is_removed_and_a_learner_takes_its_vote() {
     );
 
     cluster.nodes[2].kill();
-    let peer = cluster.nodes[0].url("");
-    let (ok, out, err) = cli(&[
-        "members",
-        "remove",
-        "n2",
-        "--peer",
-        &peer,
-        "--token",
-        &cluster.token,
-    ]);
+    let (ok, out, err) = remove_member(&cluster, "n2");
     assert!(ok, "members remove: {out}{err}");
     assert!(out.contains("removed n2"), "{out}");
 
@@ -397,29 +414,14 @@ async fn a_lost_voter_is_removed_and_a_learner_takes_its_vote() {
     // Usually the learner is promoted by the removal itself; when it was not caught up at that
     // moment (it had just joined on a loaded machine), the voter keeper promotes it within
     // a few seconds.
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    let status = loop {
-        let status = cluster.get(0, "/v1/cluster").await.unwrap();
-        if voters(&status).len() == 5 || std::time::Instant::now() > deadline {
-            break status;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let status = wait_for_voters(&cluster, 5, Duration::from_secs(15)).await;
     let voters_now = voters(&status);
     assert_eq!(voters_now.len(), 5, "a learner took the vote: {status}");
     assert!(voters_now.contains(&"n5".to_string()), "{status}");
     let (code, body) = cluster.set(3, "probe.http.sample_rate", json!(0.3)).await;
     assert_eq!(code, 200, "writes go on after the removal: {body}");
 
-    let (ok, _, err) = cli(&[
-        "members",
-        "remove",
-        "nobody",
-        "--peer",
-        &peer,
-        "--token",
-        &cluster.token,
-    ]);
+    let (ok, _, err) = remove_member(&cluster, "nobody");
     assert!(
         !ok && err.contains("no member is called \"nobody\""),
         "{err}"
@@ -452,14 +454,6 @@ async fn a_lost_voter_is_removed_and_a_learner_takes_its_vote() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_voter_count_heals_when_a_learner_catches_up() {
     let mut cluster = Cluster::start(6).await;
-    let voter_count = |status: &serde_json::Value| {
-        status["members"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|m| m["role"] == "voter")
-            .count()
-    };
     cluster.nodes[5].kill();
     for i in 0..20 {
         let (code, body) = cluster
@@ -472,30 +466,14 @@ async fn the_voter_count_heals_when_a_learner_catches_up() {
         assert_eq!(code, 200, "{body}");
     }
     cluster.nodes[2].kill();
-    let peer = cluster.nodes[0].url("");
-    let (ok, out, err) = cli(&[
-        "members",
-        "remove",
-        "n2",
-        "--peer",
-        &peer,
-        "--token",
-        &cluster.token,
-    ]);
+    let (ok, out, err) = remove_member(&cluster, "n2");
     assert!(ok, "members remove: {out}{err}");
     let status = cluster.get(0, "/v1/cluster").await.unwrap();
-    assert_eq!(voter_count(&status), 4, "n5 was down and behind: {status}");
+    assert_eq!(voters(&status).len(), 4, "n5 was down and behind: {status}");
 
     cluster.nodes[5].spawn();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        let status = cluster.get(0, "/v1/cluster").await.unwrap();
-        if voter_count(&status) == 5 || std::time::Instant::now() > deadline {
-            break status;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    };
-    assert_eq!(voter_count(&status), 5, "the keeper promoted n5: {status}");
+    let status = wait_for_voters(&cluster, 5, Duration::from_secs(30)).await;
+    assert_eq!(voters(&status).len(), 5, "the keeper promoted n5: {status}");
     let (code, body) = cluster.set(4, "probe.http.sample_rate", json!(0.9)).await;
     assert_eq!(code, 200, "writes go on with the healed quorum: {body}");
 }
