@@ -184,13 +184,25 @@ struct ap_conn {
 	 * 200 ns each per event, and a connection rarely changes cgroup. */
 	__u64 cgroup_id;
 	char comm[16];
+	/* Requests sent or read and not yet answered (saturating): a response pairs with the waiting
+	 * request only when it is the one outstanding, so pipelined requests keep their order. */
+	__u8 in_flight;
+	__u8 waiting; /* req_* below hold a request that waits for its response */
+	__u16 req_captured;
+	__u32 req_direction;
+	__u32 req_threshold;
+	__u32 req_flags;
+	__u64 req_ts;
+	__s64 req_len;
+	__u8 req_data[BRIEF_CAPTURE];
 };
 
 /* Keyed by pid << 32 | fd, or by the SSL pointer with bit 63 set (user addresses never have it,
- * and pids are far below 2^31, so the two kinds of keys cannot meet). */
+ * and pids are far below 2^31, so the two kinds of keys cannot meet). An entry is about 400
+ * bytes with its waiting request: 32 768 of them take about 13 MiB. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 65536);
+	__uint(max_entries, 32768);
 	__type(key, __u64);
 	__type(value, struct ap_conn);
 } conns SEC(".maps");
@@ -203,6 +215,13 @@ struct {
 	__type(key, __u32);
 	__type(value, struct ap_data_event);
 } data_scratch SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct ap_exchange_event);
+} exchange_scratch SEC(".maps");
 
 static __always_inline struct ap_probe_stats *stats_of(__u32 probe)
 {
@@ -380,6 +399,31 @@ static __always_inline int http_prefix(const char *p)
 	return PREFIX_NONE;
 }
 
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct ap_conn);
+} conn_scratch SEC(".maps");
+
+/* A new connection entry, built in per-CPU scratch (it is too large for the BPF stack). Its
+ * request fields are unset: nothing waits. */
+static __always_inline struct ap_conn *fresh_conn(__u64 file, __u32 netns)
+{
+	__u32 zero = 0;
+	struct ap_conn *fresh = bpf_map_lookup_elem(&conn_scratch, &zero);
+	if (!fresh)
+		return 0;
+	fresh->file = file;
+	fresh->netns = netns;
+	fresh->keep = KEEP_UNDECIDED;
+	fresh->cgroup_id = bpf_get_current_cgroup_id();
+	bpf_get_current_comm(&fresh->comm, sizeof(fresh->comm));
+	fresh->in_flight = 0;
+	fresh->waiting = 0;
+	return fresh;
+}
+
 /* The connection behind an fd: from the cache while the fd still holds the same file, else
  * read from the socket once. NULL when the fd is not a TCP/UDP socket. */
 static __always_inline struct ap_conn *conn_of_fd(__u64 key, __u32 fd)
@@ -393,12 +437,12 @@ static __always_inline struct ap_conn *conn_of_fd(__u64 key, __u32 fd)
 	struct sock *sk = sock_of_file(file);
 	if (!sk)
 		return 0;
-	struct ap_conn fresh = { .file = (__u64)file, .keep = KEEP_UNDECIDED };
-	fill_flow_from_sock(&fresh.flow, sk);
-	fresh.netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
-	fresh.cgroup_id = bpf_get_current_cgroup_id();
-	bpf_get_current_comm(&fresh.comm, sizeof(fresh.comm));
-	if (bpf_map_update_elem(&conns, &key, &fresh, BPF_ANY) < 0)
+	struct ap_conn *fresh =
+		fresh_conn((__u64)file, BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum));
+	if (!fresh)
+		return 0;
+	fill_flow_from_sock(&fresh->flow, sk);
+	if (bpf_map_update_elem(&conns, &key, fresh, BPF_ANY) < 0)
 		return 0;
 	return bpf_map_lookup_elem(&conns, &key);
 }
@@ -410,10 +454,11 @@ static __always_inline struct ap_conn *conn_of_ssl(__u64 ssl)
 	struct ap_conn *conn = bpf_map_lookup_elem(&conns, &key);
 	if (conn)
 		return conn;
-	struct ap_conn fresh = { .keep = KEEP_UNDECIDED, .netns = task_netns() };
-	fresh.cgroup_id = bpf_get_current_cgroup_id();
-	bpf_get_current_comm(&fresh.comm, sizeof(fresh.comm));
-	if (bpf_map_update_elem(&conns, &key, &fresh, BPF_ANY) < 0)
+	struct ap_conn *fresh = fresh_conn(0, task_netns());
+	if (!fresh)
+		return 0;
+	__builtin_memset(&fresh->flow, 0, sizeof(fresh->flow));
+	if (bpf_map_update_elem(&conns, &key, fresh, BPF_ANY) < 0)
 		return 0;
 	return bpf_map_lookup_elem(&conns, &key);
 }
@@ -456,8 +501,89 @@ static __always_inline void fill_data_event(struct ap_data_event *ev, __u32 prob
 	ev->flags = flags;
 }
 
+/* *n = min(*n, BRIEF_CAPTURE), written so that the verifier sees the bound: clang turns a plain
+ * min into code whose bound the verifier loses (it then refuses the copies below). */
+static __always_inline void clamp_brief(__u32 *n)
+{
+	__u32 v = *n;
+	asm volatile("if %0 <= %1 goto +1; %0 = %1" : "+r"(v) : "i"(BRIEF_CAPTURE));
+	*n = v;
+}
+
+/* Keeps a request in its connection's entry until its response starts: no event yet. */
+static __always_inline void hold_request(struct ap_conn *conn, struct ap_data_event *ev,
+					 __u32 captured, __s64 len, __u32 direction,
+					 __u32 threshold, __u32 flags)
+{
+	/* Only the bytes there are: most requests are far shorter than the room, and each cache
+	 * line written here is one more to fetch when the response comes. */
+	clamp_brief(&captured);
+	if (bpf_probe_read_kernel(conn->req_data, captured, ev->data) < 0)
+		captured = 0;
+	conn->req_captured = captured;
+	conn->req_direction = direction;
+	conn->req_threshold = threshold;
+	conn->req_flags = flags;
+	conn->req_ts = bpf_ktime_get_ns();
+	conn->req_len = len;
+	conn->waiting = 1;
+}
+
+/* Sends the connection's waiting request as one record: with the start of its response (`ev`,
+ * `captured` bytes of it) or, when its pairing is given up, alone (`ev` NULL). */
+static __always_inline void emit_exchange(__u32 probe, struct ap_probe_stats *stats,
+					  struct ap_conn *conn, __u64 conn_id,
+					  struct ap_data_event *ev, __u32 captured, __s64 len)
+{
+	__u32 zero = 0;
+	struct ap_exchange_event *x = bpf_map_lookup_elem(&exchange_scratch, &zero);
+	conn->waiting = 0;
+	if (!x)
+		return;
+	fill_header_ids(&x->h, EV_EXCHANGE, probe, conn->netns);
+	x->h.cgroup_id = conn->cgroup_id;
+	__builtin_memcpy(x->h.comm, conn->comm, sizeof(x->h.comm));
+	x->flow = conn->flow;
+	x->conn_id = conn_id;
+	x->request_ts = conn->req_ts;
+	x->request_len = conn->req_len;
+	x->response_len = 0;
+	x->direction = conn->req_direction;
+	x->sample_threshold = conn->req_threshold;
+	x->flags = conn->req_flags;
+	__u32 request = conn->req_captured;
+	clamp_brief(&request);
+	if (bpf_probe_read_kernel(x->data, request, conn->req_data) < 0)
+		request = 0;
+	__u32 response = 0;
+	if (ev) {
+		x->flags |= EXCHANGE_RESPONSE;
+		x->response_len = len;
+		response = captured;
+		clamp_brief(&response);
+		if (response && bpf_probe_read_kernel(x->data + request, response, ev->data) < 0)
+			response = 0;
+	}
+	x->request_captured = request;
+	x->response_captured = response;
+	__u64 size = offsetof(struct ap_exchange_event, data) + request + response;
+	if (bpf_ringbuf_output(&events, x, size, wakeup_flags()) < 0)
+		stats->lost++;
+	else
+		stats->emitted++;
+}
+
+/* An interim response (1xx, but not 101 Switching Protocols): the final one follows. */
+static __always_inline int interim_response(struct ap_data_event *ev, __u32 got)
+{
+	return got >= 12 && ev->data[9] == '1' && !(ev->data[10] == '0' && ev->data[11] == '1');
+}
+
 /* Emits one HTTP message start seen in a socket buffer (`probe` http) or in TLS plaintext
- * (`probe` tls). Sampling is per request: a kept request keeps its response. */
+ * (`probe` tls). Sampling is per request: a kept request keeps its response. A request waits
+ * in its connection's entry and leaves with its response as one record; pipelined requests
+ * (a second before the first's response) and captures above BRIEF_CAPTURE go out one record
+ * per message, paired in userspace. */
 static __always_inline void emit_data(__u32 probe, struct ap_conn *conn, struct ap_data_event *ev,
 				      __u32 got, __u64 conn_id, int kind, const void *buf, __s64 len,
 				      __u32 direction)
@@ -476,6 +602,7 @@ static __always_inline void emit_data(__u32 probe, struct ap_conn *conn, struct 
 	}
 
 	__u32 threshold = config->sample_threshold;
+	__u32 capture = config->capture_bytes;
 	__u32 flags = 0;
 	if (kind == PREFIX_REQUEST) {
 		stats->offered++;
@@ -485,7 +612,33 @@ static __always_inline void emit_data(__u32 probe, struct ap_conn *conn, struct 
 			stats->sampled_out++;
 			flags = DATA_SAMPLED_OUT;
 		}
+		if (conn->waiting) {
+			/* Pipelined: pairing here would give the new request the old one's response. */
+			emit_exchange(probe, stats, conn, conn_id, 0, 0, 0);
+		} else if (conn->in_flight == 0 && capture <= BRIEF_CAPTURE) {
+			/* A sampled-out request keeps its brief prefix (always_keep may want its
+			 * traceparent); a kept one what the config asks. */
+			hold_request(conn, ev, flags || capture > got ? got : capture, len, direction,
+				     threshold, flags);
+			conn->in_flight = 1;
+			return;
+		}
+		if (conn->in_flight < 255)
+			conn->in_flight++;
 	} else {
+		if (interim_response(ev, got))
+			return;
+		if (conn->waiting && conn->in_flight == 1 && conn->req_direction != direction) {
+			__u32 limit = conn->req_flags & DATA_SAMPLED_OUT ? STATUS_CAPTURE : capture;
+			emit_exchange(probe, stats, conn, conn_id, ev, got < limit ? got : limit, len);
+			conn->in_flight = 0;
+			conn->keep = KEEP_UNDECIDED;
+			return;
+		}
+		if (conn->waiting)
+			emit_exchange(probe, stats, conn, conn_id, 0, 0, 0);
+		if (conn->in_flight > 0)
+			conn->in_flight--;
 		__u32 decision = conn->keep;
 		conn->keep = KEEP_UNDECIDED;
 		if (decision == 0) {
@@ -497,7 +650,7 @@ static __always_inline void emit_data(__u32 probe, struct ap_conn *conn, struct 
 		}
 	}
 
-	__u32 captured = config->capture_bytes;
+	__u32 captured = capture;
 	if (flags && captured > BRIEF_CAPTURE)
 		captured = BRIEF_CAPTURE;
 	if ((__s64)captured > len)

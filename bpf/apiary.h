@@ -31,6 +31,7 @@
 #define EV_TCP_RETRANSMIT 3
 #define EV_EXEC 4
 #define EV_EXIT 5
+#define EV_EXCHANGE 6
 
 #define DIR_INGRESS 0 /* read/recv: bytes into the process */
 #define DIR_EGRESS 1  /* write/send: bytes out of the process */
@@ -39,6 +40,11 @@
  * request counts, errors and latency stay exact; only the span is not exported. */
 #define DATA_SAMPLED_OUT 1
 #define BRIEF_CAPTURE 256
+/* ap_exchange_event.flags: the response part is there (without it, a request whose pairing was
+ * given up, e.g. a pipelined one: userspace pairs it as a plain message). */
+#define EXCHANGE_RESPONSE 2
+/* What a sampled-out exchange keeps of its response: the status line. */
+#define STATUS_CAPTURE 32
 
 struct ap_probe_config {
 	__u32 enabled;
@@ -108,6 +114,24 @@ struct ap_data_event {
 	__u32 sample_threshold;
 	__u32 flags;     /* DATA_SAMPLED_OUT: counted for RED metrics, not exported as a span */
 	__u8 data[MAX_CAPTURE + 1];
+};
+
+/* A request and the start of its response on one connection, paired in the kernel: one record
+ * per exchange instead of one per message. The request waits in its connection's entry
+ * (struct ap_conn in apiary.bpf.c) until the response starts. */
+struct ap_exchange_event {
+	struct ap_event_header h; /* ts_ns: when the response started */
+	struct ap_flow flow;
+	__u64 conn_id;
+	__u64 request_ts;
+	__s64 request_len;
+	__s64 response_len;
+	__u32 direction;        /* the request's: DIR_INGRESS on a server, DIR_EGRESS on a client */
+	__u32 sample_threshold; /* when the request was decided */
+	__u32 flags;            /* DATA_SAMPLED_OUT, EXCHANGE_RESPONSE */
+	__u16 request_captured; /* data[0..request_captured] */
+	__u16 response_captured; /* then data[request_captured..][..response_captured] */
+	__u8 data[BRIEF_CAPTURE * 2];
 };
 
 struct ap_tcp_event {

@@ -28,6 +28,7 @@ const EV_TCP_STATE: u8 = 2;
 const EV_TCP_RETRANSMIT: u8 = 3;
 const EV_EXEC: u8 = 4;
 const EV_EXIT: u8 = 5;
+const EV_EXCHANGE: u8 = 6;
 
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -88,6 +89,8 @@ unsafe impl aya::Pod for CgroupFilterKey {}
 /// A sampling rate in [0, 1] as the kernel's threshold on `bpf_get_prandom_u32()`.
 /// `flags` bit of a data event (apiary.h).
 const DATA_SAMPLED_OUT: u32 = 1;
+/// `flags` bit of an exchange event: the response part is there.
+const EXCHANGE_RESPONSE: u32 = 2;
 
 pub fn sample_threshold(rate: f64) -> u32 {
     if rate >= 1.0 {
@@ -145,6 +148,21 @@ pub enum Event<'a> {
         /// Sampling dropped the request: count it, do not export it.
         sampled_out: bool,
         data: &'a [u8],
+    },
+    /// A request and the start of its response, paired in the kernel (`response` None: a
+    /// request whose pairing the kernel gave up, e.g. a pipelined one).
+    Exchange {
+        /// `ts_ns` is when the response started.
+        header: Header<'a>,
+        flow: Option<Flow>,
+        conn_id: u64,
+        request_ts_ns: u64,
+        /// The request's direction: Ingress on a server, Egress on a client.
+        direction: Direction,
+        sample_threshold: u32,
+        sampled_out: bool,
+        request: &'a [u8],
+        response: Option<&'a [u8]>,
     },
     TcpState {
         header: Header<'a>,
@@ -218,6 +236,8 @@ impl<'a> Reader<'a> {
 const HEADER_SIZE: usize = 48;
 const FLOW_SIZE: usize = 40;
 const DATA_PAYLOAD_AT: usize = HEADER_SIZE + FLOW_SIZE + 32;
+const EXCHANGE_PAYLOAD_AT: usize = HEADER_SIZE + FLOW_SIZE + 48;
+const BRIEF_CAPTURE: usize = 256;
 const TCP_EVENT_SIZE: usize = HEADER_SIZE + FLOW_SIZE + 48;
 const PROC_EVENT_SIZE: usize = HEADER_SIZE + 8 + 256;
 
@@ -257,6 +277,14 @@ fn flow(r: &Reader, at: usize) -> Result<Option<Flow>, DecodeError> {
     })
 }
 
+fn direction(raw: u32) -> Direction {
+    if raw == 0 {
+        Direction::Ingress
+    } else {
+        Direction::Egress
+    }
+}
+
 /// A data event's bytes exactly as the kernel writes them (apiary.h), for benchmarks and for
 /// testing the decoder without a kernel.
 pub fn encode_data_event(
@@ -291,6 +319,46 @@ pub fn encode_data_event(
     record
 }
 
+/// An exchange event's bytes exactly as the kernel writes them (apiary.h): a request seen at
+/// `request_ts_ns` and the start of its response at `ts_ns`, each cut to the kernel's 256 bytes.
+pub fn encode_exchange_event(
+    pid: u32,
+    conn_id: u64,
+    (request_ts_ns, ts_ns): (u64, u64),
+    direction: Direction,
+    flow: Option<(std::net::SocketAddrV4, std::net::SocketAddrV4)>,
+    (request, response): (&[u8], &[u8]),
+) -> Vec<u8> {
+    let request = &request[..request.len().min(BRIEF_CAPTURE)];
+    let response = &response[..response.len().min(BRIEF_CAPTURE)];
+    let mut record = vec![0u8; EXCHANGE_PAYLOAD_AT + request.len() + response.len()];
+    record[0] = EV_EXCHANGE;
+    record[4..8].copy_from_slice(&pid.to_le_bytes());
+    record[8..12].copy_from_slice(&pid.to_le_bytes());
+    record[16..24].copy_from_slice(&ts_ns.to_le_bytes());
+    record[32..36].copy_from_slice(b"app\0");
+    if let Some((local, remote)) = flow {
+        record[48..50].copy_from_slice(&2u16.to_le_bytes());
+        record[50..52].copy_from_slice(&local.port().to_le_bytes());
+        record[52..54].copy_from_slice(&remote.port().to_le_bytes());
+        record[56..60].copy_from_slice(&local.ip().octets());
+        record[72..76].copy_from_slice(&remote.ip().octets());
+    }
+    record[88..96].copy_from_slice(&conn_id.to_le_bytes());
+    record[96..104].copy_from_slice(&request_ts_ns.to_le_bytes());
+    record[104..112].copy_from_slice(&(request.len() as u64).to_le_bytes());
+    record[112..120].copy_from_slice(&(response.len() as u64).to_le_bytes());
+    let egress = u32::from(direction == Direction::Egress);
+    record[120..124].copy_from_slice(&egress.to_le_bytes());
+    record[124..128].copy_from_slice(&u32::MAX.to_le_bytes());
+    record[128..132].copy_from_slice(&EXCHANGE_RESPONSE.to_le_bytes());
+    record[132..134].copy_from_slice(&(request.len() as u16).to_le_bytes());
+    record[134..136].copy_from_slice(&(response.len() as u16).to_le_bytes());
+    record[EXCHANGE_PAYLOAD_AT..][..request.len()].copy_from_slice(request);
+    record[EXCHANGE_PAYLOAD_AT + request.len()..].copy_from_slice(response);
+    record
+}
+
 pub fn decode(record: &[u8]) -> Result<Event<'_>, DecodeError> {
     let r = Reader(record);
     let kind = r.u8(0)?;
@@ -303,14 +371,29 @@ pub fn decode(record: &[u8]) -> Result<Event<'_>, DecodeError> {
                 flow: flow(&r, HEADER_SIZE)?,
                 conn_id: r.u64(at)?,
                 total_len: r.u64(at + 8)? as i64,
-                direction: if r.u32(at + 16)? == 0 {
-                    Direction::Ingress
-                } else {
-                    Direction::Egress
-                },
+                direction: direction(r.u32(at + 16)?),
                 sample_threshold: r.u32(at + 24)?,
                 sampled_out: r.u32(at + 28)? & DATA_SAMPLED_OUT != 0,
                 data: r.bytes(DATA_PAYLOAD_AT, captured)?,
+                header,
+            })
+        }
+        EV_EXCHANGE => {
+            let at = HEADER_SIZE + FLOW_SIZE;
+            let flags = r.u32(at + 40)?;
+            let request_len = usize::from(r.u16(at + 44)?).min(BRIEF_CAPTURE);
+            let response_len = usize::from(r.u16(at + 46)?).min(BRIEF_CAPTURE);
+            let request = r.bytes(EXCHANGE_PAYLOAD_AT, request_len)?;
+            let response = r.bytes(EXCHANGE_PAYLOAD_AT + request_len, response_len)?;
+            Ok(Event::Exchange {
+                flow: flow(&r, HEADER_SIZE)?,
+                conn_id: r.u64(at)?,
+                request_ts_ns: r.u64(at + 8)?,
+                direction: direction(r.u32(at + 32)?),
+                sample_threshold: r.u32(at + 36)?,
+                sampled_out: flags & DATA_SAMPLED_OUT != 0,
+                request,
+                response: (flags & EXCHANGE_RESPONSE != 0).then_some(response),
                 header,
             })
         }
@@ -367,6 +450,7 @@ mod tests {
         assert_eq!(std::mem::size_of::<ProbeStats>(), 40);
         assert_eq!(std::mem::size_of::<CgroupFilterKey>(), 16);
         assert_eq!(DATA_PAYLOAD_AT, 120);
+        assert_eq!(EXCHANGE_PAYLOAD_AT, 136);
         assert_eq!(TCP_EVENT_SIZE, 136);
         assert_eq!(PROC_EVENT_SIZE, 312);
     }
@@ -451,5 +535,56 @@ mod tests {
         assert_eq!(flow.remote.to_string(), "127.0.0.2:8080");
         assert_eq!(direction, Direction::Egress);
         assert_eq!(data, b"GET /");
+    }
+
+    #[test]
+    fn exchange_record_round_trips() {
+        let local = "127.0.0.1:8080".parse().unwrap();
+        let remote = "127.0.0.2:40000".parse().unwrap();
+        let record = encode_exchange_event(
+            7,
+            3,
+            (90, 99),
+            Direction::Ingress,
+            Some((local, remote)),
+            (b"GET / HTTP/1.1\r\n\r\n", b"HTTP/1.1 204 No Content\r\n"),
+        );
+        let Event::Exchange {
+            header,
+            flow,
+            conn_id,
+            request_ts_ns,
+            direction,
+            sampled_out,
+            request,
+            response,
+            ..
+        } = decode(&record).unwrap()
+        else {
+            panic!("not an exchange event");
+        };
+        assert_eq!(
+            (header.pid, header.ts_ns, conn_id, request_ts_ns),
+            (7, 99, 3, 90)
+        );
+        assert_eq!(flow.unwrap().remote.to_string(), "127.0.0.2:40000");
+        assert_eq!(direction, Direction::Ingress);
+        assert!(!sampled_out);
+        assert_eq!(request, b"GET / HTTP/1.1\r\n\r\n");
+        assert_eq!(response, Some(&b"HTTP/1.1 204 No Content\r\n"[..]));
+    }
+
+    #[test]
+    fn an_exchange_record_cut_short_is_an_error() {
+        let record = encode_exchange_event(
+            7,
+            3,
+            (90, 99),
+            Direction::Egress,
+            None,
+            (b"GET / HTTP/1.1\r\n\r\n", b"HTTP/1.1 200 OK\r\n"),
+        );
+        let cut = &record[..record.len() - 4];
+        assert_eq!(decode(cut), Err(DecodeError::Short(cut.len())));
     }
 }

@@ -243,19 +243,14 @@ impl Matcher {
             }
             queue.push_back(Pending {
                 request,
-                // Reading a request means serving it.
-                kind: if message.direction == Direction::Ingress {
-                    SpanKind::Server
-                } else {
-                    SpanKind::Client
-                },
+                kind: kind_of(message.direction),
                 ts_ns: message.ts_ns,
                 sample_threshold: message.sample_threshold,
                 sampled_out: message.sampled_out,
             });
             return None;
         }
-        let status = parse_status(message.data)?;
+        let status = parse_status(message.data).filter(|&s| !interim(s))?;
         let queue = self.pending.get_mut(&key)?;
         let pending = queue.pop_front()?;
         if queue.is_empty() {
@@ -268,28 +263,7 @@ impl Matcher {
         if message.direction != expected {
             return None;
         }
-        let route = route_template(&pending.request.target);
-        Some(Span {
-            kind: pending.kind,
-            probe: message.probe,
-            service: service(message.pid),
-            pid: message.pid,
-            method: pending.request.method,
-            target: pending.request.target,
-            route,
-            status,
-            start_unix_nanos: clock.to_unix_nanos(pending.ts_ns),
-            duration_ns: message.ts_ns.saturating_sub(pending.ts_ns),
-            peer: message.flow.map(|f| f.remote),
-            local: message.flow.map(|f| f.local),
-            host: pending.request.host,
-            traceparent: pending.request.traceparent,
-            sample_rate: rate_of_threshold(pending.sample_threshold),
-            sampled: !pending.sampled_out,
-            kept_by: None,
-            netns: message.netns,
-            cgroup_id: message.cgroup_id,
-        })
+        Some(span_of(pending, &message, status, service, clock))
     }
 
     /// Forgets the connections of a process that exited.
@@ -311,6 +285,75 @@ impl Matcher {
 
     pub fn pending_connections(&self) -> usize {
         self.pending.len()
+    }
+}
+
+/// The span of a request and the start of its response that the kernel paired (`request` is the
+/// request's message, `response` the response's bytes at `response_ts_ns`): the span,
+/// without passing through the per-connection queues.
+pub fn exchange(
+    request: Message,
+    response: &[u8],
+    response_ts_ns: u64,
+    service: impl FnOnce(u32) -> String,
+    clock: &Clock,
+) -> Option<Span> {
+    let status = parse_status(response)?;
+    let pending = Pending {
+        request: parse_request(request.data)?,
+        kind: kind_of(request.direction),
+        ts_ns: request.ts_ns,
+        sample_threshold: request.sample_threshold,
+        sampled_out: request.sampled_out,
+    };
+    let response = Message {
+        ts_ns: response_ts_ns,
+        ..request
+    };
+    Some(span_of(pending, &response, status, service, clock))
+}
+
+/// Reading a request means serving it; writing one, being its client.
+fn kind_of(request_direction: Direction) -> SpanKind {
+    match request_direction {
+        Direction::Ingress => SpanKind::Server,
+        Direction::Egress => SpanKind::Client,
+    }
+}
+
+/// 1xx but not 101 (Switching Protocols): an interim response, the final one follows.
+fn interim(status: u16) -> bool {
+    (100..200).contains(&status) && status != 101
+}
+
+/// The span of a request and the response message that answered it.
+fn span_of(
+    pending: Pending,
+    response: &Message,
+    status: u16,
+    service: impl FnOnce(u32) -> String,
+    clock: &Clock,
+) -> Span {
+    Span {
+        kind: pending.kind,
+        probe: response.probe,
+        service: service(response.pid),
+        pid: response.pid,
+        route: route_template(&pending.request.target),
+        method: pending.request.method,
+        target: pending.request.target,
+        status,
+        start_unix_nanos: clock.to_unix_nanos(pending.ts_ns),
+        duration_ns: response.ts_ns.saturating_sub(pending.ts_ns),
+        peer: response.flow.map(|f| f.remote),
+        local: response.flow.map(|f| f.local),
+        host: pending.request.host,
+        traceparent: pending.request.traceparent,
+        sample_rate: rate_of_threshold(pending.sample_threshold),
+        sampled: !pending.sampled_out,
+        kept_by: None,
+        netns: response.netns,
+        cgroup_id: response.cgroup_id,
     }
 }
 

@@ -11,7 +11,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::sync::broadcast;
 
 use crate::abi::{decode, Event};
-use crate::http::{Clock, Matcher, Message, Span};
+use crate::http::{exchange, Clock, Matcher, Message, Span};
 
 /// A TCP connection that closed, with the bytes the kernel counted for it.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -249,13 +249,8 @@ impl Assembler {
                 data,
                 ..
             } => {
-                let probe = if header.probe == crate::abi::PROBE_TLS {
-                    "tls"
-                } else {
-                    "http"
-                };
                 let message = Message {
-                    probe,
+                    probe: probe_name(header.probe),
                     pid: header.pid,
                     conn_id,
                     ts_ns: header.ts_ns,
@@ -271,6 +266,44 @@ impl Assembler {
                 let comm = &header.comm;
                 let service = |pid: u32| service_name(names, pid, comm);
                 if let Some(span) = self.matcher.feed(message, service, &self.clock) {
+                    self.observer.publish(span);
+                }
+            }
+            Event::Exchange {
+                header,
+                flow,
+                conn_id,
+                request_ts_ns,
+                direction,
+                sample_threshold,
+                sampled_out,
+                request,
+                response,
+            } => {
+                let message = Message {
+                    probe: probe_name(header.probe),
+                    pid: header.pid,
+                    conn_id,
+                    ts_ns: request_ts_ns,
+                    direction,
+                    flow: flow.as_ref(),
+                    sample_threshold,
+                    sampled_out,
+                    data: request,
+                    netns: header.netns,
+                    cgroup_id: header.cgroup_id,
+                };
+                let names = &mut self.names;
+                let comm = &header.comm;
+                let service = |pid: u32| service_name(names, pid, comm);
+                let span = match response {
+                    Some(response) => {
+                        exchange(message, response, header.ts_ns, service, &self.clock)
+                    }
+                    // A request the kernel did not pair: the next responses pair in order.
+                    None => self.matcher.feed(message, service, &self.clock),
+                };
+                if let Some(span) = span {
                     self.observer.publish(span);
                 }
             }
@@ -323,6 +356,14 @@ impl Assembler {
                 self.matcher.forget_process(header.pid);
             }
         }
+    }
+}
+
+fn probe_name(probe: u32) -> &'static str {
+    if probe == crate::abi::PROBE_TLS {
+        "tls"
+    } else {
+        "http"
     }
 }
 
