@@ -28,6 +28,8 @@ struct Phase {
     rate: f64,
     p99: Duration,
     cpu_percent: Option<f64>,
+    /// The BPF share of `cpu_percent`.
+    bpf_percent: Option<f64>,
     exported: Option<f64>,
     sample_rate: Option<f64>,
 }
@@ -73,6 +75,7 @@ async fn run(port: u16, low: f64, seconds: u64, cluster: Option<&Cluster>) -> Ve
             rate: latencies.len() as f64 / elapsed,
             p99: percentile(&latencies, 0.99),
             cpu_percent: None,
+            bpf_percent: None,
             exported: None,
             sample_rate: None,
         };
@@ -80,6 +83,7 @@ async fn run(port: u16, low: f64, seconds: u64, cluster: Option<&Cluster>) -> Ve
             let (bpf1, spans1) = node_counters(c).await;
             let cpu1 = process_cpu_seconds(&c.nodes[0].pid().unwrap().to_string());
             phase.cpu_percent = Some(((bpf1 - bpf0) / 1e9 + (cpu1 - cpu0)) / elapsed * 100.0);
+            phase.bpf_percent = Some((bpf1 - bpf0) / 1e9 / elapsed * 100.0);
             phase.exported = Some((spans1 - spans0) / elapsed);
             phase.sample_rate = c.get(0, "/v1/intensity").await.unwrap()["rate"].as_f64();
         }
@@ -136,8 +140,16 @@ async fn main() {
 
     println!();
     println!(
-        "{:<11} {:<5} {:>8} {:>10} {:>13} {:>7} {:>9} {:>12}",
-        "mode", "load", "req/s", "agent CPU", "exported/s", "rate", "p99 µs", "p99 vs none"
+        "{:<11} {:<5} {:>8} {:>10} {:>9} {:>13} {:>7} {:>9} {:>12}",
+        "mode",
+        "load",
+        "req/s",
+        "agent CPU",
+        "of it BPF",
+        "exported/s",
+        "rate",
+        "p99 µs",
+        "p99 vs none"
     );
     let show = |v: Option<f64>, digits: usize| {
         v.map(|v| format!("{v:.digits$}"))
@@ -150,11 +162,12 @@ async fn main() {
     ] {
         for (phase, base) in phases.iter().zip(&baseline) {
             println!(
-                "{:<11} {:<5} {:>8.0} {:>9}% {:>13} {:>7} {:>9.0} {:>11.3}x",
+                "{:<11} {:<5} {:>8.0} {:>9}% {:>8}% {:>13} {:>7} {:>9.0} {:>11.3}x",
                 mode,
                 phase.load,
                 phase.rate,
                 show(phase.cpu_percent, 2),
+                show(phase.bpf_percent, 2),
                 show(phase.exported, 0),
                 show(phase.sample_rate, 3),
                 phase.p99.as_secs_f64() * 1e6,

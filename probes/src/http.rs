@@ -19,67 +19,76 @@ pub struct Request {
     pub traceparent: Option<String>,
 }
 
-/// Parses a request line and the headers that fit in the captured prefix.
+/// Parses a request line and the headers that fit in the captured prefix. Every request the
+/// probes see passes here (sampled or not, for RED metrics), so it works on bytes and looks
+/// closely only at the two headers it keeps.
 pub fn parse_request(data: &[u8]) -> Option<Request> {
-    let text = std::str::from_utf8(prefix_lines(data)).ok()?;
-    // Split on the byte '\n' (a memchr search) and drop the '\r': cheaper than a two-byte
-    // pattern, and the same lines for CRLF input.
-    let mut lines = text
-        .split('\n')
-        .map(|line| line.strip_suffix('\r').unwrap_or(line));
-    let mut parts = lines.next()?.split(' ');
-    let (method, target, version) = (parts.next()?, parts.next()?, parts.next()?);
-    if !version.starts_with("HTTP/1.")
+    // Lines end at '\n' (a '\r' before it is dropped). Only complete lines count: a header cut
+    // by the capture limit is not trusted. The request line alone may be cut.
+    let mut ends = memchr::memchr_iter(b'\n', data);
+    let first_end = ends.next();
+    let line = without_cr(&data[..first_end.unwrap_or(data.len())]);
+    let method_end = memchr::memchr(b' ', line)?;
+    let (method, rest) = (&line[..method_end], &line[method_end + 1..]);
+    let target_end = memchr::memchr(b' ', rest)?;
+    let (target, version) = (&rest[..target_end], &rest[target_end + 1..]);
+    if !version.starts_with(b"HTTP/1.")
         || method.is_empty()
-        || !method.bytes().all(|b| b.is_ascii_uppercase())
+        || !method.iter().all(u8::is_ascii_uppercase)
     {
         return None;
     }
     let mut request = Request {
-        method: method.to_string(),
-        target: target.to_string(),
+        method: std::str::from_utf8(method).ok()?.to_string(),
+        target: std::str::from_utf8(target).ok()?.to_string(),
         host: None,
         traceparent: None,
     };
-    for line in lines {
-        let Some((name, value)) = line.split_once(':') else {
+    let mut start = first_end.map_or(data.len(), |end| end + 1);
+    for end in ends {
+        let line = without_cr(&data[start..end]);
+        start = end + 1;
+        if line.is_empty() {
+            break; // the end of the headers
+        }
+        // Most headers are neither: their first letter says so without a search.
+        if !matches!(line[0] | 0x20, b'h' | b't') {
+            continue;
+        }
+        let Some(colon) = memchr::memchr(b':', line) else {
             continue;
         };
-        let value = value.trim().to_string();
-        if name.eq_ignore_ascii_case("host") {
-            request.host = Some(value);
-        } else if name.eq_ignore_ascii_case("traceparent") && valid_traceparent(&value) {
-            request.traceparent = Some(value);
+        let (name, value) = (&line[..colon], &line[colon + 1..]);
+        let Ok(value) = std::str::from_utf8(value) else {
+            continue;
+        };
+        let value = value.trim();
+        if name.eq_ignore_ascii_case(b"host") {
+            request.host = Some(value.to_string());
+        } else if name.eq_ignore_ascii_case(b"traceparent") && valid_traceparent(value) {
+            request.traceparent = Some(value.to_string());
         }
     }
     Some(request)
 }
 
-/// The status code of a response's status line.
-pub fn parse_status(data: &[u8]) -> Option<u16> {
-    let line = data.split(|&b| b == b'\r').next()?;
-    let text = std::str::from_utf8(line).ok()?;
-    let mut parts = text.split(' ');
-    if !parts.next()?.starts_with("HTTP/1.") {
-        return None;
-    }
-    let code: u16 = parts.next()?.parse().ok()?;
-    (100..=999).contains(&code).then_some(code)
+fn without_cr(line: &[u8]) -> &[u8] {
+    line.strip_suffix(b"\r").unwrap_or(line)
 }
 
-/// Up to the last complete line: a header cut by the capture limit is not trusted.
-fn prefix_lines(data: &[u8]) -> &[u8] {
-    let end = data
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map(|i| i + 2);
-    match end {
-        Some(end) => &data[..end],
-        None => match data.windows(2).rposition(|w| w == b"\r\n") {
-            Some(i) => &data[..i],
-            None => data,
-        },
+/// The status code of a response's status line (`HTTP/1.x NNN ...`).
+pub fn parse_status(data: &[u8]) -> Option<u16> {
+    if !data.starts_with(b"HTTP/1.") {
+        return None;
     }
+    let line = &data[..memchr::memchr(b'\r', data).unwrap_or(data.len())];
+    let code_at = memchr::memchr(b' ', line)? + 1;
+    let code = line.get(code_at..code_at + 3)?;
+    if !code.iter().all(u8::is_ascii_digit) || line.get(code_at + 3).is_some_and(|&b| b != b' ') {
+        return None;
+    }
+    let code = code.iter().fold(0u16, |n, d| n * 10 + u16::from(d - b'0'));
+    (100..=999).contains(&code).then_some(code)
 }
 
 /// W3C trace context: `00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`.
@@ -108,8 +117,12 @@ fn valid_traceparent(value: &str) -> bool {
 
 /// `/users/123/orders/9f8e7d6c5b4a3f2e?x=1` → `/users/{id}/orders/{id}`.
 pub fn route_template(target: &str) -> String {
-    let path = target.split(['?', '#']).next().unwrap_or("");
-    let path = match path.find("://") {
+    let end = target
+        .bytes()
+        .position(|b| b == b'?' || b == b'#')
+        .unwrap_or(target.len());
+    let path = &target[..end];
+    let path = match memchr::memmem::find(path.as_bytes(), b"://") {
         // Absolute-form targets (proxies): keep only the path.
         Some(i) => path[i + 3..]
             .find('/')
@@ -120,16 +133,21 @@ pub fn route_template(target: &str) -> String {
     if path.is_empty() {
         return "/".into();
     }
-    let mut route = String::with_capacity(path.len());
-    for (i, segment) in path.split('/').enumerate() {
-        if i > 0 {
-            route.push('/');
-        }
+    // Room for a few ids longer as `{id}` than as written, so that the route is allocated once.
+    let mut route = String::with_capacity(path.len() + 16);
+    let mut start = 0;
+    // Segment bounds are at '/' (ASCII), so each slice below is on a char boundary.
+    for end in memchr::memchr_iter(b'/', path.as_bytes()).chain([path.len()]) {
+        let segment = &path[start..end];
         route.push_str(if looks_like_id(segment) {
             "{id}"
         } else {
             segment
         });
+        if end < path.len() {
+            route.push('/');
+        }
+        start = end + 1;
     }
     route
 }
@@ -418,6 +436,15 @@ mod tests {
         assert_eq!(parse_status(b"HTTP/1.0 404 Not Found\r\n"), Some(404));
         assert_eq!(parse_status(b"HTTP/2 200"), None);
         assert_eq!(parse_status(b"HTTP/1.1 abc"), None);
+        assert_eq!(parse_status(b"HTTP/1.1 2000 OK"), None);
+        assert_eq!(parse_status(b"HTTP/1.1 503"), Some(503));
+        assert_eq!(
+            parse_status(b"HTTP/1.1 200 OK\r\nServer: x 500\r\n"),
+            Some(200)
+        );
+        // Only what the request line needs must be text.
+        let odd = b"GET /a HTTP/1.1\r\nX-Bin: \xff\xfe\r\nHost: h\r\n\r\n";
+        assert_eq!(parse_request(odd).unwrap().host.as_deref(), Some("h"));
     }
 
     #[test]
@@ -436,6 +463,8 @@ mod tests {
         assert_eq!(route_template("/api/deadbeefcafe"), "/api/deadbeefcafe");
         assert_eq!(route_template(""), "/");
         assert_eq!(route_template("http://h:1/a/7"), "/a/{id}");
+        assert_eq!(route_template("/a//7/"), "/a//{id}/");
+        assert_eq!(route_template("/ü/7#frag"), "/ü/{id}");
     }
 
     fn message<'a>(conn: u64, ts: u64, direction: Direction, data: &'a [u8]) -> Message<'a> {

@@ -215,7 +215,7 @@ impl Observer {
 pub struct Assembler {
     observer: Arc<Observer>,
     matcher: Matcher,
-    names: HashMap<u32, String>,
+    names: HashMap<u32, String, foldhash::fast::RandomState>,
     clock: Clock,
 }
 
@@ -224,7 +224,7 @@ impl Assembler {
         Assembler {
             observer,
             matcher: Matcher::default(),
-            names: HashMap::new(),
+            names: HashMap::default(),
             clock: Clock::now(),
         }
     }
@@ -369,7 +369,11 @@ fn probe_name(probe: u32) -> &'static str {
 
 /// `service.name` of a process: its executable's name from exec, else /proc, else the comm of
 /// the thread that did the I/O.
-fn service_name(names: &mut HashMap<u32, String>, pid: u32, comm: &str) -> String {
+fn service_name(
+    names: &mut HashMap<u32, String, foldhash::fast::RandomState>,
+    pid: u32,
+    comm: &str,
+) -> String {
     if let Some(name) = names.get(&pid) {
         return name.clone();
     }
@@ -397,9 +401,9 @@ pub fn spawn_reader(
     let mut assembler = Assembler::new(observer.clone());
     Ok(tokio::spawn(async move {
         // The probes write without waking this reader (see WAKEUP_BYTES in bpf/apiary.bpf.c):
-        // it drains on this tick, or at once when the kernel wakes it for a large backlog.
-        let mut tick = tokio::time::interval(DRAIN_INTERVAL);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // it drains on this timer, or at once when the kernel wakes it for a large backlog.
+        // An idle ring is looked at less often: an idle node should cost next to nothing.
+        let mut wait = DRAIN_INTERVAL;
         loop {
             tokio::select! {
                 ready = fd.readable_mut() => match ready {
@@ -412,7 +416,13 @@ pub fn spawn_reader(
                         return;
                     }
                 },
-                _ = tick.tick() => drain(fd.get_mut(), &mut assembler),
+                _ = tokio::time::sleep(wait) => {
+                    wait = if drain(fd.get_mut(), &mut assembler) == 0 {
+                        IDLE_DRAIN_INTERVAL
+                    } else {
+                        DRAIN_INTERVAL
+                    };
+                }
                 _ = observer.drain_requests.notified() => {
                     drain(fd.get_mut(), &mut assembler);
                     observer.drains.send_modify(|n| *n += 1);
@@ -425,11 +435,17 @@ pub fn spawn_reader(
 /// How long an event may wait in the ring buffer before the reader takes it: the latency a
 /// span gains, traded for no wakeup per event in the traced programs.
 const DRAIN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(20);
+/// The same after a drain that found nothing.
+const IDLE_DRAIN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
 
-fn drain(ring: &mut RingBuf<MapData>, assembler: &mut Assembler) {
+/// Handles every record waiting; returns how many there were.
+fn drain(ring: &mut RingBuf<MapData>, assembler: &mut Assembler) -> usize {
+    let mut records = 0;
     while let Some(record) = ring.next() {
         assembler.handle(&record);
+        records += 1;
     }
+    records
 }
 
 #[cfg(test)]
