@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use apiary_pipeline::{
     otlp, wire, Delivery, FullPolicy, OtlpHttp, RedMetrics, ResourceInfo, Signal,
 };
-use apiary_probes::abi::{encode_data_event, Direction};
+use apiary_probes::abi::{encode_data_event, encode_exchange_event, Direction};
 use apiary_probes::{Assembler, Observer, Span};
 use apiary_tuning::process_cpu_seconds;
 use axum::body::Bytes;
@@ -162,7 +162,17 @@ async fn run_receiver() {
 }
 
 /// Request and response records of `n` server requests on a few connections.
-fn ring_records(n: usize) -> Vec<Vec<u8>> {
+/// How the kernel sends a request and its response: one exchange record (the usual path) or
+/// one record per message (pipelined requests, captures above 256 bytes).
+#[derive(Clone, Copy, PartialEq)]
+enum Records {
+    Exchange,
+    PerMessage,
+}
+
+const RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n";
+
+fn ring_records(n: usize, kind: Records) -> Vec<Vec<u8>> {
     let local = "10.0.0.1:8080".parse().unwrap();
     let mut records = Vec::with_capacity(n * 2);
     for i in 0..n {
@@ -174,6 +184,17 @@ fn ring_records(n: usize) -> Vec<Vec<u8>> {
         let ts = 1_000_000 + i as u64 * 1000;
         let conn = (i % 64) as u64;
         let flow = Some((local, remote));
+        if kind == Records::Exchange {
+            records.push(encode_exchange_event(
+                100,
+                conn,
+                (ts, ts + 500),
+                Direction::Ingress,
+                flow,
+                (request.as_bytes(), RESPONSE),
+            ));
+            continue;
+        }
         records.push(encode_data_event(
             100,
             conn,
@@ -188,10 +209,31 @@ fn ring_records(n: usize) -> Vec<Vec<u8>> {
             ts + 500,
             Direction::Egress,
             flow,
-            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n",
+            RESPONSE,
         ));
     }
     records
+}
+
+/// Records → spans with RED counting every request: the agent's work for each request the
+/// probes see, sampled or not.
+fn assembly(spans: u64, kind: Records) -> Row {
+    let records = ring_records(spans as usize, kind);
+    let red = Arc::new(RedMetrics::new());
+    let mut source = ProbeSource::new(Some(red.clone()));
+    let (start, cpu) = (Instant::now(), process_cpu_seconds("self"));
+    let built = source.feed(&records).len() as u64;
+    let row = Row {
+        stage: match kind {
+            Records::Exchange => "records → spans + RED: one record per exchange",
+            Records::PerMessage => "records → spans + RED: one record per message",
+        },
+        spans,
+        wall: start.elapsed(),
+        cpu: process_cpu_seconds("self") - cpu,
+    };
+    assert_eq!(built, spans);
+    row
 }
 
 fn resource() -> ResourceInfo {
@@ -256,11 +298,11 @@ fn assemble(records: &[Vec<u8>], red: Option<Arc<RedMetrics>>) -> Vec<Arc<Span>>
 }
 
 async fn probe_source(spans: u64) -> (Row, Row) {
-    let records = ring_records(spans as usize);
+    let records = ring_records(spans as usize, Records::Exchange);
     // Baseline: OTLP encoding only.
     let mut check = Vec::new();
     apiary_pipeline::encode::encode_spans(
-        &assemble(&records[..BATCH * 2], None),
+        &assemble(&records[..BATCH], None),
         &resource(),
         &mut check,
     );
@@ -300,7 +342,7 @@ async fn probe_source(spans: u64) -> (Row, Row) {
     tokio::spawn(delivery.clone().run());
     let mut source = ProbeSource::new(Some(Arc::new(RedMetrics::new())));
     let (start, cpu) = (Instant::now(), process_cpu_seconds("self"));
-    for chunk in records.chunks(BATCH * 2) {
+    for chunk in records.chunks(BATCH) {
         let spans = source.feed(chunk);
         let payload = otlp::encode(&spans, &resource);
         delivery
@@ -449,11 +491,14 @@ async fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(if quick { 1 } else { 3 });
     let (mut baselines, mut probes) = (Vec::new(), Vec::new());
+    let (mut exchanges, mut messages) = (Vec::new(), Vec::new());
     for round in 1..=rounds {
         eprintln!("probe source, round {round}/{rounds}: {spans} spans…");
         let (baseline, probe) = probe_source(spans).await;
         baselines.push(baseline);
         probes.push(probe);
+        exchanges.push(assembly(spans, Records::Exchange));
+        messages.push(assembly(spans, Records::PerMessage));
     }
     eprintln!("receiver source: {rounds} rounds of {spans} spans through a node…");
     let (receivers, rss_growth, queued_bytes) =
@@ -491,4 +536,18 @@ async fn main() {
         queued_bytes as f64 / (1 << 20) as f64
     );
     println!("goal: ≥ 200 000 spans/s per core through the pipeline");
+    let (exchange, message) = (median(exchanges), median(messages));
+    println!();
+    println!(
+        "{:<50} {:>13} {:>12}",
+        "the agent's work per request seen", "requests/s/core", "vs per message"
+    );
+    for row in [&message, &exchange] {
+        println!(
+            "{:<50} {:>13.0} {:>11.2}x",
+            row.stage,
+            row.per_core(),
+            row.per_core() / message.per_core()
+        );
+    }
 }
