@@ -276,7 +276,10 @@ fn print_intensity(intensity: &Value) {
         rows.add_row(vec![
             text(&decision["name"]),
             number(&decision["demand"], 0),
-            peer.map_or_else(|| "(this node)".into(), |p| number(&p["cpu_percent"], 1)),
+            peer.map_or_else(
+                || number(&intensity["cpu"]["percent"], 1),
+                |p| number(&p["cpu_percent"], 1),
+            ),
             number(&decision["share"], 0),
             number(&decision["rate"], 3),
             peer.map_or_else(|| "-".into(), |p| format!("{} ms", text(&p["age_ms"]))),
@@ -284,6 +287,20 @@ fn print_intensity(intensity: &Value) {
         ]);
     }
     println!("{rows}");
+    let cpu = &intensity["cpu"];
+    if cpu["over_budget"].as_bool() == Some(true) {
+        let fixed = if cpu["beyond_sampling"].as_bool() == Some(true) {
+            "sampling cannot bring it under: fewer probes, filters or more nodes can"
+        } else {
+            "the rest is per-span work, which a lower rate reduces"
+        };
+        println!(
+            "CPU over budget: {} % of a core, of it {} % the probes' kernel time and {} % the quiet agent, paid whatever the rate; {fixed}",
+            number(&cpu["percent"], 2),
+            number(&cpu["kernel_percent"], 2),
+            number(&cpu["quiet_percent"], 2),
+        );
+    }
     if let Some(last) = intensity["decisions"].as_array().and_then(|d| d.first()) {
         println!(
             "last change: {} → {} ({})",

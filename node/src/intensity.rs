@@ -54,6 +54,43 @@ pub struct IntensityStatus {
     pub decisions: Vec<RateChange>,
     pub kept_by_rule: u64,
     pub kept_over_cap: u64,
+    /// This node's CPU in the last second, against its budget.
+    pub cpu: CpuUse,
+}
+
+/// Where this node's CPU goes, in % of one core over the last second, and what sampling can do
+/// about it: the probes' kernel time and the quiet agent are paid whatever the rate.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CpuUse {
+    /// The agent process plus the probes' kernel time.
+    pub percent: f64,
+    /// The probes' kernel time (BPF run time), paid per request whatever the sampling.
+    pub kernel_percent: f64,
+    /// The agent's lowest CPU of the last minute: its cost with nothing to do.
+    pub quiet_percent: f64,
+    pub over_budget: bool,
+    /// Over budget, and the kernel time and quiet agent alone already exceed it: a lower rate
+    /// cannot bring the node under (more nodes, fewer probes or filters can).
+    pub beyond_sampling: bool,
+}
+
+impl CpuUse {
+    fn of(
+        budget_percent: f64,
+        kernel_percent: f64,
+        agent_percent: f64,
+        quiet_percent: f64,
+    ) -> Self {
+        let percent = kernel_percent + agent_percent;
+        let over_budget = percent > budget_percent;
+        CpuUse {
+            percent,
+            kernel_percent,
+            quiet_percent,
+            over_budget,
+            beyond_sampling: over_budget && kernel_percent + quiet_percent >= budget_percent,
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -73,6 +110,7 @@ struct State {
     allocation: Option<Allocation>,
     mode: &'static str,
     decisions: VecDeque<RateChange>,
+    cpu: CpuUse,
 }
 
 pub struct Intensity {
@@ -118,6 +156,7 @@ impl Intensity {
                 allocation: None,
                 mode: "cooperative",
                 decisions: VecDeque::new(),
+                cpu: CpuUse::default(),
             }),
         });
         let weak = Arc::downgrade(&intensity);
@@ -175,7 +214,7 @@ impl Intensity {
             requests: probes.observer.requests_total.load(Ordering::Relaxed),
             exported: probes.observer.spans_total.load(Ordering::Relaxed),
             bpf_ns: probes.reports().iter().map(|r| r.run_time_ns).sum(),
-            cpu_s: apiary_tuning::process_cpu_seconds("self"),
+            cpu_s: apiary_tuning::own_cpu_seconds(),
         };
         let mut state = self.lock();
         let Some(last) = state.last.replace(now.clone()) else {
@@ -210,6 +249,12 @@ impl Intensity {
             && reducible > allowed.max(1.0)
             && demand > 0.0)
             .then(|| demand * configured * allowed / reducible);
+        state.cpu = CpuUse::of(
+            budget.cpu_percent_per_node,
+            bpf_percent,
+            agent_percent,
+            floor,
+        );
         let rate = state.controller.rate();
         let own = LoadReport {
             node: self.node,
@@ -317,6 +362,25 @@ impl Intensity {
             decisions: state.decisions.iter().rev().cloned().collect(),
             kept_by_rule: observer.map_or(0, |o| o.kept_by_rule.load(Ordering::Relaxed)),
             kept_over_cap: observer.map_or(0, |o| o.kept_over_cap.load(Ordering::Relaxed)),
+            cpu: state.cpu.clone(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CpuUse;
+
+    #[test]
+    fn cpu_beyond_sampling_when_the_fixed_part_alone_exceeds_the_budget() {
+        // 1.5 % kernel time + 0.6 % quiet agent > 2 %: no rate gets the node under.
+        let fixed = CpuUse::of(2.0, 1.5, 1.0, 0.6);
+        assert!(fixed.over_budget && fixed.beyond_sampling);
+        assert!((fixed.percent - 2.5).abs() < 1e-9);
+        // Most of it is the agent's per-span work: sampling helps.
+        let reducible = CpuUse::of(2.0, 0.5, 3.0, 0.3);
+        assert!(reducible.over_budget && !reducible.beyond_sampling);
+        let under = CpuUse::of(2.0, 0.5, 1.0, 0.3);
+        assert!(!under.over_budget && !under.beyond_sampling);
     }
 }

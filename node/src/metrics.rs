@@ -239,6 +239,21 @@ pub fn render_intensity(node: &str, status: &crate::intensity::IntensityStatus) 
         "The operator's configured sampling rate (the ceiling).",
         status.configured_rate,
     );
+    gauge(
+        "apiary_intensity_cpu_percent",
+        "This node's agent CPU plus the probes' kernel time, % of one core over the last second.",
+        status.cpu.percent,
+    );
+    gauge(
+        "apiary_intensity_kernel_cpu_percent",
+        "The probes' kernel time (BPF run time), % of one core, paid whatever the sampling rate.",
+        status.cpu.kernel_percent,
+    );
+    gauge(
+        "apiary_intensity_cpu_beyond_sampling",
+        "1 when the node is over its CPU budget and a lower sampling rate cannot bring it under.",
+        f64::from(u8::from(status.cpu.beyond_sampling)),
+    );
     let own = status
         .allocation
         .as_ref()

@@ -208,6 +208,18 @@ async fn heavy_load_on_one_host_is_sampled_down_within_the_cluster_budget() {
         let status = intensity(&cluster, node).await;
         assert_eq!(status["rate"], 1.0, "n{node} lost its full rate: {status}");
     }
+    // A's own CPU is shown, with the probes' kernel time (its load runs through them) in it.
+    let cpu = &a["cpu"];
+    let (percent, kernel) = (cpu["percent"].as_f64(), cpu["kernel_percent"].as_f64());
+    assert!(
+        matches!((percent, kernel), (Some(p), Some(k)) if k > 0.0 && p >= k),
+        "A's CPU under load: {cpu}"
+    );
+    assert!(cluster
+        .metrics(0)
+        .await
+        .lines()
+        .any(|l| l.starts_with("apiary_intensity_kernel_cpu_percent{")));
 
     // B dies: within a few seconds its share goes to the others.
     let share_before = decision(&a, "n0").unwrap()["share"].as_f64().unwrap();

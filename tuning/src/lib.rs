@@ -15,7 +15,7 @@ mod cpu;
 
 pub use allocate::{allocate, Allocation, Budget, Decision};
 pub use controller::RateController;
-pub use cpu::process_cpu_seconds;
+pub use cpu::{own_cpu_seconds, process_cpu_seconds};
 
 use serde::{Deserialize, Serialize};
 
