@@ -333,6 +333,7 @@ pub fn encode_exchange_event(
     direction: Direction,
     flow: Option<(std::net::SocketAddrV4, std::net::SocketAddrV4)>,
     (request, response): (&[u8], &[u8]),
+    sampled_out: bool,
 ) -> Vec<u8> {
     let request = &request[..request.len().min(BRIEF_CAPTURE)];
     let response = &response[..response.len().min(BRIEF_CAPTURE)];
@@ -356,7 +357,8 @@ pub fn encode_exchange_event(
     let egress = u32::from(direction == Direction::Egress);
     record[120..124].copy_from_slice(&egress.to_le_bytes());
     record[124..128].copy_from_slice(&u32::MAX.to_le_bytes());
-    record[128..132].copy_from_slice(&EXCHANGE_RESPONSE.to_le_bytes());
+    let flags = EXCHANGE_RESPONSE | if sampled_out { DATA_SAMPLED_OUT } else { 0 };
+    record[128..132].copy_from_slice(&flags.to_le_bytes());
     record[132..134].copy_from_slice(&(request.len() as u16).to_le_bytes());
     record[134..136].copy_from_slice(&(response.len() as u16).to_le_bytes());
     record[EXCHANGE_PAYLOAD_AT..][..request.len()].copy_from_slice(request);
@@ -553,6 +555,7 @@ mod tests {
             Direction::Ingress,
             Some((local, remote)),
             (b"GET / HTTP/1.1\r\n\r\n", b"HTTP/1.1 204 No Content\r\n"),
+            false,
         );
         let Event::Exchange {
             header,
@@ -588,6 +591,7 @@ mod tests {
             Direction::Egress,
             None,
             (b"GET / HTTP/1.1\r\n\r\n", b"HTTP/1.1 200 OK\r\n"),
+            true,
         );
         let cut = &record[..record.len() - 4];
         assert_eq!(decode(cut), Err(DecodeError::Short(cut.len())));

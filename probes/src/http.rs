@@ -27,20 +27,10 @@ pub fn parse_request(data: &[u8]) -> Option<Request> {
     // by the capture limit is not trusted. The request line alone may be cut.
     let mut ends = memchr::memchr_iter(b'\n', data);
     let first_end = ends.next();
-    let line = without_cr(&data[..first_end.unwrap_or(data.len())]);
-    let method_end = memchr::memchr(b' ', line)?;
-    let (method, rest) = (&line[..method_end], &line[method_end + 1..]);
-    let target_end = memchr::memchr(b' ', rest)?;
-    let (target, version) = (&rest[..target_end], &rest[target_end + 1..]);
-    if !version.starts_with(b"HTTP/1.")
-        || method.is_empty()
-        || !method.iter().all(u8::is_ascii_uppercase)
-    {
-        return None;
-    }
+    let (method, target) = request_line(&data[..first_end.unwrap_or(data.len())])?;
     let mut request = Request {
-        method: std::str::from_utf8(method).ok()?.to_string(),
-        target: std::str::from_utf8(target).ok()?.to_string(),
+        method: method.to_string(),
+        target: target.to_string(),
         host: None,
         traceparent: None,
     };
@@ -70,6 +60,25 @@ pub fn parse_request(data: &[u8]) -> Option<Request> {
         }
     }
     Some(request)
+}
+
+/// `METHOD SP TARGET SP HTTP/1.x` → (method, target).
+fn request_line(line: &[u8]) -> Option<(&str, &str)> {
+    let line = without_cr(line);
+    let method_end = memchr::memchr(b' ', line)?;
+    let (method, rest) = (&line[..method_end], &line[method_end + 1..]);
+    let target_end = memchr::memchr(b' ', rest)?;
+    let (target, version) = (&rest[..target_end], &rest[target_end + 1..]);
+    if !version.starts_with(b"HTTP/1.")
+        || method.is_empty()
+        || !method.iter().all(u8::is_ascii_uppercase)
+    {
+        return None;
+    }
+    Some((
+        std::str::from_utf8(method).ok()?,
+        std::str::from_utf8(target).ok()?,
+    ))
 }
 
 fn without_cr(line: &[u8]) -> &[u8] {
@@ -281,7 +290,8 @@ impl Matcher {
         if message.direction != expected {
             return None;
         }
-        Some(span_of(pending, &message, status, service, clock))
+        let route = route_template(&pending.request.target);
+        Some(span_of(pending, route, &message, status, service, clock))
     }
 
     /// Forgets the connections of a process that exited.
@@ -309,16 +319,37 @@ impl Matcher {
 /// The span of a request and the start of its response that the kernel paired (`request` is the
 /// request's message, `response` the response's bytes at `response_ts_ns`): the span,
 /// without passing through the per-connection queues.
+///
+/// A request sampling dropped is only counted (RED) unless `may_keep(status, duration_ns)`
+/// says a keep rule could still export it: then only its request line is parsed, and the span
+/// carries no target, host or traceparent (nothing reads them).
 pub fn exchange(
     request: Message,
     response: &[u8],
     response_ts_ns: u64,
+    may_keep: impl FnOnce(u16, u64) -> bool,
     service: impl FnOnce(u32) -> String,
     clock: &Clock,
 ) -> Option<Span> {
     let status = parse_status(response)?;
+    let duration_ns = response_ts_ns.saturating_sub(request.ts_ns);
+    let (parsed, route) = if request.sampled_out && !may_keep(status, duration_ns) {
+        let end = memchr::memchr(b'\n', request.data).unwrap_or(request.data.len());
+        let (method, target) = request_line(&request.data[..end])?;
+        let brief = Request {
+            method: method.to_string(),
+            target: String::new(),
+            host: None,
+            traceparent: None,
+        };
+        (brief, route_template(target))
+    } else {
+        let full = parse_request(request.data)?;
+        let route = route_template(&full.target);
+        (full, route)
+    };
     let pending = Pending {
-        request: parse_request(request.data)?,
+        request: parsed,
         kind: kind_of(request.direction),
         ts_ns: request.ts_ns,
         sample_threshold: request.sample_threshold,
@@ -328,7 +359,7 @@ pub fn exchange(
         ts_ns: response_ts_ns,
         ..request
     };
-    Some(span_of(pending, &response, status, service, clock))
+    Some(span_of(pending, route, &response, status, service, clock))
 }
 
 /// Reading a request means serving it; writing one, being its client.
@@ -347,6 +378,7 @@ fn interim(status: u16) -> bool {
 /// The span of a request and the response message that answered it.
 fn span_of(
     pending: Pending,
+    route: String,
     response: &Message,
     status: u16,
     service: impl FnOnce(u32) -> String,
@@ -357,7 +389,7 @@ fn span_of(
         probe: response.probe,
         service: service(response.pid),
         pid: response.pid,
-        route: route_template(&pending.request.target),
+        route,
         method: pending.request.method,
         target: pending.request.target,
         status,
@@ -546,5 +578,49 @@ mod tests {
                 &clock
             )
             .is_none());
+    }
+
+    #[test]
+    fn a_dropped_request_is_parsed_only_as_far_as_red_needs_unless_a_rule_may_keep_it() {
+        let clock = Clock::now();
+        let raw = b"GET /orders/42?x=1 HTTP/1.1\r\nHost: shop\r\ntraceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\r\n\r\n";
+        let dropped = |data| Message {
+            sampled_out: true,
+            ..message(3, 1_000, Direction::Ingress, data)
+        };
+        let response = b"HTTP/1.1 503 Service Unavailable\r\n";
+        let brief = exchange(
+            dropped(raw),
+            response,
+            5_000,
+            |_, _| false,
+            |_| "svc".into(),
+            &clock,
+        )
+        .unwrap();
+        assert_eq!(
+            (brief.method.as_str(), brief.route.as_str(), brief.status),
+            ("GET", "/orders/{id}", 503)
+        );
+        assert_eq!((brief.duration_ns, brief.sampled), (4_000, false));
+        assert!(brief.target.is_empty() && brief.host.is_none() && brief.traceparent.is_none());
+        // A rule that may keep it (a 503 here): the whole request, as an exported span has it.
+        let mut seen = None;
+        let full = exchange(
+            dropped(raw),
+            response,
+            5_000,
+            |status, duration| {
+                seen = Some((status, duration));
+                true
+            },
+            |_| "svc".into(),
+            &clock,
+        )
+        .unwrap();
+        assert_eq!(seen, Some((503, 4_000)));
+        assert_eq!(full.target, "/orders/42?x=1");
+        assert_eq!(full.host.as_deref(), Some("shop"));
+        assert!(full.traceparent.is_some());
     }
 }

@@ -46,10 +46,10 @@ pub struct KeepRule {
 }
 
 impl KeepRule {
-    fn reason(&self, span: &Span) -> Option<&'static str> {
-        if self.errors && span.status >= 500 {
+    fn reason(&self, status: u16, duration_ns: u64) -> Option<&'static str> {
+        if self.errors && status >= 500 {
             Some("error")
-        } else if self.slower_than_ns > 0 && span.duration_ns > self.slower_than_ns {
+        } else if self.slower_than_ns > 0 && duration_ns > self.slower_than_ns {
             Some("slow")
         } else {
             None
@@ -172,7 +172,7 @@ impl Observer {
     /// Whether the keep rule takes a span sampling dropped (and counts it against the cap).
     fn keep_anyway(&self, span: &Span) -> Option<&'static str> {
         let mut keep = self.keep.lock().unwrap_or_else(|p| p.into_inner());
-        let reason = keep.rule.reason(span)?;
+        let reason = keep.rule.reason(span.status, span.duration_ns)?;
         let second = span.start_unix_nanos / 1_000_000_000;
         if second != keep.second {
             keep.second = second;
@@ -185,6 +185,13 @@ impl Observer {
         keep.kept += 1;
         self.kept_by_rule.fetch_add(1, Ordering::Relaxed);
         Some(reason)
+    }
+
+    /// Whether the keep rule would take a request sampling dropped (before its cap): if not,
+    /// the request is only counted and its span needs no more than RED reads.
+    fn may_keep(&self, status: u16, duration_ns: u64) -> bool {
+        let keep = self.keep.lock().unwrap_or_else(|p| p.into_inner());
+        keep.rule.reason(status, duration_ns).is_some()
     }
 
     fn publish(&self, mut span: Span) {
@@ -296,10 +303,17 @@ impl Assembler {
                 let names = &mut self.names;
                 let comm = &header.comm;
                 let service = |pid: u32| service_name(names, pid, comm);
+                let observer = &self.observer;
+                let may_keep = |status, duration| observer.may_keep(status, duration);
                 let span = match response {
-                    Some(response) => {
-                        exchange(message, response, header.ts_ns, service, &self.clock)
-                    }
+                    Some(response) => exchange(
+                        message,
+                        response,
+                        header.ts_ns,
+                        may_keep,
+                        service,
+                        &self.clock,
+                    ),
                     // A request the kernel did not pair: the next responses pair in order.
                     None => self.matcher.feed(message, service, &self.clock),
                 };
