@@ -197,9 +197,11 @@ struct ap_conn {
 	__u8 req_data[BRIEF_CAPTURE];
 };
 
-/* Keyed by pid << 32 | fd, or by the SSL pointer with bit 63 set (user addresses never have it,
- * and pids are far below 2^31, so the two kinds of keys cannot meet). An entry is about 400
- * bytes with its waiting request: 32 768 of them take about 13 MiB. */
+/* Keyed by pid << 32 | fd, or, for TLS, by bit 63 set, the pid's low 16 bits in bits 47-62 and
+ * the SSL pointer below (user addresses are under 2^47 on x86-64): forked workers often hold
+ * their SSL objects at the same address, and each must have its own entry. Pids are far below
+ * 2^31, so the two kinds of keys cannot meet. An entry is about 400 bytes with its waiting
+ * request: 32 768 of them take about 13 MiB. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 32768);
@@ -207,7 +209,8 @@ struct {
 	__type(value, struct ap_conn);
 } conns SEC(".maps");
 
-#define TLS_CONN_KEY(ssl) ((__u64)(ssl) | (1ULL << 63))
+#define TLS_CONN_KEY(ssl, pid)                                                              \
+	((__u64)(ssl) | ((__u64)((pid) & 0xffff) << 47) | (1ULL << 63))
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -450,7 +453,7 @@ static __always_inline struct ap_conn *conn_of_fd(__u64 key, __u32 fd)
 /* TLS connections have no socket at hand: no addresses, the task's netns. */
 static __always_inline struct ap_conn *conn_of_ssl(__u64 ssl)
 {
-	__u64 key = TLS_CONN_KEY(ssl);
+	__u64 key = TLS_CONN_KEY(ssl, bpf_get_current_pid_tgid() >> 32);
 	struct ap_conn *conn = bpf_map_lookup_elem(&conns, &key);
 	if (conn)
 		return conn;
@@ -573,12 +576,6 @@ static __always_inline void emit_exchange(__u32 probe, struct ap_probe_stats *st
 		stats->emitted++;
 }
 
-/* An interim response (1xx, but not 101 Switching Protocols): the final one follows. */
-static __always_inline int interim_response(struct ap_data_event *ev, __u32 got)
-{
-	return got >= 12 && ev->data[9] == '1' && !(ev->data[10] == '0' && ev->data[11] == '1');
-}
-
 /* Emits one HTTP message start seen in a socket buffer (`probe` http) or in TLS plaintext
  * (`probe` tls). Sampling is per request: a kept request keeps its response. A request waits
  * in its connection's entry and leaves with its response as one record; pipelined requests
@@ -626,8 +623,6 @@ static __always_inline void emit_data(__u32 probe, struct ap_conn *conn, struct 
 		if (conn->in_flight < 255)
 			conn->in_flight++;
 	} else {
-		if (interim_response(ev, got))
-			return;
 		if (conn->waiting && conn->in_flight == 1 && conn->req_direction != direction) {
 			__u32 limit = conn->req_flags & DATA_SAMPLED_OUT ? STATUS_CAPTURE : capture;
 			emit_exchange(probe, stats, conn, conn_id, ev, got < limit ? got : limit, len);

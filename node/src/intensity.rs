@@ -75,11 +75,15 @@ pub struct CpuUse {
 }
 
 impl CpuUse {
+    /// `capped`: the node caps its spans for CPU this round. Over budget without a cap (the
+    /// kernel time and quiet agent alone exceed it, or what a lower rate would save is within
+    /// the measurement's noise), sampling is not what will bring the node under.
     fn of(
         budget_percent: f64,
         kernel_percent: f64,
         agent_percent: f64,
         quiet_percent: f64,
+        capped: bool,
     ) -> Self {
         let percent = kernel_percent + agent_percent;
         let over_budget = percent > budget_percent;
@@ -88,7 +92,7 @@ impl CpuUse {
             kernel_percent,
             quiet_percent,
             over_budget,
-            beyond_sampling: over_budget && kernel_percent + quiet_percent >= budget_percent,
+            beyond_sampling: over_budget && !capped,
         }
     }
 }
@@ -254,6 +258,7 @@ impl Intensity {
             bpf_percent,
             agent_percent,
             floor,
+            cpu_cap.is_some(),
         );
         let rate = state.controller.rate();
         let own = LoadReport {
@@ -372,15 +377,15 @@ mod tests {
     use super::CpuUse;
 
     #[test]
-    fn cpu_beyond_sampling_when_the_fixed_part_alone_exceeds_the_budget() {
-        // 1.5 % kernel time + 0.6 % quiet agent > 2 %: no rate gets the node under.
-        let fixed = CpuUse::of(2.0, 1.5, 1.0, 0.6);
+    fn cpu_beyond_sampling_when_over_budget_and_not_capped() {
+        // Over budget and no cap (e.g. 1.5 % kernel time + 0.6 % quiet agent > 2 %).
+        let fixed = CpuUse::of(2.0, 1.5, 1.0, 0.6, false);
         assert!(fixed.over_budget && fixed.beyond_sampling);
         assert!((fixed.percent - 2.5).abs() < 1e-9);
-        // Most of it is the agent's per-span work: sampling helps.
-        let reducible = CpuUse::of(2.0, 0.5, 3.0, 0.3);
+        // Over budget and capped: a lower rate is what brings it down.
+        let reducible = CpuUse::of(2.0, 0.5, 3.0, 0.3, true);
         assert!(reducible.over_budget && !reducible.beyond_sampling);
-        let under = CpuUse::of(2.0, 0.5, 1.0, 0.3);
+        let under = CpuUse::of(2.0, 0.5, 1.0, 0.3, false);
         assert!(!under.over_budget && !under.beyond_sampling);
     }
 }

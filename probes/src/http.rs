@@ -277,7 +277,7 @@ impl Matcher {
             });
             return None;
         }
-        let status = parse_status(message.data).filter(|&s| !interim(s))?;
+        let status = parse_status(message.data)?;
         let queue = self.pending.get_mut(&key)?;
         let pending = queue.pop_front()?;
         if queue.is_empty() {
@@ -320,9 +320,9 @@ impl Matcher {
 /// request's message, `response` the response's bytes at `response_ts_ns`): the span,
 /// without passing through the per-connection queues.
 ///
-/// A request sampling dropped is only counted (RED) unless `may_keep(status, duration_ns)`
-/// says a keep rule could still export it: then only its request line is parsed, and the span
-/// carries no target, host or traceparent (nothing reads them).
+/// A request sampling dropped, which no keep rule could still export (`may_keep(status,
+/// duration_ns)` false), is only counted (RED): only its request line is parsed, and the span
+/// carries no target, host or traceparent (nothing reads them). Otherwise it is parsed in full.
 pub fn exchange(
     request: Message,
     response: &[u8],
@@ -368,11 +368,6 @@ fn kind_of(request_direction: Direction) -> SpanKind {
         Direction::Ingress => SpanKind::Server,
         Direction::Egress => SpanKind::Client,
     }
-}
-
-/// 1xx but not 101 (Switching Protocols): an interim response, the final one follows.
-fn interim(status: u16) -> bool {
-    (100..200).contains(&status) && status != 101
 }
 
 /// The span of a request and the response message that answered it.

@@ -528,9 +528,18 @@ fn verifier_summary(message: &str) -> String {
 }
 
 /// Tracepoints need tracefs, which a fresh machine does not mount.
+/// Serialised: probe sets loaded at once in one process (tests, several scopes) must not race
+/// to mount it, and a mount that fails because another process just mounted it is no failure.
 fn ensure_tracefs() -> Result<(), ProbeError> {
-    let target = Path::new("/sys/kernel/tracing");
-    if target.join("events").exists() || Path::new("/sys/kernel/debug/tracing/events").exists() {
+    static MOUNTING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = MOUNTING
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mounted = || {
+        Path::new("/sys/kernel/tracing/events").exists()
+            || Path::new("/sys/kernel/debug/tracing/events").exists()
+    };
+    if mounted() {
         return Ok(());
     }
     let c = |s: &str| std::ffi::CString::new(s).map_err(|e| ProbeError::Load(e.to_string()));
@@ -546,10 +555,12 @@ fn ensure_tracefs() -> Result<(), ProbeError> {
         )
     };
     if rc != 0 {
-        return Err(ProbeError::Load(format!(
-            "tracefs is not mounted and mounting it failed ({}); run `mount -t tracefs nodev /sys/kernel/tracing`",
-            std::io::Error::last_os_error()
-        )));
+        let error = std::io::Error::last_os_error();
+        if !mounted() {
+            return Err(ProbeError::Load(format!(
+                "tracefs is not mounted and mounting it failed ({error}); run `mount -t tracefs nodev /sys/kernel/tracing`"
+            )));
+        }
     }
     tracing::info!("mounted tracefs on /sys/kernel/tracing");
     Ok(())
