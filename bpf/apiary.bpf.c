@@ -139,23 +139,21 @@ struct {
 	__type(value, __u8);
 } cgroup_filter SEC(".maps");
 
-/* Buffers of reads in flight (the data is there only when the syscall returns). */
+/* An OpenSSL read in flight: its buffer holds the plaintext only when the call returns.
+ * (Socket reads need no such slot: their exit finds the syscall's arguments in the task's
+ * saved registers.) */
 struct ap_read_args {
 	__u64 buf;
 	__u64 conn_id;
 	__u64 len_ptr; /* SSL_read_ex: where OpenSSL stores the byte count */
-	__u32 fd;
-	__u32 iovec; /* buf points to a struct iovec */
 };
 
-/* One slot per thread in the thread's own storage: a read's enter and exit find it without a
- * hash update and delete per syscall (which cost more than the rest of a non-HTTP read). */
+/* One slot per thread in the thread's own storage: a read's entry and return find it without
+ * a hash update and delete per call. */
 struct ap_reads_in_flight {
-	struct ap_read_args plain; /* read/recvfrom/readv */
-	struct ap_read_args tls;   /* SSL_read/SSL_read_ex */
-	__u8 plain_set;
+	struct ap_read_args tls; /* SSL_read/SSL_read_ex */
 	__u8 tls_set;
-	__u8 pad[6];
+	__u8 pad[7];
 };
 
 struct {
@@ -428,13 +426,25 @@ static __always_inline struct ap_conn *fresh_conn(__u64 file, __u32 netns)
 }
 
 /* The connection behind an fd: from the cache while the fd still holds the same file, else
- * read from the socket once. NULL when the fd is not a TCP/UDP socket. */
-static __always_inline struct ap_conn *conn_of_fd(__u64 key, __u32 fd)
+ * read from the socket once. NULL when the fd is not a TCP/UDP socket.
+ *
+ * `kind` is the message's: a request checks that the fd still holds the cached file (close()
+ * deletes an entry, but dup2, exec's close-on-exec and close_range do not), a response trusts
+ * the entry. A new connection's first message is its request on both sides, so a reused fd is
+ * caught there, and the check (about 100 ns: four dependent loads down the fd table) is paid
+ * once per exchange instead of twice. */
+static __always_inline struct ap_conn *conn_of_fd(__u64 key, __u32 fd, int kind)
 {
+	struct ap_conn *conn;
+	if (kind == PREFIX_RESPONSE) {
+		conn = bpf_map_lookup_elem(&conns, &key);
+		if (conn)
+			return conn;
+	}
 	struct file *file = file_of_fd(fd);
 	if (!file)
 		return 0;
-	struct ap_conn *conn = bpf_map_lookup_elem(&conns, &key);
+	conn = bpf_map_lookup_elem(&conns, &key);
 	if (conn && conn->file == (__u64)file)
 		return conn;
 	struct sock *sk = sock_of_file(file);
@@ -685,7 +695,7 @@ static __always_inline void emit_message(__u32 probe, __u64 conn_id, const void 
 	struct ap_conn *conn;
 	if (probe == PROBE_HTTP) {
 		__u64 key = (bpf_get_current_pid_tgid() & 0xffffffff00000000ULL) | (__u32)conn_id;
-		conn = conn_of_fd(key, conn_id);
+		conn = conn_of_fd(key, conn_id, kind);
 	} else {
 		conn = conn_of_ssl(conn_id);
 	}
@@ -707,40 +717,27 @@ static __always_inline void socket_send(__u32 fd, const void *buf, __s64 len)
 	emit_message(PROBE_HTTP, fd, buf, len, DIR_EGRESS);
 }
 
-static __always_inline void remember_read(__u32 fd, __u64 buf, __u32 iovec)
+/* A read on a socket returned `ret` bytes. Its fd and buffer are the syscall's own arguments,
+ * still in the registers the task saved on entry (the kernel does not change them): no program
+ * on the syscall's entry, and nothing kept per thread between entry and exit. */
+static __always_inline void finish_read(__s64 ret, __u32 iovec)
 {
-	if (!probe_enabled(PROBE_HTTP))
+	if (ret <= 0 || !probe_enabled(PROBE_HTTP))
 		return;
-	struct ap_reads_in_flight *reads = thread_reads(1);
-	if (!reads)
+	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+	if (!regs)
 		return;
-	reads->plain.buf = buf;
-	reads->plain.fd = fd;
-	reads->plain.iovec = iovec;
-	reads->plain.conn_id = fd;
-	reads->plain.len_ptr = 0;
-	reads->plain_set = 1;
-}
-
-static __always_inline void finish_read(__s64 ret)
-{
-	struct ap_reads_in_flight *reads = thread_reads(0);
-	if (!reads || !reads->plain_set)
-		return;
-	struct ap_read_args copy = reads->plain;
-	reads->plain_set = 0;
-	if (ret <= 0)
-		return;
-	__u64 buf = copy.buf;
-	if (copy.iovec) {
+	__u32 fd = regs->di;
+	__u64 buf = regs->si;
+	if (iovec) {
 		struct iovec first = {};
-		if (bpf_probe_read_user(&first, sizeof(first), (void *)copy.buf) < 0)
+		if (bpf_probe_read_user(&first, sizeof(first), (void *)buf) < 0)
 			return;
 		buf = (__u64)first.iov_base;
 		if ((__s64)first.iov_len < ret)
 			ret = first.iov_len;
 	}
-	emit_message(PROBE_HTTP, copy.fd, (void *)buf, ret, DIR_INGRESS);
+	emit_message(PROBE_HTTP, fd, (void *)buf, ret, DIR_INGRESS);
 }
 
 SEC("tracepoint/syscalls/sys_enter_write")
@@ -769,45 +766,24 @@ int http_enter_writev(struct ap_sys_enter_ctx *ctx)
 	return 0;
 }
 
-SEC("tracepoint/syscalls/sys_enter_read")
-int http_enter_read(struct ap_sys_enter_ctx *ctx)
-{
-	remember_read(ctx->args[0], ctx->args[1], 0);
-	return 0;
-}
-
-SEC("tracepoint/syscalls/sys_enter_recvfrom")
-int http_enter_recvfrom(struct ap_sys_enter_ctx *ctx)
-{
-	remember_read(ctx->args[0], ctx->args[1], 0);
-	return 0;
-}
-
-SEC("tracepoint/syscalls/sys_enter_readv")
-int http_enter_readv(struct ap_sys_enter_ctx *ctx)
-{
-	remember_read(ctx->args[0], ctx->args[1], 1);
-	return 0;
-}
-
 SEC("tracepoint/syscalls/sys_exit_read")
 int http_exit_read(struct ap_sys_exit_ctx *ctx)
 {
-	finish_read(ctx->ret);
+	finish_read(ctx->ret, 0);
 	return 0;
 }
 
 SEC("tracepoint/syscalls/sys_exit_recvfrom")
 int http_exit_recvfrom(struct ap_sys_exit_ctx *ctx)
 {
-	finish_read(ctx->ret);
+	finish_read(ctx->ret, 0);
 	return 0;
 }
 
 SEC("tracepoint/syscalls/sys_exit_readv")
 int http_exit_readv(struct ap_sys_exit_ctx *ctx)
 {
-	finish_read(ctx->ret);
+	finish_read(ctx->ret, 1);
 	return 0;
 }
 
@@ -838,8 +814,6 @@ static __always_inline void tls_remember_read(void *ssl, void *buf, void *len_pt
 	reads->tls.buf = (__u64)buf;
 	reads->tls.conn_id = (__u64)ssl;
 	reads->tls.len_ptr = (__u64)len_ptr;
-	reads->tls.fd = 0;
-	reads->tls.iovec = 0;
 	reads->tls_set = 1;
 }
 

@@ -42,28 +42,13 @@ const PROGRAMS: &[(&str, &str, Attach)] = &[
     ),
     (
         "http",
-        "http_enter_read",
-        Attach::Tracepoint("syscalls", "sys_enter_read"),
-    ),
-    (
-        "http",
         "http_exit_read",
         Attach::Tracepoint("syscalls", "sys_exit_read"),
     ),
     (
         "http",
-        "http_enter_recvfrom",
-        Attach::Tracepoint("syscalls", "sys_enter_recvfrom"),
-    ),
-    (
-        "http",
         "http_exit_recvfrom",
         Attach::Tracepoint("syscalls", "sys_exit_recvfrom"),
-    ),
-    (
-        "http",
-        "http_enter_readv",
-        Attach::Tracepoint("syscalls", "sys_enter_readv"),
     ),
     (
         "http",
