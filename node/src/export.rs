@@ -333,18 +333,22 @@ async fn batch_spans(export: std::sync::Weak<Export>, observer: Arc<Observer>) {
     let mut spans = observer.subscribe();
     let mut batch = Vec::with_capacity(BATCH_SPANS);
     loop {
+        // No timer while nothing waits: an idle node does not wake to find an empty batch.
+        match spans.recv().await {
+            Ok(span) => batch.push(span),
+            Err(RecvError::Lagged(missed)) => {
+                fell_behind(&export, missed);
+                continue;
+            }
+            Err(RecvError::Closed) => return,
+        }
         let deadline = tokio::time::sleep(BATCH_WAIT);
         tokio::pin!(deadline);
         while batch.len() < BATCH_SPANS {
             tokio::select! {
                 received = spans.recv() => match received {
                     Ok(span) => batch.push(span),
-                    Err(RecvError::Lagged(missed)) => {
-                        if let Some(export) = export.upgrade() {
-                            export.source_dropped.fetch_add(missed, Ordering::Relaxed);
-                        }
-                        tracing::warn!(missed, "export fell behind the probes; spans not exported");
-                    }
+                    Err(RecvError::Lagged(missed)) => fell_behind(&export, missed),
                     Err(RecvError::Closed) => return,
                 },
                 _ = &mut deadline => break,
@@ -358,6 +362,13 @@ async fn batch_spans(export: std::sync::Weak<Export>, observer: Arc<Observer>) {
             batch.clear();
         }
     }
+}
+
+fn fell_behind(export: &std::sync::Weak<Export>, missed: u64) {
+    if let Some(export) = export.upgrade() {
+        export.source_dropped.fetch_add(missed, Ordering::Relaxed);
+    }
+    tracing::warn!(missed, "export fell behind the probes; spans not exported");
 }
 
 /// Sends the cumulative RED histograms to every destination once per interval.

@@ -217,8 +217,9 @@ impl<S: Sink> Delivery<S> {
                 }
             };
             let Some((seq, item)) = next else {
-                let _ =
-                    tokio::time::timeout(Duration::from_millis(500), self.wake.notified()).await;
+                // Every enqueue notifies; the timeout is only a safety net, long enough that an
+                // idle destination costs no steady wakeups.
+                let _ = tokio::time::timeout(Duration::from_secs(5), self.wake.notified()).await;
                 continue;
             };
             let Some((signal, spans, payload)) = unframe(&item) else {
