@@ -97,6 +97,11 @@ pub struct NodeArgs {
     /// Run the mesh without eBPF probes (no root needed).
     #[arg(long, env = "APIARY_NO_PROBES")]
     pub no_probes: bool,
+    /// CPU niceness of the agent (0-19): above 0 the workload's threads run first when both
+    /// want a core; spans wait in the ring buffer meanwhile. 0 keeps the default priority.
+    #[arg(long, env = "APIARY_NICE", default_value_t = 10,
+          value_parser = clap::value_parser!(u8).range(0..=19))]
+    pub nice: u8,
 }
 
 pub async fn run(args: NodeArgs, seed: ClusterSeed) -> Result<()> {
@@ -104,6 +109,7 @@ pub async fn run(args: NodeArgs, seed: ClusterSeed) -> Result<()> {
         // Before anything is created on disk: one clear error, not a half-started node.
         apiary_probes::check_privileges()?;
     }
+    crate::priority::lower(args.nice)?;
     let name = match &args.name {
         Some(name) => name.clone(),
         None if args.dev => "dev".to_string(),

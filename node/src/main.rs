@@ -14,6 +14,7 @@ mod init;
 mod intensity;
 mod metrics;
 mod peer;
+mod priority;
 mod probes;
 mod progress;
 mod receiver;

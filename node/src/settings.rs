@@ -52,6 +52,7 @@ pub struct FileSettings {
     pub otlp_grpc: Option<String>,
     pub otlp_http: Option<String>,
     pub no_probes: Option<bool>,
+    pub nice: Option<u8>,
     /// The first config of a cluster this node creates (ignored when joining or restarting).
     #[serde(default)]
     pub cluster: ClusterSeed,
@@ -147,6 +148,7 @@ pub fn layer(args: &mut NodeArgs, file: FileSettings, matches: &ArgMatches) -> C
         otlp_grpc,
         otlp_http,
         no_probes,
+        nice,
     );
     file.cluster
 }
@@ -187,6 +189,7 @@ pub fn print_effective(args: &NodeArgs, seed: &ClusterSeed) -> Result<()> {
     put("otlp_grpc", Some(text(&args.otlp_grpc)));
     put("otlp_http", Some(text(&args.otlp_http)));
     put("no_probes", Some(toml::Value::Boolean(args.no_probes)));
+    put("nice", Some(toml::Value::Integer(args.nice.into())));
     let mut out = toml::to_string(&table).context("cannot print the settings")?;
     if !seed.0.is_empty() {
         out.push_str("\n[cluster]\n");

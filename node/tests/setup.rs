@@ -308,3 +308,37 @@ fn the_wizard_asks_and_writes_the_answers() {
     );
     assert!(screen.contains("apiary node --config"), "{screen}");
 }
+
+/// The niceness of every thread of a process (field 19 of /proc/PID/task/TID/stat).
+fn thread_nices(pid: u32) -> Vec<i64> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("stat")).ok())
+        .filter_map(|stat| {
+            // Fields after the command name (which may hold spaces) start at field 3.
+            let rest = &stat[stat.rfind(')')? + 1..];
+            rest.split_whitespace().nth(16)?.parse().ok()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn the_agent_runs_below_the_workload_priority_unless_told_not_to() {
+    let cluster = Cluster::start(1).await;
+    let pid = cluster.nodes[0].pid().unwrap();
+    let nices = thread_nices(pid);
+    assert!(nices.len() > 2, "threads: {nices:?}");
+    // Every thread, those of the async runtime and of the storage included: 10 by default
+    // (more only if the test runner itself runs niced above that).
+    assert!(nices.iter().all(|&n| n >= 10), "{nices:?}");
+    drop(cluster);
+
+    let kept = Cluster::start_with(1, &["--no-probes", "--nice", "0"]).await;
+    let runner = thread_nices(std::process::id())[0];
+    let nices = thread_nices(kept.nodes[0].pid().unwrap());
+    assert!(nices.iter().all(|&n| n == runner), "{nices:?}");
+
+    let (ok, _, err) = cli(&["node", "--no-probes", "--nice", "20"]);
+    assert!(!ok);
+    assert!(err.contains("--nice") && err.contains("0..=19"), "{err}");
+}
