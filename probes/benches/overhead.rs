@@ -2,8 +2,11 @@
 //! p50/p99 latency with no probes, with every probe at sample_rate 1 and at 0.1, and the kernel
 //! time the probes spend per request (BPF run-time statistics). Needs root.
 //!
+//! Then p99 at a fixed request rate, no probes against all probes, in alternating rounds.
+//!
 //! `cargo bench -p apiary-probes --bench overhead` (APIARY_BENCH_REQUESTS per connection,
-//! default 20 000, 4 connections).
+//! default 20 000, 4 connections; APIARY_BENCH_RATE for the fixed rate, default 2 000 req/s;
+//! APIARY_BENCH_PHASE_SECONDS per round and mode, default 5).
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -15,7 +18,7 @@ mod loopback;
 
 use apiary_config::{apply_settings, ClusterConfig, Setting};
 use apiary_probes::{spawn_reader, Observer, ProbeReport, ProbeSet};
-use loopback::{percentile, server, RESPONSE};
+use loopback::{paced, percentile, server, RESPONSE};
 
 const CONNECTIONS: usize = 4;
 
@@ -93,7 +96,7 @@ fn main() {
     let observer = Arc::new(Observer::default());
     let events = probes.take_events().unwrap();
     let _runtime = runtime.enter();
-    let _reader = spawn_reader(events, observer.clone()).unwrap();
+    let reader = spawn_reader(events, observer.clone()).unwrap();
     for rate in [1.0, 0.1] {
         let setting = |key: &str| Setting {
             key: format!("probe.{key}.sample_rate"),
@@ -200,5 +203,75 @@ fn main() {
         observer
             .spans_total
             .load(std::sync::atomic::Ordering::Relaxed)
+    );
+    reader.abort();
+    fixed_rate(port, quick, &runtime);
+}
+
+/// p99 at a fixed request rate (open loop, as a service sees it), with no probes loaded and with
+/// every probe at rate 1, alternating so that the machine's drift shows in both; the medians
+/// of the rounds are compared. The closed loop above measures throughput: there every request
+/// waits for the one before it, so the kernel time added per request is added to every latency.
+fn fixed_rate(port: u16, quick: bool, runtime: &tokio::runtime::Runtime) {
+    let number = |name: &str, default: f64| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let rate = number("APIARY_BENCH_RATE", 2_000.0);
+    let phase = Duration::from_secs_f64(number(
+        "APIARY_BENCH_PHASE_SECONDS",
+        if quick { 0.5 } else { 5.0 },
+    ));
+    let rounds = if quick { 1 } else { 5 };
+    let full = apply_settings(
+        &ClusterConfig::default(),
+        &["http", "tls", "tcp", "process"].map(|probe| Setting {
+            key: format!("probe.{probe}.sample_rate"),
+            value: serde_json::json!(1.0),
+        }),
+    )
+    .unwrap();
+    let (mut none, mut traced) = (Vec::new(), Vec::new());
+    println!();
+    println!("p99 at a fixed {rate:.0} req/s, {CONNECTIONS} connections, {rounds} rounds of {phase:?} per mode:");
+    println!(
+        "{:>5} | {:>14} | {:>17} | {:>6}",
+        "round", "no probes µs", "all probes µs", "ratio"
+    );
+    for round in 1..=rounds {
+        let lat = paced(port, rate, phase, CONNECTIONS);
+        let p99_none = percentile(&lat, 0.99);
+        let mut probes = ProbeSet::load(&[]).expect("load probes");
+        probes.apply(&full).unwrap();
+        let observer = Arc::new(Observer::default());
+        let reader = {
+            let _entered = runtime.enter();
+            spawn_reader(probes.take_events().unwrap(), observer).unwrap()
+        };
+        let lat = paced(port, rate, phase, CONNECTIONS);
+        let p99_traced = percentile(&lat, 0.99);
+        reader.abort();
+        drop(probes);
+        println!(
+            "{round:>5} | {:>14.1} | {:>17.1} | {:>5.3}x",
+            p99_none.as_secs_f64() * 1e6,
+            p99_traced.as_secs_f64() * 1e6,
+            p99_traced.as_secs_f64() / p99_none.as_secs_f64()
+        );
+        none.push(p99_none);
+        traced.push(p99_traced);
+    }
+    none.sort();
+    traced.sort();
+    let (median_none, median_traced) = (none[none.len() / 2], traced[traced.len() / 2]);
+    println!(
+        "median p99: no probes {:.1} µs, all probes {:.1} µs: {:.3}x (goal <= 1.02x); the no-probe rounds spread {:.1}-{:.1} µs",
+        median_none.as_secs_f64() * 1e6,
+        median_traced.as_secs_f64() * 1e6,
+        median_traced.as_secs_f64() / median_none.as_secs_f64(),
+        none[0].as_secs_f64() * 1e6,
+        none[none.len() - 1].as_secs_f64() * 1e6,
     );
 }
