@@ -76,19 +76,33 @@ struct {
  * switch. Events are written without a wakeup; the reader drains on a timer, and is woken at
  * once when this much data waits (an eighth of the ring), so a burst cannot fill it.
  *
- * Only the writes that find the backlog just past the mark wake it (WAKEUP_WINDOW: a few
- * dozen records, in case several CPUs cross it at once). A reader that stays behind (busy, or
- * niced below a workload that saturates the machine) was otherwise asked to wake by every write
- * above the mark: each traced syscall paid a forced wakeup, and the kernel time per request
- * went from 1.3 to 4.4 us in the overhead bench, just when the machine had no time to spare. */
+ * Above the mark each CPU asks for a wakeup at most once per WAKEUP_GAP_NS. A reader that stays
+ * behind (busy, or niced below a workload that saturates the machine) was otherwise asked to
+ * wake by every write: each traced syscall paid a forced wakeup, and the kernel time per request
+ * went from 1.3 to 4.4 us in the overhead bench, just when the machine had no time to spare.
+ * (Waking only the writes that cross the mark would be free, but several CPUs writing at once
+ * can jump over any window, and the reader would then wait for its timer.) */
 #define WAKEUP_BYTES (1024 * 1024)
-#define WAKEUP_WINDOW (16 * 1024)
+#define WAKEUP_GAP_NS 1000000
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} last_wakeup SEC(".maps");
 
 static __always_inline __u64 wakeup_flags(void)
 {
-	__u64 waiting = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
-	return waiting >= WAKEUP_BYTES && waiting < WAKEUP_BYTES + WAKEUP_WINDOW ? BPF_RB_FORCE_WAKEUP
-										   : BPF_RB_NO_WAKEUP;
+	if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) < WAKEUP_BYTES)
+		return BPF_RB_NO_WAKEUP;
+	__u32 zero = 0;
+	__u64 *last = bpf_map_lookup_elem(&last_wakeup, &zero);
+	__u64 now = bpf_ktime_get_ns();
+	if (!last || now - *last < WAKEUP_GAP_NS)
+		return BPF_RB_NO_WAKEUP;
+	*last = now;
+	return BPF_RB_FORCE_WAKEUP;
 }
 
 struct {
@@ -437,16 +451,18 @@ static __always_inline struct ap_conn *fresh_conn(__u64 file, __u32 netns)
  * read from the socket once. NULL when the fd is not a TCP/UDP socket.
  *
  * `kind` is the message's: a request checks that the fd still holds the cached file (close()
- * deletes an entry, but dup2, exec's close-on-exec and close_range do not), a response trusts
- * the entry. A new connection's first message is its request on both sides, so a reused fd is
- * caught there, and the check (about 100 ns: four dependent loads down the fd table) is paid
- * once per exchange instead of twice. */
+ * deletes an entry, but dup2, exec's close-on-exec and close_range do not); a response that
+ * answers a request seen on this entry trusts it. A new connection's first message is its
+ * request on both sides, so a reused fd is caught there, and the check (about 100 ns: four
+ * dependent loads down the fd table) is paid once per exchange instead of twice. A response
+ * with no request outstanding (its request went by an untraced path, or the fd is not what
+ * it was) is checked like a request. */
 static __always_inline struct ap_conn *conn_of_fd(__u64 key, __u32 fd, int kind)
 {
 	struct ap_conn *conn;
 	if (kind == PREFIX_RESPONSE) {
 		conn = bpf_map_lookup_elem(&conns, &key);
-		if (conn)
+		if (conn && (conn->waiting || conn->in_flight))
 			return conn;
 	}
 	struct file *file = file_of_fd(fd);
@@ -882,6 +898,19 @@ SEC("uretprobe")
 int BPF_KRETPROBE(tls_ssl_read_ex_ret, int ret)
 {
 	tls_finish_read(ret);
+	return 0;
+}
+
+/* SSL_free: the next connection's SSL object often gets the same address, and must not inherit
+ * this one's entry (a request that never got its response would make the next one look
+ * pipelined, and its response would be paired with the old request). */
+SEC("uprobe")
+int BPF_KPROBE(tls_ssl_free, void *ssl)
+{
+	__u64 key = TLS_CONN_KEY(ssl, bpf_get_current_pid_tgid() >> 32);
+	/* Most SSL objects freed were never seen carrying HTTP: a lookup takes no lock. */
+	if (bpf_map_lookup_elem(&conns, &key))
+		bpf_map_delete_elem(&conns, &key);
 	return 0;
 }
 

@@ -65,6 +65,7 @@ const PROGRAMS: &[(&str, &str, Attach)] = &[
     ("tls", "tls_ssl_read_ret", Attach::Uretprobe("SSL_read")),
     ("tls", "tls_ssl_write_ex", Attach::Uprobe("SSL_write_ex")),
     ("tls", "tls_ssl_read_ex", Attach::Uprobe("SSL_read_ex")),
+    ("tls", "tls_ssl_free", Attach::Uprobe("SSL_free")),
     (
         "tls",
         "tls_ssl_read_ex_ret",

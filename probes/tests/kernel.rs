@@ -58,6 +58,32 @@ fn python_server(port: u16, tls: Option<&std::path::Path>) -> Server {
     Server(child)
 }
 
+/// A directory holding a self-signed `cert.pem` and `key.pem` for localhost.
+fn self_signed() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let status = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+        ])
+        .arg("-keyout")
+        .arg(dir.path().join("key.pem"))
+        .arg("-out")
+        .arg(dir.path().join("cert.pem"))
+        .stderr(Stdio::null())
+        .status()
+        .expect("openssl");
+    assert!(status.success());
+    dir
+}
+
 /// Runs curl; returns (status, seconds curl measured).
 fn curl(url: &str, extra: &[&str]) -> (u16, f64) {
     let output = Command::new("curl")
@@ -228,7 +254,8 @@ async fn sampling_and_disabling_change_live_without_reload() {
     for _ in 0..100 {
         get(port, "/off");
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Everything the kernel wrote for those requests is read before counting.
+    probes.observer.sync(Duration::from_secs(5)).await;
     let new_spans = spans_on_port(&probes.observer, port)
         .into_iter()
         .filter(|s| s.target == "/off")
@@ -353,27 +380,7 @@ async fn https_spans_through_the_tls_probe() {
     if apiary_probes::find_libssl().is_none() {
         panic!("no libssl.so.3 on this machine; .ci/run installs libssl3");
     }
-    let dir = tempfile::tempdir().unwrap();
-    let status = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=localhost",
-        ])
-        .arg("-keyout")
-        .arg(dir.path().join("key.pem"))
-        .arg("-out")
-        .arg(dir.path().join("cert.pem"))
-        .stderr(Stdio::null())
-        .status()
-        .expect("openssl");
-    assert!(status.success());
+    let dir = self_signed();
     let port = free_port();
     let probes = load(&config(&[("probe.http.enabled", json!(false))]));
     let _server = python_server(port, Some(dir.path()));
@@ -489,5 +496,88 @@ async fn a_reused_fd_reports_its_new_connection() {
             .iter()
             .all(|s| s.target != "/after-dup2"),
         "the request after dup2 was reported on the first connection"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_freed_tls_connection_leaves_nothing_to_the_next() {
+    require_root!("a_freed_tls_connection_leaves_nothing_to_the_next");
+    if apiary_probes::find_libssl().is_none() {
+        panic!("no libssl.so.3 on this machine; .ci/run installs libssl3");
+    }
+    let dir = self_signed();
+    let port = free_port();
+    // One connection at a time, so the next SSL object is likely to get the freed one's
+    // address; /drop reads the request and closes without answering.
+    let script = format!(
+        "import http.server as h, ssl\n\
+         class H(h.BaseHTTPRequestHandler):\n\
+         \x20   def do_GET(self):\n\
+         \x20       if self.path.startswith('/drop'):\n\
+         \x20           self.close_connection = True\n\
+         \x20           return\n\
+         \x20       self.send_response(200)\n\
+         \x20       self.send_header('Content-Length', '2')\n\
+         \x20       self.end_headers()\n\
+         \x20       self.wfile.write(b'ok')\n\
+         \x20   def log_message(self, *args): pass\n\
+         s = h.HTTPServer(('127.0.0.1', {port}), H)\n\
+         c = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)\n\
+         c.load_cert_chain('{0}/cert.pem', '{0}/key.pem')\n\
+         s.socket = c.wrap_socket(s.socket, server_side=True)\n\
+         s.serve_forever()",
+        dir.path().display()
+    );
+    let probes = load(&config(&[("probe.http.enabled", json!(false))]));
+    let _server = Server(
+        Command::new("python3")
+            .args(["-c", &script])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3"),
+    );
+    wait_listening(port);
+    for round in 0..3 {
+        curl(
+            &format!("https://127.0.0.1:{port}/drop/{round}"),
+            &["-m", "5"],
+        );
+        let (status, _) = curl(&format!("https://127.0.0.1:{port}/ok/{round}"), &[]);
+        assert_eq!(status, 200);
+    }
+    let start = Instant::now();
+    let server_spans = loop {
+        let spans: Vec<Span> = probes
+            .observer
+            .recent_spans()
+            .into_iter()
+            .filter(|s| s.probe == "tls" && s.kind == SpanKind::Server)
+            .map(|s| (*s).clone())
+            .collect();
+        if spans
+            .iter()
+            .filter(|s| s.target.starts_with("/ok/"))
+            .count()
+            >= 3
+            || start.elapsed() > Duration::from_secs(10)
+        {
+            break spans;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // Each answered request has its own response; no unanswered one took another's.
+    for round in 0..3 {
+        let target = format!("/ok/{round}");
+        assert!(
+            server_spans
+                .iter()
+                .any(|s| s.target == target && s.status == 200),
+            "no server span for {target} with its 200: {server_spans:#?}"
+        );
+    }
+    assert!(
+        server_spans.iter().all(|s| !s.target.starts_with("/drop/")),
+        "an unanswered request was paired with the next connection's response: {server_spans:#?}"
     );
 }
