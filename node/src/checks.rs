@@ -97,14 +97,17 @@ fn kernel_version() -> Check {
         .split(|c: char| !c.is_ascii_digit())
         .filter_map(|n| n.parse::<u32>().ok());
     let version = (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0));
-    // The BPF ring buffer (5.8) carries every probe event.
-    if version >= (5, 8) {
+    // The newest helper the probes use is bpf_task_pt_regs (5.15): socket reads find their
+    // arguments with it. The ring buffer (5.8) and task storage (5.11) are older.
+    if version >= (5, 15) {
         Check::ok("kernel", format!("Linux {release}"))
     } else {
         Check::fail(
             "kernel",
-            format!("Linux {release:?} is older than 5.8, which added the BPF ring buffer"),
-            "run on a kernel 5.8 or newer (any current distribution kernel)",
+            format!(
+                "Linux {release:?} is older than 5.15, which the http probe needs (bpf_task_pt_regs)"
+            ),
+            "run on a kernel 5.15 or newer (any current distribution kernel)",
         )
     }
 }
