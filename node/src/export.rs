@@ -331,6 +331,8 @@ impl Export {
 /// Collects spans into batches of up to 512 or 200 ms, whichever comes first.
 async fn batch_spans(export: std::sync::Weak<Export>, observer: Arc<Observer>) {
     let mut spans = observer.subscribe();
+    // Not kept: the channel closes (and this task ends) when the observer's owners drop it.
+    drop(observer);
     let mut batch = Vec::with_capacity(BATCH_SPANS);
     loop {
         // No timer while nothing waits: an idle node does not wake to find an empty batch.

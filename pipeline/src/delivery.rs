@@ -217,9 +217,10 @@ impl<S: Sink> Delivery<S> {
                 }
             };
             let Some((seq, item)) = next else {
-                // Every enqueue notifies; the timeout is only a safety net, long enough that an
-                // idle destination costs no steady wakeups.
-                let _ = tokio::time::timeout(Duration::from_secs(5), self.wake.notified()).await;
+                // Every enqueue notifies; the timeout is a safety net (a destination replaced while
+                // an enqueue ran notifies the old delivery), long enough that an idle destination
+                // costs few wakeups.
+                let _ = tokio::time::timeout(Duration::from_secs(1), self.wake.notified()).await;
                 continue;
             };
             let Some((signal, spans, payload)) = unframe(&item) else {
