@@ -98,8 +98,9 @@ pub struct NodeArgs {
     #[arg(long, env = "APIARY_NO_PROBES")]
     pub no_probes: bool,
     /// CPU niceness of the agent (0-19): above 0 the workload's threads run first when both
-    /// want a core; spans wait in the ring buffer meanwhile. 0 keeps the default priority.
-    #[arg(long, env = "APIARY_NICE", default_value_t = 10,
+    /// want a core, and spans wait in the ring buffer meanwhile. 0 (the default) keeps the
+    /// default priority; see docs/operations.md before raising it on saturated machines.
+    #[arg(long, env = "APIARY_NICE", default_value_t = 0,
           value_parser = clap::value_parser!(u8).range(0..=19))]
     pub nice: u8,
 }

@@ -1,17 +1,18 @@
-//! The agent's CPU priority: it yields to the programs it watches.
+//! The agent's CPU priority (`--nice`): it can yield to the programs it watches.
 //!
 //! Spans wait in the probes' ring buffer (seconds of them at thousands of requests/s), so the
 //! agent can run a little later without losing anything, while a request that waits behind it
 //! shows in the workload's tail latency. A niceness above 0 lets the scheduler run the
-//! workload's threads first when both want a core; the agent still gets its share (about a
-//! tenth of a contended core at nice 10 against nice-0 threads), which Raft heartbeats and the
-//! ring drain need.
+//! workload's threads first when both want a core. Off by default: on a machine the workload
+//! saturates, a niced reader falls behind and loses records (docs/operations.md has the figures).
 
 use anyhow::{Context, Result};
 
-/// Gives every thread of this process (and so every thread they start later) `nice`.
+/// Gives every thread of this process (and so every thread they start later) at least `nice`:
+/// a thread already niced higher (`nice -n 15 apiary node`, systemd's `Nice=`) keeps its value.
 /// Linux keeps a niceness per thread: setting it for the process alone would leave the
-/// runtime's workers as they were.
+/// runtime's workers as they were. A refusal (a container without the right) is a warning, not
+/// a reason to stop the node.
 pub fn lower(nice: u8) -> Result<()> {
     if nice > 19 {
         anyhow::bail!("nice = {nice}: the niceness must be 0 to 19 (0 keeps the default priority)");
@@ -19,6 +20,7 @@ pub fn lower(nice: u8) -> Result<()> {
     if nice == 0 {
         return Ok(());
     }
+    let nice = libc::c_int::from(nice);
     let tasks =
         std::fs::read_dir("/proc/self/task").context("cannot list this process's threads")?;
     for task in tasks {
@@ -29,15 +31,28 @@ pub fn lower(nice: u8) -> Result<()> {
         }) else {
             continue;
         };
+        if niceness(tid).is_some_and(|current| current >= nice) {
+            continue;
+        }
         // SAFETY: setpriority takes plain integers and touches no memory of ours.
-        let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, libc::c_int::from(nice)) };
-        if rc != 0 {
-            let error = std::io::Error::last_os_error();
-            // A thread that ended since the listing is no failure.
-            if error.raw_os_error() != Some(libc::ESRCH) {
+        if unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, nice) } == 0 {
+            continue;
+        }
+        let error = std::io::Error::last_os_error();
+        match error.raw_os_error() {
+            // A thread that ended since the listing.
+            Some(libc::ESRCH) => continue,
+            Some(libc::EACCES | libc::EPERM) => {
+                tracing::warn!(
+                    nice,
+                    "cannot lower the agent's CPU priority ({error}); it competes with the workload at its current priority"
+                );
+                return Ok(());
+            }
+            _ => {
                 return Err(error).with_context(|| {
                     format!("cannot lower the agent's priority to nice {nice} (--nice 0 keeps it)")
-                });
+                })
             }
         }
     }
@@ -46,6 +61,18 @@ pub fn lower(nice: u8) -> Result<()> {
         "the agent runs at a lower CPU priority than the workload (--nice)"
     );
     Ok(())
+}
+
+/// A thread's niceness, or None when it cannot be read.
+fn niceness(tid: libc::id_t) -> Option<libc::c_int> {
+    // getpriority returns -1 both as a niceness and as an error: errno tells them apart.
+    // SAFETY: __errno_location returns this thread's errno slot, valid for the thread's life;
+    // getpriority takes plain integers.
+    unsafe {
+        *libc::__errno_location() = 0;
+        let value = libc::getpriority(libc::PRIO_PROCESS, tid);
+        (value != -1 || *libc::__errno_location() == 0).then_some(value)
+    }
 }
 
 #[cfg(test)]
@@ -67,6 +94,9 @@ mod tests {
         assert!(before >= 7, "a thread started before has nice {before}");
         assert!(after >= 7, "a thread started after has nice {after}");
         assert!(current_nice() >= 7);
+        // A lower value never raises a thread's priority back.
+        super::lower(3).unwrap();
+        assert!(current_nice() >= 7, "nice went back to {}", current_nice());
     }
 
     fn current_nice() -> i32 {

@@ -52,6 +52,7 @@ pub struct FileSettings {
     pub otlp_grpc: Option<String>,
     pub otlp_http: Option<String>,
     pub no_probes: Option<bool>,
+    #[serde(default, deserialize_with = "niceness")]
     pub nice: Option<u8>,
     /// The first config of a cluster this node creates (ignored when joining or restarting).
     #[serde(default)]
@@ -205,6 +206,16 @@ fn scope_text(scope: &Scope) -> String {
     match scope {
         Scope::Cgroup(path) => format!("cgroup:{}", path.display()),
         Scope::Netns(name) => format!("netns:{name}"),
+    }
+}
+
+/// `nice`: 0 to 19, as `--nice` takes it.
+fn niceness<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<u8>, D::Error> {
+    match u8::deserialize(deserializer)? {
+        nice @ 0..=19 => Ok(Some(nice)),
+        nice => Err(de::Error::custom(format!(
+            "nice = {nice}: the niceness must be 0 to 19 (0 keeps the default priority)"
+        ))),
     }
 }
 
@@ -419,6 +430,13 @@ mod tests {
         let text = error.to_string();
         assert!(text.contains("line 3"), "{text}");
         assert!(text.contains("probe.http.sample_rate"), "{text}");
+
+        let error = FileSettings::parse("name = \"a\"\nnice = 25\n").expect_err("nice > 19");
+        let text = error.to_string();
+        assert!(
+            text.contains("line 2") && text.contains("0 to 19"),
+            "{text}"
+        );
 
         let error = FileSettings::parse("[cluster.probe.htp]\nenabled = true\n")
             .expect_err("unknown probe");

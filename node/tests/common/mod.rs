@@ -69,6 +69,8 @@ impl Node {
             ])
             .args(&self.extra)
             .env("APIARY_LOG", "info,openraft=warn")
+            // The tests' nodes run at the default niceness whatever the runner exports.
+            .env_remove("APIARY_NICE")
             .stdin(Stdio::null())
             .stdout(log("out"))
             .stderr(log("err"));
