@@ -69,8 +69,10 @@ pub struct CpuUse {
     /// The agent's lowest CPU of the last minute: its cost with nothing to do.
     pub quiet_percent: f64,
     pub over_budget: bool,
-    /// Over budget, and the kernel time and quiet agent alone already exceed it: a lower rate
-    /// cannot bring the node under (more nodes, fewer probes or filters can).
+    /// Over budget with no CPU cap on the spans this round: the kernel time and quiet agent
+    /// alone exceed the budget, or what a lower rate would save is within the measurement's
+    /// noise. Sampling is not what brings the node under (more nodes, fewer probes or filters
+    /// can).
     pub beyond_sampling: bool,
 }
 

@@ -73,7 +73,9 @@ async fn replicated_config_drives_the_probes_of_a_node() {
         .await;
     let runs_before = http["runs"].as_u64().unwrap();
     curl(&format!("http://127.0.0.1:{port}/quiet/1"));
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Longer than the reader's idle drain interval (500 ms) and its timer's slack: a span that
+    // leaked through would be exported by then.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
     assert!(spans_for(&cluster, "/quiet/1").await.is_empty());
 
     let (status, _) = cluster.set(0, "probe.http.enabled", json!(true)).await;

@@ -21,8 +21,6 @@ use apiary_probes::{spawn_reader, Observer, ProbeReport, ProbeSet};
 use loopback::{paced, percentile, server, RESPONSE};
 
 const CONNECTIONS: usize = 4;
-/// `apiary node --nice`'s default.
-const AGENT_NICE: libc::c_int = 10;
 
 /// Runs the load; returns (requests per second, sorted latencies).
 fn load(port: u16, per_connection: usize) -> (f64, Vec<Duration>) {
@@ -54,6 +52,10 @@ fn load(port: u16, per_connection: usize) -> (f64, Vec<Duration>) {
     (all.len() as f64 / elapsed, all)
 }
 
+fn lost(reports: &[ProbeReport]) -> u64 {
+    reports.iter().map(|r| r.lost).sum()
+}
+
 fn kernel_ns(reports: &[ProbeReport]) -> u64 {
     reports.iter().map(|r| r.run_time_ns).sum()
 }
@@ -65,6 +67,8 @@ struct Row {
     p99: Duration,
     kernel_ns_per_request: Option<f64>,
     http_ns_per_run: Option<f64>,
+    /// Ring records the kernel could not write (the reader behind).
+    lost: Option<u64>,
     /// Per program: (name, runs per request, ns per run), programs that ran only.
     programs: Vec<(&'static str, f64, f64)>,
 }
@@ -80,16 +84,8 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(if quick { 200 } else { 20_000 });
-    // The ring reader runs as in the agent, which lowers itself to nice 10 by default (--nice):
-    // the load generator and server threads here keep the default priority.
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .on_thread_start(|| {
-            // SAFETY: setpriority takes plain integers; 0 means the calling thread.
-            unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, AGENT_NICE) };
-        })
-        .build()
-        .unwrap();
+    // The ring reader runs at the default priority, as the agent does unless given --nice.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
     let port = server();
     // Warm up long enough that the first row is not slower for a cold machine (a 10 % warm-up
     // left it at a quarter of the last row right after a build).
@@ -103,6 +99,7 @@ fn main() {
         p99: percentile(&lat, 0.99),
         kernel_ns_per_request: None,
         http_ns_per_run: None,
+        lost: None,
         programs: Vec::new(),
     });
     let mut probes = ProbeSet::load(&[]).expect("load probes");
@@ -140,6 +137,7 @@ fn main() {
             p99: percentile(&lat, 0.99),
             kernel_ns_per_request: Some((kernel_ns(&after) - kernel_ns(&before)) as f64 / requests),
             http_ns_per_run: Some((ns1 - ns0) as f64 / (runs1 - runs0).max(1) as f64),
+            lost: Some(lost(&after) - lost(&before)),
             programs: programs_after
                 .iter()
                 .zip(&programs_before)
@@ -160,6 +158,7 @@ fn main() {
         p99: percentile(&lat, 0.99),
         kernel_ns_per_request: None,
         http_ns_per_run: None,
+        lost: None,
         programs: Vec::new(),
     });
 
@@ -170,7 +169,7 @@ fn main() {
         "loopback HTTP/1.1 keep-alive, {CONNECTIONS} connections x {per_connection} requests; client and server both traced"
     );
     println!(
-        "{:<22} | {:>9} | {:>8} | {:>8} | {:>9} | {:>10} | {:>12} | {:>10}",
+        "{:<22} | {:>9} | {:>8} | {:>8} | {:>9} | {:>10} | {:>12} | {:>10} | {:>8}",
         "mode",
         "req/s",
         "p50 µs",
@@ -178,12 +177,13 @@ fn main() {
         "rps ratio",
         "p99 ratio",
         "kernel ns/req",
-        "http ns/run"
+        "http ns/run",
+        "lost"
     );
     for row in &rows {
         let opt = |v: Option<f64>| v.map(|v| format!("{v:.0}")).unwrap_or_else(|| "-".into());
         println!(
-            "{:<22} | {:>9.0} | {:>8.1} | {:>8.1} | {:>8.3}x | {:>9.3}x | {:>13} | {:>10}",
+            "{:<22} | {:>9.0} | {:>8.1} | {:>8.1} | {:>8.3}x | {:>9.3}x | {:>13} | {:>10} | {:>8}",
             row.mode,
             row.rps,
             row.p50.as_secs_f64() * 1e6,
@@ -192,6 +192,9 @@ fn main() {
             row.p99.as_secs_f64() / base_p99,
             opt(row.kernel_ns_per_request),
             opt(row.http_ns_per_run),
+            row.lost
+                .map(|n| n.to_string())
+                .unwrap_or_else(|| "-".into()),
         );
     }
     println!(
