@@ -300,6 +300,7 @@ pub async fn run(args: NodeArgs, seed: ClusterSeed) -> Result<()> {
         probes.clone(),
     );
     let _ = intensity_slot.set(intensity.clone());
+    let finishing = export.clone();
     let state = Arc::new(ApiState {
         intensity,
         consensus: consensus.clone(),
@@ -314,6 +315,7 @@ pub async fn run(args: NodeArgs, seed: ClusterSeed) -> Result<()> {
         .await
         .context("the API server failed")?;
     tracing::info!("shutting down");
+    finishing.finish().await;
     consensus.shutdown().await;
     Ok(())
 }

@@ -290,7 +290,7 @@ fn print_intensity(intensity: &Value) {
     let cpu = &intensity["cpu"];
     if cpu["over_budget"].as_bool() == Some(true) {
         let fixed = if cpu["beyond_sampling"].as_bool() == Some(true) {
-            "sampling cannot bring it under: fewer probes, filters or more nodes can"
+            "a lower rate would not bring it under (or would save less than the measurement's noise): fewer probes, filters or more nodes can"
         } else {
             "the rest is per-span work, which a lower rate reduces"
         };

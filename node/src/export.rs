@@ -86,6 +86,8 @@ pub struct Export {
     pub server_spans: Arc<ServerSpanIndex>,
     /// The probes' observer, when the node runs probes: the receiver syncs with it.
     pub observer: Option<Arc<Observer>>,
+    /// Asks the span batcher to enqueue what it holds at once; it answers when it has.
+    flush_requests: tokio::sync::mpsc::UnboundedSender<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl Export {
@@ -96,7 +98,9 @@ impl Export {
         resource: ResourceInfo,
         options: ExportOptions,
     ) -> Result<Arc<Self>> {
+        let (flush_requests, flushes) = tokio::sync::mpsc::unbounded_channel();
         let export = Arc::new(Export {
+            flush_requests,
             store,
             resource,
             options,
@@ -126,10 +130,23 @@ impl Export {
             // span of its request.
             let index = export.server_spans.clone();
             observer.set_export_tap(Box::new(move |span| index.remember(span)));
-            tokio::spawn(batch_spans(Arc::downgrade(&export), observer));
+            tokio::spawn(batch_spans(Arc::downgrade(&export), observer, flushes));
             tokio::spawn(export_red_metrics(Arc::downgrade(&export)));
         }
         Ok(export)
+    }
+
+    /// At shutdown: the probes' records still in the ring and the spans the batcher holds go
+    /// into the destinations' disk buffers, to be delivered after a restart rather than lost.
+    pub async fn finish(&self) {
+        const WAIT: Duration = Duration::from_secs(2);
+        if let Some(observer) = &self.observer {
+            observer.sync(WAIT).await;
+        }
+        let (done, enqueued) = tokio::sync::oneshot::channel();
+        if self.flush_requests.send(done).is_ok() {
+            let _ = tokio::time::timeout(WAIT, enqueued).await;
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Active>> {
@@ -328,40 +345,64 @@ impl Export {
     }
 }
 
-/// Collects spans into batches of up to 512 or 200 ms, whichever comes first.
-async fn batch_spans(export: std::sync::Weak<Export>, observer: Arc<Observer>) {
+/// Collects spans into batches of up to 512 or 200 ms, whichever comes first, or at once when
+/// [`Export::finish`] asks.
+async fn batch_spans(
+    export: std::sync::Weak<Export>,
+    observer: Arc<Observer>,
+    mut flushes: tokio::sync::mpsc::UnboundedReceiver<tokio::sync::oneshot::Sender<()>>,
+) {
     let mut spans = observer.subscribe();
     // Not kept: the channel closes (and this task ends) when the observer's owners drop it.
     drop(observer);
     let mut batch = Vec::with_capacity(BATCH_SPANS);
     loop {
+        let mut asked = None;
         // No timer while nothing waits: an idle node does not wake to find an empty batch.
-        match spans.recv().await {
-            Ok(span) => batch.push(span),
-            Err(RecvError::Lagged(missed)) => {
-                fell_behind(&export, missed);
-                continue;
-            }
-            Err(RecvError::Closed) => return,
+        tokio::select! {
+            received = spans.recv() => match received {
+                Ok(span) => batch.push(span),
+                Err(RecvError::Lagged(missed)) => {
+                    fell_behind(&export, missed);
+                    continue;
+                }
+                Err(RecvError::Closed) => return,
+            },
+            Some(done) = flushes.recv() => asked = Some(done),
         }
-        let deadline = tokio::time::sleep(BATCH_WAIT);
-        tokio::pin!(deadline);
-        while batch.len() < BATCH_SPANS {
-            tokio::select! {
-                received = spans.recv() => match received {
-                    Ok(span) => batch.push(span),
-                    Err(RecvError::Lagged(missed)) => fell_behind(&export, missed),
-                    Err(RecvError::Closed) => return,
-                },
-                _ = &mut deadline => break,
+        if asked.is_none() {
+            let deadline = tokio::time::sleep(BATCH_WAIT);
+            tokio::pin!(deadline);
+            while batch.len() < BATCH_SPANS {
+                tokio::select! {
+                    received = spans.recv() => match received {
+                        Ok(span) => batch.push(span),
+                        Err(RecvError::Lagged(missed)) => fell_behind(&export, missed),
+                        Err(RecvError::Closed) => return,
+                    },
+                    Some(done) = flushes.recv() => {
+                        asked = Some(done);
+                        break;
+                    }
+                    _ = &mut deadline => break,
+                }
+            }
+        }
+        if asked.is_some() {
+            // Everything published so far, not only what a full batch would hold.
+            while let Ok(span) = spans.try_recv() {
+                batch.push(span);
             }
         }
         let Some(export) = export.upgrade() else {
             return;
         };
-        if !batch.is_empty() {
-            export.enqueue_spans(&batch).await;
-            batch.clear();
+        for chunk in batch.chunks(BATCH_SPANS) {
+            export.enqueue_spans(chunk).await;
+        }
+        batch.clear();
+        if let Some(done) = asked {
+            let _ = done.send(());
         }
     }
 }

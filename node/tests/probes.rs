@@ -224,3 +224,44 @@ async fn tail_follows_live_spans_as_lines_and_json() {
     let (ok, _, err) = cli(&["tail", "--peer", &without.nodes[0].url("")]);
     assert!(!ok && err.contains("--no-probes"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_of_the_last_requests_before_a_stop_are_exported_after_the_restart() {
+    if !root() {
+        eprintln!("SKIPPED spans_of_the_last_requests_before_a_stop_are_exported_after_the_restart: needs root to load eBPF (CI runs it as root)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("telemetry.jsonl");
+    let mut cluster = Cluster::start_with(1, &["--export-file", file.to_str().unwrap()]).await;
+    cluster.unbind_budgets().await;
+    let (_server, port) = python_server();
+    curl(&format!("http://127.0.0.1:{port}/warm/0"));
+    cluster
+        .wait_for(Duration::from_secs(10), "spans flowing", |c| async move {
+            (!spans_for(c, "/warm/0").await.is_empty()).then_some(())
+        })
+        .await;
+    // Stopped right after the requests: their records are still in the ring or the batcher.
+    for i in 0..5 {
+        curl(&format!("http://127.0.0.1:{port}/last/{i}"));
+    }
+    cluster.nodes[0].terminate();
+    cluster.nodes[0].spawn();
+    let start = std::time::Instant::now();
+    loop {
+        let text = std::fs::read_to_string(&file).unwrap_or_default();
+        let missing: Vec<usize> = (0..5)
+            .filter(|i| !text.contains(&format!("/last/{i}")))
+            .collect();
+        if missing.is_empty() {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "spans of /last/{missing:?} were lost in the stop; node log:\n{}",
+            cluster.nodes[0].log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -93,6 +93,15 @@ impl Node {
         }
     }
 
+    /// SIGTERM, as systemd or Kubernetes stop a node, and waits for it to exit.
+    pub fn terminate(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: kill takes plain integers; the pid is our own child's, not yet reaped.
+            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+            let _ = child.wait();
+        }
+    }
+
     /// Starts the node again from its data dir, with the same flags.
     pub fn restart(&mut self) {
         self.kill();
