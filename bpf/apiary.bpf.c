@@ -811,13 +811,18 @@ int http_exit_readv(struct ap_sys_exit_ctx *ctx)
 	return 0;
 }
 
+/* Drops a connection's entry. Most closed fds and freed SSL objects were never an HTTP
+ * connection: a lookup takes no lock, a delete does. */
+static __always_inline void forget_conn(__u64 key)
+{
+	if (bpf_map_lookup_elem(&conns, &key))
+		bpf_map_delete_elem(&conns, &key);
+}
+
 SEC("tracepoint/syscalls/sys_enter_close")
 int http_enter_close(struct ap_sys_enter_ctx *ctx)
 {
-	__u64 key = (bpf_get_current_pid_tgid() & 0xffffffff00000000ULL) | (__u32)ctx->args[0];
-	/* Most closed fds were never an HTTP connection: a lookup takes no lock, a delete does. */
-	if (bpf_map_lookup_elem(&conns, &key))
-		bpf_map_delete_elem(&conns, &key);
+	forget_conn((bpf_get_current_pid_tgid() & 0xffffffff00000000ULL) | (__u32)ctx->args[0]);
 	return 0;
 }
 
@@ -907,10 +912,7 @@ int BPF_KRETPROBE(tls_ssl_read_ex_ret, int ret)
 SEC("uprobe")
 int BPF_KPROBE(tls_ssl_free, void *ssl)
 {
-	__u64 key = TLS_CONN_KEY(ssl, bpf_get_current_pid_tgid() >> 32);
-	/* Most SSL objects freed were never seen carrying HTTP: a lookup takes no lock. */
-	if (bpf_map_lookup_elem(&conns, &key))
-		bpf_map_delete_elem(&conns, &key);
+	forget_conn(TLS_CONN_KEY(ssl, bpf_get_current_pid_tgid() >> 32));
 	return 0;
 }
 

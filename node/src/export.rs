@@ -356,44 +356,37 @@ async fn batch_spans(
     // Not kept: the channel closes (and this task ends) when the observer's owners drop it.
     drop(observer);
     let mut batch = Vec::with_capacity(BATCH_SPANS);
+    // Set by a batch's first span: no timer while nothing waits, so an idle node does not wake
+    // to find an empty batch.
+    let mut deadline = None;
     loop {
         let mut asked = None;
-        // No timer while nothing waits: an idle node does not wake to find an empty batch.
         tokio::select! {
             received = spans.recv() => match received {
-                Ok(span) => batch.push(span),
+                Ok(span) => {
+                    batch.push(span);
+                    deadline.get_or_insert_with(|| Box::pin(tokio::time::sleep(BATCH_WAIT)));
+                    if batch.len() < BATCH_SPANS {
+                        continue;
+                    }
+                }
                 Err(RecvError::Lagged(missed)) => {
                     fell_behind(&export, missed);
                     continue;
                 }
                 Err(RecvError::Closed) => return,
             },
-            Some(done) = flushes.recv() => asked = Some(done),
-        }
-        if asked.is_none() {
-            let deadline = tokio::time::sleep(BATCH_WAIT);
-            tokio::pin!(deadline);
-            while batch.len() < BATCH_SPANS {
-                tokio::select! {
-                    received = spans.recv() => match received {
-                        Ok(span) => batch.push(span),
-                        Err(RecvError::Lagged(missed)) => fell_behind(&export, missed),
-                        Err(RecvError::Closed) => return,
-                    },
-                    Some(done) = flushes.recv() => {
-                        asked = Some(done);
-                        break;
-                    }
-                    _ = &mut deadline => break,
+            Some(done) = flushes.recv() => {
+                // Everything published so far, not only what a full batch would hold.
+                while let Ok(span) = spans.try_recv() {
+                    batch.push(span);
                 }
+                asked = Some(done);
             }
+            () = async { deadline.as_mut().expect("guarded by the branch condition").await },
+                if deadline.is_some() => {}
         }
-        if asked.is_some() {
-            // Everything published so far, not only what a full batch would hold.
-            while let Ok(span) = spans.try_recv() {
-                batch.push(span);
-            }
-        }
+        deadline = None;
         let Some(export) = export.upgrade() else {
             return;
         };

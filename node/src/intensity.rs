@@ -77,9 +77,7 @@ pub struct CpuUse {
 }
 
 impl CpuUse {
-    /// `capped`: the node caps its spans for CPU this round. Over budget without a cap (the
-    /// kernel time and quiet agent alone exceed it, or what a lower rate would save is within
-    /// the measurement's noise), sampling is not what will bring the node under.
+    /// `capped`: the node caps its spans for CPU this round (see `beyond_sampling`).
     fn of(
         budget_percent: f64,
         kernel_percent: f64,

@@ -13,10 +13,8 @@ use anyhow::{Context, Result};
 /// Linux keeps a niceness per thread: setting it for the process alone would leave the
 /// runtime's workers as they were. A refusal (a container without the right) is a warning, not
 /// a reason to stop the node.
+/// `nice` is 0 to 19: `--nice` and the settings file check that where it comes in.
 pub fn lower(nice: u8) -> Result<()> {
-    if nice > 19 {
-        anyhow::bail!("nice = {nice}: the niceness must be 0 to 19 (0 keeps the default priority)");
-    }
     if nice == 0 {
         return Ok(());
     }

@@ -52,6 +52,27 @@ fn load(port: u16, per_connection: usize) -> (f64, Vec<Duration>) {
     (all.len() as f64 / elapsed, all)
 }
 
+/// A number from the environment, or `default`.
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The default config with every probe at sampling `rate`.
+fn all_probes_at(rate: f64) -> ClusterConfig {
+    let setting = |probe: &str| Setting {
+        key: format!("probe.{probe}.sample_rate"),
+        value: serde_json::json!(rate),
+    };
+    apply_settings(
+        &ClusterConfig::default(),
+        &["http", "tls", "tcp", "process"].map(setting),
+    )
+    .unwrap()
+}
+
 fn lost(reports: &[ProbeReport]) -> u64 {
     reports.iter().map(|r| r.lost).sum()
 }
@@ -80,10 +101,7 @@ fn main() {
         return;
     }
     let quick = !std::env::args().any(|a| a == "--bench");
-    let per_connection: usize = std::env::var("APIARY_BENCH_REQUESTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(if quick { 200 } else { 20_000 });
+    let per_connection: usize = env_or("APIARY_BENCH_REQUESTS", if quick { 200 } else { 20_000 });
     // The ring reader runs at the default priority, as the agent does unless given --nice.
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let port = server();
@@ -108,16 +126,7 @@ fn main() {
     let _runtime = runtime.enter();
     let reader = spawn_reader(events, observer.clone()).unwrap();
     for rate in [1.0, 0.1] {
-        let setting = |key: &str| Setting {
-            key: format!("probe.{key}.sample_rate"),
-            value: serde_json::json!(rate),
-        };
-        let config = apply_settings(
-            &ClusterConfig::default(),
-            &["http", "tls", "tcp", "process"].map(setting),
-        )
-        .unwrap();
-        probes.apply(&config).unwrap();
+        probes.apply(&all_probes_at(rate)).unwrap();
         load(port, per_connection / 10 + 1);
         let before = probes.reports();
         let programs_before = probes.program_stats();
@@ -229,26 +238,13 @@ fn main() {
 /// of the rounds are compared. The closed loop above measures throughput: there every request
 /// waits for the one before it, so the kernel time added per request is added to every latency.
 fn fixed_rate(port: u16, quick: bool, runtime: &tokio::runtime::Runtime) {
-    let number = |name: &str, default: f64| {
-        std::env::var(name)
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(default)
-    };
-    let rate = number("APIARY_BENCH_RATE", 2_000.0);
-    let phase = Duration::from_secs_f64(number(
+    let rate: f64 = env_or("APIARY_BENCH_RATE", 2_000.0);
+    let phase = Duration::from_secs_f64(env_or(
         "APIARY_BENCH_PHASE_SECONDS",
         if quick { 0.5 } else { 5.0 },
     ));
     let rounds = if quick { 1 } else { 5 };
-    let full = apply_settings(
-        &ClusterConfig::default(),
-        &["http", "tls", "tcp", "process"].map(|probe| Setting {
-            key: format!("probe.{probe}.sample_rate"),
-            value: serde_json::json!(1.0),
-        }),
-    )
-    .unwrap();
+    let full = all_probes_at(1.0);
     let (mut none, mut traced) = (Vec::new(), Vec::new());
     println!();
     println!("p99 at a fixed {rate:.0} req/s, {CONNECTIONS} connections, {rounds} rounds of {phase:?} per mode:");

@@ -47,8 +47,13 @@ fn python_server(port: u16, tls: Option<&std::path::Path>) -> Server {
             dir.display()
         ),
     };
+    run_python(&script, port)
+}
+
+/// A Python script that serves on `port`, once it listens.
+fn run_python(script: &str, port: u16) -> Server {
     let child = Command::new("python3")
-        .args(["-c", &script])
+        .args(["-c", script])
         .current_dir(std::env::temp_dir())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -58,8 +63,12 @@ fn python_server(port: u16, tls: Option<&std::path::Path>) -> Server {
     Server(child)
 }
 
-/// A directory holding a self-signed `cert.pem` and `key.pem` for localhost.
+/// A directory holding a self-signed `cert.pem` and `key.pem` for localhost, for a TLS test
+/// (which needs OpenSSL 3's libssl on the machine).
 fn self_signed() -> tempfile::TempDir {
+    if apiary_probes::find_libssl().is_none() {
+        panic!("no libssl.so.3 on this machine; .ci/run installs libssl3");
+    }
     let dir = tempfile::tempdir().unwrap();
     let status = Command::new("openssl")
         .args([
@@ -82,6 +91,27 @@ fn self_signed() -> tempfile::TempDir {
         .expect("openssl");
     assert!(status.success());
     dir
+}
+
+/// The `tls` probe's spans that `keep` takes, once `enough` holds for them (or after 10 s).
+async fn wait_tls_spans(
+    observer: &Observer,
+    keep: impl Fn(&Span) -> bool,
+    enough: impl Fn(&[Span]) -> bool,
+) -> Vec<Span> {
+    let start = Instant::now();
+    loop {
+        let spans: Vec<Span> = observer
+            .recent_spans()
+            .into_iter()
+            .filter(|s| s.probe == "tls" && keep(s))
+            .map(|s| (*s).clone())
+            .collect();
+        if enough(&spans) || start.elapsed() > Duration::from_secs(10) {
+            return spans;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Runs curl; returns (status, seconds curl measured).
@@ -377,9 +407,6 @@ async fn tcp_flow_bytes_match_what_was_sent() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_spans_through_the_tls_probe() {
     require_root!("https_spans_through_the_tls_probe");
-    if apiary_probes::find_libssl().is_none() {
-        panic!("no libssl.so.3 on this machine; .ci/run installs libssl3");
-    }
     let dir = self_signed();
     let port = free_port();
     let probes = load(&config(&[("probe.http.enabled", json!(false))]));
@@ -389,20 +416,12 @@ async fn https_spans_through_the_tls_probe() {
         &["-H", &format!("traceparent: {TRACEPARENT}")],
     );
     assert_eq!(status, 404);
-    let start = Instant::now();
-    let tls_spans = loop {
-        let spans: Vec<Span> = probes
-            .observer
-            .recent_spans()
-            .into_iter()
-            .filter(|s| s.probe == "tls" && s.target == "/secure/42")
-            .map(|s| (*s).clone())
-            .collect();
-        if spans.len() >= 2 || start.elapsed() > Duration::from_secs(10) {
-            break spans;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let tls_spans = wait_tls_spans(
+        &probes.observer,
+        |s| s.target == "/secure/42",
+        |spans| spans.len() >= 2,
+    )
+    .await;
     let server = tls_spans
         .iter()
         .find(|s| s.kind == SpanKind::Server)
@@ -502,9 +521,6 @@ async fn a_reused_fd_reports_its_new_connection() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_freed_tls_connection_leaves_nothing_to_the_next() {
     require_root!("a_freed_tls_connection_leaves_nothing_to_the_next");
-    if apiary_probes::find_libssl().is_none() {
-        panic!("no libssl.so.3 on this machine; .ci/run installs libssl3");
-    }
     let dir = self_signed();
     let port = free_port();
     // One connection at a time, so the next SSL object is likely to get the freed one's
@@ -529,15 +545,7 @@ async fn a_freed_tls_connection_leaves_nothing_to_the_next() {
         dir.path().display()
     );
     let probes = load(&config(&[("probe.http.enabled", json!(false))]));
-    let _server = Server(
-        Command::new("python3")
-            .args(["-c", &script])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("python3"),
-    );
-    wait_listening(port);
+    let _server = run_python(&script, port);
     for round in 0..3 {
         curl(
             &format!("https://127.0.0.1:{port}/drop/{round}"),
@@ -546,26 +554,18 @@ async fn a_freed_tls_connection_leaves_nothing_to_the_next() {
         let (status, _) = curl(&format!("https://127.0.0.1:{port}/ok/{round}"), &[]);
         assert_eq!(status, 200);
     }
-    let start = Instant::now();
-    let server_spans = loop {
-        let spans: Vec<Span> = probes
-            .observer
-            .recent_spans()
-            .into_iter()
-            .filter(|s| s.probe == "tls" && s.kind == SpanKind::Server)
-            .map(|s| (*s).clone())
-            .collect();
-        if spans
-            .iter()
-            .filter(|s| s.target.starts_with("/ok/"))
-            .count()
-            >= 3
-            || start.elapsed() > Duration::from_secs(10)
-        {
-            break spans;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let server_spans = wait_tls_spans(
+        &probes.observer,
+        |s| s.kind == SpanKind::Server,
+        |spans| {
+            spans
+                .iter()
+                .filter(|s| s.target.starts_with("/ok/"))
+                .count()
+                >= 3
+        },
+    )
+    .await;
     // Each answered request has its own response; no unanswered one took another's.
     for round in 0..3 {
         let target = format!("/ok/{round}");
