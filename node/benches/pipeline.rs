@@ -23,7 +23,9 @@ use apiary_pipeline::{
     otlp, wire, Delivery, FullPolicy, OtlpHttp, RedMetrics, ResourceInfo, Signal,
 };
 use apiary_probes::abi::{encode_data_event, encode_exchange_event, Direction};
-use apiary_probes::{Assembler, Observer, Span};
+use apiary_probes::{Assembler, Observer};
+use apiary_span::testing::http_span;
+use apiary_span::{Span, SpanKind};
 use apiary_tuning::process_cpu_seconds;
 use axum::body::Bytes;
 use axum::http::StatusCode;
@@ -371,26 +373,17 @@ async fn probe_source(spans: u64) -> (Row, Row) {
 
 fn otlp_batch(first: usize, resource: &ResourceInfo) -> Vec<u8> {
     let spans: Vec<Span> = (first..first + BATCH)
-        .map(|i| Span {
-            kind: apiary_probes::SpanKind::Server,
-            probe: "http",
-            service: "shop".into(),
-            pid: 1,
-            method: "GET".into(),
-            target: format!("/api/orders/{i}"),
-            route: "/api/orders/{id}".into(),
-            status: 200,
-            start_unix_nanos: 1_700_000_000_000_000_000 + i as u64,
-            duration_ns: 1000,
-            peer: Some("10.0.0.2:40000".parse().unwrap()),
-            local: Some("10.0.0.1:8080".parse().unwrap()),
-            host: Some("shop".into()),
-            traceparent: None,
-            sample_rate: 1.0,
-            sampled: true,
-            kept_by: None,
-            netns: 1,
-            cgroup_id: 1,
+        .map(|i| {
+            let target = format!("/api/orders/{i}");
+            let mut span = http_span(SpanKind::Server, "GET", &target, 200);
+            span.http_mut().route = "/api/orders/{id}".into();
+            span.http_mut().host = Some("shop".into());
+            span.service = "shop".into();
+            span.pid = 1;
+            span.start_unix_nanos = 1_700_000_000_000_000_000 + i as u64;
+            span.peer = Some("10.0.0.2:40000".parse().unwrap());
+            span.local = Some("10.0.0.1:8080".parse().unwrap());
+            span
         })
         .collect();
     otlp::encode(&spans, resource)

@@ -14,7 +14,8 @@ use apiary_pipeline::{
     otlp, AnySink, Delivery, FullPolicy, JsonLines, OtlpGrpc, OtlpHttp, RedMetrics, ResourceInfo,
     ServerSpanIndex, Signal,
 };
-use apiary_probes::{Observer, Span};
+use apiary_probes::Observer;
+use apiary_span::Span;
 use apiary_storage::Store;
 use serde::Serialize;
 use tokio::sync::broadcast::error::RecvError;

@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 
-use apiary_probes::{Span, SpanKind};
+use apiary_span::{Span, SpanKind, Value};
 use prost::Message;
 
 use crate::otlp::{ids_into, ResourceInfo};
@@ -90,10 +90,7 @@ fn span_fields(out: &mut Vec<u8>, span: &Span, scratch: &mut String) {
     if has_parent {
         bytes_field(out, 4, &parent);
     }
-    scratch.clear();
-    scratch.push_str(&span.method);
-    scratch.push(' ');
-    scratch.push_str(&span.route);
+    span.name(scratch);
     bytes_field(out, 5, scratch.as_bytes());
     tag(out, 6, VARINT);
     varint(out, if span.kind == SpanKind::Server { 2 } else { 3 });
@@ -101,36 +98,13 @@ fn span_fields(out: &mut Vec<u8>, span: &Span, scratch: &mut String) {
     out.extend_from_slice(&span.start_unix_nanos.to_le_bytes());
     tag(out, 8, FIXED64);
     out.extend_from_slice(&(span.start_unix_nanos + span.duration_ns).to_le_bytes());
-
-    let path = span.target.split(['?', '#']).next().unwrap_or("/");
-    string_attribute(out, "http.request.method", &span.method);
-    string_attribute(out, "url.path", path);
-    string_attribute(out, "http.route", &span.route);
-    int_attribute(out, "http.response.status_code", span.status as i64);
-    string_attribute(out, "apiary.probe", span.probe);
-    double_attribute(out, "apiary.sample_rate", span.sample_rate);
-    if let Some(reason) = span.kept_by {
-        string_attribute(out, "apiary.kept_by", reason);
-    }
-    if let Some(peer) = span.peer {
-        use std::fmt::Write;
-        scratch.clear();
-        let _ = write!(scratch, "{}", peer.ip());
-        string_attribute(out, "network.peer.address", scratch);
-        int_attribute(out, "network.peer.port", peer.port() as i64);
-        if span.kind == SpanKind::Client {
-            string_attribute(
-                out,
-                "server.address",
-                span.host.as_deref().unwrap_or(scratch),
-            );
-            int_attribute(out, "server.port", peer.port() as i64);
-        } else {
-            string_attribute(out, "client.address", scratch);
-        }
-    }
+    span.for_each_attribute(scratch, |key, value| match value {
+        Value::Str(text) => string_attribute(out, key, text),
+        Value::Int(n) => int_attribute(out, key, n),
+        Value::Double(x) => double_attribute(out, key, x),
+    });
     // Status { code } (field 15): ERROR = 2, UNSET = 0 (an empty message).
-    let error = crate::red::is_error(span.kind, span.status);
+    let error = span.is_error();
     tag(out, 15, LEN);
     if error {
         varint(out, 2);
@@ -201,33 +175,27 @@ mod tests {
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 
     fn span(i: u64, kind: SpanKind, traceparent: Option<&str>) -> Span {
-        Span {
-            kind,
-            probe: if i.is_multiple_of(2) { "http" } else { "tls" },
-            service: format!("svc{}", i % 3),
-            pid: (i % 4) as u32,
-            method: "POST".into(),
-            target: format!("/orders/{i}?q=1"),
-            route: "/orders/{id}".into(),
-            status: [200, 404, 503, 0][i as usize % 4],
-            start_unix_nanos: 1_700_000_000_000_000_000 + i,
-            duration_ns: i * 1000,
-            peer: (!i.is_multiple_of(5)).then(|| {
-                if i.is_multiple_of(2) {
-                    "10.1.2.3:8080".parse().unwrap()
-                } else {
-                    "[2001:db8::1]:443".parse().unwrap()
-                }
-            }),
-            local: None,
-            host: i.is_multiple_of(3).then(|| "api.example".to_string()),
-            traceparent: traceparent.map(str::to_string),
-            sample_rate: [1.0, 0.25, 0.0][i as usize % 3],
-            sampled: true,
-            kept_by: [None, Some("error"), Some("slow")][i as usize % 3],
-            netns: 1,
-            cgroup_id: 1,
-        }
+        let status = [200, 404, 503, 0][i as usize % 4];
+        let target = format!("/orders/{i}?q=1");
+        let mut span = apiary_span::testing::http_span(kind, "POST", &target, status);
+        span.http_mut().route = "/orders/{id}".into();
+        span.http_mut().host = i.is_multiple_of(3).then(|| "api.example".to_string());
+        span.probe = if i.is_multiple_of(2) { "http" } else { "tls" };
+        span.service = format!("svc{}", i % 3);
+        span.pid = (i % 4) as u32;
+        span.start_unix_nanos = 1_700_000_000_000_000_000 + i;
+        span.duration_ns = i * 1000;
+        span.peer = (!i.is_multiple_of(5)).then(|| {
+            if i.is_multiple_of(2) {
+                "10.1.2.3:8080".parse().unwrap()
+            } else {
+                "[2001:db8::1]:443".parse().unwrap()
+            }
+        });
+        span.traceparent = traceparent.map(str::to_string);
+        span.sample_rate = [1.0, 0.25, 0.0][i as usize % 3];
+        span.kept_by = [None, Some("error"), Some("slow")][i as usize % 3];
+        span
     }
 
     #[test]

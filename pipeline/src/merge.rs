@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use apiary_probes::{Span, SpanKind};
+use apiary_span::{Span, SpanKind};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind as OtlpKind;
 
@@ -128,27 +128,13 @@ mod tests {
     use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span as OtlpSpan};
 
     fn probe_span(traceparent: &str) -> Span {
-        Span {
-            kind: SpanKind::Server,
-            probe: "http",
-            service: "shop".into(),
-            pid: 10,
-            method: "GET".into(),
-            target: "/a".into(),
-            route: "/a".into(),
-            status: 200,
-            start_unix_nanos: 5,
-            duration_ns: 7,
-            peer: None,
-            local: None,
-            host: None,
-            traceparent: Some(traceparent.into()),
-            sample_rate: 1.0,
-            sampled: true,
-            kept_by: None,
-            netns: 1,
-            cgroup_id: 1,
-        }
+        let mut span = apiary_span::testing::http_span(SpanKind::Server, "GET", "/a", 200);
+        span.service = "shop".into();
+        span.pid = 10;
+        span.start_unix_nanos = 5;
+        span.duration_ns = 7;
+        span.traceparent = Some(traceparent.into());
+        span
     }
 
     fn app_request(kind: OtlpKind, parent: Vec<u8>) -> ExportTraceServiceRequest {

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use apiary_probes::{Span, SpanKind};
+use apiary_span::{Span, SpanKind, Value};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
 use opentelemetry_proto::tonic::resource::v1::Resource;
@@ -142,7 +142,7 @@ pub fn probe_span_id(span: &Span) -> [u8; 8] {
     (span.pid, span.start_unix_nanos, span.duration_ns).hash(&mut hasher);
     (
         span.kind == SpanKind::Server,
-        &span.target,
+        &span.protocol,
         &span.traceparent,
     )
         .hash(&mut hasher);
@@ -220,37 +220,23 @@ fn ids(span: &Span) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
 
 fn to_otlp(span: &Span) -> OtlpSpan {
     let (trace_id, span_id, parent_span_id) = ids(span);
-    let path = span.target.split(['?', '#']).next().unwrap_or("/");
-    let mut attributes = vec![
-        string("http.request.method", &span.method),
-        string("url.path", path),
-        string("http.route", &span.route),
-        int("http.response.status_code", span.status as i64),
-        string("apiary.probe", span.probe),
-        double("apiary.sample_rate", span.sample_rate),
-    ];
-    if let Some(reason) = span.kept_by {
-        attributes.push(string("apiary.kept_by", reason));
-    }
-    if let Some(peer) = span.peer {
-        attributes.push(string("network.peer.address", peer.ip().to_string()));
-        attributes.push(int("network.peer.port", peer.port() as i64));
-        if span.kind == SpanKind::Client {
-            attributes.push(string(
-                "server.address",
-                span.host.clone().unwrap_or_else(|| peer.ip().to_string()),
-            ));
-            attributes.push(int("server.port", peer.port() as i64));
-        } else {
-            attributes.push(string("client.address", peer.ip().to_string()));
-        }
-    }
-    let error = crate::red::is_error(span.kind, span.status);
+    let mut attributes = Vec::with_capacity(12);
+    let mut scratch = String::new();
+    span.for_each_attribute(&mut scratch, |key, value| {
+        attributes.push(match value {
+            Value::Str(text) => string(key, text),
+            Value::Int(n) => int(key, n),
+            Value::Double(x) => double(key, x),
+        })
+    });
+    let error = span.is_error();
+    let mut name = String::new();
+    span.name(&mut name);
     OtlpSpan {
         trace_id,
         span_id,
         parent_span_id,
-        name: format!("{} {}", span.method, span.route),
+        name,
         kind: match span.kind {
             SpanKind::Server => span::SpanKind::Server as i32,
             SpanKind::Client => span::SpanKind::Client as i32,
@@ -322,27 +308,18 @@ mod tests {
     }
 
     fn span(kind: SpanKind, traceparent: Option<&str>, status: u16) -> Span {
-        Span {
-            kind,
-            probe: "http",
-            service: "shop".into(),
-            pid: 10,
-            method: "GET".into(),
-            target: "/cart/7?x=1".into(),
-            route: "/cart/{id}".into(),
-            status,
-            start_unix_nanos: 1_000,
-            duration_ns: 500,
-            peer: Some("10.0.0.2:8080".parse().unwrap()),
-            local: Some("10.0.0.1:40000".parse().unwrap()),
-            host: Some("cart".into()),
-            traceparent: traceparent.map(str::to_string),
-            sample_rate: 0.5,
-            sampled: true,
-            kept_by: None,
-            netns: 1,
-            cgroup_id: 1,
-        }
+        let mut span = apiary_span::testing::http_span(kind, "GET", "/cart/7?x=1", status);
+        span.http_mut().route = "/cart/{id}".into();
+        span.http_mut().host = Some("cart".into());
+        span.service = "shop".into();
+        span.pid = 10;
+        span.start_unix_nanos = 1_000;
+        span.duration_ns = 500;
+        span.peer = Some("10.0.0.2:8080".parse().unwrap());
+        span.local = Some("10.0.0.1:40000".parse().unwrap());
+        span.traceparent = traceparent.map(str::to_string);
+        span.sample_rate = 0.5;
+        span
     }
 
     const TP: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";

@@ -1,14 +1,16 @@
-//! RED metrics (rate, errors, duration) per service, route, method and status, counted from every
-//! request the probes saw — before sampling — so they stay exact whatever the sampling rate.
-//! Exported as OTLP histograms (`http.server.request.duration`, `http.client.request.duration`,
-//! cumulative) and as Prometheus text.
+//! RED metrics (rate, errors, duration) per service, side, operation, route and status, counted
+//! from every exchange the probes saw — before sampling — so they stay exact whatever the
+//! sampling rate. What an exchange counts under, and what the series are called when exported,
+//! is its protocol's (`apiary_span::RedSchema`: for HTTP, method, route and status code, as
+//! `http.server.request.duration` / `http.client.request.duration` cumulative OTLP histograms
+//! and `apiary_http_*` Prometheus series).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use apiary_probes::{Span, SpanKind};
+use apiary_span::{RedDimensions, RedSchema, Span};
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::common::v1::InstrumentationScope;
 use opentelemetry_proto::tonic::metrics::v1::{
@@ -37,12 +39,27 @@ pub const OVERFLOW_ROUTE: &str = "{other}";
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub struct RedKey {
+    /// The protocol, which names the series when they are exported.
+    #[serde(serialize_with = "protocol_name")]
+    pub protocol: &'static RedSchema,
     pub service: String,
     /// `server` or `client`.
     pub kind: &'static str,
-    pub method: String,
+    /// HTTP: the method.
+    pub operation: String,
+    /// HTTP: the route template.
     pub route: String,
+    /// The protocol's status (HTTP: the status code).
     pub status: u16,
+    /// Whether exchanges of this status failed, per the protocol's semantic conventions.
+    pub error: bool,
+}
+
+fn protocol_name<S: serde::Serializer>(
+    schema: &&'static RedSchema,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(schema.protocol)
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -57,9 +74,12 @@ pub struct RedSeries {
 /// Requests of one route since the node started (`GET /v1/red`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct RouteSummary {
+    /// The protocol's name (`http`).
+    pub protocol: &'static str,
     pub service: String,
     pub kind: &'static str,
-    pub method: String,
+    /// HTTP: the method.
+    pub operation: String,
     pub route: String,
     pub count: u64,
     pub errors: u64,
@@ -108,21 +128,16 @@ struct Table {
     keys: Hasher,
 }
 
-fn key_hash(
-    keys: &Hasher,
-    service: &str,
-    kind: &str,
-    method: &str,
-    route: &str,
-    status: u16,
-) -> u64 {
+fn key_hash(keys: &Hasher, service: &str, kind: &str, red: &RedDimensions, route: &str) -> u64 {
     use std::hash::BuildHasher;
-    keys.hash_one((service, kind, method, route, status))
-}
-
-/// Semantic conventions: 5xx is an error on both sides, 4xx only for the client.
-pub fn is_error(kind: SpanKind, status: u16) -> bool {
-    status >= 500 || (kind == SpanKind::Client && status >= 400)
+    keys.hash_one((
+        red.protocol.protocol,
+        service,
+        kind,
+        red.operation,
+        route,
+        red.status,
+    ))
 }
 
 pub struct RedMetrics {
@@ -162,33 +177,32 @@ impl RedMetrics {
 
     /// Counts one request, sampled or not.
     pub fn record(&self, span: &Span) {
-        let kind = match span.kind {
-            SpanKind::Server => "server",
-            SpanKind::Client => "client",
-        };
+        let kind = span.kind.as_str();
+        let red = span.red();
         let seconds = span.duration_ns as f64 / 1e9;
         let bucket = DURATION_BOUNDS_SECONDS
             .iter()
             .position(|bound| seconds <= *bound)
             .unwrap_or(BUCKETS - 1);
         let matches = |k: &RedKey, route: &str| {
-            k.service == span.service
+            std::ptr::eq(k.protocol, red.protocol)
+                && k.service == span.service
                 && k.kind == kind
-                && k.method == span.method
+                && k.operation == red.operation
                 && k.route == route
-                && k.status == span.status
+                && k.status == red.status
         };
         let mut table = self.lock();
         let Table { by_hash, len, keys } = &mut *table;
-        let mut route = span.route.as_str();
-        let mut hash = key_hash(keys, &span.service, kind, &span.method, route, span.status);
+        let mut route = red.route;
+        let mut hash = key_hash(keys, &span.service, kind, &red, route);
         if *len >= MAX_SERIES
             && !by_hash
                 .get(&hash)
                 .is_some_and(|bucket| bucket.iter().any(|(k, _)| matches(k, route)))
         {
             route = OVERFLOW_ROUTE;
-            hash = key_hash(keys, &span.service, kind, &span.method, route, span.status);
+            hash = key_hash(keys, &span.service, kind, &red, route);
             self.overflowed.fetch_add(1, Ordering::Relaxed);
         }
         let same_hash = by_hash.entry(hash).or_default();
@@ -197,11 +211,13 @@ impl RedMetrics {
             None => {
                 same_hash.push((
                     RedKey {
+                        protocol: red.protocol,
                         service: span.service.clone(),
                         kind,
-                        method: span.method.clone(),
+                        operation: red.operation.to_string(),
                         route: route.to_string(),
-                        status: span.status,
+                        status: red.status,
+                        error: span.is_error(),
                     },
                     RedSeries::default(),
                 ));
@@ -209,9 +225,9 @@ impl RedMetrics {
                 same_hash.len() - 1
             }
         };
-        let entry = &mut same_hash[index].1;
+        let (key, entry) = &mut same_hash[index];
         entry.count += 1;
-        entry.errors += u64::from(is_error(span.kind, span.status));
+        entry.errors += u64::from(key.error);
         entry.sum_seconds += seconds;
         entry.buckets[bucket] += 1;
     }
@@ -235,18 +251,20 @@ impl RedMetrics {
         let mut rows: Vec<RouteSummary> = Vec::new();
         for (key, series) in self.snapshot() {
             let same_route = |r: &RouteSummary| {
-                r.service == key.service
+                r.protocol == key.protocol.protocol
+                    && r.service == key.service
                     && r.kind == key.kind
-                    && r.method == key.method
+                    && r.operation == key.operation
                     && r.route == key.route
             };
             let row = match rows.iter().position(same_route) {
                 Some(index) => &mut rows[index],
                 None => {
                     rows.push(RouteSummary {
+                        protocol: key.protocol.protocol,
                         service: key.service.clone(),
                         kind: key.kind,
-                        method: key.method.clone(),
+                        operation: key.operation.clone(),
                         route: key.route.clone(),
                         ..Default::default()
                     });
@@ -274,28 +292,28 @@ impl RedMetrics {
             return None;
         }
         let now = unix_nanos_now();
-        let mut by_service: Vec<(String, [Vec<HistogramDataPoint>; 2])> = Vec::new();
+        // Per service, per protocol: the server side's points and the client side's.
+        type Points = [Vec<HistogramDataPoint>; 2];
+        let mut by_service: BTreeMap<String, Vec<(&'static RedSchema, Points)>> = BTreeMap::new();
         for (key, series) in rows {
-            if by_service.last().map(|(s, _)| s) != Some(&key.service) {
-                by_service.push((key.service.clone(), [Vec::new(), Vec::new()]));
-            }
-            let Some((_, points)) = by_service.last_mut() else {
-                continue;
-            };
+            let schema = key.protocol;
             let mut attributes = vec![
-                string_attribute("http.request.method", &key.method),
-                string_attribute("http.route", &key.route),
-                int_attribute("http.response.status_code", key.status as i64),
+                string_attribute(schema.operation_attribute, &key.operation),
+                string_attribute(schema.route_attribute, &key.route),
+                int_attribute(schema.status_attribute, key.status as i64),
             ];
-            let kind = if key.kind == "server" {
-                SpanKind::Server
-            } else {
-                SpanKind::Client
-            };
-            if is_error(kind, key.status) {
+            if key.error {
                 attributes.push(string_attribute("error.type", key.status.to_string()));
             }
-            points[usize::from(key.kind == "client")].push(HistogramDataPoint {
+            let protocols = by_service.entry(key.service.clone()).or_default();
+            let at = match protocols.iter().position(|(p, _)| std::ptr::eq(*p, schema)) {
+                Some(at) => at,
+                None => {
+                    protocols.push((schema, [Vec::new(), Vec::new()]));
+                    protocols.len() - 1
+                }
+            };
+            protocols[at].1[usize::from(key.kind == "client")].push(HistogramDataPoint {
                 attributes,
                 start_time_unix_nano: self.start_unix_nanos,
                 time_unix_nano: now,
@@ -308,24 +326,29 @@ impl RedMetrics {
         }
         let resource_metrics = by_service
             .into_iter()
-            .map(|(service, [server, client])| {
-                let metrics = [
-                    ("http.server.request.duration", server),
-                    ("http.client.request.duration", client),
-                ]
-                .into_iter()
-                .filter(|(_, points)| !points.is_empty())
-                .map(|(name, data_points)| Metric {
-                    name: name.into(),
-                    description: "Duration of HTTP requests seen by Apiary's probes, counted before sampling.".into(),
-                    unit: "s".into(),
-                    data: Some(metric::Data::Histogram(Histogram {
-                        data_points,
-                        aggregation_temporality: AggregationTemporality::Cumulative as i32,
-                    })),
-                    ..Default::default()
-                })
-                .collect();
+            .map(|(service, protocols)| {
+                let metrics = protocols
+                    .into_iter()
+                    .flat_map(|(schema, [server, client])| {
+                        [
+                            (schema.server_metric, server),
+                            (schema.client_metric, client),
+                        ]
+                        .into_iter()
+                        .map(move |(name, points)| (schema, name, points))
+                    })
+                    .filter(|(_, _, points)| !points.is_empty())
+                    .map(|(schema, name, data_points)| Metric {
+                        name: name.into(),
+                        description: schema.metric_description.into(),
+                        unit: "s".into(),
+                        data: Some(metric::Data::Histogram(Histogram {
+                            data_points,
+                            aggregation_temporality: AggregationTemporality::Cumulative as i32,
+                        })),
+                        ..Default::default()
+                    })
+                    .collect();
                 ResourceMetrics {
                     resource: Some(Resource {
                         attributes: resource.attributes(&service, None),
@@ -347,63 +370,93 @@ impl RedMetrics {
         Some(ExportMetricsServiceRequest { resource_metrics })
     }
 
-    /// Prometheus text: `apiary_http_requests_total` and
-    /// `apiary_http_request_duration_seconds` (histogram), labelled by node, service, kind,
-    /// method, route and status.
+    /// Prometheus text, per protocol (HTTP: `apiary_http_requests_total` and
+    /// `apiary_http_request_duration_seconds`, a histogram), labelled by node, service, kind
+    /// and the protocol's three labels (HTTP: method, route, status).
     pub fn render_prometheus(&self, node: &str, out: &mut String) {
         let rows = self.snapshot();
-        let labels = |key: &RedKey| {
-            format!(
-                "node=\"{}\",service=\"{}\",kind=\"{}\",method=\"{}\",route=\"{}\",status=\"{}\"",
-                escape(node),
-                escape(&key.service),
-                key.kind,
-                escape(&key.method),
-                escape(&key.route),
-                key.status
-            )
-        };
-        out.push_str("# HELP apiary_http_requests_total HTTP requests seen by the probes, counted before sampling.\n# TYPE apiary_http_requests_total counter\n");
-        for (key, series) in &rows {
-            let _ = writeln!(
-                out,
-                "apiary_http_requests_total{{{}}} {}",
-                labels(key),
-                series.count
-            );
+        for schema in apiary_span::RED_SCHEMAS {
+            let rows: Vec<_> = rows
+                .iter()
+                .filter(|(key, _)| std::ptr::eq(key.protocol, *schema))
+                .collect();
+            render_protocol(schema, &rows, node, out);
         }
-        out.push_str("# HELP apiary_http_request_duration_seconds Duration of HTTP requests seen by the probes, counted before sampling.\n# TYPE apiary_http_request_duration_seconds histogram\n");
-        for (key, series) in &rows {
-            let labels = labels(key);
-            let mut cumulative = 0;
-            for (i, count) in series.buckets.iter().enumerate() {
-                cumulative += count;
-                let le = DURATION_BOUNDS_SECONDS
-                    .get(i)
-                    .map(|b| b.to_string())
-                    .unwrap_or_else(|| "+Inf".into());
-                let _ = writeln!(
-                    out,
-                    "apiary_http_request_duration_seconds_bucket{{{labels},le=\"{le}\"}} {cumulative}"
-                );
-            }
-            let _ = writeln!(
-                out,
-                "apiary_http_request_duration_seconds_sum{{{labels}}} {}",
-                series.sum_seconds
-            );
-            let _ = writeln!(
-                out,
-                "apiary_http_request_duration_seconds_count{{{labels}}} {}",
-                series.count
-            );
-        }
-        out.push_str("# HELP apiary_http_series_overflow_total Requests counted under route {other} because the series limit was reached.\n# TYPE apiary_http_series_overflow_total counter\n");
+        let _ = writeln!(
+            out,
+            "# HELP apiary_http_series_overflow_total Requests counted under route {OVERFLOW_ROUTE} \
+             because the series limit was reached.\n# TYPE apiary_http_series_overflow_total counter"
+        );
         let _ = writeln!(
             out,
             "apiary_http_series_overflow_total{{node=\"{}\"}} {}",
             escape(node),
             self.overflowed.load(Ordering::Relaxed)
+        );
+    }
+}
+
+fn render_protocol(
+    schema: &RedSchema,
+    rows: &[&(RedKey, RedSeries)],
+    node: &str,
+    out: &mut String,
+) {
+    let [operation, route, status] = schema.prometheus_labels;
+    let labels = |key: &RedKey| {
+        format!(
+            "node=\"{}\",service=\"{}\",kind=\"{}\",{operation}=\"{}\",{route}=\"{}\",{status}=\"{}\"",
+            escape(node),
+            escape(&key.service),
+            key.kind,
+            escape(&key.operation),
+            escape(&key.route),
+            key.status
+        )
+    };
+    let prefix = schema.prometheus_prefix;
+    let name = schema.protocol.to_uppercase();
+    let _ = writeln!(
+        out,
+        "# HELP {prefix}_requests_total {name} requests seen by the probes, counted before \
+         sampling.\n# TYPE {prefix}_requests_total counter"
+    );
+    for (key, series) in rows {
+        let _ = writeln!(
+            out,
+            "{prefix}_requests_total{{{}}} {}",
+            labels(key),
+            series.count
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP {prefix}_request_duration_seconds Duration of {name} requests seen by the \
+         probes, counted before sampling.\n# TYPE {prefix}_request_duration_seconds histogram"
+    );
+    for (key, series) in rows {
+        let labels = labels(key);
+        let mut cumulative = 0;
+        for (i, count) in series.buckets.iter().enumerate() {
+            cumulative += count;
+            let le = DURATION_BOUNDS_SECONDS
+                .get(i)
+                .map(|b| b.to_string())
+                .unwrap_or_else(|| "+Inf".into());
+            let _ = writeln!(
+                out,
+                "{prefix}_request_duration_seconds_bucket{{{labels},le=\"{le}\"}} {cumulative}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "{prefix}_request_duration_seconds_sum{{{labels}}} {}",
+            series.sum_seconds
+        );
+        let _ = writeln!(
+            out,
+            "{prefix}_request_duration_seconds_count{{{labels}}} {}",
+            series.count
         );
     }
 }
@@ -419,29 +472,19 @@ fn escape(value: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use apiary_span::SpanKind;
 
     fn span(status: u16, duration_ns: u64, sampled: bool) -> Span {
-        Span {
-            kind: SpanKind::Server,
-            probe: "http",
-            service: "shop".into(),
-            pid: 10,
-            method: "GET".into(),
-            target: "/cart/7".into(),
-            route: "/cart/{id}".into(),
-            status,
-            start_unix_nanos: 1,
-            duration_ns,
-            peer: None,
-            local: None,
-            host: None,
-            traceparent: None,
-            sample_rate: 0.1,
-            sampled,
-            kept_by: None,
-            netns: 1,
-            cgroup_id: 1,
-        }
+        let mut span = apiary_span::testing::http_span(SpanKind::Server, "GET", "/cart/7", status);
+        span.http_mut().route = "/cart/{id}".into();
+        span.http_mut().host = None;
+        span.service = "shop".into();
+        span.pid = 10;
+        span.start_unix_nanos = 1;
+        span.duration_ns = duration_ns;
+        span.sample_rate = 0.1;
+        span.sampled = sampled;
+        span
     }
 
     /// Sub-millisecond services get sub-millisecond quantiles, not "below 5 ms".
@@ -537,7 +580,7 @@ mod tests {
         let red = RedMetrics::new();
         for i in 0..(MAX_SERIES + 5) {
             let mut s = span(200, 1, true);
-            s.route = format!("/r{i}");
+            s.http_mut().route = format!("/r{i}");
             red.record(&s);
         }
         assert_eq!(red.snapshot().len(), MAX_SERIES + 1);

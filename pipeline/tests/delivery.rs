@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use apiary_pipeline::{otlp, Delivery, FullPolicy, OtlpHttp, ResourceInfo, Signal};
-use apiary_probes::{Span, SpanKind};
+use apiary_span::{Span, SpanKind};
 use apiary_storage::Store;
 use axum::body::Bytes;
 use axum::http::StatusCode;
@@ -107,27 +107,16 @@ fn free_addr() -> SocketAddr {
 }
 
 fn span(i: usize) -> Span {
-    Span {
-        kind: SpanKind::Server,
-        probe: "http",
-        service: "svc".into(),
-        pid: 1,
-        method: "GET".into(),
-        target: format!("/item/{i}"),
-        route: format!("/r{i}"),
-        status: 200,
-        start_unix_nanos: 1,
-        duration_ns: 1,
-        peer: None,
-        local: None,
-        host: None,
-        traceparent: None,
-        sample_rate: 1.0,
-        sampled: true,
-        kept_by: None,
-        netns: 0,
-        cgroup_id: 0,
-    }
+    let mut span =
+        apiary_span::testing::http_span(SpanKind::Server, "GET", &format!("/item/{i}"), 200);
+    span.http_mut().route = format!("/r{i}");
+    span.http_mut().host = None;
+    span.pid = 1;
+    span.start_unix_nanos = 1;
+    span.duration_ns = 1;
+    span.netns = 0;
+    span.cgroup_id = 0;
+    span
 }
 
 fn delivery(store: &Store, addr: SocketAddr, max_bytes: u64) -> Arc<Delivery<OtlpHttp>> {

@@ -4,14 +4,14 @@
 //! attaches each probe (`http`, `tls`, `tcp`, `process`) and writes the replicated config into
 //! BPF maps, so a config change never reloads a program or interrupts the event stream. The
 //! [`observer`] reads the ring buffer and builds HTTP spans, finished TCP flows and process
-//! names. A probe that cannot attach is reported with the kernel's reason; the others run on.
+//! names (each protocol in its module under [`protocol`]). A probe that cannot attach is reported with the kernel's reason; the others run on.
 
 pub mod abi;
-pub mod http;
 mod loader;
 pub mod observer;
+pub mod protocol;
 
-pub use http::{Span, SpanKind};
+pub use apiary_span::{Span, SpanKind};
 pub use loader::{find_libssl, ProbeReport, ProbeSet, ProbeState, Scope};
 pub use observer::{spawn_reader, Assembler, KeepRule, Observer, TcpFlow};
 

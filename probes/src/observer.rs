@@ -10,8 +10,10 @@ use serde::Serialize;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::broadcast;
 
+use apiary_span::Span;
+
 use crate::abi::{decode, Event};
-use crate::http::{exchange, Clock, Matcher, Message, Span};
+use crate::protocol::{Clock, Message, Parsers};
 
 /// A TCP connection that closed, with the bytes the kernel counted for it.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -38,7 +40,7 @@ pub type RequestTap = Box<dyn Fn(&Span) + Send + Sync>;
 /// Requests kept whatever the sampling (`budget.always_keep`), within a per-second cap.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct KeepRule {
-    /// HTTP 5xx.
+    /// Exchanges the server failed (HTTP 5xx), on either side.
     pub errors: bool,
     /// Slower than this (0: off).
     pub slower_than_ns: u64,
@@ -46,8 +48,8 @@ pub struct KeepRule {
 }
 
 impl KeepRule {
-    fn reason(&self, status: u16, duration_ns: u64) -> Option<&'static str> {
-        if self.errors && status >= 500 {
+    fn reason(&self, server_failed: bool, duration_ns: u64) -> Option<&'static str> {
+        if self.errors && server_failed {
             Some("error")
         } else if self.slower_than_ns > 0 && duration_ns > self.slower_than_ns {
             Some("slow")
@@ -172,7 +174,7 @@ impl Observer {
     /// Whether the keep rule takes a span sampling dropped (and counts it against the cap).
     fn keep_anyway(&self, span: &Span) -> Option<&'static str> {
         let mut keep = self.keep.lock().unwrap_or_else(|p| p.into_inner());
-        let reason = keep.rule.reason(span.status, span.duration_ns)?;
+        let reason = keep.rule.reason(span.server_failed(), span.duration_ns)?;
         let second = span.start_unix_nanos / 1_000_000_000;
         if second != keep.second {
             keep.second = second;
@@ -189,9 +191,9 @@ impl Observer {
 
     /// Whether the keep rule would take a request sampling dropped (before its cap): if not,
     /// the request is only counted and its span needs no more than RED reads.
-    fn may_keep(&self, status: u16, duration_ns: u64) -> bool {
+    fn may_keep(&self, server_failed: bool, duration_ns: u64) -> bool {
         let keep = self.keep.lock().unwrap_or_else(|p| p.into_inner());
-        keep.rule.reason(status, duration_ns).is_some()
+        keep.rule.reason(server_failed, duration_ns).is_some()
     }
 
     fn publish(&self, mut span: Span) {
@@ -221,7 +223,7 @@ impl Observer {
 /// Turns events into observations; owns the per-connection and per-process state.
 pub struct Assembler {
     observer: Arc<Observer>,
-    matcher: Matcher,
+    parsers: Parsers,
     names: HashMap<u32, String, foldhash::fast::RandomState>,
     clock: Clock,
 }
@@ -230,7 +232,7 @@ impl Assembler {
     pub fn new(observer: Arc<Observer>) -> Self {
         Assembler {
             observer,
-            matcher: Matcher::default(),
+            parsers: Parsers::default(),
             names: HashMap::default(),
             clock: Clock::now(),
         }
@@ -272,7 +274,7 @@ impl Assembler {
                 let names = &mut self.names;
                 let comm = &header.comm;
                 let service = |pid: u32| service_name(names, pid, comm);
-                if let Some(span) = self.matcher.feed(message, service, &self.clock) {
+                if let Some(span) = self.parsers.message(message, service, &self.clock) {
                     self.observer.publish(span);
                 }
             }
@@ -304,9 +306,9 @@ impl Assembler {
                 let comm = &header.comm;
                 let service = |pid: u32| service_name(names, pid, comm);
                 let observer = &self.observer;
-                let may_keep = |status, duration| observer.may_keep(status, duration);
+                let may_keep = |failed, duration| observer.may_keep(failed, duration);
                 let span = match response {
-                    Some(response) => exchange(
+                    Some(response) => self.parsers.exchange(
                         message,
                         response,
                         header.ts_ns,
@@ -315,7 +317,7 @@ impl Assembler {
                         &self.clock,
                     ),
                     // A request the kernel did not pair: the next responses pair in order.
-                    None => self.matcher.feed(message, service, &self.clock),
+                    None => self.parsers.message(message, service, &self.clock),
                 };
                 if let Some(span) = span {
                     self.observer.publish(span);
@@ -367,7 +369,7 @@ impl Assembler {
             }
             Event::Exit { header, .. } => {
                 self.names.remove(&header.pid);
-                self.matcher.forget_process(header.pid);
+                self.parsers.forget_process(header.pid);
             }
         }
     }
@@ -468,30 +470,15 @@ fn drain(ring: &mut RingBuf<MapData>, assembler: &mut Assembler) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http::SpanKind;
+    use apiary_span::SpanKind;
 
     fn span(status: u16, duration_ns: u64, second: u64) -> Span {
-        Span {
-            kind: SpanKind::Server,
-            probe: "http",
-            service: "s".into(),
-            pid: 1,
-            method: "GET".into(),
-            target: "/".into(),
-            route: "/".into(),
-            status,
-            start_unix_nanos: second * 1_000_000_000,
-            duration_ns,
-            peer: None,
-            local: None,
-            host: None,
-            traceparent: None,
-            sample_rate: 0.05,
-            sampled: false,
-            kept_by: None,
-            netns: 1,
-            cgroup_id: 1,
-        }
+        let mut span = apiary_span::testing::http_span(SpanKind::Server, "GET", "/", status);
+        span.start_unix_nanos = second * 1_000_000_000;
+        span.duration_ns = duration_ns;
+        span.sample_rate = 0.05;
+        span.sampled = false;
+        span
     }
 
     #[test]

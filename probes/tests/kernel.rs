@@ -165,11 +165,11 @@ async fn http_spans_from_python_server_and_curl() {
     assert_eq!(client.len(), 2, "{spans:#?}");
     let users = server
         .iter()
-        .find(|s| s.target.starts_with("/users"))
+        .find(|s| s.expect_http().target.starts_with("/users"))
         .expect("server span");
-    assert_eq!(users.method, "GET");
-    assert_eq!(users.route, "/users/{id}");
-    assert_eq!(users.status, 404);
+    assert_eq!(users.expect_http().method, "GET");
+    assert_eq!(users.expect_http().route, "/users/{id}");
+    assert_eq!(users.expect_http().status, 404);
     assert!(users.service.starts_with("python"), "{}", users.service);
     assert_eq!(users.traceparent.as_deref(), Some(TRACEPARENT));
     assert_eq!(users.trace_id(), Some("4bf92f3577b34da6a3ce929d0e0e4736"));
@@ -181,7 +181,7 @@ async fn http_spans_from_python_server_and_curl() {
     assert_eq!(users.peer.unwrap().ip().to_string(), "127.0.0.1");
     let curl_span = client
         .iter()
-        .find(|s| s.target.starts_with("/users"))
+        .find(|s| s.expect_http().target.starts_with("/users"))
         .expect("client span");
     assert_eq!(curl_span.service, "curl");
     assert_eq!(curl_span.peer.unwrap().port(), port);
@@ -192,8 +192,14 @@ async fn http_spans_from_python_server_and_curl() {
         curl_span.duration_ns
     );
     assert!(users.duration_ns <= curl_span.duration_ns);
-    let root = server.iter().find(|s| s.target == "/").unwrap();
-    assert_eq!((root.status, root.route.as_str()), (200, "/"));
+    let root = server
+        .iter()
+        .find(|s| s.expect_http().target == "/")
+        .unwrap();
+    assert_eq!(
+        (root.expect_http().status, root.expect_http().route.as_str()),
+        (200, "/")
+    );
 
     let reports = probes.set.reports();
     let http = reports.iter().find(|r| r.name == "http").unwrap();
@@ -217,7 +223,10 @@ async fn sampling_and_disabling_change_live_without_reload() {
     let counted = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let tap = counted.clone();
     probes.observer.set_request_tap(Box::new(move |span| {
-        if span.kind == SpanKind::Server && span.route == "/items/{id}" && span.status == 200 {
+        if span.kind == SpanKind::Server
+            && span.expect_http().route == "/items/{id}"
+            && span.expect_http().status == 200
+        {
             tap.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
     }));
@@ -249,7 +258,7 @@ async fn sampling_and_disabling_change_live_without_reload() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let server_spans = spans_on_port(&probes.observer, port)
         .into_iter()
-        .filter(|s| s.kind == SpanKind::Server && s.route == "/items/{id}")
+        .filter(|s| s.kind == SpanKind::Server && s.expect_http().route == "/items/{id}")
         .collect::<Vec<_>>();
     let kept = server_spans.len() as f64 / requests as f64;
     assert!(
@@ -288,7 +297,7 @@ async fn sampling_and_disabling_change_live_without_reload() {
     probes.observer.sync(Duration::from_secs(5)).await;
     let new_spans = spans_on_port(&probes.observer, port)
         .into_iter()
-        .filter(|s| s.target == "/off")
+        .filter(|s| s.expect_http().target == "/off")
         .count();
     assert_eq!(new_spans, 0, "http disabled but spans still came");
     let _ = disabled_at;
@@ -311,12 +320,12 @@ async fn sampling_and_disabling_change_live_without_reload() {
     get(port, "/back");
     let back = wait_spans(&probes.observer, port, 0).await;
     let start = Instant::now();
-    let mut seen = back.iter().any(|s| s.target == "/back");
+    let mut seen = back.iter().any(|s| s.expect_http().target == "/back");
     while !seen && start.elapsed() < Duration::from_secs(5) {
         tokio::time::sleep(Duration::from_millis(50)).await;
         seen = spans_on_port(&probes.observer, port)
             .iter()
-            .any(|s| s.target == "/back");
+            .any(|s| s.expect_http().target == "/back");
     }
     assert!(seen, "no span after re-enabling");
 }
@@ -418,7 +427,7 @@ async fn https_spans_through_the_tls_probe() {
     assert_eq!(status, 404);
     let tls_spans = wait_tls_spans(
         &probes.observer,
-        |s| s.target == "/secure/42",
+        |s| s.expect_http().target == "/secure/42",
         |spans| spans.len() >= 2,
     )
     .await;
@@ -431,7 +440,11 @@ async fn https_spans_through_the_tls_probe() {
         .find(|s| s.kind == SpanKind::Client)
         .expect("tls client span");
     assert_eq!(
-        (server.method.as_str(), server.status, server.route.as_str()),
+        (
+            server.expect_http().method.as_str(),
+            server.expect_http().status,
+            server.expect_http().route.as_str()
+        ),
         ("GET", 404, "/secure/{id}")
     );
     assert_eq!(server.traceparent.as_deref(), Some(TRACEPARENT));
@@ -503,7 +516,7 @@ async fn a_reused_fd_reports_its_new_connection() {
     let spans = wait_spans(&probes.observer, second_port, 2).await;
     let client = spans
         .iter()
-        .find(|s| s.kind == SpanKind::Client && s.target == "/after-dup2")
+        .find(|s| s.kind == SpanKind::Client && s.expect_http().target == "/after-dup2")
         .unwrap_or_else(|| panic!("no client span for /after-dup2 on the second port: {spans:#?}"));
     assert_eq!(
         client.peer.map(|a| a.port()),
@@ -513,7 +526,7 @@ async fn a_reused_fd_reports_its_new_connection() {
     assert!(
         spans_on_port(&probes.observer, first_port)
             .iter()
-            .all(|s| s.target != "/after-dup2"),
+            .all(|s| s.expect_http().target != "/after-dup2"),
         "the request after dup2 was reported on the first connection"
     );
 }
@@ -560,7 +573,7 @@ async fn a_freed_tls_connection_leaves_nothing_to_the_next() {
         |spans| {
             spans
                 .iter()
-                .filter(|s| s.target.starts_with("/ok/"))
+                .filter(|s| s.expect_http().target.starts_with("/ok/"))
                 .count()
                 >= 3
         },
@@ -572,12 +585,14 @@ async fn a_freed_tls_connection_leaves_nothing_to_the_next() {
         assert!(
             server_spans
                 .iter()
-                .any(|s| s.target == target && s.status == 200),
+                .any(|s| s.expect_http().target == target && s.expect_http().status == 200),
             "no server span for {target} with its 200: {server_spans:#?}"
         );
     }
     assert!(
-        server_spans.iter().all(|s| !s.target.starts_with("/drop/")),
+        server_spans
+            .iter()
+            .all(|s| !s.expect_http().target.starts_with("/drop/")),
         "an unanswered request was paired with the next connection's response: {server_spans:#?}"
     );
 }

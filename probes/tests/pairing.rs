@@ -107,7 +107,7 @@ async fn pipelined_requests_keep_their_own_responses() {
         let mut seen: Vec<(String, u16)> = spans
             .iter()
             .filter(|s: &&Span| s.kind == kind)
-            .map(|s| (s.target.clone(), s.status))
+            .map(|s| (s.expect_http().target.clone(), s.expect_http().status))
             .collect();
         seen.sort();
         assert_eq!(

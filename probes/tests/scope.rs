@@ -92,7 +92,7 @@ fn spans_with(observer: &Observer, target: &str) -> Vec<Span> {
     observer
         .recent_spans()
         .into_iter()
-        .filter(|s| s.target == target)
+        .filter(|s| s.expect_http().target == target)
         .map(|s| (*s).clone())
         .collect()
 }

@@ -7,7 +7,7 @@ import { Chart } from '../Chart.jsx';
 const KEEP = 90; // points of history per chart (3 minutes at one poll every 2 s)
 
 function keyOf(r) {
-  return `${r.service} ${r.kind} ${r.method} ${r.route}`;
+  return `${r.service} ${r.kind} ${r.operation} ${r.route}`;
 }
 
 export function Services() {
@@ -49,7 +49,7 @@ export function Services() {
               {rows.filter((r) => r.service === service).map((r) => (
                 <tr>
                   <td>{r.kind}</td>
-                  <td>{r.method}</td>
+                  <td>{r.operation}</td>
                   <td><code>{r.route}</code></td>
                   <td>{r.count}</td>
                   <td class={r.errors ? 'bad' : ''}>{r.errors}</td>

@@ -1,0 +1,117 @@
+//! The protocols the probes parse in userspace, one module each, behind one seam.
+//!
+//! The kernel sends message starts (`Event::Data`) and request/response pairs it matched
+//! (`Event::Exchange`); [`Parsers`] hands each to the protocol it belongs to, which pairs
+//! requests with responses, decodes them and builds a [`Span`] (from `apiary-span`) with its
+//! typed attributes. A protocol module holds its parser, its pairing and its tests; nothing
+//! outside it knows the protocol's bytes.
+//!
+//! Adding a protocol, userspace side (see also `bpf/README.md` for the kernel side and
+//! `docs/architecture.md` for the whole checklist):
+//! 1. `probes/src/protocol/<name>/` — parse, pair, build spans (`Span { protocol: … }`), tests;
+//! 2. `probes/src/protocol/mod.rs` — one field in [`Parsers`] and one arm in its dispatch;
+//! 3. `span/src/<name>.rs` — the protocol's typed attributes and RED schema;
+//! 4. `span/src/lib.rs` — one [`apiary_span::Protocol`] variant and its arms.
+
+pub mod http1;
+
+use apiary_span::Span;
+
+use crate::abi::{Direction, Flow};
+
+/// A message start from the kernel, as every protocol's parser takes it.
+pub struct Message<'a> {
+    pub probe: &'static str,
+    pub pid: u32,
+    pub conn_id: u64,
+    pub ts_ns: u64,
+    pub direction: Direction,
+    pub flow: Option<&'a Flow>,
+    pub sample_threshold: u32,
+    pub sampled_out: bool,
+    pub data: &'a [u8],
+    pub netns: u32,
+    pub cgroup_id: u64,
+}
+
+/// Every protocol's parser, with its per-connection state.
+#[derive(Default)]
+pub struct Parsers {
+    http1: http1::Matcher,
+}
+
+impl Parsers {
+    /// One message start the kernel could not pair: the protocol pairs it with the others of
+    /// its connection. Returns a span when it completes an exchange.
+    pub fn message(
+        &mut self,
+        message: Message,
+        service: impl FnOnce(u32) -> String,
+        clock: &Clock,
+    ) -> Option<Span> {
+        // The kernel emits HTTP/1 message starts only; a second protocol dispatches here on the
+        // protocol the kernel classified the record as.
+        self.http1.feed(message, service, clock)
+    }
+
+    /// A request and the start of its response that the kernel paired.
+    ///
+    /// `may_keep(server_failed, duration_ns)` says whether a keep rule could still export a
+    /// request sampling dropped; if not, the protocol parses only what RED counts.
+    pub fn exchange(
+        &mut self,
+        request: Message,
+        response: &[u8],
+        response_ts_ns: u64,
+        may_keep: impl FnOnce(bool, u64) -> bool,
+        service: impl FnOnce(u32) -> String,
+        clock: &Clock,
+    ) -> Option<Span> {
+        http1::exchange(request, response, response_ts_ns, may_keep, service, clock)
+    }
+
+    /// Forgets the connections of a process that exited.
+    pub fn forget_process(&mut self, pid: u32) {
+        self.http1.forget_process(pid);
+    }
+
+    /// Connections with requests waiting for their response, over all protocols.
+    pub fn pending_connections(&self) -> usize {
+        self.http1.pending_connections()
+    }
+}
+
+/// Converts the kernel's monotonic timestamps to wall-clock time.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    offset_ns: i128,
+}
+
+impl Clock {
+    pub fn now() -> Self {
+        let monotonic = clock_ns(libc::CLOCK_MONOTONIC);
+        let realtime = clock_ns(libc::CLOCK_REALTIME);
+        Clock {
+            offset_ns: realtime as i128 - monotonic as i128,
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn with_offset(offset_ns: i128) -> Self {
+        Clock { offset_ns }
+    }
+
+    pub fn to_unix_nanos(&self, monotonic_ns: u64) -> u64 {
+        (monotonic_ns as i128 + self.offset_ns).max(0) as u64
+    }
+}
+
+pub fn clock_ns(clock: libc::clockid_t) -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec through a valid pointer.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}

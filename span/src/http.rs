@@ -1,0 +1,71 @@
+//! HTTP's attributes, per the OpenTelemetry semantic conventions for HTTP spans and metrics.
+
+use serde::Serialize;
+
+use crate::{RedDimensions, RedSchema, SpanKind, Value};
+
+/// One HTTP request's attributes and its response's status.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+pub struct Http {
+    pub method: String,
+    /// The request target as sent (path and query). Empty when sampling dropped the request
+    /// and no keep rule could export it: only RED reads such a span.
+    pub target: String,
+    /// The target with ids templated (`/users/{id}`), the low-cardinality name RED counts by.
+    pub route: String,
+    pub status: u16,
+    pub host: Option<String>,
+}
+
+pub static RED_SCHEMA: RedSchema = RedSchema {
+    protocol: "http",
+    server_metric: "http.server.request.duration",
+    client_metric: "http.client.request.duration",
+    metric_description:
+        "Duration of HTTP requests seen by Apiary's probes, counted before sampling.",
+    operation_attribute: "http.request.method",
+    route_attribute: "http.route",
+    status_attribute: "http.response.status_code",
+    prometheus_prefix: "apiary_http",
+    prometheus_labels: ["method", "route", "status"],
+};
+
+impl Http {
+    pub(crate) fn name(&self, out: &mut String) {
+        out.clear();
+        out.push_str(&self.method);
+        out.push(' ');
+        out.push_str(&self.route);
+    }
+
+    /// Semantic conventions: 5xx is an error on both sides, 4xx only for the client.
+    pub fn is_error(&self, kind: SpanKind) -> bool {
+        is_error(kind, self.status)
+    }
+
+    pub(crate) fn red(&self) -> RedDimensions<'_> {
+        RedDimensions {
+            protocol: &RED_SCHEMA,
+            operation: &self.method,
+            route: &self.route,
+            status: self.status,
+        }
+    }
+
+    /// The request's path: its target without query or fragment (which may hold secrets).
+    pub fn path(&self) -> &str {
+        self.target.split(['?', '#']).next().unwrap_or("/")
+    }
+
+    pub(crate) fn for_each_attribute(&self, emit: &mut impl FnMut(&str, Value)) {
+        emit("http.request.method", Value::Str(&self.method));
+        emit("url.path", Value::Str(self.path()));
+        emit("http.route", Value::Str(&self.route));
+        emit("http.response.status_code", Value::Int(self.status.into()));
+    }
+}
+
+/// [`Http::is_error`] for a status alone, as RED's series keys hold it.
+pub fn is_error(kind: SpanKind, status: u16) -> bool {
+    status >= 500 || (kind == SpanKind::Client && status >= 400)
+}
