@@ -60,8 +60,9 @@ fn npm(dir: &Path, args: &[&str]) {
             dir.display()
         ),
         Err(e) => panic!(
-            "cannot run npm ({e}): the dashboard is built with Node.js and npm; install them \
-             (apt-get install nodejs npm) or set APIARY_SKIP_DASHBOARD=1 to build without it"
+            "cannot run npm ({e}): the dashboard is built with Node.js and npm; `./dev` at the \
+             repository's root installs them (or `apt-get install nodejs npm`), or set \
+             APIARY_SKIP_DASHBOARD=1 to build without the dashboard"
         ),
     }
 }
