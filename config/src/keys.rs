@@ -46,6 +46,7 @@ pub fn apply_settings(
     for setting in settings {
         next = apply_one(&next, setting)?;
     }
+    next.restore_secrets(config)?;
     next.validate()?;
     Ok(next)
 }

@@ -9,9 +9,11 @@
 
 mod keys;
 mod model;
+mod secret;
 
 pub use keys::{apply_settings, diff, flatten, parse_cli_assignment, KeyChange, Setting};
 pub use model::*;
+pub use secret::{is_marker, redact};
 
 use serde::{Deserialize, Serialize};
 

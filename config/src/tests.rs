@@ -257,3 +257,107 @@ fn diff_names_each_changed_key_with_old_and_new_values() {
     assert_eq!(rate.to, Some(serde_json::json!(0.5)));
     assert!(crate::diff(&after, &after).is_empty());
 }
+
+fn with_secret_destination() -> ClusterConfig {
+    crate::apply_settings(
+        &ClusterConfig::default(),
+        &[set(
+            "destination.vendor",
+            serde_json::json!({
+                "endpoint": "https://user:hunter2@otlp.example:4318",
+                "protocol": "http/protobuf",
+                "headers": { "x-api-key": "sk-live-123", "authorization": "Bearer abc" }
+            }),
+        )],
+    )
+    .unwrap()
+}
+
+#[test]
+fn secrets_never_leave_in_what_the_api_shows() {
+    let config = with_secret_destination();
+    let shown = serde_json::to_string(&config.redacted()).unwrap();
+    for secret in ["hunter2", "sk-live-123", "Bearer abc"] {
+        assert!(!shown.contains(secret), "{secret} in {shown}");
+    }
+    let vendor = &config.redacted().destinations["vendor"];
+    assert_eq!(vendor.headers["x-api-key"], crate::redact("sk-live-123"));
+    assert_ne!(vendor.headers["x-api-key"], vendor.headers["authorization"]);
+    assert!(
+        vendor.endpoint.starts_with("https://user:"),
+        "{}",
+        vendor.endpoint
+    );
+    assert!(
+        vendor.endpoint.ends_with("@otlp.example:4318/"),
+        "{}",
+        vendor.endpoint
+    );
+    // The stored config keeps the real values: they are what the sink sends.
+    assert_eq!(
+        config.destinations["vendor"].headers["x-api-key"],
+        "sk-live-123"
+    );
+
+    // The history and diffs show markers too.
+    let mut history = History::default();
+    history
+        .commit(&set_proposal(vec![set(
+            "destination.vendor",
+            serde_json::to_value(&config.destinations["vendor"]).unwrap(),
+        )]))
+        .unwrap();
+    history
+        .commit(&set_proposal(vec![set(
+            "destination.vendor.headers.x-api-key",
+            serde_json::json!("sk-live-456"),
+        )]))
+        .unwrap();
+    history
+        .commit(&proposal(Intent::Revert { to_version: 1 }))
+        .unwrap();
+    let events: Vec<ConfigEvent> = history.events().iter().map(ConfigEvent::redacted).collect();
+    let shown = serde_json::to_string(&events).unwrap();
+    for secret in ["hunter2", "sk-live-123", "sk-live-456", "Bearer abc"] {
+        assert!(!shown.contains(secret), "{secret} in {shown}");
+    }
+    let changes = crate::diff(
+        &history.config_at(1).unwrap(),
+        &history.config_at(2).unwrap(),
+    );
+    let shown = serde_json::to_string(&changes.iter().map(KeyChange::redacted).collect::<Vec<_>>())
+        .unwrap();
+    assert!(
+        shown.contains("x-api-key") && !shown.contains("sk-live"),
+        "{shown}"
+    );
+}
+
+#[test]
+fn a_redacted_config_written_back_keeps_its_secrets_and_a_stray_marker_is_refused() {
+    let config = with_secret_destination();
+    let shown = config.redacted();
+    let round_trip = crate::apply_settings(
+        &config,
+        &[set(
+            "destination.vendor",
+            serde_json::to_value(&shown.destinations["vendor"]).unwrap(),
+        )],
+    )
+    .unwrap();
+    assert_eq!(round_trip, config);
+    let stray = crate::apply_settings(
+        &config,
+        &[set(
+            "destination.vendor.headers.x-api-key",
+            serde_json::json!(crate::redact("something else")),
+        )],
+    )
+    .unwrap_err();
+    assert!(
+        stray
+            .to_string()
+            .contains("destination.vendor.headers.x-api-key"),
+        "{stray}"
+    );
+}
