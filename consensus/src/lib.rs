@@ -15,6 +15,7 @@ pub mod log_store;
 mod membership;
 pub mod network;
 pub mod state_machine;
+pub mod tokens;
 pub mod types;
 
 use std::collections::{BTreeSet, HashMap};
@@ -225,10 +226,24 @@ impl Consensus {
             .await
     }
 
+    /// Commits an API token's creation or revocation through the leader.
+    pub async fn token_step(&self, step: tokens::TokenStep) -> Result<(), WriteError> {
+        self.on_leader(Service::TokenStep, step, |step| {
+            self.internal_write_here(Request::Token(step), "the token change")
+        })
+        .await
+    }
+
     async fn ca_step_here(&self, step: ca::CaStep) -> Attempt<()> {
-        let write = self.raft.client_write(Request::Ca(step));
+        self.internal_write_here(Request::Ca(step), "the CA step")
+            .await
+    }
+
+    /// Commits an entry that answers no config version; `what` names it in a timeout.
+    async fn internal_write_here(&self, request: Request, what: &str) -> Attempt<()> {
+        let write = self.raft.client_write(request);
         match tokio::time::timeout(self.settings.write_timeout, write).await {
-            Err(_) => Attempt::Retry("the CA step did not commit in time".into()),
+            Err(_) => Attempt::Retry(format!("{what} did not commit in time")),
             Ok(Ok(response)) => match response.data {
                 Response::Rejected { error } => Attempt::Failed(WriteError::Rejected(error)),
                 _ => Attempt::Done(()),
@@ -423,6 +438,16 @@ impl Consensus {
             },
             Service::CaStep => match decode::<ca::CaStep>(payload) {
                 Ok(step) => encode(&self.leader_only(self.ca_step_here(step)).await),
+                Err(refusal) => return refusal,
+            },
+            Service::TokenStep => match decode::<tokens::TokenStep>(payload) {
+                Ok(step) => encode(
+                    &self
+                        .leader_only(
+                            self.internal_write_here(Request::Token(step), "the token change"),
+                        )
+                        .await,
+                ),
                 Err(refusal) => return refusal,
             },
             Service::Ping => encode(&self.id),

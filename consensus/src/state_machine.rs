@@ -4,6 +4,7 @@
 //! applied log id with the membership. Both are written in one atomic batch per `apply`, so after
 //! a crash the events and the applied id always agree.
 
+use std::collections::BTreeMap;
 use std::io::Cursor;
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 
@@ -16,6 +17,7 @@ use tokio::sync::watch;
 
 use crate::ca::{apply_step, CaState};
 use crate::log_store::{from_json, to_json};
+use crate::tokens::{apply_token_step, token_hash, TokenRecord};
 use crate::types::{
     Entry, LogId, NodeId, Request, Response, Snapshot, SnapshotMeta, StorageError,
     StoredMembership, TypeConfig,
@@ -40,6 +42,9 @@ struct Applied {
     /// The latest CA rotation (absent in data dirs from before rotations existed).
     #[serde(default)]
     ca: Option<CaState>,
+    /// API tokens by id, as hashes (absent in data dirs from before tokens existed).
+    #[serde(default)]
+    tokens: BTreeMap<String, TokenRecord>,
 }
 
 /// What a snapshot holds: everything needed to rebuild the state machine.
@@ -127,6 +132,22 @@ impl ConfigState {
         self.ca.subscribe()
     }
 
+    /// The API tokens (hashes, names, scopes), by id.
+    pub fn tokens(&self) -> Vec<TokenRecord> {
+        self.read().applied.tokens.values().cloned().collect()
+    }
+
+    /// The record of a presented token, if the cluster holds it.
+    pub fn find_token(&self, presented: &str) -> Option<TokenRecord> {
+        let hash = token_hash(presented);
+        self.read()
+            .applied
+            .tokens
+            .values()
+            .find(|t| t.sha256 == hash)
+            .cloned()
+    }
+
     fn read(&self) -> RwLockReadGuard<'_, State> {
         // Writers replace whole fields; a poisoned lock still holds a consistent state.
         self.state.read().unwrap_or_else(|p| p.into_inner())
@@ -143,6 +164,7 @@ impl ConfigState {
                 last_applied: state.applied.last_applied,
                 membership: state.applied.membership.clone(),
                 ca: state.applied.ca.clone(),
+                tokens: state.applied.tokens.clone(),
             },
             events: state.history.events().to_vec(),
         };
@@ -231,6 +253,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                             Err(error) => Response::Rejected { error },
                         }
                     }
+                    EntryPayload::Normal(Request::Token(step)) => {
+                        match apply_token_step(&mut state.applied.tokens, step) {
+                            Ok(()) => Response::Internal,
+                            Err(error) => Response::Rejected { error },
+                        }
+                    }
                     EntryPayload::Normal(Request::Ca(step)) => {
                         match apply_step(state.applied.ca.as_ref(), step) {
                             Ok(ca) => {
@@ -289,6 +317,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             last_applied: meta.last_log_id,
             membership: meta.last_membership.clone(),
             ca: data.applied.ca.clone(),
+            tokens: data.applied.tokens.clone(),
         };
         puts.push((APPLIED.to_vec(), to_json(&applied)?));
         self.0
@@ -399,5 +428,57 @@ mod tests {
         let current = other.get_current_snapshot().await.unwrap().unwrap();
         assert_eq!(current.meta.last_log_id.unwrap().index, 5);
         assert_eq!(*other.0.subscribe().borrow(), 2);
+    }
+}
+
+#[cfg(test)]
+mod token_tests {
+    use super::*;
+    use crate::tokens::{Scope, TokenStep};
+    use openraft::CommittedLeaderId;
+
+    #[tokio::test]
+    async fn tokens_survive_a_restart_and_a_snapshot_as_hashes_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut machine = StateMachine(ConfigState::open(store.clone()).unwrap());
+        let record = TokenRecord {
+            id: "t1".into(),
+            name: "prometheus".into(),
+            scope: Scope::Metrics,
+            sha256: token_hash("apiary_t1_secret"),
+            created_at: "2026-12-01T00:00:00Z".into(),
+            created_by: "test".into(),
+        };
+        let entry = |index, step| Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 0), index),
+            payload: EntryPayload::Normal(Request::Token(step)),
+        };
+        let responses = machine
+            .apply(vec![
+                entry(1, TokenStep::Create(record.clone())),
+                entry(2, TokenStep::Revoke { id: "nope".into() }),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(responses[0], Response::Internal);
+        assert!(matches!(responses[1], Response::Rejected { .. }));
+        let reopened = ConfigState::open(store.clone()).unwrap();
+        assert_eq!(
+            reopened.find_token("apiary_t1_secret"),
+            Some(record.clone())
+        );
+        assert_eq!(reopened.find_token("apiary_t1_wrong"), None);
+        let snapshot = machine.build_snapshot().await.unwrap();
+        let bytes = snapshot.snapshot.get_ref().clone();
+        assert!(!String::from_utf8_lossy(&bytes).contains("apiary_t1_secret"));
+        let other_dir = tempfile::tempdir().unwrap();
+        let mut other =
+            StateMachine(ConfigState::open(Store::open(other_dir.path()).unwrap()).unwrap());
+        other
+            .install_snapshot(&snapshot.meta, snapshot.snapshot)
+            .await
+            .unwrap();
+        assert_eq!(other.0.tokens(), vec![record]);
     }
 }

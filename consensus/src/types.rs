@@ -28,6 +28,8 @@ pub enum Request {
     Config(Proposal),
     /// A step of rotating the cluster CA (see [`crate::ca`]).
     Ca(crate::ca::CaStep),
+    /// An API token created or revoked (see [`crate::tokens`]).
+    Token(crate::tokens::TokenStep),
 }
 
 /// What applying an entry produced.

@@ -38,6 +38,8 @@ pub enum Service {
     CaStep,
     /// Which CA rotation step a member has applied to its transport.
     CaStatus,
+    /// An API token created or revoked by an operator, forwarded to the leader.
+    TokenStep,
 }
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
