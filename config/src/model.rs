@@ -19,6 +19,18 @@ pub struct ClusterConfig {
     pub budget: Budget,
     /// OTLP destinations by a name the operator chooses.
     pub destinations: BTreeMap<String, Destination>,
+    /// Who may use every node's HTTP API (absent from configs written before it existed).
+    #[serde(default)]
+    pub api: ApiAccess,
+}
+
+/// Access to the HTTP API beyond what tokens grant.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiAccess {
+    /// Reads (cluster, config, spans, RED, …) without a token: only for an API reachable from
+    /// a trusted network alone. Writes always need a token.
+    pub public_read: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -152,6 +164,7 @@ impl Default for ClusterConfig {
                 },
             },
             destinations: BTreeMap::new(),
+            api: ApiAccess::default(),
         }
     }
 }

@@ -361,3 +361,18 @@ fn a_redacted_config_written_back_keeps_its_secrets_and_a_stray_marker_is_refuse
         "{stray}"
     );
 }
+
+#[test]
+fn api_public_read_is_off_by_default_and_settable() {
+    let config = ClusterConfig::default();
+    assert!(!config.api.public_read);
+    let open = crate::apply_settings(&config, &[set("api.public_read", json!(true))]).unwrap();
+    assert!(open.api.public_read);
+    let wrong = crate::apply_settings(&config, &[set("api.public_read", json!("yes"))]);
+    assert!(wrong.unwrap_err().to_string().contains("api.public_read"));
+    // A config stored before `api` existed still reads.
+    let mut old = serde_json::to_value(&config).unwrap();
+    old.as_object_mut().unwrap().remove("api");
+    let read: ClusterConfig = serde_json::from_value(old).unwrap();
+    assert_eq!(read, config);
+}
