@@ -1,7 +1,22 @@
-/* Types shared by the eBPF programs and the Rust loader (probes/src/abi.rs mirrors them; a test
- * there checks the sizes). Little-endian x86-64, natural alignment, no implicit padding. */
+/* The ABI between the eBPF programs and userspace: the constants, map keys and values, and ring
+ * buffer records both sides use. Little-endian x86-64, natural alignment, no implicit padding.
+ *
+ * probes/src/abi.rs mirrors every struct here (#[repr(C)]) and every constant it uses, and both
+ * sides are checked when they build: clang checks each struct against its AP_ABI_SIZE and
+ * AP_ABI_OFFSET lines below, and probes/build.rs reads those lines and the integer #defines for
+ * probes/src/abi.rs, whose mirrors must match them (size, field names in order, offsets). A
+ * change on one side only fails the build. Changing a struct: change its AP_ABI_* lines, then
+ * its mirror in abi.rs. Keep one AP_ABI_* per line; build.rs reads them as written. */
 #ifndef APIARY_H
 #define APIARY_H
+
+#define AP_ABI_SIZE(type, size)                                                             \
+	_Static_assert(sizeof(struct type) == (size),                                     \
+		       "sizeof(struct " #type ") != " #size ": update its AP_ABI_SIZE line and probes/src/abi.rs")
+#define AP_ABI_OFFSET(type, field, offset)                                                  \
+	_Static_assert(__builtin_offsetof(struct type, field) == (offset),                \
+		       "offsetof(struct " #type ", " #field ") != " #offset                 \
+		       ": update its AP_ABI_OFFSET line and probes/src/abi.rs")
 
 #define PROBE_HTTP 0
 #define PROBE_TLS 1
@@ -33,6 +48,10 @@
 #define EV_EXIT 5
 #define EV_EXCHANGE 6
 
+/* ap_event_header.proto of EV_DATA and EV_EXCHANGE records: the protocol of the message
+ * (bpf/protocol.h). HTTP/1 is the only one yet, so the kernel writes 0 in every record. */
+#define PROTO_HTTP1 0
+
 #define DIR_INGRESS 0 /* read/recv: bytes into the process */
 #define DIR_EGRESS 1  /* write/send: bytes out of the process */
 
@@ -53,6 +72,11 @@ struct ap_probe_config {
 	__u32 capture_bytes;
 	__u32 filter_flags;
 };
+AP_ABI_SIZE(ap_probe_config, 16);
+AP_ABI_OFFSET(ap_probe_config, enabled, 0);
+AP_ABI_OFFSET(ap_probe_config, sample_threshold, 4);
+AP_ABI_OFFSET(ap_probe_config, capture_bytes, 8);
+AP_ABI_OFFSET(ap_probe_config, filter_flags, 12);
 
 struct ap_probe_stats {
 	__u64 offered;     /* events that passed scope and filters, before sampling */
@@ -61,32 +85,51 @@ struct ap_probe_stats {
 	__u64 sampled_out; /* events dropped by sampling */
 	__u64 filtered;    /* events dropped by the probe's pid/port/cgroup filters */
 };
+AP_ABI_SIZE(ap_probe_stats, 40);
+AP_ABI_OFFSET(ap_probe_stats, offered, 0);
+AP_ABI_OFFSET(ap_probe_stats, emitted, 8);
+AP_ABI_OFFSET(ap_probe_stats, lost, 16);
+AP_ABI_OFFSET(ap_probe_stats, sampled_out, 24);
+AP_ABI_OFFSET(ap_probe_stats, filtered, 32);
 
 struct ap_scope_config {
 	__u32 by_cgroup;
 	__u32 by_netns;
 };
+AP_ABI_SIZE(ap_scope_config, 8);
+AP_ABI_OFFSET(ap_scope_config, by_cgroup, 0);
+AP_ABI_OFFSET(ap_scope_config, by_netns, 4);
 
 struct ap_pid_filter_key {
 	__u32 probe;
 	__u32 pid;
 };
+AP_ABI_SIZE(ap_pid_filter_key, 8);
+AP_ABI_OFFSET(ap_pid_filter_key, probe, 0);
+AP_ABI_OFFSET(ap_pid_filter_key, pid, 4);
 
 struct ap_port_filter_key {
 	__u32 probe;
 	__u32 port;
 };
+AP_ABI_SIZE(ap_port_filter_key, 8);
+AP_ABI_OFFSET(ap_port_filter_key, probe, 0);
+AP_ABI_OFFSET(ap_port_filter_key, port, 4);
 
 struct ap_cgroup_filter_key {
 	__u32 probe;
 	__u32 pad;
 	__u64 cgroup_id;
 };
+AP_ABI_SIZE(ap_cgroup_filter_key, 16);
+AP_ABI_OFFSET(ap_cgroup_filter_key, probe, 0);
+AP_ABI_OFFSET(ap_cgroup_filter_key, pad, 4);
+AP_ABI_OFFSET(ap_cgroup_filter_key, cgroup_id, 8);
 
 struct ap_event_header {
 	__u8 kind;
 	__u8 probe;
-	__u16 pad;
+	__u16 proto; /* EV_DATA, EV_EXCHANGE: PROTO_*; 0 in other records */
 	__u32 pid; /* process (tgid) */
 	__u32 tid;
 	__u32 netns;
@@ -94,6 +137,16 @@ struct ap_event_header {
 	__u64 cgroup_id;
 	char comm[16];
 };
+AP_ABI_SIZE(ap_event_header, 48);
+AP_ABI_OFFSET(ap_event_header, kind, 0);
+AP_ABI_OFFSET(ap_event_header, probe, 1);
+AP_ABI_OFFSET(ap_event_header, proto, 2);
+AP_ABI_OFFSET(ap_event_header, pid, 4);
+AP_ABI_OFFSET(ap_event_header, tid, 8);
+AP_ABI_OFFSET(ap_event_header, netns, 12);
+AP_ABI_OFFSET(ap_event_header, ts_ns, 16);
+AP_ABI_OFFSET(ap_event_header, cgroup_id, 24);
+AP_ABI_OFFSET(ap_event_header, comm, 32);
 
 struct ap_flow {
 	__u16 family; /* AF_INET (2) or AF_INET6 (10) */
@@ -103,6 +156,13 @@ struct ap_flow {
 	__u8 local_addr[16];  /* IPv4 in the first 4 bytes */
 	__u8 remote_addr[16];
 };
+AP_ABI_SIZE(ap_flow, 40);
+AP_ABI_OFFSET(ap_flow, family, 0);
+AP_ABI_OFFSET(ap_flow, local_port, 2);
+AP_ABI_OFFSET(ap_flow, remote_port, 4);
+AP_ABI_OFFSET(ap_flow, pad, 6);
+AP_ABI_OFFSET(ap_flow, local_addr, 8);
+AP_ABI_OFFSET(ap_flow, remote_addr, 24);
 
 struct ap_data_event {
 	struct ap_event_header h;
@@ -115,10 +175,20 @@ struct ap_data_event {
 	__u32 flags;     /* DATA_SAMPLED_OUT: counted for RED metrics, not exported as a span */
 	__u8 data[MAX_CAPTURE + 1];
 };
+AP_ABI_SIZE(ap_data_event, 4216);
+AP_ABI_OFFSET(ap_data_event, h, 0);
+AP_ABI_OFFSET(ap_data_event, flow, 48);
+AP_ABI_OFFSET(ap_data_event, conn_id, 88);
+AP_ABI_OFFSET(ap_data_event, total_len, 96);
+AP_ABI_OFFSET(ap_data_event, direction, 104);
+AP_ABI_OFFSET(ap_data_event, captured, 108);
+AP_ABI_OFFSET(ap_data_event, sample_threshold, 112);
+AP_ABI_OFFSET(ap_data_event, flags, 116);
+AP_ABI_OFFSET(ap_data_event, data, 120);
 
 /* A request and the start of its response on one connection, paired in the kernel: one record
  * per exchange instead of one per message. The request waits in its connection's entry
- * (struct ap_conn in apiary.bpf.c) until the response starts. */
+ * (struct ap_conn in bpf/maps.h) until the response starts. */
 struct ap_exchange_event {
 	struct ap_event_header h; /* ts_ns: when the response started */
 	struct ap_flow flow;
@@ -133,6 +203,19 @@ struct ap_exchange_event {
 	__u16 response_captured; /* then data[request_captured..][..response_captured] */
 	__u8 data[BRIEF_CAPTURE * 2];
 };
+AP_ABI_SIZE(ap_exchange_event, 648);
+AP_ABI_OFFSET(ap_exchange_event, h, 0);
+AP_ABI_OFFSET(ap_exchange_event, flow, 48);
+AP_ABI_OFFSET(ap_exchange_event, conn_id, 88);
+AP_ABI_OFFSET(ap_exchange_event, request_ts, 96);
+AP_ABI_OFFSET(ap_exchange_event, request_len, 104);
+AP_ABI_OFFSET(ap_exchange_event, response_len, 112);
+AP_ABI_OFFSET(ap_exchange_event, direction, 120);
+AP_ABI_OFFSET(ap_exchange_event, sample_threshold, 124);
+AP_ABI_OFFSET(ap_exchange_event, flags, 128);
+AP_ABI_OFFSET(ap_exchange_event, request_captured, 132);
+AP_ABI_OFFSET(ap_exchange_event, response_captured, 134);
+AP_ABI_OFFSET(ap_exchange_event, data, 136);
 
 struct ap_tcp_event {
 	struct ap_event_header h;
@@ -146,6 +229,17 @@ struct ap_tcp_event {
 	__u32 retransmits;
 	__u32 pad;
 };
+AP_ABI_SIZE(ap_tcp_event, 136);
+AP_ABI_OFFSET(ap_tcp_event, h, 0);
+AP_ABI_OFFSET(ap_tcp_event, flow, 48);
+AP_ABI_OFFSET(ap_tcp_event, sock, 88);
+AP_ABI_OFFSET(ap_tcp_event, old_state, 96);
+AP_ABI_OFFSET(ap_tcp_event, new_state, 100);
+AP_ABI_OFFSET(ap_tcp_event, bytes_sent, 104);
+AP_ABI_OFFSET(ap_tcp_event, bytes_received, 112);
+AP_ABI_OFFSET(ap_tcp_event, bytes_acked, 120);
+AP_ABI_OFFSET(ap_tcp_event, retransmits, 128);
+AP_ABI_OFFSET(ap_tcp_event, pad, 132);
 
 struct ap_proc_event {
 	struct ap_event_header h;
@@ -153,5 +247,10 @@ struct ap_proc_event {
 	__s32 exit_code;
 	char filename[256];
 };
+AP_ABI_SIZE(ap_proc_event, 312);
+AP_ABI_OFFSET(ap_proc_event, h, 0);
+AP_ABI_OFFSET(ap_proc_event, ppid, 48);
+AP_ABI_OFFSET(ap_proc_event, exit_code, 52);
+AP_ABI_OFFSET(ap_proc_event, filename, 56);
 
 #endif

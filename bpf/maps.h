@@ -1,0 +1,172 @@
+/* Every map of the programs, in one place (probes/src/loader.rs opens the ones userspace
+ * drives by name: probe_config, probe_stats, pid_filter, port_filter, cgroup_filter,
+ * scope_config, scope_cgroups, scope_netns, events), with the kernel-only types of their values.
+ * The layouts userspace reads or writes are in apiary.h. */
+#ifndef APIARY_MAPS_H
+#define APIARY_MAPS_H
+
+#include "common.h"
+
+/* Every event goes through this one ring buffer; a full buffer counts the event as lost. */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 8 * 1024 * 1024);
+} events SEC(".maps");
+
+/* When each CPU last asked for a wakeup (events.h). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} last_wakeup SEC(".maps");
+
+/* --- knobs, written by userspace (probes/src/loader.rs), read by filters.h ------------------ */
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, NUM_PROBES);
+	__type(key, __u32);
+	__type(value, struct ap_probe_config);
+} probe_config SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, NUM_PROBES);
+	__type(key, __u32);
+	__type(value, struct ap_probe_stats);
+} probe_stats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct ap_scope_config);
+} scope_config SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 256);
+	__type(key, __u64);
+	__type(value, __u8);
+} scope_cgroups SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 256);
+	__type(key, __u32);
+	__type(value, __u8);
+} scope_netns SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct ap_pid_filter_key);
+	__type(value, __u8);
+} pid_filter SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct ap_port_filter_key);
+	__type(value, __u8);
+} port_filter SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, struct ap_cgroup_filter_key);
+	__type(value, __u8);
+} cgroup_filter SEC(".maps");
+
+/* --- per thread: a TLS read between its uprobe and its uretprobe (tls.h) ------------------- */
+
+/* An OpenSSL read in flight: its buffer holds the plaintext only when the call returns.
+ * (Socket reads need no such slot: their exit finds the syscall's arguments in the task's
+ * saved registers.) */
+struct ap_read_args {
+	__u64 buf;
+	__u64 conn_id;
+	__u64 len_ptr; /* SSL_read_ex: where OpenSSL stores the byte count */
+};
+
+/* One slot per thread in the thread's own storage: a read's entry and return find it without
+ * a hash update and delete per call. */
+struct ap_reads_in_flight {
+	struct ap_read_args tls; /* SSL_read/SSL_read_ex */
+	__u8 tls_set;
+	__u8 pad[7];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct ap_reads_in_flight);
+} reads_in_flight SEC(".maps");
+
+/* --- per connection (conn.h), with the request that waits for its response (message.h) ----- */
+
+/* ap_conn.keep: no request decided yet (else 0 dropped, 1 kept). */
+#define KEEP_UNDECIDED 2
+
+/* What the http and tls probes keep per connection, so that a request or response on a known
+ * connection costs one lookup instead of a walk from the fd to the socket, and no map update. */
+struct ap_conn {
+	__u64 file; /* the struct file behind the fd when cached: a reused fd gets a fresh entry */
+	struct ap_flow flow;
+	__u32 netns;
+	__u32 keep; /* the last request's sampling decision (its response follows it), or undecided */
+	/* Of the thread that first used the connection: the helpers that read them cost about
+	 * 200 ns each per event, and a connection rarely changes cgroup. */
+	__u64 cgroup_id;
+	char comm[16];
+	/* Requests sent or read and not yet answered (saturating): a response pairs with the waiting
+	 * request only when it is the one outstanding, so pipelined requests keep their order. */
+	__u8 in_flight;
+	__u8 waiting; /* req_* below hold a request that waits for its response */
+	__u16 req_captured;
+	__u32 req_direction;
+	__u32 req_threshold;
+	__u32 req_flags;
+	__u64 req_ts;
+	__s64 req_len;
+	__u8 req_data[BRIEF_CAPTURE];
+};
+
+/* Keyed by pid << 32 | fd, or, for TLS, by bit 63 set, the pid's low 16 bits in bits 47-62 and
+ * the SSL pointer below (user addresses are under 2^47 on x86-64): forked workers often hold
+ * their SSL objects at the same address, and each must have its own entry. Pids are far below
+ * 2^31, so the two kinds of keys cannot meet. An entry is about 400 bytes with its waiting
+ * request: 32 768 of them take about 13 MiB. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 32768);
+	__type(key, __u64);
+	__type(value, struct ap_conn);
+} conns SEC(".maps");
+
+/* --- per-CPU scratch: values too large for the 512-byte BPF stack ------------------------- */
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct ap_data_event);
+} data_scratch SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct ap_exchange_event);
+} exchange_scratch SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct ap_conn);
+} conn_scratch SEC(".maps");
+
+#endif /* APIARY_MAPS_H */
