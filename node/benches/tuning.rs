@@ -10,7 +10,7 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
-#[path = "../../probes/benches/loopback.rs"]
+#[path = "../../probes/benches/support/loopback.rs"]
 mod loopback;
 
 use std::time::{Duration, Instant};

@@ -13,7 +13,7 @@ use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-#[path = "loopback.rs"]
+#[path = "support/loopback.rs"]
 mod loopback;
 
 use apiary_config::{apply_settings, ClusterConfig, Setting};

@@ -416,7 +416,7 @@ pub fn spawn_reader(
         .map_err(|e| std::io::Error::other(e.to_string()))?;
     let mut assembler = Assembler::new(observer.clone());
     Ok(tokio::spawn(async move {
-        // The probes write without waking this reader (see WAKEUP_BYTES in bpf/apiary.bpf.c):
+        // The probes write without waking this reader (see WAKEUP_BYTES in bpf/events.h):
         // it drains on this timer, or at once when the kernel wakes it for a large backlog.
         // An idle ring is looked at less often: an idle node should cost next to nothing.
         let mut wait = DRAIN_INTERVAL;

@@ -1,9 +1,6 @@
 //! The probes in the real kernel, with real servers and clients in other processes. Needs root;
 //! elsewhere each test is skipped with one message.
 
-#[macro_use]
-mod common;
-
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
@@ -12,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use apiary_config::ClusterConfig;
 use apiary_probes::{spawn_reader, Observer, ProbeSet, ProbeState, Span, SpanKind};
-use common::{config, free_port, get, load, root, rust_server, spans_on_port, wait_spans};
+use crate::common::{config, free_port, get, load, root, rust_server, spans_on_port, wait_spans};
 use serde_json::json;
 
 struct Server(Child);

@@ -1,15 +1,12 @@
 //! Requests and responses paired in the kernel: one ring record per exchange, and pipelined
 //! requests that still get their own responses. Needs root; skipped with one message otherwise.
 
-#[macro_use]
-mod common;
-
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::time::Duration;
 
 use apiary_probes::{Span, SpanKind};
-use common::{config, get, load, root, rust_server, wait_spans};
+use crate::common::{config, get, load, root, rust_server, wait_spans};
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,7 +1,5 @@
 //! Helpers shared by the real-kernel probe tests.
 
-#![allow(dead_code)] // each test binary uses its own subset
-
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::Arc;
