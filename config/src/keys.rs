@@ -35,7 +35,7 @@ pub fn parse_cli_assignment(arg: &str) -> Result<Setting, ConfigError> {
 }
 
 const TOP_LEVEL_HINT: &str =
-    "keys start with `probe.<name>.`, `budget.`, `api.` or `destination.<name>.` (e.g. probe.http.sample_rate)";
+    "keys start with `probe.<name>.`, `budget.`, `api.`, `privacy.` or `destination.<name>.` (e.g. probe.http.sample_rate)";
 
 /// The configuration after `settings`, each applied in order; checked as a whole at the end.
 pub fn apply_settings(
@@ -61,6 +61,7 @@ fn apply_one(config: &ClusterConfig, setting: &Setting) -> Result<ClusterConfig,
         "probe" | "probes" => "probes",
         "budget" => "budget",
         "api" => "api",
+        "privacy" => "privacy",
         "destination" | "destinations" => "destinations",
         _ => return Err(unknown(key, TOP_LEVEL_HINT)),
     };

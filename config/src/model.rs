@@ -22,6 +22,19 @@ pub struct ClusterConfig {
     /// Who may use every node's HTTP API (absent from configs written before it existed).
     #[serde(default)]
     pub api: ApiAccess,
+    /// What spans may carry of what the probes saw (absent from configs written before it).
+    #[serde(default)]
+    pub privacy: Privacy,
+}
+
+/// Request details that can hold secrets (tokens in query strings, session ids) are dropped
+/// from spans unless named here. Headers other than `Host` and `traceparent` are never kept.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Privacy {
+    /// Query parameters whose name and value a span's target keeps (e.g. `["page", "sort"]`);
+    /// every other parameter is removed, and with an empty list the whole query string.
+    pub keep_query_params: Vec<String>,
 }
 
 /// Access to the HTTP API beyond what tokens grant.
@@ -165,6 +178,7 @@ impl Default for ClusterConfig {
             },
             destinations: BTreeMap::new(),
             api: ApiAccess::default(),
+            privacy: Privacy::default(),
         }
     }
 }

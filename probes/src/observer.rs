@@ -73,6 +73,7 @@ pub struct Observer {
     spans: broadcast::Sender<Arc<Span>>,
     tap: std::sync::OnceLock<RequestTap>,
     keep: Mutex<KeepBudget>,
+    kept_query_params: std::sync::RwLock<Vec<String>>,
     /// Requests seen, sampled or not (the demand cooperative tuning shares).
     pub requests_total: AtomicU64,
     /// Spans kept by `budget.always_keep` that sampling had dropped.
@@ -97,6 +98,7 @@ impl Default for Observer {
             spans: broadcast::channel(8192).0,
             tap: std::sync::OnceLock::new(),
             keep: Mutex::new(KeepBudget::default()),
+            kept_query_params: Default::default(),
             requests_total: AtomicU64::new(0),
             kept_by_rule: AtomicU64::new(0),
             kept_over_cap: AtomicU64::new(0),
@@ -167,6 +169,15 @@ impl Observer {
         let _ = tokio::time::timeout(timeout, drains.wait_for(|n| *n > before)).await;
     }
 
+    /// The query parameters spans keep (`privacy.keep_query_params`); all others are removed
+    /// before a span is shown or exported.
+    pub fn set_kept_query_params(&self, params: Vec<String>) {
+        *self
+            .kept_query_params
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = params;
+    }
+
     pub fn set_keep_rule(&self, rule: KeepRule) {
         self.keep.lock().unwrap_or_else(|p| p.into_inner()).rule = rule;
     }
@@ -211,6 +222,12 @@ impl Observer {
             span.kept_by = Some(reason);
         }
         self.spans_total.fetch_add(1, Ordering::Relaxed);
+        span.apply_privacy(
+            &self
+                .kept_query_params
+                .read()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
         if let Some(tap) = self.export_tap.get() {
             tap(&span);
         }
@@ -505,5 +522,18 @@ mod tests {
         assert!(kept.iter().all(|s| s.sampled && s.sample_rate == 1.0));
         assert_eq!(observer.kept_over_cap.load(Ordering::Relaxed), 1);
         assert_eq!(observer.requests_total.load(Ordering::Relaxed), 6);
+    }
+
+    #[test]
+    fn spans_leave_without_the_query_parameters_privacy_does_not_keep() {
+        let observer = Observer::default();
+        let mut live = observer.subscribe();
+        observer.set_kept_query_params(vec!["page".into()]);
+        let mut span = span(200, 10, 1);
+        span.sampled = true;
+        span.http_mut().target = "/search?q=mine&token=s3cret&page=2".into();
+        observer.publish(span);
+        let seen = live.try_recv().unwrap();
+        assert_eq!(seen.expect_http().target, "/search?page=2");
     }
 }

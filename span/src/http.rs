@@ -57,6 +57,32 @@ impl Http {
         self.target.split(['?', '#']).next().unwrap_or("/")
     }
 
+    /// Removes the query parameters not in `keep` (by name) and any fragment from the target:
+    /// query strings carry tokens and session ids as often as search terms.
+    pub fn strip_query(&mut self, keep: &[String]) {
+        let Some(start) = self.target.find(['?', '#']) else {
+            return;
+        };
+        let (path, rest) = self.target.split_at(start);
+        let query = rest
+            .strip_prefix('?')
+            .map(|q| q.split('#').next().unwrap_or_default())
+            .unwrap_or_default();
+        let kept: Vec<&str> = query
+            .split('&')
+            .filter(|pair| {
+                let name = pair.split('=').next().unwrap_or_default();
+                !name.is_empty() && keep.iter().any(|k| k == name)
+            })
+            .collect();
+        let mut target = path.to_string();
+        if !kept.is_empty() {
+            target.push('?');
+            target.push_str(&kept.join("&"));
+        }
+        self.target = target;
+    }
+
     pub(crate) fn for_each_attribute(&self, emit: &mut impl FnMut(&str, Value)) {
         emit("http.request.method", Value::Str(&self.method));
         emit("url.path", Value::Str(self.path()));
@@ -68,4 +94,38 @@ impl Http {
 /// [`Http::is_error`] for a status alone, as RED's series keys hold it.
 pub fn is_error(kind: SpanKind, status: u16) -> bool {
     status >= 500 || (kind == SpanKind::Client && status >= 400)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target_after(target: &str, keep: &[&str]) -> String {
+        let mut http = Http {
+            method: "GET".into(),
+            target: target.into(),
+            route: "/".into(),
+            status: 200,
+            host: None,
+        };
+        let keep: Vec<String> = keep.iter().map(|k| k.to_string()).collect();
+        http.strip_query(&keep);
+        http.target
+    }
+
+    #[test]
+    fn query_strings_keep_only_the_parameters_allowed() {
+        assert_eq!(target_after("/login?token=s3cret&page=2", &[]), "/login");
+        assert_eq!(
+            target_after("/login?token=s3cret&page=2", &["page"]),
+            "/login?page=2"
+        );
+        assert_eq!(
+            target_after("/a?page=1&page=2&x#frag", &["page"]),
+            "/a?page=1&page=2"
+        );
+        assert_eq!(target_after("/a#only-a-fragment", &["page"]), "/a");
+        assert_eq!(target_after("/plain", &["page"]), "/plain");
+        assert_eq!(target_after("/a?=v&pagex=1", &["page"]), "/a");
+    }
 }

@@ -184,6 +184,14 @@ impl Span {
         }
     }
 
+    /// Drops what the operator's privacy rules do not let a span keep (HTTP: query parameters
+    /// not in `keep_query_params`). Called before a span is shown or exported.
+    pub fn apply_privacy(&mut self, keep_query_params: &[String]) {
+        match &mut self.protocol {
+            Protocol::Http(http) => http.strip_query(keep_query_params),
+        }
+    }
+
     /// The trace id of the request's `traceparent`, if it carried one.
     pub fn trace_id(&self) -> Option<&str> {
         self.traceparent
