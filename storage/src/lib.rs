@@ -1,9 +1,11 @@
 //! Apiary's durable state, in one `sled` database in the node's data dir.
 //!
-//! Three trees, each with one job: the Raft log (entries keyed by index), small metadata (vote,
-//! committed id, last purged id, current snapshot), and the applied state machine. Values are
-//! opaque bytes: the consensus crate owns their format, this crate owns atomicity and
-//! durability. Writes that must survive a crash are followed by [`Store::flush`].
+//! Three trees for consensus, each with one job: the Raft log (entries keyed by index), small
+//! metadata (vote, committed id, last purged id, current snapshot), and the applied state
+//! machine; and one `queue/{name}` tree per export destination, the [`Queue`] that is that
+//! destination's disk buffer. Values are opaque bytes: the consensus crate owns the format of
+//! the first three, the pipeline crate that of the queues' batches; this crate owns atomicity
+//! and durability. Writes that must survive a crash are followed by [`Store::flush`].
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -201,7 +203,8 @@ impl Store {
     }
 }
 
-/// A durable FIFO of opaque items (export batches) in its own tree, bounded in bytes.
+/// A durable FIFO of opaque items (export batches) in its own tree. It keeps no limit itself:
+/// [`Queue::bytes`] tells its user (the pipeline's delivery) how much it holds, to bound it.
 ///
 /// Items leave only through [`Queue::ack`], after their destination acknowledged them, so a
 /// crash or restart re-sends instead of losing. Sequence numbers keep increasing across restarts.

@@ -1,5 +1,5 @@
 //! One destination: a disk queue in front of a sink, and a worker that sends the oldest batch
-//! until the destination acknowledges it.
+//! until the destination acknowledges it. How a batch is stored is `buffer::frame`'s.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -9,8 +9,9 @@ use apiary_storage::Queue;
 use serde::Serialize;
 use tokio::sync::Notify;
 
-use crate::sink::{SendError, Sink};
-use crate::Signal;
+use crate::buffer::frame::{frame, unframe};
+use crate::signal::Signal;
+use crate::sinks::sink::{SendError, Sink};
 
 /// What to do when the disk buffer is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -49,38 +50,6 @@ pub struct DeliveryStats {
     pub failed_attempts: AtomicU64,
     #[serde(skip)]
     pub last_error: Mutex<Option<String>>,
-}
-
-/// Batch layout in the queue: the signal (1 byte), the item count (4 bytes), then the encoded
-/// OTLP export request.
-/// Set in a stored batch's first byte when its payload is LZ4-compressed.
-const COMPRESSED: u8 = 0x80;
-
-/// A stored batch: signal code (| COMPRESSED), item count, payload. The payload is compressed
-/// with LZ4 because OTLP batches shrink several times over, and sled writes a large value (or a
-/// tree node full of them) as a file of its own, which cost more than the rest of the pipeline.
-fn frame(signal: Signal, items: u32, payload: &[u8]) -> Vec<u8> {
-    let compressed = lz4_flex::compress_prepend_size(payload);
-    let mut item = Vec::with_capacity(5 + compressed.len());
-    item.push(signal.code() | COMPRESSED);
-    item.extend_from_slice(&items.to_be_bytes());
-    item.extend_from_slice(&compressed);
-    item
-}
-
-fn unframe(item: &[u8]) -> Option<(Signal, u32, std::borrow::Cow<'_, [u8]>)> {
-    let (&code, rest) = item.split_first()?;
-    let (count, payload) = rest.split_first_chunk::<4>()?;
-    let payload = if code & COMPRESSED != 0 {
-        std::borrow::Cow::Owned(lz4_flex::decompress_size_prepended(payload).ok()?)
-    } else {
-        std::borrow::Cow::Borrowed(payload)
-    };
-    Some((
-        Signal::from_code(code & !COMPRESSED)?,
-        u32::from_be_bytes(*count),
-        payload,
-    ))
 }
 
 pub struct Delivery<S: Sink> {

@@ -3,7 +3,7 @@
 use opentelemetry_proto::tonic::collector::{logs, metrics, trace};
 use prost::Message;
 
-use crate::Signal;
+use crate::signal::Signal;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum OtlpRequest {

@@ -1,12 +1,12 @@
 //! Reading OTLP export requests at the protobuf wire level, without building messages.
 //!
-//! The receiver must validate what apps send, count its items and find the spans it may merge
-//! with the probes' own; decoding into `opentelemetry-proto`'s structs for that costs a dozen
-//! allocations per span. This reader checks the framing of the envelope and of every item's
-//! fields instead, and reports each server span's (trace id, parent span id) so the caller
-//! decodes fully only the rare request that needs rewriting.
+//! The OTLP/HTTP receiver (`sources::otlp_http`) must validate what apps send, count its items
+//! and find the spans it may merge with the probes' own; decoding into `opentelemetry-proto`'s
+//! structs for that costs a dozen allocations per span. This reader checks the framing of the
+//! envelope and of every item's fields instead, and reports each server span's (trace id,
+//! parent span id) so the caller decodes fully only the rare request that needs rewriting.
 
-use crate::Signal;
+use crate::signal::Signal;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Value<'a> {
@@ -178,7 +178,7 @@ pub fn scan(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::request::OtlpRequest;
+    use crate::otlp::request::OtlpRequest;
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
     use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, ResourceSpans, ScopeSpans, Span};
     use prost::Message;

@@ -12,8 +12,8 @@ use tonic::metadata::{MetadataKey, MetadataMap, MetadataValue};
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Status};
 
-use crate::sink::{Accepted, SendError, Sink};
-use crate::Signal;
+use crate::signal::Signal;
+use crate::sinks::sink::{Accepted, SendError, Sink};
 
 /// An already-encoded protobuf message: encoding it writes its bytes unchanged.
 #[derive(Clone, Default, PartialEq)]

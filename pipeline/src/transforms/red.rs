@@ -20,7 +20,9 @@ use opentelemetry_proto::tonic::metrics::v1::{
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use serde::Serialize;
 
-use crate::otlp::{int_attribute, string_attribute, ResourceInfo};
+use crate::otlp::attributes::{int_attribute, string_attribute};
+use crate::otlp::resource::ResourceInfo;
+use crate::prometheus::escape_label_value;
 
 /// Histogram bounds for HTTP durations, in seconds: the OpenTelemetry semantic conventions'
 /// advice (5 ms to 10 s) with five finer buckets below it, because the services the probes see
@@ -390,7 +392,7 @@ impl RedMetrics {
         let _ = writeln!(
             out,
             "apiary_http_series_overflow_total{{node=\"{}\"}} {}",
-            escape(node),
+            escape_label_value(node),
             self.overflowed.load(Ordering::Relaxed)
         );
     }
@@ -406,11 +408,11 @@ fn render_protocol(
     let labels = |key: &RedKey| {
         format!(
             "node=\"{}\",service=\"{}\",kind=\"{}\",{operation}=\"{}\",{route}=\"{}\",{status}=\"{}\"",
-            escape(node),
-            escape(&key.service),
+            escape_label_value(node),
+            escape_label_value(&key.service),
             key.kind,
-            escape(&key.operation),
-            escape(&key.route),
+            escape_label_value(&key.operation),
+            escape_label_value(&key.route),
             key.status
         )
     };
@@ -459,14 +461,6 @@ fn render_protocol(
             series.count
         );
     }
-}
-
-/// Prometheus label value escaping.
-fn escape(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
 }
 
 #[cfg(test)]

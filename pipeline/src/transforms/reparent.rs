@@ -4,7 +4,8 @@
 //! (from its OpenTelemetry SDK) both name the caller's span as their parent: two siblings for
 //! one request. The probe saw the request first (on the wire) and the app handled it inside, so
 //! the app's span becomes the child of the probe's span. This index remembers, for a while, the
-//! probe server spans by (trace id, caller span id); the receiver re-parents app spans with it.
+//! probe server spans by (trace id, caller span id); the OTLP receivers (`sources`) re-parent app
+//! spans with it.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -14,7 +15,7 @@ use apiary_span::{Span, SpanKind};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind as OtlpKind;
 
-use crate::otlp::{probe_span_id, traceparent_ids};
+use crate::otlp::ids::{probe_span_id, traceparent_ids};
 
 type Key = ([u8; 16], [u8; 8]);
 
