@@ -7,9 +7,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::common::{config, free_port, get, load, root, rust_server, spans_on_port, wait_spans};
 use apiary_config::ClusterConfig;
 use apiary_probes::{spawn_reader, Observer, ProbeSet, ProbeState, Span, SpanKind};
-use crate::common::{config, free_port, get, load, root, rust_server, spans_on_port, wait_spans};
 use serde_json::json;
 
 struct Server(Child);

@@ -5,8 +5,8 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::time::Duration;
 
-use apiary_probes::{Span, SpanKind};
 use crate::common::{config, get, load, root, rust_server, wait_spans};
+use apiary_probes::{Span, SpanKind};
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
