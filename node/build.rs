@@ -1,5 +1,5 @@
 //! Builds the dashboard (`dashboard/`, Preact + Vite) into `dashboard/dist`, which
-//! `src/dashboard.rs` embeds with rust-embed, so a node needs no separate install to serve it.
+//! `src/api/dashboard.rs` embeds with rust-embed, so a node needs no separate install to serve it.
 //! `npm ci` runs when `node_modules` is missing or older than the lock file.
 
 use std::path::Path;

@@ -4,6 +4,8 @@
 //! `cargo bench -p apiary --bench commit_latency` (APIARY_BENCH_CHANGES overrides the 200
 //! changes per cluster size).
 
+// Each bench uses a part of the tests' harness.
+#[allow(dead_code)]
 #[path = "../tests/common/mod.rs"]
 mod common;
 

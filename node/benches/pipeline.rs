@@ -12,6 +12,8 @@
 //! Baseline, measured in the same run: OTLP-encoding the same spans and nothing else.
 //! `cargo bench -p apiary --bench pipeline` (APIARY_BENCH_SPANS overrides 200 000).
 
+// Each bench uses a part of the tests' harness.
+#[allow(dead_code)]
 #[path = "../tests/common/mod.rs"]
 mod common;
 

@@ -8,6 +8,8 @@
 //! `cargo bench -p apiary --bench tuning` (APIARY_BENCH_RATE: the 1x rate, default 300 req/s;
 //! APIARY_BENCH_PHASE_SECONDS, default 6).
 
+// Each bench uses a part of the tests' harness.
+#[allow(dead_code)]
 #[path = "../tests/common/mod.rs"]
 mod common;
 #[path = "../../probes/benches/support/loopback.rs"]

@@ -2,27 +2,14 @@
 
 mod agent;
 mod api;
-mod ca;
-mod ca_cli;
-mod checks;
-mod client;
-mod dashboard;
-mod doctor;
-mod export;
-mod identity;
-mod init;
-mod intensity;
-mod metrics;
-mod peer;
-mod priority;
-mod probes;
-mod progress;
+mod cli;
 mod receiver;
 mod receiver_grpc;
-mod settings;
 
 use anyhow::{Context, Result};
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+
+use cli::client::ClientArgs;
 
 #[derive(Parser)]
 #[command(
@@ -40,16 +27,16 @@ enum Command {
     /// Run an agent: create a cluster, join one (--join), or restart from --data-dir.
     Node(Box<agent::NodeArgs>),
     /// Check this machine, ask a few questions, and write an apiary.toml for `apiary node`.
-    Init(init::InitArgs),
+    Init(cli::init::InitArgs),
     /// Check a running node and this machine; print a fix for each failure.
-    Doctor(client::ClientArgs),
+    Doctor(ClientArgs),
     /// Show the cluster: leader, members, roles, reachability.
-    Status(client::ClientArgs),
+    Status(ClientArgs),
     /// Follow the node's live spans, one line each (service, kind, method, route, status,
     /// duration, trace id).
     Tail {
         #[command(flatten)]
-        client: client::ClientArgs,
+        client: ClientArgs,
         /// Only spans of this service.
         #[arg(long)]
         service: Option<String>,
@@ -57,23 +44,23 @@ enum Command {
     /// Manage the cluster's members.
     Members {
         #[command(flatten)]
-        client: client::ClientArgs,
+        client: ClientArgs,
         #[command(subcommand)]
-        command: client::MembersCommand,
+        command: cli::members::MembersCommand,
     },
     /// Show or rotate the cluster CA.
     Ca {
         #[command(flatten)]
-        client: client::ClientArgs,
+        client: ClientArgs,
         #[command(subcommand)]
-        command: ca_cli::CaCommand,
+        command: cli::ca::CaCommand,
     },
     /// Read and change the replicated config.
     Config {
         #[command(flatten)]
-        client: client::ClientArgs,
+        client: ClientArgs,
         #[command(subcommand)]
-        command: client::ConfigCommand,
+        command: cli::config::ConfigCommand,
     },
 }
 
@@ -101,40 +88,18 @@ fn main() -> std::process::ExitCode {
 
 async fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<()> {
     match cli.command {
-        Command::Node(mut args) => {
-            let mut seed = settings::ClusterSeed::default();
-            if let Some(path) = settings::locate(args.config.as_deref()) {
-                let file = settings::FileSettings::load(&path)?;
-                let node_matches = matches
-                    .subcommand_matches("node")
-                    .context("the node subcommand's flags")?;
-                seed = settings::layer(&mut args, file, node_matches);
-                eprintln!(
-                    "settings from {} (flags and APIARY_* override it)",
-                    path.display()
-                );
-            }
-            if args.check {
-                return settings::print_effective(&args, &seed);
-            }
-            init_logging();
-            agent::run(*args, seed).await
+        Command::Node(args) => {
+            let node = matches
+                .subcommand_matches("node")
+                .context("the node subcommand's flags")?;
+            agent::main(*args, node).await
         }
-        Command::Init(args) => init::run(args),
-        Command::Doctor(client) => doctor::run(&client).await,
-        Command::Status(client) => client::status(&client).await,
-        Command::Tail { client, service } => client::tail(&client, service.as_deref()).await,
-        Command::Members { client, command } => client::members(&client, &command).await,
-        Command::Ca { client, command } => ca_cli::run(&client, &command).await,
-        Command::Config { client, command } => client::config(&client, &command).await,
+        Command::Init(args) => cli::init::run(args),
+        Command::Doctor(client) => cli::doctor::run(&client).await,
+        Command::Status(client) => cli::status::status(&client).await,
+        Command::Tail { client, service } => cli::tail::tail(&client, service.as_deref()).await,
+        Command::Members { client, command } => cli::members::members(&client, &command).await,
+        Command::Ca { client, command } => cli::ca::run(&client, &command).await,
+        Command::Config { client, command } => cli::config::config(&client, &command).await,
     }
-}
-
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("APIARY_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn,sled=warn"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
 }

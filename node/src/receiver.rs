@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
 
-use crate::export::Export;
+use crate::agent::export::Export;
 
 /// Requests larger than this (after decompression) are refused: 413 over HTTP (the OTLP way to
 /// say "split it"), RESOURCE_EXHAUSTED-style errors over gRPC.

@@ -26,7 +26,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 use tonic::codec::CompressionEncoding;
 use tonic::{Request, Response, Status};
 
-use crate::export::Export;
+use crate::agent::export::Export;
 use crate::receiver::{ingest, MAX_REQUEST_BYTES};
 
 #[derive(Clone)]

@@ -3,14 +3,12 @@
 //! and join token are refused, the new join token admits, writes go on, restarts keep the new
 //! CA, and a second rotation works the same way.
 
-mod common;
-
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use crate::common::{cli, free_ports, Cluster, BIN};
 use apiary_wire::{Identity, Message, Service, Transport};
-use common::{cli, free_ports, Cluster, BIN};
 use serde_json::{json, Value};
 
 fn join_token(dir: &Path) -> String {

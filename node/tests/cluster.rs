@@ -1,11 +1,9 @@
 //! Multi-node tests with real `apiary node` processes on loopback: real QUIC, real Raft, real
 //! files.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{cli, Cluster};
+use crate::common::{cli, free_ports, Cluster};
 use reqwest::Method;
 use serde_json::json;
 
@@ -541,4 +539,52 @@ async fn api_and_join_tokens_rotate_by_file_and_restart() {
     );
     // add_node reads the member's (new) join-token file.
     cluster.add_node("fresh", &["--no-probes"]).await;
+}
+
+/// A second node on one machine given the first one's OTLP/HTTP port binds every listener
+/// before it asks to join, so it fails on its own, naming the port, instead of being admitted
+/// and then leaving a dead member behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_port_is_taken_fails_before_it_joins() {
+    let cluster = Cluster::start(1).await;
+    let first = &cluster.nodes[0];
+    let token = std::fs::read_to_string(first.data_dir.join("join-token")).unwrap();
+    let taken = first.otlp.to_string();
+    let data_dir = cluster.dir.path().join("second");
+    let (quic, api, _, grpc) = free_ports();
+    let (ok, out, err) = cli(&[
+        "node",
+        "--no-probes",
+        "--name",
+        "second",
+        "--data-dir",
+        data_dir.to_str().unwrap(),
+        "--listen",
+        &format!("127.0.0.1:{quic}"),
+        "--api",
+        &format!("127.0.0.1:{api}"),
+        "--otlp-grpc",
+        &format!("127.0.0.1:{grpc}"),
+        "--otlp-http",
+        &taken,
+        "--join",
+        &first.quic.to_string(),
+        "--join-token",
+        token.trim(),
+    ]);
+    assert!(!ok, "the second node started on a taken port: {out}{err}");
+    assert!(
+        err.contains(&format!("cannot listen for OTLP/HTTP on {taken}"))
+            && err.contains("--otlp-http"),
+        "{err}"
+    );
+    assert!(!err.contains("joining"), "it asked to join first: {err}");
+    assert!(
+        !data_dir.exists(),
+        "a refused start left its data dir behind"
+    );
+    let status = cluster.get(0, "/v1/cluster").await.unwrap();
+    let members = status["members"].as_array().unwrap();
+    assert_eq!(members.len(), 1, "{status}");
+    assert!(members.iter().all(|m| m["name"] != "second"), "{status}");
 }

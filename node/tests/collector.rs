@@ -4,13 +4,11 @@
 //! histogram it received, and a receiver on the official protobuf definitions checks the
 //! histogram counts. Needs root (probes); skipped with one message otherwise.
 
-mod common;
-
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{curl, python_server, root, Cluster, Collector, Server};
+use crate::common::{curl, python_server, root, Cluster, Collector, Server};
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::metrics::v1::metric::Data;
 use prost::Message;
@@ -97,7 +95,7 @@ fn histogram_count(collector: &Collector, route: &str) -> Option<u64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spans_and_red_metrics_reach_rotel_over_grpc_and_http() {
-    let Some(binary) = common::venv_tool(
+    let Some(binary) = crate::common::venv_tool(
         "APIARY_TEST_ROTEL",
         "lib/python3*/site-packages/rotel/rotel-agent",
     ) else {

@@ -3,12 +3,10 @@
 //! form shows on B's page with its diff; a revert from B shows on A. Screenshots of each step
 //! are kept in `target/dashboard-screenshots/` as artifacts.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{root, Cluster};
+use crate::common::{root, Cluster};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 

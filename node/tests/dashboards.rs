@@ -2,11 +2,9 @@
 //! `apiary_*` name in every panel's expression must appear in a running node's `/metrics`.
 //! No root needed (the node runs without probes; their families are still exported).
 
-mod common;
-
 use std::collections::BTreeSet;
 
-use common::Cluster;
+use crate::common::Cluster;
 use serde_json::Value;
 
 /// Metric names a Prometheus text exposition declares (`# TYPE`), with a histogram's series.

@@ -1,6 +1,7 @@
 //! The docs cannot drift from the code: every message quoted in the troubleshooting table of
 //! `docs/operations.md` must still be in the source (placeholders `…` split a message into parts
-//! that must each be there). The API reference is checked against the router in `src/api.rs`.
+//! that must each be there). The API reference is checked against the route table the router is
+//! built from by a unit test in `src/api/routes.rs`.
 
 use std::path::{Path, PathBuf};
 

@@ -3,17 +3,15 @@
 //! across an outage and a SIGKILL of the node. Needs root (probes); skipped with one message
 //! otherwise.
 
-mod common;
-
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::common::{curl, python_server, root, Cluster};
 use axum::body::Bytes;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use common::{curl, python_server, root, Cluster};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
 use opentelemetry_proto::tonic::common::v1::KeyValue;

@@ -4,14 +4,12 @@
 //! `opentelemetry-exporter-otlp-proto-http`, named by APIARY_TEST_OTEL_PYTHON or in target/otel-venv (.ci/run makes it);
 //! skipped with one message otherwise.
 
-mod common;
-
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::common::Cluster;
 use axum::body::Bytes;
-use common::Cluster;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
 use serde_json::json;
@@ -63,8 +61,8 @@ fn hex(bytes: &[u8]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn app_spans_and_probe_spans_meet_in_one_trace() {
-    let python = common::venv_tool("APIARY_TEST_OTEL_PYTHON", "bin/python");
-    let (true, Some(python)) = (common::root(), python) else {
+    let python = crate::common::venv_tool("APIARY_TEST_OTEL_PYTHON", "bin/python");
+    let (true, Some(python)) = (crate::common::root(), python) else {
         eprintln!(
             "SKIPPED app_spans_and_probe_spans_meet_in_one_trace: needs root and APIARY_TEST_OTEL_PYTHON \
              (a python with opentelemetry-sdk and opentelemetry-exporter-otlp-proto-http; .ci/run sets it)"

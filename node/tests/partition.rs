@@ -1,11 +1,9 @@
 //! Network partitions of real nodes on loopback, cut with iptables (this kernel has no netem).
 //! Needs root and iptables; elsewhere it is skipped with one message.
 
-mod common;
-
 use std::process::Command;
 
-use common::Cluster;
+use crate::common::Cluster;
 use serde_json::json;
 
 /// Drops every UDP packet to or from one node's QUIC port while it lives.

@@ -2,12 +2,10 @@
 //! `/v1/spans` and `/metrics` show what the probes do. Needs root; skipped with one message
 //! otherwise.
 
-mod common;
-
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{cli, curl, python_server, root, Cluster, BIN};
+use crate::common::{cli, curl, python_server, root, Cluster, BIN};
 use serde_json::{json, Value};
 
 async fn spans_for(cluster: &Cluster, target: &str) -> Vec<Value> {

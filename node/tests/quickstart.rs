@@ -4,12 +4,10 @@
 //! `tail -f`) is cut after 3 s, and a line that starts a node in the background is followed by a
 //! wait for that node's API. Any failing command fails the test with the section's output.
 
-mod common;
-
 use std::path::Path;
 use std::process::Command;
 
-use common::{root, BIN};
+use crate::common::{root, BIN};
 
 /// The shell blocks of each `##` section, continuation lines joined.
 fn sections(markdown: &str) -> Vec<(String, Vec<String>)> {
@@ -80,6 +78,7 @@ fn every_quickstart_command_runs() {
         eprintln!("SKIPPED quickstart test: the quickstart's nodes load eBPF probes, which needs root (run as root, as .ci/run does)");
         return;
     }
+    let _machine = crate::common::shared();
     let doc = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/quickstart.md");
     let markdown = std::fs::read_to_string(&doc).expect("read docs/quickstart.md");
     let sections = sections(&markdown);

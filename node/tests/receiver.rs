@@ -1,11 +1,9 @@
 //! The OTLP/HTTP receiver: apps' traces, metrics and logs go to the export destinations
 //! unchanged; bad input gets the OTLP-specified status and the node goes on. No root needed.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{Cluster, Collector};
+use crate::common::{Cluster, Collector};
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;

@@ -3,13 +3,11 @@
 //! [cluster] config, a second node joins through a file `init` wrote, bad files are refused with
 //! the line, and `apiary doctor` passes on a healthy node and fails with fixes on a dead one.
 
-mod common;
-
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{cli, free_ports, Cluster, Server, BIN};
+use crate::common::{cli, free_ports, Cluster, Server, BIN};
 
 fn init(dir: &Path, args: &[&str]) -> (bool, String, String) {
     let output = dir.join("apiary.toml");
@@ -53,6 +51,7 @@ async fn wait_json(url: &str, what: &str) -> serde_json::Value {
 
 #[tokio::test]
 async fn init_writes_a_file_the_node_runs_from_with_env_and_flags_above_it() {
+    let _machine = crate::common::shared();
     let dir = tempfile::tempdir().unwrap();
     let (quic, file_api, env_api, _) = free_ports();
     let (ok, out, err) = init(

@@ -18,7 +18,7 @@ use apiary_wire::tls::fingerprint;
 use apiary_wire::{ClusterCa, Identity, JoinToken, Message, Service, Transport};
 use serde::{Deserialize, Serialize};
 
-use crate::identity::DataDir;
+use super::identity::DataDir;
 
 /// How long the driver waits for every member to apply one step.
 const STEP_TIMEOUT: Duration = Duration::from_secs(30);

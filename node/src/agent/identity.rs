@@ -217,7 +217,7 @@ pub fn new_api_token() -> String {
     hex::encode(rand::random::<[u8; 24]>())
 }
 
-/// Reads a token file given with `--token-file`, refusing empty files.
+/// Reads a token file given with `--token-file`, refusing tokens shorter than 16 characters.
 pub fn read_token_file(path: &Path) -> Result<String> {
     let token = fs::read_to_string(path)
         .with_context(|| format!("cannot read the token file {}", path.display()))?

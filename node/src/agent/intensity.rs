@@ -12,7 +12,7 @@ use apiary_tuning::{allocate, Allocation, Budget, LoadReport, RateController};
 use apiary_wire::{Message, Service};
 use serde::Serialize;
 
-use crate::probes::ProbeRuntime;
+use super::probes::ProbeRuntime;
 
 /// A report older than this counts as gone.
 pub const FRESH: Duration = Duration::from_secs(3);

@@ -6,12 +6,12 @@ use std::sync::Arc;
 use apiary_consensus::Consensus;
 use apiary_wire::{Handler, JoinGrant, Message, PeerInfo, Service};
 
-use crate::ca::{answer_status, CaRuntime};
+use super::ca::{answer_status, CaRuntime};
 
 pub struct PeerService {
     pub consensus: Arc<Consensus>,
     /// Set once the node's tuning runs; load reports before that are refused.
-    pub intensity: Arc<std::sync::OnceLock<Arc<crate::intensity::Intensity>>>,
+    pub intensity: Arc<std::sync::OnceLock<Arc<super::intensity::Intensity>>>,
     pub ca: Arc<CaRuntime>,
     pub api_token: String,
 }

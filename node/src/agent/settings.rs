@@ -2,66 +2,79 @@
 //!
 //! Precedence, lowest first: built-in defaults, the file, `APIARY_*` variables, flags. Clap
 //! already orders defaults, environment and flags; the file slots in by filling every setting
-//! whose value clap took from its default. Keys are the flag names with `_` (`data_dir` for
-//! `--data-dir`). A `[cluster]` table holds dotted config keys
+//! whose value clap took from its default. There is no second list of settings here: the file's
+//! keys are the ids of `apiary node`'s flags ([`NodeArgs`]: `data_dir` for `--data-dir`), and
+//! each value goes through its flag's own parser. A `[cluster]` table holds dotted config keys
 //! (`[cluster.probe.http] sample_rate = 0.5`) that a node creating a new cluster commits as the
 //! cluster's first config change. Relative paths in the file are relative to the file's folder.
 //! Unknown keys and bad values are errors that name the key and the line, because the `toml`
-//! crate attaches the span of the value being read to every error.
+//! crate attaches the span of the key or value being read to every error.
 
+use std::any::TypeId;
+use std::ffi::{OsStr, OsString};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 
 use anyhow::{Context, Result};
 use apiary_config::{apply_settings, ClusterConfig, ConfigError, Setting};
-use apiary_pipeline::FullPolicy;
-use apiary_probes::Scope;
 use clap::parser::ValueSource;
-use clap::ArgMatches;
+use clap::{Arg, ArgAction, ArgMatches, Args, Command, FromArgMatches};
 use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 
-use crate::agent::NodeArgs;
+use super::args::{NodeArgs, NOT_IN_FILE};
 
 /// The file read when `--config` is not given and it exists.
 pub const DEFAULT_FILE: &str = "apiary.toml";
 
-/// The contents of an `apiary.toml`. Every field mirrors a flag of `apiary node`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// The contents of an `apiary.toml`: each setting it names with its values as the setting's flag
+/// would take them (already checked by that flag's own parser), and the `[cluster]` table.
+/// `apiary init` (`cli::init`) reads back the file it writes with it.
+#[derive(Debug, Default)]
 pub struct FileSettings {
-    pub name: Option<String>,
-    pub data_dir: Option<PathBuf>,
-    #[serde(default, deserialize_with = "parsed")]
-    pub listen: Option<std::net::SocketAddr>,
-    pub advertise: Option<String>,
-    #[serde(default, deserialize_with = "parsed")]
-    pub api: Option<std::net::SocketAddr>,
-    pub join: Option<String>,
-    pub join_token: Option<String>,
-    pub token_file: Option<PathBuf>,
-    #[serde(default, deserialize_with = "parsed_list")]
-    pub scopes: Option<Vec<Scope>>,
-    pub libssl: Option<PathBuf>,
-    pub export_buffer_bytes: Option<u64>,
-    #[serde(default, deserialize_with = "parsed")]
-    pub export_buffer_full: Option<FullPolicy>,
-    #[serde(default, deserialize_with = "parsed")]
-    pub metrics_interval: Option<humantime::Duration>,
-    pub export_file: Option<PathBuf>,
-    pub otlp_grpc: Option<String>,
-    pub otlp_http: Option<String>,
-    pub no_probes: Option<bool>,
-    #[serde(default, deserialize_with = "niceness")]
-    pub nice: Option<u8>,
+    /// `(key, values)` in the file's order; a key is a flag's id (`data_dir` for `--data-dir`).
+    values: Vec<(String, Vec<String>)>,
     /// The first config of a cluster this node creates (ignored when joining or restarting).
-    #[serde(default)]
     pub cluster: ClusterSeed,
 }
 
 /// Dotted-key settings for a new cluster, each checked against the config model as it is read.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct ClusterSeed(pub Vec<Setting>);
+
+/// `apiary node`'s flags, as clap reads them: the one definition of every setting.
+fn node_command() -> Command {
+    NodeArgs::augment_args(Command::new("node"))
+}
+
+/// The flags that are settings: each has a key in the file.
+fn settings(command: &Command) -> impl Iterator<Item = &Arg> {
+    command
+        .get_arguments()
+        .filter(|arg| !NOT_IN_FILE.contains(&arg.get_id().as_str()))
+}
+
+/// A switch (`--no-probes`): `true` or `false` in the file.
+fn is_switch(arg: &Arg) -> bool {
+    !arg.get_action().takes_values()
+}
+
+/// A repeatable flag (`--scope`): an array in the file.
+fn is_list(arg: &Arg) -> bool {
+    matches!(arg.get_action(), ArgAction::Append)
+}
+
+/// A flag whose values are numbers: integers in the file, as they print.
+fn is_integer(arg: &Arg) -> bool {
+    let parsed = arg.get_value_parser().type_id();
+    [TypeId::of::<u64>(), TypeId::of::<u8>()]
+        .iter()
+        .any(|integer| parsed == *integer)
+}
+
+fn is_path(arg: &Arg) -> bool {
+    arg.get_value_parser().type_id() == TypeId::of::<PathBuf>()
+}
 
 impl FileSettings {
     pub fn parse(text: &str) -> Result<Self, toml::de::Error> {
@@ -81,26 +94,26 @@ impl FileSettings {
         })?;
         apply_settings(&ClusterConfig::default(), &settings.cluster.0)
             .with_context(|| format!("{}: the [cluster] table as a whole", path.display()))?;
-        // Relative paths mean "next to this file", wherever the node is started from.
+        // Relative paths mean "next to this file", wherever the node is started from; `-` is
+        // standard output, not a file.
         let base = path.parent().unwrap_or(Path::new("."));
-        for slot in [
-            &mut settings.data_dir,
-            &mut settings.token_file,
-            &mut settings.libssl,
-        ] {
-            if let Some(p) = slot.as_mut().filter(|p| p.is_relative()) {
-                *p = base.join(&*p);
+        let command = node_command();
+        for (key, values) in &mut settings.values {
+            if !settings_arg(&command, key).is_some_and(is_path) {
+                continue;
             }
-        }
-        if let Some(p) = settings
-            .export_file
-            .as_mut()
-            .filter(|p| p.is_relative() && p.as_os_str() != "-")
-        {
-            *p = base.join(&*p);
+            for value in values.iter_mut() {
+                if Path::new(value.as_str()).is_relative() && value != "-" {
+                    *value = base.join(value.as_str()).display().to_string();
+                }
+            }
         }
         Ok(settings)
     }
+}
+
+fn settings_arg<'a>(command: &'a Command, key: &str) -> Option<&'a Arg> {
+    settings(command).find(|arg| arg.get_id() == key)
 }
 
 /// Which file to read: `--config`, else `./apiary.toml` when present, else none.
@@ -113,84 +126,86 @@ pub fn locate(explicit: Option<&Path>) -> Option<PathBuf> {
     }
 }
 
-/// Fills every setting of `args` that came from a built-in default with the file's value.
-/// `matches` are the `node` subcommand's, which know where each value came from.
-pub fn layer(args: &mut NodeArgs, file: FileSettings, matches: &ArgMatches) -> ClusterSeed {
-    let from_default = |id: &str| {
-        !matches!(
-            matches.value_source(id),
-            Some(ValueSource::CommandLine | ValueSource::EnvVariable)
-        )
-    };
-    macro_rules! layer {
-        ($($field:ident),* $(,)?) => {$(
-            if let Some(value) = file.$field {
-                if from_default(stringify!($field)) {
-                    args.$field = value.into();
+/// Fills every setting of `args` that came from a built-in default with the file's value;
+/// `matches` (the `node` subcommand's, which know where each value came from) become those of
+/// the result, which `--check` prints.
+///
+/// Clap already orders defaults, `APIARY_*` variables and flags; the file slots in as the
+/// defaults: the flags are read again with the file's values as their defaults, the values that
+/// came from a flag or a variable carried over as given, and no environment.
+pub fn layer(
+    args: &mut NodeArgs,
+    file: FileSettings,
+    matches: &mut ArgMatches,
+) -> Result<ClusterSeed> {
+    let mut command = node_command();
+    let ids: Vec<String> = command
+        .get_arguments()
+        .map(|arg| arg.get_id().to_string())
+        .collect();
+    for id in ids {
+        let given: Option<Vec<OsString>> = match matches.value_source(&id) {
+            Some(ValueSource::CommandLine | ValueSource::EnvVariable) => {
+                let switch = command
+                    .get_arguments()
+                    .find(|arg| arg.get_id() == id.as_str())
+                    .is_some_and(is_switch);
+                if switch {
+                    Some(vec![matches.get_flag(&id).to_string().into()])
+                } else {
+                    matches
+                        .get_raw(&id)
+                        .map(|values| values.map(OsStr::to_os_string).collect())
                 }
             }
-        )*};
+            _ => file
+                .values
+                .iter()
+                .find(|(key, _)| *key == id)
+                .map(|(_, values)| values.iter().map(OsString::from).collect()),
+        };
+        command = command.mut_arg(&id, |arg| {
+            let arg = arg.env(None::<&'static str>).value_delimiter(None);
+            match given {
+                Some(values) => arg.default_values(values),
+                None => arg,
+            }
+        });
     }
-    layer!(
-        name,
-        data_dir,
-        listen,
-        advertise,
-        api,
-        join,
-        join_token,
-        token_file,
-        scopes,
-        libssl,
-        export_buffer_bytes,
-        export_buffer_full,
-        metrics_interval,
-        export_file,
-        otlp_grpc,
-        otlp_http,
-        no_probes,
-        nice,
-    );
-    file.cluster
+    *matches = command
+        .try_get_matches_from(["node"])
+        .context("the settings from the file, the environment and the flags")?;
+    *args = NodeArgs::from_arg_matches(matches)?;
+    Ok(file.cluster)
 }
 
 /// `apiary node --check`: the settings in effect, as an `apiary.toml` would hold them.
-pub fn print_effective(args: &NodeArgs, seed: &ClusterSeed) -> Result<()> {
-    let text = |v: &dyn std::fmt::Display| toml::Value::String(v.to_string());
-    let path = |p: &Path| text(&p.display());
+pub fn print_effective(matches: &ArgMatches, seed: &ClusterSeed) -> Result<()> {
+    let command = node_command();
     let mut table = toml::Table::new();
-    let mut put = |key: &str, value: Option<toml::Value>| {
+    for arg in settings(&command) {
+        let id = arg.get_id().as_str();
+        let value = if is_switch(arg) {
+            Some(toml::Value::Boolean(matches.get_flag(id)))
+        } else if arg.is_hide_env_values_set() {
+            matches
+                .contains_id(id)
+                .then(|| toml::Value::String("(set, hidden)".into()))
+        } else {
+            let value = |text: String| match is_integer(arg) {
+                true => toml::Value::Integer(text.parse().unwrap_or(i64::MAX)),
+                false => toml::Value::String(text),
+            };
+            let mut values = shown(matches, id).into_iter().map(value);
+            match is_list(arg) {
+                true => Some(toml::Value::Array(values.collect())),
+                false => values.next(),
+            }
+        };
         if let Some(value) = value {
-            table.insert(key.to_string(), value);
+            table.insert(id.to_string(), value);
         }
-    };
-    put("name", args.name.as_ref().map(|v| text(v)));
-    put("data_dir", Some(path(&args.data_dir)));
-    put("listen", Some(text(&args.listen)));
-    put("advertise", args.advertise.as_ref().map(|v| text(v)));
-    put("api", Some(text(&args.api)));
-    put("join", args.join.as_ref().map(|v| text(v)));
-    put(
-        "join_token",
-        args.join_token.as_ref().map(|_| text(&"(set, hidden)")),
-    );
-    put("token_file", args.token_file.as_deref().map(path));
-    let scopes = args.scopes.iter().map(|s| text(&scope_text(s))).collect();
-    put("scopes", Some(toml::Value::Array(scopes)));
-    put("libssl", args.libssl.as_deref().map(path));
-    let buffer = i64::try_from(args.export_buffer_bytes).unwrap_or(i64::MAX);
-    put("export_buffer_bytes", Some(toml::Value::Integer(buffer)));
-    let policy = match args.export_buffer_full {
-        FullPolicy::DropOldest => "drop-oldest",
-        FullPolicy::Block => "block",
-    };
-    put("export_buffer_full", Some(text(&policy)));
-    put("metrics_interval", Some(text(&args.metrics_interval)));
-    put("export_file", args.export_file.as_deref().map(path));
-    put("otlp_grpc", Some(text(&args.otlp_grpc)));
-    put("otlp_http", Some(text(&args.otlp_http)));
-    put("no_probes", Some(toml::Value::Boolean(args.no_probes)));
-    put("nice", Some(toml::Value::Integer(args.nice.into())));
+    }
     let mut out = toml::to_string(&table).context("cannot print the settings")?;
     if !seed.0.is_empty() {
         out.push_str("\n[cluster]\n");
@@ -202,45 +217,140 @@ pub fn print_effective(args: &NodeArgs, seed: &ClusterSeed) -> Result<()> {
     Ok(())
 }
 
-fn scope_text(scope: &Scope) -> String {
-    match scope {
-        Scope::Cgroup(path) => format!("cgroup:{}", path.display()),
-        Scope::Netns(name) => format!("netns:{name}"),
+/// A setting's values as text: as they print once parsed (`1m 30s` for `90s`), else as given.
+fn shown(matches: &ArgMatches, id: &str) -> Vec<String> {
+    fn display<T: std::fmt::Display + Clone + Send + Sync + 'static>(
+        matches: &ArgMatches,
+        id: &str,
+    ) -> Option<Vec<String>> {
+        let values = matches.try_get_many::<T>(id).ok()?;
+        Some(values.into_iter().flatten().map(T::to_string).collect())
+    }
+    display::<humantime::Duration>(matches, id)
+        .or_else(|| display::<SocketAddr>(matches, id))
+        .unwrap_or_else(|| {
+            matches
+                .get_raw(id)
+                .into_iter()
+                .flatten()
+                .map(|v| v.to_string_lossy().into_owned())
+                .collect()
+        })
+}
+
+impl<'de> Deserialize<'de> for FileSettings {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let command = node_command();
+        deserializer.deserialize_map(FileTable { command: &command })
     }
 }
 
-/// `nice`: 0 to 19, as `--nice` takes it.
-fn niceness<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<u8>, D::Error> {
-    match u8::deserialize(deserializer)? {
-        nice @ 0..=19 => Ok(Some(nice)),
-        nice => Err(de::Error::custom(format!(
-            "nice = {nice}: the niceness must be 0 to 19 (0 keeps the default priority)"
-        ))),
+/// The file's top level: one key per setting, and `[cluster]`.
+struct FileTable<'a> {
+    command: &'a Command,
+}
+
+impl<'de> Visitor<'de> for FileTable<'_> {
+    type Value = FileSettings;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(f, "a table of settings")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<FileSettings, A::Error> {
+        let mut settings = FileSettings::default();
+        while let Some(key) = map.next_key_seed(FileKey {
+            command: self.command,
+        })? {
+            match settings_arg(self.command, &key) {
+                Some(arg) => {
+                    let values = map.next_value_seed(FileValue { arg })?;
+                    settings.values.push((key, values));
+                }
+                None => settings.cluster = map.next_value()?,
+            }
+        }
+        Ok(settings)
     }
 }
 
-fn parsed<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
-where
-    D: Deserializer<'de>,
-    T: FromStr,
-    T::Err: std::fmt::Display,
-{
-    let text = String::deserialize(deserializer)?;
-    text.parse().map(Some).map_err(de::Error::custom)
+/// A key of the file: a setting's id or `cluster`. Anything else is an error while the
+/// deserializer stands on the key, so it carries the key's line.
+struct FileKey<'a> {
+    command: &'a Command,
 }
 
-fn parsed_list<'de, D, T>(deserializer: D) -> Result<Option<Vec<T>>, D::Error>
-where
-    D: Deserializer<'de>,
-    T: FromStr,
-    T::Err: std::fmt::Display,
-{
-    let texts = Vec::<String>::deserialize(deserializer)?;
-    texts
-        .iter()
-        .map(|text| text.parse().map_err(de::Error::custom))
-        .collect::<Result<Vec<T>, _>>()
-        .map(Some)
+impl<'de> DeserializeSeed<'de> for FileKey<'_> {
+    type Value = String;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<String, D::Error> {
+        let key = String::deserialize(deserializer)?;
+        if key == "cluster" || settings_arg(self.command, &key).is_some() {
+            return Ok(key);
+        }
+        let known: Vec<String> = settings(self.command)
+            .map(|arg| format!("`{}`", arg.get_id()))
+            .chain(["`cluster`".to_string()])
+            .collect();
+        Err(de::Error::custom(format!(
+            "unknown field `{key}`, expected one of {}",
+            known.join(", ")
+        )))
+    }
+}
+
+/// A setting's value: the TOML type its flag's values have (a boolean for a switch, an integer
+/// for a number, a string otherwise; an array of them for a repeatable flag), then checked by
+/// the flag's own parser while the deserializer stands on the value, so an error carries the
+/// value's line.
+struct FileValue<'a> {
+    arg: &'a Arg,
+}
+
+impl<'de> DeserializeSeed<'de> for FileValue<'_> {
+    type Value = Vec<String>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Vec<String>, D::Error> {
+        let texts: Vec<String> = match (is_switch(self.arg), is_list(self.arg)) {
+            (true, _) => vec![bool::deserialize(deserializer)?.to_string()],
+            (false, true) if is_integer(self.arg) => Vec::<u64>::deserialize(deserializer)?
+                .iter()
+                .map(u64::to_string)
+                .collect(),
+            (false, true) => Vec::<String>::deserialize(deserializer)?,
+            (false, false) if is_integer(self.arg) => {
+                vec![u64::deserialize(deserializer)?.to_string()]
+            }
+            (false, false) => vec![String::deserialize(deserializer)?],
+        };
+        if !is_switch(self.arg) {
+            for text in &texts {
+                check(self.arg, text).map_err(de::Error::custom)?;
+            }
+        }
+        Ok(texts)
+    }
+}
+
+/// Runs `text` through the flag's own parser, as if given on the command line. The error is
+/// what the parser said is wrong, without clap's framing (`error: invalid value … for
+/// '--flag'`): the file's error names the key and the line instead.
+fn check(arg: &Arg, text: &str) -> Result<(), String> {
+    let long = arg.get_long().unwrap_or(arg.get_id().as_str());
+    let alone = Command::new("node")
+        .no_binary_name(true)
+        .arg(arg.clone().env(None::<&'static str>).value_delimiter(None));
+    match alone.try_get_matches_from([format!("--{long}={text}")]) {
+        Ok(_) => Ok(()),
+        Err(error) => Err(match std::error::Error::source(&error) {
+            Some(source) => source.to_string(),
+            None => {
+                let text = error.to_string();
+                let first = text.lines().next().unwrap_or_default();
+                first.strip_prefix("error: ").unwrap_or(first).to_string()
+            }
+        }),
+    }
 }
 
 impl<'de> Deserialize<'de> for ClusterSeed {
@@ -349,7 +459,8 @@ impl<'de> Visitor<'de> for SeedTable<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::{CommandFactory, FromArgMatches, Parser};
+    use apiary_probes::Scope;
+    use clap::{CommandFactory, Parser};
 
     #[derive(Parser)]
     struct Wrapper {
@@ -373,8 +484,8 @@ mod tests {
              [cluster.destination.main]\nendpoint = \"http://collector:4317\"\nprotocol = \"grpc\"\n",
         )
         .expect("valid file");
-        let (mut args, matches) = node_args(&["--name", "from-flag"]);
-        let seed = layer(&mut args, file, &matches);
+        let (mut args, mut matches) = node_args(&["--name", "from-flag"]);
+        let seed = layer(&mut args, file, &mut matches).expect("the file's values parse");
         assert_eq!(
             args.name.as_deref(),
             Some("from-flag"),

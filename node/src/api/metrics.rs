@@ -5,10 +5,10 @@ use std::fmt::Write;
 use apiary_consensus::{ClusterStatus, Role};
 use apiary_probes::{Observer, ProbeReport, ProbeState};
 
-use crate::export::{DestinationStatus, Export};
+use crate::agent::export::{DestinationStatus, Export};
 
-/// Every metric name this node exports, in output order; the tests (and the dashboard check to
-/// come with deploy/) hold the exporter to this list.
+/// Every metric name of the node's health, in output order; the unit tests hold the exporter to
+/// this list (and `tests/dashboards.rs` holds deploy/grafana to what a running node exports).
 #[cfg_attr(not(test), allow(dead_code))]
 pub const METRIC_NAMES: &[&str] = &[
     "apiary_raft_term",
@@ -220,7 +220,7 @@ pub fn render_export(node: &str, export: &Export) -> String {
 }
 
 /// Cooperative tuning: this node's rate and share, and each fresh peer's demand.
-pub fn render_intensity(node: &str, status: &crate::intensity::IntensityStatus) -> String {
+pub fn render_intensity(node: &str, status: &crate::agent::intensity::IntensityStatus) -> String {
     let label = node_label(node);
     let mut out = String::new();
     let mut gauge = |name: &str, help: &str, value: f64| {
@@ -404,7 +404,7 @@ mod tests {
 
     #[test]
     fn renders_every_probe_metric_for_every_probe() {
-        let reports = crate::probes::reports_without_probes("test");
+        let reports = crate::agent::probes::reports_without_probes("test");
         let text = render_probes("n", &reports, None);
         let mut names: Vec<&str> = text
             .lines()

@@ -5,8 +5,8 @@ use std::time::Duration;
 use anyhow::Result;
 use serde_json::Value;
 
-use crate::client::{print_json, table, text, Client, ClientArgs};
-use crate::progress::Progress;
+use super::client::{print_json, table, text, Client, ClientArgs};
+use super::progress::Progress;
 
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum CaCommand {

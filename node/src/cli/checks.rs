@@ -241,7 +241,7 @@ pub fn data_dir_writable(dir: &Path) -> Check {
 
 /// A table of checks for a terminal: status, check, what was found, and the fix.
 pub fn render(checks: &[Check]) -> String {
-    let mut table = crate::client::table(&["", "check", "found", "fix"]);
+    let mut table = super::client::table(&["", "check", "found", "fix"]);
     for check in checks {
         let mark = match check.status {
             Status::Ok => "ok",

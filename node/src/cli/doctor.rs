@@ -8,8 +8,8 @@
 use anyhow::{bail, Result};
 use serde_json::{json, Value};
 
-use crate::checks::{self, Check, Status};
-use crate::client::{text, Client, ClientArgs};
+use super::checks::{self, Check, Status};
+use super::client::{text, Client, ClientArgs};
 
 /// Batches waiting for a destination beyond which the doctor calls it behind.
 const BACKLOG_WARN_BATCHES: u64 = 100;

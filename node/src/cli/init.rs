@@ -12,8 +12,8 @@ use apiary_config::PROBE_NAMES;
 use apiary_wire::JoinToken;
 use inquire::{Confirm, MultiSelect, Select, Text};
 
-use crate::checks::{self, Check, Status};
-use crate::settings::FileSettings;
+use super::checks::{self, Check, Status};
+use crate::agent::settings::FileSettings;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct InitArgs {
@@ -167,7 +167,7 @@ fn ask(args: &InitArgs, no_probes: bool, interactive: bool) -> Result<Plan> {
         interactive,
         "Node name:",
         args.name.clone(),
-        crate::agent::default_name(),
+        crate::agent::args::default_name(),
         |s| {
             if s.is_empty() || s.len() > 64 {
                 Err("1 to 64 characters".into())

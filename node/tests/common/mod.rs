@@ -1,11 +1,11 @@
 //! A harness that runs real `apiary node` processes on loopback, each with its own data dir and
-//! ports, and talks to them over their HTTP API. Shared by the tests and the benchmark.
+//! ports, and talks to them over their HTTP API. Shared by the tests and the benchmarks.
 
-#![allow(dead_code)]
-
+use std::cell::Cell;
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -115,11 +115,103 @@ impl Node {
     }
 }
 
+/// Which tests run at the same time. Every test is in one binary, and a node with probes sees
+/// the traffic of every process on this machine: a test that floods the machine with requests
+/// and measures rates (the intensity test) runs [`alone`], while the tests that start nodes hold
+/// a [`shared`] part of the machine: every [`Cluster`] does, and the tests that start nodes of
+/// their own (the quickstart's, setup's from a file) take one.
+struct Machine {
+    shared: usize,
+    alone: bool,
+    waiting_alone: usize,
+}
+
+static MACHINE: Mutex<Machine> = Mutex::new(Machine {
+    shared: 0,
+    alone: false,
+    waiting_alone: 0,
+});
+static MACHINE_CHANGED: Condvar = Condvar::new();
+
+thread_local! {
+    /// Shares this test's thread holds: a test that holds one may take more (two clusters)
+    /// even while a test waits to run alone, so that neither waits for the other.
+    static SHARES: Cell<usize> = const { Cell::new(0) };
+    /// This thread's test runs alone: its own clusters need no share.
+    static ALONE: Cell<bool> = const { Cell::new(false) };
+}
+
+fn machine() -> MutexGuard<'static, Machine> {
+    // A test that panicked while holding the lock left the counts consistent.
+    MACHINE.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn wait(guard: MutexGuard<'static, Machine>) -> MutexGuard<'static, Machine> {
+    MACHINE_CHANGED
+        .wait(guard)
+        .unwrap_or_else(|p| p.into_inner())
+}
+
+/// A part of the machine, shared with other tests but not with one that runs [`alone`].
+pub struct Share {
+    counted: bool,
+}
+
+pub fn shared() -> Share {
+    if ALONE.get() {
+        return Share { counted: false };
+    }
+    let mut machine = machine();
+    if SHARES.get() == 0 {
+        while machine.alone || machine.waiting_alone > 0 {
+            machine = wait(machine);
+        }
+    }
+    machine.shared += 1;
+    SHARES.set(SHARES.get() + 1);
+    Share { counted: true }
+}
+
+impl Drop for Share {
+    fn drop(&mut self) {
+        if self.counted {
+            machine().shared -= 1;
+            SHARES.set(SHARES.get().saturating_sub(1));
+            MACHINE_CHANGED.notify_all();
+        }
+    }
+}
+
+/// The whole machine: no other test runs nodes until this is dropped.
+pub struct Alone(());
+
+pub fn alone() -> Alone {
+    let mut machine = machine();
+    machine.waiting_alone += 1;
+    while machine.alone || machine.shared > 0 {
+        machine = wait(machine);
+    }
+    machine.waiting_alone -= 1;
+    machine.alone = true;
+    ALONE.set(true);
+    Alone(())
+}
+
+impl Drop for Alone {
+    fn drop(&mut self) {
+        machine().alone = false;
+        ALONE.set(false);
+        MACHINE_CHANGED.notify_all();
+    }
+}
+
 pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub nodes: Vec<Node>,
     pub http: reqwest::Client,
     pub token: String,
+    /// Released after `drop` has killed the nodes.
+    _machine: Share,
 }
 
 impl Drop for Cluster {
@@ -144,8 +236,10 @@ impl Cluster {
 
     /// Like [`Cluster::start`], with `extra` flags for every node.
     pub async fn start_with(size: usize, extra: &[&str]) -> Cluster {
+        let machine = shared();
         let dir = tempfile::tempdir().expect("tempdir");
         let mut cluster = Cluster {
+            _machine: machine,
             dir,
             nodes: Vec::new(),
             http: reqwest::Client::builder()

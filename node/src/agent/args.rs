@@ -1,0 +1,153 @@
+//! `apiary node`'s settings, each defined once: the field's doc is its `--help`, `long` its flag,
+//! `env` its `APIARY_*` variable, and its id (the field name: `data_dir`) its key in
+//! `apiary.toml` (see [`super::settings`], which reads the file through these same definitions).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use apiary_pipeline::FullPolicy;
+use apiary_probes::Scope;
+
+/// Flags of `apiary node` that are not settings, so `apiary.toml` has no key for them: which
+/// file to read, and what to do with the settings rather than one of them.
+pub const NOT_IN_FILE: &[&str] = &["config", "check", "dev"];
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct NodeArgs {
+    /// Settings file (see `apiary init`); flags and APIARY_* variables override it
+    /// [default: ./apiary.toml when it exists]
+    #[arg(long, env = "APIARY_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Check the settings (file, environment, flags), print the ones in effect, and exit.
+    #[arg(long)]
+    pub check: bool,
+    /// Single-node cluster with embedded defaults: data in ./apiary-data, API on
+    /// 127.0.0.1:7700, peers on 127.0.0.1:7701.
+    #[arg(long)]
+    pub dev: bool,
+    /// Node name shown in status and events [default: the host name]
+    #[arg(long, env = "APIARY_NAME")]
+    pub name: Option<String>,
+    /// Where this node keeps its identity, Raft log and config.
+    #[arg(long, env = "APIARY_DATA_DIR", default_value = "./apiary-data")]
+    pub data_dir: PathBuf,
+    /// QUIC address for peers (mutual TLS).
+    #[arg(long, env = "APIARY_LISTEN", default_value = "127.0.0.1:7701")]
+    pub listen: SocketAddr,
+    /// Address other peers should dial, if not --listen (e.g. behind NAT, or --listen 0.0.0.0).
+    #[arg(long, env = "APIARY_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// HTTP API and dashboard address.
+    #[arg(long, env = "APIARY_API", default_value = "127.0.0.1:7700")]
+    pub api: SocketAddr,
+    /// QUIC address of any member, to join its cluster (first start only).
+    #[arg(long, env = "APIARY_JOIN")]
+    pub join: Option<String>,
+    /// The cluster's join token (DATA_DIR/join-token on any member).
+    #[arg(long, env = "APIARY_JOIN_TOKEN", hide_env_values = true)]
+    pub join_token: Option<String>,
+    /// File holding the API write token to use instead of a generated one.
+    #[arg(long, env = "APIARY_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Limit the probes to processes in a cgroup (`cgroup:/PATH`) or network namespace
+    /// (`netns:NAME`); repeatable. Default: the whole machine.
+    #[arg(
+        long = "scope",
+        env = "APIARY_SCOPE",
+        value_delimiter = ',',
+        value_name = "cgroup:PATH|netns:NAME"
+    )]
+    pub scopes: Vec<Scope>,
+    /// OpenSSL 3 libssl for the `tls` probe [default: found on the system]
+    #[arg(long, env = "APIARY_LIBSSL")]
+    pub libssl: Option<PathBuf>,
+    /// Bytes of disk each export destination may buffer while it is down or slow.
+    #[arg(long, env = "APIARY_EXPORT_BUFFER_BYTES", default_value_t = 256 << 20)]
+    pub export_buffer_bytes: u64,
+    /// When a destination's buffer is full: drop-oldest (counted) or block.
+    #[arg(long, env = "APIARY_EXPORT_BUFFER_FULL", default_value = "drop-oldest")]
+    pub export_buffer_full: FullPolicy,
+    /// How often RED metrics (counted before sampling) go to the export destinations.
+    #[arg(
+        long,
+        env = "APIARY_METRICS_INTERVAL",
+        default_value = "10s",
+        value_name = "DURATION"
+    )]
+    pub metrics_interval: humantime::Duration,
+    /// Also write everything exported as OTLP/JSON lines to this file (`-`: standard output).
+    /// `--dev` defaults it to DATA_DIR/telemetry.jsonl.
+    #[arg(long, env = "APIARY_EXPORT_FILE", value_name = "PATH|-")]
+    pub export_file: Option<PathBuf>,
+    /// OTLP/gRPC receiver for instrumented apps (traces, metrics, logs), or `off`.
+    #[arg(long, env = "APIARY_OTLP_GRPC", default_value = "127.0.0.1:4317")]
+    pub otlp_grpc: String,
+    /// OTLP/HTTP receiver for instrumented apps (traces, metrics, logs), or `off`.
+    #[arg(long, env = "APIARY_OTLP_HTTP", default_value = "127.0.0.1:4318")]
+    pub otlp_http: String,
+    /// Run the mesh without eBPF probes (no root needed).
+    #[arg(long, env = "APIARY_NO_PROBES")]
+    pub no_probes: bool,
+    /// CPU niceness of the agent (0-19): above 0 the workload's threads run first when both
+    /// want a core, and spans wait in the ring buffer meanwhile. 0 (the default) keeps the
+    /// default priority; see docs/operations.md before raising it on saturated machines.
+    #[arg(long, env = "APIARY_NICE", default_value_t = 0, value_parser = niceness)]
+    pub nice: u8,
+}
+
+/// `--nice` (and `nice` in the file, read through this same parser): 0 to 19.
+fn niceness(text: &str) -> Result<u8, String> {
+    match text.parse::<u8>() {
+        Ok(nice @ 0..=19) => Ok(nice),
+        _ => Err(format!(
+            "{text} is not in 0..=19: the niceness must be 0 to 19 (0 keeps the default priority)"
+        )),
+    }
+}
+
+/// The node's name when `--name` is not given: the host name. `apiary init` offers the same
+/// default, so it is shared with `cli::init`.
+pub(crate) fn default_name() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "node".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Args;
+
+    /// Every setting has its flag, its `APIARY_*` variable and its file key; the few flags that
+    /// are not settings are named, so a new flag cannot silently miss the file or the environment.
+    #[test]
+    fn every_setting_has_a_flag_a_variable_and_a_file_key() {
+        let command = NodeArgs::augment_args(clap::Command::new("node"));
+        let ids: Vec<&str> = command
+            .get_arguments()
+            .map(|a| a.get_id().as_str())
+            .collect();
+        for id in NOT_IN_FILE {
+            assert!(
+                ids.contains(id),
+                "NOT_IN_FILE names {id:?}, which is no flag"
+            );
+        }
+        for arg in command.get_arguments() {
+            let id = arg.get_id().as_str();
+            if NOT_IN_FILE.contains(&id) {
+                continue;
+            }
+            assert!(arg.get_long().is_some(), "{id} has no --flag");
+            let env = arg.get_env().and_then(|e| e.to_str());
+            assert!(
+                env.is_some_and(|e| e.starts_with("APIARY_")),
+                "--{} has no APIARY_* variable",
+                arg.get_long().unwrap_or(id)
+            );
+            assert_ne!(id, "cluster", "`cluster` is the file's [cluster] table");
+        }
+    }
+}

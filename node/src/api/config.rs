@@ -1,0 +1,141 @@
+//! The replicated config over HTTP: read it, change it, revert it, and its history with a diff
+//! per version.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use apiary_config::{Intent, Proposal, Setting};
+use axum::body::Bytes;
+use axum::extract::{Query, State};
+use axum::http::HeaderMap;
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{authorize, internal, parse_body, ApiError, ApiResult, ApiState};
+
+pub(super) async fn get_config(State(state): State<Arc<ApiState>>) -> ApiResult {
+    let history = state.consensus.config_state().history();
+    Ok(Json(
+        json!({ "version": history.version(), "config": history.current() }),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Changes {
+    List(Vec<Setting>),
+    Map(BTreeMap<String, Value>),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PatchBody {
+    changes: Changes,
+    #[serde(default)]
+    comment: String,
+    author: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RevertBody {
+    version: u64,
+    #[serde(default)]
+    comment: String,
+    author: Option<String>,
+}
+
+const PATCH_SHAPE: &str = r#"{"changes": [{"key": "probe.http.sample_rate", "value": 0.2}], "comment": "why"} or {"changes": {"probe.http.sample_rate": 0.2}}"#;
+
+pub(super) async fn patch_config(
+    State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult {
+    authorize(&state, &headers)?;
+    let body: PatchBody = parse_body(&body, PATCH_SHAPE)?;
+    let settings = match body.changes {
+        Changes::List(list) => list,
+        Changes::Map(map) => map
+            .into_iter()
+            .map(|(key, value)| Setting { key, value })
+            .collect(),
+    };
+    let intent = Intent::Set { settings };
+    commit(&state, intent, body.comment, body.author).await
+}
+
+pub(super) async fn revert(
+    State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult {
+    authorize(&state, &headers)?;
+    let body: RevertBody = parse_body(&body, r#"{"version": 3, "comment": "why"}"#)?;
+    let intent = Intent::Revert {
+        to_version: body.version,
+    };
+    commit(&state, intent, body.comment, body.author).await
+}
+
+/// A proposal stamped now, as this node makes it (the agent's `[cluster]` seed is one too).
+pub(crate) fn proposal(origin: &str, author: String, comment: String, intent: Intent) -> Proposal {
+    Proposal {
+        origin_node: origin.to_string(),
+        author,
+        comment,
+        at: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+        intent,
+    }
+}
+
+/// Checks the change here first (a clear 400 without a round trip), then commits it through
+/// the leader and waits until this node has applied it, so a read that follows sees it.
+async fn commit(
+    state: &ApiState,
+    intent: Intent,
+    comment: String,
+    author: Option<String>,
+) -> ApiResult {
+    let author = author.unwrap_or_else(|| "api".into());
+    let proposal = proposal(&state.node_name, author, comment, intent);
+    let config_state = state.consensus.config_state();
+    config_state.history().check(&proposal)?;
+    let mut applied = config_state.subscribe();
+    let version = state.consensus.propose(proposal).await?;
+    let caught_up = applied.wait_for(|v| *v >= version);
+    let _ = tokio::time::timeout(Duration::from_secs(2), caught_up).await;
+    let history = config_state.history();
+    let event = history.since(version.saturating_sub(1)).first().cloned();
+    Ok(Json(json!({ "version": version, "event": event })))
+}
+
+pub(super) async fn history(
+    State(state): State<Arc<ApiState>>,
+    Query(query): Query<HashMap<String, String>>,
+) -> ApiResult {
+    let since = match query.get("since") {
+        None => 0,
+        Some(text) => text.parse::<u64>().map_err(|_| {
+            ApiError::bad_request(format!(
+                "since={text:?} is not a version: give a non-negative integer"
+            ))
+        })?,
+    };
+    let history = state.consensus.config_state().history();
+    // Each event with the keys it changed, old and new: the dashboard's per-version diff.
+    let mut before = history.config_at(since.min(history.version()))?;
+    let mut events = Vec::new();
+    for event in history.since(since) {
+        let after = before.apply(&event.change)?;
+        let mut value = serde_json::to_value(event).map_err(internal)?;
+        value["diff"] = json!(apiary_config::diff(&before, &after));
+        events.push(value);
+        before = after;
+    }
+    Ok(Json(
+        json!({ "version": history.version(), "events": events }),
+    ))
+}

@@ -1,0 +1,20 @@
+//! Every integration test of the `apiary` binary, as modules of one test binary (one link, and
+//! one place that decides what may run at the same time: see `common`). Each module's own doc
+//! says what it covers and what it needs (root, iptables, iproute2, Chromium, Python).
+
+mod common;
+
+mod ca_rotation;
+mod cluster;
+mod collector;
+mod dashboard_ui;
+mod dashboards;
+mod docs;
+mod export;
+mod hybrid;
+mod intensity;
+mod partition;
+mod probes;
+mod quickstart;
+mod receiver;
+mod setup;
