@@ -13,7 +13,7 @@ mod secret;
 
 pub use keys::{apply_settings, diff, flatten, parse_cli_assignment, KeyChange, Setting};
 pub use model::*;
-pub use secret::{is_marker, redact};
+pub use secret::{is_marker, redact, redact_endpoint};
 
 use serde::{Deserialize, Serialize};
 
@@ -67,6 +67,44 @@ pub struct Proposal {
     /// RFC 3339 time at which the origin node received the request.
     pub at: String,
     pub intent: Intent,
+}
+
+/// A change's comment, in characters: room for a paragraph, not for a file.
+pub const MAX_COMMENT_CHARS: usize = 1000;
+/// A change's author, in characters.
+pub const MAX_AUTHOR_CHARS: usize = 100;
+/// Settings in one change: every event is read whole by every node and the dashboard.
+pub const MAX_SETTINGS_PER_CHANGE: usize = 100;
+
+impl Proposal {
+    /// Refuses a change too large to keep in every node's history.
+    fn check_limits(&self) -> Result<(), ConfigError> {
+        let chars = |text: &str| text.chars().count();
+        if chars(&self.comment) > MAX_COMMENT_CHARS {
+            return Err(ConfigError::invalid(
+                "comment",
+                format!("({} characters)", chars(&self.comment)),
+                format!("at most {MAX_COMMENT_CHARS} characters"),
+            ));
+        }
+        if chars(&self.author) > MAX_AUTHOR_CHARS {
+            return Err(ConfigError::invalid(
+                "author",
+                format!("({} characters)", chars(&self.author)),
+                format!("at most {MAX_AUTHOR_CHARS} characters"),
+            ));
+        }
+        if let Intent::Set { settings } = &self.intent {
+            if settings.len() > MAX_SETTINGS_PER_CHANGE {
+                return Err(ConfigError::invalid(
+                    "changes",
+                    format!("({} settings)", settings.len()),
+                    format!("at most {MAX_SETTINGS_PER_CHANGE} settings in one change: split it"),
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A committed change as it is stored in the log. Reverts carry the configuration they restore,
@@ -167,6 +205,7 @@ impl History {
         &self,
         proposal: &Proposal,
     ) -> Result<(ConfigEvent, ClusterConfig), ConfigError> {
+        proposal.check_limits()?;
         let change = match &proposal.intent {
             Intent::Set { settings } if settings.is_empty() => return Err(ConfigError::Empty),
             Intent::Set { settings } => Change::Set {

@@ -36,8 +36,9 @@ pub fn is_marker(value: &str) -> bool {
     value.starts_with(MARKER_START) && value.ends_with('>')
 }
 
-/// An endpoint with the password of its user info, if any, redacted.
-fn redact_endpoint(endpoint: &str) -> String {
+/// An endpoint with the password of its user info, if any, redacted: how statuses and logs
+/// name a destination.
+pub fn redact_endpoint(endpoint: &str) -> String {
     match url::Url::parse(endpoint) {
         Ok(mut url) if url.password().is_some() => {
             let marker = redact(url.password().unwrap_or_default());

@@ -376,3 +376,25 @@ fn api_public_read_is_off_by_default_and_settable() {
     let read: ClusterConfig = serde_json::from_value(old).unwrap();
     assert_eq!(read, config);
 }
+
+#[test]
+fn oversized_changes_are_refused_naming_the_limit() {
+    let history = History::default();
+    let mut long_comment = set_proposal(vec![set("probe.http.sample_rate", json!(0.5))]);
+    long_comment.comment = "x".repeat(crate::MAX_COMMENT_CHARS + 1);
+    let error = history.check(&long_comment).unwrap_err().to_string();
+    assert!(
+        error.contains("comment") && error.contains("1000"),
+        "{error}"
+    );
+    let mut long_author = set_proposal(vec![set("probe.http.sample_rate", json!(0.5))]);
+    long_author.author = "y".repeat(crate::MAX_AUTHOR_CHARS + 1);
+    assert!(history.check(&long_author).is_err());
+    let many = (0..=crate::MAX_SETTINGS_PER_CHANGE)
+        .map(|_| set("probe.http.sample_rate", json!(0.5)))
+        .collect();
+    let error = history.check(&set_proposal(many)).unwrap_err().to_string();
+    assert!(error.contains("split it"), "{error}");
+    let fine = set_proposal(vec![set("probe.http.sample_rate", json!(0.5))]);
+    assert!(history.check(&fine).is_ok());
+}

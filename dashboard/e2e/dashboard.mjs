@@ -1,15 +1,15 @@
 // End-to-end test of the dashboard in headless Chromium (Debian's, driven by playwright-core):
 // loads every page on node A, changes a setting through the form on A and sees it on node B's
 // page, reverts it from B, and keeps a screenshot of each step. Run by node/tests/dashboard_ui.rs,
-// which starts the nodes and passes A_URL, B_URL, TOKEN, SHOTS and CHROMIUM.
+// which starts the nodes and passes A_URL, B_URL, TOKEN (admin), READ_TOKEN, SHOTS and CHROMIUM.
 import { chromium } from 'playwright-core';
 import { mkdirSync } from 'node:fs';
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
-const { A_URL, B_URL, TOKEN, SHOTS, CHROMIUM, HAS_PROBES } = process.env;
-for (const [name, value] of Object.entries({ A_URL, B_URL, TOKEN, SHOTS, CHROMIUM })) {
+const { A_URL, B_URL, TOKEN, READ_TOKEN, SHOTS, CHROMIUM, HAS_PROBES } = process.env;
+for (const [name, value] of Object.entries({ A_URL, B_URL, TOKEN, READ_TOKEN, SHOTS, CHROMIUM })) {
   if (!value) throw new Error(`${name} is not set: run this through node/tests/dashboard_ui.rs`);
 }
 mkdirSync(SHOTS, { recursive: true });
@@ -30,8 +30,11 @@ page.on('console', (m) => {
   // Failed requests are reported with their address by the response handler below.
   if (m.type() === 'error' && !m.text().startsWith('Failed to load resource')) errors.push(`console: ${m.text()}`);
 });
+// The refusals a step provokes on purpose (401 before a token is given, 403 for a write with a
+// read token) are expected; any other error status fails the test.
+let expectedStatus = null;
 page.on('response', (r) => {
-  if (r.status() >= 400) errors.push(`HTTP ${r.status()} for ${r.request().method()} ${r.url()}`);
+  if (r.status() >= 400 && r.status() !== expectedStatus) errors.push(`HTTP ${r.status()} for ${r.request().method()} ${r.url()}`);
 });
 
 async function step(name, fn) {
@@ -54,6 +57,18 @@ const waitText = (selector, pattern, timeout = 15000) =>
     [selector, pattern],
     { timeout },
   );
+
+await step('00-reads-need-a-token', async () => {
+  expectedStatus = 401;
+  await page.goto(`${A_URL}/#/cluster`);
+  await waitText('p.error', 'needs an API token');
+  await page.fill('input[name=token]', READ_TOKEN);
+  await page.click('form.token button');
+  // Once the pages read with the token, a 401 is an error again.
+  await waitText('[data-testid=cluster-summary]', 'leader \\S+');
+  await page.waitForTimeout(2500);
+  expectedStatus = null;
+});
 
 await step('01-cluster', async () => {
   await page.goto(`${A_URL}/#/cluster`);
@@ -96,14 +111,16 @@ await step('04-probes', async () => {
 });
 
 let versionBefore = 0;
-await step('05-config-write-without-token-is-refused', async () => {
+await step('05-config-write-with-a-read-token-is-refused', async () => {
+  expectedStatus = 403;
   await page.goto(`${A_URL}/#/config`);
   await waitText('[data-testid=config-version]', '^\\d+$');
   versionBefore = Number(await text('[data-testid=config-version]'));
   await page.fill('input[name=key]', 'probe.http.sample_rate');
   await page.fill('input[name=value]', '0.5');
   await page.click('[data-testid=config-form] button[type=submit]');
-  await waitText('[data-testid=config-result]', 'token');
+  await waitText('[data-testid=config-result]', 'needs a `write` token');
+  expectedStatus = null;
 });
 
 await step('06-config-set-on-a', async () => {
@@ -116,16 +133,19 @@ await step('06-config-set-on-a', async () => {
 });
 
 await step('07-config-seen-on-b', async () => {
+  // B is another origin (port), so it keeps its own token.
+  expectedStatus = 401;
   await page.goto(`${B_URL}/#/config`);
+  await page.fill('input[name=token]', TOKEN);
+  await page.click('form.token button');
   await waitText('[data-testid=config-current] tr[data-key="probe.http.sample_rate"]', '0\\.5');
   await waitText(`.event[data-version="${versionBefore + 1}"]`, 'probe\\.http\\.sample_rate');
   await waitText(`.event[data-version="${versionBefore + 1}"] .diff`, '1(\\.0)?\\s*→\\s*0\\.5');
+  await page.waitForTimeout(2500);
+  expectedStatus = null;
 });
 
 await step('08-revert-on-b-seen-on-a', async () => {
-  // B is another origin (port), so it keeps its own token.
-  await page.fill('input[name=token]', TOKEN);
-  await page.click('form.token button');
   await page.click(`.event[data-version="${versionBefore + 1}"] button.revert`);
   await waitText('[data-testid=config-result]', `as version ${versionBefore + 2}`);
   await page.goto(`${A_URL}/#/config`);

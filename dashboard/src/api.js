@@ -19,8 +19,54 @@ async function answer(response) {
   return body;
 }
 
+// Every read carries the token too: reads need one unless the cluster set api.public_read.
+function authorization() {
+  const secret = token.get();
+  return secret ? { authorization: `Bearer ${secret}` } : {};
+}
+
+export const TOKEN_NEEDED = 'this node needs an API token to show anything: paste one in the token field at the top (DATA_DIR/api-token on any node, or one from `apiary token create`)';
+
 export async function get(path) {
-  return answer(await fetch(path));
+  const response = await fetch(path, { headers: authorization() });
+  if (response.status === 401) throw new Error(TOKEN_NEEDED);
+  return answer(response);
+}
+
+// Server-sent events with the token (EventSource cannot send headers): calls onEvent(name,
+// data) per event until the returned function is called; onOpen and onError as EventSource's.
+export function stream(path, { onOpen, onEvent, onError }) {
+  const abort = new AbortController();
+  (async () => {
+    try {
+      const response = await fetch(path, { headers: authorization(), signal: abort.signal });
+      if (response.status === 401) throw new Error(TOKEN_NEEDED);
+      if (!response.ok || !response.body) throw new Error(`HTTP ${response.status}`);
+      onOpen();
+      const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+      let buffer = '';
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) throw new Error('the stream ended');
+        buffer += value;
+        let end;
+        while ((end = buffer.indexOf('\n\n')) >= 0) {
+          const block = buffer.slice(0, end);
+          buffer = buffer.slice(end + 2);
+          let name = 'message';
+          const data = [];
+          for (const line of block.split('\n')) {
+            if (line.startsWith('event:')) name = line.slice(6).trim();
+            else if (line.startsWith('data:')) data.push(line.slice(5).replace(/^ /, ''));
+          }
+          if (data.length) onEvent(name, data.join('\n'));
+        }
+      }
+    } catch (e) {
+      if (!abort.signal.aborted) onError(e.message);
+    }
+  })();
+  return () => abort.abort();
 }
 
 export async function write(method, path, body) {
@@ -29,7 +75,7 @@ export async function write(method, path, body) {
   return answer(
     await fetch(path, {
       method,
-      headers: { 'content-type': 'application/json', authorization: `Bearer ${secret}` },
+      headers: { 'content-type': 'application/json', ...authorization() },
       body: JSON.stringify(body),
     }),
   );

@@ -36,7 +36,7 @@ function TokenField() {
       <input
         type="password"
         name="token"
-        placeholder="API token (for changes)"
+        placeholder="API token"
         value={value}
         onInput={(e) => {
           setValue(e.currentTarget.value);

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use apiary_pipeline::{
-    otlp, wire, Delivery, FullPolicy, OtlpHttp, RedMetrics, ResourceInfo, Signal,
+    otlp, otlp::wire, Delivery, FullPolicy, OtlpHttp, RedMetrics, ResourceInfo, Signal,
 };
 use apiary_probes::abi::{encode_data_event, encode_exchange_event, Direction};
 use apiary_probes::{Assembler, Observer};
@@ -314,7 +314,7 @@ async fn probe_source(spans: u64) -> (Row, Row) {
     let records = ring_records(spans as usize, Records::Exchange);
     // Baseline: OTLP encoding only.
     let mut check = Vec::new();
-    apiary_pipeline::encode::encode_spans(
+    apiary_pipeline::otlp::encode_spans(
         &assemble(&records[..BATCH], None),
         &resource(),
         &mut check,

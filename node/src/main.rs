@@ -3,8 +3,6 @@
 mod agent;
 mod api;
 mod cli;
-mod receiver;
-mod receiver_grpc;
 
 use anyhow::{Context, Result};
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
@@ -55,6 +53,13 @@ enum Command {
         #[command(subcommand)]
         command: cli::ca::CaCommand,
     },
+    /// Create, list and revoke API tokens (metrics, read, write, admin).
+    Token {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: cli::tokens::TokenCommand,
+    },
     /// Read and change the replicated config.
     Config {
         #[command(flatten)]
@@ -101,5 +106,6 @@ async fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<()> {
         Command::Members { client, command } => cli::members::members(&client, &command).await,
         Command::Ca { client, command } => cli::ca::run(&client, &command).await,
         Command::Config { client, command } => cli::config::config(&client, &command).await,
+        Command::Token { client, command } => cli::tokens::run(&client, &command).await,
     }
 }

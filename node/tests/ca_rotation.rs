@@ -111,7 +111,15 @@ async fn the_cluster_ca_rotates_in_place() {
             "the join secret is kept"
         );
     }
-    let (ok, out, _) = cli(&["ca", "status", "--peer", &peer, "--json"]);
+    let (ok, out, _) = cli(&[
+        "ca",
+        "status",
+        "--peer",
+        &peer,
+        "--json",
+        "--token",
+        &cluster.token,
+    ]);
     assert!(ok);
     let status: Value = serde_json::from_str(&out).unwrap();
     let members = status["members"].as_array().unwrap();
@@ -237,7 +245,7 @@ async fn a_rotation_stopped_part_way_continues_after_a_restart() {
         "{report}"
     );
     if phase != "finished" {
-        let (_, out, _) = cli(&["doctor", "--peer", &peer]);
+        let (_, out, _) = cli(&["doctor", "--peer", &peer, "--token", &token]);
         assert!(
             out.contains(&format!("stopped after its {phase} step")),
             "{out}"

@@ -56,12 +56,12 @@ async fn change_sent_to_a_follower_is_applied_on_all_three() {
     ]);
     assert!(ok, "{err}");
     assert!(out.contains("config version 2"), "{out}");
-    let (ok, out, _) = cli(&["config", "get", "--peer", &peer]);
+    let (ok, out, _) = cli(&["config", "get", "--peer", &peer, "--token", &token]);
     assert!(
         ok && out.contains("probe.tcp.enabled") && out.contains("false"),
         "{out}"
     );
-    let (ok, out, _) = cli(&["config", "history", "--peer", &peer]);
+    let (ok, out, _) = cli(&["config", "history", "--peer", &peer, "--token", &token]);
     assert!(
         ok && out.contains("from the cli") && out.contains("probe.http.sample_rate=0.2"),
         "{out}"
@@ -82,12 +82,12 @@ async fn change_sent_to_a_follower_is_applied_on_all_three() {
         );
         assert_eq!(config["config"]["probes"]["http"]["sample_rate"], 0.2);
     }
-    let (ok, out, _) = cli(&["status", "--peer", &peer]);
+    let (ok, out, _) = cli(&["status", "--peer", &peer, "--token", &token]);
     assert!(ok, "{out}");
     for node in &cluster.nodes {
         assert!(out.contains(&node.name), "{out}");
     }
-    let (ok, out, _) = cli(&["status", "--peer", &peer, "--json"]);
+    let (ok, out, _) = cli(&["status", "--peer", &peer, "--json", "--token", &token]);
     let status: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert!(ok);
     assert_eq!(status["members"].as_array().unwrap().len(), 3);

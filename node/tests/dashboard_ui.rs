@@ -33,6 +33,17 @@ async fn every_page_loads_and_a_change_on_one_node_shows_on_another() {
     let cluster = Cluster::start_with(2, extra).await;
     let shots = repo().join("target/dashboard-screenshots");
     let _ = std::fs::remove_dir_all(&shots);
+    // A read-only token: the pages show with it, and a write with it is refused.
+    let (status, created) = cluster
+        .write(
+            0,
+            reqwest::Method::POST,
+            "/v1/tokens",
+            serde_json::json!({ "name": "dashboard-test", "scope": "read" }),
+        )
+        .await;
+    assert_eq!(status, 200, "{created}");
+    let read_token = created["token"].as_str().unwrap().to_string();
     let output = tokio::task::spawn_blocking({
         let (a, b, token) = (
             format!("http://{}", cluster.nodes[0].api),
@@ -47,6 +58,7 @@ async fn every_page_loads_and_a_change_on_one_node_shows_on_another() {
                 .env("A_URL", a)
                 .env("B_URL", b)
                 .env("TOKEN", token)
+                .env("READ_TOKEN", read_token)
                 .env("SHOTS", &shots)
                 .env("CHROMIUM", CHROMIUM)
                 .env("HAS_PROBES", if probes { "1" } else { "0" })

@@ -109,7 +109,15 @@ async fn replicated_config_drives_the_probes_of_a_node() {
         "{metrics}"
     );
 
-    let (ok, out, _) = cli(&["status", "--peer", &cluster.nodes[0].url(""), "--json"]);
+    let token = cluster.api_token();
+    let (ok, out, _) = cli(&[
+        "status",
+        "--peer",
+        &cluster.nodes[0].url(""),
+        "--json",
+        "--token",
+        &token,
+    ]);
     assert!(ok, "{out}");
 }
 
@@ -205,21 +213,31 @@ async fn tail_follows_live_spans_as_lines_and_json() {
     cluster.unbind_budgets().await;
     let (_server, port) = python_server();
     let peer = cluster.nodes[0].url("");
-    let line = tail_until(&["--peer", &peer], "/tail/{id}", || {
+    let token = cluster.api_token();
+    let line = tail_until(&["--peer", &peer, "--token", &token], "/tail/{id}", || {
         curl(&format!("http://127.0.0.1:{port}/tail/5"))
     });
     assert!(
         line.contains("GET") && line.contains("404") && line.contains(" ms"),
         "{line}"
     );
-    let json_line = tail_until(&["--peer", &peer, "--json"], "/json/{id}", || {
-        curl(&format!("http://127.0.0.1:{port}/json/6"))
-    });
+    let json_line = tail_until(
+        &["--peer", &peer, "--json", "--token", &token],
+        "/json/{id}",
+        || curl(&format!("http://127.0.0.1:{port}/json/6")),
+    );
     let span: Value = serde_json::from_str(&json_line).expect("one JSON span per line");
     assert_eq!(span["route"], "/json/{id}");
 
     let without = Cluster::start(1).await;
-    let (ok, _, err) = cli(&["tail", "--peer", &without.nodes[0].url("")]);
+    let without_token = without.api_token();
+    let (ok, _, err) = cli(&[
+        "tail",
+        "--peer",
+        &without.nodes[0].url(""),
+        "--token",
+        &without_token,
+    ]);
     assert!(!ok && err.contains("--no-probes"), "{err}");
 }
 

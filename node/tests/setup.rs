@@ -36,12 +36,27 @@ fn start_node(config: &Path, extra: &[&str], env: &[(&str, String)]) -> Server {
 }
 
 async fn get_json(url: &str) -> Option<serde_json::Value> {
-    reqwest::get(url).await.ok()?.json().await.ok()
+    get_json_with(url, None).await
+}
+
+/// GET with the node's token (reads need one; `/healthz` does not).
+async fn get_json_with(url: &str, token: Option<&str>) -> Option<serde_json::Value> {
+    let mut request = reqwest::Client::new().get(url);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.ok()?;
+    response.status().is_success().then_some(())?;
+    response.json().await.ok()
 }
 
 async fn wait_json(url: &str, what: &str) -> serde_json::Value {
+    wait_json_with(url, what, None).await
+}
+
+async fn wait_json_with(url: &str, what: &str, token: Option<&str>) -> serde_json::Value {
     for _ in 0..200 {
-        if let Some(value) = get_json(url).await {
+        if let Some(value) = get_json_with(url, token).await {
             return value;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -98,9 +113,11 @@ async fn init_writes_a_file_the_node_runs_from_with_env_and_flags_above_it() {
     );
 
     // The new cluster's first change is the file's [cluster] table.
+    let token = std::fs::read_to_string(dir.path().join("data/api-token")).unwrap();
+    let token = token.trim();
     let mut config_json = serde_json::Value::Null;
     for _ in 0..50 {
-        config_json = wait_json(&format!("{base}/v1/config"), "config").await;
+        config_json = wait_json_with(&format!("{base}/v1/config"), "config", Some(token)).await;
         if config_json["version"] == 1 {
             break;
         }
@@ -112,15 +129,16 @@ async fn init_writes_a_file_the_node_runs_from_with_env_and_flags_above_it() {
     assert_eq!(probes["tcp"]["enabled"], true);
     assert_eq!(probes["tls"]["enabled"], false);
     assert_eq!(probes["process"]["enabled"], false);
-    let history = wait_json(&format!("{base}/v1/config/history"), "history").await;
+    let history =
+        wait_json_with(&format!("{base}/v1/config/history"), "history", Some(token)).await;
     assert_eq!(history["events"][0]["author"], "apiary.toml", "{history}");
 
     // A healthy node: doctor passes and says so per check.
-    let (ok, out, err) = cli(&["doctor", "--peer", &base]);
+    let (ok, out, err) = cli(&["doctor", "--peer", &base, "--token", token]);
     assert!(ok, "doctor on a healthy node: {out}{err}");
     assert!(out.contains("from-flag") && out.contains("leader"), "{out}");
     assert!(out.contains("cluster CA"), "{out}");
-    let (ok, out, _) = cli(&["doctor", "--peer", &base, "--json"]);
+    let (ok, out, _) = cli(&["doctor", "--peer", &base, "--json", "--token", token]);
     assert!(ok);
     let report: serde_json::Value = serde_json::from_str(&out).expect("doctor --json is JSON");
     assert!(report["checks"].as_array().is_some_and(|c| c.len() >= 3));

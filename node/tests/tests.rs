@@ -17,4 +17,5 @@ mod partition;
 mod probes;
 mod quickstart;
 mod receiver;
+mod security;
 mod setup;

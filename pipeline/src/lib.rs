@@ -24,10 +24,3 @@ pub use otlp::{OtlpRequest, ResourceInfo};
 pub use signal::Signal;
 pub use sinks::{Accepted, AnySink, JsonLines, OtlpGrpc, OtlpHttp, SendError, Sink};
 pub use transforms::{RedMetrics, ServerSpanIndex};
-
-// The modules' paths from before the layout above, which the node still names
-// (`apiary_pipeline::red::DURATION_BOUNDS_SECONDS`, `wire::scan`, `encode::encode_spans`);
-// `otlp` kept its name. They can go once the node names the new paths.
-pub use otlp::wire;
-pub use otlp::writer as encode;
-pub use transforms::red;

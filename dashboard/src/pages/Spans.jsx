@@ -1,5 +1,6 @@
 // The node's live spans (the same stream as `apiary tail`), newest first, filterable.
 import { useEffect, useState } from 'preact/hooks';
+import { stream } from '../api.js';
 
 const KEEP = 300;
 
@@ -10,15 +11,30 @@ export function Spans() {
   const [paused, setPaused] = useState(false);
   useEffect(() => {
     if (paused) return undefined;
-    const source = new EventSource('/v1/spans/stream');
-    source.onopen = () => setStatus('live');
-    source.onerror = () => setStatus('no stream (a node started with --no-probes has no spans); retrying…');
-    source.addEventListener('span', (e) => {
-      const span = JSON.parse(e.data);
-      setSpans((list) => [span, ...list].slice(0, KEEP));
-    });
-    source.addEventListener('missed', (e) => setStatus(`live (missed ${e.data} spans while the page was slow)`));
-    return () => source.close();
+    let stop = () => {};
+    let retry = null;
+    const connect = () => {
+      stop = stream('/v1/spans/stream', {
+        onOpen: () => setStatus('live'),
+        onEvent: (name, data) => {
+          if (name === 'span') {
+            const span = JSON.parse(data);
+            setSpans((list) => [span, ...list].slice(0, KEEP));
+          } else if (name === 'missed') {
+            setStatus(`live (missed ${data} spans while the page was slow)`);
+          }
+        },
+        onError: (message) => {
+          setStatus(`no stream (${message}; a node started with --no-probes has no spans); retrying…`);
+          retry = setTimeout(connect, 3000);
+        },
+      });
+    };
+    connect();
+    return () => {
+      clearTimeout(retry);
+      stop();
+    };
   }, [paused]);
   const needle = filter.trim().toLowerCase();
   const shown = needle

@@ -40,6 +40,16 @@ pub struct NodeArgs {
     /// HTTP API and dashboard address.
     #[arg(long, env = "APIARY_API", default_value = "127.0.0.1:7700")]
     pub api: SocketAddr,
+    /// A DNS name clients reach the API by (repeatable). IP addresses, `localhost` and this
+    /// machine's host name always work; any other name in a request's Host is refused, so that
+    /// a web page cannot reach the API through DNS rebinding.
+    #[arg(
+        long = "api-name",
+        env = "APIARY_API_NAMES",
+        value_delimiter = ',',
+        value_name = "NAME"
+    )]
+    pub api_names: Vec<String>,
     /// QUIC address of any member, to join its cluster (first start only).
     #[arg(long, env = "APIARY_JOIN")]
     pub join: Option<String>,

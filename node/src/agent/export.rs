@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::{bail, Result};
 use apiary_config::{ClusterConfig, Destination, Protocol};
 use apiary_consensus::Consensus;
+use apiary_pipeline::sources::Ingest;
 use apiary_pipeline::{
     otlp, AnySink, Delivery, FullPolicy, JsonLines, OtlpGrpc, OtlpHttp, RedMetrics, ResourceInfo,
     ServerSpanIndex, Signal,
@@ -85,7 +86,8 @@ pub struct Export {
     pub red: Arc<RedMetrics>,
     /// Probe server spans by (trace, caller span), to re-parent apps' own spans under them.
     pub server_spans: Arc<ServerSpanIndex>,
-    /// The probes' observer, when the node runs probes: the receiver syncs with it.
+    /// The probes' observer, when the node runs probes: the OTLP receivers sync with it
+    /// (`Ingest::sync_with_probes`).
     pub observer: Option<Arc<Observer>>,
     /// Asks the span batcher to enqueue what it holds at once; it answers when it has.
     flush_requests: tokio::sync::mpsc::UnboundedSender<tokio::sync::oneshot::Sender<()>>,
@@ -233,7 +235,7 @@ impl Export {
         });
         match delivery {
             Ok(delivery) => {
-                tracing::info!(destination = %name, endpoint = %destination.endpoint, "export started");
+                tracing::info!(destination = %name, endpoint = %apiary_config::redact_endpoint(&destination.endpoint), "export started");
                 active.worker = Some(tokio::spawn(delivery.clone().run()));
                 active.delivery = Some(delivery);
             }
@@ -320,7 +322,7 @@ impl Export {
                         FILE_DESTINATION => "local",
                         _ => "replicated",
                     },
-                    endpoint: active.destination.endpoint.clone(),
+                    endpoint: apiary_config::redact_endpoint(&active.destination.endpoint),
                     protocol: if name == FILE_DESTINATION {
                         "json-lines".into()
                     } else {
@@ -489,6 +491,27 @@ fn percent_decode(text: &str) -> String {
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The OTLP receivers (`apiary_pipeline::sources`) hand apps' requests to the export.
+impl Ingest for Export {
+    fn server_spans(&self) -> &ServerSpanIndex {
+        &self.server_spans
+    }
+
+    async fn sync_with_probes(&self, timeout: Duration) -> bool {
+        match &self.observer {
+            Some(observer) => {
+                observer.sync(timeout).await;
+                true
+            }
+            None => false,
+        }
+    }
+
+    async fn accept(&self, signal: Signal, items: u32, payload: &[u8]) -> Result<(), String> {
+        Export::accept(self, signal, items, payload).await
+    }
 }
 
 #[cfg(test)]

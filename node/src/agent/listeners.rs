@@ -70,7 +70,7 @@ impl Listeners {
     /// Starts the OTLP receivers, feeding `export`.
     pub fn serve_receivers(&mut self, export: &Arc<Export>) -> Receivers {
         let http = self.otlp_http.take().map(|(addr, listener)| {
-            let router = crate::receiver::router(export.clone());
+            let router = apiary_pipeline::sources::otlp_http::router(export.clone());
             tokio::spawn(async move {
                 if let Err(e) = axum::serve(listener, router).await {
                     tracing::error!("the OTLP/HTTP receiver stopped: {e}");
@@ -79,7 +79,10 @@ impl Listeners {
             addr
         });
         let grpc = self.otlp_grpc.take().map(|(addr, listener)| {
-            tokio::spawn(crate::receiver_grpc::serve(listener, export.clone()));
+            tokio::spawn(apiary_pipeline::sources::otlp_grpc::serve(
+                listener,
+                export.clone(),
+            ));
             addr
         });
         Receivers { grpc, http }

@@ -95,6 +95,12 @@ pub async fn run(args: NodeArgs, seed: ClusterSeed) -> Result<()> {
         consensus: mesh.consensus.clone(),
         node_name: identity.node.name.clone(),
         api_token,
+        api_names: args
+            .api_names
+            .iter()
+            .cloned()
+            .chain([args::default_name()])
+            .collect(),
         probes,
         export: export.clone(),
         ca: mesh.ca,

@@ -42,6 +42,7 @@ impl ProbeRuntime {
             .context("applying the config to the probes")?;
         let observer = Arc::new(Observer::default());
         observer.set_keep_rule(keep_rule(state.history().current()));
+        observer.set_kept_query_params(state.history().current().privacy.keep_query_params.clone());
         let events = set
             .take_events()
             .context("the probes' ring buffer was already taken")?;
@@ -63,6 +64,9 @@ impl ProbeRuntime {
                     (history.version(), history.current().clone())
                 };
                 runtime.observer.set_keep_rule(keep_rule(&config));
+                runtime
+                    .observer
+                    .set_kept_query_params(config.privacy.keep_query_params.clone());
                 let tuned = *runtime.tuned_rate.lock().unwrap_or_else(|p| p.into_inner());
                 let applied = runtime.lock().apply(&effective(&config, tuned));
                 match applied {

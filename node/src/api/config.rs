@@ -8,17 +8,16 @@ use std::time::Duration;
 use apiary_config::{Intent, Proposal, Setting};
 use axum::body::Bytes;
 use axum::extract::{Query, State};
-use axum::http::HeaderMap;
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{authorize, internal, parse_body, ApiError, ApiResult, ApiState};
+use super::{internal, parse_body, ApiError, ApiResult, ApiState};
 
 pub(super) async fn get_config(State(state): State<Arc<ApiState>>) -> ApiResult {
     let history = state.consensus.config_state().history();
     Ok(Json(
-        json!({ "version": history.version(), "config": history.current() }),
+        json!({ "version": history.version(), "config": history.current().redacted() }),
     ))
 }
 
@@ -49,12 +48,7 @@ struct RevertBody {
 
 const PATCH_SHAPE: &str = r#"{"changes": [{"key": "probe.http.sample_rate", "value": 0.2}], "comment": "why"} or {"changes": {"probe.http.sample_rate": 0.2}}"#;
 
-pub(super) async fn patch_config(
-    State(state): State<Arc<ApiState>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> ApiResult {
-    authorize(&state, &headers)?;
+pub(super) async fn patch_config(State(state): State<Arc<ApiState>>, body: Bytes) -> ApiResult {
     let body: PatchBody = parse_body(&body, PATCH_SHAPE)?;
     let settings = match body.changes {
         Changes::List(list) => list,
@@ -67,12 +61,7 @@ pub(super) async fn patch_config(
     commit(&state, intent, body.comment, body.author).await
 }
 
-pub(super) async fn revert(
-    State(state): State<Arc<ApiState>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> ApiResult {
-    authorize(&state, &headers)?;
+pub(super) async fn revert(State(state): State<Arc<ApiState>>, body: Bytes) -> ApiResult {
     let body: RevertBody = parse_body(&body, r#"{"version": 3, "comment": "why"}"#)?;
     let intent = Intent::Revert {
         to_version: body.version,
@@ -108,7 +97,10 @@ async fn commit(
     let caught_up = applied.wait_for(|v| *v >= version);
     let _ = tokio::time::timeout(Duration::from_secs(2), caught_up).await;
     let history = config_state.history();
-    let event = history.since(version.saturating_sub(1)).first().cloned();
+    let event = history
+        .since(version.saturating_sub(1))
+        .first()
+        .map(apiary_config::ConfigEvent::redacted);
     Ok(Json(json!({ "version": version, "event": event })))
 }
 
@@ -130,8 +122,12 @@ pub(super) async fn history(
     let mut events = Vec::new();
     for event in history.since(since) {
         let after = before.apply(&event.change)?;
-        let mut value = serde_json::to_value(event).map_err(internal)?;
-        value["diff"] = json!(apiary_config::diff(&before, &after));
+        let mut value = serde_json::to_value(event.redacted()).map_err(internal)?;
+        let diff: Vec<_> = apiary_config::diff(&before, &after)
+            .iter()
+            .map(apiary_config::KeyChange::redacted)
+            .collect();
+        value["diff"] = json!(diff);
         events.push(value);
         before = after;
     }

@@ -2,6 +2,8 @@
 
 use std::fmt::Write;
 
+use apiary_pipeline::prometheus::escape_label_value;
+
 use apiary_consensus::{ClusterStatus, Role};
 use apiary_probes::{Observer, ProbeReport, ProbeState};
 
@@ -25,10 +27,7 @@ pub const METRIC_NAMES: &[&str] = &[
 ];
 
 fn node_label(node: &str) -> String {
-    format!(
-        "node=\"{}\"",
-        node.replace('\\', "\\\\").replace('"', "\\\"")
-    )
+    format!("node=\"{}\"", escape_label_value(node))
 }
 
 /// Probe counters, one sample per probe: the same numbers as `GET /v1/probes`.
@@ -195,7 +194,7 @@ pub fn render_export(node: &str, export: &Export) -> String {
         let _ = writeln!(out, "# HELP {name} {help}");
         let _ = writeln!(out, "# TYPE {name} {kind}");
         for row in &rows {
-            let destination = row.name.replace('"', "");
+            let destination = escape_label_value(&row.name);
             let _ = writeln!(
                 out,
                 "{name}{{{label},destination=\"{destination}\"}} {}",

@@ -1,17 +1,19 @@
 //! The HTTP API every node serves (JSON), with `/metrics` in Prometheus text and the embedded
 //! dashboard: one router, built from the route table in `routes.rs`.
 
+mod access;
 mod config;
 mod dashboard;
 mod handlers;
 pub mod metrics;
 pub mod routes;
+mod tokens;
 
 use std::sync::Arc;
 
 use apiary_config::ConfigError;
 use apiary_consensus::{Consensus, WriteError};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 use serde_json::{json, Value};
@@ -28,7 +30,11 @@ pub struct ApiState {
     pub consensus: Arc<Consensus>,
     pub intensity: Arc<Intensity>,
     pub node_name: String,
+    /// The cluster's first token (DATA_DIR/api-token): an admin token every node knows.
     pub api_token: String,
+    /// DNS names the API may be reached by besides IP literals and `localhost` (the Host
+    /// header check against DNS rebinding): `--api-name` and this machine's host name.
+    pub api_names: Vec<String>,
     pub probes: Option<Arc<ProbeRuntime>>,
     pub export: Arc<Export>,
     pub ca: Arc<CaRuntime>,
@@ -45,12 +51,13 @@ impl ApiState {
     }
 }
 
-/// Every route of [`ROUTES`]; anything else is a 404 that lists the documented ones.
+/// Every route of [`ROUTES`], each behind its access check; anything else is a 404 that lists
+/// the documented ones. Every request passes the Host check first.
 pub fn router(state: Arc<ApiState>) -> Router {
     ROUTES
         .iter()
         .fold(Router::new(), |router, route| {
-            router.route(route.path, route.service())
+            router.route(route.path, access::guard(route, &state))
         })
         .fallback(|| async {
             let served: Vec<String> = ROUTES
@@ -66,6 +73,10 @@ pub fn router(state: Arc<ApiState>) -> Router {
                 ),
             )
         })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            access::check_host,
+        ))
         .with_state(state)
 }
 
@@ -115,31 +126,6 @@ type ApiResult = Result<Json<Value>, ApiError>;
 fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8], shape: &str) -> Result<T, ApiError> {
     serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}; expected {shape}")))
-}
-
-fn authorize(state: &ApiState, headers: &HeaderMap) -> Result<(), ApiError> {
-    let presented = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "))
-        .map(str::trim);
-    let Some(presented) = presented else {
-        return Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "this endpoint needs `Authorization: Bearer <token>`; the token is in DATA_DIR/api-token",
-        ));
-    };
-    if !constant_time_eq(presented.as_bytes(), state.api_token.as_bytes()) {
-        return Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "the bearer token is wrong; the cluster's token is in DATA_DIR/api-token on any node",
-        ));
-    }
-    Ok(())
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn internal(error: impl std::fmt::Display) -> ApiError {

@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use axum::routing::{on, MethodFilter, MethodRouter};
 
-use super::{config, dashboard, handlers, ApiState};
+use apiary_consensus::tokens::Scope;
+
+use super::{config, dashboard, handlers, tokens, ApiState};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Method {
@@ -42,12 +44,26 @@ pub struct Route {
     /// A heading of its own in docs/api.md, and in the 404 answer's list. Only the dashboard's
     /// assets are not: docs/api.md describes them under `GET /`.
     pub documented: bool,
+    /// Who may call it.
+    pub access: Access,
     /// The handler, served for `method` (each handler has its own extractors, hence a function
     /// per route).
     pub handler: fn(MethodFilter) -> MethodRouter<Arc<ApiState>>,
 }
 
+/// What a route needs of the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone: liveness, and the dashboard's page and assets (which hold no data: the page asks
+    /// for a token before it reads).
+    Public,
+    /// A token of this scope or above (reads also pass without one under `api.public_read`).
+    Needs(Scope),
+}
+
+use Access::{Needs, Public};
 use Method::{Delete, Get, Patch, Post};
+use Scope::{Admin, Metrics, Read, Write};
 
 /// Every route of the API, in docs/api.md's order.
 pub const ROUTES: &[Route] = &[
@@ -55,108 +71,147 @@ pub const ROUTES: &[Route] = &[
         method: Get,
         path: "/healthz",
         documented: true,
+        access: Public,
         handler: |m| on(m, handlers::healthz),
     },
     Route {
         method: Get,
         path: "/metrics",
         documented: true,
+        access: Needs(Metrics),
         handler: |m| on(m, handlers::prometheus),
     },
     Route {
         method: Get,
         path: "/v1/cluster",
         documented: true,
+        access: Needs(Read),
         handler: |m| on(m, handlers::cluster),
     },
     Route {
         method: Get,
         path: "/v1/config",
         documented: true,
+        access: Needs(Read),
         handler: |m| on(m, config::get_config),
     },
     Route {
         method: Patch,
         path: "/v1/config",
         documented: true,
+        access: Needs(Write),
         handler: |m| on(m, config::patch_config),
     },
     Route {
         method: Get,
         path: "/v1/config/history",
         documented: true,
+        access: Needs(Read),
         handler: |m| on(m, config::history),
     },
     Route {
         method: Post,
         path: "/v1/config/revert",
         documented: true,
+        access: Needs(Write),
         handler: |m| on(m, config::revert),
     },
     Route {
         method: Delete,
         path: "/v1/members/{id}",
         documented: true,
+        access: Needs(Admin),
         handler: |m| on(m, handlers::remove_member),
     },
     Route {
         method: Get,
         path: "/v1/ca",
         documented: true,
+        access: Needs(Read),
         handler: |m| on(m, handlers::ca_status),
     },
     Route {
         method: Post,
         path: "/v1/ca/rotate",
         documented: true,
+        access: Needs(Admin),
         handler: |m| on(m, handlers::rotate_ca),
     },
     Route {
         method: Get,
         path: "/v1/probes",
         documented: true,
+        access: Needs(Read),
         handler: |m| on(m, handlers::probes),
     },
     Route {
         method: Get,
         path: "/v1/spans",
         documented: true,
+        access: Needs(Read),
         handler: |m| on(m, handlers::spans),
     },
     Route {
         method: Get,
         path: "/v1/spans/stream",
         documented: true,
+        access: Needs(Read),
         handler: |m| on(m, handlers::stream_spans),
     },
     Route {
         method: Get,
         path: "/v1/export",
         documented: true,
+        access: Needs(Read),
         handler: |m| on(m, handlers::export_status),
     },
     Route {
         method: Get,
         path: "/v1/intensity",
         documented: true,
+        access: Needs(Read),
         handler: |m| on(m, handlers::intensity),
     },
     Route {
         method: Get,
         path: "/v1/red",
         documented: true,
+        access: Needs(Read),
         handler: |m| on(m, handlers::red),
+    },
+    Route {
+        method: Get,
+        path: "/v1/tokens",
+        documented: true,
+        access: Needs(Admin),
+        handler: |m| on(m, tokens::list),
+    },
+    Route {
+        method: Post,
+        path: "/v1/tokens",
+        documented: true,
+        access: Needs(Admin),
+        handler: |m| on(m, tokens::create),
+    },
+    Route {
+        method: Delete,
+        path: "/v1/tokens/{id}",
+        documented: true,
+        access: Needs(Admin),
+        handler: |m| on(m, tokens::revoke),
     },
     Route {
         method: Get,
         path: "/",
         documented: true,
+        access: Public,
         handler: |m| on(m, dashboard::index),
     },
     Route {
         method: Get,
         path: "/assets/{*file}",
         documented: false,
+        access: Public,
         handler: |m| on(m, dashboard::asset),
     },
 ];

@@ -20,7 +20,8 @@ pub struct ClientArgs {
     /// Print JSON for scripts instead of tables.
     #[arg(long, global = true)]
     pub json: bool,
-    /// API token for writes [default: $APIARY_TOKEN, else ./apiary-data/api-token]
+    /// API token (reads need one too, unless the cluster set api.public_read)
+    /// [default: $APIARY_TOKEN, else ./apiary-data/api-token]
     #[arg(long, env = "APIARY_TOKEN", hide_env_values = true, global = true)]
     pub token: Option<String>,
 }
@@ -50,6 +51,11 @@ impl Client {
         })
     }
 
+    /// The token requests carry, if one was given or found.
+    pub(crate) fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+
     pub(crate) async fn send(
         &self,
         method: reqwest::Method,
@@ -70,11 +76,14 @@ impl Client {
     ) -> Result<Value> {
         let url = format!("{}{path}", self.base);
         let mut request = self.http.request(method.clone(), &url).timeout(timeout);
-        if method != reqwest::Method::GET {
-            let token = self.token.as_deref().context(
-                "writes need the API token: pass --token, set APIARY_TOKEN, or run where ./apiary-data/api-token is",
-            )?;
-            request = request.bearer_auth(token);
+        match self.token.as_deref() {
+            Some(token) => request = request.bearer_auth(token),
+            // Reads may pass without one (api.public_read); writes never do.
+            None if method == reqwest::Method::GET => {}
+            None => bail!(
+                "writes need an API token: pass --token, set APIARY_TOKEN, or run where \
+                 ./apiary-data/api-token is"
+            ),
         }
         if let Some(body) = body {
             request = request.json(&body);

@@ -12,3 +12,4 @@ pub mod members;
 pub mod progress;
 pub mod status;
 pub mod tail;
+pub mod tokens;

@@ -290,10 +290,23 @@ impl Cluster {
         }
     }
 
+    /// The cluster's admin token (DATA_DIR/api-token of the first node), which reads need too.
+    pub fn api_token(&self) -> String {
+        if !self.token.is_empty() {
+            return self.token.clone();
+        }
+        self.nodes
+            .first()
+            .and_then(|first| std::fs::read_to_string(first.data_dir.join("api-token")).ok())
+            .map(|text| text.trim().to_string())
+            .unwrap_or_default()
+    }
+
     pub async fn get(&self, node: usize, path: &str) -> Result<Value, String> {
         let response = self
             .http
             .get(self.nodes[node].url(path))
+            .bearer_auth(self.api_token())
             .send()
             .await
             .map_err(|e| e.to_string())?;
@@ -336,6 +349,7 @@ impl Cluster {
     pub async fn metrics(&self, node: usize) -> String {
         self.http
             .get(self.nodes[node].url("/metrics"))
+            .bearer_auth(self.api_token())
             .send()
             .await
             .expect("GET /metrics")

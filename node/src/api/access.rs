@@ -1,0 +1,191 @@
+//! Who may call what: bearer tokens with scopes, and the Host check.
+//!
+//! Every route names what it needs in the route table ([`Access`]). A token is the cluster's
+//! first one (DATA_DIR/api-token, admin on every node) or one created through `POST /v1/tokens`,
+//! found by its hash in the replicated state, so a token works on every node and a revocation
+//! everywhere. `api.public_read` lets reads through without a token, for an API only a trusted
+//! network reaches; writes always need one.
+//!
+//! The Host check stops DNS rebinding: a page on another site whose name an attacker points at
+//! 127.0.0.1 reaches the API with its own name in `Host`, so a name that is not an IP literal,
+//! `localhost`, this machine's host name or one given with `--api-name` is refused.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use apiary_consensus::tokens::Scope;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::MethodRouter;
+
+use super::routes::{Access, Route};
+use super::{ApiError, ApiState};
+
+/// The route's handler behind its access check.
+pub(super) fn guard(route: &Route, state: &Arc<ApiState>) -> MethodRouter<Arc<ApiState>> {
+    let service = route.service();
+    match route.access {
+        Access::Public => service,
+        Access::Needs(scope) => service.route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            move |State(state): State<Arc<ApiState>>, request: Request, next: Next| async move {
+                match refusal(&state, request.headers(), scope) {
+                    None => next.run(request).await,
+                    Some(refusal) => refusal,
+                }
+            },
+        )),
+    }
+}
+
+/// The scope of the token a request presents: `Ok(None)` without one, `Err` for a token the
+/// cluster does not know (wrong, or revoked).
+pub(super) fn presented_scope(
+    state: &ApiState,
+    headers: &HeaderMap,
+) -> Result<Option<Scope>, ApiError> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let token = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "the Authorization header must be `Bearer <token>`",
+            )
+        })?;
+    if constant_time_eq(token.as_bytes(), state.api_token.as_bytes()) {
+        return Ok(Some(Scope::Admin));
+    }
+    match state.consensus.config_state().find_token(token) {
+        Some(record) => Ok(Some(record.scope)),
+        None => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "this token is not the cluster's: it is wrong or was revoked (`apiary token list` \
+             on an admin token shows the live ones)",
+        )),
+    }
+}
+
+/// The answer refusing a request that needs `needed`, or `None` when it may pass.
+fn refusal(state: &ApiState, headers: &HeaderMap, needed: Scope) -> Option<Response> {
+    let public_read = needed <= Scope::Read
+        && state
+            .consensus
+            .config_state()
+            .history()
+            .current()
+            .api
+            .public_read;
+    let refuse = |status, message: String| {
+        let mut response = ApiError::new(status, message).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"apiary\""),
+            );
+        }
+        Some(response)
+    };
+    match presented_scope(state, headers) {
+        Err(error) => refuse(StatusCode::UNAUTHORIZED, error.message),
+        Ok(None) if public_read => None,
+        Ok(None) => refuse(
+            StatusCode::UNAUTHORIZED,
+            format!(
+                "this endpoint needs a `{needed}` token: send `Authorization: Bearer <token>`. \
+                 DATA_DIR/api-token on any node is an admin token; `apiary token create \
+                 --scope {needed} NAME` makes a narrower one"
+            ),
+        ),
+        Ok(Some(scope)) if scope >= needed => None,
+        Ok(Some(scope)) => refuse(
+            StatusCode::FORBIDDEN,
+            format!(
+                "this endpoint needs a `{needed}` token, and this one is `{scope}`: ask an admin \
+                 for one (`apiary token create --scope {needed} NAME`)"
+            ),
+        ),
+    }
+}
+
+/// Refuses a request whose `Host` is a DNS name this API was not told it is reached by.
+pub(super) async fn check_host(
+    State(state): State<Arc<ApiState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .map(|h| h.to_str().unwrap_or("\u{fffd}").to_string());
+    match host {
+        Some(host) if !host_allowed(&host, &state.api_names) => ApiError::new(
+            StatusCode::MISDIRECTED_REQUEST,
+            format!(
+                "this API does not answer to the name {host:?} (a page on another site may be \
+                 trying to reach it): use its address, or start the node with --api-name {}",
+                host_name(&host)
+            ),
+        )
+        .into_response(),
+        _ => next.run(request).await,
+    }
+}
+
+/// `name` of `name:port` or `[v6]:port`.
+fn host_name(host: &str) -> &str {
+    if let Some(rest) = host.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match host.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => host,
+    }
+}
+
+fn host_allowed(host: &str, names: &[String]) -> bool {
+    let name = host_name(host).trim_end_matches('.');
+    name.parse::<IpAddr>().is_ok()
+        || name.eq_ignore_ascii_case("localhost")
+        || names.iter().any(|n| n.eq_ignore_ascii_case(name))
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_are_ip_literals_localhost_or_named() {
+        let names = vec!["apiary.internal".to_string()];
+        for ok in [
+            "127.0.0.1:7700",
+            "10.1.2.3",
+            "[::1]:7700",
+            "localhost:7700",
+            "LOCALHOST",
+            "apiary.internal:7700",
+            "apiary.internal.",
+        ] {
+            assert!(host_allowed(ok, &names), "{ok}");
+        }
+        for refused in [
+            "evil.example:7700",
+            "127.0.0.1.nip.io",
+            "localhost.evil",
+            "",
+        ] {
+            assert!(!host_allowed(refused, &names), "{refused}");
+        }
+    }
+}
