@@ -210,7 +210,7 @@ pub fn flatten(config: &Value) -> Vec<(String, Value)> {
 }
 
 /// One key a config change touched: `from` is `None` for a new key, `to` for a removed one.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct KeyChange {
     pub key: String,
     pub from: Option<Value>,

@@ -1,68 +1,45 @@
 //! The replicated config over HTTP: read it, change it, revert it, and its history with a diff
 //! per version.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use apiary_config::{Intent, Proposal, Setting};
+use apiary_api_types::{
+    Committed, ConfigPatch, ConfigView, HistoryEntry, HistoryView, RevertRequest,
+    CONFIG_PATCH_SHAPE,
+};
+use apiary_config::{Intent, Proposal};
 use axum::body::Bytes;
 use axum::extract::{Query, State};
 use axum::Json;
-use serde::Deserialize;
-use serde_json::{json, Value};
 
-use super::{internal, parse_body, ApiError, ApiResult, ApiState};
+use super::{parse_body, ApiError, ApiState};
 
-pub(super) async fn get_config(State(state): State<Arc<ApiState>>) -> ApiResult {
+pub(super) async fn get_config(State(state): State<Arc<ApiState>>) -> Json<ConfigView> {
     let history = state.consensus.config_state().history();
-    Ok(Json(
-        json!({ "version": history.version(), "config": history.current().redacted() }),
-    ))
+    Json(ConfigView {
+        version: history.version(),
+        config: history.current().redacted(),
+    })
 }
 
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum Changes {
-    List(Vec<Setting>),
-    Map(BTreeMap<String, Value>),
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PatchBody {
-    changes: Changes,
-    #[serde(default)]
-    comment: String,
-    author: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RevertBody {
-    version: u64,
-    #[serde(default)]
-    comment: String,
-    author: Option<String>,
-}
-
-const PATCH_SHAPE: &str = r#"{"changes": [{"key": "probe.http.sample_rate", "value": 0.2}], "comment": "why"} or {"changes": {"probe.http.sample_rate": 0.2}}"#;
-
-pub(super) async fn patch_config(State(state): State<Arc<ApiState>>, body: Bytes) -> ApiResult {
-    let body: PatchBody = parse_body(&body, PATCH_SHAPE)?;
-    let settings = match body.changes {
-        Changes::List(list) => list,
-        Changes::Map(map) => map
-            .into_iter()
-            .map(|(key, value)| Setting { key, value })
-            .collect(),
+pub(super) async fn patch_config(
+    State(state): State<Arc<ApiState>>,
+    body: Bytes,
+) -> Result<Json<Committed>, ApiError> {
+    let body: ConfigPatch = parse_body(&body, CONFIG_PATCH_SHAPE)?;
+    let intent = Intent::Set {
+        settings: body.changes.into_settings(),
     };
-    let intent = Intent::Set { settings };
     commit(&state, intent, body.comment, body.author).await
 }
 
-pub(super) async fn revert(State(state): State<Arc<ApiState>>, body: Bytes) -> ApiResult {
-    let body: RevertBody = parse_body(&body, r#"{"version": 3, "comment": "why"}"#)?;
+pub(super) async fn revert(
+    State(state): State<Arc<ApiState>>,
+    body: Bytes,
+) -> Result<Json<Committed>, ApiError> {
+    let body: RevertRequest = parse_body(&body, r#"{"version": 3, "comment": "why"}"#)?;
     let intent = Intent::Revert {
         to_version: body.version,
     };
@@ -87,7 +64,7 @@ async fn commit(
     intent: Intent,
     comment: String,
     author: Option<String>,
-) -> ApiResult {
+) -> Result<Json<Committed>, ApiError> {
     let author = author.unwrap_or_else(|| "api".into());
     let proposal = proposal(&state.node_name, author, comment, intent);
     let config_state = state.consensus.config_state();
@@ -101,13 +78,13 @@ async fn commit(
         .since(version.saturating_sub(1))
         .first()
         .map(apiary_config::ConfigEvent::redacted);
-    Ok(Json(json!({ "version": version, "event": event })))
+    Ok(Json(Committed { version, event }))
 }
 
 pub(super) async fn history(
     State(state): State<Arc<ApiState>>,
     Query(query): Query<HashMap<String, String>>,
-) -> ApiResult {
+) -> Result<Json<HistoryView>, ApiError> {
     let since = match query.get("since") {
         None => 0,
         Some(text) => text.parse::<u64>().map_err(|_| {
@@ -122,16 +99,18 @@ pub(super) async fn history(
     let mut events = Vec::new();
     for event in history.since(since) {
         let after = before.apply(&event.change)?;
-        let mut value = serde_json::to_value(event.redacted()).map_err(internal)?;
-        let diff: Vec<_> = apiary_config::diff(&before, &after)
+        let diff = apiary_config::diff(&before, &after)
             .iter()
             .map(apiary_config::KeyChange::redacted)
             .collect();
-        value["diff"] = json!(diff);
-        events.push(value);
+        events.push(HistoryEntry {
+            event: event.redacted(),
+            diff,
+        });
         before = after;
     }
-    Ok(Json(
-        json!({ "version": history.version(), "events": events }),
-    ))
+    Ok(Json(HistoryView {
+        version: history.version(),
+        events,
+    }))
 }

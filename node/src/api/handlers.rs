@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use apiary_api_types::{ClusterView, Health, MemberRemoved};
 use axum::extract::{Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::sse::Event;
@@ -11,16 +12,16 @@ use axum::response::IntoResponse;
 use axum::Json;
 use serde_json::{json, Value};
 
-use super::{internal, metrics, ApiError, ApiResult, ApiState};
+use super::{metrics, ApiError, ApiResult, ApiState};
 
-pub(super) async fn healthz(State(state): State<Arc<ApiState>>) -> Json<Value> {
+pub(super) async fn healthz(State(state): State<Arc<ApiState>>) -> Json<Health> {
     let status = state.consensus.status();
-    Json(json!({
-        "status": "ok",
-        "node": state.node_name,
-        "leader_known": status.leader_id.is_some(),
-        "version": status.committed_version,
-    }))
+    Json(Health {
+        status: "ok".into(),
+        node: state.node_name.clone(),
+        leader_known: status.leader_id.is_some(),
+        version: status.committed_version,
+    })
 }
 
 pub(super) async fn prometheus(State(state): State<Arc<ApiState>>) -> impl IntoResponse {
@@ -93,14 +94,14 @@ pub(super) async fn export_status(State(state): State<Arc<ApiState>>) -> Json<Va
 pub(super) async fn remove_member(
     State(state): State<Arc<ApiState>>,
     axum::extract::Path(id): axum::extract::Path<String>,
-) -> ApiResult {
+) -> Result<Json<MemberRemoved>, ApiError> {
     let id: u64 = id.parse().map_err(|_| {
         ApiError::bad_request(format!(
             "{id:?} is not a member id: GET /v1/cluster lists the members and their ids"
         ))
     })?;
     state.consensus.remove(id).await?;
-    Ok(Json(json!({ "removed": id })))
+    Ok(Json(MemberRemoved { removed: id }))
 }
 
 /// The CA fingerprint and each member's applied rotation step.
@@ -169,8 +170,9 @@ pub(super) async fn spans(
     Ok(Json(json!(spans[skip..])))
 }
 
-pub(super) async fn cluster(State(state): State<Arc<ApiState>>) -> ApiResult {
-    let mut status = serde_json::to_value(state.consensus.status()).map_err(internal)?;
-    status["node_name"] = json!(state.node_name);
-    Ok(Json(status))
+pub(super) async fn cluster(State(state): State<Arc<ApiState>>) -> Json<ClusterView> {
+    Json(ClusterView {
+        status: state.consensus.status(),
+        node_name: state.node_name.clone(),
+    })
 }

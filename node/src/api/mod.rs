@@ -127,7 +127,3 @@ fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8], shape: &str) -> Resul
     serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}; expected {shape}")))
 }
-
-fn internal(error: impl std::fmt::Display) -> ApiError {
-    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, error.to_string())
-}

@@ -2,43 +2,38 @@
 
 use std::sync::Arc;
 
-use apiary_consensus::tokens::{token_hash, Scope, TokenRecord, TokenStep};
+use apiary_api_types::{TokenCreated, TokenInfo, TokenList, TokenRequest, TokenRevoked};
+use apiary_consensus::tokens::{token_hash, TokenRecord, TokenStep};
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::Json;
-use serde::Deserialize;
-use serde_json::json;
 
-use super::{parse_body, ApiError, ApiResult, ApiState};
+use super::{parse_body, ApiError, ApiState};
 
 /// Every token's id, name, scope and creation; never a secret, and not its hash either.
-pub(super) async fn list(State(state): State<Arc<ApiState>>) -> ApiResult {
-    let tokens: Vec<_> = state
+pub(super) async fn list(State(state): State<Arc<ApiState>>) -> Json<TokenList> {
+    let tokens = state
         .consensus
         .config_state()
         .tokens()
         .into_iter()
-        .map(|t| {
-            json!({
-                "id": t.id, "name": t.name, "scope": t.scope,
-                "created_at": t.created_at, "created_by": t.created_by,
-            })
+        .map(|t| TokenInfo {
+            id: t.id,
+            name: t.name,
+            scope: t.scope,
+            created_at: t.created_at,
+            created_by: t.created_by,
         })
         .collect();
-    Ok(Json(json!({ "tokens": tokens })))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CreateBody {
-    name: String,
-    scope: Scope,
-    author: Option<String>,
+    Json(TokenList { tokens })
 }
 
 /// Makes a token; the answer is the only place its secret ever appears.
-pub(super) async fn create(State(state): State<Arc<ApiState>>, body: Bytes) -> ApiResult {
-    let body: CreateBody = parse_body(
+pub(super) async fn create(
+    State(state): State<Arc<ApiState>>,
+    body: Bytes,
+) -> Result<Json<TokenCreated>, ApiError> {
+    let body: TokenRequest = parse_body(
         &body,
         r#"{"name": "prometheus", "scope": "metrics"} (scopes: metrics, read, write, admin)"#,
     )?;
@@ -58,16 +53,19 @@ pub(super) async fn create(State(state): State<Arc<ApiState>>, body: Bytes) -> A
         .token_step(TokenStep::Create(record))
         .await?;
     applied_here(&state, |tokens| tokens.iter().any(|t| t.id == id)).await;
-    Ok(Json(json!({
-        "id": id, "name": name, "scope": scope, "token": token,
-        "note": "this is the only time the token is shown: keep it now",
-    })))
+    Ok(Json(TokenCreated {
+        id,
+        name,
+        scope,
+        token,
+        note: "this is the only time the token is shown: keep it now".into(),
+    }))
 }
 
 pub(super) async fn revoke(
     State(state): State<Arc<ApiState>>,
     Path(id): Path<String>,
-) -> ApiResult {
+) -> Result<Json<TokenRevoked>, ApiError> {
     if !state
         .consensus
         .config_state()
@@ -85,7 +83,7 @@ pub(super) async fn revoke(
         .token_step(TokenStep::Revoke { id: id.clone() })
         .await?;
     applied_here(&state, |tokens| tokens.iter().all(|t| t.id != id)).await;
-    Ok(Json(json!({ "revoked": id })))
+    Ok(Json(TokenRevoked { revoked: id }))
 }
 
 /// Waits (a little) until this node has applied the step, so that the caller's next request

@@ -111,6 +111,18 @@ impl Client {
     }
 }
 
+/// `answer` read as the API type `T` (from `apiary-api-types`); an answer of another shape is a
+/// node of another version, said so.
+pub(crate) fn parse<T: serde::de::DeserializeOwned>(answer: &Value, route: &str) -> Result<T> {
+    serde_json::from_value(answer.clone()).with_context(|| {
+        format!(
+            "{route} answered in a shape this apiary does not read: is the node another version \
+             of apiary? ({})",
+            env!("CARGO_PKG_VERSION")
+        )
+    })
+}
+
 pub(crate) fn print_json(value: &Value) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())

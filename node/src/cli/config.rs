@@ -1,10 +1,10 @@
 //! `apiary config get|set|history|revert`: the replicated config, through any node.
 
 use anyhow::Result;
-use apiary_config::parse_cli_assignment;
-use serde_json::{json, Value};
+use apiary_api_types::{Changes, Committed, ConfigPatch, ConfigView, HistoryView, RevertRequest};
+use apiary_config::{parse_cli_assignment, Change};
 
-use super::client::{print_json, table, text, Client, ClientArgs};
+use super::client::{parse, print_json, table, Client, ClientArgs};
 
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum ConfigCommand {
@@ -60,9 +60,17 @@ pub async fn config(args: &ClientArgs, command: &ConfigCommand) -> Result<()> {
                 .iter()
                 .map(|arg| parse_cli_assignment(arg))
                 .collect::<Result<Vec<_>, _>>()?;
-            let body = json!({ "changes": changes, "comment": comment, "author": author(who) });
+            let body = ConfigPatch {
+                changes: Changes::List(changes),
+                comment: comment.clone(),
+                author: Some(author(who)),
+            };
             client
-                .send(reqwest::Method::PATCH, "/v1/config", Some(body))
+                .send(
+                    reqwest::Method::PATCH,
+                    "/v1/config",
+                    Some(serde_json::to_value(body)?),
+                )
                 .await?
         }
         ConfigCommand::Revert {
@@ -70,9 +78,17 @@ pub async fn config(args: &ClientArgs, command: &ConfigCommand) -> Result<()> {
             comment,
             author: who,
         } => {
-            let body = json!({ "version": version, "comment": comment, "author": author(who) });
+            let body = RevertRequest {
+                version: *version,
+                comment: comment.clone(),
+                author: Some(author(who)),
+            };
             client
-                .send(reqwest::Method::POST, "/v1/config/revert", Some(body))
+                .send(
+                    reqwest::Method::POST,
+                    "/v1/config/revert",
+                    Some(serde_json::to_value(body)?),
+                )
                 .await?
         }
     };
@@ -81,42 +97,44 @@ pub async fn config(args: &ClientArgs, command: &ConfigCommand) -> Result<()> {
     }
     match command {
         ConfigCommand::Get => {
-            println!("config version {}", text(&answer["version"]));
+            let view: ConfigView = parse(&answer, "GET /v1/config")?;
+            println!("config version {}", view.version);
             let mut rows = table(&["KEY", "VALUE"]);
-            for (key, value) in apiary_config::flatten(&answer["config"]) {
+            for (key, value) in apiary_config::flatten(&serde_json::to_value(&view.config)?) {
                 rows.add_row(vec![key, value.to_string()]);
             }
             println!("{rows}");
         }
         ConfigCommand::History { .. } => {
+            let history: HistoryView = parse(&answer, "GET /v1/config/history")?;
             let mut rows = table(&["VERSION", "AT", "ORIGIN", "AUTHOR", "CHANGE", "COMMENT"]);
-            for event in answer["events"].as_array().into_iter().flatten() {
+            for entry in history.events {
+                let event = entry.event;
                 rows.add_row(vec![
-                    text(&event["version"]),
-                    text(&event["at"]),
-                    text(&event["origin_node"]),
-                    text(&event["author"]),
-                    describe_change(&event["change"]),
-                    text(&event["comment"]),
+                    event.version.to_string(),
+                    event.at,
+                    event.origin_node,
+                    event.author,
+                    describe_change(&event.change),
+                    event.comment,
                 ]);
             }
             println!("{rows}");
         }
         ConfigCommand::Set { .. } | ConfigCommand::Revert { .. } => {
-            println!("committed: config version {}", text(&answer["version"]));
+            let committed: Committed = parse(&answer, "the change")?;
+            println!("committed: config version {}", committed.version);
         }
     }
     Ok(())
 }
 
-fn describe_change(change: &Value) -> String {
-    match change["kind"].as_str() {
-        Some("revert") => format!("revert to version {}", text(&change["to_version"])),
-        _ => change["settings"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|s| format!("{}={}", text(&s["key"]), s["value"]))
+fn describe_change(change: &Change) -> String {
+    match change {
+        Change::Revert { to_version, .. } => format!("revert to version {to_version}"),
+        Change::Set { settings } => settings
+            .iter()
+            .map(|s| format!("{}={}", s.key, s.value))
             .collect::<Vec<_>>()
             .join(" "),
     }

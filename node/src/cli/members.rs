@@ -1,9 +1,9 @@
 //! `apiary members remove`: takes a member out of the cluster, by name or id.
 
 use anyhow::{bail, Result};
-use serde_json::{json, Value};
+use apiary_api_types::{ClusterView, MemberRemoved, MemberStatus};
 
-use super::client::{print_json, text, Client, ClientArgs};
+use super::client::{parse, print_json, Client, ClientArgs};
 
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum MembersCommand {
@@ -14,14 +14,11 @@ pub enum MembersCommand {
 pub async fn members(args: &ClientArgs, command: &MembersCommand) -> Result<()> {
     let client = Client::new(args)?;
     let MembersCommand::Remove { member } = command;
-    let cluster = client.get("/v1/cluster").await?;
-    let members = cluster["members"].as_array().cloned().unwrap_or_default();
-    let found: Vec<&Value> = members
+    let cluster: ClusterView = parse(&client.get("/v1/cluster").await?, "GET /v1/cluster")?;
+    let members = cluster.status.members;
+    let found: Vec<&MemberStatus> = members
         .iter()
-        .filter(|m| {
-            m["name"] == json!(member)
-                || m["id"].as_u64().map(|id| id.to_string()).as_deref() == Some(member.as_str())
-        })
+        .filter(|m| m.name == *member || m.id.to_string() == *member)
         .collect();
     let target = match found.as_slice() {
         [one] => *one,
@@ -29,22 +26,23 @@ pub async fn members(args: &ClientArgs, command: &MembersCommand) -> Result<()> 
             "no member is called {member:?}: `apiary status` lists the members ({})",
             members
                 .iter()
-                .map(|m| text(&m["name"]))
+                .map(|m| m.name.as_str())
                 .collect::<Vec<_>>()
                 .join(", ")
         ),
         _ => bail!("several members are called {member:?}: give the id (`apiary status` shows it)"),
     };
-    let id = text(&target["id"]);
+    let id = target.id;
     let answer = client
         .send(reqwest::Method::DELETE, &format!("/v1/members/{id}"), None)
         .await?;
     if args.json {
         return print_json(&answer);
     }
+    let removed: MemberRemoved = parse(&answer, "DELETE /v1/members")?;
     println!(
-        "removed {} (id {id}); stop it and delete its data dir before reusing the machine",
-        text(&target["name"])
+        "removed {} (id {}); stop it and delete its data dir before reusing the machine",
+        target.name, removed.removed
     );
     Ok(())
 }

@@ -2,9 +2,11 @@
 //! cooperative tuning.
 
 use anyhow::Result;
-use serde_json::{json, Value};
+use serde_json::Value;
 
-use super::client::{print_json, table, text, Client, ClientArgs};
+use apiary_api_types::{ClusterView, Role};
+
+use super::client::{parse, print_json, table, text, Client, ClientArgs};
 
 pub async fn status(args: &ClientArgs) -> Result<()> {
     let client = Client::new(args)?;
@@ -17,27 +19,32 @@ pub async fn status(args: &ClientArgs) -> Result<()> {
         }
         return print_json(&cluster);
     }
+    let view: ClusterView = parse(&cluster, "GET /v1/cluster")?;
+    let status = &view.status;
     println!(
         "node {} ({}) · leader {} · term {} · config version {}",
-        text(&cluster["node_name"]),
-        text(&cluster["state"]),
-        text(&cluster["leader_name"]),
-        text(&cluster["term"]),
-        text(&cluster["committed_version"]),
+        view.node_name,
+        status.state,
+        status.leader_name.as_deref().unwrap_or("-"),
+        status.term,
+        status.committed_version,
     );
     let mut members = table(&["NAME", "ID", "ADDRESS", "ROLE", "LEADER", "REACHABLE"]);
-    for member in cluster["members"].as_array().into_iter().flatten() {
+    for member in &status.members {
         members.add_row(vec![
-            text(&member["name"]),
-            text(&member["id"]),
-            text(&member["address"]),
-            text(&member["role"]),
-            if member["leader"] == json!(true) {
+            member.name.clone(),
+            member.id.to_string(),
+            member.address.clone(),
+            match member.role {
+                Role::Voter => "voter".into(),
+                Role::Learner => "learner".into(),
+            },
+            if member.leader {
                 "*".into()
             } else {
                 String::new()
             },
-            if member["reachable"] == json!(true) {
+            if member.reachable {
                 "yes".into()
             } else {
                 "NO".into()

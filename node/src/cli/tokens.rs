@@ -1,9 +1,9 @@
 //! `apiary token create|list|revoke`: the cluster's API tokens (an admin token is needed).
 
 use anyhow::Result;
-use serde_json::json;
+use apiary_api_types::{TokenCreated, TokenList, TokenRequest};
 
-use super::client::{print_json, table, text, Client, ClientArgs};
+use super::client::{parse, print_json, table, Client, ClientArgs};
 
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum TokenCommand {
@@ -25,19 +25,26 @@ pub async fn run(args: &ClientArgs, command: &TokenCommand) -> Result<()> {
     let client = Client::new(args)?;
     match command {
         TokenCommand::Create { name, scope } => {
-            let body = json!({ "name": name, "scope": scope, "author": whoami() });
+            let body = TokenRequest {
+                name: name.clone(),
+                scope: *scope,
+                author: Some(whoami()),
+            };
             let answer = client
-                .send(reqwest::Method::POST, "/v1/tokens", Some(body))
+                .send(
+                    reqwest::Method::POST,
+                    "/v1/tokens",
+                    Some(serde_json::to_value(body)?),
+                )
                 .await?;
             if args.json {
                 return print_json(&answer);
             }
-            println!("{}", text(&answer["token"]));
+            let created: TokenCreated = parse(&answer, "POST /v1/tokens")?;
+            println!("{}", created.token);
             eprintln!(
                 "token {} ({}, scope {}): shown this once; keep it now",
-                text(&answer["id"]),
-                text(&answer["name"]),
-                text(&answer["scope"])
+                created.id, created.name, created.scope
             );
         }
         TokenCommand::List => {
@@ -45,11 +52,16 @@ pub async fn run(args: &ClientArgs, command: &TokenCommand) -> Result<()> {
             if args.json {
                 return print_json(&answer);
             }
-            let mut rows = table(&["id", "name", "scope", "created", "by"]);
-            for token in answer["tokens"].as_array().into_iter().flatten() {
-                rows.add_row(
-                    ["id", "name", "scope", "created_at", "created_by"].map(|k| text(&token[k])),
-                );
+            let list: TokenList = parse(&answer, "GET /v1/tokens")?;
+            let mut rows = table(&["ID", "NAME", "SCOPE", "CREATED", "BY"]);
+            for token in list.tokens {
+                rows.add_row(vec![
+                    token.id,
+                    token.name,
+                    token.scope.to_string(),
+                    token.created_at,
+                    token.created_by,
+                ]);
             }
             println!("{rows}");
             println!("(DATA_DIR/api-token, the cluster's first token, is admin and not listed)");

@@ -1,0 +1,197 @@
+//! The bodies of Apiary's HTTP API: what the node's handlers answer and take, what the CLI reads
+//! and sends, and what the tests check, in one place. A renamed or retyped field breaks the
+//! build of all three instead of a client at run time.
+//!
+//! Routes whose answers are another crate's types (`/v1/probes`, `/v1/spans`, `/v1/red`,
+//! `/v1/intensity`, `/v1/export`) answer those types' JSON; this crate covers the rest.
+
+use std::collections::BTreeMap;
+
+pub use apiary_config::{ClusterConfig, ConfigEvent, KeyChange, Setting};
+pub use apiary_consensus::tokens::Scope;
+pub use apiary_consensus::{ClusterStatus, MemberStatus, Role};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Every error: what is wrong and what to do.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+}
+
+/// `GET /healthz`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Health {
+    pub status: String,
+    pub node: String,
+    pub leader_known: bool,
+    pub version: u64,
+}
+
+/// `GET /v1/cluster`: the consensus status as this node sees it, with this node's name.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClusterView {
+    #[serde(flatten)]
+    pub status: ClusterStatus,
+    pub node_name: String,
+}
+
+/// `GET /v1/config`: the applied config, secrets redacted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConfigView {
+    pub version: u64,
+    pub config: ClusterConfig,
+}
+
+/// The settings of a change, as a list or as a map of dotted keys.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Changes {
+    List(Vec<Setting>),
+    Map(BTreeMap<String, Value>),
+}
+
+impl Changes {
+    pub fn into_settings(self) -> Vec<Setting> {
+        match self {
+            Changes::List(list) => list,
+            Changes::Map(map) => map
+                .into_iter()
+                .map(|(key, value)| Setting { key, value })
+                .collect(),
+        }
+    }
+}
+
+/// `PATCH /v1/config`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigPatch {
+    pub changes: Changes,
+    #[serde(default)]
+    pub comment: String,
+    pub author: Option<String>,
+}
+
+/// How a `PATCH /v1/config` body looks, for the error that refuses another.
+pub const CONFIG_PATCH_SHAPE: &str = r#"{"changes": [{"key": "probe.http.sample_rate", "value": 0.2}], "comment": "why"} or {"changes": {"probe.http.sample_rate": 0.2}}"#;
+
+/// `POST /v1/config/revert`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevertRequest {
+    pub version: u64,
+    #[serde(default)]
+    pub comment: String,
+    pub author: Option<String>,
+}
+
+/// The answer to a change or a revert: the version it committed as, and its event (redacted).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Committed {
+    pub version: u64,
+    pub event: Option<ConfigEvent>,
+}
+
+/// `GET /v1/config/history`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HistoryView {
+    pub version: u64,
+    pub events: Vec<HistoryEntry>,
+}
+
+/// One event with the keys it changed, old and new (the dashboard's per-version diff).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    #[serde(flatten)]
+    pub event: ConfigEvent,
+    pub diff: Vec<KeyChange>,
+}
+
+/// `DELETE /v1/members/{id}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MemberRemoved {
+    pub removed: u64,
+}
+
+/// `POST /v1/tokens`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenRequest {
+    pub name: String,
+    pub scope: Scope,
+    pub author: Option<String>,
+}
+
+/// The answer to `POST /v1/tokens`: the only place a token's secret appears.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenCreated {
+    pub id: String,
+    pub name: String,
+    pub scope: Scope,
+    pub token: String,
+    pub note: String,
+}
+
+/// A token as `GET /v1/tokens` lists it: never the secret, nor its hash.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenInfo {
+    pub id: String,
+    pub name: String,
+    pub scope: Scope,
+    pub created_at: String,
+    pub created_by: String,
+}
+
+/// `GET /v1/tokens`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenList {
+    pub tokens: Vec<TokenInfo>,
+}
+
+/// `DELETE /v1/tokens/{id}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenRevoked {
+    pub revoked: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_history_entry_reads_back_what_the_node_writes() {
+        let mut history = apiary_config::History::default();
+        let proposal = apiary_config::Proposal {
+            origin_node: "n".into(),
+            author: "a".into(),
+            comment: "c".into(),
+            at: "2026-12-01T00:00:00Z".into(),
+            intent: apiary_config::Intent::Set {
+                settings: vec![Setting {
+                    key: "probe.http.sample_rate".into(),
+                    value: serde_json::json!(0.5),
+                }],
+            },
+        };
+        let event = history.commit(&proposal).unwrap().clone();
+        let entry = HistoryEntry {
+            event,
+            diff: apiary_config::diff(&ClusterConfig::default(), history.current()),
+        };
+        let json = serde_json::to_value(&entry).unwrap();
+        assert_eq!(
+            json["version"], 1,
+            "the event's fields sit at the top: {json}"
+        );
+        assert_eq!(json["change"]["kind"], "set");
+        let back: HistoryEntry = serde_json::from_value(json).unwrap();
+        assert_eq!(back, entry);
+        let patch: ConfigPatch =
+            serde_json::from_str(r#"{"changes": {"probe.http.sample_rate": 0.2}}"#).unwrap();
+        assert_eq!(
+            patch.changes.into_settings()[0].key,
+            "probe.http.sample_rate"
+        );
+    }
+}
