@@ -38,6 +38,12 @@
 #define HAS_PORT_RULES 16
 #define HAS_CGROUP_RULES 32
 
+/* Entries of the filter maps (maps.h), shared by the probes; the replicated config refuses more
+ * (config/src/model.rs holds the same numbers, checked at build time in probes/src/abi.rs). */
+#define PID_FILTER_ENTRIES 4096
+#define PORT_FILTER_ENTRIES 4096
+#define CGROUP_FILTER_ENTRIES 1024
+
 #define FILTER_INCLUDE 1
 #define FILTER_EXCLUDE 2
 

@@ -60,21 +60,21 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 4096);
+	__uint(max_entries, PID_FILTER_ENTRIES);
 	__type(key, struct ap_pid_filter_key);
 	__type(value, __u8);
 } pid_filter SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 4096);
+	__uint(max_entries, PORT_FILTER_ENTRIES);
 	__type(key, struct ap_port_filter_key);
 	__type(value, __u8);
 } port_filter SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 1024);
+	__uint(max_entries, CGROUP_FILTER_ENTRIES);
 	__type(key, struct ap_cgroup_filter_key);
 	__type(value, __u8);
 } cgroup_filter SEC(".maps");

@@ -185,6 +185,16 @@ impl Default for ClusterConfig {
 
 pub const MAX_CAPTURE_BYTES: u32 = 4096;
 
+/// Filter entries the kernel's maps hold, over all probes (each probe's include and exclude
+/// lists together): a config with more is refused when written, not found unloadable at a
+/// restart. probes/src/abi.rs fails the build if these differ from bpf/apiary.h's map sizes.
+pub const MAX_PID_FILTERS: usize = 4096;
+pub const MAX_PORT_FILTERS: usize = 4096;
+pub const MAX_CGROUP_FILTERS: usize = 1024;
+/// Export destinations a cluster may name (each holds a disk buffer and a delivery task on
+/// every node).
+pub const MAX_DESTINATIONS: usize = 16;
+
 impl ClusterConfig {
     /// Range and format checks that serde's types cannot express.
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -231,8 +241,62 @@ impl ClusterConfig {
                 "a positive integer (events per second for the whole cluster)",
             ));
         }
+        self.validate_filter_room()?;
+        if self.destinations.len() > MAX_DESTINATIONS {
+            return Err(ConfigError::invalid(
+                "destination",
+                format!("({} destinations)", self.destinations.len()),
+                format!("at most {MAX_DESTINATIONS} destinations: remove one first"),
+            ));
+        }
         for (name, destination) in &self.destinations {
             validate_destination(name, destination)?;
+        }
+        Ok(())
+    }
+
+    /// Every probe's filters together must fit the kernel's filter maps.
+    fn validate_filter_room(&self) -> Result<(), ConfigError> {
+        use std::collections::BTreeSet;
+        let mut pids = BTreeSet::new();
+        let mut ports = BTreeSet::new();
+        let mut cgroups = BTreeSet::new();
+        for (name, probe) in self.probes.iter() {
+            let f = &probe.filters;
+            pids.extend(
+                f.include_pids
+                    .iter()
+                    .chain(&f.exclude_pids)
+                    .map(|p| (name, *p)),
+            );
+            ports.extend(
+                f.include_ports
+                    .iter()
+                    .chain(&f.exclude_ports)
+                    .map(|p| (name, *p)),
+            );
+            cgroups.extend(
+                f.include_cgroups
+                    .iter()
+                    .chain(&f.exclude_cgroups)
+                    .map(|c| (name, c.as_str())),
+            );
+        }
+        for (list, used, room) in [
+            ("pids", pids.len(), MAX_PID_FILTERS),
+            ("ports", ports.len(), MAX_PORT_FILTERS),
+            ("cgroups", cgroups.len(), MAX_CGROUP_FILTERS),
+        ] {
+            if used > room {
+                return Err(ConfigError::invalid(
+                    format!("probe.*.filters.*_{list}"),
+                    format!("({used} {list} over all probes)"),
+                    format!(
+                        "at most {room} {list} over all probes' include and exclude lists: \
+                         the kernel's filter map holds no more"
+                    ),
+                ));
+            }
         }
         Ok(())
     }

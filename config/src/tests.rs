@@ -398,3 +398,43 @@ fn oversized_changes_are_refused_naming_the_limit() {
     let fine = set_proposal(vec![set("probe.http.sample_rate", json!(0.5))]);
     assert!(history.check(&fine).is_ok());
 }
+
+#[test]
+fn filters_the_kernel_maps_cannot_hold_and_too_many_destinations_are_refused() {
+    let config = ClusterConfig::default();
+    let pids: Vec<u32> = (1..=crate::MAX_PID_FILTERS as u32 + 1).collect();
+    let error = crate::apply_settings(
+        &config,
+        &[set("probe.http.filters.exclude_pids", json!(pids))],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(error.contains("at most 4096 pids"), "{error}");
+    // The same count split over two probes is the same room.
+    let half: Vec<u32> = (1..=2100).collect();
+    let split = crate::apply_settings(
+        &config,
+        &[
+            set("probe.http.filters.exclude_pids", json!(half)),
+            set("probe.tls.filters.include_pids", json!(half)),
+        ],
+    );
+    assert!(split.is_err());
+    let fits: Vec<u32> = (1..=crate::MAX_PID_FILTERS as u32).collect();
+    assert!(crate::apply_settings(
+        &config,
+        &[set("probe.http.filters.exclude_pids", json!(fits))]
+    )
+    .is_ok());
+    let mut settings = Vec::new();
+    for i in 0..=crate::MAX_DESTINATIONS {
+        settings.push(set(
+            &format!("destination.d{i}.endpoint"),
+            json!("http://collector:4318"),
+        ));
+    }
+    let error = crate::apply_settings(&config, &settings)
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("at most 16 destinations"), "{error}");
+}

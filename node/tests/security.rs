@@ -330,3 +330,56 @@ async fn secrets_public_reads_host_names_cors_and_limits() {
         "{body}"
     );
 }
+
+#[tokio::test]
+async fn idle_and_slow_connections_are_closed_and_the_connection_cap_holds() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let cluster = Cluster::start_with(1, &["--no-probes", "--api-max-connections", "3"]).await;
+    let api = cluster.nodes[0].api;
+    // The start's own short-lived connections are gone after a moment (the cluster's client
+    // may keep one open, which counts against the cap like any other).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Three connections fill the cap: two say nothing, one sends half a request head.
+    let mut held = Vec::new();
+    for i in 0..3 {
+        let mut stream = tokio::net::TcpStream::connect(api).await.unwrap();
+        if i == 2 {
+            stream
+                .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+                .await
+                .unwrap();
+        }
+        held.push(stream);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // A new connection (the cluster's client may keep one of the three open from its start).
+    let fresh = || {
+        reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
+            .timeout(Duration::from_secs(5))
+            .build()
+            .unwrap()
+    };
+    let refused = fresh().get(cluster.nodes[0].url("/healthz")).send().await;
+    assert!(
+        refused.is_err(),
+        "a fourth connection was served: {refused:?}"
+    );
+
+    // The head deadline (10 s) closes all three; then the API answers again.
+    let start = Instant::now();
+    for mut stream in held {
+        // Until the node closes it (it may answer the half head with a 408 first).
+        let mut rest = Vec::new();
+        let closed =
+            tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut rest)).await;
+        assert!(closed.is_ok(), "an idle connection stayed open");
+    }
+    assert!(
+        start.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        start.elapsed()
+    );
+    let answer = fresh().get(cluster.nodes[0].url("/healthz")).send().await;
+    assert_eq!(answer.unwrap().status(), StatusCode::OK);
+}

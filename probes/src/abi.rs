@@ -96,6 +96,16 @@ same_as_c!(
     BRIEF_CAPTURE,
 );
 
+// The replicated config refuses filters the kernel's maps cannot hold: its limits are theirs.
+const _: () = {
+    assert!(
+        apiary_config::MAX_PID_FILTERS as u64 == c::PID_FILTER_ENTRIES
+            && apiary_config::MAX_PORT_FILTERS as u64 == c::PORT_FILTER_ENTRIES
+            && apiary_config::MAX_CGROUP_FILTERS as u64 == c::CGROUP_FILTER_ENTRIES,
+        "config/src/model.rs's filter limits differ from the filter maps' sizes in bpf/apiary.h"
+    );
+};
+
 /// Fails the build unless every struct of bpf/apiary.h has a mirror here (in the header's
 /// order), and each mirror has its C struct's size, fields (names, in order) and offsets.
 macro_rules! mirrors {

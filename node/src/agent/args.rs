@@ -50,6 +50,10 @@ pub struct NodeArgs {
         value_name = "NAME"
     )]
     pub api_names: Vec<String>,
+    /// The most API connections open at once; more are closed as they arrive.
+    #[arg(long, env = "APIARY_API_MAX_CONNECTIONS", default_value_t = 512,
+          value_parser = connection_cap)]
+    pub api_max_connections: usize,
     /// QUIC address of any member, to join its cluster (first start only).
     #[arg(long, env = "APIARY_JOIN")]
     pub join: Option<String>,
@@ -111,6 +115,16 @@ fn niceness(text: &str) -> Result<u8, String> {
         Ok(nice @ 0..=19) => Ok(nice),
         _ => Err(format!(
             "{text} is not in 0..=19: the niceness must be 0 to 19 (0 keeps the default priority)"
+        )),
+    }
+}
+
+/// `--api-max-connections`: 1 to 65 536.
+fn connection_cap(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(cap @ 1..=65_536) => Ok(cap),
+        _ => Err(format!(
+            "{text} is not a connection count: give 1 to 65536 (default 512)"
         )),
     }
 }

@@ -17,7 +17,7 @@ pub mod settings;
 
 use std::sync::{Arc, OnceLock};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use apiary_consensus::{Consensus, Member, Settings};
 use apiary_pipeline::ResourceInfo;
 use apiary_storage::Store;
@@ -105,19 +105,17 @@ pub async fn run(args: NodeArgs, seed: ClusterSeed) -> Result<()> {
         export: export.clone(),
         ca: mesh.ca,
     });
-    serve_api(listeners.api, state).await?;
+    api::server::serve(
+        listeners.api,
+        api::router(state),
+        args.api_max_connections,
+        shutdown_signal(),
+    )
+    .await;
     tracing::info!("shutting down");
     export.finish().await;
     mesh.consensus.shutdown().await;
     Ok(())
-}
-
-/// Serves the HTTP API until SIGTERM or Ctrl-C.
-async fn serve_api(listener: tokio::net::TcpListener, state: Arc<ApiState>) -> Result<()> {
-    axum::serve(listener, api::router(state))
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("the API server failed")
 }
 
 /// What the flags say before anything is bound or written: one clear error, not a half-started

@@ -7,6 +7,7 @@ mod dashboard;
 mod handlers;
 pub mod metrics;
 pub mod routes;
+pub mod server;
 mod tokens;
 
 use std::sync::Arc;

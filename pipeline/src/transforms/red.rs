@@ -130,13 +130,20 @@ struct Table {
     keys: Hasher,
 }
 
-fn key_hash(keys: &Hasher, service: &str, kind: &str, red: &RedDimensions, route: &str) -> u64 {
+fn key_hash(
+    keys: &Hasher,
+    service: &str,
+    kind: &str,
+    red: &RedDimensions,
+    operation: &str,
+    route: &str,
+) -> u64 {
     use std::hash::BuildHasher;
     keys.hash_one((
         red.protocol.protocol,
         service,
         kind,
-        red.operation,
+        operation,
         route,
         red.status,
     ))
@@ -186,29 +193,34 @@ impl RedMetrics {
             .iter()
             .position(|bound| seconds <= *bound)
             .unwrap_or(BUCKETS - 1);
-        let matches = |k: &RedKey, route: &str| {
+        let matches = |k: &RedKey, operation: &str, route: &str| {
             std::ptr::eq(k.protocol, red.protocol)
                 && k.service == span.service
                 && k.kind == kind
-                && k.operation == red.operation
+                && k.operation == operation
                 && k.route == route
                 && k.status == red.status
         };
         let mut table = self.lock();
         let Table { by_hash, len, keys } = &mut *table;
-        let mut route = red.route;
-        let mut hash = key_hash(keys, &span.service, kind, &red, route);
+        let (mut operation, mut route) = (red.operation, red.route);
+        let mut hash = key_hash(keys, &span.service, kind, &red, operation, route);
         if *len >= MAX_SERIES
             && !by_hash
                 .get(&hash)
-                .is_some_and(|bucket| bucket.iter().any(|(k, _)| matches(k, route)))
+                .is_some_and(|bucket| bucket.iter().any(|(k, _)| matches(k, operation, route)))
         {
-            route = OVERFLOW_ROUTE;
-            hash = key_hash(keys, &span.service, kind, &red, route);
+            // Both parts a request chooses (an HTTP method is any word) fold, or a client
+            // inventing a method per request would grow the table past the cap.
+            (operation, route) = (OVERFLOW_ROUTE, OVERFLOW_ROUTE);
+            hash = key_hash(keys, &span.service, kind, &red, operation, route);
             self.overflowed.fetch_add(1, Ordering::Relaxed);
         }
         let same_hash = by_hash.entry(hash).or_default();
-        let index = match same_hash.iter().position(|(k, _)| matches(k, route)) {
+        let index = match same_hash
+            .iter()
+            .position(|(k, _)| matches(k, operation, route))
+        {
             Some(index) => index,
             None => {
                 same_hash.push((
@@ -216,7 +228,7 @@ impl RedMetrics {
                         protocol: red.protocol,
                         service: span.service.clone(),
                         kind,
-                        operation: red.operation.to_string(),
+                        operation: operation.to_string(),
                         route: route.to_string(),
                         status: red.status,
                         error: span.is_error(),
@@ -251,6 +263,8 @@ impl RedMetrics {
     /// quantiles estimated from the histogram: what the dashboard's services page shows.
     pub fn routes(&self) -> Vec<RouteSummary> {
         let mut rows: Vec<RouteSummary> = Vec::new();
+        // The snapshot is sorted by protocol, service, side, operation, route and status, so
+        // the statuses of one route are adjacent: one pass, not a search per series.
         for (key, series) in self.snapshot() {
             let same_route = |r: &RouteSummary| {
                 r.protocol == key.protocol.protocol
@@ -259,19 +273,18 @@ impl RedMetrics {
                     && r.operation == key.operation
                     && r.route == key.route
             };
-            let row = match rows.iter().position(same_route) {
-                Some(index) => &mut rows[index],
-                None => {
-                    rows.push(RouteSummary {
-                        protocol: key.protocol.protocol,
-                        service: key.service.clone(),
-                        kind: key.kind,
-                        operation: key.operation.clone(),
-                        route: key.route.clone(),
-                        ..Default::default()
-                    });
-                    rows.last_mut().expect("just pushed")
-                }
+            if !rows.last().is_some_and(same_route) {
+                rows.push(RouteSummary {
+                    protocol: key.protocol.protocol,
+                    service: key.service.clone(),
+                    kind: key.kind,
+                    operation: key.operation.clone(),
+                    route: key.route.clone(),
+                    ..Default::default()
+                });
+            }
+            let Some(row) = rows.last_mut() else {
+                continue;
             };
             row.count += series.count;
             row.errors += series.errors;
@@ -579,5 +592,37 @@ mod tests {
         }
         assert_eq!(red.snapshot().len(), MAX_SERIES + 1);
         assert_eq!(red.overflowed.load(Ordering::Relaxed), 5);
+        // Past the cap, a method invented per request folds too: the table stays at the cap.
+        for i in 0..100 {
+            let mut s = span(200, 1, true);
+            s.http_mut().method = format!("M{i}");
+            s.http_mut().route = format!("/fresh{i}");
+            red.record(&s);
+        }
+        assert_eq!(red.snapshot().len(), MAX_SERIES + 1);
+        assert_eq!(red.overflowed.load(Ordering::Relaxed), 105);
+        let other = red
+            .routes()
+            .into_iter()
+            .find(|r| r.route == OVERFLOW_ROUTE)
+            .unwrap();
+        assert_eq!(
+            (other.operation.as_str(), other.count),
+            (OVERFLOW_ROUTE, 105)
+        );
+    }
+
+    /// `/v1/red` groups a full table's statuses per route (in one pass over the sorted series).
+    #[test]
+    fn routes_of_a_full_table_group_their_statuses() {
+        let red = RedMetrics::new();
+        for i in 0..MAX_SERIES {
+            let mut s = span(if i % 2 == 0 { 200 } else { 500 }, 1, true);
+            s.http_mut().route = format!("/r{}", i / 2);
+            red.record(&s);
+        }
+        let rows = red.routes();
+        assert_eq!(rows.len(), MAX_SERIES / 2, "two statuses per route");
+        assert!(rows.iter().all(|r| r.count == 2 && r.errors == 1));
     }
 }
