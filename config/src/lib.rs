@@ -197,15 +197,22 @@ impl History {
 
     /// The event a proposal would commit as, without committing it: the check a node makes
     /// before it proposes.
+    ///
+    /// The limits on size (a change's comment and settings, filters the kernel's maps hold, the
+    /// number of destinations) are checked here only, not when a committed entry is applied:
+    /// a history written before a limit existed, or an entry an older leader committed, must
+    /// still replay the same on every node.
     pub fn check(&self, proposal: &Proposal) -> Result<ConfigEvent, ConfigError> {
-        Ok(self.materialize(proposal)?.0)
+        proposal.check_limits()?;
+        let (event, next) = self.materialize(proposal)?;
+        next.validate_limits()?;
+        Ok(event)
     }
 
     fn materialize(
         &self,
         proposal: &Proposal,
     ) -> Result<(ConfigEvent, ClusterConfig), ConfigError> {
-        proposal.check_limits()?;
         let change = match &proposal.intent {
             Intent::Set { settings } if settings.is_empty() => return Err(ConfigError::Empty),
             Intent::Set { settings } => Change::Set {

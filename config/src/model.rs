@@ -241,7 +241,16 @@ impl ClusterConfig {
                 "a positive integer (events per second for the whole cluster)",
             ));
         }
-        self.validate_filter_room()?;
+        for (name, destination) in &self.destinations {
+            validate_destination(name, destination)?;
+        }
+        Ok(())
+    }
+
+    /// Size limits a new change must keep (checked when it is proposed, not when history is
+    /// replayed): at most [`MAX_DESTINATIONS`], and every probe's filters together within the
+    /// kernel's filter maps.
+    pub fn validate_limits(&self) -> Result<(), ConfigError> {
         if self.destinations.len() > MAX_DESTINATIONS {
             return Err(ConfigError::invalid(
                 "destination",
@@ -249,10 +258,7 @@ impl ClusterConfig {
                 format!("at most {MAX_DESTINATIONS} destinations: remove one first"),
             ));
         }
-        for (name, destination) in &self.destinations {
-            validate_destination(name, destination)?;
-        }
-        Ok(())
+        self.validate_filter_room()
     }
 
     /// Every probe's filters together must fit the kernel's filter maps.

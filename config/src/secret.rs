@@ -113,7 +113,8 @@ impl Setting {
             [top, ..] if !matches!(*top, "destination" | "destinations") => self.value.clone(),
             [_, _] => redact_destination(&self.value),
             [_, _, "headers"] => redact_headers(&self.value),
-            [_, _, "headers", _] => redact_value(&self.value),
+            // A header's name may hold dots (`x.api.key`), so its key has more parts.
+            [_, _, "headers", _, ..] => redact_value(&self.value),
             [_, _, "endpoint"] => match &self.value {
                 Value::String(endpoint) => Value::String(redact_endpoint(endpoint)),
                 other => other.clone(),

@@ -401,40 +401,62 @@ fn oversized_changes_are_refused_naming_the_limit() {
 
 #[test]
 fn filters_the_kernel_maps_cannot_hold_and_too_many_destinations_are_refused() {
-    let config = ClusterConfig::default();
+    let history = History::default();
+    let check = |settings: Vec<Setting>| history.check(&set_proposal(settings));
     let pids: Vec<u32> = (1..=crate::MAX_PID_FILTERS as u32 + 1).collect();
-    let error = crate::apply_settings(
-        &config,
-        &[set("probe.http.filters.exclude_pids", json!(pids))],
-    )
-    .unwrap_err()
-    .to_string();
+    let error = check(vec![set("probe.http.filters.exclude_pids", json!(pids))])
+        .unwrap_err()
+        .to_string();
     assert!(error.contains("at most 4096 pids"), "{error}");
     // The same count split over two probes is the same room.
     let half: Vec<u32> = (1..=2100).collect();
-    let split = crate::apply_settings(
-        &config,
-        &[
-            set("probe.http.filters.exclude_pids", json!(half)),
-            set("probe.tls.filters.include_pids", json!(half)),
-        ],
-    );
-    assert!(split.is_err());
+    assert!(check(vec![
+        set("probe.http.filters.exclude_pids", json!(half)),
+        set("probe.tls.filters.include_pids", json!(half)),
+    ])
+    .is_err());
     let fits: Vec<u32> = (1..=crate::MAX_PID_FILTERS as u32).collect();
-    assert!(crate::apply_settings(
-        &config,
-        &[set("probe.http.filters.exclude_pids", json!(fits))]
-    )
-    .is_ok());
-    let mut settings = Vec::new();
-    for i in 0..=crate::MAX_DESTINATIONS {
-        settings.push(set(
-            &format!("destination.d{i}.endpoint"),
-            json!("http://collector:4318"),
-        ));
-    }
-    let error = crate::apply_settings(&config, &settings)
-        .unwrap_err()
-        .to_string();
+    assert!(check(vec![set("probe.http.filters.exclude_pids", json!(fits))]).is_ok());
+    let settings = (0..=crate::MAX_DESTINATIONS)
+        .map(|i| {
+            set(
+                &format!("destination.d{i}.endpoint"),
+                json!("http://collector:4318"),
+            )
+        })
+        .collect();
+    let error = check(settings).unwrap_err().to_string();
     assert!(error.contains("at most 16 destinations"), "{error}");
+    // A history written before the limits replays as it was.
+    let many: Vec<Setting> = (0..=crate::MAX_DESTINATIONS)
+        .map(|i| {
+            set(
+                &format!("destination.d{i}.endpoint"),
+                json!("http://collector:4318"),
+            )
+        })
+        .collect();
+    let mut old = History::default();
+    assert!(old.commit(&set_proposal(many)).is_ok());
+    assert!(History::from_events(old.events().to_vec()).is_ok());
+}
+
+#[test]
+fn a_header_named_with_dots_is_redacted_in_diffs_too() {
+    let config = crate::apply_settings(
+        &ClusterConfig::default(),
+        &[set(
+            "destination.x",
+            json!({ "endpoint": "http://c:4318", "protocol": "http/protobuf",
+                    "headers": { "x.api.key": "S3CRET" } }),
+        )],
+    )
+    .unwrap();
+    let changes = crate::diff(&ClusterConfig::default(), &config);
+    let shown = serde_json::to_string(&changes.iter().map(KeyChange::redacted).collect::<Vec<_>>())
+        .unwrap();
+    assert!(
+        shown.contains("x.api.key") && !shown.contains("S3CRET"),
+        "{shown}"
+    );
 }

@@ -154,6 +154,29 @@ async fn tokens_have_scopes_work_on_every_node_and_stop_everywhere_when_revoked(
     )
     .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
+    // Nor where secrets go, nor who reads: destination.* and api.* need admin.
+    for key in ["destination.evil.endpoint", "api.public_read"] {
+        let value = if key.starts_with("api") {
+            json!(true)
+        } else {
+            json!("http://evil:4318")
+        };
+        let change = json!({ "changes": { key: value } });
+        let (status, body, _) = call(
+            &cluster,
+            0,
+            Method::PATCH,
+            "/v1/config",
+            Some(&write),
+            Some(change),
+        )
+        .await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{key}: {body}");
+        assert!(
+            body["error"].as_str().unwrap().contains("`admin` token"),
+            "{body}"
+        );
+    }
 
     // A metrics token scrapes /metrics and reads nothing else.
     let (_, metrics) = create_token(&cluster, "prometheus", "metrics").await;

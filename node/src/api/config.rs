@@ -14,7 +14,10 @@ use axum::body::Bytes;
 use axum::extract::{Query, State};
 use axum::Json;
 
+use super::access::presented_scope;
 use super::{parse_body, ApiError, ApiState};
+use apiary_consensus::tokens::Scope;
+use axum::http::{HeaderMap, StatusCode};
 
 pub(super) async fn get_config(State(state): State<Arc<ApiState>>) -> Json<ConfigView> {
     let history = state.consensus.config_state().history();
@@ -26,24 +29,56 @@ pub(super) async fn get_config(State(state): State<Arc<ApiState>>) -> Json<Confi
 
 pub(super) async fn patch_config(
     State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<Committed>, ApiError> {
     let body: ConfigPatch = parse_body(&body, CONFIG_PATCH_SHAPE)?;
-    let intent = Intent::Set {
-        settings: body.changes.into_settings(),
-    };
+    let settings = body.changes.into_settings();
+    admin_for_guarded_keys(&state, &headers, settings.iter().map(|s| s.key.as_str()))?;
+    let intent = Intent::Set { settings };
     commit(&state, intent, body.comment, body.author).await
 }
 
 pub(super) async fn revert(
     State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<Committed>, ApiError> {
     let body: RevertRequest = parse_body(&body, r#"{"version": 3, "comment": "why"}"#)?;
+    let changed = {
+        let history = state.consensus.config_state().history();
+        let target = history.config_at(body.version.min(history.version()))?;
+        apiary_config::diff(history.current(), &target)
+    };
+    admin_for_guarded_keys(&state, &headers, changed.iter().map(|c| c.key.as_str()))?;
     let intent = Intent::Revert {
         to_version: body.version,
     };
     commit(&state, intent, body.comment, body.author).await
+}
+
+/// Keys a `write` token may not change: where secrets are sent (`destination.*`: a new endpoint
+/// would carry the stored API keys to it) and who may read (`api.*`). They need `admin`.
+fn admin_for_guarded_keys<'a>(
+    state: &ApiState,
+    headers: &HeaderMap,
+    mut keys: impl Iterator<Item = &'a str>,
+) -> Result<(), ApiError> {
+    let guarded =
+        |key: &str| key == "api" || key.starts_with("api.") || key.starts_with("destination");
+    let Some(key) = keys.find(|k| guarded(k)) else {
+        return Ok(());
+    };
+    match presented_scope(state, headers)? {
+        Some(Scope::Admin) => Ok(()),
+        _ => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!(
+                "changing `{key}` needs an `admin` token: destinations receive the stored \
+                 secrets and api.* decides who reads, so a `write` token may not change them"
+            ),
+        )),
+    }
 }
 
 /// A proposal stamped now, as this node makes it (the agent's `[cluster]` seed is one too).

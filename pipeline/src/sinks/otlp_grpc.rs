@@ -53,6 +53,7 @@ impl prost::Message for Encoded {
 pub struct OtlpGrpc {
     channel: Channel,
     metadata: MetadataMap,
+    /// The endpoint as errors name it (any password redacted).
     endpoint: String,
 }
 
@@ -60,10 +61,11 @@ impl OtlpGrpc {
     /// `endpoint` is `http://host:4317` or `https://host:4317` (TLS with the web PKI roots).
     /// Connects lazily: a destination that is down is retried by delivery, not refused here.
     pub fn new(endpoint: &str, headers: Vec<(String, String)>) -> Result<Self, String> {
+        // The endpoint may hold a password: what errors (shown by the API, logged) name is
+        // the redacted one.
+        let shown = apiary_config::redact_endpoint(endpoint);
         let bad = |e: &dyn std::fmt::Display| {
-            format!(
-                "OTLP/gRPC endpoint {endpoint:?}: {e}; use http://HOST:4317 or https://HOST:4317"
-            )
+            format!("OTLP/gRPC endpoint {shown:?}: {e}; use http://HOST:4317 or https://HOST:4317")
         };
         let mut builder = Endpoint::from_shared(endpoint.to_string())
             .map_err(|e| bad(&e))?
@@ -85,7 +87,7 @@ impl OtlpGrpc {
         Ok(OtlpGrpc {
             channel: builder.connect_lazy(),
             metadata,
-            endpoint: endpoint.to_string(),
+            endpoint: shown.clone(),
         })
     }
 
@@ -288,5 +290,21 @@ mod tests {
             vec![("Bad Name".into(), "x".into())]
         )
         .is_err());
+    }
+
+    /// An endpoint's password never reaches an error, which `/v1/export` and the log show.
+    #[tokio::test]
+    async fn errors_name_the_endpoint_without_its_password() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let sink = OtlpGrpc::new(&format!("http://collector:s3cret@127.0.0.1:{port}"), vec![]);
+        let text = match sink {
+            Ok(sink) => format!("{:?}", sink.send(Signal::Traces, b"").await.unwrap_err()),
+            Err(refused) => refused,
+        };
+        assert!(!text.contains("s3cret"), "{text}");
     }
 }

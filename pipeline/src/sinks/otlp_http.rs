@@ -13,6 +13,8 @@ use crate::sinks::sink::{Accepted, SendError, Sink};
 pub struct OtlpHttp {
     client: reqwest::Client,
     base: String,
+    /// `base` with any password in it redacted: what errors (shown by the API, logged) name.
+    shown: String,
     headers: Vec<(String, String)>,
 }
 
@@ -51,6 +53,7 @@ impl OtlpHttp {
             .map_err(|e| format!("cannot build an HTTP client: {e}"))?;
         Ok(OtlpHttp {
             client,
+            shown: apiary_config::redact_endpoint(&base),
             base,
             headers,
         })
@@ -68,8 +71,11 @@ impl Sink for OtlpHttp {
         for (name, value) in &self.headers {
             request = request.header(name, value);
         }
+        // The URL may hold a password: errors name the redacted one, and reqwest's own
+        // message goes without its URL.
+        let shown = format!("{}{}", self.shown, signal.path());
         let response = request.send().await.map_err(|e| SendError::Retryable {
-            reason: format!("cannot reach {url}: {e}"),
+            reason: format!("cannot reach {shown}: {}", e.without_url()),
             retry_after: None,
         })?;
         let status = response.status();
@@ -87,7 +93,7 @@ impl Sink for OtlpHttp {
                 message,
             });
         }
-        let reason = format!("{url} answered {status}");
+        let reason = format!("{shown} answered {status}");
         match status.as_u16() {
             429 | 502 | 503 | 504 => Err(SendError::Retryable {
                 reason,
@@ -95,5 +101,26 @@ impl Sink for OtlpHttp {
             }),
             _ => Err(SendError::Permanent(reason)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An endpoint's password never reaches an error, which `/v1/export` and the log show.
+    #[tokio::test]
+    async fn errors_name_the_endpoint_without_its_password() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port(); // free, so the connection is refused
+        let sink =
+            OtlpHttp::new(&format!("http://collector:s3cret@127.0.0.1:{port}"), vec![]).unwrap();
+        let error = sink.send(Signal::Traces, b"").await.unwrap_err();
+        let text = format!("{error:?}");
+        assert!(!text.contains("s3cret"), "{text}");
+        assert!(text.contains("cannot reach http://collector:"), "{text}");
     }
 }

@@ -399,8 +399,8 @@ impl RedMetrics {
         }
         let _ = writeln!(
             out,
-            "# HELP apiary_http_series_overflow_total Requests counted under route {OVERFLOW_ROUTE} \
-             because the series limit was reached.\n# TYPE apiary_http_series_overflow_total counter"
+            "# HELP apiary_http_series_overflow_total Requests counted under operation and route \
+             {OVERFLOW_ROUTE} because the series limit was reached.\n# TYPE apiary_http_series_overflow_total counter"
         );
         let _ = writeln!(
             out,
