@@ -20,13 +20,25 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::MethodRouter;
 
-use super::routes::{Access, Route};
 use super::{ApiError, ApiState};
 
-/// The route's handler behind its access check.
-pub(super) fn guard(route: &Route, state: &Arc<ApiState>) -> MethodRouter<Arc<ApiState>> {
-    let service = route.service();
-    match route.access {
+/// What a route needs of the caller (each route of the table names it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone: liveness, and the dashboard's page and assets (which hold no data: the page asks
+    /// for a token before it reads).
+    Public,
+    /// A token of this scope or above (reads also pass without one under `api.public_read`).
+    Needs(Scope),
+}
+
+/// A route's handler behind its access check.
+pub(super) fn guard(
+    service: MethodRouter<Arc<ApiState>>,
+    access: Access,
+    state: &Arc<ApiState>,
+) -> MethodRouter<Arc<ApiState>> {
+    match access {
         Access::Public => service,
         Access::Needs(scope) => service.route_layer(axum::middleware::from_fn_with_state(
             state.clone(),

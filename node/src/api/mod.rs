@@ -1,7 +1,7 @@
 //! The HTTP API every node serves (JSON), with `/metrics` in Prometheus text and the embedded
 //! dashboard: one router, built from the route table in `routes.rs`.
 
-mod access;
+pub mod access;
 mod config;
 mod dashboard;
 mod handlers;
@@ -58,7 +58,10 @@ pub fn router(state: Arc<ApiState>) -> Router {
     ROUTES
         .iter()
         .fold(Router::new(), |router, route| {
-            router.route(route.path, access::guard(route, &state))
+            router.route(
+                route.path,
+                access::guard(route.service(), route.access, &state),
+            )
         })
         .fallback(|| async {
             let served: Vec<String> = ROUTES

@@ -7,6 +7,7 @@ use axum::routing::{on, MethodFilter, MethodRouter};
 
 use apiary_consensus::tokens::Scope;
 
+use super::access::Access;
 use super::{config, dashboard, handlers, tokens, ApiState};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,16 +50,6 @@ pub struct Route {
     /// The handler, served for `method` (each handler has its own extractors, hence a function
     /// per route).
     pub handler: fn(MethodFilter) -> MethodRouter<Arc<ApiState>>,
-}
-
-/// What a route needs of the caller.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Access {
-    /// Anyone: liveness, and the dashboard's page and assets (which hold no data: the page asks
-    /// for a token before it reads).
-    Public,
-    /// A token of this scope or above (reads also pass without one under `api.public_read`).
-    Needs(Scope),
 }
 
 use Access::{Needs, Public};
