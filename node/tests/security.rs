@@ -290,6 +290,18 @@ async fn secrets_public_reads_host_names_cors_and_limits() {
     assert_eq!(status, StatusCode::OK);
     let (status, _, _) = call(&cluster, 0, Method::GET, "/metrics", None, None).await;
     assert_eq!(status, StatusCode::OK);
+    // A narrower token reads what anyone may read.
+    let (_, metrics) = create_token(&cluster, "scraper", "metrics").await;
+    let (status, _, _) = call(
+        &cluster,
+        0,
+        Method::GET,
+        "/v1/cluster",
+        Some(&metrics),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
     let close = json!({ "changes": { "api.public_read": false } });
     let (status, _, _) = call(
         &cluster,

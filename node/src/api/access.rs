@@ -117,6 +117,8 @@ fn refusal(state: &ApiState, headers: &HeaderMap, needed: Scope) -> Option<Respo
             ),
         ),
         Ok(Some(scope)) if scope >= needed => None,
+        // What anyone may read, a caller with a narrower token may read too.
+        Ok(Some(_)) if public_read => None,
         Ok(Some(scope)) => refuse(
             StatusCode::FORBIDDEN,
             format!(
