@@ -23,12 +23,7 @@ const MARKER_START: &str = "<redacted sha256:";
 /// The marker that stands for `secret` wherever the API shows it.
 pub fn redact(secret: &str) -> String {
     let digest = Sha256::digest(secret.as_bytes());
-    let mut marker = String::from(MARKER_START);
-    for byte in &digest[..6] {
-        marker.push_str(&format!("{byte:02x}"));
-    }
-    marker.push('>');
-    marker
+    format!("{MARKER_START}{}>", hex::encode(&digest[..6]))
 }
 
 /// Whether `value` is a redaction marker rather than a secret.

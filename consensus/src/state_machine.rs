@@ -357,6 +357,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tokens::{Scope, TokenStep};
     use apiary_config::{Intent, Proposal, Setting};
     use openraft::{CommittedLeaderId, Membership};
     use std::collections::{BTreeMap, BTreeSet};
@@ -429,13 +430,6 @@ mod tests {
         assert_eq!(current.meta.last_log_id.unwrap().index, 5);
         assert_eq!(*other.0.subscribe().borrow(), 2);
     }
-}
-
-#[cfg(test)]
-mod token_tests {
-    use super::*;
-    use crate::tokens::{Scope, TokenStep};
-    use openraft::CommittedLeaderId;
 
     #[tokio::test]
     async fn tokens_survive_a_restart_and_a_snapshot_as_hashes_only() {
@@ -450,14 +444,11 @@ mod token_tests {
             created_at: "2026-12-01T00:00:00Z".into(),
             created_by: "test".into(),
         };
-        let entry = |index, step| Entry {
-            log_id: LogId::new(CommittedLeaderId::new(1, 0), index),
-            payload: EntryPayload::Normal(Request::Token(step)),
-        };
+        let token = |step| EntryPayload::Normal(Request::Token(step));
         let responses = machine
             .apply(vec![
-                entry(1, TokenStep::Create(record.clone())),
-                entry(2, TokenStep::Revoke { id: "nope".into() }),
+                entry(1, token(TokenStep::Create(record.clone()))),
+                entry(2, token(TokenStep::Revoke { id: "nope".into() })),
             ])
             .await
             .unwrap();

@@ -83,10 +83,7 @@ pub const MAX_TOKENS: usize = 1000;
 
 /// Hex SHA-256 of a presented token.
 pub fn token_hash(token: &str) -> String {
-    Sha256::digest(token.trim().as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex::encode(Sha256::digest(token.trim().as_bytes()))
 }
 
 /// Applies a step to the token set; deterministic, so every member accepts or refuses alike.

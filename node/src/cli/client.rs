@@ -51,9 +51,12 @@ impl Client {
         })
     }
 
-    /// The token requests carry, if one was given or found.
-    pub(crate) fn token(&self) -> Option<&str> {
-        self.token.as_deref()
+    /// `request` with the token, if one was given or found.
+    pub(crate) fn authorized(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match self.token.as_deref() {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        }
     }
 
     pub(crate) async fn send(
@@ -75,16 +78,14 @@ impl Client {
         timeout: std::time::Duration,
     ) -> Result<Value> {
         let url = format!("{}{path}", self.base);
-        let mut request = self.http.request(method.clone(), &url).timeout(timeout);
-        match self.token.as_deref() {
-            Some(token) => request = request.bearer_auth(token),
-            // Reads may pass without one (api.public_read); writes never do.
-            None if method == reqwest::Method::GET => {}
-            None => bail!(
+        // Reads may pass without a token (api.public_read); writes never do.
+        if self.token.is_none() && method != reqwest::Method::GET {
+            bail!(
                 "writes need an API token: pass --token, set APIARY_TOKEN, or run where \
                  ./apiary-data/api-token is"
-            ),
+            );
         }
+        let mut request = self.authorized(self.http.request(method.clone(), &url).timeout(timeout));
         if let Some(body) = body {
             request = request.json(&body);
         }
@@ -121,6 +122,11 @@ pub(crate) fn parse<T: serde::de::DeserializeOwned>(answer: &Value, route: &str)
             env!("CARGO_PKG_VERSION")
         )
     })
+}
+
+/// Who a change or a token is recorded as made by, when `--author` is not given: `$USER`.
+pub(crate) fn default_author() -> String {
+    std::env::var("USER").unwrap_or_else(|_| "cli".into())
 }
 
 pub(crate) fn print_json(value: &Value) -> Result<()> {

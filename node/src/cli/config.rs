@@ -4,7 +4,7 @@ use anyhow::Result;
 use apiary_api_types::{Changes, Committed, ConfigPatch, ConfigView, HistoryView, RevertRequest};
 use apiary_config::{parse_cli_assignment, Change};
 
-use super::client::{parse, print_json, table, Client, ClientArgs};
+use super::client::{default_author, parse, print_json, table, Client, ClientArgs};
 
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum ConfigCommand {
@@ -39,11 +39,7 @@ pub enum ConfigCommand {
 
 pub async fn config(args: &ClientArgs, command: &ConfigCommand) -> Result<()> {
     let client = Client::new(args)?;
-    let author = |given: &Option<String>| {
-        given
-            .clone()
-            .unwrap_or_else(|| std::env::var("USER").unwrap_or_else(|_| "cli".into()))
-    };
+    let author = |given: &Option<String>| given.clone().unwrap_or_else(default_author);
     let answer = match command {
         ConfigCommand::Get => client.get("/v1/config").await?,
         ConfigCommand::History { since } => {

@@ -16,16 +16,16 @@ pub async fn tail(args: &ClientArgs, service: Option<&str>) -> Result<()> {
     if let Some(service) = service {
         url.push_str(&format!("?service={service}"));
     }
-    let mut request = http.get(&url);
-    if let Some(token) = client.token() {
-        request = request.bearer_auth(token);
-    }
-    let mut response = request.send().await.with_context(|| {
-        format!(
-            "cannot reach the node at {}: is `apiary node` running there? (--peer URL)",
-            client.base
-        )
-    })?;
+    let mut response = client
+        .authorized(http.get(&url))
+        .send()
+        .await
+        .with_context(|| {
+            format!(
+                "cannot reach the node at {}: is `apiary node` running there? (--peer URL)",
+                client.base
+            )
+        })?;
     if !response.status().is_success() {
         let status = response.status();
         let body: Value = response.json().await.unwrap_or(Value::Null);

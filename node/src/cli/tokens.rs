@@ -3,7 +3,7 @@
 use anyhow::Result;
 use apiary_api_types::{TokenCreated, TokenList, TokenRequest};
 
-use super::client::{parse, print_json, table, Client, ClientArgs};
+use super::client::{default_author, parse, print_json, table, Client, ClientArgs};
 
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum TokenCommand {
@@ -28,7 +28,7 @@ pub async fn run(args: &ClientArgs, command: &TokenCommand) -> Result<()> {
             let body = TokenRequest {
                 name: name.clone(),
                 scope: *scope,
-                author: Some(whoami()),
+                author: Some(default_author()),
             };
             let answer = client
                 .send(
@@ -77,8 +77,4 @@ pub async fn run(args: &ClientArgs, command: &TokenCommand) -> Result<()> {
         }
     }
     Ok(())
-}
-
-fn whoami() -> String {
-    std::env::var("USER").unwrap_or_else(|_| "cli".into())
 }
