@@ -155,6 +155,57 @@ pub struct TokenRevoked {
     pub revoked: String,
 }
 
+/// `POST /v1/join-tokens`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JoinTokenRequest {
+    pub name: String,
+    /// How long the token admits nodes, e.g. `1h`, `30days` (default 1h).
+    pub ttl: Option<String>,
+    /// The token admits one node, then no more.
+    #[serde(default)]
+    pub single_use: bool,
+    pub author: Option<String>,
+}
+
+/// The answer to `POST /v1/join-tokens`: the only place a join token's secret appears.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JoinTokenCreated {
+    pub id: String,
+    pub name: String,
+    pub token: String,
+    pub expires_at: String,
+    pub single_use: bool,
+    pub note: String,
+}
+
+/// A node that joined with a token.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JoinTokenUse {
+    pub node_id: u64,
+    pub node_name: String,
+    pub at: String,
+}
+
+/// A join token as `GET /v1/join-tokens` lists it: never the secret, nor its hash.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JoinTokenInfo {
+    pub id: String,
+    pub name: String,
+    pub created_at: String,
+    pub created_by: String,
+    pub expires_at: String,
+    /// Expired, or single-use and used: it admits no one, but stays listed until revoked.
+    pub spent: bool,
+    pub single_use: bool,
+    pub uses: Vec<JoinTokenUse>,
+}
+
+/// `GET /v1/join-tokens`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JoinTokenList {
+    pub join_tokens: Vec<JoinTokenInfo>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -20,8 +20,6 @@ pub enum CaStep {
         /// The CA in use until the switch (members trust both until the finish).
         previous_cert: Vec<u8>,
         cert: Vec<u8>,
-        /// Every member can admit nodes, so every member holds the CA key.
-        key: Vec<u8>,
     },
     Switch {
         epoch: u64,
@@ -70,23 +68,15 @@ impl std::fmt::Display for CaPhase {
 
 /// The latest rotation, part of the applied state (and of snapshots). `None` in the state
 /// machine means the CA the cluster was created with is still the only one.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// It holds certificates only: the log reaches every member, learners included, and only the
+/// CA holders (voters) keep the CA key, which they pass among themselves over mutual TLS.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CaState {
     pub epoch: u64,
     pub phase: CaPhase,
     pub previous_cert: Vec<u8>,
     pub cert: Vec<u8>,
-    pub key: Vec<u8>,
-}
-
-// Hand-written so that the CA key never reaches a log line.
-impl std::fmt::Debug for CaState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CaState")
-            .field("epoch", &self.epoch)
-            .field("phase", &self.phase)
-            .finish_non_exhaustive()
-    }
 }
 
 /// Applies `step` to the current rotation state, or says why it is out of order.
@@ -99,7 +89,6 @@ pub fn apply_step(current: Option<&CaState>, step: CaStep) -> Result<CaState, Co
             epoch: new_epoch,
             previous_cert,
             cert,
-            key,
         } => {
             if phase != CaPhase::Finished || new_epoch != epoch + 1 {
                 return out_of_order(format!(
@@ -119,7 +108,6 @@ pub fn apply_step(current: Option<&CaState>, step: CaStep) -> Result<CaState, Co
                 phase: CaPhase::Staged,
                 previous_cert,
                 cert,
-                key,
             })
         }
         CaStep::Switch { epoch: at } | CaStep::Finish { epoch: at } => {
@@ -153,7 +141,6 @@ mod tests {
             epoch,
             previous_cert: previous.to_vec(),
             cert: cert.to_vec(),
-            key: b"key".to_vec(),
         }
     }
 
@@ -175,6 +162,5 @@ mod tests {
         assert!(error.to_string().contains("current CA"), "{error}");
         let next = apply_step(Some(&finished), stage(2, b"b", b"c")).unwrap();
         assert_eq!((next.epoch, next.phase), (2, CaPhase::Staged));
-        assert!(!format!("{next:?}").contains("key"));
     }
 }

@@ -11,6 +11,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod ca;
+pub mod join_tokens;
 pub mod log_store;
 mod membership;
 pub mod network;
@@ -234,6 +235,17 @@ impl Consensus {
         .await
     }
 
+    /// Commits a join token's creation, revocation or use through the leader.
+    pub async fn join_token_step(
+        &self,
+        step: join_tokens::JoinTokenStep,
+    ) -> Result<(), WriteError> {
+        self.on_leader(Service::JoinTokenStep, step, |step| {
+            self.internal_write_here(Request::JoinToken(step), "the join token change")
+        })
+        .await
+    }
+
     async fn ca_step_here(&self, step: ca::CaStep) -> Attempt<()> {
         self.internal_write_here(Request::Ca(step), "the CA step")
             .await
@@ -365,6 +377,14 @@ impl Consensus {
     }
 
     async fn admit_here(&self, id: NodeId, member: Member) -> Attempt<()> {
+        if self.state.revoked().contains_key(&id) {
+            return Attempt::Failed(WriteError::Rejected(ConfigError::invalid(
+                "member",
+                id,
+                "a node that was not removed: a removed member joins again only with a new \
+                 data dir and a new join token",
+            )));
+        }
         let membership = self.raft.metrics().borrow().membership_config.clone();
         let known = membership.membership().get_node(&id).cloned();
         if known.is_none() || known.as_ref() != Some(&member) {
@@ -405,27 +425,81 @@ impl Consensus {
         Some((leader, member))
     }
 
-    /// Answers a peer's request for one of the consensus services.
-    pub async fn handle(&self, service: Service, payload: &[u8]) -> Message {
+    /// Whether `id` is in this node's current membership (voter or learner).
+    pub fn is_member(&self, id: NodeId) -> bool {
+        let metrics = self.raft.metrics().borrow().clone();
+        metrics
+            .membership_config
+            .membership()
+            .get_node(&id)
+            .is_some()
+    }
+
+    /// Whether `id` is a voter in this node's current membership: the voters hold the CA key.
+    pub fn is_voter(&self, id: NodeId) -> bool {
+        let metrics = self.raft.metrics().borrow().clone();
+        let voters: BTreeSet<NodeId> = metrics.membership_config.membership().voter_ids().collect();
+        voters.contains(&id)
+    }
+
+    /// Answers a request for one of the consensus services from `sender` (the node id its
+    /// certificate names). Each service is open only to the senders that may use it: a Raft
+    /// message only from the node it names as leader or candidate, an admission only for the
+    /// sender itself (or forwarded by a member), forwarded writes and removals only from
+    /// members, CA steps only from voters.
+    pub async fn handle(&self, sender: NodeId, service: Service, payload: &[u8]) -> Message {
+        let refuse = |why: String| Message::Refused {
+            reason: format!("node {sender} may not send {service:?}: {why}"),
+        };
+        let member_only = matches!(
+            service,
+            Service::ForwardWrite
+                | Service::RemoveMember
+                | Service::TokenStep
+                | Service::JoinTokenStep
+        );
+        if member_only && !self.is_member(sender) {
+            return refuse("it is not a member of this node's cluster".into());
+        }
+        if service == Service::CaStep && !self.is_voter(sender) {
+            return refuse("only voters (the CA holders) take a CA rotation's steps".into());
+        }
         let answer = match service {
-            Service::RaftAppendEntries => match decode(payload) {
-                Ok(rpc) => encode(&self.raft.append_entries(rpc).await),
-                Err(refusal) => return refusal,
-            },
-            Service::RaftVote => match decode(payload) {
+            Service::RaftAppendEntries => {
+                match decode::<openraft::raft::AppendEntriesRequest<types::TypeConfig>>(payload) {
+                    Ok(rpc) if rpc.vote.leader_id().voted_for() != Some(sender) => {
+                        return refuse("the entries name another leader".into())
+                    }
+                    Ok(rpc) => encode(&self.raft.append_entries(rpc).await),
+                    Err(refusal) => return refusal,
+                }
+            }
+            Service::RaftVote => match decode::<openraft::raft::VoteRequest<NodeId>>(payload) {
+                Ok(rpc) if rpc.vote.leader_id().voted_for() != Some(sender) => {
+                    return refuse("the vote request names another candidate".into())
+                }
                 Ok(rpc) => encode(&self.raft.vote(rpc).await),
                 Err(refusal) => return refusal,
             },
-            Service::RaftInstallSnapshot => match decode(payload) {
-                Ok(rpc) => encode(&self.raft.install_snapshot(rpc).await),
-                Err(refusal) => return refusal,
-            },
+            Service::RaftInstallSnapshot => {
+                match decode::<openraft::raft::InstallSnapshotRequest<types::TypeConfig>>(payload) {
+                    Ok(rpc) if rpc.vote.leader_id().voted_for() != Some(sender) => {
+                        return refuse("the snapshot names another leader".into())
+                    }
+                    Ok(rpc) => encode(&self.raft.install_snapshot(rpc).await),
+                    Err(refusal) => return refusal,
+                }
+            }
             Service::ForwardWrite => match decode::<Proposal>(payload) {
                 Ok(proposal) => encode(&self.leader_only(self.write_here(proposal)).await),
                 Err(refusal) => return refusal,
             },
             // Joining nodes do not know the leader yet, so any member routes their admission.
             Service::Admit => match decode::<(NodeId, Member)>(payload) {
+                // A joined node asks for itself; a member forwards that request to the leader.
+                Ok((id, _)) if id != sender && !self.is_member(sender) => {
+                    return refuse(format!("a node asks admission only for itself, not {id}"))
+                }
                 Ok((id, member)) => encode(&match self.admit(id, member).await {
                     Ok(()) => Attempt::Done(()),
                     Err(error) => Attempt::Failed(error),
@@ -450,8 +524,25 @@ impl Consensus {
                 ),
                 Err(refusal) => return refusal,
             },
+            Service::JoinTokenStep => {
+                match decode::<join_tokens::JoinTokenStep>(payload) {
+                    Ok(step) => encode(
+                        &self
+                            .leader_only(self.internal_write_here(
+                                Request::JoinToken(step),
+                                "the join token change",
+                            ))
+                            .await,
+                    ),
+                    Err(refusal) => return refusal,
+                }
+            }
             Service::Ping => encode(&self.id),
-            Service::LoadReport | Service::CaStatus => {
+            Service::LoadReport
+            | Service::CaStatus
+            | Service::SignCsr
+            | Service::SignJoin
+            | Service::CaKey => {
                 return Message::Refused {
                     reason: format!("{service:?} is answered by the node, not by consensus"),
                 }

@@ -4,7 +4,7 @@
 //! applied log id with the membership. Both are written in one atomic batch per `apply`, so after
 //! a crash the events and the applied id always agree.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Cursor;
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 
@@ -15,7 +15,8 @@ use openraft::{AnyError, EntryPayload, OptionalSend, RaftSnapshotBuilder, Storag
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::ca::{apply_step, CaState};
+use crate::ca::{apply_step, CaPhase, CaState};
+use crate::join_tokens::{apply_join_token_step, JoinTokenRecord};
 use crate::log_store::{from_json, to_json};
 use crate::tokens::{apply_token_step, token_hash, TokenRecord};
 use crate::types::{
@@ -35,7 +36,7 @@ fn event_key(version: u64) -> Vec<u8> {
     [EVENT_PREFIX, &version.to_be_bytes()].concat()
 }
 
-#[derive(Default, Serialize, Deserialize)]
+#[derive(Default, Clone, Serialize, Deserialize)]
 struct Applied {
     last_applied: Option<LogId>,
     membership: StoredMembership,
@@ -45,6 +46,13 @@ struct Applied {
     /// API tokens by id, as hashes (absent in data dirs from before tokens existed).
     #[serde(default)]
     tokens: BTreeMap<String, TokenRecord>,
+    /// Join tokens by id, as hashes.
+    #[serde(default)]
+    join_tokens: BTreeMap<String, JoinTokenRecord>,
+    /// Members removed from the cluster, by id, with their names: their certificates are
+    /// refused at every handshake, and their ids are never admitted again.
+    #[serde(default)]
+    revoked: BTreeMap<NodeId, String>,
 }
 
 /// What a snapshot holds: everything needed to rebuild the state machine.
@@ -71,6 +79,7 @@ pub struct ConfigState {
     state: RwLock<State>,
     version: watch::Sender<u64>,
     ca: watch::Sender<Option<CaState>>,
+    revoked: watch::Sender<BTreeSet<NodeId>>,
     snapshots_built: std::sync::atomic::AtomicU64,
 }
 
@@ -104,11 +113,13 @@ impl ConfigState {
             History::from_events(events).map_err(|e| io(StorageIOError::read_state_machine, e))?;
         let (version, _) = watch::channel(history.version());
         let (ca, _) = watch::channel(applied.ca.clone());
+        let (revoked, _) = watch::channel(applied.revoked.keys().copied().collect());
         Ok(Arc::new(ConfigState {
             store,
             state: RwLock::new(State { applied, history }),
             version,
             ca,
+            revoked,
             snapshots_built: Default::default(),
         }))
     }
@@ -148,6 +159,32 @@ impl ConfigState {
             .cloned()
     }
 
+    /// The join tokens (hashes, expiry, uses), by id.
+    pub fn join_tokens(&self) -> Vec<JoinTokenRecord> {
+        self.read().applied.join_tokens.values().cloned().collect()
+    }
+
+    /// The record of a presented join token's secret, if the cluster holds it.
+    pub fn find_join_token(&self, secret: &[u8]) -> Option<JoinTokenRecord> {
+        let hash = token_hash(&hex::encode(secret));
+        self.read()
+            .applied
+            .join_tokens
+            .values()
+            .find(|t| t.sha256 == hash)
+            .cloned()
+    }
+
+    /// Removed members' ids and names.
+    pub fn revoked(&self) -> BTreeMap<NodeId, String> {
+        self.read().applied.revoked.clone()
+    }
+
+    /// The removed members' ids; notified when a removal is applied.
+    pub fn subscribe_revoked(&self) -> watch::Receiver<BTreeSet<NodeId>> {
+        self.revoked.subscribe()
+    }
+
     fn read(&self) -> RwLockReadGuard<'_, State> {
         // Writers replace whole fields; a poisoned lock still holds a consistent state.
         self.state.read().unwrap_or_else(|p| p.into_inner())
@@ -160,12 +197,7 @@ impl ConfigState {
     fn snapshot_data(&self) -> Result<(SnapshotMeta, Vec<u8>), StorageError> {
         let state = self.read();
         let data = SnapshotData {
-            applied: Applied {
-                last_applied: state.applied.last_applied,
-                membership: state.applied.membership.clone(),
-                ca: state.applied.ca.clone(),
-                tokens: state.applied.tokens.clone(),
-            },
+            applied: state.applied.clone(),
             events: state.history.events().to_vec(),
         };
         let n = self
@@ -229,6 +261,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut responses = Vec::new();
         let mut puts = Vec::new();
         let mut ca_changed = false;
+        let mut revoked_changed = false;
         let version = {
             let mut state = self.0.write();
             for entry in entries {
@@ -236,6 +269,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 let response = match entry.payload {
                     EntryPayload::Blank => Response::Internal,
                     EntryPayload::Membership(membership) => {
+                        let before = state.applied.membership.membership().clone();
+                        for (id, member) in before.nodes() {
+                            if membership.get_node(id).is_none() {
+                                state.applied.revoked.insert(*id, member.name.clone());
+                                revoked_changed = true;
+                            }
+                        }
                         state.applied.membership =
                             StoredMembership::new(Some(entry.log_id), membership);
                         Response::Internal
@@ -259,9 +299,19 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                             Err(error) => Response::Rejected { error },
                         }
                     }
+                    EntryPayload::Normal(Request::JoinToken(step)) => {
+                        match apply_join_token_step(&mut state.applied.join_tokens, step) {
+                            Ok(()) => Response::Internal,
+                            Err(error) => Response::Rejected { error },
+                        }
+                    }
                     EntryPayload::Normal(Request::Ca(step)) => {
                         match apply_step(state.applied.ca.as_ref(), step) {
                             Ok(ca) => {
+                                // The old join tokens pin the CA that is no longer trusted.
+                                if ca.phase == CaPhase::Finished {
+                                    state.applied.join_tokens.clear();
+                                }
                                 state.applied.ca = Some(ca);
                                 ca_changed = true;
                                 Response::Internal
@@ -288,6 +338,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         if ca_changed {
             let ca = self.0.read().applied.ca.clone();
             self.0.ca.send_replace(ca);
+        }
+        if revoked_changed {
+            let revoked = self.0.revoked().into_keys().collect();
+            self.0.revoked.send_replace(revoked);
         }
         Ok(responses)
     }
@@ -316,8 +370,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let applied = Applied {
             last_applied: meta.last_log_id,
             membership: meta.last_membership.clone(),
-            ca: data.applied.ca.clone(),
-            tokens: data.applied.tokens.clone(),
+            ..data.applied
         };
         puts.push((APPLIED.to_vec(), to_json(&applied)?));
         self.0
@@ -327,7 +380,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.0.save_snapshot(meta, &bytes).await?;
         let version = history.version();
         let ca = applied.ca.clone();
+        let revoked: BTreeSet<NodeId> = applied.revoked.keys().copied().collect();
         *self.0.write() = State { applied, history };
+        self.0.revoked.send_if_modified(|current| {
+            let changed = *current != revoked;
+            *current = revoked;
+            changed
+        });
         self.0.version.send_replace(version);
         self.0.ca.send_if_modified(|current| {
             let changed = *current != ca;

@@ -30,6 +30,8 @@ pub enum Request {
     Ca(crate::ca::CaStep),
     /// An API token created or revoked (see [`crate::tokens`]).
     Token(crate::tokens::TokenStep),
+    /// A join token created, revoked or used (see [`crate::join_tokens`]).
+    JoinToken(crate::join_tokens::JoinTokenStep),
 }
 
 /// What applying an entry produced.

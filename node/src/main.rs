@@ -60,6 +60,13 @@ enum Command {
         #[command(subcommand)]
         command: cli::tokens::TokenCommand,
     },
+    /// Create, list and revoke join tokens (what lets a new node in; they expire).
+    JoinToken {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: cli::tokens::JoinTokenCommand,
+    },
     /// Read and change the replicated config.
     Config {
         #[command(flatten)]
@@ -107,5 +114,6 @@ async fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<()> {
         Command::Ca { client, command } => cli::ca::run(&client, &command).await,
         Command::Config { client, command } => cli::config::config(&client, &command).await,
         Command::Token { client, command } => cli::tokens::run(&client, &command).await,
+        Command::JoinToken { client, command } => cli::tokens::join(&client, &command).await,
     }
 }

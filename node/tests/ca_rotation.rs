@@ -7,8 +7,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use crate::common::{cli, free_ports, Cluster, BIN};
-use apiary_wire::{Identity, Message, Service, Transport};
+use crate::common::{cli, copy_tls, free_ports, ping_with, Cluster, BIN};
 use serde_json::{json, Value};
 
 fn join_token(dir: &Path) -> String {
@@ -21,40 +20,6 @@ fn join_token(dir: &Path) -> String {
 /// The CA fingerprint inside a join token `apiary1.<fingerprint>.<secret>`.
 fn token_fingerprint(token: &str) -> String {
     token.split('.').nth(1).unwrap_or_default().to_string()
-}
-
-/// Calls a member's `Ping` over QUIC with the identity stored in `tls` (a copy of a node's
-/// `tls/` directory). The caller trusts the member's current CA (read from `member_dir`), so
-/// only the member's trust decides.
-async fn ping_with(
-    tls: &Path,
-    member_dir: &Path,
-    member: std::net::SocketAddr,
-) -> Result<Message, String> {
-    let read = |name: &str| std::fs::read(tls.join(name)).unwrap();
-    let member_ca = std::fs::read(member_dir.join("tls/ca.der")).unwrap();
-    let identity =
-        Identity::new(read("node.der"), read("node.key"), read("ca.der")).trusting([member_ca]);
-    let transport = Transport::bind("127.0.0.1:0".parse().unwrap(), &identity).unwrap();
-    let ping = Message::Request {
-        service: Service::Ping,
-        payload: b"null".to_vec(),
-    };
-    let answer = tokio::time::timeout(Duration::from_secs(5), transport.call(member, &ping)).await;
-    transport.close();
-    match answer {
-        Ok(Ok(message @ Message::Response { .. })) => Ok(message),
-        Ok(Ok(other)) => Err(format!("{other:?}")),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err("timed out".into()),
-    }
-}
-
-fn copy_tls(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for name in ["ca.der", "node.der", "node.key"] {
-        std::fs::copy(from.join("tls").join(name), to.join(name)).unwrap();
-    }
 }
 
 async fn ca_report(cluster: &Cluster, node: usize) -> Value {
@@ -91,8 +56,15 @@ async fn the_cluster_ca_rotates_in_place() {
     cluster.nodes[2].spawn();
     let (ok, out, err) = rotate(&peer, &cluster.token);
     assert!(ok, "rotate: {out}{err}");
-    let new_fingerprint = token_fingerprint(&join_token(&cluster.nodes[1].data_dir));
+    // The driver keeps the new join token; a rotation changes the join secret too.
+    let new_token = join_token(&cluster.nodes[1].data_dir);
+    let new_fingerprint = token_fingerprint(&new_token);
     assert_ne!(new_fingerprint, old_fingerprint);
+    assert_ne!(new_token.rsplit('.').next(), old_token.rsplit('.').next());
+    assert!(
+        out.contains(&new_token),
+        "the rotation prints the new join token: {out}"
+    );
     assert!(out.contains(&new_fingerprint), "{out}");
     for step in ["staging", "switching", "finishing"] {
         assert!(out.contains(step), "{out}");
@@ -103,13 +75,12 @@ async fn the_cluster_ca_rotates_in_place() {
         assert_eq!(report["fingerprint"], json!(new_fingerprint), "{report}");
         assert_eq!(report["epoch"], json!(1), "{report}");
         assert_eq!(report["phase"], json!("finished"), "{report}");
-        let token = join_token(&cluster.nodes[i].data_dir);
-        assert_eq!(token_fingerprint(&token), new_fingerprint);
-        assert_eq!(
-            token.rsplit('.').next(),
-            old_token.rsplit('.').next(),
-            "the join secret is kept"
-        );
+        if i != 1 {
+            assert!(
+                !cluster.nodes[i].data_dir.join("join-token").exists(),
+                "n{i} kept a join token of the old CA"
+            );
+        }
     }
     let (ok, out, _) = cli(&[
         "ca",
@@ -164,7 +135,8 @@ async fn the_cluster_ca_rotates_in_place() {
         "{err}"
     );
 
-    // The new join token (what add_node reads from n0) admits a node, which gets the config.
+    // The new join token admits a node (add_node reads n0's file), which gets the config.
+    std::fs::write(cluster.nodes[0].data_dir.join("join-token"), &new_token).unwrap();
     cluster.add_node("n3", &["--no-probes"]).await;
     cluster.wait_version(&[3], version).await;
 
@@ -188,7 +160,7 @@ async fn the_cluster_ca_rotates_in_place() {
     // A second rotation, now with four members.
     let (ok, out, err) = rotate(&cluster.nodes[3].url(""), &cluster.token);
     assert!(ok, "second rotation: {out}{err}");
-    let third_fingerprint = token_fingerprint(&join_token(&cluster.nodes[0].data_dir));
+    let third_fingerprint = token_fingerprint(&join_token(&cluster.nodes[3].data_dir));
     assert_ne!(third_fingerprint, new_fingerprint);
     for i in 0..4 {
         let report = ca_report(&cluster, i).await;

@@ -262,7 +262,15 @@ async fn bad_api_input_gets_clear_errors_and_the_node_goes_on() {
     let stranger_ca = apiary_wire::ClusterCa::generate("elsewhere").unwrap();
     let stranger = apiary_wire::Transport::bind(
         "127.0.0.1:0".parse().unwrap(),
-        &stranger_ca.issue_identity("mallory").unwrap(),
+        &stranger_ca
+            .issue_identity(
+                &apiary_wire::tls::NodeName {
+                    id: 1,
+                    name: "mallory".into(),
+                },
+                std::time::Duration::from_secs(3600),
+            )
+            .unwrap(),
     )
     .unwrap();
     let ping = apiary_wire::Message::Request {
@@ -285,7 +293,7 @@ async fn bad_api_input_gets_clear_errors_and_the_node_goes_on() {
     let error = apiary_wire::request_join(cluster.nodes[0].quic, &token, "mallory", csr)
         .await
         .unwrap_err();
-    assert!(error.to_string().contains("secret is wrong"), "{error}");
+    assert!(error.to_string().contains("live tokens"), "{error}");
 
     // Still serving and still writable.
     let health = cluster.get(0, "/healthz").await.unwrap();
@@ -396,10 +404,51 @@ async fn a_lost_voter_is_removed_and_a_learner_takes_its_vote() {
         "n5 starts as a learner"
     );
 
+    // Only voters hold the CA key: they fetch it from the node that made the cluster.
+    let has_key = |i: usize| cluster.nodes[i].data_dir.join("tls/ca.key").exists();
+    cluster
+        .wait_for(
+            Duration::from_secs(15),
+            "every voter to hold the CA key",
+            |c| {
+                let held = (0..5).all(|i| c.nodes[i].data_dir.join("tls/ca.key").exists());
+                async move { held.then_some(()) }
+            },
+        )
+        .await;
+    assert!(!has_key(5), "a learner holds the CA key");
+
+    let scratch = tempfile::tempdir().unwrap();
+    crate::common::copy_tls(&cluster.nodes[2].data_dir, scratch.path());
+    crate::common::ping_with(
+        scratch.path(),
+        &cluster.nodes[0].data_dir,
+        cluster.nodes[0].quic,
+    )
+    .await
+    .expect("a member's certificate is answered");
     cluster.nodes[2].kill();
     let (ok, out, err) = remove_member(&cluster, "n2");
     assert!(ok, "members remove: {out}{err}");
     assert!(out.contains("removed n2"), "{out}");
+    // Its certificate is refused at the handshake by every member from now on.
+    cluster
+        .wait_for(
+            Duration::from_secs(10),
+            "n2's certificate to be refused",
+            |c| {
+                let (tls, dir, quic) = (
+                    scratch.path().to_path_buf(),
+                    c.nodes[3].data_dir.clone(),
+                    c.nodes[3].quic,
+                );
+                async move {
+                    let answer = crate::common::ping_with(&tls, &dir, quic).await;
+                    answer.err().filter(|e| e.contains("revoked")).map(|_| ())
+                }
+            },
+        )
+        .await;
 
     let status = cluster.get(0, "/v1/cluster").await.unwrap();
     let names: Vec<&str> = status["members"]
@@ -416,6 +465,16 @@ async fn a_lost_voter_is_removed_and_a_learner_takes_its_vote() {
     let voters_now = voters(&status);
     assert_eq!(voters_now.len(), 5, "a learner took the vote: {status}");
     assert!(voters_now.contains(&"n5".to_string()), "{status}");
+    cluster
+        .wait_for(
+            Duration::from_secs(15),
+            "the promoted voter to hold the CA key",
+            |c| {
+                let held = c.nodes[5].data_dir.join("tls/ca.key").exists();
+                async move { held.then_some(()) }
+            },
+        )
+        .await;
     let (code, body) = cluster.set(3, "probe.http.sample_rate", json!(0.3)).await;
     assert_eq!(code, 200, "writes go on after the removal: {body}");
 
@@ -476,69 +535,161 @@ async fn the_voter_count_heals_when_a_learner_catches_up() {
     assert_eq!(code, 200, "writes go on with the healed quorum: {body}");
 }
 
-/// The rotation procedures of docs/operations.md: a new API token through --token-file and a
-/// restart, and a new join secret written into the member's join-token file and a restart. The
-/// old tokens stop working; the new ones work.
+/// Rotating the first tokens as docs/operations.md says: a new admin token, then the first one
+/// revoked; the first join token revoked and new ones made. Old tokens stop working on every
+/// node; a single-use join token admits one node; an expired one none; a `--token-file` token
+/// is admin on its own node only.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn api_and_join_tokens_rotate_by_file_and_restart() {
-    let mut cluster = Cluster::start(1).await;
-    let token_file = cluster.dir.path().join("new-api-token");
-    std::fs::write(&token_file, "rotated-api-token-0123456789abcdef\n").unwrap();
-    let join_file = cluster.nodes[0].data_dir.join("join-token");
-    let old_join = std::fs::read_to_string(&join_file)
+async fn the_first_tokens_are_revoked_and_join_tokens_expire_or_run_out() {
+    let mut cluster = Cluster::start(2).await;
+    let old_admin = cluster.token.clone();
+    let old_join = std::fs::read_to_string(cluster.nodes[0].data_dir.join("join-token"))
         .unwrap()
         .trim()
         .to_string();
-    let (fingerprint, _) = old_join.rsplit_once('.').unwrap();
-    let new_join = format!("{fingerprint}.{}", "5e".repeat(16));
-    std::fs::write(&join_file, format!("{new_join}\n")).unwrap();
+    assert!(
+        !cluster.nodes[1].data_dir.join("api-token").exists()
+            && !cluster.nodes[1].data_dir.join("join-token").exists(),
+        "a joined node was handed the cluster's tokens"
+    );
+    let (code, body) = cluster
+        .write(
+            1,
+            reqwest::Method::POST,
+            "/v1/tokens",
+            json!({"name": "ops", "scope": "admin"}),
+        )
+        .await;
+    assert_eq!(code, 200, "{body}");
+    let new_admin = body["token"].as_str().unwrap().to_string();
+    let tokens = cluster.get(0, "/v1/tokens").await.unwrap();
+    let initial = tokens["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"].as_str().unwrap().starts_with("initial"))
+        .unwrap_or_else(|| panic!("the first token is listed: {tokens}"));
+    let path = format!("/v1/tokens/{}", initial["id"].as_str().unwrap());
+    let (code, body) = cluster
+        .write(0, reqwest::Method::DELETE, &path, json!({}))
+        .await;
+    assert_eq!(code, 200, "{body}");
+    cluster.token = new_admin.clone();
+    for node in 0..2 {
+        let old = cluster
+            .http
+            .get(cluster.nodes[node].url("/v1/cluster"))
+            .bearer_auth(&old_admin)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            old.status(),
+            401,
+            "the revoked first token still works on n{node}"
+        );
+        assert!(cluster.get(node, "/v1/cluster").await.is_ok());
+    }
 
-    let node = &mut cluster.nodes[0];
+    let join_tokens = cluster.get(1, "/v1/join-tokens").await.unwrap();
+    let initial = join_tokens["join_tokens"][0].clone();
+    assert!(
+        initial["name"].as_str().unwrap().starts_with("initial"),
+        "{join_tokens}"
+    );
+    assert_eq!(
+        initial["uses"][0]["node_name"],
+        json!("n1"),
+        "{join_tokens}"
+    );
+    let path = format!("/v1/join-tokens/{}", initial["id"].as_str().unwrap());
+    let (code, body) = cluster
+        .write(1, reqwest::Method::DELETE, &path, json!({}))
+        .await;
+    assert_eq!(code, 200, "{body}");
+    let stale = tempfile::tempdir().unwrap();
+    let quic = cluster.nodes[0].quic.to_string();
+    let join_with = |name: &str, token: &str| {
+        let dir = stale.path().join(name);
+        cli(&[
+            "node",
+            "--no-probes",
+            "--name",
+            name,
+            "--data-dir",
+            dir.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--api",
+            "127.0.0.1:0",
+            "--otlp-grpc",
+            "off",
+            "--otlp-http",
+            "off",
+            "--join",
+            &quic,
+            "--join-token",
+            token,
+        ])
+    };
+    let (ok, _, err) = join_with("late", &old_join);
+    assert!(
+        !ok && err.contains("live tokens"),
+        "the revoked join token: {err}"
+    );
+
+    let create = |body: serde_json::Value| {
+        let cluster = &cluster;
+        async move {
+            let (code, body) = cluster
+                .write(0, reqwest::Method::POST, "/v1/join-tokens", body)
+                .await;
+            assert_eq!(code, 200, "{body}");
+            body["token"].as_str().unwrap().to_string()
+        }
+    };
+    let brief = create(json!({"name": "brief", "ttl": "1s"})).await;
+    let once = create(json!({"name": "once", "single_use": true})).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let (ok, _, err) = join_with("slow", &brief);
+    assert!(
+        !ok && err.contains("expired"),
+        "the expired join token: {err}"
+    );
+    std::fs::write(cluster.nodes[0].data_dir.join("join-token"), &once).unwrap();
+    cluster.add_node("fresh", &["--no-probes"]).await;
+    let (ok, _, err) = join_with("second", &once);
+    assert!(
+        !ok && err.contains("already used"),
+        "a single-use token twice: {err}"
+    );
+    let (code, body) = cluster
+        .write(
+            0,
+            reqwest::Method::POST,
+            "/v1/join-tokens",
+            json!({"name": "x", "ttl": "ever"}),
+        )
+        .await;
+    assert_eq!(code, 400, "{body}");
+
+    // A --token-file token: admin on its node, unknown to the others.
+    let token_file = cluster.dir.path().join("local-token");
+    std::fs::write(&token_file, "local-admin-token-0123456789abcdef\n").unwrap();
+    let node = &mut cluster.nodes[1];
     node.extra
         .extend(["--token-file".to_string(), token_file.display().to_string()]);
     node.restart();
+    cluster.token = "local-admin-token-0123456789abcdef".into();
     cluster
-        .wait_for(
-            Duration::from_secs(20),
-            "the restarted node",
-            |c| async move { c.get(0, "/healthz").await.ok() },
-        )
+        .wait_for(Duration::from_secs(20), "n1 back", |c| async move {
+            c.get(1, "/v1/cluster").await.ok()
+        })
         .await;
-
-    let (code, _) = cluster.set(0, "probe.tcp.enabled", json!(false)).await;
-    assert_eq!(code, 401, "the old API token is refused after the rotation");
-    cluster.token = "rotated-api-token-0123456789abcdef".into();
-    let (code, body) = cluster.set(0, "probe.tcp.enabled", json!(false)).await;
-    assert_eq!(code, 200, "the new API token works: {body}");
-
-    let quic = cluster.nodes[0].quic.to_string();
-    let stale = tempfile::tempdir().unwrap();
-    let (ok, _, err) = cli(&[
-        "node",
-        "--no-probes",
-        "--name",
-        "late",
-        "--data-dir",
-        stale.path().join("d").to_str().unwrap(),
-        "--listen",
-        "127.0.0.1:0",
-        "--api",
-        "127.0.0.1:0",
-        "--otlp-grpc",
-        "off",
-        "--otlp-http",
-        "off",
-        "--join",
-        &quic,
-        "--join-token",
-        &old_join,
-    ]);
     assert!(
-        !ok && err.contains("secret is wrong"),
-        "the old join token is refused: {err}"
+        cluster.get(0, "/v1/cluster").await.is_err(),
+        "n1's local token works on n0"
     );
-    // add_node reads the member's (new) join-token file.
-    cluster.add_node("fresh", &["--no-probes"]).await;
 }
 
 /// A second node on one machine given the first one's OTLP/HTTP port binds every listener

@@ -8,9 +8,15 @@ use crate::WireError;
 
 /// Bumped on incompatible changes of [`Message`]; a peer speaking another version is refused
 /// with a message that names both versions.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 /// Larger frames close the connection. Raft batches and snapshot chunks stay well below this.
 pub const MAX_FRAME_BYTES: usize = 16 * 1024 * 1024;
+/// The largest frame a peer without a cluster certificate may send: one join request (a name,
+/// a secret and a CSR take under 2 KiB).
+pub const MAX_JOIN_FRAME_BYTES: usize = 64 * 1024;
+/// Frame bodies are read in pieces of at most this size, so a peer that announces a large frame
+/// and sends nothing holds no large buffer.
+const READ_CHUNK_BYTES: usize = 64 * 1024;
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub struct Envelope {
@@ -40,6 +46,15 @@ pub enum Service {
     CaStatus,
     /// An API token created or revoked by an operator, forwarded to the leader.
     TokenStep,
+    /// A join token created, revoked or used, forwarded to the leader.
+    JoinTokenStep,
+    /// A member asks a CA holder (a voter) for a certificate for its own key and id: renewal
+    /// before expiry, and a certificate under a new CA during a rotation.
+    SignCsr,
+    /// A member that is not a CA holder forwards a joining node's request to one.
+    SignJoin,
+    /// A voter without the CA key asks a CA holder for it.
+    CaKey,
 }
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -65,17 +80,14 @@ pub enum Message {
     },
 }
 
-/// What a joining node receives: its certificate and the cluster's shared secrets, so that it
-/// can admit further nodes and accept the cluster's API token itself.
+/// What a joining node receives: its id and a certificate naming it, and the CA certificate.
+/// No CA key, no join secret and no API token: those are not a by-product of joining.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
 #[rkyv(derive(Debug))]
 pub struct JoinGrant {
     pub node_id: u64,
     pub cert_der: Vec<u8>,
     pub ca_cert_der: Vec<u8>,
-    pub ca_key_der: Vec<u8>,
-    pub join_secret: Vec<u8>,
-    pub api_token: String,
 }
 
 pub fn encode(message: &Message) -> Result<Vec<u8>, WireError> {
@@ -121,19 +133,34 @@ pub async fn write_frame(
         .map_err(WireError::io)
 }
 
-/// Reads one frame; the length is checked before any body byte is buffered.
-pub async fn read_frame(input: &mut (impl AsyncRead + Unpin)) -> Result<Message, WireError> {
+/// Reads one frame of at most `max` bytes; the length is checked before any body byte is
+/// buffered, and the buffer grows only as bytes arrive.
+pub async fn read_frame(
+    input: &mut (impl AsyncRead + Unpin),
+    max: usize,
+) -> Result<Message, WireError> {
     let mut prefix = [0u8; 4];
     input.read_exact(&mut prefix).await.map_err(WireError::io)?;
     let len = u32::from_be_bytes(prefix) as usize;
-    if len > MAX_FRAME_BYTES {
-        return Err(WireError::TooLarge {
-            len,
-            max: MAX_FRAME_BYTES,
-        });
+    if len > max {
+        return Err(WireError::TooLarge { len, max });
     }
-    let mut body = vec![0u8; len];
-    input.read_exact(&mut body).await.map_err(WireError::io)?;
+    let mut body = Vec::with_capacity(len.min(READ_CHUNK_BYTES));
+    let mut chunk = vec![0u8; len.min(READ_CHUNK_BYTES)];
+    while body.len() < len {
+        let want = (len - body.len()).min(chunk.len());
+        let got = input
+            .read(&mut chunk[..want])
+            .await
+            .map_err(WireError::io)?;
+        if got == 0 {
+            return Err(WireError::Connection(format!(
+                "the peer closed the stream after {} of {len} frame bytes",
+                body.len()
+            )));
+        }
+        body.extend_from_slice(&chunk[..got]);
+    }
     decode(&body)
 }
 
@@ -179,7 +206,25 @@ mod tests {
     #[tokio::test]
     async fn oversized_length_is_refused_before_reading() {
         let mut input: &[u8] = &((MAX_FRAME_BYTES as u32 + 1).to_be_bytes());
-        let error = read_frame(&mut input).await.unwrap_err();
+        let error = read_frame(&mut input, MAX_FRAME_BYTES).await.unwrap_err();
+        assert!(matches!(error, WireError::TooLarge { .. }), "{error}");
+    }
+
+    #[tokio::test]
+    async fn a_frame_cut_short_is_an_error_and_a_whole_one_reads_in_chunks() {
+        let big = Message::Response {
+            payload: vec![7; 3 * READ_CHUNK_BYTES + 5],
+        };
+        let bytes = encode(&big).unwrap();
+        let mut whole: &[u8] = &bytes;
+        assert_eq!(read_frame(&mut whole, MAX_FRAME_BYTES).await.unwrap(), big);
+        let mut cut: &[u8] = &bytes[..bytes.len() - 1];
+        let error = read_frame(&mut cut, MAX_FRAME_BYTES).await.unwrap_err();
+        assert!(error.to_string().contains("closed the stream"), "{error}");
+        let mut join_sized: &[u8] = &bytes;
+        let error = read_frame(&mut join_sized, MAX_JOIN_FRAME_BYTES)
+            .await
+            .unwrap_err();
         assert!(matches!(error, WireError::TooLarge { .. }), "{error}");
     }
 
@@ -191,6 +236,9 @@ mod tests {
         };
         let body = rkyv::to_bytes::<rancor::Error>(&envelope).unwrap();
         let error = decode(&body).unwrap_err().to_string();
-        assert!(error.contains("99") && error.contains('1'), "{error}");
+        assert!(
+            error.contains("99") && error.contains(&PROTOCOL_VERSION.to_string()),
+            "{error}"
+        );
     }
 }

@@ -7,7 +7,8 @@ use quinn::crypto::rustls::QuicClientConfig;
 
 use crate::frame::{JoinGrant, Message, Service};
 use crate::tls::{
-    join_client_config, new_key_and_csr, ClusterCa, Identity, JoinToken, PEER_SERVER_NAME,
+    cert_info, csr_for, join_client_config, new_key_and_csr, ClusterCa, Identity, JoinToken,
+    NodeName, DEFAULT_CERT_LIFETIME, PEER_SERVER_NAME,
 };
 use crate::{request_join, Handler, PeerInfo, Transport, WireError};
 
@@ -19,26 +20,36 @@ struct Echo {
 impl Handler for Echo {
     async fn handle(&self, peer: PeerInfo, message: Message) -> Message {
         match message {
+            Message::Request {
+                service: Service::Ping,
+                ..
+            } => Message::Response {
+                payload: peer.node_id.unwrap_or(0).to_string().into_bytes(),
+            },
             Message::Request { payload, .. } => Message::Response { payload },
             Message::JoinRequest {
                 secret,
                 node_name,
                 csr_der,
             } => {
-                assert!(!peer.member);
+                assert!(!peer.member());
                 if !self.token.secret_matches(&secret) {
                     return Message::Refused {
                         reason: "wrong join secret".into(),
                     };
                 }
-                match self.ca.issue_from_csr(&node_name, &csr_der) {
+                let node = NodeName {
+                    id: 7,
+                    name: node_name,
+                };
+                match self
+                    .ca
+                    .issue_from_csr(&node, &csr_der, DEFAULT_CERT_LIFETIME)
+                {
                     Ok(cert_der) => Message::JoinGranted(JoinGrant {
                         node_id: 7,
                         cert_der,
                         ca_cert_der: self.ca.cert_der().to_vec(),
-                        ca_key_der: vec![],
-                        join_secret: vec![],
-                        api_token: String::new(),
                     }),
                     Err(e) => Message::Refused {
                         reason: e.to_string(),
@@ -56,6 +67,18 @@ fn loopback() -> SocketAddr {
     "127.0.0.1:0".parse().unwrap()
 }
 
+fn node(id: u64, name: &str) -> NodeName {
+    NodeName {
+        id,
+        name: name.into(),
+    }
+}
+
+fn identity(ca: &ClusterCa, id: u64) -> Identity {
+    ca.issue_identity(&node(id, &format!("n{id}")), DEFAULT_CERT_LIFETIME)
+        .unwrap()
+}
+
 fn ping(payload: &[u8]) -> Message {
     Message::Request {
         service: Service::Ping,
@@ -65,7 +88,7 @@ fn ping(payload: &[u8]) -> Message {
 
 async fn server() -> (Arc<Transport>, SocketAddr, Identity, JoinToken, ClusterCa) {
     let ca = ClusterCa::generate("test").unwrap();
-    let identity = ca.issue_identity("server").unwrap();
+    let identity = identity(&ca, 1);
     let token = JoinToken::new(ca.fingerprint());
     let transport = Transport::bind(loopback(), &identity).unwrap();
     let addr = transport.local_addr().unwrap();
@@ -80,21 +103,111 @@ async fn server() -> (Arc<Transport>, SocketAddr, Identity, JoinToken, ClusterCa
 #[tokio::test]
 async fn members_exchange_requests() {
     let (_server, addr, _, _, ca) = server().await;
-    let client = Transport::bind(loopback(), &ca.issue_identity("client").unwrap()).unwrap();
+    let client = Transport::bind(loopback(), &identity(&ca, 2)).unwrap();
     for i in 0..20u8 {
-        let answer = client.call(addr, &ping(&[i])).await.unwrap();
+        let echo = Message::Request {
+            service: Service::ForwardWrite,
+            payload: vec![i],
+        };
+        let answer = client.call(addr, &echo).await.unwrap();
         assert_eq!(answer, Message::Response { payload: vec![i] });
     }
+}
+
+/// The handler learns the sender's id from its certificate, whatever a message says.
+#[tokio::test]
+async fn the_certificate_names_the_sender() {
+    let (_server, addr, _, _, ca) = server().await;
+    let client = Transport::bind(loopback(), &identity(&ca, 42)).unwrap();
+    let answer = client.call(addr, &ping(b"")).await.unwrap();
+    assert_eq!(
+        answer,
+        Message::Response {
+            payload: b"42".to_vec()
+        }
+    );
+    let info = cert_info(&identity(&ca, 43).cert).unwrap();
+    assert_eq!((info.node_id, info.name.as_str()), (Some(43), "n43"));
+    let lifetime = info
+        .not_after
+        .duration_since(std::time::SystemTime::now())
+        .unwrap();
+    assert!(lifetime > DEFAULT_CERT_LIFETIME - std::time::Duration::from_secs(60));
+    assert!(lifetime <= DEFAULT_CERT_LIFETIME);
+}
+
+/// A revoked (removed) member is refused at the handshake, and its open connection is closed.
+#[tokio::test]
+async fn denied_ids_are_refused_at_every_handshake() {
+    let (server, addr, _, _, ca) = server().await;
+    let removed = Transport::bind(loopback(), &identity(&ca, 5)).unwrap();
+    let kept = Transport::bind(loopback(), &identity(&ca, 6)).unwrap();
+    assert!(removed.call(addr, &ping(b"")).await.is_ok());
+    server.deny([5]);
+    let error = removed.call(addr, &ping(b"")).await.unwrap_err();
+    assert!(error.to_string().contains("revoked"), "{error}");
+    assert!(kept.call(addr, &ping(b"")).await.is_ok());
+    // Dialing a denied node is refused too.
+    let (other, other_addr, _, _, _) = {
+        let transport = Transport::bind(loopback(), &identity(&ca, 9)).unwrap();
+        let addr = transport.local_addr().unwrap();
+        transport.serve(Arc::new(Echo {
+            ca: ClusterCa::from_der(ca.cert_der().to_vec(), &ca.key_der()).unwrap(),
+            token: JoinToken::new(ca.fingerprint()),
+        }));
+        (transport, addr, (), (), ())
+    };
+    kept.deny([9]);
+    let error = kept.call(other_addr, &ping(b"")).await.unwrap_err();
+    assert!(
+        error.to_string().contains("removed from the cluster"),
+        "{error}"
+    );
+    other.close();
+}
+
+/// A certificate past its lifetime is refused; a renewed one (same key, new certificate) works.
+#[tokio::test]
+async fn expired_certificates_are_refused_and_renewal_keeps_the_key() {
+    let (_server, addr, _, _, ca) = server().await;
+    let short = ca
+        .issue_identity(&node(8, "short"), std::time::Duration::from_secs(1))
+        .unwrap();
+    // Validity is counted in whole seconds: wait past the second after expiry.
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let expired = Transport::bind(loopback(), &short).unwrap();
+    let answer = expired.call(addr, &ping(b"")).await;
+    assert!(
+        answer.is_err(),
+        "{answer:?} at {:?}",
+        std::time::SystemTime::now()
+    );
+    let csr = csr_for("short", &short.key_pkcs8).unwrap();
+    let renewed = ca
+        .issue_from_csr(&node(8, "short"), &csr, DEFAULT_CERT_LIFETIME)
+        .unwrap();
+    let renewed = Identity::new(renewed, short.key_pkcs8.clone(), ca.cert_der().to_vec());
+    let client = Transport::bind(loopback(), &renewed).unwrap();
+    assert!(client.call(addr, &ping(b"")).await.is_ok());
+}
+
+#[test]
+fn a_ca_key_matches_only_its_own_certificate() {
+    let ca = ClusterCa::generate("a").unwrap();
+    let other = ClusterCa::generate("b").unwrap();
+    assert!(ClusterCa::key_matches(ca.cert_der(), &ca.key_der()));
+    assert!(!ClusterCa::key_matches(ca.cert_der(), &other.key_der()));
+    assert!(!ClusterCa::key_matches(b"junk", &ca.key_der()));
 }
 
 #[tokio::test]
 async fn peer_from_another_ca_is_refused_and_server_goes_on() {
     let (_server, addr, _, _, ca) = server().await;
     let stranger_ca = ClusterCa::generate("other").unwrap();
-    let stranger = Transport::bind(loopback(), &stranger_ca.issue_identity("x").unwrap()).unwrap();
+    let stranger = Transport::bind(loopback(), &identity(&stranger_ca, 3)).unwrap();
     let error = stranger.call(addr, &ping(b"hi")).await.unwrap_err();
     assert!(matches!(error, WireError::Connection(_)), "{error}");
-    let member = Transport::bind(loopback(), &ca.issue_identity("ok").unwrap()).unwrap();
+    let member = Transport::bind(loopback(), &identity(&ca, 4)).unwrap();
     assert!(member.call(addr, &ping(b"still up")).await.is_ok());
 }
 
@@ -154,7 +267,27 @@ async fn non_member_may_only_ask_to_join() {
     assert!(matches!(error, WireError::Connection(_)), "{error}");
     let reason = connection.closed().await.to_string();
     assert!(reason.contains("only send a join request"), "{reason}");
-    let member = Transport::bind(loopback(), &ca.issue_identity("ok").unwrap()).unwrap();
+    // One join request per connection: the second stream is never answered.
+    let connection = unauthenticated_connection(addr, &token).await;
+    let (_, csr) = new_key_and_csr("twice").unwrap();
+    let join = Message::JoinRequest {
+        secret: token.secret.to_vec(),
+        node_name: "twice".into(),
+        csr_der: csr,
+    };
+    let first = crate::transport::tests_request(&connection, &join).await;
+    assert!(matches!(first, Ok(Message::JoinGranted(_))), "{first:?}");
+    let second = tokio::time::timeout(
+        std::time::Duration::from_secs(12),
+        crate::transport::tests_request(&connection, &join),
+    )
+    .await
+    .expect("the connection is closed within the join deadline");
+    assert!(
+        second.is_err(),
+        "a second join on one connection: {second:?}"
+    );
+    let member = Transport::bind(loopback(), &identity(&ca, 4)).unwrap();
     assert!(member.call(addr, &ping(b"still up")).await.is_ok());
 }
 
@@ -174,15 +307,30 @@ async fn garbage_frames_and_datagrams_close_only_that_connection() {
         .unwrap();
     send.finish().unwrap();
     let reason = connection.closed().await.to_string();
-    assert!(reason.contains("bad frame"), "{reason}");
+    assert!(reason.contains("bad join frame"), "{reason}");
     // An oversized length prefix too.
     let connection = unauthenticated_connection(addr, &token).await;
     let (mut send, _recv) = connection.open_bi().await.unwrap();
     send.write_all(&u32::MAX.to_be_bytes()).await.unwrap();
     let reason = connection.closed().await.to_string();
     assert!(reason.contains("exceeds the limit"), "{reason}");
+    // A join frame may not be large, even below the members' limit.
+    let connection = unauthenticated_connection(addr, &token).await;
+    let (mut send, _recv) = connection.open_bi().await.unwrap();
+    send.write_all(&(1u32 << 20).to_be_bytes()).await.unwrap();
+    let reason = connection.closed().await.to_string();
+    assert!(reason.contains("exceeds the limit of 65536"), "{reason}");
+    // A peer that opens a stream and sends nothing is closed at the join deadline.
+    let connection = unauthenticated_connection(addr, &token).await;
+    let (mut send, _recv) = connection.open_bi().await.unwrap();
+    send.write_all(&[0, 0]).await.unwrap();
+    let reason = tokio::time::timeout(std::time::Duration::from_secs(15), connection.closed())
+        .await
+        .expect("closed at the deadline")
+        .to_string();
+    assert!(reason.contains("within"), "{reason}");
 
-    let member = Transport::bind(loopback(), &ca.issue_identity("ok").unwrap()).unwrap();
+    let member = Transport::bind(loopback(), &identity(&ca, 4)).unwrap();
     assert!(member.call(addr, &ping(b"still up")).await.is_ok());
 }
 
@@ -210,8 +358,11 @@ async fn reload_changes_which_cas_are_trusted() {
     let (server, addr, server_identity, _, old_ca) = server().await;
     let new_ca = ClusterCa::generate("test").unwrap();
     let client_key = new_key_and_csr("client").unwrap().0;
+    let client_csr = csr_for("client", &client_key).unwrap();
     let client_identity = Identity::new(
-        new_ca.issue_for_key("client", &client_key).unwrap(),
+        new_ca
+            .issue_from_csr(&node(2, "client"), &client_csr, DEFAULT_CERT_LIFETIME)
+            .unwrap(),
         client_key,
         new_ca.cert_der().to_vec(),
     )

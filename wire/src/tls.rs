@@ -4,9 +4,11 @@ use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
 
+use std::time::{Duration, SystemTime};
+
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
-    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
@@ -19,7 +21,18 @@ use crate::WireError;
 /// host names, which change across clouds and NAT.
 pub const PEER_SERVER_NAME: &str = "apiary.peer";
 /// ALPN protocol id; bumped with incompatible wire changes.
-pub const ALPN: &[u8] = b"apiary/1";
+pub const ALPN: &[u8] = b"apiary/2";
+/// A node certificate names its node id as this URI (a SAN), so a peer's id is the
+/// certificate's, not whatever a message claims.
+const NODE_ID_URI_PREFIX: &str = "urn:apiary:node:";
+/// How long a node certificate is valid unless the signer is told otherwise; nodes renew when a
+/// third of the lifetime is left.
+pub const DEFAULT_CERT_LIFETIME: Duration = Duration::from_secs(90 * 24 * 3600);
+/// The cluster CA's own lifetime: it is replaced by rotation, not by expiry.
+const CA_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+/// Certificates start this long in the past, so a peer whose clock is a little behind accepts
+/// a fresh one.
+const CLOCK_SLACK: Duration = Duration::from_secs(300);
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
@@ -55,6 +68,7 @@ impl ClusterCa {
         params.distinguished_name = name;
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        set_validity(&mut params, CA_LIFETIME);
         let cert = params
             .self_signed(&key)
             .map_err(|e| tls_error("self-signing the CA", e))?;
@@ -85,47 +99,84 @@ impl ClusterCa {
         fingerprint(&self.cert)
     }
 
-    /// Issues a node certificate for the public key in `csr_der`. Only the key is taken from
-    /// the request; names and usages are the CA's choice.
-    pub fn issue_from_csr(&self, node_name: &str, csr_der: &[u8]) -> Result<Vec<u8>, WireError> {
+    /// Issues node `node_id` a certificate for the public key in `csr_der`, valid for
+    /// `lifetime`. Only the key is taken from the request; names, id and usages are the CA's.
+    pub fn issue_from_csr(
+        &self,
+        node: &NodeName,
+        csr_der: &[u8],
+        lifetime: Duration,
+    ) -> Result<Vec<u8>, WireError> {
         let csr = CertificateSigningRequestParams::from_der(&csr_der.to_vec().into())
-            .map_err(|e| WireError::Refused(format!("the join request's CSR is invalid: {e}")))?;
-        self.sign(node_name, &csr.public_key)
+            .map_err(|e| WireError::Refused(format!("the certificate request is invalid: {e}")))?;
+        self.sign(node, &csr.public_key, lifetime)
     }
 
     fn sign(
         &self,
-        node_name: &str,
+        node: &NodeName,
         public_key: &impl rcgen::PublicKeyData,
+        lifetime: Duration,
     ) -> Result<Vec<u8>, WireError> {
         let issuer = Issuer::from_ca_cert_der(&self.cert, &self.key)
             .map_err(|e| tls_error("loading the CA as issuer", e))?;
-        let cert = node_params(node_name)?
+        let mut params = node_params(&node.name, Some(node.id))?;
+        set_validity(&mut params, lifetime);
+        params.serial_number = Some(SerialNumber::from_slice(&rand::random::<[u8; 16]>()));
+        let cert = params
             .signed_by(public_key, &issuer)
             .map_err(|e| tls_error("signing a node certificate", e))?;
         Ok(cert.der().to_vec())
     }
 
-    /// A certificate under this CA for a key the node already has (a member re-issues its own
-    /// certificate when the cluster CA is rotated; its key does not change).
-    pub fn issue_for_key(&self, node_name: &str, key_pkcs8: &[u8]) -> Result<Vec<u8>, WireError> {
-        let key_der = PrivatePkcs8KeyDer::from(key_pkcs8.to_vec());
-        let key = KeyPair::try_from(&key_der).map_err(|e| tls_error("reading the node key", e))?;
-        self.sign(node_name, &key)
-    }
-
     /// A key and certificate for a node of this CA's cluster (used by the node that creates
     /// the cluster, which holds the CA itself).
-    pub fn issue_identity(&self, node_name: &str) -> Result<Identity, WireError> {
+    pub fn issue_identity(
+        &self,
+        node: &NodeName,
+        lifetime: Duration,
+    ) -> Result<Identity, WireError> {
         let key = KeyPair::generate().map_err(|e| tls_error("generating a node key", e))?;
-        let cert = self.sign(node_name, &key)?;
+        let cert = self.sign(node, &key, lifetime)?;
         Ok(Identity::new(cert, key.serialize_der(), self.cert.to_vec()))
+    }
+
+    /// Whether `key_pkcs8` is this CA's key (a CA key received from a peer must match the CA
+    /// certificate the cluster agreed on).
+    pub fn key_matches(cert: &[u8], key_pkcs8: &[u8]) -> bool {
+        let key_der = PrivatePkcs8KeyDer::from(key_pkcs8.to_vec());
+        let Ok(key) = KeyPair::try_from(&key_der) else {
+            return false;
+        };
+        let Ok((_, parsed)) = x509_parser::parse_x509_certificate(cert) else {
+            return false;
+        };
+        parsed.public_key().subject_public_key.data.as_ref() == key.public_key_raw()
     }
 }
 
-fn node_params(node_name: &str) -> Result<CertificateParams, WireError> {
+/// Who a node certificate is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeName {
+    pub id: u64,
+    pub name: String,
+}
+
+fn set_validity(params: &mut CertificateParams, lifetime: Duration) {
+    let now = SystemTime::now();
+    params.not_before = (now - CLOCK_SLACK).into();
+    params.not_after = (now + lifetime).into();
+}
+
+fn node_params(node_name: &str, id: Option<u64>) -> Result<CertificateParams, WireError> {
     let mut params = CertificateParams::new(vec![PEER_SERVER_NAME.to_string()])
         .map_err(|e| tls_error("building node certificate parameters", e))?;
+    if let Some(id) = id {
+        let uri = format!("{NODE_ID_URI_PREFIX}{id}")
+            .try_into()
+            .map_err(|e| tls_error("building the node id URI", e))?;
+        params.subject_alt_names.push(SanType::URI(uri));
+    }
     let mut name = DistinguishedName::new();
     name.push(DnType::CommonName, node_name);
     params.distinguished_name = name;
@@ -140,10 +191,80 @@ fn node_params(node_name: &str) -> Result<CertificateParams, WireError> {
 /// A fresh key and a certificate signing request for it; the key never leaves the node.
 pub fn new_key_and_csr(node_name: &str) -> Result<(Vec<u8>, Vec<u8>), WireError> {
     let key = KeyPair::generate().map_err(|e| tls_error("generating a node key", e))?;
-    let csr = node_params(node_name)?
-        .serialize_request(&key)
+    let csr = csr_for_key(node_name, &key)?;
+    Ok((key.serialize_der(), csr))
+}
+
+/// A certificate signing request for a key the node already has (renewal, CA rotation).
+pub fn csr_for(node_name: &str, key_pkcs8: &[u8]) -> Result<Vec<u8>, WireError> {
+    let key_der = PrivatePkcs8KeyDer::from(key_pkcs8.to_vec());
+    let key = KeyPair::try_from(&key_der).map_err(|e| tls_error("reading the node key", e))?;
+    csr_for_key(node_name, &key)
+}
+
+fn csr_for_key(node_name: &str, key: &KeyPair) -> Result<Vec<u8>, WireError> {
+    let csr = node_params(node_name, None)?
+        .serialize_request(key)
         .map_err(|e| tls_error("building the CSR", e))?;
-    Ok((key.serialize_der(), csr.der().to_vec()))
+    Ok(csr.der().to_vec())
+}
+
+/// What a node certificate says about its holder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertInfo {
+    /// The node id from the certificate's `urn:apiary:node:` SAN; `None` in a certificate
+    /// issued before ids were bound (such a peer is treated as having no identity).
+    pub node_id: Option<u64>,
+    pub name: String,
+    pub serial: String,
+    pub not_before: SystemTime,
+    pub not_after: SystemTime,
+}
+
+impl CertInfo {
+    /// When the holder should ask for a new certificate: once a third of its lifetime is left.
+    pub fn renew_at(&self) -> SystemTime {
+        let lifetime = self
+            .not_after
+            .duration_since(self.not_before + CLOCK_SLACK)
+            .unwrap_or_default();
+        self.not_after - lifetime / 3
+    }
+}
+
+/// Reads a node certificate's id, name, serial and expiry.
+pub fn cert_info(cert_der: &[u8]) -> Result<CertInfo, WireError> {
+    let (_, cert) = x509_parser::parse_x509_certificate(cert_der)
+        .map_err(|e| tls_error("parsing a certificate", e))?;
+    let node_id = cert
+        .subject_alternative_name()
+        .ok()
+        .flatten()
+        .and_then(|san| {
+            san.value.general_names.iter().find_map(|name| match name {
+                x509_parser::extensions::GeneralName::URI(uri) => uri
+                    .strip_prefix(NODE_ID_URI_PREFIX)
+                    .and_then(|id| id.parse().ok()),
+                _ => None,
+            })
+        });
+    let name = cert
+        .subject()
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let at = |time: x509_parser::time::ASN1Time| {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(time.timestamp()).unwrap_or(0))
+    };
+    Ok(CertInfo {
+        node_id,
+        name,
+        serial: hex::encode(cert.raw_serial()),
+        not_before: at(cert.validity().not_before),
+        not_after: at(cert.validity().not_after),
+    })
 }
 
 /// A node's certificate (signed by the cluster CA), its key, and the CA certificate; while the

@@ -1,28 +1,56 @@
 //! QUIC endpoint: one UDP socket per node serves peers and dials them, one bidirectional stream
 //! per request.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{Connection, Endpoint, VarInt};
+use rustls::pki_types::CertificateDer;
+use tokio::sync::Semaphore;
 
-use crate::frame::{read_frame, write_frame, JoinGrant, Message};
-use crate::tls::{join_client_config, Identity, JoinToken, PEER_SERVER_NAME};
+use crate::frame::{
+    read_frame, write_frame, JoinGrant, Message, MAX_FRAME_BYTES, MAX_JOIN_FRAME_BYTES,
+};
+use crate::tls::{cert_info, join_client_config, Identity, JoinToken, PEER_SERVER_NAME};
 use crate::WireError;
 
 /// Close code for a peer that broke the protocol (bad frame, no certificate, …).
 const CLOSE_PROTOCOL_VIOLATION: u32 = 1;
+/// Close code for a peer whose certificate was revoked (a removed member).
+const CLOSE_REVOKED: u32 = 2;
+/// A connection without a certificate sends its one join request and reads the answer within
+/// this long, or is closed.
+const JOIN_DEADLINE: Duration = Duration::from_secs(10);
+/// At most this many connections without a certificate are served at once; more are closed at
+/// once, so unauthenticated peers cannot hold the node's memory or tasks.
+const MAX_PENDING_JOINS: usize = 16;
+/// A member's request frame must arrive within this long once its stream is open.
+const STREAM_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Who sent a request.
 #[derive(Debug, Clone, Copy)]
 pub struct PeerInfo {
     pub addr: SocketAddr,
-    /// The peer presented a certificate of this cluster's CA.
-    pub member: bool,
+    /// The node id named by the peer's certificate (of this cluster's CA); `None` for a peer
+    /// without one, which may only ask to join.
+    pub node_id: Option<u64>,
+}
+
+impl PeerInfo {
+    pub fn member(&self) -> bool {
+        self.node_id.is_some()
+    }
+}
+
+/// The node id in the certificate a connection's peer presented.
+fn peer_node_id(connection: &Connection) -> Option<u64> {
+    let identity = connection.peer_identity()?;
+    let chain = identity.downcast::<Vec<CertificateDer<'static>>>().ok()?;
+    cert_info(chain.first()?).ok()?.node_id
 }
 
 /// Answers requests from peers. Only [`Message::JoinRequest`] reaches it from non-members.
@@ -46,8 +74,11 @@ pub struct Transport {
     endpoint: Endpoint,
     client: Mutex<quinn::ClientConfig>,
     connections: Mutex<HashMap<SocketAddr, Connection>>,
-    /// Connections peers opened to us, kept so a reload can close them.
+    /// Connections peers opened to us, kept so a reload or a revocation can close them.
     accepted: Arc<Mutex<Vec<Connection>>>,
+    /// Node ids whose certificates are refused at every handshake (removed members).
+    denied: Arc<RwLock<HashSet<u64>>>,
+    pending_joins: Arc<Semaphore>,
 }
 
 fn server_config(identity: &Identity) -> Result<quinn::ServerConfig, WireError> {
@@ -84,7 +115,39 @@ impl Transport {
             client: Mutex::new(client_config(identity)?),
             connections: Mutex::new(HashMap::new()),
             accepted: Arc::new(Mutex::new(Vec::new())),
+            denied: Arc::new(RwLock::new(HashSet::new())),
+            pending_joins: Arc::new(Semaphore::new(MAX_PENDING_JOINS)),
         }))
+    }
+
+    /// Refuses the certificates of `ids` from now on, and closes every open connection with
+    /// one of them.
+    pub fn deny(&self, ids: impl IntoIterator<Item = u64>) {
+        let ids: HashSet<u64> = ids.into_iter().collect();
+        let denied = |c: &Connection| peer_node_id(c).is_some_and(|id| ids.contains(&id));
+        let closing: Vec<Connection> = {
+            let mut dialed = self.lock();
+            let gone: Vec<SocketAddr> = dialed
+                .iter()
+                .filter(|(_, c)| denied(c))
+                .map(|(addr, _)| *addr)
+                .collect();
+            let mut closing: Vec<Connection> =
+                gone.iter().filter_map(|addr| dialed.remove(addr)).collect();
+            closing.extend(lock(&self.accepted).iter().filter(|c| denied(c)).cloned());
+            closing
+        };
+        *self.denied.write().unwrap_or_else(|p| p.into_inner()) = ids;
+        for connection in closing {
+            connection.close(VarInt::from_u32(CLOSE_REVOKED), b"certificate revoked");
+        }
+    }
+
+    fn is_denied(denied: &RwLock<HashSet<u64>>, id: u64) -> bool {
+        denied
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&id)
     }
 
     /// Serves and dials with `identity` from now on (a CA rotation step). The TLS configs are
@@ -114,23 +177,54 @@ impl Transport {
     pub fn serve<H: Handler>(self: &Arc<Self>, handler: Arc<H>) -> tokio::task::JoinHandle<()> {
         let endpoint = self.endpoint.clone();
         let accepted = self.accepted.clone();
+        let denied = self.denied.clone();
+        let pending_joins = self.pending_joins.clone();
         tokio::spawn(async move {
             while let Some(incoming) = endpoint.accept().await {
                 let handler = handler.clone();
                 let accepted = accepted.clone();
+                let denied = denied.clone();
+                let pending_joins = pending_joins.clone();
                 tokio::spawn(async move {
                     let addr = incoming.remote_address();
-                    match incoming.await {
-                        Ok(connection) => {
+                    let connection = match incoming.await {
+                        Ok(connection) => connection,
+                        // Wrong CA, no ALPN, garbage: the peer is told by TLS; we keep running.
+                        Err(e) => {
+                            tracing::warn!(peer = %addr, "refused QUIC connection: {e}");
+                            return;
+                        }
+                    };
+                    let peer = PeerInfo {
+                        addr,
+                        node_id: peer_node_id(&connection),
+                    };
+                    match peer.node_id {
+                        Some(id) if Self::is_denied(&denied, id) => {
+                            tracing::warn!(peer = %addr, node = id, "refused a revoked member");
+                            connection.close(
+                                VarInt::from_u32(CLOSE_REVOKED),
+                                b"this node's certificate is revoked: it was removed from the cluster; join again with a new join token and data dir",
+                            );
+                        }
+                        Some(_) => {
                             {
                                 let mut accepted = lock(&accepted);
                                 accepted.retain(|c| c.close_reason().is_none());
                                 accepted.push(connection.clone());
                             }
-                            serve_connection(connection, handler).await
+                            serve_member(connection, peer, handler).await
                         }
-                        // Wrong CA, no ALPN, garbage: the peer is told by TLS; we keep running.
-                        Err(e) => tracing::warn!(peer = %addr, "refused QUIC connection: {e}"),
+                        None => match pending_joins.try_acquire_owned() {
+                            Ok(_permit) => serve_join(connection, peer, handler).await,
+                            Err(_) => {
+                                tracing::warn!(peer = %addr, "too many joins at once; closed");
+                                connection.close(
+                                    VarInt::from_u32(CLOSE_PROTOCOL_VIOLATION),
+                                    b"too many joins in progress; retry in a second",
+                                );
+                            }
+                        },
                     }
                 });
             }
@@ -165,6 +259,21 @@ impl Transport {
             .map_err(|e| WireError::Connection(format!("cannot dial {addr}: {e}")))?
             .await
             .map_err(|e| WireError::Connection(format!("cannot connect to {addr}: {e}")))?;
+        match peer_node_id(&connection) {
+            Some(id) if Self::is_denied(&self.denied, id) => {
+                connection.close(VarInt::from_u32(CLOSE_REVOKED), b"certificate revoked");
+                return Err(WireError::Refused(format!(
+                    "{addr} presented the certificate of node {id}, which was removed from the cluster"
+                )));
+            }
+            Some(_) => {}
+            None => {
+                connection.close(VarInt::from_u32(CLOSE_PROTOCOL_VIOLATION), b"no node id");
+                return Err(WireError::Refused(format!(
+                    "{addr} presented a certificate that names no node id"
+                )));
+            }
+        }
         self.lock().insert(addr, connection.clone());
         Ok(connection)
     }
@@ -187,21 +296,37 @@ impl Transport {
 }
 
 async fn request(connection: &Connection, message: &Message) -> Result<Message, WireError> {
-    let (mut send, mut recv) = connection
-        .open_bi()
+    let exchange = async {
+        let (mut send, mut recv) = connection
+            .open_bi()
+            .await
+            .map_err(|e| WireError::Connection(e.to_string()))?;
+        write_frame(&mut send, message).await?;
+        send.finish()
+            .map_err(|e| WireError::Connection(e.to_string()))?;
+        read_frame(&mut recv, MAX_FRAME_BYTES).await
+    };
+    // A stream error only says "connection lost"; the connection says why (revoked, …).
+    exchange
         .await
-        .map_err(|e| WireError::Connection(e.to_string()))?;
-    write_frame(&mut send, message).await?;
-    send.finish()
-        .map_err(|e| WireError::Connection(e.to_string()))?;
-    read_frame(&mut recv).await
+        .map_err(|error| match connection.close_reason() {
+            Some(reason) if matches!(error, WireError::Connection(_)) => {
+                WireError::Connection(reason.to_string())
+            }
+            _ => error,
+        })
 }
 
-async fn serve_connection<H: Handler>(connection: Connection, handler: Arc<H>) {
-    let peer = PeerInfo {
-        addr: connection.remote_address(),
-        member: connection.peer_identity().is_some(),
-    };
+fn close_for(connection: &Connection, peer: &PeerInfo, reason: &str) {
+    tracing::warn!(peer = %peer.addr, "closing connection: {reason}");
+    connection.close(
+        VarInt::from_u32(CLOSE_PROTOCOL_VIOLATION),
+        reason.as_bytes(),
+    );
+}
+
+/// A member: any number of streams, one request each, each read within a deadline.
+async fn serve_member<H: Handler>(connection: Connection, peer: PeerInfo, handler: Arc<H>) {
     loop {
         let (mut send, mut recv) = match connection.accept_bi().await {
             Ok(streams) => streams,
@@ -210,32 +335,64 @@ async fn serve_connection<H: Handler>(connection: Connection, handler: Arc<H>) {
         let handler = handler.clone();
         let connection = connection.clone();
         tokio::spawn(async move {
-            let message = match read_frame(&mut recv).await {
-                Ok(message) => message,
-                Err(e) => {
-                    let reason = format!("bad frame: {e}");
-                    tracing::warn!(peer = %peer.addr, "closing connection: {reason}");
-                    connection.close(
-                        VarInt::from_u32(CLOSE_PROTOCOL_VIOLATION),
-                        reason.as_bytes(),
-                    );
+            let read =
+                tokio::time::timeout(STREAM_READ_TIMEOUT, read_frame(&mut recv, MAX_FRAME_BYTES));
+            let message = match read.await {
+                Ok(Ok(message)) => message,
+                Ok(Err(e)) => return close_for(&connection, &peer, &format!("bad frame: {e}")),
+                Err(_) => {
+                    tracing::warn!(peer = %peer.addr, "a request frame did not arrive in time");
+                    let _ = recv.stop(VarInt::from_u32(CLOSE_PROTOCOL_VIOLATION));
                     return;
                 }
             };
-            if !peer.member && !matches!(message, Message::JoinRequest { .. }) {
-                let reason = "a peer without a cluster certificate may only send a join request";
-                tracing::warn!(peer = %peer.addr, "closing connection: {reason}");
-                connection.close(
-                    VarInt::from_u32(CLOSE_PROTOCOL_VIOLATION),
-                    reason.as_bytes(),
-                );
-                return;
-            }
             let answer = handler.handle(peer, message).await;
             if write_frame(&mut send, &answer).await.is_ok() {
                 let _ = send.finish();
             }
         });
+    }
+}
+
+/// A peer without a certificate: one stream, one join request of bounded size, answered, all
+/// within [`JOIN_DEADLINE`]; then the connection is closed.
+async fn serve_join<H: Handler>(connection: Connection, peer: PeerInfo, handler: Arc<H>) {
+    let started = Instant::now();
+    let exchange = async {
+        let (mut send, mut recv) = connection.accept_bi().await.ok()?;
+        let message = match read_frame(&mut recv, MAX_JOIN_FRAME_BYTES).await {
+            Ok(message @ Message::JoinRequest { .. }) => message,
+            Ok(_) => {
+                close_for(
+                    &connection,
+                    &peer,
+                    "a peer without a cluster certificate may only send a join request",
+                );
+                return None;
+            }
+            Err(e) => {
+                close_for(&connection, &peer, &format!("bad join frame: {e}"));
+                return None;
+            }
+        };
+        let answer = handler.handle(peer, message).await;
+        write_frame(&mut send, &answer).await.ok()?;
+        send.finish().ok()?;
+        Some(())
+    };
+    match tokio::time::timeout(JOIN_DEADLINE, exchange).await {
+        Err(_) => close_for(
+            &connection,
+            &peer,
+            &format!("no join request was answered within {JOIN_DEADLINE:?}"),
+        ),
+        Ok(None) => {}
+        Ok(Some(())) => {
+            // The joiner closes once it has read the answer; wait for that, not longer.
+            let left = JOIN_DEADLINE.saturating_sub(started.elapsed());
+            let _ = tokio::time::timeout(left, connection.closed()).await;
+            connection.close(VarInt::from_u32(0), b"join answered");
+        }
     }
 }
 

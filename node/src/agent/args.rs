@@ -60,9 +60,21 @@ pub struct NodeArgs {
     /// The cluster's join token (DATA_DIR/join-token on any member).
     #[arg(long, env = "APIARY_JOIN_TOKEN", hide_env_values = true)]
     pub join_token: Option<String>,
-    /// File holding the API write token to use instead of a generated one.
+    /// File holding an admin API token: on the node that creates the cluster, its first token
+    /// instead of a generated one; on every node, a token this node accepts whatever the
+    /// replicated tokens say (rotate it by changing the file and restarting).
     #[arg(long, env = "APIARY_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
+    /// How long the certificates this node signs (as a CA holder) are valid; every node renews
+    /// its own when a third of the lifetime is left.
+    #[arg(
+        long,
+        env = "APIARY_CERT_LIFETIME",
+        default_value = "90days",
+        value_name = "DURATION",
+        value_parser = cert_lifetime
+    )]
+    pub cert_lifetime: humantime::Duration,
     /// Limit the probes to processes in a cgroup (`cgroup:/PATH`) or network namespace
     /// (`netns:NAME`); repeatable. Default: the whole machine.
     #[arg(
@@ -107,6 +119,19 @@ pub struct NodeArgs {
     /// default priority; see docs/operations.md before raising it on saturated machines.
     #[arg(long, env = "APIARY_NICE", default_value_t = 0, value_parser = niceness)]
     pub nice: u8,
+}
+
+/// `--cert-lifetime`: long enough to renew in time (renewal is checked every 2 s).
+fn cert_lifetime(text: &str) -> Result<humantime::Duration, String> {
+    let lifetime: humantime::Duration = text
+        .parse()
+        .map_err(|e| format!("{text:?} is not a duration (e.g. 90days, 720h): {e}"))?;
+    if lifetime.as_secs() < 30 {
+        return Err(format!(
+            "{text} is too short: certificates must live at least 30s (90days is the default)"
+        ));
+    }
+    Ok(lifetime)
 }
 
 /// `--nice` (and `nice` in the file, read through this same parser): 0 to 19.

@@ -1,11 +1,13 @@
 //! What a node keeps in its data dir to be itself across restarts: its id and name, its TLS
-//! identity, the cluster CA, the API token and the join token.
+//! identity, the cluster CA, and on the node that created the cluster its first tokens.
 //!
 //! ```text
 //! DATA_DIR/node.json      id, name, how it joined, whether it was admitted
-//! DATA_DIR/tls/*.der      CA certificate and key, node certificate and key (keys 0600)
-//! DATA_DIR/api-token      bearer token for the write API (0600)
-//! DATA_DIR/join-token     token that lets new nodes join (0600)
+//! DATA_DIR/tls/           ca.der, node.der, node.key (0600); ca.key on CA holders (voters)
+//!                         only; next-*.der/key while a CA rotation is staged
+//! DATA_DIR/api-token      the cluster's first admin token, on the node that created it (0600)
+//! DATA_DIR/join-token     the first join token (1 h), on the node that created the cluster,
+//!                         and the one made by a CA rotation on the node that drove it (0600)
 //! DATA_DIR/db/            sled: Raft log, vote, snapshots, applied config
 //! ```
 
@@ -15,6 +17,7 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use apiary_wire::tls::NodeName;
 use apiary_wire::{ClusterCa, Identity, JoinGrant, JoinToken};
 use serde::{Deserialize, Serialize};
 
@@ -28,13 +31,32 @@ pub struct NodeFile {
     pub admitted: bool,
 }
 
+impl NodeFile {
+    pub fn node_name(&self) -> NodeName {
+        NodeName {
+            id: self.id,
+            name: self.name.clone(),
+        }
+    }
+}
+
 /// Everything loaded from (or just written to) the data dir.
 pub struct NodeIdentity {
     pub node: NodeFile,
     pub tls: Identity,
-    pub ca: ClusterCa,
-    pub api_token: String,
-    pub join_token: JoinToken,
+    /// The cluster CA with its key, on a CA holder; `None` on the other members.
+    pub ca_key: Option<ClusterCa>,
+    /// DATA_DIR/api-token, where there is one (the node that created the cluster).
+    pub api_token: Option<String>,
+    /// DATA_DIR/join-token, where there is one.
+    pub join_token: Option<JoinToken>,
+}
+
+/// The CA of a staged rotation, as far as this node has it.
+pub struct NextCa {
+    pub ca_cert: Vec<u8>,
+    pub ca_key: Option<Vec<u8>>,
+    pub node_cert: Option<Vec<u8>>,
 }
 
 #[derive(Clone)]
@@ -78,49 +100,69 @@ impl DataDir {
         let node: NodeFile = serde_json::from_slice(&self.read("node.json")?)
             .with_context(|| format!("{} is corrupt", self.node_path().display()))?;
         let ca_cert = self.read("tls/ca.der")?;
-        let ca = ClusterCa::from_der(ca_cert.clone(), &self.read("tls/ca.key")?)?;
+        let ca_key = match self.read_optional("tls/ca.key")? {
+            Some(key) => Some(ClusterCa::from_der(ca_cert.clone(), &key)?),
+            None => None,
+        };
         let tls = Identity::new(
             self.read("tls/node.der")?,
             self.read("tls/node.key")?,
             ca_cert,
         );
-        let api_token = String::from_utf8(self.read("api-token")?)
-            .context("api-token is not text")?
-            .trim()
-            .to_string();
-        let join_token = String::from_utf8(self.read("join-token")?)
-            .context("join-token is not text")?
-            .parse()?;
+        let api_token = self
+            .read_text("api-token")?
+            .map(|text| text.trim().to_string());
+        let join_token = match self.read_text("join-token")? {
+            Some(text) => Some(text.parse()?),
+            None => None,
+        };
         Ok(NodeIdentity {
             node,
             tls,
-            ca,
+            ca_key,
             api_token,
             join_token,
         })
     }
 
-    /// A new cluster: a fresh CA, this node's certificate, and new tokens.
-    pub fn create_cluster(&self, name: &str, api_token: Option<String>) -> Result<NodeIdentity> {
+    /// A new cluster: a fresh CA, this node's certificate, and its first tokens (which the node
+    /// commits to the replicated state once the cluster runs).
+    pub fn create_cluster(
+        &self,
+        name: &str,
+        api_token: Option<String>,
+        cert_lifetime: std::time::Duration,
+    ) -> Result<NodeIdentity> {
         let ca = ClusterCa::generate(name)?;
-        let tls = ca.issue_identity(name)?;
-        let identity = NodeIdentity {
-            node: NodeFile {
-                id: rand::random::<u64>() >> 1,
-                name: name.to_string(),
-                joined_via: None,
-                admitted: true,
-            },
-            join_token: JoinToken::new(ca.fingerprint()),
-            tls,
-            ca,
-            api_token: api_token.unwrap_or_else(new_api_token),
+        let node = NodeFile {
+            id: rand::random::<u64>() >> 1,
+            name: name.to_string(),
+            joined_via: None,
+            admitted: true,
         };
-        self.save(&identity)?;
+        let tls = ca.issue_identity(&node.node_name(), cert_lifetime)?;
+        let identity = NodeIdentity {
+            node,
+            join_token: Some(JoinToken::new(ca.fingerprint())),
+            tls,
+            ca_key: Some(ca),
+            api_token: Some(api_token.unwrap_or_else(new_api_token)),
+        };
+        self.write_secret("tls/node.key", &identity.tls.key_pkcs8)?;
+        self.save_active(&identity.tls, identity.ca_key.as_ref())?;
+        if let Some(token) = &identity.api_token {
+            self.write_secret("api-token", format!("{token}\n").as_bytes())?;
+        }
+        if let Some(token) = &identity.join_token {
+            self.save_join_token(token)?;
+        }
+        // Written last: its presence means the rest is complete.
+        self.save_node(&identity.node)?;
         Ok(identity)
     }
 
-    /// Stores what a member granted this node when it joined.
+    /// Stores what a member granted this node when it joined: its id and certificate, and the
+    /// CA certificate. Nothing else comes with a join.
     pub fn save_grant(
         &self,
         name: &str,
@@ -128,15 +170,6 @@ impl DataDir {
         node_key: Vec<u8>,
         grant: JoinGrant,
     ) -> Result<NodeIdentity> {
-        let ca = ClusterCa::from_der(grant.ca_cert_der.clone(), &grant.ca_key_der)?;
-        let mut secret = [0u8; 16];
-        if grant.join_secret.len() != secret.len() {
-            bail!(
-                "the member sent a join secret of {} bytes, expected 16",
-                grant.join_secret.len()
-            );
-        }
-        secret.copy_from_slice(&grant.join_secret);
         let identity = NodeIdentity {
             node: NodeFile {
                 id: grant.node_id,
@@ -145,37 +178,97 @@ impl DataDir {
                 admitted: false,
             },
             tls: Identity::new(grant.cert_der, node_key, grant.ca_cert_der),
-            join_token: JoinToken {
-                ca_fingerprint: ca.fingerprint(),
-                secret,
-            },
-            ca,
-            api_token: grant.api_token,
+            ca_key: None,
+            api_token: None,
+            join_token: None,
         };
-        self.save(&identity)?;
+        self.write_secret("tls/node.key", &identity.tls.key_pkcs8)?;
+        self.save_active(&identity.tls, None)?;
+        self.save_node(&identity.node)?;
         Ok(identity)
     }
 
-    /// Stores the CA this node now presents, its certificate under it, and the join token for
-    /// it (a CA rotation's switch). The node key does not change.
-    pub fn save_active(
-        &self,
-        ca: &ClusterCa,
-        tls: &Identity,
-        join_token: &JoinToken,
-    ) -> Result<()> {
+    /// Stores the certificate this node presents and its CA, and the CA key where this node
+    /// holds it (removed where it does not). The node key never changes.
+    pub fn save_active(&self, tls: &Identity, ca_key: Option<&ClusterCa>) -> Result<()> {
         self.write_secret("tls/node.der", &tls.cert)?;
-        self.write_secret("tls/ca.key", &ca.key_der())?;
-        self.write_secret("tls/ca.der", ca.cert_der())?;
-        self.write_secret("join-token", format!("{join_token}\n").as_bytes())
+        self.write_secret("tls/ca.der", &tls.ca_cert)?;
+        match ca_key {
+            Some(ca) => self.write_secret("tls/ca.key", &ca.key_der()),
+            None => self.remove("tls/ca.key"),
+        }
     }
 
-    fn save(&self, identity: &NodeIdentity) -> Result<()> {
-        self.write_secret("tls/node.key", &identity.tls.key_pkcs8)?;
-        self.save_active(&identity.ca, &identity.tls, &identity.join_token)?;
-        self.write_secret("api-token", format!("{}\n", identity.api_token).as_bytes())?;
-        // Written last: its presence means the rest is complete.
-        self.save_node(&identity.node)
+    /// Stores the CA key of the CA this node presents (a voter that received it).
+    pub fn save_ca_key(&self, ca: &ClusterCa) -> Result<()> {
+        self.write_secret("tls/ca.key", &ca.key_der())
+    }
+
+    pub fn save_join_token(&self, token: &JoinToken) -> Result<()> {
+        self.write_secret("join-token", format!("{token}\n").as_bytes())
+    }
+
+    /// A join token pinning a CA no longer in use is removed, so no one copies it.
+    pub fn remove_join_token(&self) -> Result<()> {
+        self.remove("join-token")
+    }
+
+    /// What this node has of a staged rotation's CA.
+    pub fn save_next(&self, next: &NextCa) -> Result<()> {
+        self.write_secret("tls/next-ca.der", &next.ca_cert)?;
+        match &next.ca_key {
+            Some(key) => self.write_secret("tls/next-ca.key", key)?,
+            None => self.remove("tls/next-ca.key")?,
+        }
+        match &next.node_cert {
+            Some(cert) => self.write_secret("tls/next-node.der", cert),
+            None => self.remove("tls/next-node.der"),
+        }
+    }
+
+    pub fn load_next(&self) -> Result<Option<NextCa>> {
+        let Some(ca_cert) = self.read_optional("tls/next-ca.der")? else {
+            return Ok(None);
+        };
+        Ok(Some(NextCa {
+            ca_cert,
+            ca_key: self.read_optional("tls/next-ca.key")?,
+            node_cert: self.read_optional("tls/next-node.der")?,
+        }))
+    }
+
+    pub fn clear_next(&self) -> Result<()> {
+        for name in ["tls/next-ca.der", "tls/next-ca.key", "tls/next-node.der"] {
+            self.remove(name)?;
+        }
+        Ok(())
+    }
+
+    fn read_optional(&self, relative: &str) -> Result<Option<Vec<u8>>> {
+        let path = self.root.join(relative);
+        match fs::read(&path) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+        }
+    }
+
+    fn read_text(&self, relative: &str) -> Result<Option<String>> {
+        self.read_optional(relative)?
+            .map(|bytes| {
+                String::from_utf8(bytes).with_context(|| format!("{relative} is not text"))
+            })
+            .transpose()
+    }
+
+    fn remove(&self, relative: &str) -> Result<()> {
+        let path = self.root.join(relative);
+        match fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(e).with_context(|| format!("cannot remove {}", path.display()))
+            }
+            _ => Ok(()),
+        }
     }
 
     pub fn save_node(&self, node: &NodeFile) -> Result<()> {

@@ -183,8 +183,15 @@ impl Intensity {
     }
 
     /// A peer's report, from the QUIC service.
-    pub fn receive(&self, payload: &[u8]) -> Message {
+    /// A load report from member `sender`, which may report only its own load.
+    pub fn receive(&self, sender: u64, payload: &[u8]) -> Message {
         match serde_json::from_slice::<LoadReport>(payload) {
+            Ok(report) if report.node != sender => Message::Refused {
+                reason: format!(
+                    "a load report for node {} from node {sender}: a node reports only its own",
+                    report.node
+                ),
+            },
             Ok(report) if report.node != self.node => {
                 self.reports
                     .lock()

@@ -8,6 +8,10 @@ use anyhow::{bail, Context, Result};
 use apiary_consensus::{Consensus, Member, WriteError};
 use apiary_wire::{request_join, tls::new_key_and_csr, JoinToken, WireError};
 
+use apiary_consensus::join_tokens::JoinTokenStep;
+use apiary_consensus::tokens::{Scope, TokenStep};
+
+use super::admission::{join_token_record, DEFAULT_JOIN_TOKEN_TTL};
 use super::args::NodeArgs;
 use super::identity::{DataDir, NodeIdentity};
 use super::settings::ClusterSeed;
@@ -36,16 +40,16 @@ pub async fn identity(
         }
         dir.load().map(|identity| (identity, false))
     } else if let Some(via) = &args.join {
-        let token = args
-            .join_token
-            .as_deref()
-            .context("--join needs --join-token: copy DATA_DIR/join-token from any member")?;
+        let token = args.join_token.as_deref().context(
+            "--join needs --join-token: make one with `apiary join-token create` on any \
+                 member (or copy the first node's DATA_DIR/join-token within its first hour)",
+        )?;
         let token: JoinToken = token.parse()?;
         join(dir, name, via, &token)
             .await
             .map(|identity| (identity, false))
     } else {
-        dir.create_cluster(name, token_override)
+        dir.create_cluster(name, token_override, *args.cert_lifetime)
             .map(|identity| (identity, true))
     }
 }
@@ -89,6 +93,9 @@ pub async fn become_member(
     match &identity.node.joined_via {
         None => {
             consensus.bootstrap(me).await?;
+            if creating {
+                commit_first_tokens(consensus, identity).await?;
+            }
             if creating && !seed.0.is_empty() {
                 commit_seed(consensus, &identity.node.name, seed).await?;
             }
@@ -100,6 +107,35 @@ pub async fn become_member(
             dir.save_node(&node)?;
         }
         Some(_) => {}
+    }
+    Ok(())
+}
+
+/// Commits the new cluster's first tokens (DATA_DIR/api-token, admin, and DATA_DIR/join-token,
+/// for an hour) to the replicated state, so every node that joins accepts them without being
+/// given them, and an operator can revoke them like any other.
+async fn commit_first_tokens(consensus: &Consensus, identity: &NodeIdentity) -> Result<()> {
+    let node = &identity.node.name;
+    if let Some(token) = &identity.api_token {
+        let record =
+            crate::api::tokens::record("initial (DATA_DIR/api-token)", Scope::Admin, token, node);
+        consensus
+            .token_step(TokenStep::Create(record))
+            .await
+            .context("cannot record the cluster's first API token")?;
+    }
+    if let Some(token) = &identity.join_token {
+        let record = join_token_record(
+            token,
+            "initial (DATA_DIR/join-token)".into(),
+            DEFAULT_JOIN_TOKEN_TTL,
+            false,
+            node.clone(),
+        );
+        consensus
+            .join_token_step(JoinTokenStep::Create(record))
+            .await
+            .context("cannot record the cluster's first join token")?;
     }
     Ok(())
 }

@@ -33,7 +33,13 @@ impl Listeners {
     /// Binds QUIC (`--listen`), OTLP/HTTP, OTLP/gRPC and the API, in that order; each failure
     /// names the address and the flag that moves it.
     pub async fn bind(args: &NodeArgs, name: &str) -> Result<Listeners> {
-        let placeholder = ClusterCa::generate(name)?.issue_identity(name)?;
+        // Served only until the node's real identity is loaded or granted (`identify`).
+        let placeholder = apiary_wire::tls::NodeName {
+            id: 0,
+            name: name.to_string(),
+        };
+        let placeholder = ClusterCa::generate(name)?
+            .issue_identity(&placeholder, std::time::Duration::from_secs(3600))?;
         let transport = Transport::bind(args.listen, &placeholder)?;
         let otlp_http = match receiver_address("--otlp-http", &args.otlp_http, 4318)? {
             None => None,

@@ -2,6 +2,7 @@
 //! member (creating, joining or restarting), then runs the probes, the export, cooperative
 //! tuning and the HTTP API until it is stopped.
 
+pub mod admission;
 pub mod args;
 mod banner;
 pub mod ca;
@@ -63,22 +64,29 @@ pub async fn run(args: NodeArgs, seed: ClusterSeed) -> Result<()> {
     let (identity, creating) =
         join::identity(&dir, &args, &start.name, start.token.clone(), &seed).await?;
     listeners.identify(&identity.tls)?;
-    let api_token = start.token.unwrap_or_else(|| identity.api_token.clone());
-    let mesh = Mesh::start(&dir, &identity, &listeners.transport, &api_token).await?;
+    let mesh = Mesh::start(&dir, identity, &listeners.transport, &args).await?;
+    let identity = &mesh.identity;
     let me = Member {
         name: identity.node.name.clone(),
         addr: start.advertise.clone(),
     };
-    join::become_member(&mesh.consensus, &dir, &identity, me, creating, seed).await?;
+    join::become_member(&mesh.consensus, &dir, identity, me, creating, seed).await?;
 
     let probes = start_probes(&args, &mesh.consensus)?;
-    let export = start_export(&args, mesh.store, &mesh.consensus, &probes, &identity, &dir)?;
+    let export = start_export(
+        &args,
+        mesh.store.clone(),
+        &mesh.consensus,
+        &probes,
+        identity,
+        &dir,
+    )?;
     let receivers = listeners.serve_receivers(&export);
     banner::print(
-        &identity,
+        identity,
         &args,
         &start.advertise,
-        &api_token,
+        start.token.as_deref().or(identity.api_token.as_deref()),
         &dir,
         &receivers,
         &export,
@@ -94,7 +102,7 @@ pub async fn run(args: NodeArgs, seed: ClusterSeed) -> Result<()> {
         intensity,
         consensus: mesh.consensus.clone(),
         node_name: identity.node.name.clone(),
-        api_token,
+        local_token: start.token,
         api_names: args
             .api_names
             .iter()
@@ -103,7 +111,8 @@ pub async fn run(args: NodeArgs, seed: ClusterSeed) -> Result<()> {
             .collect(),
         probes,
         export: export.clone(),
-        ca: mesh.ca,
+        ca: mesh.ca.clone(),
+        data_dir: dir.clone(),
     });
     api::server::serve(
         listeners.api,
@@ -124,7 +133,7 @@ struct Start {
     name: String,
     /// The address peers dial.
     advertise: String,
-    /// The API token from `--token-file`, instead of the cluster's.
+    /// The admin token from `--token-file`, which this node accepts besides the cluster's.
     token: Option<String>,
 }
 
@@ -165,6 +174,7 @@ impl Start {
 
 /// The node's part of the mesh: its store, its consensus, its CA, answering peers over QUIC.
 struct Mesh {
+    identity: NodeIdentity,
     store: Store,
     consensus: Arc<Consensus>,
     ca: Arc<CaRuntime>,
@@ -175,9 +185,9 @@ struct Mesh {
 impl Mesh {
     async fn start(
         dir: &DataDir,
-        identity: &NodeIdentity,
+        mut identity: NodeIdentity,
         transport: &Arc<Transport>,
-        api_token: &str,
+        args: &NodeArgs,
     ) -> Result<Mesh> {
         let store = Store::open(dir.path())?;
         let consensus = Consensus::start(
@@ -189,35 +199,60 @@ impl Mesh {
         .await?;
         let ca = CaRuntime::new(
             dir.clone(),
-            identity.node.name.clone(),
+            identity.node.node_name(),
             transport.clone(),
-            apiary_wire::ClusterCa::from_der(
-                identity.ca.cert_der().to_vec(),
-                &identity.ca.key_der(),
-            )?,
             identity.tls.clone(),
-            identity.join_token.clone(),
-        );
-        // Before serving: a restart in the middle of a CA rotation trusts what the log says.
-        ca.reconcile(consensus.config_state().ca().as_ref())?;
+            identity.ca_key.take(),
+            *args.cert_lifetime,
+        )?;
+        follow_revocations(&consensus, transport);
+        // Before serving: a restart in the middle of a CA rotation trusts what the log says
+        // (as far as it can without peers; `follow` finishes the step once they answer).
+        let state = consensus.config_state().ca();
+        let reconcile = ca.reconcile(&consensus, state.as_ref());
+        if let Ok(Err(e)) | Err(e) =
+            tokio::time::timeout(std::time::Duration::from_secs(5), reconcile)
+                .await
+                .map_err(anyhow::Error::from)
+        {
+            tracing::warn!("the CA rotation step waits for a CA holder: {e:#}");
+        }
         ca.follow(&consensus);
         let intensity = Arc::new(OnceLock::new());
         transport.serve(Arc::new(PeerService {
             consensus: consensus.clone(),
             intensity: intensity.clone(),
             ca: ca.clone(),
-            api_token: api_token.to_string(),
         }));
         consensus.spawn_reachability_probe();
         consensus.spawn_voter_keeper();
         join::watch_catch_up(consensus.clone());
         Ok(Mesh {
+            identity,
             store,
             consensus,
             ca,
             intensity,
         })
     }
+}
+
+/// Refuses removed members' certificates from the moment their removal is applied here, and
+/// closes their open connections.
+fn follow_revocations(consensus: &Arc<Consensus>, transport: &Arc<Transport>) {
+    let mut updates = consensus.config_state().subscribe_revoked();
+    let transport = transport.clone();
+    transport.deny(updates.borrow_and_update().iter().copied());
+    tokio::spawn(async move {
+        while updates.changed().await.is_ok() {
+            let ids: Vec<u64> = updates.borrow_and_update().iter().copied().collect();
+            tracing::info!(
+                revoked = ids.len(),
+                "refusing removed members' certificates"
+            );
+            transport.deny(ids);
+        }
+    });
 }
 
 /// Loads and attaches the eBPF probes, unless `--no-probes`.

@@ -1,9 +1,9 @@
 //! Who may call what: bearer tokens with scopes, and the Host check.
 //!
-//! Every route names what it needs in the route table ([`Access`]). A token is the cluster's
-//! first one (DATA_DIR/api-token, admin on every node) or one created through `POST /v1/tokens`,
-//! found by its hash in the replicated state, so a token works on every node and a revocation
-//! everywhere. `api.public_read` lets reads through without a token, for an API only a trusted
+//! Every route names what it needs in the route table ([`Access`]). A token is found by its
+//! hash in the replicated state (the cluster's first one, DATA_DIR/api-token on the node that
+//! created it, and those made through `POST /v1/tokens`), so a token works on every node and a
+//! revocation everywhere; or it is this node's `--token-file` token, admin here only. `api.public_read` lets reads through without a token, for an API only a trusted
 //! network reaches; writes always need one.
 //!
 //! The Host check stops DNS rebinding: a page on another site whose name an attacker points at
@@ -72,8 +72,10 @@ pub(super) fn presented_scope(
                 "the Authorization header must be `Bearer <token>`",
             )
         })?;
-    if constant_time_eq(token.as_bytes(), state.api_token.as_bytes()) {
-        return Ok(Some(Scope::Admin));
+    if let Some(local) = &state.local_token {
+        if constant_time_eq(token.as_bytes(), local.as_bytes()) {
+            return Ok(Some(Scope::Admin));
+        }
     }
     match state.consensus.config_state().find_token(token) {
         Some(record) => Ok(Some(record.scope)),
@@ -112,8 +114,8 @@ fn refusal(state: &ApiState, headers: &HeaderMap, needed: Scope) -> Option<Respo
             StatusCode::UNAUTHORIZED,
             format!(
                 "this endpoint needs a `{needed}` token: send `Authorization: Bearer <token>`. \
-                 DATA_DIR/api-token on any node is an admin token; `apiary token create \
-                 --scope {needed} NAME` makes a narrower one"
+                 DATA_DIR/api-token on the node that created the cluster is an admin token; \
+                 `apiary token create --scope {needed} NAME` makes a narrower one"
             ),
         ),
         Ok(Some(scope)) if scope >= needed => None,

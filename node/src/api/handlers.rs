@@ -124,8 +124,24 @@ pub(super) async fn rotate_ca(State(state): State<Arc<ApiState>>) -> ApiResult {
     crate::agent::ca::rotate(&state.consensus, &state.ca, on_step)
         .await
         .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}")))?;
+    // The finish cleared every join token (they pin the old CA): one for the new CA, for an
+    // hour, shown here once and kept in this node's DATA_DIR/join-token.
+    let (token, _) = crate::agent::admission::create_join_token(
+        &state.consensus,
+        &state.ca,
+        "after CA rotation".into(),
+        crate::agent::admission::DEFAULT_JOIN_TOKEN_TTL,
+        false,
+        state.node_name.clone(),
+    )
+    .await?;
+    state
+        .data_dir
+        .save_join_token(&token)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")))?;
     let mut report = json!(crate::agent::ca::report(&state.consensus, &state.ca).await);
     report["steps"] = json!(steps.into_inner().unwrap_or_else(|p| p.into_inner()));
+    report["join_token"] = json!(token.to_string());
     Ok(Json(report))
 }
 

@@ -5,10 +5,11 @@ pub mod access;
 mod config;
 mod dashboard;
 mod handlers;
+mod join_tokens;
 pub mod metrics;
 pub mod routes;
 pub mod server;
-mod tokens;
+pub mod tokens;
 
 use std::sync::Arc;
 
@@ -31,14 +32,15 @@ pub struct ApiState {
     pub consensus: Arc<Consensus>,
     pub intensity: Arc<Intensity>,
     pub node_name: String,
-    /// The cluster's first token (DATA_DIR/api-token): an admin token every node knows.
-    pub api_token: String,
+    /// The admin token of `--token-file`, accepted on this node besides the cluster's tokens.
+    pub local_token: Option<String>,
     /// DNS names the API may be reached by besides IP literals and `localhost` (the Host
     /// header check against DNS rebinding): `--api-name` and this machine's host name.
     pub api_names: Vec<String>,
     pub probes: Option<Arc<ProbeRuntime>>,
     pub export: Arc<Export>,
     pub ca: Arc<CaRuntime>,
+    pub data_dir: crate::agent::identity::DataDir,
 }
 
 impl ApiState {

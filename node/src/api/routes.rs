@@ -8,7 +8,7 @@ use axum::routing::{on, MethodFilter, MethodRouter};
 use apiary_consensus::tokens::Scope;
 
 use super::access::Access;
-use super::{config, dashboard, handlers, tokens, ApiState};
+use super::{config, dashboard, handlers, join_tokens, tokens, ApiState};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Method {
@@ -190,6 +190,27 @@ pub const ROUTES: &[Route] = &[
         documented: true,
         access: Needs(Admin),
         handler: |m| on(m, tokens::revoke),
+    },
+    Route {
+        method: Get,
+        path: "/v1/join-tokens",
+        documented: true,
+        access: Needs(Admin),
+        handler: |m| on(m, join_tokens::list),
+    },
+    Route {
+        method: Post,
+        path: "/v1/join-tokens",
+        documented: true,
+        access: Needs(Admin),
+        handler: |m| on(m, join_tokens::create),
+    },
+    Route {
+        method: Delete,
+        path: "/v1/join-tokens/{id}",
+        documented: true,
+        access: Needs(Admin),
+        handler: |m| on(m, join_tokens::revoke),
     },
     Route {
         method: Get,

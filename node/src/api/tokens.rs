@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use apiary_api_types::{TokenCreated, TokenInfo, TokenList, TokenRequest, TokenRevoked};
-use apiary_consensus::tokens::{token_hash, TokenRecord, TokenStep};
+use apiary_consensus::tokens::{token_hash, Scope, TokenRecord, TokenStep};
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::Json;
@@ -28,6 +28,18 @@ pub(super) async fn list(State(state): State<Arc<ApiState>>) -> Json<TokenList> 
     Json(TokenList { tokens })
 }
 
+/// The record the cluster keeps of `token`: its hash, never the token.
+pub fn record(name: &str, scope: Scope, token: &str, created_by: &str) -> TokenRecord {
+    TokenRecord {
+        id: hex::encode(rand::random::<[u8; 4]>()),
+        name: name.to_string(),
+        scope,
+        sha256: token_hash(token),
+        created_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        created_by: created_by.to_string(),
+    }
+}
+
 /// Makes a token; the answer is the only place its secret ever appears.
 pub(super) async fn create(
     State(state): State<Arc<ApiState>>,
@@ -39,13 +51,10 @@ pub(super) async fn create(
     )?;
     let id = hex::encode(rand::random::<[u8; 4]>());
     let token = format!("apiary_{id}_{}", hex::encode(rand::random::<[u8; 24]>()));
+    let author = body.author.unwrap_or_else(|| "api".into());
     let record = TokenRecord {
         id: id.clone(),
-        name: body.name,
-        scope: body.scope,
-        sha256: token_hash(&token),
-        created_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
-        created_by: body.author.unwrap_or_else(|| "api".into()),
+        ..record(&body.name, body.scope, &token, &author)
     };
     let (name, scope) = (record.name.clone(), record.scope);
     state

@@ -64,8 +64,9 @@ pub async fn run(args: &ClientArgs, command: &CaCommand) -> Result<()> {
             }
             print_report(&report);
             println!(
-                "New nodes join with the new join token: DATA_DIR/join-token on any member \
-                 (the secret is unchanged; the old token's CA fingerprint no longer matches)."
+                "Every old join token is void. New nodes join with this one (1 h; also in the \
+                 DATA_DIR/join-token of the node that ran the rotation):\n{}",
+                text(&report["join_token"])
             );
             Ok(())
         }

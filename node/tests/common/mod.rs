@@ -3,7 +3,7 @@
 
 use std::cell::Cell;
 use std::net::{SocketAddr, TcpListener, UdpSocket};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -565,5 +565,40 @@ pub fn venv_tool(var: &str, relative: &str) -> Option<PathBuf> {
             .find(|p| p.exists())
     } else {
         Some(venv.join(relative)).filter(|p| p.exists())
+    }
+}
+
+/// Calls a member's `Ping` over QUIC with the identity stored in `tls` (a copy of a node's
+/// `tls/` directory). The caller trusts the member's current CA (read from `member_dir`), so
+/// only the member's trust decides.
+pub async fn ping_with(
+    tls: &Path,
+    member_dir: &Path,
+    member: std::net::SocketAddr,
+) -> Result<apiary_wire::Message, String> {
+    let read = |name: &str| std::fs::read(tls.join(name)).unwrap();
+    let member_ca = std::fs::read(member_dir.join("tls/ca.der")).unwrap();
+    let identity = apiary_wire::Identity::new(read("node.der"), read("node.key"), read("ca.der"))
+        .trusting([member_ca]);
+    let transport =
+        apiary_wire::Transport::bind("127.0.0.1:0".parse().unwrap(), &identity).unwrap();
+    let ping = apiary_wire::Message::Request {
+        service: apiary_wire::Service::Ping,
+        payload: b"null".to_vec(),
+    };
+    let answer = tokio::time::timeout(Duration::from_secs(5), transport.call(member, &ping)).await;
+    transport.close();
+    match answer {
+        Ok(Ok(message @ apiary_wire::Message::Response { .. })) => Ok(message),
+        Ok(Ok(other)) => Err(format!("{other:?}")),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("timed out".into()),
+    }
+}
+
+pub fn copy_tls(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for name in ["ca.der", "node.der", "node.key"] {
+        std::fs::copy(from.join("tls").join(name), to.join(name)).unwrap();
     }
 }

@@ -1,170 +1,21 @@
-//! The node's side of the cluster CA: which CA it presents and trusts, kept in step with the
-//! replicated rotation state ([`apiary_consensus::ca`]), and the driver that takes a rotation
-//! through its three steps.
-//!
-//! The data dir always holds the CA the node presents (`tls/ca.der`, `tls/ca.key`,
-//! `tls/node.der`) and the join token for it. The extra CA trusted during a rotation comes from
-//! the applied state, which is on disk too, so a restart in the middle of a rotation rebuilds the
-//! same trust.
+//! The rotation driver: takes the cluster through stage, switch and finish, each step only
+//! once every member has applied the one before; and the report of where each member stands.
 
-use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use apiary_consensus::ca::{CaPhase, CaState, CaStep};
 use apiary_consensus::network::call_json;
 use apiary_consensus::Consensus;
-use apiary_wire::tls::fingerprint;
-use apiary_wire::{ClusterCa, Identity, JoinToken, Message, Service, Transport};
+use apiary_wire::{ClusterCa, Message, Service};
 use serde::{Deserialize, Serialize};
 
-use super::identity::DataDir;
+use super::{hex_fingerprint, Applied, CaRuntime};
 
 /// How long the driver waits for every member to apply one step.
 const STEP_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the driver waits for every member before it proposes anything.
 const FIRST_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Which rotation step a node has applied to its transport: `(epoch, phase)`, `None` before any
-/// rotation.
-pub type Applied = Option<(u64, CaPhase)>;
-
-struct Active {
-    ca: ClusterCa,
-    tls: Identity,
-    join_token: JoinToken,
-}
-
-pub struct CaRuntime {
-    dir: DataDir,
-    node_name: String,
-    transport: Arc<Transport>,
-    active: RwLock<Active>,
-    applied: Mutex<Applied>,
-}
-
-fn hex_fingerprint(cert: &[u8]) -> String {
-    hex::encode(fingerprint(&cert.to_vec().into()))
-}
-
-impl CaRuntime {
-    pub fn new(
-        dir: DataDir,
-        node_name: String,
-        transport: Arc<Transport>,
-        ca: ClusterCa,
-        tls: Identity,
-        join_token: JoinToken,
-    ) -> Arc<Self> {
-        Arc::new(CaRuntime {
-            dir,
-            node_name,
-            transport,
-            active: RwLock::new(Active {
-                ca,
-                tls,
-                join_token,
-            }),
-            applied: Mutex::new(None),
-        })
-    }
-
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, Active> {
-        // Writers replace whole fields, so a poisoned lock still holds a usable identity.
-        self.active.read().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Runs `f` with the CA this node admits joiners under, and the join token for it.
-    pub fn with_active<T>(&self, f: impl FnOnce(&ClusterCa, &JoinToken) -> T) -> T {
-        let active = self.read();
-        f(&active.ca, &active.join_token)
-    }
-
-    pub fn fingerprint(&self) -> String {
-        hex::encode(self.read().ca.fingerprint())
-    }
-
-    pub fn applied(&self) -> Applied {
-        *self.applied.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// True between the stage and the finish of a rotation, when joins are refused: a node
-    /// admitted then would trust only one of the two CAs in use.
-    pub fn rotating(&self) -> bool {
-        matches!(
-            self.applied(),
-            Some((_, CaPhase::Staged | CaPhase::Switched))
-        )
-    }
-
-    /// Makes the data dir and the transport match the rotation state `state`: from the switch
-    /// on, present a certificate of the new CA (issued here, for this node's own key); trust
-    /// the other CA between stage and finish; close connections made under the old trust at
-    /// the finish.
-    pub fn reconcile(&self, state: Option<&CaState>) -> Result<()> {
-        let applied = state.map(|s| (s.epoch, s.phase));
-        if applied == self.applied() {
-            return Ok(());
-        }
-        let mut active = self.active.write().unwrap_or_else(|p| p.into_inner());
-        if let Some(state) = state.filter(|s| s.phase >= CaPhase::Switched) {
-            if active.ca.cert_der().as_ref() != state.cert.as_slice() {
-                let ca = ClusterCa::from_der(state.cert.clone(), &state.key)
-                    .context("the rotation's CA key is unreadable")?;
-                let cert = ca.issue_for_key(&self.node_name, &active.tls.key_pkcs8)?;
-                let tls = Identity::new(cert, active.tls.key_pkcs8.clone(), state.cert.clone());
-                let join_token = JoinToken {
-                    ca_fingerprint: ca.fingerprint(),
-                    secret: active.join_token.secret,
-                };
-                self.dir.save_active(&ca, &tls, &join_token)?;
-                *active = Active {
-                    ca,
-                    tls,
-                    join_token,
-                };
-                tracing::info!(
-                    epoch = state.epoch,
-                    fingerprint = %hex::encode(active.ca.fingerprint()),
-                    "presenting a certificate of the new cluster CA"
-                );
-            }
-        }
-        let also_trusted = match state {
-            Some(s) if s.phase == CaPhase::Staged => vec![s.cert.clone()],
-            Some(s) if s.phase == CaPhase::Switched => vec![s.previous_cert.clone()],
-            _ => Vec::new(),
-        };
-        let finishing = matches!(state, Some(s) if s.phase == CaPhase::Finished);
-        self.transport
-            .reload(&active.tls.clone().trusting(also_trusted), finishing)?;
-        *self.applied.lock().unwrap_or_else(|p| p.into_inner()) = applied;
-        if let Some(s) = state {
-            tracing::info!(epoch = s.epoch, phase = %s.phase, "applied a CA rotation step");
-        }
-        Ok(())
-    }
-
-    /// Follows the applied rotation state for as long as the node runs.
-    pub fn follow(self: &Arc<Self>, consensus: &Consensus) {
-        let mut updates = consensus.config_state().subscribe_ca();
-        let this = self.clone();
-        tokio::spawn(async move {
-            loop {
-                let state = updates.borrow_and_update().clone();
-                if let Err(e) = this.reconcile(state.as_ref()) {
-                    tracing::error!(
-                        "cannot apply the CA rotation step: {e:#}; the node keeps its current \
-                         certificates (check the data dir's tls/ directory)"
-                    );
-                }
-                if updates.changed().await.is_err() {
-                    return;
-                }
-            }
-        });
-    }
-}
 
 /// One member's answer in a rotation report.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -277,13 +128,24 @@ pub async fn rotate(
             Some(s) if s.phase == CaPhase::Staged => CaStep::Switch { epoch: s.epoch },
             Some(s) if s.phase == CaPhase::Switched => CaStep::Finish { epoch: s.epoch },
             _ => {
+                if !runtime.holds_key() && consensus.is_voter(consensus.id()) {
+                    // A voter that joined a moment ago fetches the key on its next round;
+                    // the driver does not wait for that round.
+                    let _ = super::custody::fetch_keys(runtime, consensus).await;
+                }
+                if !runtime.holds_key() {
+                    bail!(
+                        "this node does not hold the CA key: run the rotation through a voter's \
+                         API (`apiary status` shows the voters)"
+                    );
+                }
                 let ca = ClusterCa::generate(&format!("epoch {target}"))?;
-                let previous_cert = runtime.with_active(|ca, _| ca.cert_der().to_vec());
+                // The new key stays with the CA holders: voters fetch it from this node.
+                runtime.stage_new_ca(&ca)?;
                 CaStep::Stage {
                     epoch: target,
-                    previous_cert,
+                    previous_cert: runtime.ca_cert(),
                     cert: ca.cert_der().to_vec(),
-                    key: ca.key_der(),
                 }
             }
         };
