@@ -387,6 +387,21 @@ impl Consensus {
         }
         let membership = self.raft.metrics().borrow().membership_config.clone();
         let known = membership.membership().get_node(&id).cloned();
+        // Only a node a CA holder granted a certificate with a join token is admitted, so a
+        // member cannot add members of its own making.
+        let granted = self
+            .state
+            .join_tokens()
+            .iter()
+            .any(|t| t.uses.iter().any(|u| u.node_id == id));
+        if known.is_none() && !granted {
+            return Attempt::Failed(WriteError::Rejected(ConfigError::invalid(
+                "member",
+                id,
+                "a node that was granted a certificate with a join token (this id was not \
+                 granted one, or its token was revoked before it was admitted)",
+            )));
+        }
         if known.is_none() || known.as_ref() != Some(&member) {
             let add = self.raft.add_learner(id, member.clone(), true);
             match tokio::time::timeout(self.settings.write_timeout, add).await {

@@ -14,6 +14,7 @@ mod export;
 mod hybrid;
 mod intensity;
 mod partition;
+mod peers;
 mod probes;
 mod quickstart;
 mod receiver;

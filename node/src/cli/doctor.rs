@@ -27,6 +27,9 @@ pub async fn run(args: &ClientArgs) -> Result<()> {
             // Nodes from before CA rotation have no /v1/ca: nothing to check there.
             if let Ok(ca) = client.get("/v1/ca").await {
                 found.push(ca_check(&ca));
+                if ca["certificate"].is_object() {
+                    found.push(certificate_check(&ca["certificate"]));
+                }
             }
             let probes = client.get("/v1/probes").await?;
             let without_probes = probes.as_array().is_none_or(|list| {
@@ -131,6 +134,42 @@ fn ca_check(ca: &Value) -> Check {
             format!("{short}… ({} rotations)", ca["epoch"].as_u64().unwrap_or(0)),
         ),
     }
+}
+
+/// The node's own certificate: renewed in time, or how to recover from an expired one.
+fn certificate_check(cert: &Value) -> Check {
+    let expires_at = text(&cert["expires_at"]);
+    let custody = if cert["holds_ca_key"].as_bool() == Some(true) {
+        "holds the CA key (a voter)"
+    } else {
+        "does not hold the CA key"
+    };
+    let expires_in = cert["expires_in_seconds"].as_i64().unwrap_or(0);
+    if expires_in <= 0 {
+        return Check::fail(
+            "certificate",
+            format!("this node's certificate expired at {expires_at}: peers refuse it"),
+            "an expired certificate cannot be renewed: stop the node, move its data dir away, \
+             remove it (`apiary members remove NAME`) and join it again with a new join token",
+        );
+    }
+    if cert["renew_in_seconds"].as_i64().unwrap_or(0) < -60 {
+        return Check::warn(
+            "certificate",
+            format!(
+                "expires at {expires_at} and was due for renewal at {}: no voter signed a new one",
+                text(&cert["renew_at"])
+            ),
+            "check that a voter is reachable (`apiary status`); the node retries every 2 s",
+        );
+    }
+    Check::ok(
+        "certificate",
+        format!(
+            "expires {expires_at}, renewed from {}; {custody}",
+            text(&cert["renew_at"])
+        ),
+    )
 }
 
 fn probe_checks(probes: &Value) -> Vec<Check> {
@@ -239,6 +278,26 @@ mod tests {
         assert!(found
             .iter()
             .all(|c| c.status == Status::Ok || c.fix.is_some()));
+    }
+
+    #[test]
+    fn the_certificate_check_names_expiry_and_renewal() {
+        let fresh = certificate_check(&json!({"expires_at": "2027-03-01T00:00:00Z",
+            "renew_at": "2027-01-30T00:00:00Z", "expires_in_seconds": 7_000_000,
+            "renew_in_seconds": 5_000_000, "holds_ca_key": true}));
+        assert_eq!(fresh.status, Status::Ok);
+        assert!(
+            fresh.detail.contains("holds the CA key"),
+            "{}",
+            fresh.detail
+        );
+        let late = certificate_check(&json!({"expires_at": "x", "renew_at": "y",
+            "expires_in_seconds": 100, "renew_in_seconds": -3600, "holds_ca_key": false}));
+        assert_eq!(late.status, Status::Warn);
+        let expired = certificate_check(&json!({"expires_at": "x", "renew_at": "y",
+            "expires_in_seconds": -1, "renew_in_seconds": -3600, "holds_ca_key": false}));
+        assert_eq!(expired.status, Status::Fail);
+        assert!(expired.fix.unwrap().contains("join it again"));
     }
 
     #[test]

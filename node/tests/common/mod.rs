@@ -568,6 +568,16 @@ pub fn venv_tool(var: &str, relative: &str) -> Option<PathBuf> {
     }
 }
 
+/// A QUIC transport presenting the identity stored in `tls` (a copy of a node's `tls/`
+/// directory), trusting the CA a member (whose data dir is `member_dir`) uses now.
+pub fn transport_with(tls: &Path, member_dir: &Path) -> std::sync::Arc<apiary_wire::Transport> {
+    let read = |name: &str| std::fs::read(tls.join(name)).unwrap();
+    let member_ca = std::fs::read(member_dir.join("tls/ca.der")).unwrap();
+    let identity = apiary_wire::Identity::new(read("node.der"), read("node.key"), read("ca.der"))
+        .trusting([member_ca]);
+    apiary_wire::Transport::bind("127.0.0.1:0".parse().unwrap(), &identity).unwrap()
+}
+
 /// Calls a member's `Ping` over QUIC with the identity stored in `tls` (a copy of a node's
 /// `tls/` directory). The caller trusts the member's current CA (read from `member_dir`), so
 /// only the member's trust decides.
@@ -576,12 +586,7 @@ pub async fn ping_with(
     member_dir: &Path,
     member: std::net::SocketAddr,
 ) -> Result<apiary_wire::Message, String> {
-    let read = |name: &str| std::fs::read(tls.join(name)).unwrap();
-    let member_ca = std::fs::read(member_dir.join("tls/ca.der")).unwrap();
-    let identity = apiary_wire::Identity::new(read("node.der"), read("node.key"), read("ca.der"))
-        .trusting([member_ca]);
-    let transport =
-        apiary_wire::Transport::bind("127.0.0.1:0".parse().unwrap(), &identity).unwrap();
+    let transport = transport_with(tls, member_dir);
     let ping = apiary_wire::Message::Request {
         service: apiary_wire::Service::Ping,
         payload: b"null".to_vec(),

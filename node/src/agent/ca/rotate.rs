@@ -35,6 +35,43 @@ pub struct CaReport {
     pub epoch: u64,
     pub phase: Option<CaPhase>,
     pub members: Vec<MemberCa>,
+    /// This node's own certificate.
+    pub certificate: Option<CertificateReport>,
+}
+
+/// A node's certificate as `GET /v1/ca` and `apiary doctor` show it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CertificateReport {
+    pub serial: String,
+    pub expires_at: String,
+    /// When the node asks a CA holder for a new one (a third of the lifetime before expiry).
+    pub renew_at: String,
+    /// Negative once expired.
+    pub expires_in_seconds: i64,
+    pub renew_in_seconds: i64,
+    /// Whether this node holds the CA key (voters do; learners never).
+    pub holds_ca_key: bool,
+}
+
+fn seconds_from_now(at: std::time::SystemTime) -> i64 {
+    let now = std::time::SystemTime::now();
+    match at.duration_since(now) {
+        Ok(ahead) => ahead.as_secs() as i64,
+        Err(behind) => -(behind.duration().as_secs() as i64),
+    }
+}
+
+fn certificate_report(runtime: &CaRuntime) -> Option<CertificateReport> {
+    let info = apiary_wire::tls::cert_info(&runtime.node_cert()).ok()?;
+    let format = |at| humantime::format_rfc3339_seconds(at).to_string();
+    Some(CertificateReport {
+        serial: info.serial.clone(),
+        expires_at: format(info.not_after),
+        renew_at: format(info.renew_at()),
+        expires_in_seconds: seconds_from_now(info.not_after),
+        renew_in_seconds: seconds_from_now(info.renew_at()),
+        holds_ca_key: runtime.holds_key(),
+    })
 }
 
 /// Asks every member which rotation step it has applied (this node answers for itself).
@@ -81,6 +118,7 @@ pub async fn report(consensus: &Consensus, runtime: &CaRuntime) -> CaReport {
         epoch: applied.map_or(0, |a| a.0),
         phase: applied.map(|a| a.1),
         members: member_states(consensus, runtime).await,
+        certificate: certificate_report(runtime),
     }
 }
 

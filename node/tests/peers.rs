@@ -1,0 +1,207 @@
+//! The peer transport's rules on real nodes over real QUIC: a member speaks only for the id its
+//! certificate names, a certificate of the cluster's CA that is not a member's gets nothing but
+//! refusals, and certificates are renewed before they expire.
+
+use std::time::{Duration, Instant};
+
+use apiary_wire::{Message, Service, Transport};
+use serde_json::json;
+
+use crate::common::{copy_tls, transport_with, Cluster};
+
+async fn ask(
+    transport: &Transport,
+    to: std::net::SocketAddr,
+    service: Service,
+    payload: Vec<u8>,
+) -> String {
+    let message = Message::Request { service, payload };
+    match tokio::time::timeout(Duration::from_secs(5), transport.call(to, &message)).await {
+        Ok(Ok(Message::Refused { reason })) => reason,
+        other => panic!("{service:?} was not refused: {other:?}"),
+    }
+}
+
+async fn node_id(cluster: &Cluster, node: usize) -> u64 {
+    cluster.get(node, "/v1/cluster").await.unwrap()["node_id"]
+        .as_u64()
+        .unwrap()
+}
+
+/// Before the fix a member could vote, report load or ask admission in another's name, and any
+/// holder of a cluster certificate was served: each of these is refused now, with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_speaks_only_for_itself() {
+    let cluster = Cluster::start(2).await;
+    let (n0, n1) = (node_id(&cluster, 0).await, node_id(&cluster, 1).await);
+    let scratch = tempfile::tempdir().unwrap();
+    copy_tls(&cluster.nodes[1].data_dir, scratch.path());
+    let as_n1 = transport_with(scratch.path(), &cluster.nodes[0].data_dir);
+    let to = cluster.nodes[0].quic;
+
+    let vote = openraft::raft::VoteRequest::<u64>::new(openraft::Vote::new(99, n0), None);
+    let reason = ask(
+        &as_n1,
+        to,
+        Service::RaftVote,
+        serde_json::to_vec(&vote).unwrap(),
+    )
+    .await;
+    assert!(reason.contains("names another candidate"), "{reason}");
+
+    let report = json!({"node": n0, "name": "n0", "demand": 1e9, "cpu_cap": null,
+        "cpu_percent": 0.0, "configured_rate": 1.0, "rate": 1.0, "exported": 0.0});
+    let reason = ask(
+        &as_n1,
+        to,
+        Service::LoadReport,
+        report.to_string().into_bytes(),
+    )
+    .await;
+    assert!(reason.contains("reports only its own"), "{reason}");
+
+    // A member may forward a joined node's admission, but only of a node a CA holder granted
+    // a certificate with a join token.
+    let admit = json!([n0 ^ 1, {"name": "ghost", "addr": "127.0.0.1:9"}]);
+    let message = Message::Request {
+        service: Service::Admit,
+        payload: admit.to_string().into_bytes(),
+    };
+    let answer = match as_n1.call(to, &message).await {
+        Ok(Message::Response { payload }) => String::from_utf8_lossy(&payload).to_string(),
+        other => format!("{other:?}"),
+    };
+    assert!(answer.contains("was not granted"), "{answer}");
+    as_n1.close();
+
+    // A certificate of the cluster's CA for an id that is no member's (as a stolen CA key
+    // would make): no write, no removal, no CA key, no signature.
+    let ca = apiary_wire::ClusterCa::from_der(
+        std::fs::read(cluster.nodes[0].data_dir.join("tls/ca.der")).unwrap(),
+        &std::fs::read(cluster.nodes[0].data_dir.join("tls/ca.key")).unwrap(),
+    )
+    .unwrap();
+    let stranger = ca
+        .issue_identity(
+            &apiary_wire::tls::NodeName {
+                id: 4242,
+                name: "stranger".into(),
+            },
+            Duration::from_secs(3600),
+        )
+        .unwrap();
+    let stranger = Transport::bind("127.0.0.1:0".parse().unwrap(), &stranger).unwrap();
+    for service in [
+        Service::ForwardWrite,
+        Service::RemoveMember,
+        Service::TokenStep,
+    ] {
+        let reason = ask(&stranger, to, service, b"{}".to_vec()).await;
+        assert!(reason.contains("not a member"), "{service:?}: {reason}");
+    }
+    let reason = ask(&stranger, to, Service::CaKey, b"null".to_vec()).await;
+    assert!(reason.contains("not a voter"), "{reason}");
+    let reason = ask(&stranger, to, Service::CaStep, b"{}".to_vec()).await;
+    assert!(reason.contains("only voters"), "{reason}");
+    let reason = ask(
+        &stranger,
+        to,
+        Service::SignCsr,
+        json!({"ca_fingerprint": "", "csr": []})
+            .to_string()
+            .into_bytes(),
+    )
+    .await;
+    assert!(reason.contains("not a member"), "{reason}");
+    stranger.close();
+    let status = cluster.get(0, "/v1/cluster").await.unwrap();
+    let ids: Vec<u64> = status["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 2, "{status}");
+    assert!(ids.contains(&n1), "{status}");
+    let (code, body) = cluster.set(1, "probe.http.sample_rate", json!(0.5)).await;
+    assert_eq!(code, 200, "the cluster goes on: {body}");
+}
+
+/// Nodes whose certificates live 30 s renew them from a voter at two thirds of the lifetime;
+/// a node restarted after its first certificate expired reconnects with the renewed one, and
+/// `apiary doctor` shows the expiry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_are_renewed_before_they_expire() {
+    let mut cluster = Cluster::start_with(2, &["--no-probes", "--cert-lifetime", "30s"]).await;
+    let serial = |c: &Cluster, node: usize| {
+        let cert = std::fs::read(c.nodes[node].data_dir.join("tls/node.der")).unwrap();
+        apiary_wire::tls::cert_info(&cert).unwrap()
+    };
+    let first = serial(&cluster, 1);
+    let started = Instant::now();
+    cluster
+        .wait_for(
+            Duration::from_secs(40),
+            "n1 to renew its certificate",
+            |c| {
+                let renewed = serial(c, 1).serial != first.serial;
+                async move { renewed.then_some(()) }
+            },
+        )
+        .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "renewed only after expiry"
+    );
+    let renewed = serial(&cluster, 1);
+    assert_eq!(
+        renewed.node_id, first.node_id,
+        "the renewed certificate names the same node"
+    );
+    assert!(renewed.not_after > first.not_after);
+
+    // Past the first certificate's expiry, a fresh handshake with the renewed one works.
+    while std::time::SystemTime::now() < first.not_after + Duration::from_secs(2) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    cluster.nodes[1].restart();
+    cluster
+        .wait_for(
+            Duration::from_secs(30),
+            "n1 back with a leader",
+            |c| async move {
+                let status = c.get(1, "/v1/cluster").await.ok()?;
+                status["leader_name"].as_str().map(|_| ())
+            },
+        )
+        .await;
+    cluster
+        .wait_for(
+            Duration::from_secs(30),
+            "n1 to write again",
+            |c| async move {
+                let (code, _) = c.set(1, "probe.http.sample_rate", json!(0.4)).await;
+                (code == 200).then_some(())
+            },
+        )
+        .await;
+    let report = cluster.get(1, "/v1/ca").await.unwrap();
+    assert!(
+        report["certificate"]["expires_in_seconds"]
+            .as_i64()
+            .unwrap()
+            > 0,
+        "{report}"
+    );
+    let (ok, out, _) = crate::common::cli(&[
+        "doctor",
+        "--peer",
+        &cluster.nodes[1].url(""),
+        "--token",
+        &cluster.api_token(),
+    ]);
+    assert!(
+        out.contains("certificate") && out.contains("renewed from"),
+        "{ok} {out}"
+    );
+}
