@@ -192,7 +192,16 @@ async fn tokens_have_scopes_work_on_every_node_and_stop_everywhere_when_revoked(
     let listed: TokenList = serde_json::from_value(list.clone()).expect("a TokenList");
     let mut names: Vec<&str> = listed.tokens.iter().map(|t| t.name.as_str()).collect();
     names.sort();
-    assert_eq!(names, ["ci", "grafana", "prometheus"], "{list}");
+    assert_eq!(
+        names,
+        [
+            "ci",
+            "grafana",
+            "initial (DATA_DIR/api-token)",
+            "prometheus"
+        ],
+        "{list}"
+    );
     for secret in [&read, &write, &metrics] {
         assert!(
             !text.contains(secret.as_str()),
