@@ -423,6 +423,10 @@ async fn export_red_metrics(export: std::sync::Weak<Export>) {
         let Some(export) = export.upgrade() else {
             return;
         };
+        // Also when nothing is exported: /metrics and /v1/red read the same series.
+        export
+            .red
+            .expire_quiet(apiary_pipeline::transforms::red::QUIET_SERIES_EXPIRY);
         let deliveries = export.deliveries();
         if deliveries.is_empty() {
             continue;

@@ -5,24 +5,15 @@
 //! `http.server.request.duration` / `http.client.request.duration` cumulative OTLP histograms
 //! and `apiary_http_*` Prometheus series).
 
-use std::collections::{BTreeMap, HashMap};
-use std::fmt::Write;
+mod render;
+
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
+use std::time::Duration;
 
 use apiary_span::{RedDimensions, RedSchema, Span};
-use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
-use opentelemetry_proto::tonic::common::v1::InstrumentationScope;
-use opentelemetry_proto::tonic::metrics::v1::{
-    metric, AggregationTemporality, Histogram, HistogramDataPoint, Metric, ResourceMetrics,
-    ScopeMetrics,
-};
-use opentelemetry_proto::tonic::resource::v1::Resource;
 use serde::Serialize;
-
-use crate::otlp::attributes::{int_attribute, string_attribute};
-use crate::otlp::resource::ResourceInfo;
-use crate::prometheus::escape_label_value;
 
 /// Histogram bounds for HTTP durations, in seconds: the OpenTelemetry semantic conventions'
 /// advice (5 ms to 10 s) with five finer buckets below it, because the services the probes see
@@ -38,6 +29,9 @@ const BUCKETS: usize = DURATION_BOUNDS_SECONDS.len() + 1;
 /// the node's memory.
 pub const MAX_SERIES: usize = 10_000;
 pub const OVERFLOW_ROUTE: &str = "{other}";
+/// A series that counted nothing for this long is dropped (from `/v1/red`, `/metrics` and the
+/// export), so routes and services that went away free their place under [`MAX_SERIES`].
+pub const QUIET_SERIES_EXPIRY: Duration = Duration::from_secs(15 * 60);
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub struct RedKey {
@@ -71,6 +65,12 @@ pub struct RedSeries {
     pub sum_seconds: f64,
     /// Per bucket (not cumulative); the last one is `+Inf`.
     pub buckets: [u64; BUCKETS],
+    /// When the series began counting (its first request's end), for OTLP's start time.
+    #[serde(skip)]
+    pub started_unix_nanos: u64,
+    /// Its latest request's end: a series quiet for [`QUIET_SERIES_EXPIRY`] is dropped.
+    #[serde(skip)]
+    pub last_unix_nanos: u64,
 }
 
 /// Requests of one route since the node started (`GET /v1/red`).
@@ -156,6 +156,8 @@ pub struct RedMetrics {
     series: Mutex<Table>,
     /// Requests counted under `{other}` because the series limit was reached.
     pub overflowed: AtomicU64,
+    /// Series dropped after going quiet.
+    pub expired: AtomicU64,
 }
 
 impl Default for RedMetrics {
@@ -177,6 +179,7 @@ impl RedMetrics {
             start_unix_nanos: unix_nanos_now(),
             series: Mutex::new(Table::default()),
             overflowed: AtomicU64::new(0),
+            expired: AtomicU64::new(0),
         }
     }
 
@@ -189,6 +192,7 @@ impl RedMetrics {
         let kind = span.kind.as_str();
         let red = span.red();
         let seconds = span.duration_ns as f64 / 1e9;
+        let ended = span.start_unix_nanos.saturating_add(span.duration_ns);
         let bucket = DURATION_BOUNDS_SECONDS
             .iter()
             .position(|bound| seconds <= *bound)
@@ -233,7 +237,10 @@ impl RedMetrics {
                         status: red.status,
                         error: span.is_error(),
                     },
-                    RedSeries::default(),
+                    RedSeries {
+                        started_unix_nanos: ended,
+                        ..RedSeries::default()
+                    },
                 ));
                 *len += 1;
                 same_hash.len() - 1
@@ -244,6 +251,23 @@ impl RedMetrics {
         entry.errors += u64::from(key.error);
         entry.sum_seconds += seconds;
         entry.buckets[bucket] += 1;
+        entry.last_unix_nanos = entry.last_unix_nanos.max(ended);
+    }
+
+    /// Drops the series that counted nothing for `quiet_for`; returns how many.
+    pub fn expire_quiet(&self, quiet_for: Duration) -> usize {
+        let cutoff = unix_nanos_now().saturating_sub(quiet_for.as_nanos() as u64);
+        let mut table = self.lock();
+        let Table { by_hash, len, .. } = &mut *table;
+        let before = *len;
+        by_hash.retain(|_, same_hash| {
+            same_hash.retain(|(_, series)| series.last_unix_nanos >= cutoff);
+            !same_hash.is_empty()
+        });
+        *len = by_hash.values().map(Vec::len).sum();
+        let expired = before - *len;
+        self.expired.fetch_add(expired as u64, Ordering::Relaxed);
+        expired
     }
 
     /// Every series, sorted.
@@ -299,187 +323,14 @@ impl RedMetrics {
         }
         rows
     }
-
-    /// Cumulative OTLP histograms, one resource per service; `None` when nothing was counted.
-    pub fn to_otlp(&self, resource: &ResourceInfo) -> Option<ExportMetricsServiceRequest> {
-        let rows = self.snapshot();
-        if rows.is_empty() {
-            return None;
-        }
-        let now = unix_nanos_now();
-        // Per service, per protocol: the server side's points and the client side's.
-        type Points = [Vec<HistogramDataPoint>; 2];
-        let mut by_service: BTreeMap<String, Vec<(&'static RedSchema, Points)>> = BTreeMap::new();
-        for (key, series) in rows {
-            let schema = key.protocol;
-            let mut attributes = vec![
-                string_attribute(schema.operation_attribute, &key.operation),
-                string_attribute(schema.route_attribute, &key.route),
-                int_attribute(schema.status_attribute, key.status as i64),
-            ];
-            if key.error {
-                attributes.push(string_attribute("error.type", key.status.to_string()));
-            }
-            let protocols = by_service.entry(key.service.clone()).or_default();
-            let at = match protocols.iter().position(|(p, _)| std::ptr::eq(*p, schema)) {
-                Some(at) => at,
-                None => {
-                    protocols.push((schema, [Vec::new(), Vec::new()]));
-                    protocols.len() - 1
-                }
-            };
-            protocols[at].1[usize::from(key.kind == "client")].push(HistogramDataPoint {
-                attributes,
-                start_time_unix_nano: self.start_unix_nanos,
-                time_unix_nano: now,
-                count: series.count,
-                sum: Some(series.sum_seconds),
-                bucket_counts: series.buckets.to_vec(),
-                explicit_bounds: DURATION_BOUNDS_SECONDS.to_vec(),
-                ..Default::default()
-            });
-        }
-        let resource_metrics = by_service
-            .into_iter()
-            .map(|(service, protocols)| {
-                let metrics = protocols
-                    .into_iter()
-                    .flat_map(|(schema, [server, client])| {
-                        [
-                            (schema.server_metric, server),
-                            (schema.client_metric, client),
-                        ]
-                        .into_iter()
-                        .map(move |(name, points)| (schema, name, points))
-                    })
-                    .filter(|(_, _, points)| !points.is_empty())
-                    .map(|(schema, name, data_points)| Metric {
-                        name: name.into(),
-                        description: schema.metric_description.into(),
-                        unit: "s".into(),
-                        data: Some(metric::Data::Histogram(Histogram {
-                            data_points,
-                            aggregation_temporality: AggregationTemporality::Cumulative as i32,
-                        })),
-                        ..Default::default()
-                    })
-                    .collect();
-                ResourceMetrics {
-                    resource: Some(Resource {
-                        attributes: resource.attributes(&service, None),
-                        ..Default::default()
-                    }),
-                    scope_metrics: vec![ScopeMetrics {
-                        scope: Some(InstrumentationScope {
-                            name: "apiary".into(),
-                            version: env!("CARGO_PKG_VERSION").into(),
-                            ..Default::default()
-                        }),
-                        metrics,
-                        ..Default::default()
-                    }],
-                    ..Default::default()
-                }
-            })
-            .collect();
-        Some(ExportMetricsServiceRequest { resource_metrics })
-    }
-
-    /// Prometheus text, per protocol (HTTP: `apiary_http_requests_total` and
-    /// `apiary_http_request_duration_seconds`, a histogram), labelled by node, service, kind
-    /// and the protocol's three labels (HTTP: method, route, status).
-    pub fn render_prometheus(&self, node: &str, out: &mut String) {
-        let rows = self.snapshot();
-        for schema in apiary_span::RED_SCHEMAS {
-            let rows: Vec<_> = rows
-                .iter()
-                .filter(|(key, _)| std::ptr::eq(key.protocol, *schema))
-                .collect();
-            render_protocol(schema, &rows, node, out);
-        }
-        let _ = writeln!(
-            out,
-            "# HELP apiary_http_series_overflow_total Requests counted under operation and route \
-             {OVERFLOW_ROUTE} because the series limit was reached.\n# TYPE apiary_http_series_overflow_total counter"
-        );
-        let _ = writeln!(
-            out,
-            "apiary_http_series_overflow_total{{node=\"{}\"}} {}",
-            escape_label_value(node),
-            self.overflowed.load(Ordering::Relaxed)
-        );
-    }
-}
-
-fn render_protocol(
-    schema: &RedSchema,
-    rows: &[&(RedKey, RedSeries)],
-    node: &str,
-    out: &mut String,
-) {
-    let [operation, route, status] = schema.prometheus_labels;
-    let labels = |key: &RedKey| {
-        format!(
-            "node=\"{}\",service=\"{}\",kind=\"{}\",{operation}=\"{}\",{route}=\"{}\",{status}=\"{}\"",
-            escape_label_value(node),
-            escape_label_value(&key.service),
-            key.kind,
-            escape_label_value(&key.operation),
-            escape_label_value(&key.route),
-            key.status
-        )
-    };
-    let prefix = schema.prometheus_prefix;
-    let name = schema.protocol.to_uppercase();
-    let _ = writeln!(
-        out,
-        "# HELP {prefix}_requests_total {name} requests seen by the probes, counted before \
-         sampling.\n# TYPE {prefix}_requests_total counter"
-    );
-    for (key, series) in rows {
-        let _ = writeln!(
-            out,
-            "{prefix}_requests_total{{{}}} {}",
-            labels(key),
-            series.count
-        );
-    }
-    let _ = writeln!(
-        out,
-        "# HELP {prefix}_request_duration_seconds Duration of {name} requests seen by the \
-         probes, counted before sampling.\n# TYPE {prefix}_request_duration_seconds histogram"
-    );
-    for (key, series) in rows {
-        let labels = labels(key);
-        let mut cumulative = 0;
-        for (i, count) in series.buckets.iter().enumerate() {
-            cumulative += count;
-            let le = DURATION_BOUNDS_SECONDS
-                .get(i)
-                .map(|b| b.to_string())
-                .unwrap_or_else(|| "+Inf".into());
-            let _ = writeln!(
-                out,
-                "{prefix}_request_duration_seconds_bucket{{{labels},le=\"{le}\"}} {cumulative}"
-            );
-        }
-        let _ = writeln!(
-            out,
-            "{prefix}_request_duration_seconds_sum{{{labels}}} {}",
-            series.sum_seconds
-        );
-        let _ = writeln!(
-            out,
-            "{prefix}_request_duration_seconds_count{{{labels}}} {}",
-            series.count
-        );
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::otlp::resource::ResourceInfo;
     use apiary_span::SpanKind;
+    use opentelemetry_proto::tonic::metrics::v1::metric;
 
     fn span(status: u16, duration_ns: u64, sampled: bool) -> Span {
         let mut span = apiary_span::testing::http_span(SpanKind::Server, "GET", "/cart/7", status);
@@ -580,6 +431,42 @@ mod tests {
         red.render_prometheus("n1", &mut text);
         assert!(text.contains("apiary_http_requests_total{node=\"n1\",service=\"shop\",kind=\"server\",method=\"GET\",route=\"/cart/{id}\",status=\"503\"} 1"));
         assert!(text.contains("le=\"+Inf\"} 2"));
+    }
+
+    /// Series that went quiet leave, and free their room under the cap for new routes.
+    #[test]
+    fn quiet_series_expire_and_free_their_place() {
+        let red = RedMetrics::new();
+        let now = unix_nanos_now();
+        let hour = 3600 * 1_000_000_000;
+        for i in 0..MAX_SERIES {
+            let mut old = span(200, 1_000, false);
+            old.http_mut().route = format!("/gone/{i}");
+            old.start_unix_nanos = now - hour;
+            red.record(&old);
+        }
+        let mut live = span(200, 1_000, false);
+        live.start_unix_nanos = now;
+        red.record(&live);
+        assert_eq!(
+            red.snapshot().len(),
+            MAX_SERIES + 1,
+            "the live route overflowed"
+        );
+        assert_eq!(red.expire_quiet(QUIET_SERIES_EXPIRY), MAX_SERIES);
+        let rows = red.snapshot();
+        assert_eq!(rows.len(), 1, "only the live series is left");
+        assert_eq!(rows[0].0.route, OVERFLOW_ROUTE);
+        let mut new = span(200, 1_000, false);
+        new.start_unix_nanos = now;
+        new.http_mut().route = "/new".into();
+        red.record(&new);
+        assert!(
+            red.snapshot().iter().any(|(k, _)| k.route == "/new"),
+            "a new route gets its own series again"
+        );
+        assert_eq!(red.expired.load(Ordering::Relaxed), MAX_SERIES as u64);
+        assert_eq!(red.expire_quiet(QUIET_SERIES_EXPIRY), 0);
     }
 
     #[test]
