@@ -31,6 +31,35 @@ pub struct NodeFile {
     pub admitted: bool,
 }
 
+impl NodeIdentity {
+    /// A data dir from before certificates named node ids (wire protocol 1, when every member
+    /// held the CA key): the node signs itself a certificate that names its id, for its own key.
+    pub fn upgrade_certificate(
+        &mut self,
+        dir: &DataDir,
+        lifetime: std::time::Duration,
+    ) -> Result<()> {
+        let info = apiary_wire::tls::cert_info(&self.tls.cert)?;
+        if info.node_id == Some(self.node.id) {
+            return Ok(());
+        }
+        let Some(ca) = &self.ca_key else {
+            bail!(
+                "this node's certificate does not name its node id {} (it was made by an older \
+                 Apiary) and this node holds no CA key to renew it: move the data dir away and \
+                 join the node again with a join token",
+                self.node.id
+            );
+        };
+        let csr = apiary_wire::tls::csr_for(&self.node.name, &self.tls.key_pkcs8)?;
+        let cert = ca.issue_from_csr(&self.node.node_name(), &csr, lifetime)?;
+        self.tls = Identity::new(cert, self.tls.key_pkcs8.clone(), self.tls.ca_cert.to_vec());
+        dir.save_active(&self.tls, Some(ca))?;
+        tracing::info!("renewed this node's certificate to name its node id (upgrade)");
+        Ok(())
+    }
+}
+
 impl NodeFile {
     pub fn node_name(&self) -> NodeName {
         NodeName {

@@ -38,7 +38,9 @@ pub async fn identity(
         if args.join.is_some() {
             tracing::info!("this data dir already belongs to a cluster; --join is ignored");
         }
-        dir.load().map(|identity| (identity, false))
+        let mut identity = dir.load()?;
+        identity.upgrade_certificate(dir, *args.cert_lifetime)?;
+        Ok((identity, false))
     } else if let Some(via) = &args.join {
         let token = args.join_token.as_deref().context(
             "--join needs --join-token: make one with `apiary join-token create` on any \
