@@ -111,6 +111,16 @@ pub fn apply_join_token_step(
             node_name,
             at_unix,
         } => {
+            if tokens
+                .values()
+                .any(|t| t.uses.iter().any(|u| u.node_id == node_id))
+            {
+                return Err(invalid(
+                    "join_token.node_id",
+                    node_id,
+                    "an id no join granted before (the holder picks a new one)",
+                ));
+            }
             let Some(token) = tokens.get_mut(&id) else {
                 return Err(invalid(
                     "join_token",

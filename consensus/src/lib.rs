@@ -450,6 +450,17 @@ impl Consensus {
             .is_some()
     }
 
+    fn knows_any_member(&self) -> bool {
+        let metrics = self.raft.metrics().borrow().clone();
+        let known = metrics
+            .membership_config
+            .membership()
+            .nodes()
+            .next()
+            .is_some();
+        known
+    }
+
     /// Whether `id` is a voter in this node's current membership: the voters hold the CA key.
     pub fn is_voter(&self, id: NodeId) -> bool {
         let metrics = self.raft.metrics().borrow().clone();
@@ -478,6 +489,21 @@ impl Consensus {
         }
         if service == Service::CaStep && !self.is_voter(sender) {
             return refuse("only voters (the CA holders) take a CA rotation's steps".into());
+        }
+        // A vote request from a node this one does not know as a voter is refused (a refused
+        // vote costs nothing). Entries and snapshots come only from a member this node knows,
+        // or to a node that knows no member yet (a new learner's first contact): a member that
+        // missed the entry making the leader a member must rejoin.
+        let knows_members = self.knows_any_member();
+        let from_a_member = self.is_member(sender) || !knows_members;
+        match service {
+            Service::RaftVote if !self.is_voter(sender) => {
+                return refuse("only voters stand for election".into())
+            }
+            Service::RaftAppendEntries | Service::RaftInstallSnapshot if !from_a_member => {
+                return refuse("it is not a member of this node's cluster".into())
+            }
+            _ => {}
         }
         let answer = match service {
             Service::RaftAppendEntries => {

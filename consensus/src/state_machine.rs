@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::ca::{apply_step, CaPhase, CaState};
-use crate::join_tokens::{apply_join_token_step, JoinTokenRecord};
+use crate::join_tokens::{apply_join_token_step, JoinTokenRecord, JoinTokenStep};
 use crate::log_store::{from_json, to_json};
 use crate::tokens::{apply_token_step, token_hash, TokenRecord};
 use crate::types::{
@@ -300,7 +300,23 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         }
                     }
                     EntryPayload::Normal(Request::JoinToken(step)) => {
-                        match apply_join_token_step(&mut state.applied.join_tokens, step) {
+                        // A use may not name a member or a removed node: a forged step must
+                        // not make an existing id look granted.
+                        let taken = |id: &NodeId| {
+                            state.applied.membership.membership().get_node(id).is_some()
+                                || state.applied.revoked.contains_key(id)
+                        };
+                        let result = match &step {
+                            JoinTokenStep::Use { node_id, .. } if taken(node_id) => {
+                                Err(apiary_config::ConfigError::invalid(
+                                    "join_token.node_id",
+                                    node_id,
+                                    "a new node id (this one is a member's or a removed node's)",
+                                ))
+                            }
+                            _ => apply_join_token_step(&mut state.applied.join_tokens, step),
+                        };
+                        match result {
                             Ok(()) => Response::Internal,
                             Err(error) => Response::Rejected { error },
                         }

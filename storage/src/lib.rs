@@ -358,7 +358,18 @@ mod tests {
             queue.ack(first).unwrap();
             assert_eq!(queue.bytes().unwrap(), 5);
         }
-        let store = Store::open(dir.path()).unwrap();
+        // sled's flusher thread may hold the file lock a moment after the drop.
+        let reopen = || Store::open(dir.path());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let store = loop {
+            match reopen() {
+                Ok(store) => break store,
+                Err(_) if std::time::Instant::now() < deadline => {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await
+                }
+                Err(e) => panic!("cannot reopen the store: {e}"),
+            }
+        };
         let queue = store.queue("otlp").unwrap();
         let items = queue.peek(10).unwrap();
         let values: Vec<&[u8]> = items.iter().map(|(_, v)| v.as_slice()).collect();

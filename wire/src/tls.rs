@@ -209,6 +209,30 @@ fn csr_for_key(node_name: &str, key: &KeyPair) -> Result<Vec<u8>, WireError> {
     Ok(csr.der().to_vec())
 }
 
+/// Checks that `identity`'s certificate is for its key and chains to its CA, valid now.
+pub fn check_identity(identity: &Identity) -> Result<(), WireError> {
+    let key = KeyPair::try_from(&PrivatePkcs8KeyDer::from(identity.key_pkcs8.clone()))
+        .map_err(|e| tls_error("reading the node key", e))?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&identity.cert)
+        .map_err(|e| tls_error("parsing the certificate", e))?;
+    if cert.public_key().subject_public_key.data.as_ref() != key.public_key_raw() {
+        return Err(WireError::Tls(
+            "the certificate is not for this node's key".into(),
+        ));
+    }
+    let mut roots = RootCertStore::empty();
+    roots
+        .add(identity.ca_cert.clone())
+        .map_err(|e| tls_error("reading the CA certificate", e))?;
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+        .build()
+        .map_err(|e| tls_error("building a verifier", e))?;
+    verifier
+        .verify_client_cert(&identity.cert, &[], UnixTime::now())
+        .map_err(|e| tls_error("the certificate does not verify under the CA", e))?;
+    Ok(())
+}
+
 /// What a node certificate says about its holder.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CertInfo {

@@ -124,6 +124,9 @@ impl Transport {
     /// one of them.
     pub fn deny(&self, ids: impl IntoIterator<Item = u64>) {
         let ids: HashSet<u64> = ids.into_iter().collect();
+        // Set first: a connection that registers after the scan below sees the new set when
+        // it checks again (accept and dial re-check after registering).
+        *self.denied.write().unwrap_or_else(|p| p.into_inner()) = ids.clone();
         let denied = |c: &Connection| peer_node_id(c).is_some_and(|id| ids.contains(&id));
         let closing: Vec<Connection> = {
             let mut dialed = self.lock();
@@ -137,7 +140,6 @@ impl Transport {
             closing.extend(lock(&self.accepted).iter().filter(|c| denied(c)).cloned());
             closing
         };
-        *self.denied.write().unwrap_or_else(|p| p.into_inner()) = ids;
         for connection in closing {
             connection.close(VarInt::from_u32(CLOSE_REVOKED), b"certificate revoked");
         }
@@ -207,11 +209,16 @@ impl Transport {
                                 b"this node's certificate is revoked: it was removed from the cluster; join again with a new join token and data dir",
                             );
                         }
-                        Some(_) => {
+                        Some(id) => {
                             {
                                 let mut accepted = lock(&accepted);
                                 accepted.retain(|c| c.close_reason().is_none());
                                 accepted.push(connection.clone());
+                            }
+                            // A revocation between the check above and the push.
+                            if Self::is_denied(&denied, id) {
+                                connection.close(VarInt::from_u32(CLOSE_REVOKED), b"revoked");
+                                return;
                             }
                             serve_member(connection, peer, handler).await
                         }
@@ -275,6 +282,13 @@ impl Transport {
             }
         }
         self.lock().insert(addr, connection.clone());
+        if peer_node_id(&connection).is_some_and(|id| Self::is_denied(&self.denied, id)) {
+            self.forget(addr, &connection);
+            connection.close(VarInt::from_u32(CLOSE_REVOKED), b"certificate revoked");
+            return Err(WireError::Refused(format!(
+                "{addr} was removed from the cluster"
+            )));
+        }
         Ok(connection)
     }
 

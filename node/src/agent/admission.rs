@@ -20,18 +20,19 @@ use super::ca::CaRuntime;
 /// How long a join token admits nodes unless its creator says otherwise.
 pub const DEFAULT_JOIN_TOKEN_TTL: Duration = Duration::from_secs(3600);
 
-/// A joining node's request, forwarded by a member to a CA holder.
+/// A joining node's request, forwarded by a member to a CA holder. The holder picks the new
+/// node's id itself, so a forwarding member cannot ask for a certificate naming someone else.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct SignJoinRequest {
     pub secret: Vec<u8>,
     pub node_name: String,
     pub csr: Vec<u8>,
-    pub node_id: u64,
 }
 
 /// What a CA holder answers a forwarded join.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct SignedJoin {
+    pub node_id: u64,
     pub cert: Vec<u8>,
     pub ca_cert: Vec<u8>,
 }
@@ -138,19 +139,10 @@ pub async fn answer_join(
     if node_name.is_empty() || node_name.len() > 64 {
         return refuse("node names must be 1 to 64 characters".into());
     }
-    let taken: Vec<u64> = consensus.status().members.iter().map(|m| m.id).collect();
-    let revoked = consensus.config_state().revoked();
-    let node_id = loop {
-        let candidate = rand::random::<u64>() >> 1;
-        if !taken.contains(&candidate) && !revoked.contains_key(&candidate) {
-            break candidate;
-        }
-    };
     let request = SignJoinRequest {
         secret,
         node_name: node_name.clone(),
         csr,
-        node_id,
     };
     let signed = if runtime.holds_key() {
         sign_join_here(runtime, consensus, &request).await
@@ -161,6 +153,7 @@ pub async fn answer_join(
     };
     match signed {
         Ok(signed) => {
+            let node_id = signed.node_id;
             tracing::info!(peer = %peer.addr, node_name, node_id, "granted a joining node a certificate");
             Message::JoinGranted(JoinGrant {
                 node_id,
@@ -212,21 +205,17 @@ async fn sign_join_here(
     if !runtime.holds_key() {
         return Err("this node does not hold the CA key: ask another voter".into());
     }
-    let record = check_token(consensus, &request.secret)?;
-    if consensus
-        .config_state()
-        .revoked()
-        .contains_key(&request.node_id)
-    {
-        return Err(format!(
-            "node id {} was removed; join again",
-            request.node_id
-        ));
+    if runtime.rotating() {
+        return Err("the cluster CA is being rotated; join once the rotation finished".into());
     }
+    let record = check_token(consensus, &request.secret)?;
+    // A fresh id: the state machine refuses a use naming a member, a removed node or an id
+    // granted before, so even a forged step cannot name an existing node.
+    let node_id = rand::random::<u64>() >> 1;
     consensus
         .join_token_step(JoinTokenStep::Use {
             id: record.id.clone(),
-            node_id: request.node_id,
+            node_id,
             node_name: request.node_name.clone(),
             at_unix: unix_now(),
         })
@@ -234,11 +223,15 @@ async fn sign_join_here(
         .map_err(|e| e.to_string())?;
     let ca_cert = runtime.ca_cert();
     let node = NodeName {
-        id: request.node_id,
+        id: node_id,
         name: request.node_name.clone(),
     };
     match runtime.sign(&ca_cert, &node, &request.csr) {
-        Some(Ok(cert)) => Ok(SignedJoin { cert, ca_cert }),
+        Some(Ok(cert)) => Ok(SignedJoin {
+            node_id,
+            cert,
+            ca_cert,
+        }),
         Some(Err(e)) => Err(e.to_string()),
         None => Err("this node does not hold the CA key: ask another voter".into()),
     }

@@ -98,9 +98,12 @@ impl CaRuntime {
     /// The CA certificates whose keys this node should hold but does not.
     fn missing_keys(&self) -> Vec<Vec<u8>> {
         let mut missing = Vec::new();
-        let active = self.read();
-        if active.ca_key.is_none() {
-            missing.push(active.tls.ca_cert.to_vec());
+        // Never `active` while taking `next`: switch_to_next takes them the other way round.
+        {
+            let active = self.read();
+            if active.ca_key.is_none() {
+                missing.push(active.tls.ca_cert.to_vec());
+            }
         }
         if let Some(next) = lock(&self.next).as_ref().filter(|n| n.ca_key.is_none()) {
             missing.push(next.ca_cert.clone());
@@ -208,7 +211,27 @@ pub async fn obtain_cert(
         ca_fingerprint: hex_fingerprint(ca_cert),
         csr,
     };
-    ask_voters(consensus, Service::SignCsr, &request).await
+    let cert: Vec<u8> = ask_voters(consensus, Service::SignCsr, &request).await?;
+    check_own_cert(runtime, &cert, ca_cert, &key)?;
+    Ok(cert)
+}
+
+/// A certificate a voter sent is installed only if it is for this node's key and id, chains to
+/// `ca_cert` and is valid now: a bad answer must not lock the node out.
+fn check_own_cert(runtime: &CaRuntime, cert: &[u8], ca_cert: &[u8], key: &[u8]) -> Result<()> {
+    let info = cert_info(cert)?;
+    if info.node_id != Some(runtime.node.id) {
+        bail!(
+            "the signed certificate names node {:?}, not this node",
+            info.node_id
+        );
+    }
+    if info.not_after <= SystemTime::now() {
+        bail!("the signed certificate has already expired");
+    }
+    let identity = Identity::new(cert.to_vec(), key.to_vec(), ca_cert.to_vec());
+    apiary_wire::tls::check_identity(&identity)
+        .map_err(|e| anyhow::anyhow!("the signed certificate is not usable: {e}"))
 }
 
 /// Answers a member's `SignCsr`: a certificate naming the sender's own id (and its name in the
@@ -345,7 +368,8 @@ pub async fn fetch_keys(runtime: &CaRuntime, consensus: &Consensus) -> Result<()
 
 async fn renew_if_due(runtime: &CaRuntime, consensus: &Consensus) -> Result<()> {
     let info = cert_info(&runtime.node_cert())?;
-    if SystemTime::now() < info.renew_at() || runtime.rotating() {
+    // Also during a rotation: one that stalls must not let certificates run out.
+    if SystemTime::now() < info.renew_at() {
         return Ok(());
     }
     let ca_cert = runtime.ca_cert();
