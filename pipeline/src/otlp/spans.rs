@@ -53,7 +53,7 @@ fn to_otlp(span: &Span) -> OtlpSpan {
             SpanKind::Client => span::SpanKind::Client as i32,
         },
         start_time_unix_nano: span.start_unix_nanos,
-        end_time_unix_nano: span.start_unix_nanos + span.duration_ns,
+        end_time_unix_nano: span.start_unix_nanos.saturating_add(span.duration_ns),
         attributes,
         status: Some(Status {
             code: if error {

@@ -98,7 +98,12 @@ fn span_fields(out: &mut Vec<u8>, span: &Span, scratch: &mut String) {
     tag(out, 7, FIXED64);
     out.extend_from_slice(&span.start_unix_nanos.to_le_bytes());
     tag(out, 8, FIXED64);
-    out.extend_from_slice(&(span.start_unix_nanos + span.duration_ns).to_le_bytes());
+    out.extend_from_slice(
+        &span
+            .start_unix_nanos
+            .saturating_add(span.duration_ns)
+            .to_le_bytes(),
+    );
     span.for_each_attribute(scratch, |key, value| match value {
         Value::Str(text) => string_attribute(out, key, text),
         Value::Int(n) => int_attribute(out, key, n),
@@ -205,6 +210,23 @@ mod tests {
         span.sample_rate = [1.0, 0.25, 0.0][i as usize % 3];
         span.kept_by = [None, Some("error"), Some("slow")][i as usize % 3];
         span
+    }
+
+    /// Found by the ring_record fuzz target: a record stamped near u64::MAX made the end time
+    /// overflow (a panic in debug builds, a wrapped end before the start in release).
+    #[test]
+    fn an_end_time_past_u64_max_saturates_in_both_encoders() {
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let mut late = span(1, SpanKind::Server, Some(tp));
+        late.start_unix_nanos = u64::MAX - 5;
+        late.duration_ns = 1_000;
+        let resource = ResourceInfo::default();
+        let mut fast = Vec::new();
+        encode_spans(&[&late], &resource, &mut fast);
+        let decoded = ExportTraceServiceRequest::decode(fast.as_slice()).unwrap();
+        let otlp = &decoded.resource_spans[0].scope_spans[0].spans[0];
+        assert_eq!(otlp.end_time_unix_nano, u64::MAX);
+        assert_eq!(decoded, export_request(&[late], &resource));
     }
 
     #[test]

@@ -83,27 +83,34 @@ impl<I: Ingest> LogsService for Receiver<I> {
     }
 }
 
+/// The three OTLP services as [`serve`] runs them (gzip accepted, messages up to
+/// [`MAX_REQUEST_BYTES`]), handing requests to `target`. Public so that the fuzz targets
+/// (`fuzz/`) drive the receiver's decoding without a socket.
+pub fn routes<I: Ingest>(target: Arc<I>) -> tonic::service::Routes {
+    let receiver = Receiver { target };
+    tonic::service::Routes::new(
+        TraceServiceServer::new(receiver.clone())
+            .accept_compressed(CompressionEncoding::Gzip)
+            .max_decoding_message_size(MAX_REQUEST_BYTES),
+    )
+    .add_service(
+        MetricsServiceServer::new(receiver.clone())
+            .accept_compressed(CompressionEncoding::Gzip)
+            .max_decoding_message_size(MAX_REQUEST_BYTES),
+    )
+    .add_service(
+        LogsServiceServer::new(receiver)
+            .accept_compressed(CompressionEncoding::Gzip)
+            .max_decoding_message_size(MAX_REQUEST_BYTES),
+    )
+}
+
 /// Serves the three OTLP services on `listener` until it fails (logged), handing requests to
 /// `target`.
 pub async fn serve<I: Ingest>(listener: tokio::net::TcpListener, target: Arc<I>) {
-    let receiver = Receiver { target };
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let result = tonic::transport::Server::builder()
-        .add_service(
-            TraceServiceServer::new(receiver.clone())
-                .accept_compressed(CompressionEncoding::Gzip)
-                .max_decoding_message_size(MAX_REQUEST_BYTES),
-        )
-        .add_service(
-            MetricsServiceServer::new(receiver.clone())
-                .accept_compressed(CompressionEncoding::Gzip)
-                .max_decoding_message_size(MAX_REQUEST_BYTES),
-        )
-        .add_service(
-            LogsServiceServer::new(receiver)
-                .accept_compressed(CompressionEncoding::Gzip)
-                .max_decoding_message_size(MAX_REQUEST_BYTES),
-        )
+        .add_routes(routes(target))
         .serve_with_incoming(incoming)
         .await;
     if let Err(e) = result {
