@@ -85,6 +85,9 @@ enum Attempt<T> {
     Failed(WriteError),
     /// Not the leader (any more), or a membership change is in progress: try again.
     Retry(String),
+    /// Ask the leader at this address yourself (a joining node's admission, which must come
+    /// from the node itself so that no member can admit someone else's id at its own address).
+    Redirect(String),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -267,31 +270,35 @@ impl Consensus {
         }
     }
 
-    /// Adds a node as a learner, then as a voter while there are fewer than `max_voters`.
-    pub async fn admit(&self, id: NodeId, member: Member) -> Result<(), WriteError> {
-        self.on_leader(Service::Admit, (id, member), |(id, member)| {
-            self.admit_here(id, member)
-        })
-        .await
-    }
-
-    /// Asks the member at `via` to admit this node (which is not a member yet, so it cannot
-    /// know the leader itself).
+    /// Asks to be admitted (as a learner, then a voter while there are fewer than
+    /// `max_voters`): first the member at `via` (this node is not a member yet, so it cannot
+    /// know the leader), which points it to the leader, which admits it.
     pub async fn request_admission(&self, via: &str, me: Member) -> Result<(), WriteError> {
-        let answer = call_json::<_, Attempt<()>>(
-            &self.transport,
-            via,
-            Service::Admit,
-            &(self.id, me),
-            self.settings.write_timeout * 2,
-        )
-        .await;
-        match answer {
-            Ok(Attempt::Done(())) => Ok(()),
-            Ok(Attempt::Failed(error)) => Err(error),
-            Ok(Attempt::Retry(reason)) => Err(WriteError::Unavailable(reason)),
-            Err(e) => Err(WriteError::Unavailable(format!("cannot reach {via}: {e}"))),
+        let mut target = via.to_string();
+        for _ in 0..3 {
+            let answer = call_json::<_, Attempt<()>>(
+                &self.transport,
+                &target,
+                Service::Admit,
+                &(self.id, me.clone()),
+                self.settings.write_timeout * 2,
+            )
+            .await;
+            match answer {
+                Ok(Attempt::Done(())) => return Ok(()),
+                Ok(Attempt::Failed(error)) => return Err(error),
+                Ok(Attempt::Retry(reason)) => return Err(WriteError::Unavailable(reason)),
+                Ok(Attempt::Redirect(leader)) => target = leader,
+                Err(e) => {
+                    return Err(WriteError::Unavailable(format!(
+                        "cannot reach {target}: {e}"
+                    )))
+                }
+            }
         }
+        Err(WriteError::Unavailable(
+            "the leader moved while this node asked to be admitted".into(),
+        ))
     }
 
     /// Runs `local` if this node leads, else forwards `request` to the leader's `service`;
@@ -346,7 +353,7 @@ impl Consensus {
                         self.settings.write_timeout
                     )));
                 }
-                Attempt::Retry(reason) => {
+                Attempt::Retry(reason) | Attempt::Redirect(reason) => {
                     tracing::debug!("write will be retried: {reason}");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
@@ -536,14 +543,16 @@ impl Consensus {
                 Err(refusal) => return refusal,
             },
             // Joining nodes do not know the leader yet, so any member routes their admission.
+            // A joined node asks for itself, and the leader admits it; any other member points
+            // it to the leader rather than forwarding, so no member asks in another's name.
             Service::Admit => match decode::<(NodeId, Member)>(payload) {
-                // A joined node asks for itself; a member forwards that request to the leader.
-                Ok((id, _)) if id != sender && !self.is_member(sender) => {
+                Ok((id, _)) if id != sender => {
                     return refuse(format!("a node asks admission only for itself, not {id}"))
                 }
-                Ok((id, member)) => encode(&match self.admit(id, member).await {
-                    Ok(()) => Attempt::Done(()),
-                    Err(error) => Attempt::Failed(error),
+                Ok((id, member)) => encode(&match self.leader() {
+                    Some((leader, _)) if leader == self.id => self.admit_here(id, member).await,
+                    Some((_, leader)) => Attempt::Redirect(leader.addr),
+                    None => Attempt::Retry("no leader is elected yet".into()),
                 }),
                 Err(refusal) => return refusal,
             },
