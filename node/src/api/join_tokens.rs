@@ -12,6 +12,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 
+use super::tokens::applied_here;
 use super::{parse_body, ApiError, ApiState};
 use crate::agent::admission::{create_join_token, DEFAULT_JOIN_TOKEN_TTL};
 
@@ -89,7 +90,7 @@ pub(super) async fn create(
         author,
     )
     .await?;
-    applied_here(&state, |ids| ids.contains(&record.id)).await;
+    applied_here(&state, |s| has_join_token(s, &record.id)).await;
     Ok(Json(JoinTokenCreated {
         id: record.id,
         name: record.name,
@@ -104,13 +105,7 @@ pub(super) async fn revoke(
     State(state): State<Arc<ApiState>>,
     Path(id): Path<String>,
 ) -> Result<Json<TokenRevoked>, ApiError> {
-    if !state
-        .consensus
-        .config_state()
-        .join_tokens()
-        .iter()
-        .any(|t| t.id == id)
-    {
+    if !has_join_token(&state, &id) {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             format!("there is no join token {id:?}: GET /v1/join-tokens lists them"),
@@ -120,25 +115,15 @@ pub(super) async fn revoke(
         .consensus
         .join_token_step(JoinTokenStep::Revoke { id: id.clone() })
         .await?;
-    applied_here(&state, |ids| !ids.contains(&id)).await;
+    applied_here(&state, |s| !has_join_token(s, &id)).await;
     Ok(Json(TokenRevoked { revoked: id }))
 }
 
-/// Waits (a little) until this node has applied the step, so the caller's next request here
-/// sees it.
-async fn applied_here(state: &ApiState, done: impl Fn(&[String]) -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-    loop {
-        let ids: Vec<String> = state
-            .consensus
-            .config_state()
-            .join_tokens()
-            .into_iter()
-            .map(|t| t.id)
-            .collect();
-        if done(&ids) || tokio::time::Instant::now() >= deadline {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+fn has_join_token(state: &ApiState, id: &str) -> bool {
+    state
+        .consensus
+        .config_state()
+        .join_tokens()
+        .iter()
+        .any(|t| t.id == id)
 }

@@ -61,7 +61,14 @@ pub(super) async fn create(
         .consensus
         .token_step(TokenStep::Create(record))
         .await?;
-    applied_here(&state, |tokens| tokens.iter().any(|t| t.id == id)).await;
+    applied_here(&state, |s| {
+        s.consensus
+            .config_state()
+            .tokens()
+            .iter()
+            .any(|t| t.id == id)
+    })
+    .await;
     Ok(Json(TokenCreated {
         id,
         name,
@@ -91,16 +98,22 @@ pub(super) async fn revoke(
         .consensus
         .token_step(TokenStep::Revoke { id: id.clone() })
         .await?;
-    applied_here(&state, |tokens| tokens.iter().all(|t| t.id != id)).await;
+    applied_here(&state, |s| {
+        s.consensus
+            .config_state()
+            .tokens()
+            .iter()
+            .all(|t| t.id != id)
+    })
+    .await;
     Ok(Json(TokenRevoked { revoked: id }))
 }
 
-/// Waits (a little) until this node has applied the step, so that the caller's next request
+/// Waits (a little) until this node has applied a step, so that the caller's next request
 /// here sees it; other nodes apply it as fast as Raft replicates.
-async fn applied_here(state: &ApiState, done: impl Fn(&[TokenRecord]) -> bool) {
+pub(super) async fn applied_here(state: &ApiState, done: impl Fn(&ApiState) -> bool) {
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
-    while !done(&state.consensus.config_state().tokens()) && tokio::time::Instant::now() < deadline
-    {
+    while !done(state) && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
 }
