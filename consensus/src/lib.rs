@@ -11,7 +11,9 @@
 #![allow(clippy::result_large_err)]
 
 pub mod ca;
+pub mod caller;
 pub mod join_tokens;
+pub mod leadership;
 pub mod log_store;
 mod membership;
 pub mod network;
@@ -33,12 +35,15 @@ use openraft::{ChangeMembers, ServerState};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+pub use caller::Caller;
 pub use state_machine::{ConfigState, HistoryRef};
 pub use types::{Member, NodeId, Raft, Request, Response};
 
+use crate::caller::Forwarded;
 use crate::log_store::LogStore;
 use crate::network::{call_json, PeerNetwork};
 use crate::state_machine::StateMachine;
+use crate::tokens::Scope;
 
 /// Raft timing and cluster shape.
 #[derive(Debug, Clone)]
@@ -76,6 +81,9 @@ pub enum WriteError {
     Unavailable(String),
     #[error("internal error: {0}")]
     Internal(String),
+    /// The leader refused a forwarded change: its caller's credential does not allow it.
+    #[error("{0}")]
+    Forbidden(String),
 }
 
 /// The outcome of trying a write on this node.
@@ -139,6 +147,7 @@ pub struct Consensus {
     committed_index: Arc<AtomicU64>,
     last_heard: Mutex<HashMap<NodeId, Instant>>,
     settings: Settings,
+    confirmations: leadership::Confirmations,
 }
 
 impl Consensus {
@@ -182,6 +191,7 @@ impl Consensus {
             committed_index,
             last_heard: Mutex::new(HashMap::new()),
             settings,
+            confirmations: Default::default(),
         }))
     }
 
@@ -218,21 +228,29 @@ impl Consensus {
         Ok(())
     }
 
-    /// Commits a config change through the leader; returns the new version.
-    pub async fn propose(&self, proposal: Proposal) -> Result<u64, WriteError> {
-        self.on_leader(Service::ForwardWrite, proposal, |p| self.write_here(p))
-            .await
+    /// Commits a config change made by `caller` through the leader; returns the new version.
+    pub async fn propose(&self, caller: &Caller, proposal: Proposal) -> Result<u64, WriteError> {
+        self.on_leader(Service::ForwardWrite, caller, proposal, |p| {
+            self.write_here(p)
+        })
+        .await
     }
 
     /// Commits a step of a CA rotation through the leader.
     pub async fn ca_step(&self, step: ca::CaStep) -> Result<(), WriteError> {
-        self.on_leader(Service::CaStep, step, |step| self.ca_step_here(step))
-            .await
+        self.on_leader(Service::CaStep, &Caller::Node, step, |step| {
+            self.ca_step_here(step)
+        })
+        .await
     }
 
     /// Commits an API token's creation or revocation through the leader.
-    pub async fn token_step(&self, step: tokens::TokenStep) -> Result<(), WriteError> {
-        self.on_leader(Service::TokenStep, step, |step| {
+    pub async fn token_step(
+        &self,
+        caller: &Caller,
+        step: tokens::TokenStep,
+    ) -> Result<(), WriteError> {
+        self.on_leader(Service::TokenStep, caller, step, |step| {
             self.internal_write_here(Request::Token(step), "the token change")
         })
         .await
@@ -241,9 +259,10 @@ impl Consensus {
     /// Commits a join token's creation, revocation or use through the leader.
     pub async fn join_token_step(
         &self,
+        caller: &Caller,
         step: join_tokens::JoinTokenStep,
     ) -> Result<(), WriteError> {
-        self.on_leader(Service::JoinTokenStep, step, |step| {
+        self.on_leader(Service::JoinTokenStep, caller, step, |step| {
             self.internal_write_here(Request::JoinToken(step), "the join token change")
         })
         .await
@@ -279,6 +298,7 @@ impl Consensus {
             let answer = call_json::<_, Attempt<()>>(
                 &self.transport,
                 &target,
+                None,
                 Service::Admit,
                 &(self.id, me.clone()),
                 self.settings.write_timeout * 2,
@@ -301,11 +321,12 @@ impl Consensus {
         ))
     }
 
-    /// Runs `local` if this node leads, else forwards `request` to the leader's `service`;
-    /// retries through elections until the write timeout.
+    /// Runs `local` if this node leads, else forwards `request` with its `caller` to the
+    /// leader's `service`; retries through elections until the write timeout.
     async fn on_leader<Req, T, F, Fut>(
         &self,
         service: Service,
+        caller: &Caller,
         request: Req,
         local: F,
     ) -> Result<T, WriteError>
@@ -321,11 +342,16 @@ impl Consensus {
             let attempt = match self.leader() {
                 Some((leader, _)) if leader == self.id => local(request.clone()).await,
                 Some((leader, member)) => {
+                    let forwarded = Forwarded {
+                        caller: caller.clone(),
+                        request: request.clone(),
+                    };
                     match call_json::<_, Attempt<T>>(
                         &self.transport,
                         &member.addr,
+                        Some(leader),
                         service,
-                        &request,
+                        &forwarded,
                         remaining,
                     )
                     .await
@@ -498,16 +524,13 @@ impl Consensus {
             return refuse("only voters (the CA holders) take a CA rotation's steps".into());
         }
         // A vote request from a node this one does not know as a voter is refused (a refused
-        // vote costs nothing). Entries and snapshots come only from a member this node knows,
-        // or to a node that knows no member yet (a new learner's first contact): a member that
-        // missed the entry making the leader a member must rejoin.
-        let knows_members = self.knows_any_member();
-        let from_a_member = self.is_member(sender) || !knows_members;
+        // vote costs nothing). Entries and snapshots come only from a leader, so from a voter
+        // (see `leadership`).
         match service {
             Service::RaftVote if !self.is_voter(sender) => {
                 return refuse("only voters stand for election".into())
             }
-            Service::RaftAppendEntries | Service::RaftInstallSnapshot if !from_a_member => {
+            Service::LeaderCheck if !self.is_member(sender) => {
                 return refuse("it is not a member of this node's cluster".into())
             }
             _ => {}
@@ -518,7 +541,10 @@ impl Consensus {
                     Ok(rpc) if rpc.vote.leader_id().voted_for() != Some(sender) => {
                         return refuse("the entries name another leader".into())
                     }
-                    Ok(rpc) => encode(&self.raft.append_entries(rpc).await),
+                    Ok(rpc) => match self.may_lead(sender, rpc.vote.leader_id().get_term()).await {
+                        Ok(()) => encode(&self.raft.append_entries(rpc).await),
+                        Err(why) => return refuse(why),
+                    },
                     Err(refusal) => return refusal,
                 }
             }
@@ -534,14 +560,22 @@ impl Consensus {
                     Ok(rpc) if rpc.vote.leader_id().voted_for() != Some(sender) => {
                         return refuse("the snapshot names another leader".into())
                     }
-                    Ok(rpc) => encode(&self.raft.install_snapshot(rpc).await),
+                    Ok(rpc) => match self.may_lead(sender, rpc.vote.leader_id().get_term()).await {
+                        Ok(()) => encode(&self.raft.install_snapshot(rpc).await),
+                        Err(why) => return refuse(why),
+                    },
                     Err(refusal) => return refusal,
                 }
             }
-            Service::ForwardWrite => match decode::<Proposal>(payload) {
-                Ok(proposal) => encode(&self.leader_only(self.write_here(proposal)).await),
-                Err(refusal) => return refusal,
-            },
+            Service::ForwardWrite => {
+                match self.authorized(sender, payload, |proposal: &Proposal| {
+                    caller::scope_for_change(&self.state.history(), proposal).0
+                }) {
+                    Ok(Ok(proposal)) => encode(&self.leader_only(self.write_here(proposal)).await),
+                    Ok(Err(forbidden)) => encode(&Attempt::<u64>::Failed(forbidden)),
+                    Err(refusal) => return refusal,
+                }
+            }
             // Joining nodes do not know the leader yet, so any member routes their admission.
             // A joined node asks for itself, and the leader admits it; any other member points
             // it to the leader rather than forwarding, so no member asks in another's name.
@@ -556,27 +590,39 @@ impl Consensus {
                 }),
                 Err(refusal) => return refusal,
             },
-            Service::RemoveMember => match decode::<NodeId>(payload) {
-                Ok(id) => encode(&self.leader_only(self.remove_here(id)).await),
-                Err(refusal) => return refusal,
-            },
-            Service::CaStep => match decode::<ca::CaStep>(payload) {
-                Ok(step) => encode(&self.leader_only(self.ca_step_here(step)).await),
-                Err(refusal) => return refusal,
-            },
-            Service::TokenStep => match decode::<tokens::TokenStep>(payload) {
-                Ok(step) => encode(
-                    &self
-                        .leader_only(
-                            self.internal_write_here(Request::Token(step), "the token change"),
-                        )
-                        .await,
-                ),
-                Err(refusal) => return refusal,
-            },
+            Service::RemoveMember => {
+                match self.authorized::<NodeId>(sender, payload, |_| Scope::Admin) {
+                    Ok(Ok(id)) => encode(&self.leader_only(self.remove_here(id)).await),
+                    Ok(Err(forbidden)) => encode(&Attempt::<()>::Failed(forbidden)),
+                    Err(refusal) => return refusal,
+                }
+            }
+            Service::CaStep => {
+                match self.authorized::<ca::CaStep>(sender, payload, |_| Scope::Admin) {
+                    Ok(Ok(step)) => encode(&self.leader_only(self.ca_step_here(step)).await),
+                    Ok(Err(forbidden)) => encode(&Attempt::<()>::Failed(forbidden)),
+                    Err(refusal) => return refusal,
+                }
+            }
+            Service::TokenStep => {
+                match self.authorized::<tokens::TokenStep>(sender, payload, |_| Scope::Admin) {
+                    Ok(Err(forbidden)) => encode(&Attempt::<()>::Failed(forbidden)),
+                    Ok(Ok(step)) => encode(
+                        &self
+                            .leader_only(
+                                self.internal_write_here(Request::Token(step), "the token change"),
+                            )
+                            .await,
+                    ),
+                    Err(refusal) => return refusal,
+                }
+            }
             Service::JoinTokenStep => {
-                match decode::<join_tokens::JoinTokenStep>(payload) {
-                    Ok(step) => encode(
+                match self
+                    .authorized::<join_tokens::JoinTokenStep>(sender, payload, |_| Scope::Admin)
+                {
+                    Ok(Err(forbidden)) => encode(&Attempt::<()>::Failed(forbidden)),
+                    Ok(Ok(step)) => encode(
                         &self
                             .leader_only(self.internal_write_here(
                                 Request::JoinToken(step),
@@ -588,6 +634,7 @@ impl Consensus {
                 }
             }
             Service::Ping => encode(&self.id),
+            Service::LeaderCheck => encode(&self.leader_view()),
             Service::LoadReport
             | Service::CaStatus
             | Service::SignCsr
@@ -599,6 +646,23 @@ impl Consensus {
             }
         };
         answer.unwrap_or_else(|reason| Message::Refused { reason })
+    }
+
+    /// The request of a forwarded `payload` if its caller may make a change that needs
+    /// `needed` (`Ok(Err)` says why not); `Err` refuses a payload that does not decode.
+    fn authorized<R: DeserializeOwned>(
+        &self,
+        sender: NodeId,
+        payload: &[u8],
+        needed: impl FnOnce(&R) -> Scope,
+    ) -> Result<Result<R, WriteError>, Message> {
+        let forwarded = decode::<Forwarded<R>>(payload)?;
+        let needed = needed(&forwarded.request);
+        let voter = self.is_voter(sender);
+        Ok(
+            caller::authorize(&self.state, sender, voter, &forwarded.caller, needed)
+                .map(|()| forwarded.request),
+        )
     }
 
     /// A forwarded request is only served by the leader, so forwards never loop.
@@ -622,6 +686,7 @@ impl Consensus {
                     let ping = call_json::<_, NodeId>(
                         &consensus.transport,
                         &addr,
+                        Some(id),
                         Service::Ping,
                         &(),
                         Duration::from_secs(1),

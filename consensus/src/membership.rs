@@ -11,15 +11,15 @@ use apiary_wire::Service;
 use openraft::ChangeMembers;
 
 use crate::types::NodeId;
-use crate::{membership_error, Attempt, Consensus, WriteError};
+use crate::{membership_error, Attempt, Caller, Consensus, WriteError};
 
 /// Log entries a learner may trail the leader by and still count as caught up.
 const CAUGHT_UP_SLACK: u64 = 16;
 
 impl Consensus {
-    /// Removes member `id` from the cluster through the leader.
-    pub async fn remove(&self, id: NodeId) -> Result<(), WriteError> {
-        self.on_leader(Service::RemoveMember, id, |id| self.remove_here(id))
+    /// Removes member `id` from the cluster through the leader, on `caller`'s authority.
+    pub async fn remove(&self, caller: &Caller, id: NodeId) -> Result<(), WriteError> {
+        self.on_leader(Service::RemoveMember, caller, id, |id| self.remove_here(id))
             .await
     }
 

@@ -31,10 +31,12 @@ pub async fn resolve(addr: &str) -> Result<SocketAddr, WireError> {
         .ok_or_else(|| WireError::Connection(format!("{addr} resolves to no address")))
 }
 
-/// Calls `service` on the peer at `addr` and decodes its JSON answer.
+/// Calls `service` on the peer at `addr` (which must be node `expected`, when given: see
+/// [`Transport::call_node`]) and decodes its JSON answer.
 pub async fn call_json<Req: Serialize, Resp: DeserializeOwned>(
     transport: &Transport,
     addr: &str,
+    expected: Option<NodeId>,
     service: Service,
     request: &Req,
     timeout: Duration,
@@ -43,7 +45,7 @@ pub async fn call_json<Req: Serialize, Resp: DeserializeOwned>(
         .map_err(|e| WireError::Malformed(format!("cannot encode request: {e}")))?;
     let socket = resolve(addr).await?;
     let message = Message::Request { service, payload };
-    let answer = tokio::time::timeout(timeout, transport.call(socket, &message))
+    let answer = tokio::time::timeout(timeout, transport.call_node(socket, expected, &message))
         .await
         .map_err(|_| {
             WireError::Connection(format!("{addr} did not answer within {timeout:?}"))
@@ -95,6 +97,7 @@ impl PeerConnection {
         let answer: Result<Resp, RaftError<NodeId, E>> = call_json(
             &self.transport,
             &self.member.addr,
+            Some(self.target),
             service,
             request,
             option.hard_ttl(),

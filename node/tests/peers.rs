@@ -205,3 +205,125 @@ async fn certificates_are_renewed_before_they_expire() {
         "{ok} {out}"
     );
 }
+
+/// The answer of a forwarded request as text (`Attempt` JSON), or the refusal.
+async fn forward(
+    transport: &Transport,
+    to: std::net::SocketAddr,
+    service: Service,
+    payload: serde_json::Value,
+) -> String {
+    let message = Message::Request {
+        service,
+        payload: payload.to_string().into_bytes(),
+    };
+    match tokio::time::timeout(Duration::from_secs(10), transport.call(to, &message)).await {
+        Ok(Ok(Message::Response { payload })) => String::from_utf8_lossy(&payload).to_string(),
+        Ok(Ok(Message::Refused { reason })) => reason,
+        other => panic!("{service:?}: no answer: {other:?}"),
+    }
+}
+
+/// Before the fix a learner's certificate was all it took to mint an admin token, remove a
+/// voter or change where spans go (the leader trusted any member's forward), and to take the
+/// lead by sending entries under a higher term naming itself. Now the leader checks the
+/// caller's token again, and entries come only from voters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_learner_cannot_lead_nor_change_more_than_its_callers_may() {
+    let cluster = Cluster::start(6).await;
+    cluster
+        .wait_for(Duration::from_secs(20), "n5 a learner", |c| async move {
+            let status = c.get(0, "/v1/cluster").await.ok()?;
+            let members = status["members"].as_array()?.clone();
+            members
+                .iter()
+                .any(|m| m["name"] == "n5" && m["role"] == "learner")
+                .then_some(())
+        })
+        .await;
+    let leader = cluster.leader(&[0, 1, 2, 3, 4, 5]).await;
+    let leader_id = node_id(&cluster, leader).await;
+    let scratch = tempfile::tempdir().unwrap();
+    copy_tls(&cluster.nodes[5].data_dir, scratch.path());
+    let as_learner = transport_with(scratch.path(), &cluster.nodes[0].data_dir);
+    let to = cluster.nodes[leader].quic;
+
+    let (code, read) = cluster
+        .write(
+            0,
+            reqwest::Method::POST,
+            "/v1/tokens",
+            json!({"name": "reader", "scope": "read"}),
+        )
+        .await;
+    assert_eq!(code, 200, "{read}");
+    let read_token = read["token"].as_str().unwrap().to_string();
+    let minted = |caller: serde_json::Value| {
+        json!({"caller": caller, "request": {"Create": {"id": "f0f0f0f0", "name": "forged",
+            "scope": "admin", "sha256": "00", "created_at": "now", "created_by": "n5"}}})
+    };
+    let answer = forward(&as_learner, to, Service::TokenStep, minted(json!("Node"))).await;
+    assert!(
+        answer.contains("Forbidden") && answer.contains("is a learner"),
+        "{answer}"
+    );
+    let caller = json!({"Token": read_token});
+    let answer = forward(&as_learner, to, Service::TokenStep, minted(caller.clone())).await;
+    assert!(answer.contains("needs a `admin` token"), "{answer}");
+    let answer = forward(
+        &as_learner,
+        to,
+        Service::TokenStep,
+        minted(json!({"Token": "x"})),
+    )
+    .await;
+    assert!(answer.contains("does not know this token"), "{answer}");
+    let removal = json!({"caller": caller, "request": node_id(&cluster, 1).await});
+    let answer = forward(&as_learner, to, Service::RemoveMember, removal).await;
+    assert!(answer.contains("needs a `admin` token"), "{answer}");
+    let (code, write) = cluster
+        .write(
+            0,
+            reqwest::Method::POST,
+            "/v1/tokens",
+            json!({"name": "writer", "scope": "write"}),
+        )
+        .await;
+    assert_eq!(code, 200, "{write}");
+    let redirect = json!({"caller": {"Token": write["token"]}, "request": {
+        "origin_node": "n5", "author": "n5", "comment": "", "at": "2026-12-01T00:00:00Z",
+        "intent": {"kind": "set", "settings": [
+            {"key": "destination.evil.endpoint", "value": "http://127.0.0.1:9/"}]}}});
+    let answer = forward(&as_learner, to, Service::ForwardWrite, redirect).await;
+    assert!(answer.contains("needs a `admin` token"), "{answer}");
+    let tokens = cluster.get(0, "/v1/tokens").await.unwrap().to_string();
+    assert!(!tokens.contains("forged"), "{tokens}");
+
+    // Entries under a higher term naming the learner as leader.
+    let term = cluster.get(leader, "/v1/cluster").await.unwrap()["term"]
+        .as_u64()
+        .unwrap();
+    let learner_id = node_id(&cluster, 5).await;
+    let entries = json!({"vote": {"leader_id": {"term": term + 5, "node_id": learner_id},
+        "committed": true}, "prev_log_id": null, "entries": [], "leader_commit": null});
+    for node in [leader, (leader + 1) % 5] {
+        let reason = ask(
+            &as_learner,
+            cluster.nodes[node].quic,
+            Service::RaftAppendEntries,
+            entries.to_string().into_bytes(),
+        )
+        .await;
+        assert!(
+            reason.contains("is a learner") && reason.contains("confirm"),
+            "{reason}"
+        );
+    }
+    as_learner.close();
+    let status = cluster.get(0, "/v1/cluster").await.unwrap();
+    assert_eq!(status["leader_id"].as_u64(), Some(leader_id), "{status}");
+    assert_eq!(status["term"].as_u64(), Some(term), "{status}");
+    // The learner's own API, with a cluster token, still makes changes through the leader.
+    let (code, body) = cluster.set(5, "probe.http.sample_rate", json!(0.4)).await;
+    assert_eq!(code, 200, "{body}");
+}

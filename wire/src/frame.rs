@@ -55,6 +55,9 @@ pub enum Service {
     SignJoin,
     /// A voter without the CA key asks a CA holder for it.
     CaKey,
+    /// A member asks a voter who leads and in which term (to follow a learner that was
+    /// promoted and elected while the member was away).
+    LeaderCheck,
 }
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]

@@ -136,6 +136,25 @@ async fn the_certificate_names_the_sender() {
     assert!(lifetime <= DEFAULT_CERT_LIFETIME);
 }
 
+/// A caller that expects node 3 at an address where node 1 answers sends it nothing: before
+/// the check, whoever held the address answered for the node the membership put there.
+#[tokio::test]
+async fn the_dialed_certificate_must_name_the_expected_node() {
+    let (_server, addr, _, _, ca) = server().await;
+    let client = Transport::bind(loopback(), &identity(&ca, 2)).unwrap();
+    match client.call_node(addr, Some(3), &ping(b"")).await {
+        Err(WireError::Refused(reason)) => {
+            assert!(
+                reason.contains("certificate of node 1, not of node 3"),
+                "{reason}"
+            )
+        }
+        other => panic!("a peer with another id was called: {other:?}"),
+    }
+    assert!(client.call_node(addr, Some(1), &ping(b"")).await.is_ok());
+    assert!(client.call_node(addr, None, &ping(b"")).await.is_ok());
+}
+
 /// A revoked (removed) member is refused at the handshake, and its open connection is closed.
 #[tokio::test]
 async fn denied_ids_are_refused_at_every_handshake() {

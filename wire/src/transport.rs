@@ -241,11 +241,34 @@ impl Transport {
     /// Sends one request and waits for its answer. A cached connection that turns out to be
     /// dead is replaced once.
     pub async fn call(&self, addr: SocketAddr, message: &Message) -> Result<Message, WireError> {
+        self.call_node(addr, None, message).await
+    }
+
+    /// Like [`Transport::call`], to the node `expected` (when given): a peer at `addr` whose
+    /// certificate names another node gets no request. A member's address is only what the
+    /// membership says; the certificate is what proves who answers, so another member (or a
+    /// process that took the port) cannot answer for the leader or acknowledge its entries.
+    pub async fn call_node(
+        &self,
+        addr: SocketAddr,
+        expected: Option<u64>,
+        message: &Message,
+    ) -> Result<Message, WireError> {
+        let check = |connection: &Connection| {
+            match (expected, peer_node_id(connection)) {
+            (Some(want), Some(got)) if want != got => Err(WireError::Refused(format!(
+                "{addr} answered with the certificate of node {got}, not of node {want} that                  the membership puts there: another node took that address"
+            ))),
+            _ => Ok(()),
+        }
+        };
         let connection = self.connection(addr).await?;
+        check(&connection)?;
         match request(&connection, message).await {
             Err(WireError::Connection(_)) => {
                 self.forget(addr, &connection);
                 let fresh = self.connection(addr).await?;
+                check(&fresh)?;
                 request(&fresh, message).await
             }
             other => other,

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use apiary_consensus::join_tokens::{JoinTokenRecord, JoinTokenStep};
 use apiary_consensus::tokens::token_hash;
-use apiary_consensus::{Consensus, WriteError};
+use apiary_consensus::{Caller, Consensus, WriteError};
 use apiary_wire::tls::{fingerprint, NodeName};
 use apiary_wire::{JoinGrant, JoinToken, Message, PeerInfo, Service};
 use serde::{Deserialize, Serialize};
@@ -71,6 +71,7 @@ pub fn join_token_record(
 /// Makes a join token for the CA this node presents and commits its record.
 pub async fn create_join_token(
     consensus: &Consensus,
+    caller: &Caller,
     runtime: &CaRuntime,
     name: String,
     ttl: Duration,
@@ -80,7 +81,7 @@ pub async fn create_join_token(
     let token = JoinToken::new(fingerprint(&runtime.ca_cert().into()));
     let record = join_token_record(&token, name, ttl, single_use, created_by);
     consensus
-        .join_token_step(JoinTokenStep::Create(record.clone()))
+        .join_token_step(caller, JoinTokenStep::Create(record.clone()))
         .await?;
     Ok((token, record))
 }
@@ -213,12 +214,15 @@ async fn sign_join_here(
     // granted before, so even a forged step cannot name an existing node.
     let node_id = rand::random::<u64>() >> 1;
     consensus
-        .join_token_step(JoinTokenStep::Use {
-            id: record.id.clone(),
-            node_id,
-            node_name: request.node_name.clone(),
-            at_unix: unix_now(),
-        })
+        .join_token_step(
+            &Caller::Node,
+            JoinTokenStep::Use {
+                id: record.id.clone(),
+                node_id,
+                node_name: request.node_name.clone(),
+                at_unix: unix_now(),
+            },
+        )
         .await
         .map_err(|e| e.to_string())?;
     let ca_cert = runtime.ca_cert();

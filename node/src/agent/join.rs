@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use apiary_consensus::{Consensus, Member, WriteError};
+use apiary_consensus::{Caller, Consensus, Member, WriteError};
 use apiary_wire::{request_join, tls::new_key_and_csr, JoinToken, WireError};
 
 use apiary_consensus::join_tokens::JoinTokenStep;
@@ -122,7 +122,7 @@ async fn commit_first_tokens(consensus: &Consensus, identity: &NodeIdentity) -> 
         let record =
             crate::api::tokens::record("initial (DATA_DIR/api-token)", Scope::Admin, token, node);
         consensus
-            .token_step(TokenStep::Create(record))
+            .token_step(&Caller::Node, TokenStep::Create(record))
             .await
             .context("cannot record the cluster's first API token")?;
     }
@@ -135,7 +135,7 @@ async fn commit_first_tokens(consensus: &Consensus, identity: &NodeIdentity) -> 
             node.clone(),
         );
         consensus
-            .join_token_step(JoinTokenStep::Create(record))
+            .join_token_step(&Caller::Node, JoinTokenStep::Create(record))
             .await
             .context("cannot record the cluster's first join token")?;
     }
@@ -152,7 +152,7 @@ async fn commit_seed(consensus: &Consensus, node: &str, seed: ClusterSeed) -> Re
         apiary_config::Intent::Set { settings: seed.0 },
     );
     let version = consensus
-        .propose(proposal)
+        .propose(&Caller::Node, proposal)
         .await
         .context("cannot commit the config file's [cluster] table")?;
     eprintln!("committed the config file's [cluster] table as version {version}");

@@ -14,7 +14,9 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use apiary_consensus::tokens::Scope;
-use axum::extract::{Request, State};
+use apiary_consensus::Caller;
+use axum::extract::{FromRequestParts, Request, State};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -84,6 +86,38 @@ pub(super) fn presented_scope(
             "this token is not the cluster's: it is wrong or was revoked (`apiary token list` \
              on an admin token shows the live ones)",
         )),
+    }
+}
+
+/// The credential a request was made with, which the leader checks again when this node
+/// forwards the change: this node's own `--token-file` token makes it [`Caller::Node`].
+pub(super) struct ApiCaller(pub Caller);
+
+impl FromRequestParts<Arc<ApiState>> for ApiCaller {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<ApiState>,
+    ) -> Result<Self, Self::Rejection> {
+        // The route's guard has already checked the token; a request without one (a read
+        // under `api.public_read`) carries none, which no leader accepts for a change.
+        let token = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .unwrap_or_default();
+        let local = state
+            .local_token
+            .as_ref()
+            .is_some_and(|local| constant_time_eq(token.as_bytes(), local.as_bytes()));
+        Ok(ApiCaller(if local {
+            Caller::Node
+        } else {
+            Caller::Token(token.to_string())
+        }))
     }
 }
 

@@ -14,9 +14,11 @@ use axum::body::Bytes;
 use axum::extract::{Query, State};
 use axum::Json;
 
-use super::access::presented_scope;
+use super::access::{presented_scope, ApiCaller};
 use super::{parse_body, ApiError, ApiState};
+use apiary_consensus::caller::scope_for_change;
 use apiary_consensus::tokens::Scope;
+use apiary_consensus::Caller;
 use axum::http::{HeaderMap, StatusCode};
 
 pub(super) async fn get_config(State(state): State<Arc<ApiState>>) -> Json<ConfigView> {
@@ -29,44 +31,41 @@ pub(super) async fn get_config(State(state): State<Arc<ApiState>>) -> Json<Confi
 
 pub(super) async fn patch_config(
     State(state): State<Arc<ApiState>>,
+    ApiCaller(caller): ApiCaller,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<Committed>, ApiError> {
     let body: ConfigPatch = parse_body(&body, CONFIG_PATCH_SHAPE)?;
-    let settings = body.changes.into_settings();
-    admin_for_guarded_keys(&state, &headers, settings.iter().map(|s| s.key.as_str()))?;
-    let intent = Intent::Set { settings };
-    commit(&state, intent, body.comment, body.author).await
+    let intent = Intent::Set {
+        settings: body.changes.into_settings(),
+    };
+    commit(&state, &headers, caller, intent, body.comment, body.author).await
 }
 
 pub(super) async fn revert(
     State(state): State<Arc<ApiState>>,
+    ApiCaller(caller): ApiCaller,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<Committed>, ApiError> {
     let body: RevertRequest = parse_body(&body, r#"{"version": 3, "comment": "why"}"#)?;
-    let changed = {
-        let history = state.consensus.config_state().history();
-        let target = history.config_at(body.version.min(history.version()))?;
-        apiary_config::diff(history.current(), &target)
-    };
-    admin_for_guarded_keys(&state, &headers, changed.iter().map(|c| c.key.as_str()))?;
     let intent = Intent::Revert {
         to_version: body.version,
     };
-    commit(&state, intent, body.comment, body.author).await
+    commit(&state, &headers, caller, intent, body.comment, body.author).await
 }
 
 /// Keys a `write` token may not change: where secrets are sent (`destination.*`: a new endpoint
 /// would carry the stored API keys to it) and who may read (`api.*`). They need `admin`.
-fn admin_for_guarded_keys<'a>(
+/// The leader checks this again ([`scope_for_change`]); here it gives the caller a clear 403
+/// before a round trip.
+fn admin_for_guarded_keys(
     state: &ApiState,
     headers: &HeaderMap,
-    mut keys: impl Iterator<Item = &'a str>,
+    proposal: &Proposal,
 ) -> Result<(), ApiError> {
-    let guarded =
-        |key: &str| key == "api" || key.starts_with("api.") || key.starts_with("destination");
-    let Some(key) = keys.find(|k| guarded(k)) else {
+    let (_, Some(key)) = scope_for_change(&state.consensus.config_state().history(), proposal)
+    else {
         return Ok(());
     };
     match presented_scope(state, headers)? {
@@ -96,6 +95,8 @@ pub(crate) fn proposal(origin: &str, author: String, comment: String, intent: In
 /// the leader and waits until this node has applied it, so a read that follows sees it.
 async fn commit(
     state: &ApiState,
+    headers: &HeaderMap,
+    caller: Caller,
     intent: Intent,
     comment: String,
     author: Option<String>,
@@ -104,8 +105,9 @@ async fn commit(
     let proposal = proposal(&state.node_name, author, comment, intent);
     let config_state = state.consensus.config_state();
     config_state.history().check(&proposal)?;
+    admin_for_guarded_keys(state, headers, &proposal)?;
     let mut applied = config_state.subscribe();
-    let version = state.consensus.propose(proposal).await?;
+    let version = state.consensus.propose(&caller, proposal).await?;
     let caught_up = applied.wait_for(|v| *v >= version);
     let _ = tokio::time::timeout(Duration::from_secs(2), caught_up).await;
     let history = config_state.history();

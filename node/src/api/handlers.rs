@@ -93,6 +93,7 @@ pub(super) async fn export_status(State(state): State<Arc<ApiState>>) -> Json<Va
 /// Removes a member (by id) from the cluster, through the leader.
 pub(super) async fn remove_member(
     State(state): State<Arc<ApiState>>,
+    super::access::ApiCaller(caller): super::access::ApiCaller,
     axum::extract::Path(id): axum::extract::Path<String>,
 ) -> Result<Json<MemberRemoved>, ApiError> {
     let id: u64 = id.parse().map_err(|_| {
@@ -100,7 +101,7 @@ pub(super) async fn remove_member(
             "{id:?} is not a member id: GET /v1/cluster lists the members and their ids"
         ))
     })?;
-    state.consensus.remove(id).await?;
+    state.consensus.remove(&caller, id).await?;
     Ok(Json(MemberRemoved { removed: id }))
 }
 
@@ -128,6 +129,7 @@ pub(super) async fn rotate_ca(State(state): State<Arc<ApiState>>) -> ApiResult {
     // hour, shown here once and kept in this node's DATA_DIR/join-token.
     let (token, _) = crate::agent::admission::create_join_token(
         &state.consensus,
+        &apiary_consensus::Caller::Node,
         &state.ca,
         "after CA rotation".into(),
         crate::agent::admission::DEFAULT_JOIN_TOKEN_TTL,

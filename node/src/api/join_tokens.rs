@@ -12,6 +12,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 
+use super::access::ApiCaller;
 use super::tokens::applied_here;
 use super::{parse_body, ApiError, ApiState};
 use crate::agent::admission::{create_join_token, DEFAULT_JOIN_TOKEN_TTL};
@@ -56,6 +57,7 @@ pub(super) async fn list(State(state): State<Arc<ApiState>>) -> Json<JoinTokenLi
 /// Makes a join token; the answer is the only place its secret ever appears.
 pub(super) async fn create(
     State(state): State<Arc<ApiState>>,
+    ApiCaller(caller): ApiCaller,
     body: Bytes,
 ) -> Result<Json<JoinTokenCreated>, ApiError> {
     let body: JoinTokenRequest = parse_body(
@@ -83,6 +85,7 @@ pub(super) async fn create(
     let author = body.author.unwrap_or_else(|| "api".into());
     let (token, record) = create_join_token(
         &state.consensus,
+        &caller,
         &state.ca,
         body.name,
         ttl,
@@ -103,6 +106,7 @@ pub(super) async fn create(
 
 pub(super) async fn revoke(
     State(state): State<Arc<ApiState>>,
+    ApiCaller(caller): ApiCaller,
     Path(id): Path<String>,
 ) -> Result<Json<TokenRevoked>, ApiError> {
     if !has_join_token(&state, &id) {
@@ -113,7 +117,7 @@ pub(super) async fn revoke(
     }
     state
         .consensus
-        .join_token_step(JoinTokenStep::Revoke { id: id.clone() })
+        .join_token_step(&caller, JoinTokenStep::Revoke { id: id.clone() })
         .await?;
     applied_here(&state, |s| !has_join_token(s, &id)).await;
     Ok(Json(TokenRevoked { revoked: id }))

@@ -116,6 +116,7 @@ impl From<WriteError> for ApiError {
             WriteError::Rejected(_) => StatusCode::BAD_REQUEST,
             WriteError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             WriteError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            WriteError::Forbidden(_) => StatusCode::FORBIDDEN,
         };
         ApiError::new(status, error.to_string())
     }

@@ -8,6 +8,7 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::Json;
 
+use super::access::ApiCaller;
 use super::{parse_body, ApiError, ApiState};
 
 /// Every token's id, name, scope and creation; never a secret, and not its hash either.
@@ -43,6 +44,7 @@ pub fn record(name: &str, scope: Scope, token: &str, created_by: &str) -> TokenR
 /// Makes a token; the answer is the only place its secret ever appears.
 pub(super) async fn create(
     State(state): State<Arc<ApiState>>,
+    ApiCaller(caller): ApiCaller,
     body: Bytes,
 ) -> Result<Json<TokenCreated>, ApiError> {
     let body: TokenRequest = parse_body(
@@ -59,7 +61,7 @@ pub(super) async fn create(
     let (name, scope) = (record.name.clone(), record.scope);
     state
         .consensus
-        .token_step(TokenStep::Create(record))
+        .token_step(&caller, TokenStep::Create(record))
         .await?;
     applied_here(&state, |s| {
         s.consensus
@@ -80,6 +82,7 @@ pub(super) async fn create(
 
 pub(super) async fn revoke(
     State(state): State<Arc<ApiState>>,
+    ApiCaller(caller): ApiCaller,
     Path(id): Path<String>,
 ) -> Result<Json<TokenRevoked>, ApiError> {
     if !state
@@ -96,7 +99,7 @@ pub(super) async fn revoke(
     }
     state
         .consensus
-        .token_step(TokenStep::Revoke { id: id.clone() })
+        .token_step(&caller, TokenStep::Revoke { id: id.clone() })
         .await?;
     applied_here(&state, |s| {
         s.consensus

@@ -170,6 +170,7 @@ pub async fn ask_voters<Req: Serialize, Resp: DeserializeOwned>(
         match call_json(
             consensus.transport(),
             &voter.address,
+            Some(voter.id),
             service,
             request,
             CALL_TIMEOUT,
@@ -333,6 +334,7 @@ pub async fn fetch_keys(runtime: &CaRuntime, consensus: &Consensus) -> Result<()
         let answer: Result<Vec<HeldKey>, _> = call_json(
             consensus.transport(),
             &voter.address,
+            Some(voter.id),
             Service::CaKey,
             &(),
             CALL_TIMEOUT,

@@ -87,6 +87,7 @@ async fn member_states(consensus: &Consensus, runtime: &CaRuntime) -> Vec<Member
                 call_json(
                     consensus.transport(),
                     &member.address,
+                    Some(member.id),
                     Service::CaStatus,
                     &(),
                     Duration::from_secs(2),

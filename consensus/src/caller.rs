@@ -1,0 +1,112 @@
+//! Who asked for a change that is forwarded to the leader, and the leader's check of it.
+//!
+//! A member's certificate proves which node forwards a request, not that anyone with the
+//! right to make the change asked for it: a compromised learner could otherwise mint admin
+//! tokens or remove voters by forwarding made-up requests. So a forwarded change carries the
+//! credential of its caller, and the leader checks it again: an API token against the
+//! replicated (hashed) tokens and the scope the change needs, or "this node itself" (its own
+//! duties, and callers holding its node-local `--token-file` token), which the leader takes only
+//! from a voter, a CA holder that could sign itself any certificate anyway.
+
+use std::fmt;
+
+use apiary_config::{History, Intent, Proposal};
+use serde::{Deserialize, Serialize};
+
+use crate::tokens::Scope;
+use crate::types::NodeId;
+use crate::{ConfigState, WriteError};
+
+/// The credential a change is made with.
+#[derive(Clone, Serialize, Deserialize)]
+pub enum Caller {
+    /// An API token as presented (a leader needs the secret: members replicate only hashes,
+    /// so a hash proves nothing).
+    Token(String),
+    /// The node itself: its own duties (bootstrap, admissions, CA steps) or its node-local
+    /// admin token.
+    Node,
+}
+
+impl fmt::Debug for Caller {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Caller::Token(_) => f.write_str("Caller::Token(<secret>)"),
+            Caller::Node => f.write_str("Caller::Node"),
+        }
+    }
+}
+
+/// A request forwarded to the leader with its caller's credential.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Forwarded<R> {
+    pub caller: Caller,
+    pub request: R,
+}
+
+/// The scope a config change needs, and the key that makes it need `admin` if one does.
+/// `destination.*` and `api.*` need `admin`: a new endpoint would carry the stored secrets to
+/// it, and `api.*` decides who reads.
+pub fn scope_for_change(history: &History, proposal: &Proposal) -> (Scope, Option<String>) {
+    let guarded =
+        |key: &str| key == "api" || key.starts_with("api.") || key.starts_with("destination");
+    let keys: Vec<String> = match &proposal.intent {
+        Intent::Set { settings } => settings.iter().map(|s| s.key.clone()).collect(),
+        Intent::Revert { to_version } => history
+            .config_at((*to_version).min(history.version()))
+            .map(|target| {
+                apiary_config::diff(history.current(), &target)
+                    .into_iter()
+                    .map(|change| change.key)
+                    .collect()
+            })
+            // An unknown version is refused when the change is checked; nothing to guard.
+            .unwrap_or_default(),
+    };
+    match keys.into_iter().find(|k| guarded(k)) {
+        Some(key) => (Scope::Admin, Some(key)),
+        None => (Scope::Write, None),
+    }
+}
+
+/// Whether the leader takes a change that needs `needed` from `caller`, forwarded by member
+/// `sender`; `Err` says why not, for the refusal the API caller sees.
+pub(crate) fn authorize(
+    state: &ConfigState,
+    sender: NodeId,
+    sender_is_voter: bool,
+    caller: &Caller,
+    needed: Scope,
+) -> Result<(), WriteError> {
+    match caller {
+        Caller::Node if sender_is_voter => Ok(()),
+        Caller::Node => Err(WriteError::Forbidden(format!(
+            "node {sender} is a learner: its own token (--token-file) and its own duties do not \
+             authorize cluster changes; use a cluster token with the `{needed}` scope (`apiary \
+             token create --scope {needed} NAME` on an admin token)"
+        ))),
+        Caller::Token(secret) => match state.find_token(secret) {
+            Some(record) if record.scope >= needed => Ok(()),
+            Some(record) => Err(WriteError::Forbidden(format!(
+                "this change needs a `{needed}` token, and this one is `{}`",
+                record.scope
+            ))),
+            None => Err(WriteError::Forbidden(
+                "the leader does not know this token: it was revoked, or its creation has not \
+                 reached the leader yet (retry in a second)"
+                    .into(),
+            )),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_token_secret_never_shows_in_debug_output() {
+        let text = format!("{:?}", Caller::Token("s3cr3t".into()));
+        assert!(!text.contains("s3cr3t"), "{text}");
+    }
+}
