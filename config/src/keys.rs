@@ -106,6 +106,24 @@ fn apply_one(config: &ClusterConfig, setting: &Setting) -> Result<ClusterConfig,
     for segment in parents {
         object = object_at(object, segment, key)?;
     }
+    // A destination's headers are a map of the operator's choosing: a new name is a new key,
+    // and null removes one.
+    if path[0] == "destinations" && path.len() == 4 && path[2] == "headers" {
+        if !is_header_name(last) {
+            return Err(ConfigError::invalid(
+                key,
+                last,
+                "an HTTP header name (letters, digits and !#$%&'*+-.^_`|~), e.g. x-api-key",
+            ));
+        }
+        if setting.value.is_null() {
+            object.remove(*last);
+            return parse(tree, setting);
+        }
+        object
+            .entry(last.to_string())
+            .or_insert_with(|| Value::String(String::new()));
+    }
     let Some(slot) = object.get_mut(*last) else {
         let allowed: Vec<&str> = object.keys().map(String::as_str).collect();
         return Err(unknown(
@@ -115,6 +133,14 @@ fn apply_one(config: &ClusterConfig, setting: &Setting) -> Result<ClusterConfig,
     };
     *slot = coerce(slot, &setting.value, key)?;
     parse(tree, setting)
+}
+
+/// An RFC 9110 token, the only thing a header name may be.
+fn is_header_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 fn object_at<'a>(

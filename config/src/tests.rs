@@ -460,3 +460,49 @@ fn a_header_named_with_dots_is_redacted_in_diffs_too() {
         "{shown}"
     );
 }
+
+/// A header not set before is a new key (before the fix: "unknown key … allowed here:"), null
+/// removes one, and a name that is no HTTP token is refused.
+#[test]
+fn destination_headers_are_set_one_by_one() {
+    let config = crate::apply_settings(
+        &ClusterConfig::default(),
+        &[
+            set(
+                "destination.main.endpoint",
+                serde_json::json!("http://c:4318"),
+            ),
+            set(
+                "destination.main.headers.x-api-key",
+                serde_json::json!("k1"),
+            ),
+            set("destination.main.headers.x-tenant", serde_json::json!("t")),
+        ],
+    )
+    .unwrap();
+    assert_eq!(config.destinations["main"].headers.len(), 2);
+    let config = crate::apply_settings(
+        &config,
+        &[set(
+            "destination.main.headers.x-tenant",
+            serde_json::Value::Null,
+        )],
+    )
+    .unwrap();
+    assert_eq!(
+        config.destinations["main"]
+            .headers
+            .keys()
+            .collect::<Vec<_>>(),
+        ["x-api-key"]
+    );
+    let error = crate::apply_settings(
+        &config,
+        &[set(
+            "destination.main.headers.bad name",
+            serde_json::json!("v"),
+        )],
+    )
+    .unwrap_err();
+    assert!(error.to_string().contains("an HTTP header name"), "{error}");
+}

@@ -67,9 +67,15 @@ fn is_list(arg: &Arg) -> bool {
 /// A flag whose values are numbers: integers in the file, as they print.
 fn is_integer(arg: &Arg) -> bool {
     let parsed = arg.get_value_parser().type_id();
-    [TypeId::of::<u64>(), TypeId::of::<u8>()]
-        .iter()
-        .any(|integer| parsed == *integer)
+    [
+        TypeId::of::<u64>(),
+        TypeId::of::<u32>(),
+        TypeId::of::<u16>(),
+        TypeId::of::<u8>(),
+        TypeId::of::<usize>(),
+    ]
+    .iter()
+    .any(|integer| parsed == *integer)
 }
 
 fn is_path(arg: &Arg) -> bool {
@@ -480,8 +486,10 @@ mod tests {
     fn file_fills_defaults_and_flags_win() {
         let file = FileSettings::parse(
             "name = \"from-file\"\nlisten = \"10.0.0.1:9000\"\nscopes = [\"netns:blue\"]\n\
-             metrics_interval = \"30s\"\n[cluster.probe.http]\nsample_rate = 0.5\n\
-             [cluster.destination.main]\nendpoint = \"http://collector:4317\"\nprotocol = \"grpc\"\n",
+             metrics_interval = \"30s\"\napi_max_connections = 50\n\
+             [cluster.probe.http]\nsample_rate = 0.5\n\
+             [cluster.destination.main]\nendpoint = \"http://collector:4317\"\nprotocol = \"grpc\"\n\
+             [cluster.destination.main.headers]\nx-api-key = \"sk-1\"\n",
         )
         .expect("valid file");
         let (mut args, mut matches) = node_args(&["--name", "from-flag"]);
@@ -498,6 +506,8 @@ mod tests {
         );
         assert_eq!(args.scopes, vec![Scope::Netns("blue".into())]);
         assert_eq!(args.metrics_interval.as_secs(), 30);
+        // Before the fix: "invalid type: integer `50`, expected a string".
+        assert_eq!(args.api_max_connections, 50);
         assert_eq!(
             args.api.to_string(),
             "127.0.0.1:7700",
@@ -509,6 +519,7 @@ mod tests {
             keys,
             [
                 "destination.main.endpoint",
+                "destination.main.headers.x-api-key",
                 "destination.main.protocol",
                 "probe.http.sample_rate"
             ]
@@ -518,6 +529,8 @@ mod tests {
             config.destinations["main"].endpoint,
             "http://collector:4317"
         );
+        // Before the fix a header not already set was an unknown key.
+        assert_eq!(config.destinations["main"].headers["x-api-key"], "sk-1");
     }
 
     #[test]

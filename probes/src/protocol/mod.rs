@@ -102,7 +102,8 @@ impl Clock {
     }
 
     pub fn to_unix_nanos(&self, monotonic_ns: u64) -> u64 {
-        (monotonic_ns as i128 + self.offset_ns).max(0) as u64
+        let unix = i128::from(monotonic_ns) + self.offset_ns;
+        u64::try_from(unix.max(0)).unwrap_or(u64::MAX)
     }
 }
 
@@ -114,4 +115,18 @@ pub fn clock_ns(clock: libc::clockid_t) -> u64 {
     // SAFETY: clock_gettime writes one timespec through a valid pointer.
     unsafe { libc::clock_gettime(clock, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Clock;
+
+    /// A kernel time past what the offset can carry saturates rather than wrapping to a time
+    /// near 1970 (an `as` cast did).
+    #[test]
+    fn unix_time_saturates_at_both_ends() {
+        assert_eq!(Clock::with_offset(10).to_unix_nanos(u64::MAX), u64::MAX);
+        assert_eq!(Clock::with_offset(-10).to_unix_nanos(5), 0);
+        assert_eq!(Clock::with_offset(10).to_unix_nanos(5), 15);
+    }
 }
