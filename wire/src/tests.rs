@@ -405,3 +405,36 @@ async fn reload_changes_which_cas_are_trusted() {
         "the old trust is back: the connection is closed and a new one refused"
     );
 }
+
+/// A certificate of the cluster's CA whose id is not a member's gets small frames only: before
+/// the cap, it could send 16 MiB on each of 100 streams.
+#[tokio::test]
+async fn a_certified_non_member_sends_only_small_frames() {
+    let (server, addr, _, _, ca) = server().await;
+    server.set_members(Some([1, 2].into_iter().collect()));
+    let big = Message::Request {
+        service: Service::ForwardWrite,
+        payload: vec![7; 100 * 1024],
+    };
+    let member = Transport::bind(loopback(), &identity(&ca, 2)).unwrap();
+    assert!(matches!(
+        member.call(addr, &big).await,
+        Ok(Message::Response { .. })
+    ));
+    let stranger = Transport::bind(loopback(), &identity(&ca, 3)).unwrap();
+    assert!(
+        stranger.call(addr, &ping(b"")).await.is_ok(),
+        "small is fine"
+    );
+    match stranger.call(addr, &big).await {
+        Err(WireError::Connection(reason)) => assert!(reason.contains("bad frame"), "{reason}"),
+        other => panic!("a non-member's 100 KiB frame was served: {other:?}"),
+    }
+    // Once it is a member (admitted on this connection's node), full frames pass.
+    server.set_members(Some([1, 2, 3].into_iter().collect()));
+    let again = Transport::bind(loopback(), &identity(&ca, 3)).unwrap();
+    assert!(matches!(
+        again.call(addr, &big).await,
+        Ok(Message::Response { .. })
+    ));
+}

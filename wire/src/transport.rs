@@ -30,6 +30,10 @@ const JOIN_DEADLINE: Duration = Duration::from_secs(10);
 const MAX_PENDING_JOINS: usize = 16;
 /// A member's request frame must arrive within this long once its stream is open.
 const STREAM_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Requests a peer with a certificate but no place in the membership (a node granted a
+/// certificate and not admitted yet, or one holding a stolen certificate) may have open at
+/// once; each is read with the join's frame cap. Its admission request is all it needs.
+const MAX_NON_MEMBER_STREAMS: usize = 4;
 
 /// Who sent a request.
 #[derive(Debug, Clone, Copy)]
@@ -78,6 +82,8 @@ pub struct Transport {
     accepted: Arc<Mutex<Vec<Connection>>>,
     /// Node ids whose certificates are refused at every handshake (removed members).
     denied: Arc<RwLock<HashSet<u64>>>,
+    /// The current members, once this node knows them ([`Transport::set_members`]).
+    members: Members,
     pending_joins: Arc<Semaphore>,
 }
 
@@ -116,8 +122,17 @@ impl Transport {
             connections: Mutex::new(HashMap::new()),
             accepted: Arc::new(Mutex::new(Vec::new())),
             denied: Arc::new(RwLock::new(HashSet::new())),
+            members: Members::default(),
             pending_joins: Arc::new(Semaphore::new(MAX_PENDING_JOINS)),
         }))
+    }
+
+    /// The ids of the current members (`None` while this node knows none, as before it is
+    /// admitted: its first entries come from a leader it cannot know yet). A certified peer
+    /// that is not one of them is served as [`MAX_NON_MEMBER_STREAMS`] requests of at most
+    /// [`MAX_JOIN_FRAME_BYTES`] each, so a certificate alone cannot fill this node's memory.
+    pub fn set_members(&self, ids: Option<HashSet<u64>>) {
+        *self.members.0.write().unwrap_or_else(|p| p.into_inner()) = ids;
     }
 
     /// Refuses the certificates of `ids` from now on, and closes every open connection with
@@ -180,12 +195,14 @@ impl Transport {
         let endpoint = self.endpoint.clone();
         let accepted = self.accepted.clone();
         let denied = self.denied.clone();
+        let members = self.members.clone();
         let pending_joins = self.pending_joins.clone();
         tokio::spawn(async move {
             while let Some(incoming) = endpoint.accept().await {
                 let handler = handler.clone();
                 let accepted = accepted.clone();
                 let denied = denied.clone();
+                let members = members.clone();
                 let pending_joins = pending_joins.clone();
                 tokio::spawn(async move {
                     let addr = incoming.remote_address();
@@ -220,7 +237,7 @@ impl Transport {
                                 connection.close(VarInt::from_u32(CLOSE_REVOKED), b"revoked");
                                 return;
                             }
-                            serve_member(connection, peer, handler).await
+                            serve_member(connection, peer, id, members, handler).await
                         }
                         None => match pending_joins.try_acquire_owned() {
                             Ok(_permit) => serve_join(connection, peer, handler).await,
@@ -362,18 +379,53 @@ fn close_for(connection: &Connection, peer: &PeerInfo, reason: &str) {
     );
 }
 
-/// A member: any number of streams, one request each, each read within a deadline.
-async fn serve_member<H: Handler>(connection: Connection, peer: PeerInfo, handler: Arc<H>) {
+/// The ids of the members, shared with every connection's task.
+#[derive(Clone, Default)]
+struct Members(Arc<RwLock<Option<HashSet<u64>>>>);
+
+impl Members {
+    /// Whether `id` may send full-size frames: a member, or anyone while none is known.
+    fn admits(&self, id: u64) -> bool {
+        match &*self.0.read().unwrap_or_else(|p| p.into_inner()) {
+            Some(members) => members.contains(&id),
+            None => true,
+        }
+    }
+}
+
+/// A peer with a certificate: one request per stream, each read within a deadline; a member
+/// any number at once with frames up to [`MAX_FRAME_BYTES`], a non-member a few and small
+/// (checked per stream, as a joiner becomes a member on the connection it joined with).
+async fn serve_member<H: Handler>(
+    connection: Connection,
+    peer: PeerInfo,
+    id: u64,
+    members: Members,
+    handler: Arc<H>,
+) {
+    let non_member_streams = Arc::new(Semaphore::new(MAX_NON_MEMBER_STREAMS));
     loop {
         let (mut send, mut recv) = match connection.accept_bi().await {
             Ok(streams) => streams,
             Err(_) => return, // closed or timed out; the peer dials again when it needs us
         };
+        let (max_frame, permit) = if members.admits(id) {
+            (MAX_FRAME_BYTES, None)
+        } else {
+            match non_member_streams.clone().try_acquire_owned() {
+                Ok(permit) => (MAX_JOIN_FRAME_BYTES, Some(permit)),
+                Err(_) => {
+                    tracing::warn!(peer = %peer.addr, node = id, "a non-member opened too many streams");
+                    let _ = recv.stop(VarInt::from_u32(CLOSE_PROTOCOL_VIOLATION));
+                    continue;
+                }
+            }
+        };
         let handler = handler.clone();
         let connection = connection.clone();
         tokio::spawn(async move {
-            let read =
-                tokio::time::timeout(STREAM_READ_TIMEOUT, read_frame(&mut recv, MAX_FRAME_BYTES));
+            let _permit = permit;
+            let read = tokio::time::timeout(STREAM_READ_TIMEOUT, read_frame(&mut recv, max_frame));
             let message = match read.await {
                 Ok(Ok(message)) => message,
                 Ok(Err(e)) => return close_for(&connection, &peer, &format!("bad frame: {e}")),

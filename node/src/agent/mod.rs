@@ -206,6 +206,7 @@ impl Mesh {
             *args.cert_lifetime,
         )?;
         follow_revocations(&consensus, transport);
+        follow_membership(&consensus, transport);
         // Before serving: a restart in the middle of a CA rotation trusts what the log says
         // (as far as it can without peers; `follow` finishes the step once they answer).
         let state = consensus.config_state().ca();
@@ -251,6 +252,33 @@ fn follow_revocations(consensus: &Arc<Consensus>, transport: &Arc<Transport>) {
                 "refusing removed members' certificates"
             );
             transport.deny(ids);
+        }
+    });
+}
+
+/// Tells the transport who the members are as the membership changes, so certified peers
+/// that are not members get only small requests.
+fn follow_membership(consensus: &Arc<Consensus>, transport: &Arc<Transport>) {
+    let mut metrics = consensus.raft().metrics();
+    let transport = transport.clone();
+    tokio::spawn(async move {
+        let mut last = None;
+        loop {
+            let ids: std::collections::HashSet<u64> = metrics
+                .borrow_and_update()
+                .membership_config
+                .membership()
+                .nodes()
+                .map(|(id, _)| *id)
+                .collect();
+            let ids = (!ids.is_empty()).then_some(ids);
+            if ids != last {
+                transport.set_members(ids.clone());
+                last = ids;
+            }
+            if metrics.changed().await.is_err() {
+                return;
+            }
         }
     });
 }
