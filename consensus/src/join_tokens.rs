@@ -42,6 +42,10 @@ pub struct JoinUse {
     pub node_id: NodeId,
     pub node_name: String,
     pub at_unix: u64,
+    /// Hex SHA-256 of the joiner's public key, so a joiner whose answer was lost gets its
+    /// certificate again on retry rather than finding its single-use token spent.
+    #[serde(default)]
+    pub key_sha256: String,
 }
 
 /// A change to the set of join tokens.
@@ -58,6 +62,8 @@ pub enum JoinTokenStep {
         node_id: NodeId,
         node_name: String,
         at_unix: u64,
+        #[serde(default)]
+        key_sha256: String,
     },
 }
 
@@ -110,6 +116,7 @@ pub fn apply_join_token_step(
             node_id,
             node_name,
             at_unix,
+            key_sha256,
         } => {
             if tokens
                 .values()
@@ -149,6 +156,7 @@ pub fn apply_join_token_step(
                 node_id,
                 node_name,
                 at_unix,
+                key_sha256,
             });
             if token.uses.len() > MAX_USES_KEPT {
                 token.uses.remove(0);
@@ -181,6 +189,7 @@ mod tests {
             node_id,
             node_name: format!("n{node_id}"),
             at_unix,
+            key_sha256: format!("key of {node_id}"),
         }
     }
 

@@ -663,6 +663,28 @@ async fn the_first_tokens_are_revoked_and_join_tokens_expire_or_run_out() {
         !ok && err.contains("already used"),
         "a single-use token twice: {err}"
     );
+    // A joiner whose answer was lost asks again with the same key: the same id, not "already
+    // used" (before the fix its single-use token was spent and it could never join).
+    let (code, body) = cluster
+        .write(
+            0,
+            reqwest::Method::POST,
+            "/v1/join-tokens",
+            json!({"name": "retry", "single_use": true}),
+        )
+        .await;
+    assert_eq!(code, 200, "{body}");
+    let retry: apiary_wire::JoinToken = body["token"].as_str().unwrap().parse().unwrap();
+    let (_, csr) = apiary_wire::tls::new_key_and_csr("retrier").unwrap();
+    let ask = |via: usize, csr: Vec<u8>| {
+        apiary_wire::request_join(cluster.nodes[via].quic, &retry, "retrier", csr)
+    };
+    let first = ask(0, csr.clone()).await.unwrap();
+    let again = ask(1, csr).await.unwrap();
+    assert_eq!(first.node_id, again.node_id, "the same joiner, the same id");
+    let (_, other) = apiary_wire::tls::new_key_and_csr("retrier").unwrap();
+    let error = ask(0, other).await.unwrap_err().to_string();
+    assert!(error.contains("already used"), "another key: {error}");
     let (code, body) = cluster
         .write(
             0,

@@ -361,3 +361,56 @@ async fn nice_lowers_every_thread_of_the_agent_and_the_default_keeps_its_priorit
     assert!(!ok);
     assert!(err.contains("--nice") && err.contains("0..=19"), "{err}");
 }
+
+/// A creator killed right after it bootstrapped its cluster, before it recorded the first
+/// tokens and the file's [cluster] table: before the fix the next start skipped both, so the
+/// cluster knew no token (DATA_DIR/api-token was refused) and the table was lost. Now the next
+/// start finishes them, once.
+#[tokio::test]
+async fn a_creator_killed_before_it_recorded_its_first_tokens_finishes_on_restart() {
+    let _machine = crate::common::shared();
+    let dir = tempfile::tempdir().unwrap();
+    let (quic, api, _, _) = free_ports();
+    let config = dir.path().join("apiary.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "name = \"founder\"\ndata_dir = \"{}\"\nlisten = \"127.0.0.1:{quic}\"\n\
+             api = \"127.0.0.1:{api}\"\n[cluster.probe.http]\nsample_rate = 0.25\n",
+            dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let mut crashed = start_node(
+        &config,
+        &[],
+        &[("APIARY_FAILPOINT", "after-bootstrap".to_string())],
+    );
+    let status = crashed.0.wait().expect("the node exits at the failpoint");
+    assert_eq!(status.code(), Some(86), "{status:?}");
+    let token = std::fs::read_to_string(dir.path().join("data/api-token")).unwrap();
+    let token = token.trim().to_string();
+    let base = format!("http://127.0.0.1:{api}");
+    for round in 0..2 {
+        let _node = start_node(&config, &[], &[]);
+        let config_json = wait_json_with(
+            &format!("{base}/v1/config"),
+            "the first token",
+            Some(&token),
+        )
+        .await;
+        assert_eq!(config_json["version"], 1, "round {round}: {config_json}");
+        assert_eq!(config_json["config"]["probes"]["http"]["sample_rate"], 0.25);
+        let joins = wait_json_with(
+            &format!("{base}/v1/join-tokens"),
+            "join tokens",
+            Some(&token),
+        )
+        .await;
+        assert_eq!(
+            joins["join_tokens"].as_array().map(Vec::len),
+            Some(1),
+            "{joins}"
+        );
+    }
+}

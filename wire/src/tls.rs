@@ -50,6 +50,18 @@ pub fn fingerprint(cert: &CertificateDer<'_>) -> [u8; 32] {
     out
 }
 
+/// Hex SHA-256 of the public key a certificate request asks for: names a joiner across its
+/// retries (the same request, so the same key, which only its holder can sign a request for).
+pub fn csr_key_fingerprint(csr_der: &[u8]) -> Result<String, WireError> {
+    let csr = CertificateSigningRequestParams::from_der(&csr_der.to_vec().into())
+        .map_err(|e| WireError::Refused(format!("the certificate request is invalid: {e}")))?;
+    let digest = ring::digest::digest(
+        &ring::digest::SHA256,
+        rcgen::PublicKeyData::der_bytes(&csr.public_key),
+    );
+    Ok(hex::encode(digest.as_ref()))
+}
+
 /// The cluster's certificate authority: signs node certificates on join.
 pub struct ClusterCa {
     cert: CertificateDer<'static>,

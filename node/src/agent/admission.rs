@@ -7,10 +7,10 @@
 
 use std::time::{Duration, SystemTime};
 
-use apiary_consensus::join_tokens::{JoinTokenRecord, JoinTokenStep};
+use apiary_consensus::join_tokens::{JoinTokenRecord, JoinTokenStep, JoinUse};
 use apiary_consensus::tokens::token_hash;
 use apiary_consensus::{Caller, Consensus, WriteError};
-use apiary_wire::tls::{fingerprint, NodeName};
+use apiary_wire::tls::{csr_key_fingerprint, fingerprint, NodeName};
 use apiary_wire::{JoinGrant, JoinToken, Message, PeerInfo, Service};
 use serde::{Deserialize, Serialize};
 
@@ -86,8 +86,13 @@ pub async fn create_join_token(
     Ok((token, record))
 }
 
-/// The live record of a presented secret, or why it admits no one.
-fn check_token(consensus: &Consensus, secret: &[u8]) -> Result<JoinTokenRecord, String> {
+/// The live record of a presented secret, and the earlier use by the same key (`key_sha256`
+/// of the joiner's request) if there is one, or why it admits no one.
+fn check_token(
+    consensus: &Consensus,
+    secret: &[u8],
+    key_sha256: &str,
+) -> Result<(JoinTokenRecord, Option<JoinUse>), String> {
     let record = consensus
         .config_state()
         .find_join_token(secret)
@@ -105,13 +110,20 @@ fn check_token(consensus: &Consensus, secret: &[u8]) -> Result<JoinTokenRecord, 
             rfc3339(record.expires_at_unix)
         ));
     }
-    if record.single_use && !record.uses.is_empty() {
+    // The same joiner again (its answer was lost: the join deadline passed, the connection
+    // dropped): the same id, not a spent token.
+    let earlier = record
+        .uses
+        .iter()
+        .find(|u| !u.key_sha256.is_empty() && u.key_sha256 == key_sha256)
+        .cloned();
+    if earlier.is_none() && record.single_use && !record.uses.is_empty() {
         return Err(format!(
             "the single-use join token {} was already used; ask an operator for a new one",
             record.id
         ));
     }
-    Ok(record)
+    Ok((record, earlier))
 }
 
 /// Answers a [`Message::JoinRequest`] from a node without a certificate.
@@ -134,7 +146,11 @@ pub async fn answer_join(
                 .into(),
         );
     }
-    if let Err(reason) = check_token(consensus, &secret) {
+    let key_sha256 = match csr_key_fingerprint(&csr) {
+        Ok(key) => key,
+        Err(e) => return refuse(e.to_string()),
+    };
+    if let Err(reason) = check_token(consensus, &secret, &key_sha256) {
         return refuse(reason);
     }
     if node_name.is_empty() || node_name.len() > 64 {
@@ -209,22 +225,47 @@ async fn sign_join_here(
     if runtime.rotating() {
         return Err("the cluster CA is being rotated; join once the rotation finished".into());
     }
-    let record = check_token(consensus, &request.secret)?;
-    // A fresh id: the state machine refuses a use naming a member, a removed node or an id
-    // granted before, so even a forged step cannot name an existing node.
-    let node_id = rand::random::<u64>() >> 1;
-    consensus
-        .join_token_step(
-            &Caller::Node,
-            JoinTokenStep::Use {
-                id: record.id.clone(),
-                node_id,
-                node_name: request.node_name.clone(),
-                at_unix: unix_now(),
-            },
-        )
-        .await
-        .map_err(|e| e.to_string())?;
+    let key_sha256 = csr_key_fingerprint(&request.csr).map_err(|e| e.to_string())?;
+    let (record, earlier) = check_token(consensus, &request.secret, &key_sha256)?;
+    let node_id = match earlier {
+        Some(earlier)
+            if consensus
+                .config_state()
+                .revoked()
+                .contains_key(&earlier.node_id) =>
+        {
+            return Err(format!(
+                "node {} that joined with this key was removed: join with a new data dir",
+                earlier.node_id
+            ))
+        }
+        Some(earlier) => {
+            tracing::info!(
+                node = earlier.node_id,
+                "a joiner asks again with the same key: its certificate again, same id"
+            );
+            earlier.node_id
+        }
+        None => {
+            // A fresh id: the state machine refuses a use naming a member, a removed node or
+            // an id granted before, so even a forged step cannot name an existing node.
+            let node_id = rand::random::<u64>() >> 1;
+            consensus
+                .join_token_step(
+                    &Caller::Node,
+                    JoinTokenStep::Use {
+                        id: record.id.clone(),
+                        node_id,
+                        node_name: request.node_name.clone(),
+                        at_unix: unix_now(),
+                        key_sha256,
+                    },
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            node_id
+        }
+    };
     let ca_cert = runtime.ca_cert();
     let node = NodeName {
         id: node_id,

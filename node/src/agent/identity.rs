@@ -27,11 +27,17 @@ pub struct NodeFile {
     pub name: String,
     /// The member this node joined through; `None` for the node that created the cluster.
     pub joined_via: Option<String>,
-    /// Set once the cluster has added this node to its membership.
+    /// Set once the cluster has added this node to its membership; for the node that
+    /// created the cluster, once it recorded the cluster's first tokens and config.
     pub admitted: bool,
 }
 
 impl NodeIdentity {
+    /// The node created the cluster and stopped before recording its first tokens and config.
+    pub fn founding_unfinished(&self) -> bool {
+        self.node.joined_via.is_none() && !self.node.admitted
+    }
+
     /// A data dir from before certificates named node ids (wire protocol 1, when every member
     /// held the CA key): the node signs itself a certificate that names its id, for its own key.
     pub fn upgrade_certificate(
@@ -167,7 +173,7 @@ impl DataDir {
             id: rand::random::<u64>() >> 1,
             name: name.to_string(),
             joined_via: None,
-            admitted: true,
+            admitted: false,
         };
         let tls = ca.issue_identity(&node.node_name(), cert_lifetime)?;
         let identity = NodeIdentity {

@@ -28,6 +28,10 @@ pub async fn identity(
     seed: &ClusterSeed,
 ) -> Result<(NodeIdentity, bool)> {
     let creating = !dir.exists() && args.join.is_none();
+    // A creator stopped between making its data dir and recording its first tokens (a crash,
+    // a kill) finishes that on this start.
+    let unfinished = dir.exists() && dir.load().is_ok_and(|i| i.founding_unfinished());
+    let creating = creating || unfinished;
     if !creating && !seed.0.is_empty() {
         tracing::info!(
             "the [cluster] table of the config file is only used when creating a cluster; \
@@ -40,7 +44,7 @@ pub async fn identity(
         }
         let mut identity = dir.load()?;
         identity.upgrade_certificate(dir, *args.cert_lifetime)?;
-        Ok((identity, false))
+        Ok((identity, unfinished))
     } else if let Some(via) = &args.join {
         let token = args.join_token.as_deref().context(
             "--join needs --join-token: make one with `apiary join-token create` on any \
@@ -95,11 +99,18 @@ pub async fn become_member(
     match &identity.node.joined_via {
         None => {
             consensus.bootstrap(me).await?;
+            if std::env::var_os("APIARY_FAILPOINT").is_some_and(|f| f == "after-bootstrap") {
+                // The crash-window test: stop as a kill at the worst moment would.
+                std::process::exit(86);
+            }
             if creating {
                 commit_first_tokens(consensus, identity).await?;
-            }
-            if creating && !seed.0.is_empty() {
-                commit_seed(consensus, &identity.node.name, seed).await?;
+                if !seed.0.is_empty() {
+                    commit_seed(consensus, &identity.node.name, seed).await?;
+                }
+                let mut node = identity.node.clone();
+                node.admitted = true;
+                dir.save_node(&node)?;
             }
         }
         Some(via) if !identity.node.admitted => {
@@ -118,13 +129,24 @@ pub async fn become_member(
 /// given them, and an operator can revoke them like any other.
 async fn commit_first_tokens(consensus: &Consensus, identity: &NodeIdentity) -> Result<()> {
     let node = &identity.node.name;
+    // A start after a crash may find a token recorded already: its hash is refused as taken.
+    let recorded = |result: Result<(), WriteError>| match result {
+        Err(WriteError::Rejected(apiary_config::ConfigError::Invalid { key, .. }))
+            if key == "token.id" || key == "join_token.id" =>
+        {
+            Ok(())
+        }
+        other => other,
+    };
     if let Some(token) = &identity.api_token {
         let record =
             crate::api::tokens::record("initial (DATA_DIR/api-token)", Scope::Admin, token, node);
-        consensus
-            .token_step(&Caller::Node, TokenStep::Create(record))
-            .await
-            .context("cannot record the cluster's first API token")?;
+        recorded(
+            consensus
+                .token_step(&Caller::Node, TokenStep::Create(record))
+                .await,
+        )
+        .context("cannot record the cluster's first API token")?;
     }
     if let Some(token) = &identity.join_token {
         let record = join_token_record(
@@ -134,20 +156,35 @@ async fn commit_first_tokens(consensus: &Consensus, identity: &NodeIdentity) -> 
             false,
             node.clone(),
         );
-        consensus
-            .join_token_step(&Caller::Node, JoinTokenStep::Create(record))
-            .await
-            .context("cannot record the cluster's first join token")?;
+        recorded(
+            consensus
+                .join_token_step(&Caller::Node, JoinTokenStep::Create(record))
+                .await,
+        )
+        .context("cannot record the cluster's first join token")?;
     }
     Ok(())
 }
 
+/// The author of the change that commits the config file's `[cluster]` table.
+const SEED_AUTHOR: &str = "apiary.toml";
+
 /// Commits the config file's `[cluster]` table as the new cluster's first change.
 /// `propose` waits through the election that follows bootstrap, as for any write.
 async fn commit_seed(consensus: &Consensus, node: &str, seed: ClusterSeed) -> Result<()> {
+    // Committed before a crash that came before this node saved that it was done.
+    let committed = consensus
+        .config_state()
+        .history()
+        .events()
+        .iter()
+        .any(|event| event.author == SEED_AUTHOR);
+    if committed {
+        return Ok(());
+    }
     let proposal = crate::api::proposal(
         node,
-        "apiary.toml".into(),
+        SEED_AUTHOR.into(),
         "initial config from the [cluster] table".into(),
         apiary_config::Intent::Set { settings: seed.0 },
     );
