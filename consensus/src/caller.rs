@@ -44,24 +44,27 @@ pub struct Forwarded<R> {
     pub request: R,
 }
 
-/// The scope a config change needs, and the key that makes it need `admin` if one does.
-/// `destination.*` and `api.*` need `admin`: a new endpoint would carry the stored secrets to
-/// it, and `api.*` decides who reads.
+/// The scope a config change needs, and the key that makes it need `admin` if one does:
+/// `destination.*` (a new endpoint would carry the stored secrets to it), `api.*` (who reads)
+/// and `trust.*` (whose profiles are trusted). The keys are those the change would change, so a
+/// revert or a profile that touches one of them needs `admin` as a set does.
 pub fn scope_for_change(history: &History, proposal: &Proposal) -> (Scope, Option<String>) {
-    let guarded =
-        |key: &str| key == "api" || key.starts_with("api.") || key.starts_with("destination");
-    let keys: Vec<String> = match &proposal.intent {
-        Intent::Set { settings } => settings.iter().map(|s| s.key.clone()).collect(),
-        Intent::Revert { to_version } => history
-            .config_at((*to_version).min(history.version()))
-            .map(|target| {
-                apiary_config::diff(history.current(), &target)
-                    .into_iter()
-                    .map(|change| change.key)
-                    .collect()
-            })
-            // An unknown version is refused when the change is checked; nothing to guard.
-            .unwrap_or_default(),
+    let guarded = |key: &str| {
+        let first = key.split('.').next().unwrap_or(key);
+        matches!(first, "api" | "trust") || first.starts_with("destination")
+    };
+    let changed = history
+        .check(proposal)
+        .and_then(|event| history.current().apply(&event.change));
+    let keys: Vec<String> = match (changed, &proposal.intent) {
+        (Ok(after), _) => apiary_config::diff(history.current(), &after)
+            .into_iter()
+            .map(|change| change.key)
+            .collect(),
+        // A change that does not apply is refused when it is committed; the keys it names
+        // still decide who may try.
+        (Err(_), Intent::Set { settings }) => settings.iter().map(|s| s.key.clone()).collect(),
+        (Err(_), _) => Vec::new(),
     };
     match keys.into_iter().find(|k| guarded(k)) {
         Some(key) => (Scope::Admin, Some(key)),
@@ -103,6 +106,49 @@ pub(crate) fn authorize(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn set(key: &str, value: serde_json::Value) -> Proposal {
+        Proposal {
+            origin_node: "n0".into(),
+            author: "t".into(),
+            comment: String::new(),
+            at: "2026-12-01T00:00:00Z".into(),
+            intent: Intent::Set {
+                settings: vec![apiary_config::Setting {
+                    key: key.into(),
+                    value,
+                }],
+            },
+        }
+    }
+
+    /// A revert that brings back a destination needs `admin` as setting it does (the keys a
+    /// change changes decide, not only the keys it names).
+    #[test]
+    fn destinations_need_admin_however_they_change() {
+        let mut history = History::default();
+        let probe = set("probe.http.sample_rate", serde_json::json!(0.5));
+        assert_eq!(scope_for_change(&history, &probe), (Scope::Write, None));
+        let destination = set(
+            "destination.main.endpoint",
+            serde_json::json!("http://c:4318"),
+        );
+        assert_eq!(scope_for_change(&history, &destination).0, Scope::Admin);
+        history.commit(&destination).unwrap();
+        history
+            .commit(&set("destination.main", serde_json::Value::Null))
+            .unwrap();
+        let revert = Proposal {
+            intent: Intent::Revert { to_version: 1 },
+            ..probe.clone()
+        };
+        let (scope, key) = scope_for_change(&history, &revert);
+        assert_eq!(scope, Scope::Admin);
+        let key = key.unwrap();
+        assert!(key.starts_with("destination"), "{key}");
+        let api = set("api.public_read", serde_json::json!(true));
+        assert_eq!(scope_for_change(&history, &api).0, Scope::Admin);
+    }
 
     #[test]
     fn the_token_secret_never_shows_in_debug_output() {
