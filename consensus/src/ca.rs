@@ -90,13 +90,17 @@ pub fn apply_step(current: Option<&CaState>, step: CaStep) -> Result<CaState, Co
             previous_cert,
             cert,
         } => {
-            if phase != CaPhase::Finished || new_epoch != epoch + 1 {
+            // A stage may also replace a stage no member switched to yet: the CA holder that
+            // made it may be gone with the only copy of its key.
+            let restage = phase == CaPhase::Staged
+                && current.is_some_and(|c| c.previous_cert == previous_cert);
+            if (phase != CaPhase::Finished && !restage) || new_epoch != epoch + 1 {
                 return out_of_order(format!(
                     "a stage of epoch {} after a finished rotation (rotation {epoch} is {phase})",
                     epoch + 1
                 ));
             }
-            if let Some(current) = current {
+            if let Some(current) = current.filter(|_| !restage) {
                 if current.cert != previous_cert {
                     return out_of_order(
                         "a stage whose previous CA is the cluster's current CA".into(),
@@ -162,5 +166,27 @@ mod tests {
         assert!(error.to_string().contains("current CA"), "{error}");
         let next = apply_step(Some(&finished), stage(2, b"b", b"c")).unwrap();
         assert_eq!((next.epoch, next.phase), (2, CaPhase::Staged));
+    }
+
+    /// A stage whose key is lost with its driver is replaced by a new stage from the same CA;
+    /// once a member switched, it cannot be.
+    #[test]
+    fn a_stage_is_replaced_before_the_switch_only() {
+        let staged = apply_step(None, stage(1, b"a", b"b")).unwrap();
+        let again = apply_step(Some(&staged), stage(2, b"a", b"c")).unwrap();
+        assert_eq!(
+            (again.epoch, again.phase, again.cert.as_slice()),
+            (2, CaPhase::Staged, &b"c"[..])
+        );
+        assert!(
+            apply_step(Some(&staged), stage(2, b"b", b"c")).is_err(),
+            "from the staged CA"
+        );
+        assert!(
+            apply_step(Some(&staged), stage(3, b"a", b"c")).is_err(),
+            "skipping an epoch"
+        );
+        let switched = apply_step(Some(&again), CaStep::Switch { epoch: 2 }).unwrap();
+        assert!(apply_step(Some(&switched), stage(3, b"a", b"d")).is_err());
     }
 }

@@ -254,3 +254,63 @@ async fn a_rotation_stopped_part_way_continues_after_a_restart() {
     let version = body["version"].as_u64().unwrap();
     cluster.wait_version(&[0, 1, 2], version).await;
 }
+
+/// The driver of a rotation is lost for good (its data dir too) right after the stage, with
+/// the only copy of the staged CA's key: before the fix no member could apply the stage (no one
+/// could sign under it) and nothing could replace it, so the rotation never finished. Now
+/// `apiary ca rotate` on another voter stages a new CA in its place and finishes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stage_whose_driver_is_lost_is_replaced() {
+    let mut cluster = Cluster::start(3).await;
+    let token = cluster.token.clone();
+    // The other voters hold the current CA's key (they fetch it within seconds of joining).
+    cluster
+        .wait_for(
+            Duration::from_secs(30),
+            "n1 and n2 to hold the CA key",
+            |c| async move {
+                for i in [1, 2] {
+                    let report = c.get(i, "/v1/ca").await.ok()?;
+                    (report["certificate"]["holds_ca_key"] == json!(true)).then_some(())?;
+                }
+                Some(())
+            },
+        )
+        .await;
+    cluster.nodes[0]
+        .env
+        .push(("APIARY_FAILPOINT".into(), "after-stage".into()));
+    cluster.nodes[0].restart();
+    cluster
+        .wait_for(Duration::from_secs(30), "n0 back", |c| async move {
+            let status = c.get(0, "/v1/cluster").await.ok()?;
+            status["leader_name"].as_str().map(|_| ())
+        })
+        .await;
+    let peer0 = cluster.nodes[0].url("");
+    let (ok, out, _) = cli(&["ca", "rotate", "--peer", &peer0, "--token", &token]);
+    assert!(!ok, "the driver exits at the failpoint: {out}");
+    cluster.nodes[0].kill();
+    std::fs::remove_dir_all(&cluster.nodes[0].data_dir).unwrap();
+
+    let peer1 = cluster.nodes[1].url("");
+    cluster.leader(&[1, 2]).await;
+    let (ok, out, err) = cli(&[
+        "members", "remove", "n0", "--peer", &peer1, "--token", &token,
+    ]);
+    assert!(ok, "{out}{err}");
+    let (ok, out, err) = cli(&["ca", "rotate", "--peer", &peer1, "--token", &token]);
+    assert!(ok, "the rotation finishes through n1: {out}{err}");
+    assert!(out.contains("in its place"), "{out}");
+    let fingerprint = token_fingerprint(&join_token(&cluster.nodes[1].data_dir));
+    for i in [1, 2] {
+        let report = ca_report(&cluster, i).await;
+        assert_eq!(report["epoch"], json!(2), "a new stage: {report}");
+        assert_eq!(report["phase"], json!("finished"), "{report}");
+        assert_eq!(report["fingerprint"], json!(fingerprint), "{report}");
+    }
+    let (code, body) = cluster.set(2, "probe.http.sample_rate", json!(0.3)).await;
+    assert_eq!(code, 200, "{body}");
+    let version = body["version"].as_u64().unwrap();
+    cluster.wait_version(&[1, 2], version).await;
+}

@@ -36,6 +36,8 @@ pub struct Node {
     join: Option<(SocketAddr, String)>,
     /// Extra flags; mesh tests run without probes so that many nodes fit one machine.
     pub extra: Vec<String>,
+    /// Extra environment (a failpoint, say) for the next starts.
+    pub env: Vec<(String, String)>,
     child: Option<Child>,
 }
 
@@ -68,6 +70,7 @@ impl Node {
                 &self.otlp_grpc.to_string(),
             ])
             .args(&self.extra)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("APIARY_LOG", "info,openraft=warn")
             // The tests' nodes run at the default niceness whatever the runner exports.
             .env_remove("APIARY_NICE")
@@ -269,6 +272,7 @@ impl Cluster {
             data_dir: self.dir.path().join(name),
             join,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            env: Vec::new(),
             child: None,
         };
         node.spawn();

@@ -158,6 +158,28 @@ impl CaRuntime {
     }
 }
 
+/// Whether this node or a reachable voter holds the key of the staged CA `cert`.
+pub async fn staged_key_held(runtime: &CaRuntime, consensus: &Consensus, cert: &[u8]) -> bool {
+    if runtime.held_keys().iter().any(|held| held.cert == cert) {
+        return true;
+    }
+    for voter in other_voters(consensus) {
+        let answer: Result<Vec<HeldKey>, _> = call_json(
+            consensus.transport(),
+            &voter.address,
+            Some(voter.id),
+            Service::CaKey,
+            &(),
+            CALL_TIMEOUT,
+        )
+        .await;
+        if answer.is_ok_and(|keys| keys.iter().any(|held| held.cert == cert)) {
+            return true;
+        }
+    }
+    false
+}
+
 /// Asks the voters other than this node, one after another, until one answers.
 pub async fn ask_voters<Req: Serialize, Resp: DeserializeOwned>(
     consensus: &Consensus,

@@ -141,7 +141,20 @@ pub async fn rotate(
     on_step: impl Fn(&str),
 ) -> Result<String> {
     let current = || consensus.config_state().ca();
+    let mut restage = false;
     let target = match current() {
+        Some(s)
+            if s.phase == CaPhase::Staged
+                && !super::custody::staged_key_held(runtime, consensus, &s.cert).await =>
+        {
+            on_step(&format!(
+                "rotation {} was staged by a CA holder that is gone: no reachable voter holds \
+                 its key; staging a new CA in its place",
+                s.epoch
+            ));
+            restage = true;
+            s.epoch + 1
+        }
         Some(s) if s.phase != CaPhase::Finished => {
             on_step(&format!("resuming rotation {} ({})", s.epoch, s.phase));
             s.epoch
@@ -151,6 +164,15 @@ pub async fn rotate(
     };
     let mut first = true;
     loop {
+        if std::mem::take(&mut restage) {
+            // No member can apply the lost stage (no one signs under it): replace it first.
+            first = false;
+            let step = new_stage(consensus, runtime, target).await?;
+            on_step("staging a new CA: every member trusts both");
+            consensus.ca_step(step).await?;
+            wait_for_local(consensus, (target, CaPhase::Staged), STEP_TIMEOUT).await?;
+            continue;
+        }
         // The first check fails fast: it is the one that finds a member already down.
         let timeout = if first {
             FIRST_CHECK_TIMEOUT
@@ -166,27 +188,7 @@ pub async fn rotate(
             }
             Some(s) if s.phase == CaPhase::Staged => CaStep::Switch { epoch: s.epoch },
             Some(s) if s.phase == CaPhase::Switched => CaStep::Finish { epoch: s.epoch },
-            _ => {
-                if !runtime.holds_key() && consensus.is_voter(consensus.id()) {
-                    // A voter that joined a moment ago fetches the key on its next round;
-                    // the driver does not wait for that round.
-                    let _ = super::custody::fetch_keys(runtime, consensus).await;
-                }
-                if !runtime.holds_key() {
-                    bail!(
-                        "this node does not hold the CA key: run the rotation through a voter's \
-                         API (`apiary status` shows the voters)"
-                    );
-                }
-                let ca = ClusterCa::generate(&format!("epoch {target}"))?;
-                // The new key stays with the CA holders: voters fetch it from this node.
-                runtime.stage_new_ca(&ca)?;
-                CaStep::Stage {
-                    epoch: target,
-                    previous_cert: runtime.ca_cert(),
-                    cert: ca.cert_der().to_vec(),
-                }
-            }
+            _ => new_stage(consensus, runtime, target).await?,
         };
         on_step(match step.phase() {
             CaPhase::Staged => "staging a new CA: every member trusts both",
@@ -194,7 +196,16 @@ pub async fn rotate(
             CaPhase::Finished => "finishing: every member stops trusting the old CA",
         });
         let wanted = (step.epoch(), step.phase());
-        match consensus.ca_step(step).await {
+        let staging = step.phase() == CaPhase::Staged;
+        let committed = consensus.ca_step(step).await;
+        if staging
+            && committed.is_ok()
+            && std::env::var_os("APIARY_FAILPOINT").is_some_and(|f| f == "after-stage")
+        {
+            // The lost-driver test: gone with the only copy of the staged key.
+            std::process::exit(86);
+        }
+        match committed {
             Ok(()) => wait_for_local(consensus, wanted, STEP_TIMEOUT).await?,
             // The step may have committed while its answer was lost (the leader closes its
             // connections when it finishes); the applied state tells.
@@ -208,6 +219,29 @@ pub async fn rotate(
             }
         }
     }
+}
+
+/// A new CA for rotation `epoch`, its key kept by this node (voters fetch it from here), and the
+/// stage step that makes every member trust it besides the current one.
+async fn new_stage(consensus: &Consensus, runtime: &CaRuntime, epoch: u64) -> Result<CaStep> {
+    if !runtime.holds_key() && consensus.is_voter(consensus.id()) {
+        // A voter that joined a moment ago fetches the key on its next round; the driver does
+        // not wait for that round.
+        let _ = super::custody::fetch_keys(runtime, consensus).await;
+    }
+    if !runtime.holds_key() {
+        bail!(
+            "this node does not hold the CA key: run the rotation through a voter's API \
+             (`apiary status` shows the voters)"
+        );
+    }
+    let ca = ClusterCa::generate(&format!("epoch {epoch}"))?;
+    runtime.stage_new_ca(&ca)?;
+    Ok(CaStep::Stage {
+        epoch,
+        previous_cert: runtime.ca_cert(),
+        cert: ca.cert_der().to_vec(),
+    })
 }
 
 /// Waits until this node's state machine has applied the step (it proposes through the
