@@ -15,6 +15,7 @@ pub mod join_tokens;
 pub mod log_store;
 mod membership;
 pub mod network;
+mod profile_ends;
 pub mod state_machine;
 pub mod tokens;
 pub mod types;

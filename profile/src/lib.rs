@@ -45,6 +45,9 @@ pub fn check(
     running_version: &str,
 ) -> Result<Checked, ProfileError> {
     let profile = Profile::parse(text)?;
+    // The settings first: a file with problems is refused whoever signed it, and the author
+    // sees every problem at once.
+    let after = profile.validate(base)?;
     profile.check_version(running_version)?;
     let signer = match signature::verify(text.as_bytes(), signature, &base.trust.profile_keys) {
         Ok(verified) => Signer::Trusted {
@@ -63,7 +66,6 @@ pub fn check(
         },
         Err(error) => return Err(error.into()),
     };
-    let after = profile.validate(base)?;
     Ok(Checked {
         profile,
         signer,

@@ -58,14 +58,17 @@ pub(super) async fn revert(
 }
 
 /// Keys a `write` token may not change: where secrets are sent (`destination.*`: a new endpoint
-/// would carry the stored API keys to it) and who may read (`api.*`). They need `admin`.
+/// would carry the stored API keys to it), who may read (`api.*`) and whose profiles are
+/// trusted (`trust.*`). They need `admin`.
 fn admin_for_guarded_keys<'a>(
     state: &ApiState,
     headers: &HeaderMap,
     mut keys: impl Iterator<Item = &'a str>,
 ) -> Result<(), ApiError> {
-    let guarded =
-        |key: &str| key == "api" || key.starts_with("api.") || key.starts_with("destination");
+    let guarded = |key: &str| {
+        let first = key.split('.').next().unwrap_or(key);
+        matches!(first, "api" | "trust") || key.starts_with("destination")
+    };
     let Some(key) = keys.find(|k| guarded(k)) else {
         return Ok(());
     };
@@ -75,7 +78,8 @@ fn admin_for_guarded_keys<'a>(
             StatusCode::FORBIDDEN,
             format!(
                 "changing `{key}` needs an `admin` token: destinations receive the stored \
-                 secrets and api.* decides who reads, so a `write` token may not change them"
+                 secrets, api.* decides who reads and trust.* whose profiles apply, so a \
+                 `write` token may not change them"
             ),
         )),
     }
@@ -94,7 +98,7 @@ pub(crate) fn proposal(origin: &str, author: String, comment: String, intent: In
 
 /// Checks the change here first (a clear 400 without a round trip), then commits it through
 /// the leader and waits until this node has applied it, so a read that follows sees it.
-async fn commit(
+pub(super) async fn commit(
     state: &ApiState,
     intent: Intent,
     comment: String,
