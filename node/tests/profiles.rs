@@ -274,3 +274,70 @@ async fn time_limited_profile_ends_on_time_with_the_applying_node_killed() {
         assert_eq!(profiles["active"], json!([]), "node {node}");
     }
 }
+
+/// A key and signature from the minisign tool work here, and apiary's work there, so publishers
+/// can use either (skipped where minisign is not installed; `.ci/run` installs it).
+#[test]
+fn minisign_tool_and_apiary_read_each_other() {
+    if std::process::Command::new("minisign")
+        .arg("-v")
+        .output()
+        .is_err()
+    {
+        eprintln!("skipped: the minisign tool is not installed (apt-get install minisign)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("test-frontend.toml");
+    std::fs::write(&file, PROFILE).unwrap();
+    let (file_arg, key) = (file.to_str().unwrap(), dir.path().join("k.key"));
+    keygen(dir.path(), "k");
+    let pub_arg = dir.path().join("k.pub");
+    // minisign signs with apiary's key; apiary verifies it.
+    let signed = std::process::Command::new("minisign")
+        .args([
+            "-S",
+            "-m",
+            file_arg,
+            "-s",
+            key.to_str().unwrap(),
+            "-t",
+            "by minisign",
+        ])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        signed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&signed.stderr)
+    );
+    let out = run(&[
+        "profile",
+        "verify",
+        file_arg,
+        "--key",
+        pub_arg.to_str().unwrap(),
+    ]);
+    assert!(out.contains("(by minisign)"), "{out}");
+    // apiary signs; minisign verifies, and refuses the file once changed.
+    run(&["profile", "sign", file_arg, "--key", key.to_str().unwrap()]);
+    let verify = |path: &str| {
+        std::process::Command::new("minisign")
+            .args(["-V", "-m", path, "-p", pub_arg.to_str().unwrap()])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    assert!(verify(file_arg));
+    std::fs::write(&file, PROFILE.replace("0.3", "0.4")).unwrap();
+    let tampered = dir.path().join("tampered.toml");
+    std::fs::rename(&file, &tampered).unwrap();
+    std::fs::rename(
+        format!("{file_arg}.minisig"),
+        format!("{}.minisig", tampered.display()),
+    )
+    .unwrap();
+    assert!(!verify(tampered.to_str().unwrap()));
+}
