@@ -199,16 +199,19 @@ impl Profile {
         if !problems.is_empty() {
             return Err(Problems(problems));
         }
-        // Each setting is valid alone; together they may still break a rule across keys.
-        apply_settings(base, &self.plain_settings()).map_err(|error| {
-            let key = error_key(&error);
-            let line = self
-                .settings
-                .iter()
-                .find(|s| s.setting.key == key)
-                .and_then(|s| s.line);
-            one(line, &key, without_key(&error))
-        })
+        // Each setting is valid alone; together they may still break a rule across keys, or
+        // a limit the leader checks on every new change (the kernel's filter maps).
+        apply_settings(base, &self.plain_settings())
+            .and_then(|after| after.validate_limits().map(|()| after))
+            .map_err(|error| {
+                let key = error_key(&error);
+                let line = self
+                    .settings
+                    .iter()
+                    .find(|s| s.setting.key == key)
+                    .and_then(|s| s.line);
+                one(line, &key, without_key(&error))
+            })
     }
 
     /// Refuses a profile that needs a newer Apiary than `running` (`0.1.0`).
