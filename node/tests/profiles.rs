@@ -341,3 +341,39 @@ fn minisign_tool_and_apiary_read_each_other() {
     .unwrap();
     assert!(!verify(tampered.to_str().unwrap()));
 }
+
+/// The file commands need no node: a static site of the catalogue whose files verify with the
+/// project's key, `import` of one of them into a local catalogue, and `show`.
+#[test]
+fn site_import_and_show_work_on_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let site = dir.path().join("site");
+    let out = run(&["profile", "site", site.to_str().unwrap()]);
+    assert!(out.contains("(8 profiles)"), "{out}");
+    let index = std::fs::read_to_string(site.join("index.html")).unwrap();
+    assert_eq!(index.matches("<section>").count(), 8, "{index}");
+    assert!(
+        index.contains("signed by key <code>A92141B9428BF839</code>"),
+        "{index}"
+    );
+    let nginx = site.join("nginx-frontend.toml");
+    let local = dir.path().join("mine");
+    let out = run(&[
+        "profile",
+        "import",
+        nginx.to_str().unwrap(),
+        "--into",
+        local.to_str().unwrap(),
+    ]);
+    assert!(
+        out.contains("ok: nginx-frontend v1 signed by key A92141B9428BF839"),
+        "{out}"
+    );
+    assert!(local.join("nginx-frontend.toml.minisig").exists());
+    // A changed file is not imported.
+    std::fs::write(&nginx, std::fs::read_to_string(&nginx).unwrap() + "\n").unwrap();
+    let (ok, _, err) = cli(&["profile", "import", nginx.to_str().unwrap()]);
+    assert!(!ok && err.contains("does not match"), "{err}");
+    let out = run(&["profile", "show", "incident-full-capture"]);
+    assert!(out.contains("time limit: 30m"), "{out}");
+}

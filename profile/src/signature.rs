@@ -80,7 +80,8 @@ pub fn public_key_id(key: &str) -> Option<String> {
     (bytes.len() == 42).then(|| key_id_hex(&bytes[2..10]))
 }
 
-fn signature_key_id(text: &str) -> Result<String, SignatureError> {
+/// The key id a `.minisig` text names (read, not checked: only [`verify`] checks).
+pub fn signature_key_id(text: &str) -> Result<String, SignatureError> {
     let line = text
         .lines()
         .nth(1)

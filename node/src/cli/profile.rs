@@ -78,6 +78,13 @@ pub enum ProfileCommand {
         #[arg(long, default_value = "apiary-profile")]
         out: PathBuf,
     },
+    /// Write a static HTML index of profiles (the built-in catalogue, or --from DIR) with their
+    /// files and signatures into DIR, for any web server to share.
+    Site {
+        dir: PathBuf,
+        #[arg(long)]
+        from: Option<PathBuf>,
+    },
     /// Verify a profile file and copy it with its signature into a local catalogue directory.
     Import {
         file: PathBuf,
@@ -205,6 +212,7 @@ pub async fn run(args: &ClientArgs, command: &ProfileCommand) -> Result<()> {
             verify(&source, &keys.keys).map(|_| ())
         }
         ProfileCommand::Keygen { out } => keygen(out),
+        ProfileCommand::Site { dir, from } => super::profile_site::write_site(dir, from.as_deref()),
         ProfileCommand::Import { file, keys, into } => import(file, keys, into),
     }
 }
