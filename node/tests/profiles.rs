@@ -60,7 +60,17 @@ async fn signed_profile_applies_everywhere_as_one_event_and_bad_ones_are_refused
     let leader = cluster.leader(&[0, 1, 2]).await;
     let follower = (leader + 1) % 3;
     let peer = cluster.nodes[follower].url("");
-    let token = cluster.token.clone();
+    // Profiles need a `write` token; trusting a key needs `admin`.
+    let (status, created) = cluster
+        .write(
+            0,
+            Method::POST,
+            "/v1/tokens",
+            json!({"name": "profiles", "scope": "write"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{created}");
+    let token = created["token"].as_str().unwrap().to_string();
     let dir = tempfile::tempdir().unwrap();
 
     // Sign with a new key and check it here, with the CLI.
@@ -110,6 +120,17 @@ async fn signed_profile_applies_everywhere_as_one_event_and_bad_ones_are_refused
         .map(|k| k["public_key"].clone())
         .collect();
     keys.push(json!(public_line(&public)));
+    let assignment = format!("trust.profile_keys={}", Value::Array(keys.clone()));
+    let (ok, _, err) = cli(&[
+        "config",
+        "set",
+        &assignment,
+        "--peer",
+        &peer,
+        "--token",
+        &token,
+    ]);
+    assert!(!ok && err.contains("needs an `admin` token"), "{err}");
     let (status, answer) = cluster.set(leader, "trust.profile_keys", json!(keys)).await;
     assert_eq!(status, 200, "{answer}");
     cluster.wait_version(&[0, 1, 2], 1).await;
