@@ -185,6 +185,24 @@ async fn signed_profile_applies_everywhere_as_one_event_and_bad_ones_are_refused
         out.contains("profile test-frontend v3 signed by key"),
         "{out}"
     );
+    // Exported, the running config is a profile again (trusted keys left out).
+    let exported = dir.path().join("exported.toml");
+    let (ok, _, err) = cli(&[
+        "profile",
+        "export",
+        "-o",
+        exported.to_str().unwrap(),
+        "--peer",
+        &peer,
+        "--token",
+        &token,
+    ]);
+    assert!(ok && err.contains("left out `trust.profile_keys`"), "{err}");
+    let out = run(&["profile", "show", exported.to_str().unwrap()]);
+    assert!(
+        out.contains("probe.http.sample_rate") && out.contains("0.3"),
+        "{out}"
+    );
 
     // One revert undoes it.
     run(&["config", "revert", "1", "--peer", &peer, "--token", &token]);
