@@ -108,6 +108,75 @@ pub struct HistoryEntry {
     pub diff: Vec<KeyChange>,
 }
 
+/// `GET /v1/profiles`: the catalogue built into this node, judged against the running config,
+/// the time-limited profiles still active, and the keys the cluster trusts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProfilesView {
+    pub catalogue: Vec<CatalogueProfile>,
+    pub active: Vec<apiary_config::ActiveProfile>,
+    pub trusted_keys: Vec<TrustedKey>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CatalogueProfile {
+    #[serde(flatten)]
+    pub metadata: apiary_profile::Metadata,
+    /// How its signature checks out with this cluster's trusted keys.
+    pub signer: Option<apiary_config::Signer>,
+    /// Why it could not be applied here now (an untrusted signature, a setting the running
+    /// config refuses), or empty.
+    pub problems: Vec<String>,
+    /// What applying it would change on the running config.
+    pub diff: Vec<KeyChange>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrustedKey {
+    pub key_id: Option<String>,
+    pub public_key: String,
+}
+
+/// `POST /v1/profiles/apply`: a catalogue profile by `name`, or a profile file's text with its
+/// `.minisig`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProfileApplyRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
+    /// Only check and answer the diff; commit nothing.
+    #[serde(default)]
+    pub dry_run: bool,
+    /// Apply even without a signature by a trusted key (recorded as unverified).
+    #[serde(default)]
+    pub allow_unsigned: bool,
+    /// How long it stays (`15m`): it then ends by itself. Overrides the profile's time_limit.
+    #[serde(default, rename = "for", skip_serializing_if = "Option::is_none")]
+    pub duration: Option<String>,
+    #[serde(default)]
+    pub comment: String,
+    #[serde(default)]
+    pub author: Option<String>,
+}
+
+pub const PROFILE_APPLY_SHAPE: &str = r#"{"name": "nginx-frontend", "dry_run": true} or {"profile": "<the TOML text>", "signature": "<the .minisig text>", "for": "15m", "comment": "why"}"#;
+
+/// The answer to `POST /v1/profiles/apply`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProfileApplied {
+    pub dry_run: bool,
+    pub name: String,
+    pub version: String,
+    pub signer: apiary_config::Signer,
+    pub expires_at_unix: Option<u64>,
+    /// What it changes (or would) on the running config.
+    pub diff: Vec<KeyChange>,
+    /// The event it committed as; `None` for a dry run.
+    pub committed: Option<Committed>,
+}
+
 /// `DELETE /v1/members/{id}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MemberRemoved {

@@ -35,7 +35,7 @@ pub fn parse_cli_assignment(arg: &str) -> Result<Setting, ConfigError> {
 }
 
 const TOP_LEVEL_HINT: &str =
-    "keys start with `probe.<name>.`, `budget.`, `api.`, `privacy.` or `destination.<name>.` (e.g. probe.http.sample_rate)";
+    "keys start with `probe.<name>.`, `budget.`, `api.`, `privacy.`, `trust.` or `destination.<name>.` (e.g. probe.http.sample_rate)";
 
 /// The configuration after `settings`, each applied in order; checked as a whole at the end.
 pub fn apply_settings(
@@ -62,6 +62,7 @@ fn apply_one(config: &ClusterConfig, setting: &Setting) -> Result<ClusterConfig,
         "budget" => "budget",
         "api" => "api",
         "privacy" => "privacy",
+        "trust" => "trust",
         "destination" | "destinations" => "destinations",
         _ => return Err(unknown(key, TOP_LEVEL_HINT)),
     };
@@ -209,6 +210,21 @@ fn internal(key: &str, error: impl std::fmt::Display) -> ConfigError {
         "given",
         format!("a value the model can hold ({error})"),
     )
+}
+
+/// The value at a dotted key (`probe.http.sample_rate`), in the CLI's spelling; `None` for a key
+/// the config does not hold.
+pub fn value_at(config: &ClusterConfig, key: &str) -> Option<Value> {
+    let mut value = serde_json::to_value(config).ok()?;
+    for (i, segment) in key.split('.').enumerate() {
+        let segment = match (i, segment) {
+            (0, "probe") => "probes",
+            (0, "destination") => "destinations",
+            (_, other) => other,
+        };
+        value = value.get_mut(segment)?.take();
+    }
+    Some(value)
 }
 
 /// Every leaf of a config as (dotted key, value) in the CLI's spelling: `{"probes": {"http":

@@ -9,10 +9,15 @@
 
 mod keys;
 mod model;
+mod profile_events;
 mod secret;
 
-pub use keys::{apply_settings, diff, flatten, parse_cli_assignment, KeyChange, Setting};
+pub use keys::{apply_settings, diff, flatten, parse_cli_assignment, value_at, KeyChange, Setting};
 pub use model::*;
+pub use profile_events::{
+    profile_may_not_set, ActiveProfile, ProfileStamp, Signer, MAX_PROFILE_NAME_CHARS,
+    MAX_SIGNER_CHARS,
+};
 pub use secret::{is_marker, redact, redact_endpoint};
 
 use serde::{Deserialize, Serialize};
@@ -54,8 +59,22 @@ impl ConfigError {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Intent {
-    Set { settings: Vec<Setting> },
-    Revert { to_version: u64 },
+    Set {
+        settings: Vec<Setting>,
+    },
+    Revert {
+        to_version: u64,
+    },
+    /// A profile's settings as one change, with its name, version and signer.
+    ApplyProfile {
+        settings: Vec<Setting>,
+        profile: ProfileStamp,
+    },
+    /// The end of the time-limited profile applied at `version` (proposed by the leader when
+    /// its time is up).
+    EndProfile {
+        version: u64,
+    },
 }
 
 /// A change on its way into the log, with who asked for it and why.
@@ -94,7 +113,10 @@ impl Proposal {
                 format!("at most {MAX_AUTHOR_CHARS} characters"),
             ));
         }
-        if let Intent::Set { settings } = &self.intent {
+        if let Intent::ApplyProfile { profile, .. } = &self.intent {
+            profile.check_limits()?;
+        }
+        if let Intent::Set { settings } | Intent::ApplyProfile { settings, .. } = &self.intent {
             if settings.len() > MAX_SETTINGS_PER_CHANGE {
                 return Err(ConfigError::invalid(
                     "changes",
@@ -119,6 +141,17 @@ pub enum Change {
         to_version: u64,
         restored: Box<ClusterConfig>,
     },
+    /// A profile applied as one change.
+    Profile {
+        settings: Vec<Setting>,
+        profile: ProfileStamp,
+    },
+    /// A time-limited profile's end: `settings` put back what it changed (and nothing a later
+    /// change set since), so it may be empty.
+    ProfileEnded {
+        profile_version: u64,
+        settings: Vec<Setting>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -135,7 +168,9 @@ impl ClusterConfig {
     /// The configuration after `change`; `self` is left as it was if the change is refused.
     pub fn apply(&self, change: &Change) -> Result<ClusterConfig, ConfigError> {
         match change {
-            Change::Set { settings } => apply_settings(self, settings),
+            Change::Set { settings }
+            | Change::Profile { settings, .. }
+            | Change::ProfileEnded { settings, .. } => apply_settings(self, settings),
             Change::Revert { restored, .. } => Ok((**restored).clone()),
         }
     }
@@ -221,6 +256,25 @@ impl History {
             Intent::Revert { to_version } => Change::Revert {
                 to_version: *to_version,
                 restored: Box::new(self.config_at(*to_version)?),
+            },
+            Intent::ApplyProfile { settings, .. } if settings.is_empty() => {
+                return Err(ConfigError::Empty)
+            }
+            Intent::ApplyProfile { settings, profile } => {
+                if let Some((key, why)) = settings
+                    .iter()
+                    .find_map(|s| Some((&s.key, profile_may_not_set(&s.key)?)))
+                {
+                    return Err(ConfigError::invalid(key, "(in a profile)", why));
+                }
+                Change::Profile {
+                    settings: settings.clone(),
+                    profile: profile.clone(),
+                }
+            }
+            Intent::EndProfile { version } => Change::ProfileEnded {
+                profile_version: *version,
+                settings: self.profile_end(*version)?,
             },
         };
         let next = self.current.apply(&change)?;

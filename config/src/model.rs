@@ -25,6 +25,40 @@ pub struct ClusterConfig {
     /// What spans may carry of what the probes saw (absent from configs written before it).
     #[serde(default)]
     pub privacy: Privacy,
+    /// Whose signed profiles the cluster applies without `--allow-unsigned` (absent from
+    /// configs written before profiles existed: then the project's key alone).
+    #[serde(default)]
+    pub trust: Trust,
+}
+
+/// The minisign public key the project signs the catalogue in `profiles/` with (the second line
+/// of `profiles/apiary-project.pub`). Its secret key is kept out of the repository.
+pub const PROJECT_PROFILE_KEY: &str = "RWQ5+ItCuUEhqb4LSxUDnnLtLRMqvF94l5kmud6WMcyb5k/mEwJkkKVf";
+
+/// Publishers whose profiles this cluster trusts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Trust {
+    /// Minisign public keys, each the base64 line of a `minisign.pub` (`RW…`, 56 characters).
+    pub profile_keys: Vec<String>,
+}
+
+impl Default for Trust {
+    fn default() -> Self {
+        Trust {
+            profile_keys: vec![PROJECT_PROFILE_KEY.to_string()],
+        }
+    }
+}
+
+/// Whether `key` has the shape of a minisign public key: base64 of 42 bytes, Ed25519 (`RW`).
+/// The signature check itself is the profile crate's; this keeps typos out of the config.
+pub fn is_minisign_public_key(key: &str) -> bool {
+    key.len() == 56
+        && key.starts_with("RW")
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
 }
 
 /// Request details that can hold secrets (tokens in query strings, session ids) are dropped
@@ -179,6 +213,7 @@ impl Default for ClusterConfig {
             destinations: BTreeMap::new(),
             api: ApiAccess::default(),
             privacy: Privacy::default(),
+            trust: Trust::default(),
         }
     }
 }
@@ -243,6 +278,19 @@ impl ClusterConfig {
         }
         for (name, destination) in &self.destinations {
             validate_destination(name, destination)?;
+        }
+        if let Some(bad) = self
+            .trust
+            .profile_keys
+            .iter()
+            .find(|key| !is_minisign_public_key(key))
+        {
+            return Err(ConfigError::invalid(
+                "trust.profile_keys",
+                bad,
+                "minisign public keys: the second line of a minisign.pub, 56 characters \
+                 starting with RW",
+            ));
         }
         Ok(())
     }

@@ -163,6 +163,17 @@ impl ConfigEvent {
             Change::Set { settings } => Change::Set {
                 settings: settings.iter().map(Setting::redacted).collect(),
             },
+            Change::Profile { settings, profile } => Change::Profile {
+                settings: settings.iter().map(Setting::redacted).collect(),
+                profile: profile.clone(),
+            },
+            Change::ProfileEnded {
+                profile_version,
+                settings,
+            } => Change::ProfileEnded {
+                profile_version: *profile_version,
+                settings: settings.iter().map(Setting::redacted).collect(),
+            },
             Change::Revert {
                 to_version,
                 restored,

@@ -17,6 +17,7 @@ pub mod leadership;
 pub mod log_store;
 mod membership;
 pub mod network;
+mod profile_ends;
 pub mod state_machine;
 pub mod tokens;
 pub mod types;

@@ -153,6 +153,30 @@ await step('08-revert-on-b-seen-on-a', async () => {
   await waitText('[data-testid=config-current] tr[data-key="probe.http.sample_rate"]', '^\\S+\\s+1(\\.0)?$');
 });
 
+await step('09-profiles-apply-on-a', async () => {
+  await page.goto(`${A_URL}/#/profiles`);
+  await waitText('[data-testid=profiles]', 'nginx-frontend');
+  const shown = await page.locator('[data-testid=profiles] .profile').count();
+  if (shown !== 8) throw new Error(`expected the 8 catalogue profiles, saw ${shown}`);
+  const nginx = '.profile[data-profile="nginx-frontend"]';
+  await waitText(nginx, 'signed by key');
+  await waitText(`${nginx} .diff`, 'include_ports');
+  await page.click(`${nginx} button[type=submit]`);
+  await waitText('[data-testid=profile-result]', `committed as version ${versionBefore + 3}`);
+  // Applied, the profile changes nothing more.
+  await waitText(`${nginx} button[type=submit]`, 'Already applied');
+});
+
+await step('10-profile-undone-seen-on-b', async () => {
+  await page.click('[data-testid=profile-result] button.undo');
+  await waitText('[data-testid=profile-result]', `as version ${versionBefore + 4}`);
+  await page.goto(`${B_URL}/#/config`);
+  await waitText(`.event[data-version="${versionBefore + 3}"]`, 'profile nginx-frontend v1 \\(signed by key');
+  await waitText(`.event[data-version="${versionBefore + 3}"] .diff`, 'include_ports');
+  await waitText('[data-testid=config-version]', `^${versionBefore + 4}$`);
+  await waitText('[data-testid=config-current] tr[data-key="probe.http.sample_rate"]', '^\\S+\\s+1(\\.0)?$');
+});
+
 await browser.close();
 if (errors.length) throw new Error(`the pages logged errors:\n${errors.join('\n')}`);
 console.log(`dashboard e2e passed; screenshots in ${SHOTS}`);

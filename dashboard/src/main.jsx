@@ -6,6 +6,7 @@ import { Services } from './pages/Services.jsx';
 import { Spans } from './pages/Spans.jsx';
 import { Config } from './pages/Config.jsx';
 import { Probes } from './pages/Probes.jsx';
+import { Profiles } from './pages/Profiles.jsx';
 import './style.css';
 
 const PAGES = {
@@ -14,6 +15,7 @@ const PAGES = {
   spans: ['Live spans', Spans],
   config: ['Config', Config],
   probes: ['Probes', Probes],
+  profiles: ['Profiles', Profiles],
 };
 
 function currentPage() {

@@ -74,6 +74,14 @@ enum Command {
         #[command(subcommand)]
         command: cli::config::ConfigCommand,
     },
+    /// Shareable signed config profiles: list, show, diff, apply (one event; --for a time
+    /// limit), export, sign, verify, keygen, import.
+    Profile {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: cli::profile::ProfileCommand,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -113,6 +121,7 @@ async fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<()> {
         Command::Members { client, command } => cli::members::members(&client, &command).await,
         Command::Ca { client, command } => cli::ca::run(&client, &command).await,
         Command::Config { client, command } => cli::config::config(&client, &command).await,
+        Command::Profile { client, command } => cli::profile::run(&client, &command).await,
         Command::Token { client, command } => cli::tokens::run(&client, &command).await,
         Command::JoinToken { client, command } => cli::tokens::join(&client, &command).await,
     }

@@ -1,6 +1,7 @@
 //! The dashboard in a real browser: two nodes, headless Chromium driven by playwright-core
 //! (`dashboard/e2e/dashboard.mjs`). Every page loads on node A; a setting changed through A's
-//! form shows on B's page with its diff; a revert from B shows on A. Screenshots of each step
+//! form shows on B's page with its diff; a revert from B shows on A; a catalogue profile
+//! applied on A's Profiles page and undone there shows in B's history. Screenshots of each step
 //! are kept in `target/dashboard-screenshots/` as artifacts.
 
 use std::path::{Path, PathBuf};
@@ -82,6 +83,8 @@ async fn every_page_loads_and_a_change_on_one_node_shows_on_another() {
         "03-spans",
         "04-probes",
         "07-config-seen-on-b",
+        "09-profiles-apply-on-a",
+        "10-profile-undone-seen-on-b",
     ] {
         assert!(
             shots.join(format!("{page}.png")).exists(),

@@ -16,6 +16,7 @@ mod intensity;
 mod partition;
 mod peers;
 mod probes;
+mod profiles;
 mod quickstart;
 mod receiver;
 mod security;

@@ -87,6 +87,10 @@ export function Config() {
               <div class="event-head">
                 <b>v{event.version}</b> {event.at} · {event.author} on {event.origin_node}
                 {event.comment && <> · <i>{event.comment}</i></>}
+                {event.change.kind === 'profile' && (
+                  <> · <span class="profile-stamp">profile {event.change.profile.name} v{event.change.profile.version} ({event.change.profile.signer.kind === 'trusted' ? `signed by key ${event.change.profile.signer.key_id}` : 'UNVERIFIED'})</span></>
+                )}
+                {event.change.kind === 'profile_ended' && <> · <span class="profile-stamp">end of the profile of version {event.change.profile_version}</span></>}
                 <button class="revert" onClick={() => revert(event.version - 1)} title={`restore the config of version ${event.version - 1}`}>
                   Revert to v{event.version - 1}
                 </button>

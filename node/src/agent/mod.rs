@@ -227,6 +227,7 @@ impl Mesh {
         }));
         consensus.spawn_reachability_probe();
         consensus.spawn_voter_keeper();
+        consensus.spawn_profile_ender();
         join::watch_catch_up(consensus.clone());
         Ok(Mesh {
             identity,

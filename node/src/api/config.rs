@@ -56,8 +56,8 @@ pub(super) async fn revert(
 }
 
 /// Keys a `write` token may not change: where secrets are sent (`destination.*`: a new endpoint
-/// would carry the stored API keys to it) and who may read (`api.*`). They need `admin`.
-/// The leader checks this again ([`scope_for_change`]); here it gives the caller a clear 403
+/// would carry the stored API keys to it), who may read (`api.*`) and whose profiles are
+/// trusted (`trust.*`). They need `admin`. The leader checks this again ([`scope_for_change`]); here it gives the caller a clear 403
 /// before a round trip.
 fn admin_for_guarded_keys(
     state: &ApiState,
@@ -74,7 +74,8 @@ fn admin_for_guarded_keys(
             StatusCode::FORBIDDEN,
             format!(
                 "changing `{key}` needs an `admin` token: destinations receive the stored \
-                 secrets and api.* decides who reads, so a `write` token may not change them"
+                 secrets, api.* decides who reads and trust.* whose profiles apply, so a \
+                 `write` token may not change them"
             ),
         )),
     }
@@ -93,7 +94,7 @@ pub(crate) fn proposal(origin: &str, author: String, comment: String, intent: In
 
 /// Checks the change here first (a clear 400 without a round trip), then commits it through
 /// the leader and waits until this node has applied it, so a read that follows sees it.
-async fn commit(
+pub(super) async fn commit(
     state: &ApiState,
     headers: &HeaderMap,
     caller: Caller,

@@ -7,6 +7,7 @@ mod dashboard;
 mod handlers;
 mod join_tokens;
 pub mod metrics;
+mod profiles;
 pub mod routes;
 pub mod server;
 pub mod tokens;

@@ -8,7 +8,7 @@ use axum::routing::{on, MethodFilter, MethodRouter};
 use apiary_consensus::tokens::Scope;
 
 use super::access::Access;
-use super::{config, dashboard, handlers, join_tokens, tokens, ApiState};
+use super::{config, dashboard, handlers, join_tokens, profiles, tokens, ApiState};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Method {
@@ -106,6 +106,20 @@ pub const ROUTES: &[Route] = &[
         documented: true,
         access: Needs(Write),
         handler: |m| on(m, config::revert),
+    },
+    Route {
+        method: Get,
+        path: "/v1/profiles",
+        documented: true,
+        access: Needs(Read),
+        handler: |m| on(m, profiles::list),
+    },
+    Route {
+        method: Post,
+        path: "/v1/profiles/apply",
+        documented: true,
+        access: Needs(Write),
+        handler: |m| on(m, profiles::apply),
     },
     Route {
         method: Delete,

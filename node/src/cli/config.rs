@@ -128,10 +128,43 @@ pub async fn config(args: &ClientArgs, command: &ConfigCommand) -> Result<()> {
 fn describe_change(change: &Change) -> String {
     match change {
         Change::Revert { to_version, .. } => format!("revert to version {to_version}"),
-        Change::Set { settings } => settings
-            .iter()
-            .map(|s| format!("{}={}", s.key, s.value))
-            .collect::<Vec<_>>()
-            .join(" "),
+        Change::Set { settings } => assignments(settings),
+        Change::Profile { settings, profile } => {
+            let until = profile
+                .expires_at_unix
+                .map(|at| {
+                    let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(at);
+                    format!(" until {}", humantime::format_rfc3339_seconds(at))
+                })
+                .unwrap_or_default();
+            format!(
+                "profile {} v{} {}{until}: {}",
+                profile.name,
+                profile.version,
+                profile.signer,
+                assignments(settings)
+            )
+        }
+        Change::ProfileEnded {
+            profile_version,
+            settings,
+        } if settings.is_empty() => {
+            format!("end of the profile of version {profile_version} (nothing left to restore)")
+        }
+        Change::ProfileEnded {
+            profile_version,
+            settings,
+        } => format!(
+            "end of the profile of version {profile_version}: {}",
+            assignments(settings)
+        ),
     }
+}
+
+fn assignments(settings: &[apiary_config::Setting]) -> String {
+    settings
+        .iter()
+        .map(|s| format!("{}={}", s.key, s.value))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
