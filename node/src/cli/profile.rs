@@ -85,9 +85,11 @@ pub enum ProfileCommand {
         #[arg(long)]
         from: Option<PathBuf>,
     },
-    /// Verify a profile file and copy it with its signature into a local catalogue directory.
+    /// Verify a profile (a file, or an http:// or https:// URL such as a `profile site`'s, whose
+    /// signature is fetched from URL.minisig) and copy it with its signature into a local
+    /// catalogue directory.
     Import {
-        file: PathBuf,
+        file: String,
         #[command(flatten)]
         keys: KeyArgs,
         #[arg(long, default_value = "profiles")]
@@ -213,7 +215,7 @@ pub async fn run(args: &ClientArgs, command: &ProfileCommand) -> Result<()> {
         }
         ProfileCommand::Keygen { out } => keygen(out),
         ProfileCommand::Site { dir, from } => super::profile_site::write_site(dir, from.as_deref()),
-        ProfileCommand::Import { file, keys, into } => import(file, keys, into),
+        ProfileCommand::Import { file, keys, into } => import(file, keys, into).await,
     }
 }
 
@@ -481,12 +483,61 @@ fn write_secret(path: &Path, text: &str) -> Result<()> {
     Ok(())
 }
 
-fn import(file: &Path, keys: &KeyArgs, into: &Path) -> Result<()> {
-    let given = file.to_string_lossy();
-    if !file.is_file() {
-        bail!("{given} is not a file (fetching a URL is not built in: download it first)");
+/// The most a fetched profile or signature may be: profiles are a page of settings.
+const MAX_FETCHED_BYTES: usize = 1 << 20;
+
+/// GETs `url` as text; `Ok(None)` for a 404 (a profile published without a signature).
+async fn fetch_text(url: &str) -> Result<Option<String>> {
+    let response = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(20))
+        .build()?
+        .get(url)
+        .send()
+        .await
+        .with_context(|| format!("cannot fetch {url}"))?;
+    if response.status() == reqwest::StatusCode::NOT_FOUND {
+        return Ok(None);
     }
-    let source = read_source(&given, keys.signature.as_deref())?;
+    if !response.status().is_success() {
+        bail!("{url} answered {}", response.status());
+    }
+    let body = response
+        .bytes()
+        .await
+        .with_context(|| format!("cannot read {url}"))?;
+    if body.len() > MAX_FETCHED_BYTES {
+        bail!(
+            "{url} is {} bytes: a profile is at most {MAX_FETCHED_BYTES}",
+            body.len()
+        );
+    }
+    String::from_utf8(body.to_vec())
+        .map(Some)
+        .with_context(|| format!("{url} is not UTF-8 text"))
+}
+
+async fn import(given: &str, keys: &KeyArgs, into: &Path) -> Result<()> {
+    let source = if given.starts_with("http://") || given.starts_with("https://") {
+        let text = fetch_text(given)
+            .await?
+            .with_context(|| format!("{given} answered 404: no profile there"))?;
+        let signature = match keys.signature.as_deref() {
+            Some(file) => Some(
+                std::fs::read_to_string(file)
+                    .with_context(|| format!("cannot read the signature {}", file.display()))?,
+            ),
+            None => fetch_text(&format!("{given}.minisig")).await?,
+        };
+        Source {
+            text,
+            signature,
+            catalogue: None,
+        }
+    } else if Path::new(given).is_file() {
+        read_source(given, keys.signature.as_deref())?
+    } else {
+        bail!("{given} is neither a file nor an http:// or https:// URL");
+    };
     let name = verify(&source, &keys.keys)?;
     std::fs::create_dir_all(into).with_context(|| format!("cannot create {}", into.display()))?;
     let target = into.join(format!("{name}.toml"));
