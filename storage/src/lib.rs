@@ -7,6 +7,10 @@
 //! the first three, the pipeline crate that of the queues' batches; this crate owns atomicity
 //! and durability. Writes that must survive a crash are followed by [`Store::flush`].
 
+mod segments;
+
+pub use segments::{SegmentQueue, SEGMENT_BYTES};
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -19,12 +23,20 @@ pub enum StorageError {
     Io(#[from] sled::Error),
     #[error("a flush to disk did not finish: {0}")]
     Flush(#[from] tokio::task::JoinError),
+    #[error(
+        "export buffer file {path}: {source} (is the disk full or the data dir not writable?)"
+    )]
+    Segment {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 pub type Result<T> = std::result::Result<T, StorageError>;
 
 #[derive(Clone)]
 pub struct Store {
+    dir: PathBuf,
     db: sled::Db,
     log: sled::Tree,
     meta: sled::Tree,
@@ -83,6 +95,7 @@ impl Store {
                 source,
             })?;
         Ok(Store {
+            dir: dir.to_path_buf(),
             log: db.open_tree("raft-log")?,
             meta: db.open_tree("meta")?,
             state: db.open_tree("state")?,
@@ -223,6 +236,40 @@ impl Store {
             db: self.db.clone(),
             flusher: self.flusher.clone(),
         })
+    }
+
+    /// Opens (or creates) the export buffer of destination `name`: segment files in
+    /// `export/{name}` beside the database, whose size on disk is the buffer's measure.
+    pub fn segment_queue(&self, name: &str) -> Result<SegmentQueue> {
+        SegmentQueue::open(&self.segment_dir(name))
+    }
+
+    /// Deletes the export buffer of destination `name` and everything in it.
+    pub fn drop_segment_queue(&self, name: &str) -> Result<()> {
+        let dir = self.segment_dir(name);
+        match std::fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(StorageError::Segment {
+                path: dir,
+                source: e,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    fn segment_dir(&self, name: &str) -> PathBuf {
+        // Destination names are config keys (letters, digits, `-`, `_`) or `@env`/`@file`;
+        // anything else is hex-escaped so that a name can never leave the directory.
+        let safe: String = name
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '@' {
+                    c.to_string()
+                } else {
+                    format!("%{:02x}", c as u32)
+                }
+            })
+            .collect();
+        self.dir.join("export").join(safe)
     }
 
     /// Deletes the queue called `name` and everything in it.
