@@ -9,7 +9,7 @@
 
 mod segments;
 
-pub use segments::{SegmentQueue, SEGMENT_BYTES};
+pub use segments::{SegmentQueue, RECORD_OVERHEAD, SEGMENT_BYTES};
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -238,10 +238,11 @@ impl Store {
         })
     }
 
-    /// Opens (or creates) the export buffer of destination `name`: segment files in
-    /// `export/{name}` beside the database, whose size on disk is the buffer's measure.
-    pub fn segment_queue(&self, name: &str) -> Result<SegmentQueue> {
-        SegmentQueue::open(&self.segment_dir(name))
+    /// Opens (or creates) the export buffer of destination `name`, to be capped at
+    /// `max_bytes`: segment files in `export/{name}` beside the database, whose size on disk is
+    /// the buffer's measure.
+    pub fn segment_queue(&self, name: &str, max_bytes: u64) -> Result<SegmentQueue> {
+        SegmentQueue::open_for_cap(&self.segment_dir(name), max_bytes)
     }
 
     /// Deletes the export buffer of destination `name` and everything in it.

@@ -24,6 +24,8 @@ use crate::{Result, StorageError};
 
 /// A segment is closed (and a new one started) past this size.
 pub const SEGMENT_BYTES: u64 = 8 << 20;
+/// What a record takes on disk beside its item: its length and checksum.
+pub const RECORD_OVERHEAD: u64 = HEADER;
 const HEADER: u64 = 8;
 const ACKED_FILE: &str = "acked";
 
@@ -107,6 +109,13 @@ impl SegmentQueue {
     /// Opens (or creates) the queue in `dir`, with segments of [`SEGMENT_BYTES`].
     pub fn open(dir: &Path) -> Result<Self> {
         Self::open_with(dir, SEGMENT_BYTES)
+    }
+
+    /// As [`SegmentQueue::open`], for a buffer capped at `max_bytes`: segments of an eighth of
+    /// the cap (64 KiB to [`SEGMENT_BYTES`]), so that acknowledged batches waiting for their
+    /// segment to be deleted never hold more than a small part of the cap.
+    pub fn open_for_cap(dir: &Path, max_bytes: u64) -> Result<Self> {
+        Self::open_with(dir, (max_bytes / 8).clamp(64 << 10, SEGMENT_BYTES))
     }
 
     /// As [`SegmentQueue::open`], closing segments past `segment_bytes` (small in tests).
