@@ -245,6 +245,30 @@ impl Store {
         SegmentQueue::open_for_cap(&self.segment_dir(name), max_bytes)
     }
 
+    /// Moves what destination `name`'s buffer held in sled (before the segment files) into
+    /// `queue`, oldest first, then deletes the sled tree; returns the batches moved. On an
+    /// error the sled tree stays, to be moved at the next start (some batches may then be
+    /// sent twice, none lost).
+    pub fn move_sled_queue(&self, name: &str, queue: &SegmentQueue) -> Result<usize> {
+        let tree = format!("queue/{name}");
+        if !self
+            .db
+            .tree_names()
+            .iter()
+            .any(|t| t.as_ref() == tree.as_bytes())
+        {
+            return Ok(0);
+        }
+        let old = self.queue(name)?;
+        let items = old.peek(usize::MAX)?;
+        for (_, item) in &items {
+            queue.push_unsynced(item)?;
+        }
+        queue.sync()?;
+        self.drop_queue(name)?;
+        Ok(items.len())
+    }
+
     /// Deletes the export buffer of destination `name` and everything in it.
     pub fn drop_segment_queue(&self, name: &str) -> Result<()> {
         let dir = self.segment_dir(name);

@@ -275,6 +275,19 @@ impl SegmentQueue {
         Ok(seq)
     }
 
+    /// Appends an item without waiting for the disk (moving many at once); [`Self::sync`]
+    /// then makes them durable.
+    pub fn push_unsynced(&self, item: &[u8]) -> Result<u64> {
+        self.append(item).map(|(seq, _)| seq)
+    }
+
+    /// Waits (blocking) until every item appended so far is on disk.
+    pub fn sync(&self) -> Result<()> {
+        let state = self.lock();
+        let segment = state.segments.back().expect("a segment is always open");
+        segment.file.sync_data().map_err(io(&segment.path))
+    }
+
     fn append(&self, item: &[u8]) -> Result<(u64, Arc<File>)> {
         let mut state = self.lock();
         let size = HEADER + item.len() as u64;

@@ -140,3 +140,27 @@ async fn concurrent_pushes_share_syncs_and_lose_nothing() {
     assert_eq!(got, want);
     assert_eq!(queue.bytes_on_disk(), measured(dir.path()));
 }
+
+#[tokio::test]
+async fn a_sled_buffer_moves_into_segments_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = crate::Store::open(dir.path()).unwrap();
+    let old = store.queue("main").unwrap();
+    for item in [&b"a"[..], b"bb", b"ccc"] {
+        old.push(item).await.unwrap();
+    }
+    let queue = store.segment_queue("main", 1 << 20).unwrap();
+    assert_eq!(store.move_sled_queue("main", &queue).unwrap(), 3);
+    assert_eq!(
+        values(&queue.read_next(10, u64::MAX).unwrap()),
+        ["a", "bb", "ccc"]
+    );
+    assert_eq!(
+        store.move_sled_queue("main", &queue).unwrap(),
+        0,
+        "moved once"
+    );
+    assert!(dir.path().join("export/main").is_dir());
+    store.drop_segment_queue("main").unwrap();
+    assert!(!dir.path().join("export/main").exists());
+}
