@@ -107,6 +107,8 @@ fn start_relay(relay: Relay, sink_port: u16) -> Running {
                 .args(["--otlp-grpc-endpoint", &format!("127.0.0.1:{grpc}")])
                 .args(["--exporter", "otlp", "--otlp-exporter-protocol", "http"])
                 .args(["--otlp-exporter-endpoint", &sink])
+                // The node sends uncompressed; rotel gzips by default: the same work for both.
+                .args(["--otlp-exporter-compression", "none"])
                 .arg("--pid-file")
                 .arg(dir.path().join("rotel.pid"))
                 .stdout(Stdio::null())
@@ -190,9 +192,12 @@ async fn round(relay: Relay, requests: Arc<Vec<Vec<u8>>>, seconds: u64, connecti
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    while sink_spans.load(Ordering::Relaxed) < SPANS_PER_REQUEST as u64
-        && ready.elapsed() < Duration::from_secs(30)
-    {
+    while sink_spans.load(Ordering::Relaxed) < SPANS_PER_REQUEST as u64 {
+        assert!(
+            ready.elapsed() < Duration::from_secs(30),
+            "{} delivered nothing to the sink within 30 s: check its exporter settings",
+            relay.name()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let base = sink_spans.load(Ordering::Relaxed);

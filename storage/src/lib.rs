@@ -37,6 +37,10 @@ pub type Result<T> = std::result::Result<T, StorageError>;
 #[derive(Clone)]
 pub struct Store {
     dir: PathBuf,
+    /// The export buffers open now, by directory: one instance per directory, so that a
+    /// destination restarted with a new config shares its buffer with the old delivery that is
+    /// still stopping, instead of two writers appending to the same files.
+    segment_queues: Arc<std::sync::Mutex<std::collections::HashMap<PathBuf, SegmentQueue>>>,
     db: sled::Db,
     log: sled::Tree,
     meta: sled::Tree,
@@ -96,6 +100,7 @@ impl Store {
             })?;
         Ok(Store {
             dir: dir.to_path_buf(),
+            segment_queues: Arc::default(),
             log: db.open_tree("raft-log")?,
             meta: db.open_tree("meta")?,
             state: db.open_tree("state")?,
@@ -241,8 +246,22 @@ impl Store {
     /// Opens (or creates) the export buffer of destination `name`, to be capped at
     /// `max_bytes`: segment files in `export/{name}` beside the database, whose size on disk is
     /// the buffer's measure.
+    ///
+    /// A queue already open is shared, rewound to its first unacknowledged item: the new
+    /// reader re-sends what the old one had in flight (at least once).
     pub fn segment_queue(&self, name: &str, max_bytes: u64) -> Result<SegmentQueue> {
-        SegmentQueue::open_for_cap(&self.segment_dir(name), max_bytes)
+        let dir = self.segment_dir(name);
+        let mut open = self
+            .segment_queues
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(queue) = open.get(&dir) {
+            queue.rewind()?;
+            return Ok(queue.clone());
+        }
+        let queue = SegmentQueue::open_for_cap(&dir, max_bytes)?;
+        open.insert(dir, queue.clone());
+        Ok(queue)
     }
 
     /// Moves what destination `name`'s buffer held in sled (before the segment files) into
@@ -272,6 +291,10 @@ impl Store {
     /// Deletes the export buffer of destination `name` and everything in it.
     pub fn drop_segment_queue(&self, name: &str) -> Result<()> {
         let dir = self.segment_dir(name);
+        self.segment_queues
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&dir);
         match std::fs::remove_dir_all(&dir) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(StorageError::Segment {
                 path: dir,

@@ -205,19 +205,35 @@ impl SegmentQueue {
                 queue.start_segment(&mut state)?;
             }
             // Skip what was acknowledged before the restart.
-            state.read = Cursor {
-                seq: state.segments[0].first_seq,
-                offset: 0,
-            };
-            while state.read.seq < state.acked {
-                let Some((_, next)) = queue.record_at(&state, state.read)? else {
-                    break;
-                };
-                state.read = next;
-            }
+            queue.seek_to_acked(&mut state)?;
             state.bytes_on_disk = state.segments.iter().map(|s| s.bytes).sum();
         }
         Ok(queue)
+    }
+
+    /// Points the reader at the first item not acknowledged.
+    fn seek_to_acked(&self, state: &mut State) -> Result<()> {
+        state.read = Cursor {
+            seq: state
+                .segments
+                .front()
+                .map_or(state.next_seq, |s| s.first_seq),
+            offset: 0,
+        };
+        while state.read.seq < state.acked {
+            let Some((_, next)) = self.record_at(state, state.read)? else {
+                break;
+            };
+            state.read = next;
+        }
+        Ok(())
+    }
+
+    /// Hands out again, from the first item not acknowledged, what was handed out before: for
+    /// a new reader taking over from one that stopped with sends unfinished.
+    pub fn rewind(&self) -> Result<()> {
+        let mut state = self.lock();
+        self.seek_to_acked(&mut state)
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {

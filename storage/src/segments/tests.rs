@@ -164,3 +164,21 @@ async fn a_sled_buffer_moves_into_segments_once() {
     store.drop_segment_queue("main").unwrap();
     assert!(!dir.path().join("export/main").exists());
 }
+
+#[tokio::test]
+async fn a_second_open_shares_the_buffer_and_hands_out_again_what_was_not_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = crate::Store::open(dir.path()).unwrap();
+    let first = store.segment_queue("main", 1 << 20).unwrap();
+    for item in [&b"a"[..], b"b", b"c"] {
+        first.push(item).await.unwrap();
+    }
+    let read = first.read_next(3, u64::MAX).unwrap();
+    first.ack_through(read[0].0).unwrap();
+    // A new delivery for the same destination while the old one stops: one buffer, and the
+    // batches the old one had in flight come again.
+    let second = store.segment_queue("main", 1 << 20).unwrap();
+    assert_eq!(values(&second.read_next(10, u64::MAX).unwrap()), ["b", "c"]);
+    second.push(b"d").await.unwrap();
+    assert_eq!(first.len(), 3, "the same queue");
+}
