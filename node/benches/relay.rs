@@ -7,7 +7,7 @@
 //! RSS (VmHWM), and spans it acknowledged that never reached the sink. Medians, and ratios.
 //!
 //! `cargo bench -p apiary --bench relay`; APIARY_BENCH_ROUNDS (3), APIARY_BENCH_SECONDS (10),
-//! APIARY_BENCH_CONNECTIONS (4); `rotel-agent` from APIARY_ROTEL or the workspace's
+//! APIARY_BENCH_CONNECTIONS (4), APIARY_BENCH_EXPORT (`http`, or `grpc` for both relays); `rotel-agent` from APIARY_ROTEL or the workspace's
 //! target/otel-venv (`pip install rotel`).
 
 #[allow(dead_code)]
@@ -26,8 +26,80 @@ use apiary_pipeline::Signal;
 use apiary_tuning::process_cpu_seconds;
 use axum::body::Bytes;
 use axum::http::StatusCode;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
 
 const SPANS_PER_REQUEST: usize = 500;
+
+/// How both relays export to the sink: `http` (OTLP/HTTP protobuf) or `grpc`
+/// (APIARY_BENCH_EXPORT).
+#[derive(Clone, Copy, PartialEq)]
+enum Export {
+    Http,
+    Grpc,
+}
+
+impl Export {
+    fn from_env() -> Export {
+        match std::env::var("APIARY_BENCH_EXPORT").as_deref() {
+            Ok("grpc") => Export::Grpc,
+            _ => Export::Http,
+        }
+    }
+}
+
+/// Whether any export request reached the sink compressed.
+static COMPRESSED_SEEN: AtomicBool = AtomicBool::new(false);
+
+/// The sink's OTLP/gRPC trace service: counts spans (gzip accepted).
+struct GrpcSink {
+    spans: Arc<AtomicU64>,
+}
+
+#[tonic::async_trait]
+impl TraceService for GrpcSink {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        if request
+            .metadata()
+            .get("grpc-encoding")
+            .is_some_and(|v| v.as_bytes() != b"identity")
+        {
+            COMPRESSED_SEEN.store(true, Ordering::Relaxed);
+        }
+        let n: usize = request
+            .get_ref()
+            .resource_spans
+            .iter()
+            .flat_map(|r| &r.scope_spans)
+            .map(|s| s.spans.len())
+            .sum();
+        self.spans.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+async fn start_grpc_sink(spans: Arc<AtomicU64>) -> u16 {
+    // A free port, served by tonic's own listener (the bench has no TcpListener stream).
+    let (_, port, _, _) = common::free_ports();
+    let service = TraceServiceServer::new(GrpcSink { spans })
+        .accept_compressed(tonic::codec::CompressionEncoding::Gzip)
+        .max_decoding_message_size(64 << 20);
+    tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve(([127, 0, 0, 1], port).into())
+            .await
+            .unwrap()
+    });
+    port
+}
 
 fn setting(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -46,6 +118,9 @@ async fn start_sink(spans: Arc<AtomicU64>) -> u16 {
                 let gzip = headers
                     .get("content-encoding")
                     .is_some_and(|v| v.as_bytes() == b"gzip");
+                if gzip {
+                    COMPRESSED_SEEN.store(true, Ordering::Relaxed);
+                }
                 let body = if gzip {
                     let mut inflated = Vec::new();
                     let mut decoder = flate2::read::GzDecoder::new(body.as_ref());
@@ -81,7 +156,7 @@ enum Relay {
 impl Relay {
     fn name(self) -> &'static str {
         match self {
-            Relay::Rotel => "rotel (otlp in → otlp/http out)",
+            Relay::Rotel => "rotel (otlp in → otlp out)",
             Relay::Node => "apiary node --no-probes",
         }
     }
@@ -100,7 +175,7 @@ impl Drop for Running {
     }
 }
 
-fn start_relay(relay: Relay, sink_port: u16) -> Running {
+fn start_relay(relay: Relay, sink_port: u16, export: Export) -> Running {
     let dir = tempfile::tempdir().unwrap();
     let (quic, api, http, grpc) = common::free_ports();
     let sink = format!("http://127.0.0.1:{sink_port}");
@@ -118,7 +193,12 @@ fn start_relay(relay: Relay, sink_port: u16) -> Running {
                     &format!("127.0.0.1:{http}"),
                 ])
                 .args(["--otlp-grpc-endpoint", &format!("127.0.0.1:{grpc}")])
-                .args(["--exporter", "otlp", "--otlp-exporter-protocol", "http"])
+                .args(["--exporter", "otlp", "--otlp-exporter-protocol"])
+                .arg(if export == Export::Grpc {
+                    "grpc"
+                } else {
+                    "http"
+                })
                 .args(["--otlp-exporter-endpoint", &sink])
                 // The node sends uncompressed. Asked the same, this rotel (0.0.1a15 from PyPI) still
                 // gzips its OTLP/HTTP export, so the sink inflates, and rotel's CPU includes gzip.
@@ -139,6 +219,14 @@ fn start_relay(relay: Relay, sink_port: u16) -> Running {
             .args(["--otlp-http", &format!("127.0.0.1:{http}")])
             .args(["--otlp-grpc", "off"])
             .env("OTEL_EXPORTER_OTLP_ENDPOINT", &sink)
+            .env(
+                "OTEL_EXPORTER_OTLP_PROTOCOL",
+                if export == Export::Grpc {
+                    "grpc"
+                } else {
+                    "http/protobuf"
+                },
+            )
             .env("APIARY_LOG", "warn")
             .env_remove("APIARY_NICE")
             .stdout(Stdio::null())
@@ -181,10 +269,19 @@ impl Row {
     }
 }
 
-async fn round(relay: Relay, requests: Arc<Vec<Vec<u8>>>, seconds: u64, connections: usize) -> Row {
+async fn round(
+    relay: Relay,
+    export: Export,
+    requests: Arc<Vec<Vec<u8>>>,
+    seconds: u64,
+    connections: usize,
+) -> Row {
     let sink_spans = Arc::new(AtomicU64::new(0));
-    let sink_port = start_sink(sink_spans.clone()).await;
-    let running = start_relay(relay, sink_port);
+    let sink_port = match export {
+        Export::Http => start_sink(sink_spans.clone()).await,
+        Export::Grpc => start_grpc_sink(sink_spans.clone()).await,
+    };
+    let running = start_relay(relay, sink_port, export);
     let pid = running.child.id();
     // Ready once it answers a request (not counted: the round starts after it).
     let client = reqwest::Client::new();
@@ -287,26 +384,34 @@ async fn main() {
         vec![Relay::Node]
     };
     let connections = setting("APIARY_BENCH_CONNECTIONS", 4) as usize;
+    let export = Export::from_env();
     let requests = Arc::new(loadgen::encoded_requests(64, SPANS_PER_REQUEST));
     println!(
         "relay bench: {rounds} alternating rounds of {seconds} s, {connections} connections, \
-         {SPANS_PER_REQUEST}-span OTLP/HTTP requests ({} bytes each)",
-        requests[0].len()
+         {SPANS_PER_REQUEST}-span OTLP/HTTP requests ({} bytes each), export over {}",
+        requests[0].len(),
+        if export == Export::Grpc {
+            "OTLP/gRPC"
+        } else {
+            "OTLP/HTTP"
+        }
     );
     let mut rows: Vec<(Relay, Row)> = Vec::new();
     for r in 0..rounds {
         for &relay in &relays {
-            let row = round(relay, requests.clone(), seconds, connections).await;
+            COMPRESSED_SEEN.store(false, Ordering::Relaxed);
+            let row = round(relay, export, requests.clone(), seconds, connections).await;
             println!(
                 "round {r} {:<32} accepted {:>9} delivered {:>9} ({:>8.0}/s) cpu {:>5.2} µs/span \
-                 rss {:>6.1} MiB refusals {}",
+                 rss {:>6.1} MiB refusals {} export compressed: {}",
                 relay.name(),
                 row.accepted,
                 row.delivered,
                 row.rate(),
                 row.cpu_us_per_span(),
                 row.rss_mib,
-                row.refusals
+                row.refusals,
+                COMPRESSED_SEEN.load(Ordering::Relaxed)
             );
             rows.push((relay, row));
         }
