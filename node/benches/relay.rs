@@ -5,6 +5,8 @@
 //! process; rotel's export is gzip, which it inflates first). Per round: spans delivered to the sink per second (from the first request until the
 //! relay's backlog is delivered), the relay process's CPU per delivered span (/proc), its peak
 //! RSS (VmHWM), and spans it acknowledged that never reached the sink. Medians, and ratios.
+//! Then (over HTTP) one drain round: the node takes the load while the sink answers 503, and
+//! the rate at which it delivers that backlog once the sink is back.
 //!
 //! `cargo bench -p apiary --bench relay`; APIARY_BENCH_ROUNDS (3), APIARY_BENCH_SECONDS (10),
 //! APIARY_BENCH_CONNECTIONS (4), APIARY_BENCH_EXPORT (`http`, or `grpc` for both relays); `rotel-agent` from APIARY_ROTEL or the workspace's
@@ -51,6 +53,9 @@ impl Export {
         }
     }
 }
+
+/// While set, the OTLP/HTTP sink answers 503: a destination that is down (the drain round).
+static SINK_DOWN: AtomicBool = AtomicBool::new(false);
 
 /// Whether any export request reached the sink compressed.
 static COMPRESSED_SEEN: AtomicBool = AtomicBool::new(false);
@@ -115,6 +120,9 @@ async fn start_sink(spans: Arc<AtomicU64>) -> u16 {
         axum::routing::post(move |headers: axum::http::HeaderMap, body: Bytes| {
             let spans = spans.clone();
             async move {
+                if SINK_DOWN.load(Ordering::Relaxed) {
+                    return StatusCode::SERVICE_UNAVAILABLE;
+                }
                 let gzip = headers
                     .get("content-encoding")
                     .is_some_and(|v| v.as_bytes() == b"gzip");
@@ -350,6 +358,89 @@ async fn round(
     }
 }
 
+/// The node's backlog after an outage: the sink answers 503 while the load runs, then comes
+/// back; the rate at which the node delivers what it acknowledged meanwhile.
+async fn drain_round(requests: Arc<Vec<Vec<u8>>>, seconds: u64, connections: usize) {
+    let sink_spans = Arc::new(AtomicU64::new(0));
+    let sink_port = start_sink(sink_spans.clone()).await;
+    let running = start_relay(Relay::Node, sink_port, Export::Http);
+    let pid = running.child.id();
+    let client = reqwest::Client::new();
+    let ready = Instant::now();
+    while !client
+        .post(&running.url)
+        .header("content-type", "application/x-protobuf")
+        .body(requests[0].clone())
+        .send()
+        .await
+        .is_ok_and(|a| a.status().is_success())
+    {
+        assert!(
+            ready.elapsed() < Duration::from_secs(30),
+            "the node did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    while sink_spans.load(Ordering::Relaxed) < SPANS_PER_REQUEST as u64 {
+        assert!(
+            ready.elapsed() < Duration::from_secs(30),
+            "the node delivered nothing"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    SINK_DOWN.store(true, Ordering::Relaxed);
+    let base = sink_spans.load(Ordering::Relaxed);
+    let answers = Arc::new(loadgen::Answers::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = tokio::spawn(loadgen::run(
+        running.url.clone(),
+        connections,
+        requests,
+        SPANS_PER_REQUEST as u64,
+        stop.clone(),
+        answers.clone(),
+    ));
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    stop.store(true, Ordering::Relaxed);
+    load.await.unwrap();
+    // The node's retry backoff grew during the outage; the drain is timed from its first
+    // delivery after the sink came back.
+    let accepted = answers.accepted_spans.load(Ordering::Relaxed);
+    let cpu_start = process_cpu_seconds(&pid.to_string());
+    SINK_DOWN.store(false, Ordering::Relaxed);
+    let back = Instant::now();
+    while sink_spans.load(Ordering::Relaxed) == base {
+        assert!(
+            back.elapsed() < Duration::from_secs(60),
+            "no delivery after the outage"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let first = Instant::now();
+    let (mut last, mut last_change) = (0, Instant::now());
+    loop {
+        let delivered = sink_spans.load(Ordering::Relaxed) - base;
+        if delivered != last {
+            (last, last_change) = (delivered, Instant::now());
+        }
+        if delivered >= accepted || last_change.elapsed() > Duration::from_secs(5) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let seconds = last_change.duration_since(first).as_secs_f64().max(1e-3);
+    println!(
+        "\ndrain after an outage (node): {accepted} spans acknowledged while the sink answered 503 \
+         ({} refusals), {last} delivered after it came back in {seconds:.2} s: {:.0} spans/s; \
+         first delivery {:.2} s after it came back; node CPU {:.2} µs/span; peak RSS {:.1} MiB",
+        answers.refusals.load(Ordering::Relaxed),
+        last as f64 / seconds,
+        first.duration_since(back).as_secs_f64(),
+        (process_cpu_seconds(&pid.to_string()) - cpu_start) / last.max(1) as f64 * 1e6,
+        peak_rss_mib(pid),
+    );
+}
+
 fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(|a, b| a.total_cmp(b));
     values[values.len() / 2]
@@ -437,6 +528,9 @@ async fn main() {
             of(relay, |r| r.rss_mib),
             of(relay, |r| r.accepted.saturating_sub(r.delivered) as f64),
         );
+    }
+    if !quick && export == Export::Http {
+        drain_round(requests.clone(), seconds, connections).await;
     }
     if relays.len() < 2 {
         return;
