@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
-use apiary_pipeline::sources::Ingest;
+use apiary_pipeline::sources::{Ingest, NotTaken};
 use apiary_pipeline::{ServerSpanIndex, Signal};
 use apiary_span::SpanKind;
 
@@ -52,9 +52,12 @@ impl Ingest for FuzzIngest {
         true
     }
 
-    async fn accept(&self, _signal: Signal, _items: u32, payload: &[u8]) -> Result<(), String> {
+    async fn accept(&self, _signal: Signal, _items: u32, payload: &[u8]) -> Result<(), NotTaken> {
         if self.refuse.load(Ordering::Relaxed) {
-            return Err(format!("refused {} bytes (fuzzing)", payload.len()));
+            return Err(NotTaken::Backpressure {
+                reason: format!("refused {} bytes (fuzzing)", payload.len()),
+                retry_after: Duration::from_secs(1),
+            });
         }
         Ok(())
     }

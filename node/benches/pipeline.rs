@@ -346,7 +346,7 @@ async fn probe_source(spans: u64) -> (Row, Row) {
     let sink = OtlpHttp::new(&format!("http://127.0.0.1:{port}"), Vec::new()).unwrap();
     let delivery = Delivery::new(
         "bench",
-        store.queue("bench").unwrap(),
+        store.segment_queue("bench", 4 << 30).unwrap(),
         sink,
         4 << 30,
         FullPolicy::Block,

@@ -4,6 +4,7 @@
 
 mod common;
 
+mod backpressure;
 mod ca_rotation;
 mod cluster;
 mod collector;

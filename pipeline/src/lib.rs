@@ -19,7 +19,10 @@ pub mod sinks;
 pub mod sources;
 pub mod transforms;
 
-pub use buffer::{Delivery, DeliveryStats, FullPolicy};
+pub use buffer::{
+    store_everywhere, Admission, Delivery, DeliveryStats, EnqueueError, Framed, FullPolicy,
+    SendLimits,
+};
 pub use otlp::{OtlpRequest, ResourceInfo};
 pub use signal::Signal;
 pub use sinks::{Accepted, AnySink, JsonLines, OtlpGrpc, OtlpHttp, SendError, Sink};

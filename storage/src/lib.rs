@@ -7,6 +7,10 @@
 //! the first three, the pipeline crate that of the queues' batches; this crate owns atomicity
 //! and durability. Writes that must survive a crash are followed by [`Store::flush`].
 
+mod segments;
+
+pub use segments::{SegmentQueue, RECORD_OVERHEAD, SEGMENT_BYTES};
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -19,12 +23,24 @@ pub enum StorageError {
     Io(#[from] sled::Error),
     #[error("a flush to disk did not finish: {0}")]
     Flush(#[from] tokio::task::JoinError),
+    #[error(
+        "export buffer file {path}: {source} (is the disk full or the data dir not writable?)"
+    )]
+    Segment {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 pub type Result<T> = std::result::Result<T, StorageError>;
 
 #[derive(Clone)]
 pub struct Store {
+    dir: PathBuf,
+    /// The export buffers open now, by directory: one instance per directory, so that a
+    /// destination restarted with a new config shares its buffer with the old delivery that is
+    /// still stopping, instead of two writers appending to the same files.
+    segment_queues: Arc<std::sync::Mutex<std::collections::HashMap<PathBuf, SegmentQueue>>>,
     db: sled::Db,
     log: sled::Tree,
     meta: sled::Tree,
@@ -83,6 +99,8 @@ impl Store {
                 source,
             })?;
         Ok(Store {
+            dir: dir.to_path_buf(),
+            segment_queues: Arc::default(),
             log: db.open_tree("raft-log")?,
             meta: db.open_tree("meta")?,
             state: db.open_tree("state")?,
@@ -223,6 +241,83 @@ impl Store {
             db: self.db.clone(),
             flusher: self.flusher.clone(),
         })
+    }
+
+    /// Opens (or creates) the export buffer of destination `name`, to be capped at
+    /// `max_bytes`: segment files in `export/{name}` beside the database, whose size on disk is
+    /// the buffer's measure.
+    ///
+    /// A queue already open is shared, rewound to its first unacknowledged item: the new
+    /// reader re-sends what the old one had in flight (at least once).
+    pub fn segment_queue(&self, name: &str, max_bytes: u64) -> Result<SegmentQueue> {
+        let dir = self.segment_dir(name);
+        let mut open = self
+            .segment_queues
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(queue) = open.get(&dir) {
+            queue.rewind()?;
+            return Ok(queue.clone());
+        }
+        let queue = SegmentQueue::open_for_cap(&dir, max_bytes)?;
+        open.insert(dir, queue.clone());
+        Ok(queue)
+    }
+
+    /// Moves what destination `name`'s buffer held in sled (before the segment files) into
+    /// `queue`, oldest first, then deletes the sled tree; returns the batches moved. On an
+    /// error the sled tree stays, to be moved at the next start (some batches may then be
+    /// sent twice, none lost).
+    pub fn move_sled_queue(&self, name: &str, queue: &SegmentQueue) -> Result<usize> {
+        let tree = format!("queue/{name}");
+        if !self
+            .db
+            .tree_names()
+            .iter()
+            .any(|t| t.as_ref() == tree.as_bytes())
+        {
+            return Ok(0);
+        }
+        let old = self.queue(name)?;
+        let items = old.peek(usize::MAX)?;
+        for (_, item) in &items {
+            queue.push_unsynced(item)?;
+        }
+        queue.sync()?;
+        self.drop_queue(name)?;
+        Ok(items.len())
+    }
+
+    /// Deletes the export buffer of destination `name` and everything in it.
+    pub fn drop_segment_queue(&self, name: &str) -> Result<()> {
+        let dir = self.segment_dir(name);
+        self.segment_queues
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&dir);
+        match std::fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(StorageError::Segment {
+                path: dir,
+                source: e,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    fn segment_dir(&self, name: &str) -> PathBuf {
+        // Destination names are config keys (letters, digits, `-`, `_`) or `@env`/`@file`;
+        // anything else is hex-escaped so that a name can never leave the directory.
+        let safe: String = name
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '@' {
+                    c.to_string()
+                } else {
+                    format!("%{:02x}", c as u32)
+                }
+            })
+            .collect();
+        self.dir.join("export").join(safe)
     }
 
     /// Deletes the queue called `name` and everything in it.

@@ -87,11 +87,14 @@ pub struct NodeArgs {
     /// OpenSSL 3 libssl for the `tls` probe [default: found on the system]
     #[arg(long, env = "APIARY_LIBSSL")]
     pub libssl: Option<PathBuf>,
-    /// Bytes of disk each export destination may buffer while it is down or slow.
+    /// Bytes of disk each export destination's buffer may take (its files, measured) while the
+    /// destination is down or slower than what comes in.
     #[arg(long, env = "APIARY_EXPORT_BUFFER_BYTES", default_value_t = 256 << 20)]
     pub export_buffer_bytes: u64,
-    /// When a destination's buffer is full: drop-oldest (counted) or block.
-    #[arg(long, env = "APIARY_EXPORT_BUFFER_FULL", default_value = "drop-oldest")]
+    /// When a destination's buffer is full: refuse (apps are answered 429 / UNAVAILABLE and
+    /// retry; probe spans are shed, counted), block (wait for room), or drop (opt-in: take it
+    /// and drop the batch, counted).
+    #[arg(long, env = "APIARY_EXPORT_BUFFER_FULL", default_value = "refuse")]
     pub export_buffer_full: FullPolicy,
     /// How often RED metrics (counted before sampling) go to the export destinations.
     #[arg(

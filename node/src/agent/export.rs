@@ -10,10 +10,10 @@ use std::time::Duration;
 use anyhow::{bail, Result};
 use apiary_config::{ClusterConfig, Destination, Protocol};
 use apiary_consensus::Consensus;
-use apiary_pipeline::sources::Ingest;
+use apiary_pipeline::sources::{Ingest, NotTaken};
 use apiary_pipeline::{
-    otlp, AnySink, Delivery, FullPolicy, JsonLines, OtlpGrpc, OtlpHttp, RedMetrics, ResourceInfo,
-    ServerSpanIndex, Signal,
+    otlp, store_everywhere, AnySink, Delivery, DeliveryStats, FullPolicy, JsonLines, OtlpGrpc,
+    OtlpHttp, RedMetrics, ResourceInfo, ServerSpanIndex, Signal,
 };
 use apiary_probes::Observer;
 use apiary_span::Span;
@@ -64,12 +64,27 @@ pub struct DestinationStatus {
     pub protocol: String,
     pub state: &'static str,
     pub reason: Option<String>,
+    /// What the buffer does when full: `refuse` (apps retry), `block` or `drop` (opt-in).
+    pub full_policy: FullPolicy,
+    /// The cap on the buffer's files on disk.
+    pub max_bytes: u64,
+    /// Items taken into the buffer (acknowledged to apps, or the probes' own).
+    pub accepted_items: u64,
     pub queued_batches: u64,
+    pub queued_items: u64,
+    /// The buffer's segment files on disk, measured.
     pub queued_bytes: u64,
     pub delivered_items: u64,
-    pub rejected_items: u64,
+    /// Items the destination would not keep (partial success, or refused for good).
+    pub refused_items: u64,
+    /// Items not taken because the buffer was full (apps told to retry, probe spans shed).
+    pub pushed_back_items: u64,
+    /// Items taken and then dropped for room: only under `--export-buffer-full drop`.
     pub dropped_items: u64,
     pub failed_attempts: u64,
+    pub in_flight: u64,
+    /// Seconds the backlog takes to deliver at the recent rate; null while nothing drains.
+    pub drain_seconds: Option<f64>,
 }
 
 pub struct Export {
@@ -80,6 +95,10 @@ pub struct Export {
     active: Mutex<HashMap<String, Active>>,
     /// Spans the batcher missed because it fell behind the probes.
     pub source_dropped: AtomicU64,
+    /// Probe spans (and RED points) not stored in some destination's buffer because it was
+    /// full: the probes cannot be told to retry, so they are shed, counted here once per batch
+    /// (and per destination in its `pushed_back_items`); the cooperative tuner samples down.
+    pub probe_items_shed: Arc<AtomicU64>,
     /// Items apps sent while no destination was configured.
     pub received_without_destination: AtomicU64,
     /// Requests per service, route and status, counted before sampling.
@@ -110,6 +129,7 @@ impl Export {
             env_destination: env_destination()?,
             active: Mutex::new(HashMap::new()),
             source_dropped: AtomicU64::new(0),
+            probe_items_shed: Arc::default(),
             received_without_destination: AtomicU64::new(0),
             red: Arc::new(RedMetrics::new()),
             server_spans: Arc::default(),
@@ -181,7 +201,7 @@ impl Export {
             .collect();
         for name in removed {
             active.remove(&name);
-            if let Err(e) = self.store.drop_queue(&name) {
+            if let Err(e) = self.store.drop_segment_queue(&name) {
                 tracing::warn!(destination = %name, "cannot delete its export queue: {e}");
             }
             tracing::info!(destination = %name, "export stopped (destination removed)");
@@ -224,7 +244,15 @@ impl Export {
             }
         };
         let delivery = sink.and_then(|sink| {
-            let queue = self.store.queue(name).map_err(|e| e.to_string())?;
+            let queue = self
+                .store
+                .segment_queue(name, self.options.buffer_bytes)
+                .map_err(|e| e.to_string())?;
+            match self.store.move_sled_queue(name, &queue) {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(destination = %name, batches = n, "export buffer moved from sled to segment files"),
+                Err(e) => tracing::warn!(destination = %name, "cannot move the old export buffer: {e}"),
+            }
             Delivery::new(
                 name,
                 queue,
@@ -247,22 +275,17 @@ impl Export {
         active
     }
 
-    /// Queues an OTLP request from an app for every destination; fails if any could not store
-    /// it (the app retries). Without destinations it is counted and dropped.
-    pub async fn accept(&self, signal: Signal, items: u32, payload: &[u8]) -> Result<(), String> {
+    /// Queues an OTLP request from an app for every destination, or for none: refused with
+    /// backpressure when a buffer is full (the app retries). Without destinations it is
+    /// counted and dropped.
+    pub async fn accept(&self, signal: Signal, items: u32, payload: &[u8]) -> Result<(), NotTaken> {
         let deliveries = self.deliveries();
         if deliveries.is_empty() {
             self.received_without_destination
                 .fetch_add(items as u64, Ordering::Relaxed);
             return Ok(());
         }
-        for delivery in deliveries {
-            delivery
-                .enqueue(signal, items, payload)
-                .await
-                .map_err(|e| format!("destination {}: {e}", delivery.name))?;
-        }
-        Ok(())
+        store_everywhere(&deliveries, signal, items, payload).await
     }
 
     fn deliveries(&self) -> Vec<Arc<Delivery<AnySink>>> {
@@ -272,17 +295,34 @@ impl Export {
             .collect()
     }
 
-    /// Queues one batch for each of `deliveries`; a failure is logged (the source has no one to
-    /// answer to) and the others still get it.
+    /// Queues one batch of the node's own (probe spans, RED metrics) for each of
+    /// `deliveries`. Nobody can be told to retry it, so a full buffer sheds it there (counted,
+    /// and logged at most every few seconds) and the others still get it.
     async fn enqueue(
+        &self,
         deliveries: &[Arc<Delivery<AnySink>>],
         signal: Signal,
         items: u32,
         payload: &[u8],
     ) {
+        let mut shed = None;
         for delivery in deliveries {
-            if let Err(e) = delivery.enqueue(signal, items, payload).await {
-                tracing::error!(destination = %delivery.name, "cannot queue a batch: {e}");
+            match delivery.enqueue(signal, items, payload).await {
+                Ok(()) => {}
+                Err(e) if e.is_full() => shed = Some((delivery.name.clone(), e)),
+                Err(e) => {
+                    tracing::error!(destination = %delivery.name, "cannot queue a batch: {e}")
+                }
+            }
+        }
+        if let Some((destination, e)) = shed {
+            let before = self
+                .probe_items_shed
+                .fetch_add(items as u64, Ordering::Relaxed);
+            // The first shed batch, then one line per ~100 k items.
+            if before == 0 || before / 100_000 != (before + items as u64) / 100_000 {
+                tracing::warn!(%destination, shed_total = before + items as u64,
+                    "probe spans shed (the probes cannot retry): {e}");
             }
         }
     }
@@ -293,7 +333,8 @@ impl Export {
             return;
         }
         let payload = otlp::encode(spans, &self.resource);
-        Self::enqueue(&deliveries, Signal::Traces, spans.len() as u32, &payload).await;
+        self.enqueue(&deliveries, Signal::Traces, spans.len() as u32, &payload)
+            .await;
     }
 
     pub fn status(&self) -> Vec<DestinationStatus> {
@@ -301,20 +342,14 @@ impl Export {
             .lock()
             .iter()
             .map(|(name, active)| {
-                let stat = |f: fn(&apiary_pipeline::DeliveryStats) -> &AtomicU64| {
+                let stat = |f: fn(&DeliveryStats) -> &AtomicU64| {
                     active
                         .delivery
                         .as_ref()
                         .map(|d| f(&d.stats).load(Ordering::Relaxed))
                         .unwrap_or(0)
                 };
-                let last_error = active.delivery.as_ref().and_then(|d| {
-                    d.stats
-                        .last_error
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .clone()
-                });
+                let last_error = active.delivery.as_ref().and_then(|d| d.stats.last_error());
                 DestinationStatus {
                     name: name.clone(),
                     origin: match name.as_str() {
@@ -334,12 +369,22 @@ impl Export {
                         "running"
                     },
                     reason: active.problem.clone().or(last_error),
+                    full_policy: self.options.full_policy,
+                    max_bytes: self.options.buffer_bytes,
+                    accepted_items: stat(|s| &s.accepted_items),
                     queued_batches: stat(|s| &s.queued_batches),
+                    queued_items: stat(|s| &s.queued_items),
                     queued_bytes: stat(|s| &s.queued_bytes),
                     delivered_items: stat(|s| &s.delivered_items),
-                    rejected_items: stat(|s| &s.rejected_items),
+                    refused_items: stat(|s| &s.refused_items),
+                    pushed_back_items: stat(|s| &s.pushed_back_items),
                     dropped_items: stat(|s| &s.dropped_items),
                     failed_attempts: stat(|s| &s.failed_attempts),
+                    in_flight: stat(|s| &s.in_flight),
+                    drain_seconds: active
+                        .delivery
+                        .as_ref()
+                        .and_then(|d| d.stats.drain_seconds()),
                 }
             })
             .collect();
@@ -439,7 +484,9 @@ async fn export_red_metrics(export: std::sync::Weak<Export>) {
                 .map(|s| s.metrics.len() as u32)
                 .sum();
             let payload = prost::Message::encode_to_vec(&request);
-            Export::enqueue(&deliveries, Signal::Metrics, points, &payload).await;
+            export
+                .enqueue(&deliveries, Signal::Metrics, points, &payload)
+                .await;
         }
     }
 }
@@ -513,7 +560,7 @@ impl Ingest for Export {
         }
     }
 
-    async fn accept(&self, signal: Signal, items: u32, payload: &[u8]) -> Result<(), String> {
+    async fn accept(&self, signal: Signal, items: u32, payload: &[u8]) -> Result<(), NotTaken> {
         Export::accept(self, signal, items, payload).await
     }
 }

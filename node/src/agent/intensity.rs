@@ -3,7 +3,7 @@
 //! resulting sampling rate into this node's BPF maps.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -102,6 +102,8 @@ struct Counters {
     at: Instant,
     requests: u64,
     exported: u64,
+    /// Probe spans the export shed because a destination's buffer was full.
+    shed: u64,
     bpf_ns: u64,
     cpu_s: f64,
 }
@@ -122,6 +124,8 @@ pub struct Intensity {
     name: String,
     consensus: Arc<Consensus>,
     probes: Option<Arc<ProbeRuntime>>,
+    /// The export's count of probe spans shed for lack of buffer room (see `round`).
+    export_shed: Arc<AtomicU64>,
     reports: Mutex<HashMap<u64, (LoadReport, Instant)>>,
     state: Mutex<State>,
 }
@@ -139,6 +143,7 @@ impl Intensity {
         name: String,
         consensus: Arc<Consensus>,
         probes: Option<Arc<ProbeRuntime>>,
+        export_shed: Arc<AtomicU64>,
     ) -> Arc<Self> {
         let configured = consensus
             .config_state()
@@ -152,6 +157,7 @@ impl Intensity {
             name,
             consensus,
             probes,
+            export_shed,
             reports: Mutex::new(HashMap::new()),
             state: Mutex::new(State {
                 controller: RateController::new(configured),
@@ -224,6 +230,7 @@ impl Intensity {
             at: Instant::now(),
             requests: probes.observer.requests_total.load(Ordering::Relaxed),
             exported: probes.observer.spans_total.load(Ordering::Relaxed),
+            shed: self.export_shed.load(Ordering::Relaxed),
             bpf_ns: probes.reports().iter().map(|r| r.run_time_ns).sum(),
             cpu_s: apiary_tuning::own_cpu_seconds(),
         };
@@ -267,12 +274,21 @@ impl Intensity {
             floor,
             cpu_cap.is_some(),
         );
+        // Spans the destinations could not take (their buffers full) were shed: cap this
+        // node's exported spans at what got through, so that sampling sheds instead, evenly,
+        // and the budget goes to the nodes whose spans are kept.
+        let shed = now.shed.saturating_sub(last.shed) as f64 / seconds;
+        let export_cap = (shed > 0.0).then(|| (exported - shed).max(0.0));
+        let cap = match (cpu_cap, export_cap) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         let rate = state.controller.rate();
         let own = LoadReport {
             node: self.node,
             name: self.name.clone(),
             demand,
-            cpu_cap,
+            cpu_cap: cap,
             cpu_percent,
             configured_rate: configured,
             rate,

@@ -96,6 +96,7 @@ pub async fn run(args: NodeArgs, seed: ClusterSeed) -> Result<()> {
         identity.node.name.clone(),
         mesh.consensus.clone(),
         probes.clone(),
+        export.probe_items_shed.clone(),
     );
     let _ = mesh.intensity.set(intensity.clone());
     let state = Arc::new(ApiState {

@@ -158,7 +158,13 @@ pub fn render_export(node: &str, export: &Export) -> String {
         &'static str,
         fn(&DestinationStatus) -> u64,
     );
-    let families: [Family; 5] = [
+    let families: [Family; 10] = [
+        (
+            "apiary_export_accepted_items_total",
+            "counter",
+            "Items (spans, metrics, log records) taken into the destination's disk buffer.",
+            |r| r.accepted_items,
+        ),
         (
             "apiary_export_queued_batches",
             "gauge",
@@ -166,28 +172,52 @@ pub fn render_export(node: &str, export: &Export) -> String {
             |r| r.queued_batches,
         ),
         (
+            "apiary_export_queued_items",
+            "gauge",
+            "Items on disk waiting for the destination.",
+            |r| r.queued_items,
+        ),
+        (
+            "apiary_export_backlog_bytes",
+            "gauge",
+            "Bytes the destination's buffer files take on disk, measured.",
+            |r| r.queued_bytes,
+        ),
+        (
             "apiary_export_delivered_items_total",
             "counter",
-            "Items (spans, metrics, log records) the destination acknowledged.",
+            "Items the destination acknowledged.",
             |r| r.delivered_items,
+        ),
+        (
+            "apiary_export_refused_items_total",
+            "counter",
+            "Items the destination would not keep (partial success, or refused for good).",
+            |r| r.refused_items,
+        ),
+        (
+            "apiary_export_pushed_back_items_total",
+            "counter",
+            "Items not taken because the buffer was full: apps told to retry, probe spans shed.",
+            |r| r.pushed_back_items,
         ),
         (
             "apiary_export_dropped_items_total",
             "counter",
-            "Items dropped: buffer full or refused for good.",
+            "Items taken and then dropped for room (only with --export-buffer-full drop).",
             |r| r.dropped_items,
-        ),
-        (
-            "apiary_export_rejected_items_total",
-            "counter",
-            "Items refused in an OTLP partial success.",
-            |r| r.rejected_items,
         ),
         (
             "apiary_export_failed_attempts_total",
             "counter",
             "Send attempts that failed.",
             |r| r.failed_attempts,
+        ),
+        (
+            "apiary_export_in_flight",
+            "gauge",
+            "Requests to the destination in flight now.",
+            |r| r.in_flight,
         ),
     ];
     for (name, kind, help, value) in families {
@@ -202,6 +232,34 @@ pub fn render_export(node: &str, export: &Export) -> String {
             );
         }
     }
+    let name = "apiary_export_drain_seconds";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Seconds the backlog takes to deliver at the recent rate (absent while nothing drains)."
+    );
+    let _ = writeln!(out, "# TYPE {name} gauge");
+    for row in &rows {
+        if let Some(seconds) = row.drain_seconds {
+            let destination = escape_label_value(&row.name);
+            let _ = writeln!(
+                out,
+                "{name}{{{label},destination=\"{destination}\"}} {seconds:.1}"
+            );
+        }
+    }
+    let name = "apiary_export_probe_items_shed_total";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Probe spans and RED points not stored because a destination's buffer was full."
+    );
+    let _ = writeln!(out, "# TYPE {name} counter");
+    let _ = writeln!(
+        out,
+        "{name}{{{label}}} {}",
+        export
+            .probe_items_shed
+            .load(std::sync::atomic::Ordering::Relaxed)
+    );
     let name = "apiary_export_source_dropped_items_total";
     let _ = writeln!(
         out,

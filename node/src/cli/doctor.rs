@@ -223,6 +223,7 @@ fn export_checks(destinations: &Value) -> Vec<Check> {
         let endpoint = text(&destination["endpoint"]);
         let queued = destination["queued_batches"].as_u64().unwrap_or(0);
         let dropped = destination["dropped_items"].as_u64().unwrap_or(0);
+        let pushed_back = destination["pushed_back_items"].as_u64().unwrap_or(0);
         if destination["state"] == json!("failed") {
             found.push(Check::fail(
                 &name,
@@ -233,13 +234,19 @@ fn export_checks(destinations: &Value) -> Vec<Check> {
             found.push(Check::warn(
                 &name,
                 format!("{endpoint} is behind: {queued} batches wait on disk (last error: {})", text(&destination["reason"])),
-                "check that the collector runs and answers; nothing is lost until the buffer is full (--export-buffer-bytes)",
+                "check that the collector runs and answers; when the buffer is full (--export-buffer-bytes) apps are told to retry",
+            ));
+        } else if pushed_back > 0 {
+            found.push(Check::warn(
+                &name,
+                format!("{endpoint}: {pushed_back} items pushed back because the disk buffer was full (apps told to retry, probe spans shed)"),
+                "make the collector faster, give the buffer more room (--export-buffer-bytes), or send less (sampling)",
             ));
         } else if dropped > 0 {
             found.push(Check::warn(
                 &name,
-                format!("{endpoint}: {dropped} items dropped because the disk buffer was full"),
-                "give the buffer more room (--export-buffer-bytes) or make the collector faster",
+                format!("{endpoint}: {dropped} items dropped because the disk buffer was full (--export-buffer-full drop)"),
+                "give the buffer more room (--export-buffer-bytes), make the collector faster, or use the default --export-buffer-full refuse",
             ));
         } else {
             found.push(Check::ok(

@@ -517,6 +517,19 @@ pub struct Collector {
 
 impl Collector {
     pub async fn start(&self) -> u16 {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        self.serve(listener)
+    }
+
+    /// On `port`, chosen before (a collector that comes up where a node already sends).
+    pub async fn start_on(&self, port: u16) -> u16 {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .unwrap();
+        self.serve(listener)
+    }
+
+    fn serve(&self, listener: tokio::net::TcpListener) -> u16 {
         let received = self.received.clone();
         let app = axum::Router::new().route(
             "/{*path}",
@@ -531,7 +544,6 @@ impl Collector {
                 }
             }),
         );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
         port

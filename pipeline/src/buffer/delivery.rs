@@ -1,261 +1,258 @@
-//! One destination: a disk queue in front of a sink, and a worker that sends the oldest batch
-//! until the destination acknowledges it. How a batch is stored is `buffer::frame`'s.
+//! One destination: a disk buffer ([`SegmentQueue`]) in front of a sink. Writers ask for room
+//! ([`Delivery::admit`]) and then store ([`Delivery::store`]); what happens when there is no
+//! room is the [`FullPolicy`]'s. Sending is `buffer::window`'s.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
-use apiary_storage::Queue;
-use serde::Serialize;
+use apiary_storage::{SegmentQueue, RECORD_OVERHEAD};
 use tokio::sync::Notify;
 
-use crate::buffer::frame::{frame, unframe};
+use crate::buffer::frame::frame;
+use crate::buffer::policy::{EnqueueError, FullPolicy};
+use crate::buffer::stats::DeliveryStats;
 use crate::signal::Signal;
-use crate::sinks::sink::{SendError, Sink};
+use crate::sinks::sink::Sink;
 
-/// What to do when the disk buffer is full.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum FullPolicy {
-    /// Make room by dropping the oldest batches (counted).
-    DropOldest,
-    /// Wait for room: the source slows down (and its own counters show what it could not take).
-    Block,
+/// A batch framed for the buffer once, however many destinations store it.
+pub struct Framed {
+    pub(crate) bytes: Vec<u8>,
+    pub(crate) items: u32,
 }
 
-impl std::str::FromStr for FullPolicy {
-    type Err = String;
-    fn from_str(text: &str) -> Result<Self, String> {
-        match text {
-            "drop-oldest" => Ok(FullPolicy::DropOldest),
-            "block" => Ok(FullPolicy::Block),
-            other => Err(format!(
-                "{other:?} is not a buffer policy: use drop-oldest or block"
-            )),
+impl Framed {
+    pub fn new(signal: Signal, items: u32, payload: &[u8]) -> Self {
+        Framed {
+            bytes: frame(signal, items, payload),
+            items,
+        }
+    }
+
+    /// What it takes on disk.
+    pub fn disk_bytes(&self) -> u64 {
+        self.bytes.len() as u64 + RECORD_OVERHEAD
+    }
+}
+
+/// Room promised to one writer; given back if the writer stores nothing.
+pub struct Reservation {
+    stats: Arc<DeliveryStats>,
+    bytes: u64,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.stats
+            .reserved_bytes
+            .fetch_sub(self.bytes, Ordering::Relaxed);
+    }
+}
+
+/// What [`Delivery::admit`] decided.
+pub enum Admission {
+    Room(Reservation),
+    /// The `drop` policy: not stored, to be counted with [`Delivery::count_dropped`].
+    Drop,
+}
+
+/// How a delivery sends: how many requests at once, and how large a merged request may grow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SendLimits {
+    /// Requests in flight at once.
+    pub window: usize,
+    /// A merged request stays under these (uncompressed bytes, items); one stored batch
+    /// larger than that goes alone. gRPC servers refuse messages over 4 MiB by default.
+    pub max_bytes: usize,
+    pub max_items: u32,
+}
+
+impl Default for SendLimits {
+    fn default() -> Self {
+        SendLimits {
+            window: 4,
+            max_bytes: 1 << 20,
+            max_items: 8192,
         }
     }
 }
 
-/// Counters of one destination, for `/v1/export` and `/metrics`.
-#[derive(Debug, Default, Serialize)]
-pub struct DeliveryStats {
-    pub queued_batches: AtomicU64,
-    pub queued_bytes: AtomicU64,
-    pub delivered_batches: AtomicU64,
-    pub delivered_items: AtomicU64,
-    /// Items (spans, metrics, log records) the destination refused in a partial success.
-    pub rejected_items: AtomicU64,
-    /// Items dropped by the full-buffer policy or after a permanent error.
-    pub dropped_items: AtomicU64,
-    pub failed_attempts: AtomicU64,
-    #[serde(skip)]
-    pub last_error: Mutex<Option<String>>,
-}
-
 pub struct Delivery<S: Sink> {
     pub name: String,
-    queue: Queue,
-    sink: S,
+    pub(crate) limits: SendLimits,
+    pub(crate) queue: SegmentQueue,
+    pub(crate) sink: S,
     max_bytes: u64,
     policy: FullPolicy,
     pub stats: Arc<DeliveryStats>,
-    wake: Notify,
-    /// The batch the sender is sending right now. Drop-oldest skips it: dropping it would count
-    /// it as dropped and then, when the send succeeds, as delivered too.
-    in_flight: Mutex<Option<u64>>,
+    pub(crate) wake: Notify,
 }
 
 impl<S: Sink> Delivery<S> {
     pub fn new(
         name: &str,
-        queue: Queue,
+        queue: SegmentQueue,
         sink: S,
         max_bytes: u64,
         policy: FullPolicy,
     ) -> Result<Arc<Self>, String> {
+        Self::with_limits(name, queue, sink, max_bytes, policy, SendLimits::default())
+    }
+
+    pub fn with_limits(
+        name: &str,
+        queue: SegmentQueue,
+        sink: S,
+        max_bytes: u64,
+        policy: FullPolicy,
+        limits: SendLimits,
+    ) -> Result<Arc<Self>, String> {
+        if limits.window == 0 {
+            return Err("a delivery window of 0 would never send: use 1 or more".into());
+        }
         let stats = Arc::new(DeliveryStats::default());
-        stats
-            .queued_batches
-            .store(queue.len() as u64, Ordering::Relaxed);
+        stats.queued_batches.store(queue.len(), Ordering::Relaxed);
         stats
             .queued_bytes
-            .store(queue.bytes().map_err(|e| e.to_string())?, Ordering::Relaxed);
+            .store(queue.bytes_on_disk(), Ordering::Relaxed);
         Ok(Arc::new(Delivery {
             name: name.to_string(),
+            limits,
             queue,
             sink,
             max_bytes,
             policy,
             stats,
             wake: Notify::new(),
-            in_flight: Mutex::new(None),
         }))
     }
 
-    /// Stores a batch on disk; it is sent (and re-sent after a restart) until acknowledged.
-    pub async fn enqueue(&self, signal: Signal, items: u32, payload: &[u8]) -> Result<(), String> {
-        let item = frame(signal, items, payload);
-        let size = item.len() as u64;
+    pub fn policy(&self) -> FullPolicy {
+        self.policy
+    }
+
+    pub fn max_bytes(&self) -> u64 {
+        self.max_bytes
+    }
+
+    /// Room for `batch` now, or why not. The cap is the segment files' size on disk plus
+    /// what other writers reserved; an empty buffer takes any one batch, so that a batch
+    /// larger than the cap is not refused forever.
+    pub fn reserve(&self, batch: &Framed) -> Result<Reservation, EnqueueError> {
+        let size = batch.disk_bytes();
+        let reserved = self.stats.reserved_bytes.fetch_add(size, Ordering::Relaxed) + size;
+        let reservation = Reservation {
+            stats: self.stats.clone(),
+            bytes: size,
+        };
+        let on_disk = self.queue.bytes_on_disk();
+        let empty = self.queue.is_empty() && reserved == size;
+        if on_disk + reserved <= self.max_bytes || empty {
+            return Ok(reservation);
+        }
+        drop(reservation);
+        let rate = self.stats.drain.items_per_second();
+        let backlog_items = DeliveryStats::load(&self.stats.queued_items).max(1);
+        // The time for the oldest batch's worth to drain, at the current rate: the room this
+        // one needs (a down destination: a few seconds, and the app's own backoff grows).
+        let retry_after = if rate > 0.0 {
+            let per_item = on_disk as f64 / backlog_items as f64;
+            let needed_items = size as f64 / per_item.max(1.0);
+            Duration::from_secs_f64((needed_items / rate).clamp(1.0, 30.0)).as_secs()
+        } else {
+            5
+        };
+        Err(EnqueueError::Full {
+            destination: self.name.clone(),
+            backlog_bytes: on_disk,
+            max_bytes: self.max_bytes,
+            draining: if rate > 0.0 {
+                format!("{rate:.0} items/s")
+            } else {
+                "nothing now: it is down, refusing or slow".into()
+            },
+            retry_after: Duration::from_secs(retry_after.max(1)),
+        })
+    }
+
+    /// Room for `batch` as the policy says: `Err` (full, under `refuse`), a wait (`block`),
+    /// or [`Admission::Drop`] (`drop`).
+    pub async fn admit(&self, batch: &Framed) -> Result<Admission, EnqueueError> {
         loop {
-            let queued = self.stats.queued_bytes.load(Ordering::Relaxed);
-            if queued + size <= self.max_bytes || self.queue.is_empty() {
-                break;
-            }
-            match self.policy {
-                FullPolicy::Block => tokio::time::sleep(Duration::from_millis(50)).await,
-                FullPolicy::DropOldest => {
-                    // Under the lock the sender takes to pick its batch, so the two never meet
-                    // on the same batch. With only the batch being sent queued, this one goes
-                    // in over the limit (by at most a batch).
-                    let dropped = {
-                        let in_flight = self.lock_in_flight();
-                        let oldest = self
-                            .queue
-                            .peek(2)
-                            .map_err(|e| e.to_string())?
-                            .into_iter()
-                            .find(|(seq, _)| Some(*seq) != *in_flight);
-                        match oldest {
-                            None => break,
-                            Some((seq, oldest)) => self.remove(seq, &oldest)?.then_some(oldest),
-                        }
-                    };
-                    let Some(oldest) = dropped else {
-                        // Dropped by another writer meanwhile: look again.
-                        continue;
-                    };
-                    let items = unframe(&oldest).map(|(_, n, _)| n).unwrap_or(0);
-                    self.stats
-                        .dropped_items
-                        .fetch_add(items as u64, Ordering::Relaxed);
-                    tracing::warn!(destination = %self.name, items, "export buffer full: dropped the oldest batch");
-                }
+            match self.reserve(batch) {
+                Ok(reservation) => return Ok(Admission::Room(reservation)),
+                Err(full) => match self.policy {
+                    FullPolicy::Refuse => {
+                        self.count_pushed_back(batch.items);
+                        return Err(full);
+                    }
+                    FullPolicy::Drop => return Ok(Admission::Drop),
+                    FullPolicy::Block => tokio::time::sleep(Duration::from_millis(20)).await,
+                },
             }
         }
-        // Counted before it is visible to the sender, so that a delivery cannot subtract it
-        // first (the counters would wrap below zero and every later batch look "too big").
+    }
+
+    pub fn count_pushed_back(&self, items: u32) {
+        self.stats
+            .pushed_back_items
+            .fetch_add(items as u64, Ordering::Relaxed);
+    }
+
+    pub fn count_dropped(&self, items: u32) {
+        self.stats
+            .dropped_items
+            .fetch_add(items as u64, Ordering::Relaxed);
+        tracing::warn!(destination = %self.name, items, "export buffer full: dropped a batch (policy drop)");
+    }
+
+    /// Stores `batch` in the room `reservation` holds and waits until it is on disk; it is
+    /// then sent (and re-sent after a restart) until the destination acknowledges it.
+    pub async fn store(
+        &self,
+        reservation: Reservation,
+        batch: &Framed,
+    ) -> Result<(), EnqueueError> {
+        // Counted before the sender can see it, so that its delivery (which may come before
+        // the push returns: the sender reads what is written, before the sync) finds it counted.
+        let items = batch.items as u64;
+        self.stats.queued_items.fetch_add(items, Ordering::Relaxed);
         self.stats.queued_batches.fetch_add(1, Ordering::Relaxed);
-        self.stats.queued_bytes.fetch_add(size, Ordering::Relaxed);
-        if let Err(e) = self.queue.push(&item).await {
+        let stored = self.queue.push(&batch.bytes).await;
+        drop(reservation);
+        self.stats
+            .queued_bytes
+            .store(self.queue.bytes_on_disk(), Ordering::Relaxed);
+        if let Err(e) = stored {
+            self.stats.queued_items.fetch_sub(items, Ordering::Relaxed);
             self.stats.queued_batches.fetch_sub(1, Ordering::Relaxed);
-            self.stats.queued_bytes.fetch_sub(size, Ordering::Relaxed);
-            return Err(e.to_string());
+            return Err(EnqueueError::Storage {
+                destination: self.name.clone(),
+                reason: e.to_string(),
+            });
         }
+        self.stats
+            .accepted_items
+            .fetch_add(items, Ordering::Relaxed);
         self.wake.notify_one();
         Ok(())
     }
 
-    fn lock_in_flight(&self) -> std::sync::MutexGuard<'_, Option<u64>> {
-        // The guarded value is a plain seq, valid whatever a panicking holder did.
-        self.in_flight.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Takes a batch out of the queue. Only the caller that really removed it adjusts the
-    /// counters, so a delivery and a drop-oldest racing for the same batch count it once.
-    fn remove(&self, seq: u64, item: &[u8]) -> Result<bool, String> {
-        let removed = self.queue.ack(seq).map_err(|e| e.to_string())?;
-        if removed {
-            self.stats.queued_batches.fetch_sub(1, Ordering::Relaxed);
-            self.stats
-                .queued_bytes
-                .fetch_sub(item.len() as u64, Ordering::Relaxed);
-        }
-        Ok(removed)
-    }
-
-    /// Sends batches oldest first, forever. Retryable failures back off exponentially with
-    /// jitter (or as long as the destination asked); permanent ones drop that batch, counted.
-    pub async fn run(self: Arc<Self>) {
-        let mut attempt: u32 = 0;
-        loop {
-            let picked = {
-                let mut in_flight = self.lock_in_flight();
-                let picked = self.queue.peek(1).map(|mut items| items.pop());
-                *in_flight = picked
-                    .as_ref()
-                    .ok()
-                    .and_then(|p| p.as_ref().map(|(seq, _)| *seq));
-                picked
-            };
-            let next = match picked {
-                Ok(next) => next,
-                Err(e) => {
-                    tracing::error!(destination = %self.name, "export queue unreadable: {e}");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
-                }
-            };
-            let Some((seq, item)) = next else {
-                // Every enqueue notifies; the timeout is a safety net (a destination replaced while
-                // an enqueue ran notifies the old delivery), long enough that an idle destination
-                // costs few wakeups.
-                let _ = tokio::time::timeout(Duration::from_secs(1), self.wake.notified()).await;
-                continue;
-            };
-            let Some((signal, spans, payload)) = unframe(&item) else {
-                tracing::error!(destination = %self.name, seq, "unreadable batch in the export queue, dropped");
-                if let Err(e) = self.remove(seq, &item) {
-                    tracing::error!(destination = %self.name, "cannot drop it: {e}");
-                }
-                continue;
-            };
-            let retry_in = match self.sink.send(signal, &payload).await {
-                Ok(outcome) => {
-                    attempt = 0;
-                    if let Err(e) = self.remove(seq, &item) {
-                        tracing::error!(destination = %self.name, "cannot ack a delivered batch: {e}");
-                    }
-                    self.stats.delivered_batches.fetch_add(1, Ordering::Relaxed);
-                    self.stats.delivered_items.fetch_add(
-                        spans as u64 - outcome.rejected_items.min(spans as u64),
-                        Ordering::Relaxed,
-                    );
-                    if outcome.rejected_items > 0 {
-                        self.stats
-                            .rejected_items
-                            .fetch_add(outcome.rejected_items, Ordering::Relaxed);
-                        tracing::warn!(destination = %self.name, rejected = outcome.rejected_items,
-                            "destination rejected part of a batch: {}", outcome.message);
-                    }
-                    None
-                }
-                Err(SendError::Retryable {
-                    reason,
-                    retry_after,
-                }) => {
-                    self.stats.failed_attempts.fetch_add(1, Ordering::Relaxed);
-                    let wait = retry_after.unwrap_or_else(|| backoff(attempt));
-                    attempt = attempt.saturating_add(1);
-                    tracing::warn!(destination = %self.name, "export failed, retrying in {wait:?}: {reason}");
-                    *self
-                        .stats
-                        .last_error
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner()) = Some(reason);
-                    Some(wait)
-                }
-                Err(SendError::Permanent(reason)) => {
-                    self.stats.failed_attempts.fetch_add(1, Ordering::Relaxed);
-                    self.stats
-                        .dropped_items
-                        .fetch_add(spans as u64, Ordering::Relaxed);
-                    tracing::error!(destination = %self.name, spans, "destination refused a batch for good, dropped: {reason}");
-                    *self
-                        .stats
-                        .last_error
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner()) = Some(reason);
-                    if let Err(e) = self.remove(seq, &item) {
-                        tracing::error!(destination = %self.name, "cannot drop a refused batch: {e}");
-                    }
-                    None
-                }
-            };
-            // Only now, with a sent batch already removed: a drop-oldest may take a batch that
-            // waits for its retry, never one whose send succeeded.
-            *self.lock_in_flight() = None;
-            if let Some(wait) = retry_in {
-                tokio::time::sleep(wait).await;
+    /// Admits and stores one batch for this destination alone (the probes' spans, the RED
+    /// metrics): `Err` when the buffer is full under `refuse` (counted as pushed back) or
+    /// the disk failed; `Ok` when stored, or dropped and counted under `drop`.
+    pub async fn enqueue(
+        &self,
+        signal: Signal,
+        items: u32,
+        payload: &[u8],
+    ) -> Result<(), EnqueueError> {
+        let batch = Framed::new(signal, items, payload);
+        match self.admit(&batch).await? {
+            Admission::Room(reservation) => self.store(reservation, &batch).await,
+            Admission::Drop => {
+                self.count_dropped(items);
+                Ok(())
             }
         }
     }

@@ -12,6 +12,7 @@ use tonic::metadata::{MetadataKey, MetadataMap, MetadataValue};
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Status};
 
+use crate::otlp::retry_info::retry_delay;
 use crate::signal::Signal;
 use crate::sinks::sink::{Accepted, SendError, Sink};
 
@@ -183,67 +184,17 @@ fn classify(endpoint: &str, status: &Status) -> SendError {
     }
 }
 
-/// `google.rpc.Status` as carried in `grpc-status-details-bin`, just enough to find RetryInfo.
-#[derive(Clone, PartialEq, prost::Message)]
-struct RpcStatus {
-    #[prost(message, repeated, tag = "3")]
-    details: Vec<RpcAny>,
-}
-
-#[derive(Clone, PartialEq, prost::Message)]
-struct RpcAny {
-    #[prost(string, tag = "1")]
-    type_url: String,
-    #[prost(bytes = "vec", tag = "2")]
-    value: Vec<u8>,
-}
-
-#[derive(Clone, PartialEq, prost::Message)]
-struct RetryInfo {
-    #[prost(message, optional, tag = "1")]
-    retry_delay: Option<RpcDuration>,
-}
-
-#[derive(Clone, PartialEq, prost::Message)]
-struct RpcDuration {
-    #[prost(int64, tag = "1")]
-    seconds: i64,
-    #[prost(int32, tag = "2")]
-    nanos: i32,
-}
-
-const RETRY_INFO_TYPE: &str = "type.googleapis.com/google.rpc.RetryInfo";
-
-/// The server's retry hint, capped at five minutes.
-fn retry_delay(details: &[u8]) -> Option<Duration> {
-    use prost::Message;
-    let status = RpcStatus::decode(details).ok()?;
-    let info = status
-        .details
-        .iter()
-        .find(|any| any.type_url == RETRY_INFO_TYPE)?;
-    let delay = RetryInfo::decode(info.value.as_slice()).ok()?.retry_delay?;
-    let delay = Duration::from_secs(delay.seconds.clamp(0, 300) as u64)
-        + Duration::from_nanos(delay.nanos.clamp(0, 999_999_999) as u64);
-    Some(delay.min(Duration::from_secs(300)))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use prost::Message;
 
-    fn status_with_delay(code: Code, seconds: i64) -> Status {
-        let details = RpcStatus {
-            details: vec![RpcAny {
-                type_url: RETRY_INFO_TYPE.into(),
-                value: RetryInfo {
-                    retry_delay: Some(RpcDuration { seconds, nanos: 0 }),
-                }
-                .encode_to_vec(),
-            }],
-        };
-        Status::with_details(code, "busy", details.encode_to_vec().into())
+    fn status_with_delay(code: Code, seconds: u64) -> Status {
+        crate::otlp::retry_info::status_with_retry(
+            code,
+            "busy".into(),
+            Duration::from_secs(seconds),
+        )
     }
 
     #[test]

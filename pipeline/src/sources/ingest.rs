@@ -16,6 +16,43 @@ pub const MAX_REQUEST_BYTES: usize = 8 << 20;
 /// [`Ingest::sync_with_probes`]).
 pub const SYNC_TIMEOUT: Duration = Duration::from_millis(100);
 
+/// Why the [`Ingest`] did not take a request; both tell the app to retry.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotTaken {
+    /// Backpressure: a destination's buffer is full. HTTP 429 with `Retry-After`, gRPC
+    /// UNAVAILABLE with RetryInfo, as the OTLP specification says.
+    #[error("{reason}")]
+    Backpressure {
+        reason: String,
+        retry_after: Duration,
+    },
+    /// Storing failed (the disk): HTTP 503, gRPC UNAVAILABLE.
+    #[error("{0}")]
+    NotStored(String),
+}
+
+impl From<crate::buffer::policy::EnqueueError> for NotTaken {
+    fn from(error: crate::buffer::policy::EnqueueError) -> Self {
+        if error.is_full() {
+            NotTaken::Backpressure {
+                retry_after: error.retry_after(),
+                reason: error.to_string(),
+            }
+        } else {
+            NotTaken::NotStored(error.to_string())
+        }
+    }
+}
+
+impl NotTaken {
+    pub fn retry_after(&self) -> Duration {
+        match self {
+            NotTaken::Backpressure { retry_after, .. } => *retry_after,
+            NotTaken::NotStored(_) => Duration::from_secs(1),
+        }
+    }
+}
+
 /// Where the receivers put what apps send: on the node, its export (every destination's disk
 /// buffer, and the index of the probes' server spans).
 pub trait Ingest: Send + Sync + 'static {
@@ -30,13 +67,13 @@ pub trait Ingest: Send + Sync + 'static {
     fn sync_with_probes(&self, timeout: Duration) -> impl Future<Output = bool> + Send;
 
     /// Queues an encoded export request of `signal` holding `items` items for every
-    /// destination. `Err` means not stored: the app should retry.
+    /// destination. `Err` means not stored anywhere: the app should retry.
     fn accept(
         &self,
         signal: Signal,
         items: u32,
         payload: &[u8],
-    ) -> impl Future<Output = Result<(), String>> + Send;
+    ) -> impl Future<Output = Result<(), NotTaken>> + Send;
 }
 
 /// Re-parents app spans under the probes' spans of the same requests, then queues the request
@@ -44,7 +81,7 @@ pub trait Ingest: Send + Sync + 'static {
 pub async fn ingest<I: Ingest + ?Sized>(
     target: &I,
     mut request: OtlpRequest,
-) -> Result<(), String> {
+) -> Result<(), NotTaken> {
     if let OtlpRequest::Traces(traces) = &mut request {
         if target.server_spans().reparent(traces).unknown_callers > 0
             && target.sync_with_probes(SYNC_TIMEOUT).await

@@ -9,4 +9,4 @@ pub mod otlp_http;
 #[cfg(test)]
 mod testing;
 
-pub use ingest::{ingest, Ingest, MAX_REQUEST_BYTES};
+pub use ingest::{ingest, Ingest, NotTaken, MAX_REQUEST_BYTES};

@@ -26,6 +26,7 @@ use tonic::codec::CompressionEncoding;
 use tonic::{Request, Response, Status};
 
 use crate::otlp::request::OtlpRequest;
+use crate::otlp::retry_info::status_with_retry;
 use crate::sources::ingest::{ingest, Ingest, MAX_REQUEST_BYTES};
 
 struct Receiver<I> {
@@ -42,10 +43,16 @@ impl<I> Clone for Receiver<I> {
 }
 
 impl<I: Ingest> Receiver<I> {
+    /// OTLP/gRPC: backpressure is UNAVAILABLE with a RetryInfo saying when (RESOURCE_EXHAUSTED
+    /// is retried only by some clients); a failure to store is UNAVAILABLE too.
     async fn take(&self, request: OtlpRequest) -> Result<(), Status> {
-        ingest(&*self.target, request)
-            .await
-            .map_err(|reason| Status::unavailable(format!("not stored, retry: {reason}")))
+        ingest(&*self.target, request).await.map_err(|not_taken| {
+            status_with_retry(
+                tonic::Code::Unavailable,
+                format!("not stored, retry: {not_taken}"),
+                not_taken.retry_after(),
+            )
+        })
     }
 }
 
@@ -186,9 +193,12 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn not_stored_is_unavailable() {
+    async fn backpressure_is_unavailable_with_retry_info() {
         let target = Arc::new(FakeIngest {
-            refuse: Some("disk full".into()),
+            refuse: Some(crate::sources::ingest::NotTaken::Backpressure {
+                reason: "buffer full".into(),
+                retry_after: std::time::Duration::from_secs(3),
+            }),
             ..Default::default()
         });
         let endpoint = start(target).await;
@@ -199,6 +209,11 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(status.code(), tonic::Code::Unavailable);
-        assert!(status.message().contains("disk full"), "{status}");
+        assert!(status.message().contains("buffer full"), "{status}");
+        assert_eq!(
+            crate::otlp::retry_info::retry_delay(status.details()),
+            Some(std::time::Duration::from_secs(3)),
+            "RetryInfo says when"
+        );
     }
 }

@@ -17,12 +17,12 @@ use axum::Router;
 use crate::otlp::request::OtlpRequest;
 use crate::otlp::wire;
 use crate::signal::Signal;
-use crate::sources::ingest::{ingest, Ingest, MAX_REQUEST_BYTES, SYNC_TIMEOUT};
+use crate::sources::ingest::{ingest, Ingest, NotTaken, MAX_REQUEST_BYTES, SYNC_TIMEOUT};
 
 /// Why a request was not taken.
 enum Refusal {
     Invalid(String),
-    NotStored(String),
+    NotTaken(NotTaken),
 }
 
 /// The protobuf fast path: the framing is checked and items counted at the wire level; only a
@@ -50,12 +50,12 @@ async fn ingest_protobuf<I: Ingest>(
     if merge {
         let request = OtlpRequest::decode_protobuf(signal, bytes)
             .map_err(|e| Refusal::Invalid(e.to_string()))?;
-        return ingest(target, request).await.map_err(Refusal::NotStored);
+        return ingest(target, request).await.map_err(Refusal::NotTaken);
     }
     target
         .accept(signal, items.min(u32::MAX as u64) as u32, bytes)
         .await
-        .map_err(Refusal::NotStored)
+        .map_err(Refusal::NotTaken)
 }
 
 /// The routes `/v1/traces`, `/v1/metrics` and `/v1/logs`, handing requests to `target`.
@@ -147,7 +147,7 @@ async fn receive<I: Ingest>(
     };
     let outcome = if json {
         match OtlpRequest::decode_json(signal, body) {
-            Ok(request) => ingest(&*target, request).await.map_err(Refusal::NotStored),
+            Ok(request) => ingest(&*target, request).await.map_err(Refusal::NotTaken),
             Err(e) => Err(Refusal::Invalid(e.to_string())),
         }
     } else {
@@ -174,14 +174,18 @@ async fn receive<I: Ingest>(
             Vec::<u8>::new(),
         )
             .into_response(),
-        Err(Refusal::NotStored(reason)) => {
-            let mut response = refuse(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("not stored, retry: {reason}"),
-            );
+        Err(Refusal::NotTaken(not_taken)) => {
+            // OTLP/HTTP: 429 is backpressure ("too many requests, slow down"), 503 a failure
+            // on this side; clients retry both, after Retry-After.
+            let status = match not_taken {
+                NotTaken::Backpressure { .. } => StatusCode::TOO_MANY_REQUESTS,
+                NotTaken::NotStored(_) => StatusCode::SERVICE_UNAVAILABLE,
+            };
+            let seconds = not_taken.retry_after().as_secs().max(1);
+            let mut response = refuse(status, format!("not stored, retry: {not_taken}"));
             response
                 .headers_mut()
-                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(seconds));
             response
         }
     }
@@ -322,7 +326,7 @@ mod tests {
     #[tokio::test]
     async fn not_stored_is_503_with_retry_after() {
         let target = Arc::new(FakeIngest {
-            refuse: Some("disk full".into()),
+            refuse: Some(NotTaken::NotStored("disk full".into())),
             ..Default::default()
         });
         let base = start(target).await;
@@ -341,6 +345,28 @@ mod tests {
             assert_eq!(response.headers()["retry-after"], "1");
             assert!(response.text().await.unwrap().contains("disk full"));
         }
+    }
+
+    #[tokio::test]
+    async fn backpressure_is_429_with_the_retry_after_it_was_given() {
+        let target = Arc::new(FakeIngest {
+            refuse: Some(NotTaken::Backpressure {
+                reason: "export buffer full".into(),
+                retry_after: std::time::Duration::from_secs(4),
+            }),
+            ..Default::default()
+        });
+        let base = start(target.clone()).await;
+        let bytes = app_traces(OtlpKind::Internal, vec![]).encode_to_vec();
+        let response = post(&base, Signal::Traces, &[PROTOBUF], bytes).await;
+        assert_eq!(response.status(), 429);
+        assert_eq!(response.headers()["retry-after"], "4");
+        assert!(response
+            .text()
+            .await
+            .unwrap()
+            .contains("export buffer full"));
+        assert!(target.accepted().is_empty());
     }
 
     #[tokio::test]

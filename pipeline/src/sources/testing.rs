@@ -11,7 +11,7 @@ use opentelemetry_proto::tonic::trace::v1::span::SpanKind as OtlpKind;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span as OtlpSpan};
 
 use crate::signal::Signal;
-use crate::sources::ingest::Ingest;
+use crate::sources::ingest::{Ingest, NotTaken};
 use crate::transforms::reparent::ServerSpanIndex;
 
 #[derive(Default)]
@@ -20,7 +20,7 @@ pub(crate) struct FakeIngest {
     /// What `accept` took: (signal, items, payload).
     pub accepted: Mutex<Vec<(Signal, u32, Vec<u8>)>>,
     /// `accept` fails with this when set.
-    pub refuse: Option<String>,
+    pub refuse: Option<NotTaken>,
     /// With probes: the spans still in the ring, indexed by the next sync. `None`: no probes.
     pub ring: Option<Mutex<Vec<Span>>>,
     pub syncs: AtomicUsize,
@@ -43,7 +43,7 @@ impl Ingest for FakeIngest {
         true
     }
 
-    async fn accept(&self, signal: Signal, items: u32, payload: &[u8]) -> Result<(), String> {
+    async fn accept(&self, signal: Signal, items: u32, payload: &[u8]) -> Result<(), NotTaken> {
         if let Some(reason) = &self.refuse {
             return Err(reason.clone());
         }
