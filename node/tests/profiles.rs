@@ -410,38 +410,16 @@ fn site_import_and_show_work_on_files() {
     );
     assert!(local.join("nginx-frontend.toml.minisig").exists());
     // The same from the site served over HTTP (before: "fetching a URL is not built in").
-    let port = crate::common::free_ports().1;
-    let server = std::process::Command::new("python3")
-        .args([
-            "-m",
-            "http.server",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-        ])
-        .current_dir(&site)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("python3 http.server");
-    let _server = crate::common::Server(server);
+    let (_server, port) = crate::common::python_server_in(&site);
     let url = format!("http://127.0.0.1:{port}/tls-only.toml");
     let fetched = dir.path().join("fetched");
-    let mut out = String::new();
-    for _ in 0..50 {
-        let (ok, stdout, _) = cli(&[
-            "profile",
-            "import",
-            &url,
-            "--into",
-            fetched.to_str().unwrap(),
-        ]);
-        if ok {
-            out = stdout;
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    let out = run(&[
+        "profile",
+        "import",
+        &url,
+        "--into",
+        fetched.to_str().unwrap(),
+    ]);
     assert!(out.contains("signed by key A92141B9428BF839"), "{out}");
     assert!(fetched.join("tls-only.toml.minisig").exists());
     let missing = format!("http://127.0.0.1:{port}/nope.toml");

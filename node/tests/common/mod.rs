@@ -470,6 +470,11 @@ impl Drop for Server {
 
 /// Python's `http.server` on a free loopback port (404 for every path but `/`).
 pub fn python_server() -> (Server, u16) {
+    python_server_in(&std::env::temp_dir())
+}
+
+/// Python's `http.server` serving the files of `dir` on a free loopback port, once it answers.
+pub fn python_server_in(dir: &Path) -> (Server, u16) {
     let port = TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -483,7 +488,7 @@ pub fn python_server() -> (Server, u16) {
             "--bind",
             "127.0.0.1",
         ])
-        .current_dir(std::env::temp_dir())
+        .current_dir(dir)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

@@ -164,20 +164,30 @@ pub async fn staged_key_held(runtime: &CaRuntime, consensus: &Consensus, cert: &
         return true;
     }
     for voter in other_voters(consensus) {
-        let answer: Result<Vec<HeldKey>, _> = call_json(
-            consensus.transport(),
-            &voter.address,
-            Some(voter.id),
-            Service::CaKey,
-            &(),
-            CALL_TIMEOUT,
-        )
-        .await;
-        if answer.is_ok_and(|keys| keys.iter().any(|held| held.cert == cert)) {
+        if keys_held_by(consensus, &voter)
+            .await
+            .is_ok_and(|keys| keys.iter().any(|held| held.cert == cert))
+        {
             return true;
         }
     }
     false
+}
+
+/// The CA keys `voter` holds (a voter asks; `answer_ca_key` refuses anyone else).
+async fn keys_held_by(
+    consensus: &Consensus,
+    voter: &apiary_consensus::MemberStatus,
+) -> Result<Vec<HeldKey>, WireError> {
+    call_json(
+        consensus.transport(),
+        &voter.address,
+        Some(voter.id),
+        Service::CaKey,
+        &(),
+        CALL_TIMEOUT,
+    )
+    .await
 }
 
 /// Asks the voters other than this node, one after another, until one answers.
@@ -353,16 +363,7 @@ pub async fn fetch_keys(runtime: &CaRuntime, consensus: &Consensus) -> Result<()
     // key that only the driver has), so ask each until nothing is missing.
     let mut errors = Vec::new();
     for voter in other_voters(consensus) {
-        let answer: Result<Vec<HeldKey>, _> = call_json(
-            consensus.transport(),
-            &voter.address,
-            Some(voter.id),
-            Service::CaKey,
-            &(),
-            CALL_TIMEOUT,
-        )
-        .await;
-        match answer {
+        match keys_held_by(consensus, &voter).await {
             Ok(keys) => {
                 for key in &keys {
                     if runtime.accept_key(key)? {
