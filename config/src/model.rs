@@ -151,6 +151,11 @@ pub struct Destination {
     pub protocol: Protocol,
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
+    /// What this destination does when its disk buffer is full. It is the destination's own
+    /// choice because it decides whether a destination that is down may stop intake for the
+    /// others (`refuse`, `block`) or loses data instead (`drop`).
+    #[serde(default)]
+    pub when_full: WhenFull,
 }
 
 impl Default for Destination {
@@ -160,8 +165,26 @@ impl Default for Destination {
             endpoint: String::new(),
             protocol: Protocol::HttpProtobuf,
             headers: BTreeMap::new(),
+            when_full: WhenFull::Default,
         }
     }
+}
+
+/// `destination.NAME.when_full`: what a full disk buffer does to intake.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WhenFull {
+    /// The node's `--export-buffer-full` (`refuse` unless the node says otherwise).
+    #[default]
+    Default,
+    /// Apps are answered OTLP's retryable status and retry; nothing acknowledged is lost, but
+    /// a destination that stays down long enough stops intake for every destination.
+    Refuse,
+    /// The receiver waits for room, holding the app's request open.
+    Block,
+    /// Take the request and drop this destination's copy, counted: the other destinations
+    /// keep full speed while this one is down.
+    Drop,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

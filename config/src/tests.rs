@@ -145,6 +145,28 @@ fn destinations_are_created_checked_and_removed() {
 }
 
 #[test]
+fn a_destination_chooses_what_a_full_buffer_does() {
+    let with = apply_settings(
+        &ClusterConfig::default(),
+        &[set("destination.main.endpoint", json!("http://c:4318"))],
+    )
+    .unwrap();
+    assert_eq!(with.destinations["main"].when_full, WhenFull::Default);
+    let dropping =
+        apply_settings(&with, &[set("destination.main.when_full", json!("drop"))]).unwrap();
+    assert_eq!(dropping.destinations["main"].when_full, WhenFull::Drop);
+    let bad = apply_settings(
+        &with,
+        &[set("destination.main.when_full", json!("sometimes"))],
+    )
+    .unwrap_err()
+    .to_string();
+    for choice in ["default", "refuse", "block", "drop"] {
+        assert!(bad.contains(choice), "names {choice}: {bad}");
+    }
+}
+
+#[test]
 fn fold_equals_incremental_state_including_reverts() {
     let mut history = History::default();
     history

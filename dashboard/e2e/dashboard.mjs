@@ -177,6 +177,16 @@ await step('10-profile-undone-seen-on-b', async () => {
   await waitText('[data-testid=config-current] tr[data-key="probe.http.sample_rate"]', '^\\S+\\s+1(\\.0)?$');
 });
 
+await step('11-export', async () => {
+  await page.goto(`${A_URL}/#/export`);
+  const row = '[data-testid=export] tr[data-destination="main"]';
+  await waitText(row, 'running');
+  await waitText(row, 'refuse');
+  // The collector takes what comes: the backlog shows as bytes of the cap, disk free as MiB.
+  await waitText(row, 'of 256\\.0 MiB');
+  await waitText(row, '\\d+\\.\\d [MG]iB');
+});
+
 await browser.close();
 if (errors.length) throw new Error(`the pages logged errors:\n${errors.join('\n')}`);
 console.log(`dashboard e2e passed; screenshots in ${SHOTS}`);

@@ -109,4 +109,6 @@ export const fmt = {
   rate: (n) => (n >= 100 ? n.toFixed(0) : n.toFixed(1)),
   pct: (x) => `${(x * 100).toFixed(1)} %`,
   value: (v) => (v === null || v === undefined ? '—' : typeof v === 'object' ? JSON.stringify(v) : String(v)),
+  bytes: (n) => (n >= 1 << 30 ? `${(n / (1 << 30)).toFixed(1)} GiB` : n >= 1 << 20 ? `${(n / (1 << 20)).toFixed(1)} MiB` : n >= 1024 ? `${(n / 1024).toFixed(0)} KiB` : `${n} B`),
+  seconds: (s) => (s === null || s === undefined ? '—' : s < 60 ? `${s.toFixed(1)} s` : `${(s / 60).toFixed(1)} min`),
 };

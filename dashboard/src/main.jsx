@@ -7,6 +7,7 @@ import { Spans } from './pages/Spans.jsx';
 import { Config } from './pages/Config.jsx';
 import { Probes } from './pages/Probes.jsx';
 import { Profiles } from './pages/Profiles.jsx';
+import { Export } from './pages/Export.jsx';
 import './style.css';
 
 const PAGES = {
@@ -16,6 +17,7 @@ const PAGES = {
   config: ['Config', Config],
   probes: ['Probes', Probes],
   profiles: ['Profiles', Profiles],
+  export: ['Export', Export],
 };
 
 function currentPage() {

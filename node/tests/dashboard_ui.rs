@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::common::{root, Cluster};
+use crate::common::{root, Cluster, Collector};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 
@@ -45,6 +45,17 @@ async fn every_page_loads_and_a_change_on_one_node_shows_on_another() {
         .await;
     assert_eq!(status, 200, "{created}");
     let read_token = created["token"].as_str().unwrap().to_string();
+    // A destination for the export page.
+    let collector = Collector::default();
+    let collector_port = collector.start().await;
+    let (status, body) = cluster
+        .set(
+            0,
+            "destination.main.endpoint",
+            serde_json::json!(format!("http://127.0.0.1:{collector_port}")),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
     let output = tokio::task::spawn_blocking({
         let (a, b, token) = (
             format!("http://{}", cluster.nodes[0].api),
@@ -85,6 +96,7 @@ async fn every_page_loads_and_a_change_on_one_node_shows_on_another() {
         "07-config-seen-on-b",
         "09-profiles-apply-on-a",
         "10-profile-undone-seen-on-b",
+        "11-export",
     ] {
         assert!(
             shots.join(format!("{page}.png")).exists(),

@@ -20,8 +20,8 @@ pub mod sources;
 pub mod transforms;
 
 pub use buffer::{
-    store_everywhere, Admission, Delivery, DeliveryStats, EnqueueError, Framed, FullPolicy,
-    SendLimits,
+    store_everywhere, Admission, Delivery, DeliveryStats, DiskRoom, EnqueueError, Framed,
+    FullPolicy, SendLimits,
 };
 pub use otlp::{OtlpRequest, ResourceInfo};
 pub use signal::Signal;

@@ -448,6 +448,13 @@ impl SegmentQueue {
         self.lock().bytes_on_disk
     }
 
+    /// Bytes an unprivileged writer may still add to the filesystem the queue lives on.
+    pub fn disk_available(&self) -> Result<u64> {
+        let dir = &self.inner.dir;
+        let stats = rustix::fs::statvfs(dir.as_path()).map_err(|e| io(dir)(e.into()))?;
+        Ok(stats.f_bavail.saturating_mul(stats.f_frsize))
+    }
+
     /// Deletes the queue's directory and everything in it.
     pub fn destroy(self) -> Result<()> {
         let dir = self.inner.dir.clone();

@@ -96,6 +96,10 @@ pub struct NodeArgs {
     /// and drop the batch, counted).
     #[arg(long, env = "APIARY_EXPORT_BUFFER_FULL", default_value = "refuse")]
     pub export_buffer_full: FullPolicy,
+    /// Free bytes the export buffers leave on the data dir's disk: below that they push back
+    /// as when full, so the Raft log (on the same disk) never finds it full. 0 turns it off.
+    #[arg(long, env = "APIARY_EXPORT_DISK_RESERVE_BYTES", default_value_t = 64 << 20)]
+    pub export_disk_reserve_bytes: u64,
     /// How often RED metrics (counted before sampling) go to the export destinations.
     #[arg(
         long,

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Result};
-use apiary_config::{ClusterConfig, Destination, Protocol};
+use apiary_config::{ClusterConfig, Destination, Protocol, WhenFull};
 use apiary_consensus::Consensus;
 use apiary_pipeline::sources::{Ingest, NotTaken};
 use apiary_pipeline::{
@@ -33,6 +33,8 @@ const BATCH_WAIT: Duration = Duration::from_millis(200);
 pub struct ExportOptions {
     pub buffer_bytes: u64,
     pub full_policy: FullPolicy,
+    /// Free bytes every buffer leaves on the data dir's filesystem.
+    pub disk_reserve_bytes: u64,
     /// How often the RED metrics go to the destinations.
     pub metrics_interval: Duration,
     /// Also write everything as OTLP/JSON lines here (`-`: standard output).
@@ -79,12 +81,18 @@ pub struct DestinationStatus {
     pub refused_items: u64,
     /// Items not taken because the buffer was full (apps told to retry, probe spans shed).
     pub pushed_back_items: u64,
-    /// Items taken and then dropped for room: only under `--export-buffer-full drop`.
+    /// Items taken and then dropped for room: only for a destination whose `when_full` is `drop`.
     pub dropped_items: u64,
     pub failed_attempts: u64,
     pub in_flight: u64,
     /// Seconds the backlog takes to deliver at the recent rate; null while nothing drains.
     pub drain_seconds: Option<f64>,
+    /// Free bytes on the buffer's filesystem, and what it keeps free (`--export-disk-reserve-bytes`):
+    /// below that the destination pushes back as when full. Null without a buffer.
+    pub disk_available_bytes: Option<u64>,
+    pub disk_reserve_bytes: u64,
+    /// The free space is at (or within 1 MiB of) the reserve: new data is pushed back.
+    pub disk_low: bool,
 }
 
 pub struct Export {
@@ -218,6 +226,16 @@ impl Export {
         }
     }
 
+    /// The destination's own `when_full`, or the node's `--export-buffer-full`.
+    fn full_policy(&self, destination: &Destination) -> FullPolicy {
+        match destination.when_full {
+            WhenFull::Default => self.options.full_policy,
+            WhenFull::Refuse => FullPolicy::Refuse,
+            WhenFull::Block => FullPolicy::Block,
+            WhenFull::Drop => FullPolicy::Drop,
+        }
+    }
+
     fn start_delivery(&self, name: &str, destination: &Destination) -> Active {
         let mut active = Active {
             destination: destination.clone(),
@@ -258,11 +276,12 @@ impl Export {
                 queue,
                 sink,
                 self.options.buffer_bytes,
-                self.options.full_policy,
+                self.full_policy(destination),
             )
         });
         match delivery {
             Ok(delivery) => {
+                delivery.set_disk_reserve(self.options.disk_reserve_bytes);
                 tracing::info!(destination = %name, endpoint = %apiary_config::redact_endpoint(&destination.endpoint), "export started");
                 active.worker = Some(tokio::spawn(delivery.clone().run()));
                 active.delivery = Some(delivery);
@@ -342,6 +361,7 @@ impl Export {
             .lock()
             .iter()
             .map(|(name, active)| {
+                let disk_room = active.delivery.as_ref().and_then(|d| d.disk_room());
                 let stat = |f: fn(&DeliveryStats) -> &AtomicU64| {
                     active
                         .delivery
@@ -369,7 +389,7 @@ impl Export {
                         "running"
                     },
                     reason: active.problem.clone().or(last_error),
-                    full_policy: self.options.full_policy,
+                    full_policy: self.full_policy(&active.destination),
                     max_bytes: self.options.buffer_bytes,
                     accepted_items: stat(|s| &s.accepted_items),
                     queued_batches: stat(|s| &s.queued_batches),
@@ -385,6 +405,9 @@ impl Export {
                         .delivery
                         .as_ref()
                         .and_then(|d| d.stats.drain_seconds()),
+                    disk_available_bytes: disk_room.map(|room| room.available),
+                    disk_low: disk_room.is_some_and(|room| room.is_low()),
+                    disk_reserve_bytes: self.options.disk_reserve_bytes,
                 }
             })
             .collect();
@@ -514,6 +537,7 @@ fn env_destination() -> Result<Option<Destination>> {
         endpoint,
         protocol,
         headers,
+        ..Destination::default()
     };
     // The same checks as a replicated destination.
     let mut probe = ClusterConfig::default();

@@ -326,6 +326,7 @@ fn start_export(
         ExportOptions {
             buffer_bytes: args.export_buffer_bytes,
             full_policy: args.export_buffer_full,
+            disk_reserve_bytes: args.export_disk_reserve_bytes,
             metrics_interval: args.metrics_interval.into(),
             json_file: args
                 .export_file

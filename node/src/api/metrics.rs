@@ -204,7 +204,7 @@ pub fn render_export(node: &str, export: &Export) -> String {
         (
             "apiary_export_dropped_items_total",
             "counter",
-            "Items taken and then dropped for room (only with --export-buffer-full drop).",
+            "Items taken and then dropped for room (only where when_full is drop).",
             |r| r.dropped_items,
         ),
         (

@@ -224,6 +224,19 @@ fn export_checks(destinations: &Value) -> Vec<Check> {
         let queued = destination["queued_batches"].as_u64().unwrap_or(0);
         let dropped = destination["dropped_items"].as_u64().unwrap_or(0);
         let pushed_back = destination["pushed_back_items"].as_u64().unwrap_or(0);
+        let disk_free = destination["disk_available_bytes"].as_u64();
+        let disk_reserve = destination["disk_reserve_bytes"].as_u64().unwrap_or(0);
+        if let Some(free) = disk_free.filter(|_| destination["disk_low"] == json!(true)) {
+            found.push(Check::warn(
+                &name,
+                format!(
+                    "the data dir's disk is nearly full: {} free, under the {} kept for the Raft log; {endpoint} takes no new data (apps told to retry, probe spans shed)",
+                    mib(free),
+                    mib(disk_reserve)
+                ),
+                "free space on the data dir's disk, or give the node a data dir on a larger one (--export-buffer-bytes caps each buffer)",
+            ));
+        }
         if destination["state"] == json!("failed") {
             found.push(Check::fail(
                 &name,
@@ -245,8 +258,8 @@ fn export_checks(destinations: &Value) -> Vec<Check> {
         } else if dropped > 0 {
             found.push(Check::warn(
                 &name,
-                format!("{endpoint}: {dropped} items dropped because the disk buffer was full (--export-buffer-full drop)"),
-                "give the buffer more room (--export-buffer-bytes), make the collector faster, or use the default --export-buffer-full refuse",
+                format!("{endpoint}: {dropped} items dropped because the disk buffer was full (when_full drop)"),
+                "give the buffer more room (--export-buffer-bytes), make the collector faster, or set destination.NAME.when_full=refuse",
             ));
         } else {
             found.push(Check::ok(
@@ -259,6 +272,10 @@ fn export_checks(destinations: &Value) -> Vec<Check> {
         }
     }
     found
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1 << 20) as f64)
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //! ([`Delivery::admit`]) and then store ([`Delivery::store`]); what happens when there is no
 //! room is the [`FullPolicy`]'s. Sending is `buffer::window`'s.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,6 +32,20 @@ impl Framed {
     /// What it takes on disk.
     pub fn disk_bytes(&self) -> u64 {
         self.bytes.len() as u64 + RECORD_OVERHEAD
+    }
+}
+
+/// Free space on a buffer's filesystem, and what the buffer leaves free.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DiskRoom {
+    pub available: u64,
+    pub reserve: u64,
+}
+
+impl DiskRoom {
+    /// Too close to the reserve for a large request (1 MiB) to be taken.
+    pub fn is_low(&self) -> bool {
+        self.available < self.reserve.saturating_add(1 << 20)
     }
 }
 
@@ -84,6 +98,9 @@ pub struct Delivery<S: Sink> {
     pub(crate) sink: S,
     max_bytes: u64,
     policy: FullPolicy,
+    /// Free bytes the buffer leaves on its filesystem (0: no check): the disk is shared with
+    /// the Raft log, which must never be the one to find it full.
+    disk_reserve: AtomicU64,
     pub stats: Arc<DeliveryStats>,
     pub(crate) wake: Notify,
 }
@@ -122,6 +139,7 @@ impl<S: Sink> Delivery<S> {
             sink,
             max_bytes,
             policy,
+            disk_reserve: AtomicU64::new(0),
             stats,
             wake: Notify::new(),
         }))
@@ -133,6 +151,22 @@ impl<S: Sink> Delivery<S> {
 
     pub fn max_bytes(&self) -> u64 {
         self.max_bytes
+    }
+
+    /// Stop taking data (as when full) while the buffer's filesystem has less than `bytes`
+    /// free.
+    pub fn set_disk_reserve(&self, bytes: u64) {
+        self.disk_reserve.store(bytes, Ordering::Relaxed);
+    }
+
+    /// The free space under the buffer and the reserve it keeps, when a reserve is set.
+    pub fn disk_room(&self) -> Option<DiskRoom> {
+        let reserve = self.disk_reserve.load(Ordering::Relaxed);
+        if reserve == 0 {
+            return None;
+        }
+        let available = self.queue.disk_available().ok()?;
+        Some(DiskRoom { available, reserve })
     }
 
     /// Room for `batch` now, or why not. The cap is the segment files' size on disk plus
@@ -148,7 +182,16 @@ impl<S: Sink> Delivery<S> {
         let on_disk = self.queue.bytes_on_disk();
         let empty = self.queue.is_empty() && reserved == size;
         if on_disk + reserved <= self.max_bytes || empty {
-            return Ok(reservation);
+            match self.disk_room() {
+                Some(room) if room.available < room.reserve.saturating_add(reserved) => {
+                    return Err(EnqueueError::DiskLow {
+                        destination: self.name.clone(),
+                        available: room.available,
+                        reserve: room.reserve,
+                    });
+                }
+                _ => return Ok(reservation),
+            }
         }
         drop(reservation);
         let rate = self.stats.drain.items_per_second();

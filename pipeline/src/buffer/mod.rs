@@ -11,7 +11,7 @@ pub mod policy;
 pub mod stats;
 pub mod window;
 
-pub use delivery::{backoff, Admission, Delivery, Framed, Reservation, SendLimits};
+pub use delivery::{backoff, Admission, Delivery, DiskRoom, Framed, Reservation, SendLimits};
 pub use fanout::store_everywhere;
 pub use policy::{EnqueueError, FullPolicy};
 pub use stats::DeliveryStats;

@@ -57,6 +57,17 @@ pub enum EnqueueError {
         draining: String,
         retry_after: Duration,
     },
+    /// Backpressure: the buffer's filesystem is down to the free space it must leave (the
+    /// Raft log shares that disk).
+    #[error(
+        "destination {destination}: the data dir's disk is nearly full ({available} bytes free, \
+         {reserve} kept free for the Raft log); free space there or move the data dir; retry in 5s"
+    )]
+    DiskLow {
+        destination: String,
+        available: u64,
+        reserve: u64,
+    },
     /// The disk failed the write (full disk, permissions).
     #[error("destination {destination}: {reason}")]
     Storage { destination: String, reason: String },
@@ -67,11 +78,15 @@ impl EnqueueError {
     pub fn retry_after(&self) -> Duration {
         match self {
             EnqueueError::Full { retry_after, .. } => *retry_after,
+            EnqueueError::DiskLow { .. } => Duration::from_secs(5),
             EnqueueError::Storage { .. } => Duration::from_secs(1),
         }
     }
 
     pub fn is_full(&self) -> bool {
-        matches!(self, EnqueueError::Full { .. })
+        matches!(
+            self,
+            EnqueueError::Full { .. } | EnqueueError::DiskLow { .. }
+        )
     }
 }
