@@ -5,11 +5,14 @@
 //! process; rotel's export is gzip, which it inflates first). Per round: spans delivered to the sink per second (from the first request until the
 //! relay's backlog is delivered), the relay process's CPU per delivered span (/proc), its peak
 //! RSS (VmHWM), and spans it acknowledged that never reached the sink. Medians, and ratios.
-//! Then (over HTTP) one drain round: the node takes the load while the sink answers 503, and
-//! the rate at which it delivers that backlog once the sink is back.
+//! As root, (c) the node with its probes on as well. Then (over HTTP) drain rounds: the node
+//! takes the load while the sink answers 503, and the rate at which it delivers that backlog
+//! once the sink is back, sending one stored batch at a time (as delivery did before) and with
+//! the default window, alternating.
 //!
 //! `cargo bench -p apiary --bench relay`; APIARY_BENCH_ROUNDS (3), APIARY_BENCH_SECONDS (10),
-//! APIARY_BENCH_CONNECTIONS (4), APIARY_BENCH_EXPORT (`http`, or `grpc` for both relays); `rotel-agent` from APIARY_ROTEL or the workspace's
+//! APIARY_BENCH_CONNECTIONS (4), APIARY_BENCH_EXPORT (`http`, or `grpc` for both relays),
+//! APIARY_BENCH_INGEST (`http`, or `grpc`: the load generator's protocol); `rotel-agent` from APIARY_ROTEL or the workspace's
 //! target/otel-venv (`pip install rotel`).
 
 #[allow(dead_code)]
@@ -54,8 +57,35 @@ impl Export {
     }
 }
 
+/// How the load generator sends to the relay (APIARY_BENCH_INGEST): `http` or `grpc`.
+fn grpc_ingest() -> bool {
+    std::env::var("APIARY_BENCH_INGEST").as_deref() == Ok("grpc")
+}
+
+/// Starts the load generator against `running` until `stop`, over OTLP/HTTP or OTLP/gRPC.
+fn load(
+    running: &Running,
+    connections: usize,
+    requests: Arc<Vec<Vec<u8>>>,
+    stop: Arc<AtomicBool>,
+    answers: Arc<loadgen::Answers>,
+) -> tokio::task::JoinHandle<()> {
+    let spans = SPANS_PER_REQUEST as u64;
+    let (url, grpc) = (running.url.clone(), running.grpc.clone());
+    tokio::spawn(async move {
+        if grpc_ingest() {
+            loadgen::run_grpc(grpc, connections, requests, spans, stop, answers).await
+        } else {
+            loadgen::run(url, connections, requests, spans, stop, answers).await
+        }
+    })
+}
+
 /// While set, the OTLP/HTTP sink answers 503: a destination that is down (the drain round).
 static SINK_DOWN: AtomicBool = AtomicBool::new(false);
+
+/// The HTTP sink's answer waits this long (ms): a destination that far away.
+static SINK_LATENCY_MS: AtomicU64 = AtomicU64::new(0);
 
 /// Whether any export request reached the sink compressed.
 static COMPRESSED_SEEN: AtomicBool = AtomicBool::new(false);
@@ -123,6 +153,10 @@ async fn start_sink(spans: Arc<AtomicU64>) -> u16 {
                 if SINK_DOWN.load(Ordering::Relaxed) {
                     return StatusCode::SERVICE_UNAVAILABLE;
                 }
+                let latency = SINK_LATENCY_MS.load(Ordering::Relaxed);
+                if latency > 0 {
+                    tokio::time::sleep(Duration::from_millis(latency)).await;
+                }
                 let gzip = headers
                     .get("content-encoding")
                     .is_some_and(|v| v.as_bytes() == b"gzip");
@@ -159,6 +193,8 @@ async fn start_sink(spans: Arc<AtomicU64>) -> u16 {
 enum Relay {
     Rotel,
     Node,
+    /// The node with its probes on (root): they also see the relayed HTTP traffic.
+    NodeWithProbes,
 }
 
 impl Relay {
@@ -166,13 +202,36 @@ impl Relay {
         match self {
             Relay::Rotel => "rotel (otlp in → otlp out)",
             Relay::Node => "apiary node --no-probes",
+            Relay::NodeWithProbes => "apiary node, probes on",
         }
     }
 }
 
+/// How the node sends its backlog (`--export-in-flight`, `--export-request-bytes`).
+#[derive(Clone, Copy)]
+struct Sending {
+    name: &'static str,
+    in_flight: u32,
+    request_bytes: u32,
+}
+
+/// One stored batch per request, one request at a time: how delivery worked before.
+const ONE_AT_A_TIME: Sending = Sending {
+    name: "one batch at a time (--export-in-flight 1 --export-request-bytes 1)",
+    in_flight: 1,
+    request_bytes: 1,
+};
+const DEFAULT_SENDING: Sending = Sending {
+    name: "default (4 in flight, merged to 1 MiB)",
+    in_flight: 4,
+    request_bytes: 1 << 20,
+};
+
 struct Running {
     child: Child,
     url: String,
+    /// Its OTLP/gRPC receiver, `http://host:port`.
+    grpc: String,
     _dir: tempfile::TempDir,
 }
 
@@ -183,7 +242,7 @@ impl Drop for Running {
     }
 }
 
-fn start_relay(relay: Relay, sink_port: u16, export: Export) -> Running {
+fn start_relay(relay: Relay, sink_port: u16, export: Export, sending: Sending) -> Running {
     let dir = tempfile::tempdir().unwrap();
     let (quic, api, http, grpc) = common::free_ports();
     let sink = format!("http://127.0.0.1:{sink_port}");
@@ -218,14 +277,21 @@ fn start_relay(relay: Relay, sink_port: u16, export: Export) -> Running {
                 .spawn()
                 .expect("start rotel-agent")
         }
-        Relay::Node => Command::new(common::BIN)
-            .args(["node", "--no-probes", "--name", "relay"])
+        Relay::Node | Relay::NodeWithProbes => Command::new(common::BIN)
+            .args(["node", "--name", "relay"])
+            .args(if relay == Relay::Node {
+                &["--no-probes"][..]
+            } else {
+                &[]
+            })
+            .args(["--export-in-flight", &sending.in_flight.to_string()])
+            .args(["--export-request-bytes", &sending.request_bytes.to_string()])
             .arg("--data-dir")
             .arg(dir.path().join("data"))
             .args(["--listen", &format!("127.0.0.1:{quic}")])
             .args(["--api", &format!("127.0.0.1:{api}")])
             .args(["--otlp-http", &format!("127.0.0.1:{http}")])
-            .args(["--otlp-grpc", "off"])
+            .args(["--otlp-grpc", &format!("127.0.0.1:{grpc}")])
             .env("OTEL_EXPORTER_OTLP_ENDPOINT", &sink)
             .env(
                 "OTEL_EXPORTER_OTLP_PROTOCOL",
@@ -245,6 +311,7 @@ fn start_relay(relay: Relay, sink_port: u16, export: Export) -> Running {
     Running {
         child,
         url: format!("http://127.0.0.1:{http}/v1/traces"),
+        grpc: format!("http://127.0.0.1:{grpc}"),
         _dir: dir,
     }
 }
@@ -289,7 +356,7 @@ async fn round(
         Export::Http => start_sink(sink_spans.clone()).await,
         Export::Grpc => start_grpc_sink(sink_spans.clone()).await,
     };
-    let running = start_relay(relay, sink_port, export);
+    let running = start_relay(relay, sink_port, export, DEFAULT_SENDING);
     let pid = running.child.id();
     // Ready once it answers a request (not counted: the round starts after it).
     let client = reqwest::Client::new();
@@ -323,14 +390,13 @@ async fn round(
     let answers = Arc::new(loadgen::Answers::default());
     let stop = Arc::new(AtomicBool::new(false));
     let (start, cpu_start) = (Instant::now(), process_cpu_seconds(&pid.to_string()));
-    let load = tokio::spawn(loadgen::run(
-        running.url.clone(),
+    let load = load(
+        &running,
         connections,
         requests,
-        SPANS_PER_REQUEST as u64,
         stop.clone(),
         answers.clone(),
-    ));
+    );
     tokio::time::sleep(Duration::from_secs(seconds)).await;
     stop.store(true, Ordering::Relaxed);
     load.await.unwrap();
@@ -358,12 +424,27 @@ async fn round(
     }
 }
 
+struct Drain {
+    acknowledged: u64,
+    delivered: u64,
+    seconds: f64,
+    cpu_us_per_span: f64,
+    rss_mib: f64,
+}
+
 /// The node's backlog after an outage: the sink answers 503 while the load runs, then comes
-/// back; the rate at which the node delivers what it acknowledged meanwhile.
-async fn drain_round(requests: Arc<Vec<Vec<u8>>>, seconds: u64, connections: usize) {
+/// back; the rate at which the node delivers what it acknowledged meanwhile, over at most
+/// `DRAIN_CAP` (a slow mode does not finish a large backlog in a bench's time).
+async fn drain_round(
+    requests: Arc<Vec<Vec<u8>>>,
+    seconds: u64,
+    connections: usize,
+    sending: Sending,
+) -> Drain {
+    const DRAIN_CAP: Duration = Duration::from_secs(15);
     let sink_spans = Arc::new(AtomicU64::new(0));
     let sink_port = start_sink(sink_spans.clone()).await;
-    let running = start_relay(Relay::Node, sink_port, Export::Http);
+    let running = start_relay(Relay::Node, sink_port, Export::Http, sending);
     let pid = running.child.id();
     let client = reqwest::Client::new();
     let ready = Instant::now();
@@ -392,14 +473,13 @@ async fn drain_round(requests: Arc<Vec<Vec<u8>>>, seconds: u64, connections: usi
     let base = sink_spans.load(Ordering::Relaxed);
     let answers = Arc::new(loadgen::Answers::default());
     let stop = Arc::new(AtomicBool::new(false));
-    let load = tokio::spawn(loadgen::run(
-        running.url.clone(),
+    let load = load(
+        &running,
         connections,
         requests,
-        SPANS_PER_REQUEST as u64,
         stop.clone(),
         answers.clone(),
-    ));
+    );
     tokio::time::sleep(Duration::from_secs(seconds)).await;
     stop.store(true, Ordering::Relaxed);
     load.await.unwrap();
@@ -423,22 +503,127 @@ async fn drain_round(requests: Arc<Vec<Vec<u8>>>, seconds: u64, connections: usi
         if delivered != last {
             (last, last_change) = (delivered, Instant::now());
         }
-        if delivered >= accepted || last_change.elapsed() > Duration::from_secs(5) {
+        if delivered >= accepted
+            || last_change.elapsed() > Duration::from_secs(5)
+            || first.elapsed() > DRAIN_CAP
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let seconds = last_change.duration_since(first).as_secs_f64().max(1e-3);
+    let drain = Drain {
+        acknowledged: accepted,
+        delivered: last,
+        seconds,
+        cpu_us_per_span: (process_cpu_seconds(&pid.to_string()) - cpu_start) / last.max(1) as f64
+            * 1e6,
+        rss_mib: peak_rss_mib(pid),
+    };
     println!(
-        "\ndrain after an outage (node): {accepted} spans acknowledged while the sink answered 503 \
-         ({} refusals), {last} delivered after it came back in {seconds:.2} s: {:.0} spans/s; \
-         first delivery {:.2} s after it came back; node CPU {:.2} µs/span; peak RSS {:.1} MiB",
+        "drain {:<70} {accepted} spans acknowledged while the sink answered 503 ({} refusals), \
+         {last} delivered in {seconds:.2} s: {:.0} spans/s; first delivery {:.2} s after it came \
+         back; node CPU {:.2} µs/span; peak RSS {:.1} MiB",
+        sending.name,
         answers.refusals.load(Ordering::Relaxed),
         last as f64 / seconds,
         first.duration_since(back).as_secs_f64(),
-        (process_cpu_seconds(&pid.to_string()) - cpu_start) / last.max(1) as f64 * 1e6,
-        peak_rss_mib(pid),
+        drain.cpu_us_per_span,
+        drain.rss_mib,
     );
+    drain
+}
+
+/// Drains after an outage with one batch at a time and with the default sending, in
+/// alternating rounds, and their ratio.
+async fn drain_comparison(
+    requests: Arc<Vec<Vec<u8>>>,
+    seconds: u64,
+    connections: usize,
+    rounds: usize,
+) {
+    for latency in [0, 5] {
+        SINK_LATENCY_MS.store(latency, Ordering::Relaxed);
+        drain_at_latency(requests.clone(), seconds, connections, rounds, latency).await;
+    }
+    SINK_LATENCY_MS.store(0, Ordering::Relaxed);
+}
+
+async fn drain_at_latency(
+    requests: Arc<Vec<Vec<u8>>>,
+    seconds: u64,
+    connections: usize,
+    rounds: usize,
+    latency_ms: u64,
+) {
+    println!(
+        "\ndrain after an outage, the sink {latency_ms} ms away ({rounds} alternating rounds, at \
+         most 15 s of draining each):"
+    );
+    let modes = [ONE_AT_A_TIME, DEFAULT_SENDING];
+    let mut drains: Vec<Vec<Drain>> = vec![Vec::new(), Vec::new()];
+    for _ in 0..rounds {
+        for (i, sending) in modes.iter().enumerate() {
+            drains[i].push(drain_round(requests.clone(), seconds, connections, *sending).await);
+        }
+    }
+    println!();
+    println!("| sink latency | node sending | acknowledged during the outage | delivered | drain spans/s | node CPU per span | peak RSS |");
+    println!("|---|---|---|---|---|---|---|");
+    let of = |i: usize, f: fn(&Drain) -> f64| median(drains[i].iter().map(f).collect());
+    let rate = |d: &Drain| d.delivered as f64 / d.seconds;
+    for (i, sending) in modes.iter().enumerate() {
+        println!(
+            "| {latency_ms} ms | {} | {:.0} | {:.0} | {:.0} | {:.2} µs | {:.1} MiB |",
+            sending.name,
+            of(i, |d| d.acknowledged as f64),
+            of(i, |d| d.delivered as f64),
+            of(i, rate),
+            of(i, |d| d.cpu_us_per_span),
+            of(i, |d| d.rss_mib),
+        );
+    }
+    let ratios: Vec<f64> = drains[1]
+        .iter()
+        .zip(&drains[0])
+        .map(|(new, old)| rate(new) / rate(old).max(1e-9))
+        .collect();
+    println!(
+        "\nsink {latency_ms} ms away: default / one at a time, drain rate: median {:.1}x (per round: {})",
+        median(ratios.clone()),
+        ratios
+            .iter()
+            .map(|r| format!("{r:.1}x"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+}
+
+/// The median of `f` over `relay`'s rounds.
+fn median_of(rows: &[(Relay, Row)], relay: Relay, f: fn(&Row) -> f64) -> f64 {
+    median(
+        rows.iter()
+            .filter(|(r, _)| *r == relay)
+            .map(|(_, row)| f(row))
+            .collect(),
+    )
+}
+
+fn relay_table(relays: &[Relay], rows: &[(Relay, Row)]) {
+    let of = |relay: Relay, f: fn(&Row) -> f64| median_of(rows, relay, f);
+    println!("| relay | delivered spans/s | relay CPU per span | spans per relay CPU-second | peak RSS | acknowledged, not delivered |");
+    println!("|---|---|---|---|---|---|");
+    for &relay in relays {
+        println!(
+            "| {} | {:.0} | {:.2} µs | {:.0} | {:.1} MiB | {:.0} |",
+            relay.name(),
+            of(relay, Row::rate),
+            of(relay, Row::cpu_us_per_span),
+            of(relay, |r| r.delivered as f64 / r.cpu.max(1e-9)),
+            of(relay, |r| r.rss_mib),
+            of(relay, |r| r.accepted.saturating_sub(r.delivered) as f64),
+        );
+    }
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
@@ -468,18 +653,24 @@ async fn main() {
         "APIARY_ROTEL",
         "lib/python3*/site-packages/rotel/rotel-agent",
     );
-    let relays: Vec<Relay> = if rotel.is_some() {
+    let mut relays: Vec<Relay> = if rotel.is_some() {
         vec![Relay::Rotel, Relay::Node]
     } else {
         println!("rotel-agent not found (APIARY_ROTEL, or pip install rotel into target/otel-venv): the node alone");
         vec![Relay::Node]
     };
+    if common::root() {
+        relays.push(Relay::NodeWithProbes);
+    } else {
+        println!("not root: no round with the node's probes on");
+    }
     let connections = setting("APIARY_BENCH_CONNECTIONS", 4) as usize;
     let export = Export::from_env();
     let requests = Arc::new(loadgen::encoded_requests(64, SPANS_PER_REQUEST));
     println!(
         "relay bench: {rounds} alternating rounds of {seconds} s, {connections} connections, \
-         {SPANS_PER_REQUEST}-span OTLP/HTTP requests ({} bytes each), export over {}",
+         {SPANS_PER_REQUEST}-span OTLP/{} requests ({} bytes each), export over {}",
+        if grpc_ingest() { "gRPC" } else { "HTTP" },
         requests[0].len(),
         if export == Export::Grpc {
             "OTLP/gRPC"
@@ -487,8 +678,11 @@ async fn main() {
             "OTLP/HTTP"
         }
     );
+    // APIARY_BENCH_PARTS: `relay`, `drain` or both (the default), comma-separated.
+    let parts = std::env::var("APIARY_BENCH_PARTS").unwrap_or_else(|_| "relay,drain".into());
+    let relay_rounds = if parts.contains("relay") { rounds } else { 0 };
     let mut rows: Vec<(Relay, Row)> = Vec::new();
-    for r in 0..rounds {
+    for r in 0..relay_rounds {
         for &relay in &relays {
             COMPRESSED_SEEN.store(false, Ordering::Relaxed);
             let row = round(relay, export, requests.clone(), seconds, connections).await;
@@ -507,32 +701,15 @@ async fn main() {
             rows.push((relay, row));
         }
     }
-    let of = |relay: Relay, f: fn(&Row) -> f64| {
-        median(
-            rows.iter()
-                .filter(|(r, _)| *r == relay)
-                .map(|(_, row)| f(row))
-                .collect(),
-        )
-    };
+    let of = |relay: Relay, f: fn(&Row) -> f64| median_of(&rows, relay, f);
     println!();
-    println!("| relay | delivered spans/s | relay CPU per span | spans per relay CPU-second | peak RSS | acknowledged, not delivered |");
-    println!("|---|---|---|---|---|---|");
-    for &relay in &relays {
-        println!(
-            "| {} | {:.0} | {:.2} µs | {:.0} | {:.1} MiB | {:.0} |",
-            relay.name(),
-            of(relay, Row::rate),
-            of(relay, Row::cpu_us_per_span),
-            of(relay, |r| r.delivered as f64 / r.cpu.max(1e-9)),
-            of(relay, |r| r.rss_mib),
-            of(relay, |r| r.accepted.saturating_sub(r.delivered) as f64),
-        );
+    if !rows.is_empty() {
+        relay_table(&relays, &rows);
     }
-    if !quick && export == Export::Http {
-        drain_round(requests.clone(), seconds, connections).await;
+    if !quick && export == Export::Http && parts.contains("drain") {
+        drain_comparison(requests.clone(), seconds, connections, rounds).await;
     }
-    if relays.len() < 2 {
+    if !relays.contains(&Relay::Rotel) || rows.is_empty() {
         return;
     }
     println!(

@@ -1,6 +1,8 @@
-//! The load generator: pre-encoded OTLP/HTTP trace requests (built once, so that the generator
-//! is not what limits the rate) posted in a closed loop over several connections, each with its
-//! own client and so its own connection. A refusal (429 or 503) is retried after its
+//! The load generator: pre-encoded OTLP trace requests (built once, so that the generator is
+//! not what limits the rate) sent in a closed loop over several connections, each with its own
+//! client and so its own connection: OTLP/HTTP posts ([`run`]) or OTLP/gRPC calls
+//! ([`run_grpc`], the same bytes through a pass-through codec, so nothing is re-encoded). A
+//! refusal (HTTP 429/503, gRPC UNAVAILABLE/RESOURCE_EXHAUSTED) is retried after its
 //! Retry-After, capped so that a round measures the relay rather than the wait.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -120,6 +122,123 @@ pub async fn run(
                         tokio::time::sleep(wait.min(RETRY_WAIT_CAP)).await;
                     }
                     _ => {
+                        answers.errors.fetch_add(1, Ordering::Relaxed);
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+        }));
+    }
+    for task in tasks {
+        let _ = task.await;
+    }
+}
+
+/// A gRPC codec for bytes already encoded as the request message; the answer is not decoded.
+#[derive(Clone, Copy, Default)]
+struct PreEncoded;
+
+impl tonic::codec::Codec for PreEncoded {
+    type Encode = prost::bytes::Bytes;
+    type Decode = ();
+    type Encoder = PreEncoded;
+    type Decoder = PreEncoded;
+    fn encoder(&mut self) -> Self::Encoder {
+        PreEncoded
+    }
+    fn decoder(&mut self) -> Self::Decoder {
+        PreEncoded
+    }
+}
+
+impl tonic::codec::Encoder for PreEncoded {
+    type Item = prost::bytes::Bytes;
+    type Error = tonic::Status;
+    fn encode(
+        &mut self,
+        item: Self::Item,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        prost::bytes::BufMut::put_slice(dst, &item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for PreEncoded {
+    type Item = ();
+    type Error = tonic::Status;
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<()>, tonic::Status> {
+        let n = prost::bytes::Buf::remaining(src);
+        prost::bytes::Buf::advance(src, n);
+        Ok(Some(()))
+    }
+}
+
+/// As [`run`], as OTLP/gRPC `TraceService/Export` calls to `endpoint` (`http://host:port`),
+/// one HTTP/2 connection per task.
+pub async fn run_grpc(
+    endpoint: String,
+    connections: usize,
+    requests: Arc<Vec<Vec<u8>>>,
+    spans_per_request: u64,
+    stop: Arc<AtomicBool>,
+    answers: Arc<Answers>,
+) {
+    let bodies: Arc<Vec<prost::bytes::Bytes>> = Arc::new(
+        requests
+            .iter()
+            .map(|r| prost::bytes::Bytes::from(r.clone()))
+            .collect(),
+    );
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static(
+        "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+    );
+    let mut tasks = Vec::new();
+    for c in 0..connections {
+        let (endpoint, bodies, stop, answers, path) = (
+            endpoint.clone(),
+            bodies.clone(),
+            stop.clone(),
+            answers.clone(),
+            path.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let channel = tonic::transport::Endpoint::from_shared(endpoint)
+                .expect("a gRPC endpoint")
+                .timeout(Duration::from_secs(30))
+                .connect_lazy();
+            let mut client = tonic::client::Grpc::new(channel);
+            let mut next = c;
+            while !stop.load(Ordering::Relaxed) {
+                let body = bodies[next % bodies.len()].clone();
+                if client.ready().await.is_err() {
+                    answers.errors.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+                let sent = client
+                    .unary(tonic::Request::new(body), path.clone(), PreEncoded)
+                    .await;
+                match sent {
+                    Ok(_) => {
+                        answers
+                            .accepted_spans
+                            .fetch_add(spans_per_request, Ordering::Relaxed);
+                        next += connections;
+                    }
+                    Err(status)
+                        if matches!(
+                            status.code(),
+                            tonic::Code::Unavailable | tonic::Code::ResourceExhausted
+                        ) =>
+                    {
+                        answers.refusals.fetch_add(1, Ordering::Relaxed);
+                        tokio::time::sleep(RETRY_WAIT_CAP).await;
+                    }
+                    Err(_) => {
                         answers.errors.fetch_add(1, Ordering::Relaxed);
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }

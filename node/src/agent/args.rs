@@ -100,6 +100,15 @@ pub struct NodeArgs {
     /// as when full, so the Raft log (on the same disk) never finds it full. 0 turns it off.
     #[arg(long, env = "APIARY_EXPORT_DISK_RESERVE_BYTES", default_value_t = 64 << 20)]
     pub export_disk_reserve_bytes: u64,
+    /// Export requests each destination has in flight at once (1: one at a time).
+    #[arg(long, env = "APIARY_EXPORT_IN_FLIGHT", default_value_t = 4,
+          value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub export_in_flight: u16,
+    /// The largest export request, in bytes before compression: stored batches are merged up
+    /// to this (one larger batch goes alone). gRPC servers refuse messages over 4 MiB by default.
+    #[arg(long, env = "APIARY_EXPORT_REQUEST_BYTES", default_value_t = 1 << 20,
+          value_parser = clap::value_parser!(u32).range(1..=(64 << 20)))]
+    pub export_request_bytes: u32,
     /// How often RED metrics (counted before sampling) go to the export destinations.
     #[arg(
         long,

@@ -13,7 +13,7 @@ use apiary_consensus::Consensus;
 use apiary_pipeline::sources::{Ingest, NotTaken};
 use apiary_pipeline::{
     otlp, store_everywhere, AnySink, Delivery, DeliveryStats, FullPolicy, JsonLines, OtlpGrpc,
-    OtlpHttp, RedMetrics, ResourceInfo, ServerSpanIndex, Signal,
+    OtlpHttp, RedMetrics, ResourceInfo, SendLimits, ServerSpanIndex, Signal,
 };
 use apiary_probes::Observer;
 use apiary_span::Span;
@@ -35,6 +35,8 @@ pub struct ExportOptions {
     pub full_policy: FullPolicy,
     /// Free bytes every buffer leaves on the data dir's filesystem.
     pub disk_reserve_bytes: u64,
+    /// Requests in flight per destination, and how large a merged request grows.
+    pub send_limits: SendLimits,
     /// How often the RED metrics go to the destinations.
     pub metrics_interval: Duration,
     /// Also write everything as OTLP/JSON lines here (`-`: standard output).
@@ -271,12 +273,13 @@ impl Export {
                 Ok(n) => tracing::info!(destination = %name, batches = n, "export buffer moved from sled to segment files"),
                 Err(e) => tracing::warn!(destination = %name, "cannot move the old export buffer: {e}"),
             }
-            Delivery::new(
+            Delivery::with_limits(
                 name,
                 queue,
                 sink,
                 self.options.buffer_bytes,
                 self.full_policy(destination),
+                self.options.send_limits,
             )
         });
         match delivery {

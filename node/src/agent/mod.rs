@@ -20,7 +20,7 @@ use std::sync::{Arc, OnceLock};
 
 use anyhow::{bail, Result};
 use apiary_consensus::{Consensus, Member, Settings};
-use apiary_pipeline::ResourceInfo;
+use apiary_pipeline::{ResourceInfo, SendLimits};
 use apiary_storage::Store;
 use apiary_wire::Transport;
 use clap::ArgMatches;
@@ -327,6 +327,11 @@ fn start_export(
             buffer_bytes: args.export_buffer_bytes,
             full_policy: args.export_buffer_full,
             disk_reserve_bytes: args.export_disk_reserve_bytes,
+            send_limits: SendLimits {
+                window: args.export_in_flight.into(),
+                max_bytes: args.export_request_bytes as usize,
+                ..SendLimits::default()
+            },
             metrics_interval: args.metrics_interval.into(),
             json_file: args
                 .export_file
