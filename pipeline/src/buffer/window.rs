@@ -133,10 +133,9 @@ impl<S: Sink> Delivery<S> {
     fn read_sends(&self) -> Result<Vec<Send>, String> {
         let stored = self
             .queue
-            .read_next(
-                READ_BATCHES,
-                (self.limits.max_bytes.max(1 << 20) * self.limits.window) as u64,
-            )
+            // About one request's worth per read: the loop in `run` reads again until the
+            // window is full, and reading further ahead only holds memory.
+            .read_next(READ_BATCHES, self.limits.max_bytes.max(1 << 20) as u64)
             .map_err(|e| e.to_string())?;
         let mut sends: Vec<Send> = Vec::new();
         for (seq, item) in stored {

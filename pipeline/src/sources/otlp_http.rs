@@ -15,48 +15,10 @@ use axum::routing::post;
 use axum::Router;
 
 use crate::otlp::request::OtlpRequest;
-use crate::otlp::wire;
 use crate::signal::Signal;
-use crate::sources::ingest::{ingest, Ingest, NotTaken, MAX_REQUEST_BYTES, SYNC_TIMEOUT};
-
-/// Why a request was not taken.
-enum Refusal {
-    Invalid(String),
-    NotTaken(NotTaken),
-}
-
-/// The protobuf fast path: the framing is checked and items counted at the wire level; only a
-/// request holding an app span to re-parent is decoded and re-encoded.
-async fn ingest_protobuf<I: Ingest>(
-    target: &I,
-    signal: Signal,
-    bytes: &[u8],
-) -> Result<(), Refusal> {
-    let scan = |merge: &mut bool, unknown: &mut bool| {
-        wire::scan(signal, bytes, |trace, parent| {
-            let known = target.server_spans().contains(trace, parent);
-            *merge |= known;
-            *unknown |= !known;
-        })
-        .map_err(|e| Refusal::Invalid(e.to_string()))
-    };
-    let (mut merge, mut unknown) = (false, false);
-    let items = scan(&mut merge, &mut unknown)?;
-    // A caller not known yet may be a probe span still in the ring: drain, look again. Only a
-    // request with a span to re-parent is decoded; the rest goes on as it came.
-    if !merge && unknown && target.sync_with_probes(SYNC_TIMEOUT).await {
-        scan(&mut merge, &mut unknown)?;
-    }
-    if merge {
-        let request = OtlpRequest::decode_protobuf(signal, bytes)
-            .map_err(|e| Refusal::Invalid(e.to_string()))?;
-        return ingest(target, request).await.map_err(Refusal::NotTaken);
-    }
-    target
-        .accept(signal, items.min(u32::MAX as u64) as u32, bytes)
-        .await
-        .map_err(Refusal::NotTaken)
-}
+use crate::sources::ingest::{
+    ingest, ingest_protobuf, Ingest, NotTaken, Refusal, MAX_REQUEST_BYTES,
+};
 
 /// The routes `/v1/traces`, `/v1/metrics` and `/v1/logs`, handing requests to `target`.
 pub fn router<I: Ingest>(target: Arc<I>) -> Router {
