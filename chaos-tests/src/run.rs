@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use crate::checker::{self, Entry, Findings};
 use crate::clients::{self, Target, KEY};
-use crate::history::Recorder;
+use crate::history::{Action, ReadOutcome, Recorder};
 use crate::hosts::{Network, Node};
 use crate::nemesis::{self, Fault, Rng, Tally};
 
@@ -54,6 +54,8 @@ pub struct Report {
     pub faults: Tally,
     pub findings: Findings,
     pub description: String,
+    /// Each read: (linearizable, answered).
+    pub reads: Vec<(bool, bool)>,
 }
 
 impl Report {
@@ -89,6 +91,20 @@ impl fmt::Display for Report {
             f,
             "  writes: {} acknowledged, {} unknown that committed, {} unknown that did not",
             log.acknowledged, log.unknown_committed, log.unknown_not_committed
+        )?;
+        let count = |linearizable: bool, ok: bool| {
+            self.reads
+                .iter()
+                .filter(|&&(l, o)| l == linearizable && o == ok)
+                .count()
+        };
+        writeln!(
+            f,
+            "  reads: {} local ({} unanswered), {} linearizable ({} unanswered: no confirmed leader)",
+            count(false, true),
+            count(false, false),
+            count(true, true),
+            count(true, false)
         )?;
         writeln!(
             f,
@@ -381,7 +397,18 @@ pub async fn run(plan: &Plan) -> Result<Report> {
         checking.elapsed()
     );
     let description = checker::describe(&ops, &findings.promised);
+    let reads = ops
+        .iter()
+        .filter_map(|op| match op.action {
+            Action::Read {
+                linearizable,
+                outcome,
+            } => Some((linearizable, outcome != ReadOutcome::Fail)),
+            Action::Write { .. } => None,
+        })
+        .collect();
     Ok(Report {
+        reads,
         seed: plan.seed,
         elapsed,
         ops: ops.len(),

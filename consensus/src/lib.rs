@@ -18,6 +18,7 @@ pub mod log_store;
 mod membership;
 pub mod network;
 mod profile_ends;
+pub mod read_index;
 pub mod state_machine;
 pub mod tokens;
 pub mod types;
@@ -514,6 +515,7 @@ impl Consensus {
         let member_only = matches!(
             service,
             Service::ForwardWrite
+                | Service::ReadIndex
                 | Service::RemoveMember
                 | Service::TokenStep
                 | Service::JoinTokenStep
@@ -573,6 +575,15 @@ impl Consensus {
                     caller::scope_for_change(&self.state.history(), proposal).0
                 }) {
                     Ok(Ok(proposal)) => encode(&self.leader_only(self.write_here(proposal)).await),
+                    Ok(Err(forbidden)) => encode(&Attempt::<u64>::Failed(forbidden)),
+                    Err(refusal) => return refusal,
+                }
+            }
+            Service::ReadIndex => {
+                match self
+                    .authorized::<read_index::ReadIndexRequest>(sender, payload, |_| Scope::Read)
+                {
+                    Ok(Ok(_)) => encode(&self.leader_only(self.read_index_here()).await),
                     Ok(Err(forbidden)) => encode(&Attempt::<u64>::Failed(forbidden)),
                     Err(refusal) => return refusal,
                 }

@@ -144,3 +144,53 @@ async fn minority_refuses_writes_and_no_committed_change_is_lost() {
         assert_eq!(config["config"]["probes"]["process"]["enabled"], true);
     }
 }
+
+/// `GET /v1/config` promises what docs/api.md says: a cut-off follower answers its own stale
+/// state locally, refuses a linearizable read (no leader confirms it), and a linearizable read
+/// on a connected follower includes the write the leader just acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_off_follower_reads_stale_locally_and_refuses_linearizable_reads() {
+    if let Err(why) = can_partition() {
+        eprintln!("SKIPPED a_cut_off_follower_reads_stale_locally_and_refuses_linearizable_reads: {why}; it needs root and iptables (CI runs it via .ci/run)");
+        return;
+    }
+    let cluster = Cluster::start(3).await;
+    let all = [0, 1, 2];
+    let (status, body) = cluster.set(0, "probe.http.sample_rate", json!(0.5)).await;
+    assert_eq!(status, 200, "{body}");
+    cluster.wait_version(&all, 1).await;
+    let linearizable = "/v1/config?consistency=linearizable";
+    for node in all {
+        let config = cluster.get(node, linearizable).await.unwrap();
+        assert_eq!(config["version"], 1, "node {node}");
+    }
+    let bad = cluster.get(0, "/v1/config?consistency=strong").await;
+    assert!(bad.as_ref().is_err_and(|e| e.starts_with("400")), "{bad:?}");
+
+    let leader = cluster.leader(&all).await;
+    let followers: Vec<usize> = all.iter().copied().filter(|&i| i != leader).collect();
+    let (cut_off, connected) = (followers[0], followers[1]);
+    {
+        let _cut = Partition::isolate(cluster.nodes[cut_off].quic.port());
+        let (status, body) = cluster
+            .set(leader, "probe.tls.sample_rate", json!(0.25))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["version"], 2);
+        let fresh = cluster.get(connected, linearizable).await.unwrap();
+        assert_eq!(
+            fresh["version"], 2,
+            "a linearizable read missed an acknowledged write"
+        );
+        let stale = cluster.get(cut_off, "/v1/config").await.unwrap();
+        assert_eq!(stale["version"], 1, "the cut-off follower's local read");
+        let refused = cluster.get(cut_off, linearizable).await;
+        assert!(
+            refused.as_ref().is_err_and(|e| e.starts_with("503")),
+            "a cut-off follower answered a linearizable read: {refused:?}"
+        );
+    }
+    cluster.wait_version(&all, 2).await;
+    let healed = cluster.get(cut_off, linearizable).await.unwrap();
+    assert_eq!(healed["version"], 2);
+}

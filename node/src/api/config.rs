@@ -21,12 +21,30 @@ use apiary_consensus::tokens::Scope;
 use apiary_consensus::Caller;
 use axum::http::{HeaderMap, StatusCode};
 
-pub(super) async fn get_config(State(state): State<Arc<ApiState>>) -> Json<ConfigView> {
+/// `?consistency=local` (the default) reads what this node has applied, which a partitioned or
+/// lagging follower may hold stale; `?consistency=linearizable` first asks the leader for a
+/// ReadIndex (it confirms its leadership with a quorum) and waits until this node has applied
+/// it, so the answer reflects every change acknowledged before the request.
+pub(super) async fn get_config(
+    State(state): State<Arc<ApiState>>,
+    ApiCaller(caller): ApiCaller,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Json<ConfigView>, ApiError> {
+    match query.get("consistency").map(String::as_str) {
+        None | Some("local") => {}
+        Some("linearizable") => state.consensus.read_barrier(&caller).await?,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "consistency={other:?}: give `local` (this node's applied state, the default) or \
+                 `linearizable` (confirmed with the leader and a quorum first)"
+            )))
+        }
+    }
     let history = state.consensus.config_state().history();
-    Json(ConfigView {
+    Ok(Json(ConfigView {
         version: history.version(),
         config: history.current().redacted(),
-    })
+    }))
 }
 
 pub(super) async fn patch_config(
