@@ -55,26 +55,22 @@ pub async fn writer(
             "changes": [{"key": KEY, "value": value}],
             "comment": format!("chaos client {client} write {seq}"),
         });
+        // A write whose outcome is unknown is retried with the same Idempotency-Key, as a
+        // careful client does: the attempts are one operation, from the first invocation to
+        // the last answer, and the log must hold the value once.
+        let key = format!("chaos-{client}-{seq}");
         let invoke = recorder.now();
-        let answer = http
-            .patch(format!("{}/v1/config", target.base))
-            .bearer_auth(&target.token)
-            .json(&body)
-            .send()
-            .await;
-        let outcome = match answer {
-            Err(e) if e.is_connect() => WriteOutcome::Fail,
-            Err(_) => WriteOutcome::Unknown,
-            Ok(response) => {
-                let status = response.status();
-                let body: Value = response.json().await.unwrap_or(Value::Null);
-                match body["version"].as_u64() {
-                    Some(version) if status.is_success() => WriteOutcome::Ok { version },
-                    _ if status.is_client_error() => WriteOutcome::Fail,
-                    _ => WriteOutcome::Unknown,
-                }
+        let mut outcome = WriteOutcome::Unknown;
+        for attempt in 0..=WRITE_RETRIES {
+            outcome = match write_once(&http, &target, &key, &body).await {
+                // A refusal after an attempt that may have applied proves nothing.
+                WriteOutcome::Fail if attempt > 0 => WriteOutcome::Unknown,
+                other => other,
+            };
+            if outcome != WriteOutcome::Unknown || stop.load(Ordering::Relaxed) {
+                break;
             }
-        };
+        }
         let complete = (outcome != WriteOutcome::Unknown).then(|| recorder.now());
         recorder.record(Op {
             client,
@@ -84,6 +80,37 @@ pub async fn writer(
             action: Action::Write { value, outcome },
         });
         tokio::time::sleep(pause).await;
+    }
+}
+
+/// How often a writer retries a write whose outcome it does not know.
+pub const WRITE_RETRIES: usize = 2;
+
+async fn write_once(
+    http: &reqwest::Client,
+    target: &Target,
+    key: &str,
+    body: &Value,
+) -> WriteOutcome {
+    let answer = http
+        .patch(format!("{}/v1/config", target.base))
+        .bearer_auth(&target.token)
+        .header("Idempotency-Key", key)
+        .json(body)
+        .send()
+        .await;
+    match answer {
+        Err(e) if e.is_connect() => WriteOutcome::Fail,
+        Err(_) => WriteOutcome::Unknown,
+        Ok(response) => {
+            let status = response.status();
+            let body: Value = response.json().await.unwrap_or(Value::Null);
+            match body["version"].as_u64() {
+                Some(version) if status.is_success() => WriteOutcome::Ok { version },
+                _ if status.is_client_error() => WriteOutcome::Fail,
+                _ => WriteOutcome::Unknown,
+            }
+        }
     }
 }
 

@@ -394,7 +394,8 @@ impl Consensus {
         match tokio::time::timeout(self.settings.write_timeout, write).await {
             Err(_) => Attempt::Failed(WriteError::Unavailable(format!(
                 "the change was not committed within {:?}: this leader cannot reach a majority of \
-                 voters; it may still commit if they return (check the history before retrying)",
+                 voters; it may still commit if they return (retry with the same Idempotency-Key header \
+                 and it commits once; without one, check the history before retrying)",
                 self.settings.write_timeout
             ))),
             Ok(Ok(response)) => match response.data {

@@ -107,6 +107,24 @@ pub(crate) fn proposal(origin: &str, author: String, comment: String, intent: In
         comment,
         at: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
         intent,
+        request_id: None,
+    }
+}
+
+/// The change's idempotency key: the client's `Idempotency-Key` header, else one made here, so
+/// that this node's own retries (a forward whose answer was lost) commit once too.
+fn request_id(state: &ApiState, headers: &HeaderMap) -> Result<String, ApiError> {
+    match headers.get("idempotency-key") {
+        Some(value) => value.to_str().map(str::to_string).map_err(|_| {
+            ApiError::bad_request(
+                "the Idempotency-Key header is not printable ASCII: give a UUID, say".to_string(),
+            )
+        }),
+        None => Ok(format!(
+            "{}-{}",
+            state.node_name,
+            hex::encode(rand::random::<[u8; 12]>())
+        )),
     }
 }
 
@@ -121,7 +139,8 @@ pub(super) async fn commit(
     author: Option<String>,
 ) -> Result<Json<Committed>, ApiError> {
     let author = author.unwrap_or_else(|| "api".into());
-    let proposal = proposal(&state.node_name, author, comment, intent);
+    let mut proposal = proposal(&state.node_name, author, comment, intent);
+    proposal.request_id = Some(request_id(state, headers)?);
     let config_state = state.consensus.config_state();
     config_state.history().check(&proposal)?;
     admin_for_guarded_keys(state, headers, &proposal)?;
