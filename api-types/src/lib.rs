@@ -284,6 +284,7 @@ mod tests {
         let mut history = apiary_config::History::default();
         let proposal = apiary_config::Proposal {
             origin_node: "n".into(),
+            request_id: None,
             author: "a".into(),
             comment: "c".into(),
             at: "2026-12-01T00:00:00Z".into(),

@@ -86,7 +86,18 @@ pub struct Proposal {
     /// RFC 3339 time at which the origin node received the request.
     pub at: String,
     pub intent: Intent,
+    /// The request's idempotency key: a proposal whose key one of the last
+    /// [`IDEMPOTENCY_WINDOW`] events carries is not applied again (a retried write, by the
+    /// client or by a follower's forward after a lost answer, commits once).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
 }
+
+/// How many recent events a request id is remembered for: a retry of a write that was
+/// followed by more than this many other changes commits again.
+pub const IDEMPOTENCY_WINDOW: usize = 1024;
+/// A request id, in characters.
+pub const MAX_REQUEST_ID_CHARS: usize = 128;
 
 /// A change's comment, in characters: room for a paragraph, not for a file.
 pub const MAX_COMMENT_CHARS: usize = 1000;
@@ -105,6 +116,21 @@ impl Proposal {
                 format!("({} characters)", chars(&self.comment)),
                 format!("at most {MAX_COMMENT_CHARS} characters"),
             ));
+        }
+        if let Some(id) = &self.request_id {
+            if id.is_empty()
+                || chars(id) > MAX_REQUEST_ID_CHARS
+                || id.chars().any(|c| c.is_control())
+            {
+                return Err(ConfigError::invalid(
+                    "Idempotency-Key",
+                    format!("({} characters)", chars(id)),
+                    format!(
+                        "1 to {MAX_REQUEST_ID_CHARS} printable characters naming this change \
+                         (a UUID, say), the same on every retry"
+                    ),
+                ));
+            }
         }
         if chars(&self.author) > MAX_AUTHOR_CHARS {
             return Err(ConfigError::invalid(
@@ -162,6 +188,9 @@ pub struct ConfigEvent {
     pub author: String,
     pub comment: String,
     pub change: Change,
+    /// The proposal's idempotency key, if it had one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
 }
 
 impl ClusterConfig {
@@ -285,12 +314,30 @@ impl History {
             author: proposal.author.clone(),
             comment: proposal.comment.clone(),
             change,
+            request_id: proposal.request_id.clone(),
         };
         Ok((event, next))
     }
 
-    /// Appends a proposal as the next version.
+    /// Where the recent event committed with this request id is, if any (the last
+    /// [`IDEMPOTENCY_WINDOW`] events are searched).
+    fn committed_request(&self, request_id: &str) -> Option<usize> {
+        let mut recent = self.events.iter().rev().take(IDEMPOTENCY_WINDOW);
+        recent
+            .position(|event| event.request_id.as_deref() == Some(request_id))
+            .map(|back| self.events.len() - 1 - back)
+    }
+
+    /// Appends a proposal as the next version; a proposal whose request id a recent event
+    /// carries is that event, committed once (see [`Proposal::request_id`]).
     pub fn commit(&mut self, proposal: &Proposal) -> Result<&ConfigEvent, ConfigError> {
+        if let Some(at) = proposal
+            .request_id
+            .as_deref()
+            .and_then(|id| self.committed_request(id))
+        {
+            return Ok(&self.events[at]);
+        }
         let (event, next) = self.materialize(proposal)?;
         self.current = next;
         self.events.push(event);

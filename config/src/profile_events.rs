@@ -189,6 +189,7 @@ mod tests {
     fn proposal(intent: Intent) -> Proposal {
         Proposal {
             origin_node: "n0".into(),
+            request_id: None,
             author: "t".into(),
             comment: String::new(),
             at: "2026-12-02T00:00:00Z".into(),

@@ -11,6 +11,7 @@ fn set(key: &str, value: serde_json::Value) -> Setting {
 fn proposal(intent: Intent) -> Proposal {
     Proposal {
         origin_node: "a".into(),
+        request_id: None,
         author: "test".into(),
         comment: String::new(),
         at: "2026-11-25T00:00:00Z".into(),
@@ -527,4 +528,56 @@ fn destination_headers_are_set_one_by_one() {
     )
     .unwrap_err();
     assert!(error.to_string().contains("an HTTP header name"), "{error}");
+}
+
+fn keyed(value: f64, id: &str) -> Proposal {
+    Proposal {
+        request_id: Some(id.into()),
+        ..set_proposal(vec![set("probe.http.sample_rate", json!(value))])
+    }
+}
+
+#[test]
+fn a_retried_proposal_commits_once_within_the_window() {
+    let mut history = History::default();
+    assert_eq!(history.commit(&keyed(0.5, "r1")).unwrap().version, 1);
+    assert_eq!(history.commit(&keyed(0.25, "r2")).unwrap().version, 2);
+    // The retry of r1 is the event r1 made, not a third version.
+    let retried = history.commit(&keyed(0.5, "r1")).unwrap();
+    assert_eq!(retried.version, 1);
+    assert_eq!(history.version(), 2);
+    assert_eq!(history.current().probes.http.sample_rate, 0.25);
+    // Proposals without a key are never merged.
+    let plain = set_proposal(vec![set("probe.http.sample_rate", json!(0.5))]);
+    history.commit(&plain).unwrap();
+    history.commit(&plain).unwrap();
+    assert_eq!(history.version(), 4);
+    // A key older than the window commits again.
+    for i in 0..IDEMPOTENCY_WINDOW {
+        history.commit(&keyed(0.1, &format!("filler{i}"))).unwrap();
+    }
+    let late = history.commit(&keyed(0.5, "r1")).unwrap().version;
+    assert_eq!(late, 4 + IDEMPOTENCY_WINDOW as u64 + 1);
+}
+
+#[test]
+fn request_ids_are_kept_in_the_event_and_checked() {
+    let mut history = History::default();
+    let event = history.commit(&keyed(0.5, "abc")).unwrap();
+    assert_eq!(event.request_id.as_deref(), Some("abc"));
+    let json = serde_json::to_value(event).unwrap();
+    assert_eq!(json["request_id"], "abc");
+    // An event stored before the field existed still reads.
+    let mut old = json.clone();
+    old.as_object_mut().unwrap().remove("request_id");
+    let event: ConfigEvent = serde_json::from_value(old).unwrap();
+    assert_eq!(event.request_id, None);
+    for bad in [
+        String::new(),
+        "x".repeat(MAX_REQUEST_ID_CHARS + 1),
+        "a\nb".into(),
+    ] {
+        let error = history.check(&keyed(0.5, &bad)).unwrap_err().to_string();
+        assert!(error.contains("Idempotency-Key"), "{error}");
+    }
 }

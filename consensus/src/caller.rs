@@ -110,6 +110,7 @@ mod tests {
     fn set(key: &str, value: serde_json::Value) -> Proposal {
         Proposal {
             origin_node: "n0".into(),
+            request_id: None,
             author: "t".into(),
             comment: String::new(),
             at: "2026-12-01T00:00:00Z".into(),

@@ -18,6 +18,7 @@ pub mod log_store;
 mod membership;
 pub mod network;
 mod profile_ends;
+pub mod read_index;
 pub mod state_machine;
 pub mod tokens;
 pub mod types;
@@ -393,7 +394,8 @@ impl Consensus {
         match tokio::time::timeout(self.settings.write_timeout, write).await {
             Err(_) => Attempt::Failed(WriteError::Unavailable(format!(
                 "the change was not committed within {:?}: this leader cannot reach a majority of \
-                 voters; it may still commit if they return (check the history before retrying)",
+                 voters; it may still commit if they return (retry with the same Idempotency-Key header \
+                 and it commits once; without one, check the history before retrying)",
                 self.settings.write_timeout
             ))),
             Ok(Ok(response)) => match response.data {
@@ -514,6 +516,7 @@ impl Consensus {
         let member_only = matches!(
             service,
             Service::ForwardWrite
+                | Service::ReadIndex
                 | Service::RemoveMember
                 | Service::TokenStep
                 | Service::JoinTokenStep
@@ -573,6 +576,15 @@ impl Consensus {
                     caller::scope_for_change(&self.state.history(), proposal).0
                 }) {
                     Ok(Ok(proposal)) => encode(&self.leader_only(self.write_here(proposal)).await),
+                    Ok(Err(forbidden)) => encode(&Attempt::<u64>::Failed(forbidden)),
+                    Err(refusal) => return refusal,
+                }
+            }
+            Service::ReadIndex => {
+                match self
+                    .authorized::<read_index::ReadIndexRequest>(sender, payload, |_| Scope::Read)
+                {
+                    Ok(Ok(_)) => encode(&self.leader_only(self.read_index_here()).await),
                     Ok(Err(forbidden)) => encode(&Attempt::<u64>::Failed(forbidden)),
                     Err(refusal) => return refusal,
                 }

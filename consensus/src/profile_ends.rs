@@ -42,6 +42,7 @@ impl Consensus {
         for profile in due {
             let proposal = Proposal {
                 origin_node: member.name.clone(),
+                request_id: None,
                 author: "apiary (time limit)".into(),
                 comment: format!(
                     "the time limit of profile {} v{} (applied at version {}) is up",

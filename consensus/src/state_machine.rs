@@ -447,6 +447,7 @@ mod tests {
     fn set(rate: f64) -> EntryPayload<TypeConfig> {
         EntryPayload::Normal(Request::Config(Proposal {
             origin_node: "t".into(),
+            request_id: None,
             author: "t".into(),
             comment: String::new(),
             at: "2026-11-25T00:00:00Z".into(),

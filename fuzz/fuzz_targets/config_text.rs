@@ -58,6 +58,7 @@ fn assignments(text: &str) {
     }
     let proposal = Proposal {
         origin_node: "fuzz".into(),
+        request_id: None,
         author: "fuzz".into(),
         comment: String::new(),
         at: "2026-01-01T00:00:00Z".into(),

@@ -32,6 +32,7 @@ fuzz_target!(|data: &[u8]| {
     let _ = apiary_config::diff(&base, &checked.after);
     let proposal = |intent| Proposal {
         origin_node: "fuzz".into(),
+        request_id: None,
         author: "fuzz".into(),
         comment: String::new(),
         at: "2026-12-02T00:00:00Z".into(),

@@ -58,6 +58,9 @@ pub enum Service {
     /// A member asks a voter who leads and in which term (to follow a learner that was
     /// promoted and elected while the member was away).
     LeaderCheck,
+    /// A linearizable read's ReadIndex, asked of the leader (appended last: the variants'
+    /// archived tags are their positions).
+    ReadIndex,
 }
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]

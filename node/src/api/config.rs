@@ -21,12 +21,30 @@ use apiary_consensus::tokens::Scope;
 use apiary_consensus::Caller;
 use axum::http::{HeaderMap, StatusCode};
 
-pub(super) async fn get_config(State(state): State<Arc<ApiState>>) -> Json<ConfigView> {
+/// `?consistency=local` (the default) reads what this node has applied, which a partitioned or
+/// lagging follower may hold stale; `?consistency=linearizable` first asks the leader for a
+/// ReadIndex (it confirms its leadership with a quorum) and waits until this node has applied
+/// it, so the answer reflects every change acknowledged before the request.
+pub(super) async fn get_config(
+    State(state): State<Arc<ApiState>>,
+    ApiCaller(caller): ApiCaller,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Json<ConfigView>, ApiError> {
+    match query.get("consistency").map(String::as_str) {
+        None | Some("local") => {}
+        Some("linearizable") => state.consensus.read_barrier(&caller).await?,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "consistency={other:?}: give `local` (this node's applied state, the default) or \
+                 `linearizable` (confirmed with the leader and a quorum first)"
+            )))
+        }
+    }
     let history = state.consensus.config_state().history();
-    Json(ConfigView {
+    Ok(Json(ConfigView {
         version: history.version(),
         config: history.current().redacted(),
-    })
+    }))
 }
 
 pub(super) async fn patch_config(
@@ -89,6 +107,24 @@ pub(crate) fn proposal(origin: &str, author: String, comment: String, intent: In
         comment,
         at: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
         intent,
+        request_id: None,
+    }
+}
+
+/// The change's idempotency key: the client's `Idempotency-Key` header, else one made here, so
+/// that this node's own retries (a forward whose answer was lost) commit once too.
+fn request_id(state: &ApiState, headers: &HeaderMap) -> Result<String, ApiError> {
+    match headers.get("idempotency-key") {
+        Some(value) => value.to_str().map(str::to_string).map_err(|_| {
+            ApiError::bad_request(
+                "the Idempotency-Key header is not printable ASCII: give a UUID, say".to_string(),
+            )
+        }),
+        None => Ok(format!(
+            "{}-{}",
+            state.node_name,
+            hex::encode(rand::random::<[u8; 12]>())
+        )),
     }
 }
 
@@ -103,7 +139,8 @@ pub(super) async fn commit(
     author: Option<String>,
 ) -> Result<Json<Committed>, ApiError> {
     let author = author.unwrap_or_else(|| "api".into());
-    let proposal = proposal(&state.node_name, author, comment, intent);
+    let mut proposal = proposal(&state.node_name, author, comment, intent);
+    proposal.request_id = Some(request_id(state, headers)?);
     let config_state = state.consensus.config_state();
     config_state.history().check(&proposal)?;
     admin_for_guarded_keys(state, headers, &proposal)?;

@@ -1,0 +1,266 @@
+//! The hosts: one network namespace per node, each joined by a veth pair to one bridge in the
+//! root namespace (which the clients and the nemesis use), and the `apiary` process in it.
+//!
+//! Faults act on real packets: iptables rules inside a node's namespace drop what it sends to
+//! or receives from its peers' addresses; the clients' address (the bridge's) is never cut, so
+//! a client sees a partitioned node answer from its side of the cut.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use anyhow::{bail, Context, Result};
+
+/// Runs a command, failing with its stderr.
+pub fn run(program: &str, args: &[&str]) -> Result<String> {
+    let output = Command::new(program)
+        .args(args)
+        .output()
+        .with_context(|| format!("running {program}"))?;
+    if !output.status.success() {
+        bail!(
+            "{program} {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// The bridge and the namespaces, removed on drop.
+pub struct Network {
+    pub bridge: String,
+    /// The root namespace's address on the bridge (the clients').
+    pub client_ip: Ipv4Addr,
+    pub namespaces: Vec<String>,
+    pub ips: Vec<Ipv4Addr>,
+}
+
+impl Network {
+    /// `size` namespaces on a fresh bridge; names and subnet derive from this process's id so
+    /// that a leftover of an earlier run does not collide.
+    pub fn create(size: usize) -> Result<Network> {
+        let id = std::process::id();
+        let subnet = 100 + (id % 150) as u8;
+        let mut network = Network {
+            bridge: format!("apcb{id}"),
+            client_ip: Ipv4Addr::new(10, subnet, 0, 254),
+            namespaces: Vec::new(),
+            ips: Vec::new(),
+        };
+        let bridge = network.bridge.clone();
+        run("ip", &["link", "add", &bridge, "type", "bridge"])?;
+        run(
+            "ip",
+            &[
+                "addr",
+                "add",
+                &format!("{}/24", network.client_ip),
+                "dev",
+                &bridge,
+            ],
+        )?;
+        run("ip", &["link", "set", &bridge, "up"])?;
+        for i in 0..size {
+            let ns = format!("apc{id}n{i}");
+            let outer = format!("apc{id}v{i}");
+            let ip = Ipv4Addr::new(10, subnet, 0, i as u8 + 1);
+            run("ip", &["netns", "add", &ns])?;
+            network.namespaces.push(ns.clone());
+            network.ips.push(ip);
+            run(
+                "ip",
+                &[
+                    "link", "add", &outer, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+                ],
+            )?;
+            run("ip", &["link", "set", &outer, "master", &bridge])?;
+            run("ip", &["link", "set", &outer, "up"])?;
+            let exec = |args: &[&str]| {
+                let mut all = vec!["netns", "exec", &ns];
+                all.extend_from_slice(args);
+                run("ip", &all)
+            };
+            exec(&["ip", "addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
+            exec(&["ip", "link", "set", "eth0", "up"])?;
+            exec(&["ip", "link", "set", "lo", "up"])?;
+        }
+        Ok(network)
+    }
+
+    /// Runs `iptables ARGS` inside node `i`'s namespace.
+    pub fn iptables(&self, i: usize, args: &[&str]) -> Result<()> {
+        let mut all = vec!["netns", "exec", &self.namespaces[i], "iptables", "-w"];
+        all.extend_from_slice(args);
+        run("ip", &all).map(drop)
+    }
+}
+
+impl Drop for Network {
+    fn drop(&mut self) {
+        for ns in &self.namespaces {
+            let _ = run("ip", &["netns", "del", ns]);
+        }
+        let _ = run("ip", &["link", "del", &self.bridge]);
+    }
+}
+
+/// The ports every node uses on its own address (each namespace has its own).
+pub const QUIC_PORT: u16 = 7701;
+pub const API_PORT: u16 = 7700;
+
+/// One `apiary node` process inside its namespace.
+pub struct Node {
+    pub name: String,
+    pub namespace: String,
+    pub ip: Ipv4Addr,
+    pub data_dir: PathBuf,
+    pub binary: PathBuf,
+    /// `(address, token)` to join through on the first start.
+    pub join: Option<(String, String)>,
+    child: Option<Child>,
+    /// Stopped by SIGSTOP and not continued yet.
+    pub paused: bool,
+}
+
+impl Node {
+    pub fn new(name: &str, namespace: &str, ip: Ipv4Addr, data_dir: &Path, binary: &Path) -> Node {
+        Node {
+            name: name.into(),
+            namespace: namespace.into(),
+            ip,
+            data_dir: data_dir.into(),
+            binary: binary.into(),
+            join: None,
+            child: None,
+            paused: false,
+        }
+    }
+
+    pub fn api_url(&self, path: &str) -> String {
+        format!("http://{}:{API_PORT}{path}", self.ip)
+    }
+
+    pub fn quic(&self) -> String {
+        format!("{}:{QUIC_PORT}", self.ip)
+    }
+
+    pub fn running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    pub fn spawn(&mut self) -> Result<()> {
+        let log = |suffix: &str| -> Result<std::fs::File> {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(self.data_dir.with_extension(suffix))
+                .context("opening the node's log")
+        };
+        let ip = self.ip;
+        let mut command = Command::new("ip");
+        command
+            .args(["netns", "exec", &self.namespace])
+            .arg(&self.binary)
+            .args(["node", "--name", &self.name])
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args([
+                "--listen",
+                &format!("{ip}:{QUIC_PORT}"),
+                "--api",
+                &format!("{ip}:{API_PORT}"),
+                "--otlp-http",
+                &format!("{ip}:4318"),
+                "--otlp-grpc",
+                &format!("{ip}:4317"),
+                // The suite tests consensus: probes would watch every node's and client's
+                // traffic on this 2-core machine and slow the run without being checked.
+                "--no-probes",
+            ])
+            .env("APIARY_LOG", "info,openraft=warn")
+            .env_remove("APIARY_NICE")
+            .stdin(Stdio::null())
+            .stdout(log("out")?)
+            .stderr(log("err")?);
+        if let Some((via, token)) = &self.join {
+            command.args(["--join", via, "--join-token", token]);
+        }
+        // `ip netns exec` execs the binary: the child's pid is the node's.
+        self.child = Some(
+            command
+                .spawn()
+                .context("spawning apiary in its namespace")?,
+        );
+        self.paused = false;
+        Ok(())
+    }
+
+    fn signal(&self, signal: libc::c_int) {
+        if let Some(child) = &self.child {
+            // SAFETY: kill takes plain integers; the pid is our own child's, not yet reaped.
+            unsafe { libc::kill(child.id() as libc::pid_t, signal) };
+        }
+    }
+
+    /// SIGKILL, as in a crash (a paused node is killed as it is).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.paused = false;
+    }
+
+    pub fn pause(&mut self) {
+        self.signal(libc::SIGSTOP);
+        self.paused = self.child.is_some();
+    }
+
+    pub fn resume(&mut self) {
+        self.signal(libc::SIGCONT);
+        self.paused = false;
+    }
+
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(self.data_dir.with_extension("err")).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.resume();
+        self.kill();
+    }
+}
+
+/// True when this process runs as root (namespaces and iptables need it).
+pub fn root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// The `apiary` binary: $APIARY_BIN, else the one cargo built next to this test binary
+/// (`cargo test --workspace` builds it; `cargo test -p apiary-chaos` alone does not).
+pub fn apiary_binary() -> Result<PathBuf> {
+    if let Some(path) = std::env::var_os("APIARY_BIN") {
+        return Ok(PathBuf::from(path));
+    }
+    let exe = std::env::current_exe().context("finding this test binary")?;
+    // target/debug/deps/chaos-HASH → target/debug/apiary
+    let candidate = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|dir| dir.join("apiary"))
+        .context("no parent directory")?;
+    if candidate.exists() {
+        Ok(candidate)
+    } else {
+        bail!(
+            "no apiary binary at {}: build it first (`cargo build -p apiary`) or set APIARY_BIN",
+            candidate.display()
+        )
+    }
+}

@@ -1,0 +1,272 @@
+//! The nemesis: faults drawn from a seeded generator (so a run replays from its seed), each
+//! held for a while and then healed, with a quiet spell between faults.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use anyhow::Result;
+
+use crate::hosts::{Network, Node};
+
+/// SplitMix64: tiny, and the same sequence from a seed whatever crate versions the lock holds.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (n > 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+
+    /// `k` distinct indices of `0..n`, sorted.
+    pub fn pick(&mut self, n: usize, k: usize) -> Vec<usize> {
+        let mut all: Vec<usize> = (0..n).collect();
+        for i in 0..k {
+            let j = i + self.below((n - i) as u64) as usize;
+            all.swap(i, j);
+        }
+        let mut chosen = all[..k].to_vec();
+        chosen.sort_unstable();
+        chosen
+    }
+
+    pub fn millis(&mut self, low: u64, high: u64) -> Duration {
+        Duration::from_millis(low + self.below(high - low + 1))
+    }
+}
+
+/// One fault, as drawn. `Leader` faults pick their node when they strike.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fault {
+    /// SIGKILL, then a restart from the same data dir when the fault heals.
+    Kill(Target),
+    /// SIGSTOP, then SIGCONT.
+    Pause(Target),
+    /// These nodes cannot exchange packets with the others (both ways).
+    Partition(Vec<usize>),
+    /// The leader and one more node cut off from the other three (the old leader is in the
+    /// minority and must step down; the majority elects a new one).
+    LeaderInMinority,
+    /// Two halves that see only a middle node (Jepsen's bridge).
+    Bridge,
+    /// Packets from `from` to `to` dropped, the other direction untouched.
+    OneWay { from: Vec<usize>, to: Vec<usize> },
+    /// Every node drops 20 % of the packets it receives from its peers.
+    Loss,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    Node(usize),
+    Leader,
+}
+
+impl Fault {
+    /// Its kind, for the counts in the report.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Fault::Kill(Target::Leader) => "kill leader",
+            Fault::Kill(_) => "kill node",
+            Fault::Pause(_) => "pause (SIGSTOP)",
+            Fault::Partition(_) => "partition",
+            Fault::LeaderInMinority => "leader in minority",
+            Fault::Bridge => "bridge partition",
+            Fault::OneWay { .. } => "one-way cut",
+            Fault::Loss => "20 % loss",
+        }
+    }
+
+    /// A fault drawn for a cluster of `size` nodes.
+    pub fn draw(rng: &mut Rng, size: usize) -> Fault {
+        let node = |rng: &mut Rng| {
+            if rng.below(2) == 0 {
+                Target::Leader
+            } else {
+                Target::Node(rng.below(size as u64) as usize)
+            }
+        };
+        match rng.below(8) {
+            0 | 1 => Fault::Kill(node(rng)),
+            2 => Fault::Pause(node(rng)),
+            3 => {
+                let k = 1 + rng.below(2) as usize;
+                Fault::Partition(rng.pick(size, k))
+            }
+            4 => Fault::LeaderInMinority,
+            5 => Fault::Bridge,
+            6 => {
+                let k = 1 + rng.below(2) as usize;
+                let from = rng.pick(size, k);
+                let to = (0..size).filter(|i| !from.contains(i)).collect();
+                Fault::OneWay { from, to }
+            }
+            _ => Fault::Loss,
+        }
+    }
+}
+
+impl fmt::Display for Fault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{self:?}")
+    }
+}
+
+/// What the nemesis did, for the report.
+#[derive(Debug, Default, Clone)]
+pub struct Tally {
+    pub by_kind: BTreeMap<&'static str, usize>,
+    pub log: Vec<String>,
+}
+
+impl Tally {
+    pub fn total(&self) -> usize {
+        self.by_kind.values().sum()
+    }
+}
+
+/// Cuts traffic between groups `a` and `b` in both directions.
+fn cut(network: &Network, a: &[usize], b: &[usize]) -> Result<()> {
+    cut_one_way(network, a, b)?;
+    cut_one_way(network, b, a)
+}
+
+/// Drops what `from` sends to `to`, in `to`'s namespace (INPUT) and `from`'s (OUTPUT).
+fn cut_one_way(network: &Network, from: &[usize], to: &[usize]) -> Result<()> {
+    for &f in from {
+        for &t in to {
+            let (src, dst) = (network.ips[f].to_string(), network.ips[t].to_string());
+            network.iptables(t, &["-A", "INPUT", "-s", &src, "-j", "DROP"])?;
+            network.iptables(f, &["-A", "OUTPUT", "-d", &dst, "-j", "DROP"])?;
+        }
+    }
+    Ok(())
+}
+
+/// Removes every rule the nemesis added (the namespaces hold nothing else).
+pub fn heal_network(network: &Network) -> Result<()> {
+    for i in 0..network.namespaces.len() {
+        network.iptables(i, &["-F", "INPUT"])?;
+        network.iptables(i, &["-F", "OUTPUT"])?;
+    }
+    Ok(())
+}
+
+/// Strikes `fault`; `leader` is the index of the current leader if one is known. Returns the
+/// nodes it killed or paused (to restart or continue when it heals) and a line for the log.
+pub fn strike(
+    fault: &Fault,
+    network: &Network,
+    nodes: &mut [Node],
+    leader: Option<usize>,
+    rng: &mut Rng,
+) -> Result<String> {
+    let size = nodes.len();
+    let resolve = |target: Target| match target {
+        Target::Node(i) => i,
+        Target::Leader => leader.unwrap_or(0),
+    };
+    let everyone: Vec<usize> = (0..size).collect();
+    let rest = |group: &[usize]| -> Vec<usize> {
+        everyone
+            .iter()
+            .copied()
+            .filter(|i| !group.contains(i))
+            .collect()
+    };
+    Ok(match fault {
+        Fault::Kill(target) => {
+            let i = resolve(*target);
+            nodes[i].kill();
+            format!("SIGKILL {}", nodes[i].name)
+        }
+        Fault::Pause(target) => {
+            let i = resolve(*target);
+            nodes[i].pause();
+            format!("SIGSTOP {}", nodes[i].name)
+        }
+        Fault::Partition(group) => {
+            cut(network, group, &rest(group))?;
+            format!("partition {group:?} | {:?}", rest(group))
+        }
+        Fault::LeaderInMinority => {
+            let l = leader.unwrap_or(0);
+            let others = rest(&[l]);
+            let buddy = others[rng.below(others.len() as u64) as usize];
+            let mut minority = vec![l, buddy];
+            minority.sort_unstable();
+            cut(network, &minority, &rest(&minority))?;
+            format!(
+                "partition {minority:?} (with leader {l}) | {:?}",
+                rest(&minority)
+            )
+        }
+        Fault::Bridge => {
+            let mut shuffled: Vec<usize> = (0..size).collect();
+            for i in (1..shuffled.len()).rev() {
+                shuffled.swap(i, rng.below(i as u64 + 1) as usize);
+            }
+            let middle = shuffled[0];
+            let half = (size - 1) / 2;
+            let left = shuffled[1..1 + half].to_vec();
+            let right = shuffled[1 + half..].to_vec();
+            cut(network, &left, &right)?;
+            format!("bridge {left:?} | {middle} | {right:?}")
+        }
+        Fault::OneWay { from, to } => {
+            cut_one_way(network, from, to)?;
+            format!("one-way cut {from:?} -> {to:?}")
+        }
+        Fault::Loss => {
+            for i in 0..size {
+                let client = network.client_ip.to_string();
+                network.iptables(i, &["-A", "INPUT", "-s", &client, "-j", "ACCEPT"])?;
+                network.iptables(
+                    i,
+                    &[
+                        "-A",
+                        "INPUT",
+                        "-m",
+                        "statistic",
+                        "--mode",
+                        "random",
+                        "--probability",
+                        "0.2",
+                        "-j",
+                        "DROP",
+                    ],
+                )?;
+            }
+            "20 % loss on every node".into()
+        }
+    })
+}
+
+/// Undoes every fault: rules flushed, paused nodes continued, killed nodes restarted.
+pub fn heal(network: &Network, nodes: &mut [Node]) -> Result<Vec<String>> {
+    heal_network(network)?;
+    let mut done = Vec::new();
+    for node in nodes.iter_mut() {
+        if node.paused {
+            node.resume();
+            done.push(format!("SIGCONT {}", node.name));
+        }
+        if !node.running() {
+            node.spawn()?;
+            done.push(format!("restart {}", node.name));
+        }
+    }
+    Ok(done)
+}
