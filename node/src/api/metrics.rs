@@ -143,6 +143,20 @@ pub fn render_probes(node: &str, reports: &[ProbeReport], observer: Option<&Obse
                 value.load(std::sync::atomic::Ordering::Relaxed)
             );
         }
+        let name = "apiary_trace_links_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Requests by how they were placed in a trace: joined to a parent seen on this node (reason connection or thread), or left a root (and why)."
+        );
+        let _ = writeln!(out, "# TYPE {name} counter");
+        for (link, count) in observer.link_counts() {
+            let result = if link.is_joined() { "joined" } else { "root" };
+            let _ = writeln!(
+                out,
+                "{name}{{{label},result=\"{result}\",reason=\"{}\"}} {count}",
+                link.reason()
+            );
+        }
     }
     out
 }
