@@ -5,14 +5,16 @@
 //! span the child of A's server span (through the thread), B's server span the child of A's
 //! client span; one trace id; no wrong parent anywhere. Sequential and with 8 concurrent
 //! clients. Then sampling per trace: at rate 0.5 every request's four spans are kept or dropped
-//! together, and RED still counts every request. Needs root; skipped with one message otherwise.
+//! together, and RED still counts every request. Last, a trace fetched whole from another
+//! member's API (`GET /v1/traces/{id}`, `apiary trace`), and with the member that holds it
+//! killed, an answer that names it. Needs root; skipped with one message otherwise.
 
 use std::collections::HashMap;
 use std::net::TcpListener;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::{curl, root, Cluster, Server};
+use crate::common::{cli, curl, root, Cluster, Server};
 use serde_json::{json, Value};
 
 /// A threaded HTTP server (`ThreadingHTTPServer`: a thread per connection) on port argv[1]. With
@@ -303,4 +305,56 @@ async fn a_trace_is_sampled_whole() {
     }
     // At 0.5, 40 traces all on one side would be a 2^-39 chance.
     assert!(kept > 0 && dropped > 0, "kept {kept}, dropped {dropped}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trace_is_fetched_whole_from_any_member() {
+    if !root() {
+        eprintln!("SKIPPED a_trace_is_fetched_whole_from_any_member: needs root to load eBPF (CI runs it as root)");
+        return;
+    }
+    // n0 sees the requests; n1 (no probes) holds none of their spans and gathers them.
+    let mut cluster = Cluster::start_with(1, &[]).await;
+    cluster.add_node("n1", &["--no-probes"]).await;
+    cluster.unbind_budgets().await;
+    let (front, _servers) = start_chain();
+    curl(&format!("http://127.0.0.1:{front}/front/4000"));
+    let chain = chains(&cluster, front, &[4000]).await.remove(0);
+    let trace_id = chain.curl["trace"]["trace_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let view = cluster
+        .get(1, &format!("/v1/traces/{trace_id}"))
+        .await
+        .unwrap();
+    let spans = view["spans"].as_array().unwrap();
+    assert_eq!(spans.len(), 4, "{view:#}");
+    assert!(spans
+        .iter()
+        .all(|s| s["node"] == "n0" && s["trace"]["trace_id"] == trace_id));
+    assert_eq!(view["answered"], json!(["n1", "n0"]));
+    assert_eq!(view["missing"], json!([]));
+
+    let token = cluster.api_token();
+    let peer = cluster.nodes[1].url("");
+    let (ok, out, err) = cli(&["trace", &trace_id, "--peer", &peer, "--token", &token]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("4 spans") && out.contains("/back/4000"),
+        "{out}"
+    );
+    let (ok, _, err) = cli(&["trace", "not-a-trace", "--peer", &peer, "--token", &token]);
+    assert!(!ok && err.contains("32 hex digits"), "{err}");
+
+    // The member that holds the spans is gone: the answer says so instead of failing.
+    cluster.nodes[0].kill();
+    let view = cluster
+        .get(1, &format!("/v1/traces/{trace_id}"))
+        .await
+        .unwrap();
+    assert_eq!(view["spans"], json!([]));
+    assert_eq!(view["answered"], json!(["n1"]));
+    assert_eq!(view["missing"][0]["node"], "n0", "{view:#}");
 }

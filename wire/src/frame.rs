@@ -58,6 +58,9 @@ pub enum Service {
     /// A member asks a voter who leads and in which term (to follow a learner that was
     /// promoted and elected while the member was away).
     LeaderCheck,
+    /// The spans of one trace that a member exported and still holds (`GET /v1/traces/ID` on
+    /// any member gathers them). Last, so that the earlier variants keep their encoding.
+    TraceSpans,
 }
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]

@@ -36,6 +36,14 @@ pub fn traceparent_ids(span: &Span) -> Option<([u8; 16], [u8; 8])> {
         .then_some((trace, caller))
 }
 
+/// The trace id a span is exported under, when it is decided before export: the `traceparent`'s,
+/// else the kernel's. (A span with neither gets a random one as it is encoded.)
+pub fn exported_trace_id(span: &Span) -> Option<[u8; 16]> {
+    traceparent_ids(span)
+        .map(|(trace, _)| trace)
+        .or(span.trace.map(|link| link.trace_id))
+}
+
 pub(crate) fn hex_into(text: &str, out: &mut [u8]) -> bool {
     let bytes = text.as_bytes();
     if bytes.len() != out.len() * 2 {
