@@ -3,9 +3,9 @@
 //! over the mesh (`Service::TraceSpans`), with a bounded fan-out and a timeout per member; an
 //! answer without some members names them.
 //!
-//! The store is in memory and bounded by a span count (a span takes about 1 KiB here with its
-//! strings and index entries), so that its default stays well inside the agent's memory goal;
-//! it holds only spans whose trace id is decided before export (the kernel's or a
+//! The store is in memory and bounded by a span count; its default (4096) is the size of the
+//! observer's recent list, whose spans it shares, so that it adds little to the agent's memory
+//! goal. It holds only spans whose trace id is decided before export (the kernel's or a
 //! `traceparent`'s).
 
 use std::collections::{HashMap, VecDeque};
