@@ -170,6 +170,32 @@ AP_ABI_OFFSET(ap_flow, pad, 6);
 AP_ABI_OFFSET(ap_flow, local_addr, 8);
 AP_ABI_OFFSET(ap_flow, remote_addr, 24);
 
+/* ap_trace_ctx.link: how the kernel placed a request in a trace (bpf/trace.h). */
+#define LINK_NONE 0       /* no context: a response record, whose request carries it */
+#define LINK_CONNECTION 1 /* server: the child of the client request sent on this connection */
+#define LINK_THREAD 2     /* client: the child of the server request its thread is handling */
+#define LINK_ROOT 3       /* no parent seen here: a new trace */
+#define LINK_ROOT_ORDER 4 /* server: the connection's client is traced, not at this request */
+#define LINK_ROOT_THREAD_BUSY 5 /* client: the thread handles several server requests at once */
+#define LINK_ROOT_THREAD_STALE 6 /* client: the thread's server request is answered or gone */
+#define LINK_ROOT_MULTIPLEXED 7 /* client: the thread once handled several requests at a time */
+
+/* The trace context of a request, decided when it starts: ids and the sampling decision are
+ * the parent's when one was found (parent_span_id set), else new. */
+struct ap_trace_ctx {
+	__u8 trace_id[16];
+	__u8 span_id[8];
+	__u8 parent_span_id[8]; /* zero for a root */
+	__u32 link;             /* LINK_* */
+	__u32 keep;             /* the trace's sampling decision (1 kept) */
+};
+AP_ABI_SIZE(ap_trace_ctx, 40);
+AP_ABI_OFFSET(ap_trace_ctx, trace_id, 0);
+AP_ABI_OFFSET(ap_trace_ctx, span_id, 16);
+AP_ABI_OFFSET(ap_trace_ctx, parent_span_id, 24);
+AP_ABI_OFFSET(ap_trace_ctx, link, 32);
+AP_ABI_OFFSET(ap_trace_ctx, keep, 36);
+
 struct ap_data_event {
 	struct ap_event_header h;
 	struct ap_flow flow;
@@ -179,9 +205,10 @@ struct ap_data_event {
 	__u32 captured;  /* bytes of data[] that are valid */
 	__u32 sample_threshold;
 	__u32 flags;     /* DATA_SAMPLED_OUT: counted for RED metrics, not exported as a span */
+	struct ap_trace_ctx trace; /* a request's; LINK_NONE in a response's */
 	__u8 data[MAX_CAPTURE + 1];
 };
-AP_ABI_SIZE(ap_data_event, 4216);
+AP_ABI_SIZE(ap_data_event, 4256);
 AP_ABI_OFFSET(ap_data_event, h, 0);
 AP_ABI_OFFSET(ap_data_event, flow, 48);
 AP_ABI_OFFSET(ap_data_event, conn_id, 88);
@@ -190,7 +217,8 @@ AP_ABI_OFFSET(ap_data_event, direction, 104);
 AP_ABI_OFFSET(ap_data_event, captured, 108);
 AP_ABI_OFFSET(ap_data_event, sample_threshold, 112);
 AP_ABI_OFFSET(ap_data_event, flags, 116);
-AP_ABI_OFFSET(ap_data_event, data, 120);
+AP_ABI_OFFSET(ap_data_event, trace, 120);
+AP_ABI_OFFSET(ap_data_event, data, 160);
 
 /* A request and the start of its response on one connection, paired in the kernel: one record
  * per exchange instead of one per message. The request waits in its connection's entry
@@ -207,9 +235,10 @@ struct ap_exchange_event {
 	__u32 flags;            /* DATA_SAMPLED_OUT, EXCHANGE_RESPONSE */
 	__u16 request_captured; /* data[0..request_captured] */
 	__u16 response_captured; /* then data[request_captured..][..response_captured] */
+	struct ap_trace_ctx trace; /* the request's */
 	__u8 data[BRIEF_CAPTURE * 2];
 };
-AP_ABI_SIZE(ap_exchange_event, 648);
+AP_ABI_SIZE(ap_exchange_event, 688);
 AP_ABI_OFFSET(ap_exchange_event, h, 0);
 AP_ABI_OFFSET(ap_exchange_event, flow, 48);
 AP_ABI_OFFSET(ap_exchange_event, conn_id, 88);
@@ -221,7 +250,8 @@ AP_ABI_OFFSET(ap_exchange_event, sample_threshold, 124);
 AP_ABI_OFFSET(ap_exchange_event, flags, 128);
 AP_ABI_OFFSET(ap_exchange_event, request_captured, 132);
 AP_ABI_OFFSET(ap_exchange_event, response_captured, 134);
-AP_ABI_OFFSET(ap_exchange_event, data, 136);
+AP_ABI_OFFSET(ap_exchange_event, trace, 136);
+AP_ABI_OFFSET(ap_exchange_event, data, 176);
 
 struct ap_tcp_event {
 	struct ap_event_header h;

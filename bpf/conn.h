@@ -6,6 +6,7 @@
 
 #include "maps.h"
 #include "protocol.h"
+#include "trace.h"
 
 /* The keys of `conns` (see the map): an fd of the current process, or an SSL object of it. */
 #define FD_CONN_KEY(fd) ((bpf_get_current_pid_tgid() & 0xffffffff00000000ULL) | (__u32)(fd))
@@ -85,6 +86,8 @@ static __always_inline struct ap_conn *fresh_conn(__u64 file, __u32 netns)
 	bpf_get_current_comm(&fresh->comm, sizeof(fresh->comm));
 	fresh->in_flight = 0;
 	fresh->waiting = 0;
+	fresh->seq = 0;
+	fresh->reader_tid = 0;
 	return fresh;
 }
 
@@ -144,8 +147,11 @@ static __always_inline struct ap_conn *conn_of_ssl(__u64 ssl)
 /* Drops a connection's entry. Most closed fds and freed SSL objects never had one: a lookup takes no lock, a delete does. */
 static __always_inline void forget_conn(__u64 key)
 {
-	if (bpf_map_lookup_elem(&conns, &key))
+	struct ap_conn *conn = bpf_map_lookup_elem(&conns, &key);
+	if (conn) {
+		trace_forget(conn);
 		bpf_map_delete_elem(&conns, &key);
+	}
 }
 
 #endif /* APIARY_CONN_H */

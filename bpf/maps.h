@@ -131,6 +131,12 @@ struct ap_conn {
 	__u32 req_flags;
 	__u64 req_ts;
 	__s64 req_len;
+	/* Trace context (trace.h): requests started on this connection (both sides count from the
+	 * entry's creation, so a client's nth request is its server's nth), the thread that read
+	 * the last server request (0 on a client), and the last request's context. */
+	__u32 seq;
+	__u32 reader_tid;
+	struct ap_trace_ctx req_trace;
 	__u8 req_data[BRIEF_CAPTURE];
 };
 
@@ -145,6 +151,48 @@ struct {
 	__type(key, __u64);
 	__type(value, struct ap_conn);
 } conns SEC(".maps");
+
+/* --- trace context across connections and threads (trace.h) ------------------------------ */
+
+/* A client's last request on a connection, keyed by its flow as the client sees it (local =
+ * the client), for the server side of the same connection on this node to join. */
+struct ap_client_request {
+	__u8 trace_id[16];
+	__u8 span_id[8];
+	__u64 ts;   /* bpf_ktime_get_ns() when it was sent */
+	__u32 seq;  /* the client entry's request count at it */
+	__u32 netns;
+	__u32 keep;
+	__u32 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct ap_flow);
+	__type(value, struct ap_client_request);
+} client_requests SEC(".maps");
+
+/* The server requests a thread is handling, keyed by pid_tgid: the last one read, and how
+ * many it has read and not answered. */
+struct ap_thread_request {
+	__u64 conn_key; /* the server connection's key in `conns` */
+	__u32 seq;      /* that connection's request count at it */
+	__u16 outstanding;
+	__u8 multiplexed; /* once set, the thread is never a parent (it interleaves requests) */
+	__u8 pad;
+	__u8 trace_id[16];
+	__u8 span_id[8];
+	__u32 keep;
+	__u32 pad2;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64);
+	__type(value, struct ap_thread_request);
+} thread_requests SEC(".maps");
 
 /* --- per-CPU scratch: values too large for the 512-byte BPF stack ------------------------- */
 

@@ -118,6 +118,7 @@ static __always_inline void emit_exchange(__u32 probe, struct ap_probe_stats *st
 		if (response && bpf_probe_read_kernel(x->data + request, response, ev->data) < 0)
 			response = 0;
 	}
+	x->trace = conn->req_trace;
 	x->request_captured = request;
 	x->response_captured = response;
 	__u64 size = offsetof(struct ap_exchange_event, data) + request + response;
@@ -154,16 +155,21 @@ static __always_inline void emit_data(__u32 probe, struct ap_conn *conn, struct 
 	__u32 flags = 0;
 	if (kind == PREFIX_REQUEST) {
 		stats->offered++;
-		__u32 keep = threshold == 0xffffffff || bpf_get_prandom_u32() < threshold;
+		__u32 was_waiting = conn->waiting;
+		if (was_waiting) {
+			/* Pipelined: pairing here would give the new request the old one's response.
+			 * Sent before the new request's trace context replaces the old one's. */
+			emit_exchange(probe, stats, conn, conn_id, 0, 0, 0);
+		}
+		/* Sampling is per trace: a request joined to a parent follows its decision. */
+		__u64 key = probe == PROBE_HTTP ? FD_CONN_KEY(conn_id) : TLS_CONN_KEY(conn_id, pid);
+		__u32 keep = trace_request(conn, key, direction, threshold);
 		conn->keep = keep;
 		if (!keep) {
 			stats->sampled_out++;
 			flags = DATA_SAMPLED_OUT;
 		}
-		if (conn->waiting) {
-			/* Pipelined: pairing here would give the new request the old one's response. */
-			emit_exchange(probe, stats, conn, conn_id, 0, 0, 0);
-		} else if (conn->in_flight == 0 && capture <= BRIEF_CAPTURE) {
+		if (!was_waiting && conn->in_flight == 0 && capture <= BRIEF_CAPTURE) {
 			/* A sampled-out request keeps its brief prefix (always_keep may want its
 			 * traceparent); a kept one what the config asks. */
 			hold_request(conn, ev, flags || capture > got ? got : capture, len, direction,
@@ -174,6 +180,7 @@ static __always_inline void emit_data(__u32 probe, struct ap_conn *conn, struct 
 		if (conn->in_flight < 255)
 			conn->in_flight++;
 	} else {
+		trace_response(conn, direction);
 		if (conn->waiting && conn->in_flight == 1 && conn->req_direction != direction) {
 			__u32 limit = conn->req_flags & DATA_SAMPLED_OUT ? STATUS_CAPTURE : capture;
 			emit_exchange(probe, stats, conn, conn_id, ev, got < limit ? got : limit, len);
@@ -210,6 +217,10 @@ static __always_inline void emit_data(__u32 probe, struct ap_conn *conn, struct 
 			captured = got;
 	}
 	fill_data_event(ev, probe, conn, conn_id, len, direction, threshold, flags);
+	if (kind == PREFIX_REQUEST)
+		ev->trace = conn->req_trace;
+	else
+		__builtin_memset(&ev->trace, 0, sizeof(ev->trace));
 	ev->captured = captured;
 	/* The verifier needs the bound in the register itself; clang would drop a plain mask. */
 	asm volatile("%0 &= %1" : "+r"(captured) : "i"(CAPTURE_MASK));

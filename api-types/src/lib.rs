@@ -316,3 +316,23 @@ mod tests {
         );
     }
 }
+
+/// `GET /v1/traces/{trace_id}`: the spans of one trace that the members still hold, gathered
+/// over the mesh. `missing` names the members that did not answer (the answer is then partial).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TraceView {
+    pub trace_id: String,
+    /// Every span found, oldest first, each as `GET /v1/spans` shows it plus `node`: the member
+    /// that exported it.
+    pub spans: Vec<Value>,
+    /// The members that answered (this node first).
+    pub answered: Vec<String>,
+    pub missing: Vec<MissingMember>,
+}
+
+/// A member whose spans are not in a trace answer, and why.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MissingMember {
+    pub node: String,
+    pub error: String,
+}

@@ -652,7 +652,8 @@ impl Consensus {
             | Service::CaStatus
             | Service::SignCsr
             | Service::SignJoin
-            | Service::CaKey => {
+            | Service::CaKey
+            | Service::TraceSpans => {
                 return Message::Refused {
                     reason: format!("{service:?} is answered by the node, not by consensus"),
                 }

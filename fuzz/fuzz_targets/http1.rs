@@ -35,6 +35,7 @@ fn message<'a>(
         flow: None,
         sample_threshold: u32::MAX,
         sampled_out,
+        trace: None,
         data,
         netns: 1,
         cgroup_id: 1,

@@ -39,6 +39,13 @@ enum Command {
         #[arg(long)]
         service: Option<String>,
     },
+    /// Show one trace's spans, gathered from every member, as a tree (or --json).
+    Trace {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The trace id (32 hex digits), as `apiary tail --json` and /v1/spans show it.
+        trace_id: String,
+    },
     /// Manage the cluster's members.
     Members {
         #[command(flatten)]
@@ -118,6 +125,7 @@ async fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<()> {
         Command::Doctor(client) => cli::doctor::run(&client).await,
         Command::Status(client) => cli::status::status(&client).await,
         Command::Tail { client, service } => cli::tail::tail(&client, service.as_deref()).await,
+        Command::Trace { client, trace_id } => cli::trace::trace(&client, &trace_id).await,
         Command::Members { client, command } => cli::members::members(&client, &command).await,
         Command::Ca { client, command } => cli::ca::run(&client, &command).await,
         Command::Config { client, command } => cli::config::config(&client, &command).await,

@@ -22,3 +22,4 @@ mod quickstart;
 mod receiver;
 mod security;
 mod setup;
+mod traces;

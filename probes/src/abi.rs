@@ -12,6 +12,8 @@ use std::borrow::Cow;
 use std::mem::{offset_of, size_of};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
+use apiary_span::{Link, TraceLink};
+
 pub const PROBE_HTTP: u32 = 0;
 pub const PROBE_TLS: u32 = 1;
 pub const PROBE_TCP: u32 = 2;
@@ -44,6 +46,16 @@ const DATA_SAMPLED_OUT: u32 = 1;
 const EXCHANGE_RESPONSE: u32 = 2;
 /// What an exchange record keeps of its request, and of its response.
 const BRIEF_CAPTURE: usize = 256;
+
+/// `ap_trace_ctx.link` (apiary.h): how the kernel placed a request in a trace.
+const LINK_NONE: u32 = 0;
+const LINK_CONNECTION: u32 = 1;
+const LINK_THREAD: u32 = 2;
+const LINK_ROOT: u32 = 3;
+const LINK_ROOT_ORDER: u32 = 4;
+const LINK_ROOT_THREAD_BUSY: u32 = 5;
+const LINK_ROOT_THREAD_STALE: u32 = 6;
+const LINK_ROOT_MULTIPLEXED: u32 = 7;
 
 /// Address families of `ap_flow.family` (Linux's).
 const AF_INET: u16 = 2;
@@ -94,6 +106,14 @@ same_as_c!(
     DATA_SAMPLED_OUT,
     EXCHANGE_RESPONSE,
     BRIEF_CAPTURE,
+    LINK_NONE,
+    LINK_CONNECTION,
+    LINK_THREAD,
+    LINK_ROOT,
+    LINK_ROOT_ORDER,
+    LINK_ROOT_THREAD_BUSY,
+    LINK_ROOT_THREAD_STALE,
+    LINK_ROOT_MULTIPLEXED,
 );
 
 // The replicated config refuses filters the kernel's maps cannot hold: its limits are theirs.
@@ -241,6 +261,16 @@ struct ApFlow {
 
 #[allow(dead_code)]
 #[repr(C)]
+struct ApTraceCtx {
+    trace_id: [u8; 16],
+    span_id: [u8; 8],
+    parent_span_id: [u8; 8],
+    link: u32,
+    keep: u32,
+}
+
+#[allow(dead_code)]
+#[repr(C)]
 struct ApDataEvent {
     h: ApEventHeader,
     flow: ApFlow,
@@ -250,6 +280,7 @@ struct ApDataEvent {
     captured: u32,
     sample_threshold: u32,
     flags: u32,
+    trace: ApTraceCtx,
     data: [u8; MAX_CAPTURE as usize + 1],
 }
 
@@ -267,6 +298,7 @@ struct ApExchangeEvent {
     flags: u32,
     request_captured: u16,
     response_captured: u16,
+    trace: ApTraceCtx,
     data: [u8; BRIEF_CAPTURE * 2],
 }
 
@@ -303,12 +335,13 @@ mirrors! {
     CgroupFilterKey => ap_cgroup_filter_key { probe, pad, cgroup_id }
     ApEventHeader => ap_event_header { kind, probe, proto, pid, tid, netns, ts_ns, cgroup_id, comm }
     ApFlow => ap_flow { family, local_port, remote_port, pad, local_addr, remote_addr }
+    ApTraceCtx => ap_trace_ctx { trace_id, span_id, parent_span_id, link, keep }
     ApDataEvent => ap_data_event {
-        h, flow, conn_id, total_len, direction, captured, sample_threshold, flags, data
+        h, flow, conn_id, total_len, direction, captured, sample_threshold, flags, trace, data
     }
     ApExchangeEvent => ap_exchange_event {
         h, flow, conn_id, request_ts, request_len, response_len, direction, sample_threshold,
-        flags, request_captured, response_captured, data
+        flags, request_captured, response_captured, trace, data
     }
     ApTcpEvent => ap_tcp_event {
         h, flow, sock, old_state, new_state, bytes_sent, bytes_received, bytes_acked,
@@ -379,6 +412,8 @@ pub enum Event<'a> {
         sample_threshold: u32,
         /// Sampling dropped the request: count it, do not export it.
         sampled_out: bool,
+        /// A request's trace context (None in a response's record).
+        trace: Option<TraceLink>,
         data: &'a [u8],
     },
     /// A request and the start of its response, paired in the kernel (`response` None: a
@@ -393,6 +428,7 @@ pub enum Event<'a> {
         direction: Direction,
         sample_threshold: u32,
         sampled_out: bool,
+        trace: Option<TraceLink>,
         request: &'a [u8],
         response: Option<&'a [u8]>,
     },
@@ -557,6 +593,36 @@ fn flow(r: &Reader, at: usize) -> Result<Option<Flow>, DecodeError> {
     )
 }
 
+/// The trace context of a record whose `struct ap_trace_ctx` starts at byte `at`; None for
+/// LINK_NONE, and for a link this decoder does not know (a newer kernel side).
+fn trace(r: &Reader, at: usize) -> Result<Option<TraceLink>, DecodeError> {
+    type T = ApTraceCtx;
+    let link = match get!(r at at, T, link)? {
+        LINK_CONNECTION => Link::Connection,
+        LINK_THREAD => Link::Thread,
+        LINK_ROOT => Link::Root,
+        LINK_ROOT_ORDER => Link::RootOutOfOrder,
+        LINK_ROOT_THREAD_BUSY => Link::RootThreadBusy,
+        LINK_ROOT_THREAD_STALE => Link::RootThreadStale,
+        LINK_ROOT_MULTIPLEXED => Link::RootMultiplexed,
+        _ => return Ok(None),
+    };
+    let array = |offset: usize, out: &mut [u8]| -> Result<(), DecodeError> {
+        out.copy_from_slice(r.bytes(at + offset, out.len())?);
+        Ok(())
+    };
+    let (mut trace_id, mut span_id, mut parent) = ([0u8; 16], [0u8; 8], [0u8; 8]);
+    array(offset_of!(T, trace_id), &mut trace_id)?;
+    array(offset_of!(T, span_id), &mut span_id)?;
+    array(offset_of!(T, parent_span_id), &mut parent)?;
+    Ok(Some(TraceLink {
+        trace_id,
+        span_id,
+        parent_span_id: link.is_joined().then_some(parent),
+        link,
+    }))
+}
+
 fn direction(raw: u32) -> Direction {
     if raw == DIR_INGRESS {
         Direction::Ingress
@@ -677,6 +743,7 @@ pub fn decode(record: &[u8]) -> Result<Event<'_>, DecodeError> {
                 direction: direction(get!(r, D, direction)?),
                 sample_threshold: get!(r, D, sample_threshold)?,
                 sampled_out: get!(r, D, flags)? & DATA_SAMPLED_OUT != 0,
+                trace: trace(&r, offset_of!(D, trace))?,
                 data: r.bytes(DATA_PAYLOAD_AT, captured)?,
                 header,
             })
@@ -695,6 +762,7 @@ pub fn decode(record: &[u8]) -> Result<Event<'_>, DecodeError> {
                 direction: direction(get!(r, X, direction)?),
                 sample_threshold: get!(r, X, sample_threshold)?,
                 sampled_out: flags & DATA_SAMPLED_OUT != 0,
+                trace: trace(&r, offset_of!(X, trace))?,
                 request,
                 response: (flags & EXCHANGE_RESPONSE != 0).then_some(response),
                 header,
@@ -753,8 +821,8 @@ mod tests {
         assert_eq!(std::mem::size_of::<ProbeConfig>(), 16);
         assert_eq!(std::mem::size_of::<ProbeStats>(), 40);
         assert_eq!(std::mem::size_of::<CgroupFilterKey>(), 16);
-        assert_eq!(DATA_PAYLOAD_AT, 120);
-        assert_eq!(EXCHANGE_PAYLOAD_AT, 136);
+        assert_eq!(DATA_PAYLOAD_AT, 160);
+        assert_eq!(EXCHANGE_PAYLOAD_AT, 176);
         assert_eq!(TCP_EVENT_SIZE, 136);
         assert_eq!(PROC_EVENT_SIZE, 312);
     }
@@ -821,11 +889,16 @@ mod tests {
         record[72..76].copy_from_slice(&[127, 0, 0, 2]);
         record[104..108].copy_from_slice(&1u32.to_le_bytes()); // direction: egress
         record[108..112].copy_from_slice(&5u32.to_le_bytes()); // captured
-        record[120..125].copy_from_slice(b"GET /");
+        record[120..136].copy_from_slice(&[0xaa; 16]); // trace id
+        record[136..144].copy_from_slice(&[0xbb; 8]); // span id
+        record[144..152].copy_from_slice(&[0xcc; 8]); // parent span id
+        record[152..156].copy_from_slice(&2u32.to_le_bytes()); // link: thread
+        record[160..165].copy_from_slice(b"GET /");
         let Event::Data {
             header,
             flow,
             direction,
+            trace,
             data,
             ..
         } = decode(&record).unwrap()
@@ -839,6 +912,29 @@ mod tests {
         assert_eq!(flow.remote.to_string(), "127.0.0.2:8080");
         assert_eq!(direction, Direction::Egress);
         assert_eq!(data, b"GET /");
+        assert_eq!(
+            trace,
+            Some(TraceLink {
+                trace_id: [0xaa; 16],
+                span_id: [0xbb; 8],
+                parent_span_id: Some([0xcc; 8]),
+                link: Link::Thread,
+            })
+        );
+        // A root's parent field is not read; an unknown link is no context at all.
+        record[152..156].copy_from_slice(&3u32.to_le_bytes());
+        let Event::Data { trace, .. } = decode(&record).unwrap() else {
+            panic!("not a data event");
+        };
+        assert_eq!(
+            trace.map(|t| (t.link, t.parent_span_id)),
+            Some((Link::Root, None))
+        );
+        record[152..156].copy_from_slice(&99u32.to_le_bytes());
+        let Event::Data { trace, .. } = decode(&record).unwrap() else {
+            panic!("not a data event");
+        };
+        assert_eq!(trace, None);
     }
 
     #[test]

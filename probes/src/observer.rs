@@ -10,7 +10,7 @@ use serde::Serialize;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::broadcast;
 
-use apiary_span::Span;
+use apiary_span::{Link, Span};
 
 use crate::abi::{decode, Event};
 use crate::protocol::{Clock, Message, Parsers};
@@ -85,6 +85,8 @@ pub struct Observer {
     pub decode_errors: AtomicU64,
     pub spans_total: AtomicU64,
     pub retransmits_total: AtomicU64,
+    /// Requests by how the kernel placed them in a trace (`Link::ALL`'s order), sampled or not.
+    links: [AtomicU64; Link::ALL.len()],
     /// Called with every span that will be exported, as it is published (before any channel).
     export_tap: std::sync::OnceLock<RequestTap>,
     /// `sync` asks the ring reader to drain now; it counts the drains it did on request.
@@ -107,6 +109,7 @@ impl Default for Observer {
             decode_errors: AtomicU64::new(0),
             spans_total: AtomicU64::new(0),
             retransmits_total: AtomicU64::new(0),
+            links: Default::default(),
             export_tap: std::sync::OnceLock::new(),
             drain_requests: tokio::sync::Notify::new(),
             drains: tokio::sync::watch::channel(0).0,
@@ -207,8 +210,23 @@ impl Observer {
         keep.rule.reason(server_failed, duration_ns).is_some()
     }
 
+    /// Requests seen so far by how they were placed in a trace (joined, or left a root and
+    /// why), in `Link::ALL`'s order.
+    pub fn link_counts(&self) -> Vec<(Link, u64)> {
+        Link::ALL
+            .iter()
+            .zip(&self.links)
+            .map(|(link, n)| (*link, n.load(Ordering::Relaxed)))
+            .collect()
+    }
+
     fn publish(&self, mut span: Span) {
         self.requests_total.fetch_add(1, Ordering::Relaxed);
+        if let Some(trace) = &span.trace {
+            if let Some(at) = Link::ALL.iter().position(|l| *l == trace.link) {
+                self.links[at].fetch_add(1, Ordering::Relaxed);
+            }
+        }
         if let Some(tap) = self.tap.get() {
             tap(&span);
         }
@@ -272,6 +290,7 @@ impl Assembler {
                 direction,
                 sample_threshold,
                 sampled_out,
+                trace,
                 data,
                 ..
             } => {
@@ -284,6 +303,7 @@ impl Assembler {
                     flow: flow.as_ref(),
                     sample_threshold,
                     sampled_out,
+                    trace,
                     data,
                     netns: header.netns,
                     cgroup_id: header.cgroup_id,
@@ -303,6 +323,7 @@ impl Assembler {
                 direction,
                 sample_threshold,
                 sampled_out,
+                trace,
                 request,
                 response,
             } => {
@@ -315,6 +336,7 @@ impl Assembler {
                     flow: flow.as_ref(),
                     sample_threshold,
                     sampled_out,
+                    trace,
                     data: request,
                     netns: header.netns,
                     cgroup_id: header.cgroup_id,

@@ -16,8 +16,10 @@ use serde::Serialize;
 pub mod http;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+pub mod trace;
 
 pub use http::Http;
+pub use trace::{Link, TraceLink};
 
 /// Which side of the exchange the traced process was on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -58,6 +60,10 @@ pub struct Span {
     pub kept_by: Option<&'static str>,
     pub netns: u32,
     pub cgroup_id: u64,
+    /// The trace context the kernel gave the request (its ids, its parent on this node); a
+    /// `traceparent` the request carried wins over it where they differ.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace: Option<TraceLink>,
     /// The protocol and its attributes; in JSON its fields sit beside the ones above, with
     /// `"protocol": "http"` naming it.
     #[serde(flatten)]

@@ -22,6 +22,7 @@ pub fn http_span(kind: SpanKind, method: &str, target: &str, status: u16) -> Spa
         kept_by: None,
         netns: 1,
         cgroup_id: 1,
+        trace: None,
         protocol: Protocol::Http(Http {
             method: method.into(),
             target: target.into(),

@@ -61,6 +61,9 @@ pub enum Service {
     /// A linearizable read's ReadIndex, asked of the leader (appended last: the variants'
     /// archived tags are their positions).
     ReadIndex,
+    /// The spans of one trace that a member exported and still holds (`GET /v1/traces/ID` on
+    /// any member gathers them). Last, so that the earlier variants keep their encoding.
+    TraceSpans,
 }
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]

@@ -127,6 +127,18 @@ pub struct NodeArgs {
     /// OTLP/HTTP receiver for instrumented apps (traces, metrics, logs), or `off`.
     #[arg(long, env = "APIARY_OTLP_HTTP", default_value = "127.0.0.1:4318")]
     pub otlp_http: String,
+    /// Spans of sampled traces this node keeps for `GET /v1/traces/{id}` (in memory; the
+    /// newest 4096 are shared with the live span list, each one beyond costs memory; 0: none).
+    #[arg(long, env = "APIARY_TRACE_STORE_SPANS", default_value_t = 4096)]
+    pub trace_store_spans: usize,
+    /// How long this node keeps a span for `GET /v1/traces/{id}`.
+    #[arg(
+        long,
+        env = "APIARY_TRACE_STORE_AGE",
+        default_value = "15min",
+        value_name = "DURATION"
+    )]
+    pub trace_store_age: humantime::Duration,
     /// Run the mesh without eBPF probes (no root needed).
     #[arg(long, env = "APIARY_NO_PROBES")]
     pub no_probes: bool,

@@ -15,6 +15,7 @@ mod peer;
 mod priority;
 pub mod probes;
 pub mod settings;
+pub mod traces;
 
 use std::sync::{Arc, OnceLock};
 
@@ -64,7 +65,8 @@ pub async fn run(args: NodeArgs, seed: ClusterSeed) -> Result<()> {
     let (identity, creating) =
         join::identity(&dir, &args, &start.name, start.token.clone(), &seed).await?;
     listeners.identify(&identity.tls)?;
-    let mesh = Mesh::start(&dir, identity, &listeners.transport, &args).await?;
+    let traces = traces::TraceStore::new(args.trace_store_spans, *args.trace_store_age);
+    let mesh = Mesh::start(&dir, identity, &listeners.transport, &args, &traces).await?;
     let identity = &mesh.identity;
     let me = Member {
         name: identity.node.name.clone(),
@@ -73,6 +75,9 @@ pub async fn run(args: NodeArgs, seed: ClusterSeed) -> Result<()> {
     join::become_member(&mesh.consensus, &dir, identity, me, creating, seed).await?;
 
     let probes = start_probes(&args, &mesh.consensus)?;
+    if let Some(probes) = &probes {
+        traces.follow(&probes.observer);
+    }
     let export = start_export(
         &args,
         mesh.store.clone(),
@@ -114,6 +119,7 @@ pub async fn run(args: NodeArgs, seed: ClusterSeed) -> Result<()> {
         export: export.clone(),
         ca: mesh.ca.clone(),
         data_dir: dir.clone(),
+        traces,
     });
     api::server::serve(
         listeners.api,
@@ -189,6 +195,7 @@ impl Mesh {
         mut identity: NodeIdentity,
         transport: &Arc<Transport>,
         args: &NodeArgs,
+        traces: &Arc<traces::TraceStore>,
     ) -> Result<Mesh> {
         let store = Store::open(dir.path())?;
         let consensus = Consensus::start(
@@ -225,6 +232,8 @@ impl Mesh {
             consensus: consensus.clone(),
             intensity: intensity.clone(),
             ca: ca.clone(),
+            traces: traces.clone(),
+            node_name: identity.node.name.clone(),
         }));
         consensus.spawn_reachability_probe();
         consensus.spawn_voter_keeper();

@@ -1,5 +1,5 @@
 //! Answers other peers over QUIC: join requests from new nodes, and from members the consensus
-//! services, load reports, CA status, signing and CA key requests. Each member request is
+//! services, load reports, CA status, signing and CA key requests, and the spans of a trace. Each member request is
 //! answered for the node id its certificate names, never an id the message claims.
 
 use std::sync::Arc;
@@ -17,6 +17,9 @@ pub struct PeerService {
     /// Set once the node's tuning runs; load reports before that are refused.
     pub intensity: Arc<std::sync::OnceLock<Arc<super::intensity::Intensity>>>,
     pub ca: Arc<CaRuntime>,
+    /// The spans this node exported, by trace (`TraceSpans`).
+    pub traces: Arc<super::traces::TraceStore>,
+    pub node_name: String,
 }
 
 impl Handler for PeerService {
@@ -45,6 +48,7 @@ impl Handler for PeerService {
         };
         match service {
             Service::CaStatus => answer_status(&self.ca),
+            Service::TraceSpans => self.traces.answer(&self.node_name, &payload),
             Service::SignCsr => answer_sign_csr(&self.ca, &self.consensus, sender, &payload),
             Service::SignJoin => {
                 answer_sign_join(&self.ca, &self.consensus, sender, &payload).await

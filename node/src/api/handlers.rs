@@ -33,6 +33,10 @@ pub(super) async fn prometheus(State(state): State<Arc<ApiState>>) -> impl IntoR
         observer,
     ));
     text.push_str(&metrics::render_export(&state.node_name, &state.export));
+    text.push_str(&metrics::render_trace_store(
+        &state.node_name,
+        &state.traces,
+    ));
     state
         .export
         .red
@@ -186,6 +190,17 @@ pub(super) async fn spans(
     }
     let skip = spans.len().saturating_sub(limit);
     Ok(Json(json!(spans[skip..])))
+}
+
+/// `GET /v1/traces/{trace_id}`: the trace's spans from every member that answers in time.
+pub(super) async fn trace(
+    State(state): State<Arc<ApiState>>,
+    axum::extract::Path(trace_id): axum::extract::Path<String>,
+) -> ApiResult {
+    use crate::agent::traces;
+    let trace = traces::parse_trace_id(&trace_id).map_err(ApiError::bad_request)?;
+    let view = traces::gather(&state.consensus, &state.traces, &state.node_name, trace).await;
+    Ok(Json(json!(view)))
 }
 
 pub(super) async fn cluster(State(state): State<Arc<ApiState>>) -> Json<ClusterView> {

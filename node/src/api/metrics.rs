@@ -143,8 +143,37 @@ pub fn render_probes(node: &str, reports: &[ProbeReport], observer: Option<&Obse
                 value.load(std::sync::atomic::Ordering::Relaxed)
             );
         }
+        let name = "apiary_trace_links_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Requests by how they were placed in a trace: joined to a parent seen on this node (reason connection or thread), or left a root (and why)."
+        );
+        let _ = writeln!(out, "# TYPE {name} counter");
+        for (link, count) in observer.link_counts() {
+            let result = if link.is_joined() { "joined" } else { "root" };
+            let _ = writeln!(
+                out,
+                "{name}{{{label},result=\"{result}\",reason=\"{}\"}} {count}",
+                link.reason()
+            );
+        }
     }
     out
+}
+
+/// The store of exported spans that `GET /v1/traces/{id}` reads.
+pub fn render_trace_store(node: &str, store: &crate::agent::traces::TraceStore) -> String {
+    let label = node_label(node);
+    let missed = store.missed.load(std::sync::atomic::Ordering::Relaxed);
+    format!(
+        "# HELP apiary_trace_store_spans Spans held for GET /v1/traces.\n\
+         # TYPE apiary_trace_store_spans gauge\n\
+         apiary_trace_store_spans{{{label}}} {}\n\
+         # HELP apiary_trace_store_missed_total Exported spans the trace store missed (it fell behind).\n\
+         # TYPE apiary_trace_store_missed_total counter\n\
+         apiary_trace_store_missed_total{{{label}}} {missed}\n",
+        store.held()
+    )
 }
 
 /// Per export destination (label `destination`), and what the batcher missed.

@@ -42,6 +42,8 @@ pub struct ApiState {
     pub export: Arc<Export>,
     pub ca: Arc<CaRuntime>,
     pub data_dir: crate::agent::identity::DataDir,
+    /// The spans this node exported, by trace, for `GET /v1/traces/{id}`.
+    pub traces: Arc<crate::agent::traces::TraceStore>,
 }
 
 impl ApiState {

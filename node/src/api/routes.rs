@@ -165,6 +165,13 @@ pub const ROUTES: &[Route] = &[
     },
     Route {
         method: Get,
+        path: "/v1/traces/{trace_id}",
+        documented: true,
+        access: Needs(Read),
+        handler: |m| on(m, handlers::trace),
+    },
+    Route {
+        method: Get,
         path: "/v1/export",
         documented: true,
         access: Needs(Read),

@@ -15,3 +15,4 @@ pub mod progress;
 pub mod status;
 pub mod tail;
 pub mod tokens;
+pub mod trace;

@@ -6,6 +6,10 @@ use apiary_span::{Span, SpanKind};
 /// A probe span's id, derived from what identifies the request (process, start, duration,
 /// side) so that the receiver can later name it as the parent of the app's own span.
 pub fn probe_span_id(span: &Span) -> [u8; 8] {
+    if let Some(trace) = &span.trace {
+        // The kernel's id: the one its children on this node name as their parent.
+        return trace.span_id;
+    }
     use std::hash::{Hash, Hasher};
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     (span.pid, span.start_unix_nanos, span.duration_ns).hash(&mut hasher);
@@ -32,6 +36,14 @@ pub fn traceparent_ids(span: &Span) -> Option<([u8; 16], [u8; 8])> {
         .then_some((trace, caller))
 }
 
+/// The trace id a span is exported under, when it is decided before export: the `traceparent`'s,
+/// else the kernel's. (A span with neither gets a random one as it is encoded.)
+pub fn exported_trace_id(span: &Span) -> Option<[u8; 16]> {
+    traceparent_ids(span)
+        .map(|(trace, _)| trace)
+        .or(span.trace.map(|link| link.trace_id))
+}
+
 pub(crate) fn hex_into(text: &str, out: &mut [u8]) -> bool {
     let bytes = text.as_bytes();
     if bytes.len() != out.len() * 2 {
@@ -51,7 +63,9 @@ pub(crate) fn hex_into(text: &str, out: &mut [u8]) -> bool {
 /// parent. A request that carried a W3C `traceparent` joins that trace: on the server side
 /// the caller's span is the parent; on the client side the header's span id is the id the
 /// calling app gave its request, so the client span takes it and the server span on the other
-/// end links to it.
+/// end links to it. Otherwise the kernel's trace context (`Span::trace`: a parent found on this
+/// node through the connection or the thread) gives all three; a span without one (a test's,
+/// or from a kernel side without it) starts a trace of its own.
 pub(crate) fn ids_into(
     span: &Span,
     trace_id: &mut [u8; 16],
@@ -60,7 +74,15 @@ pub(crate) fn ids_into(
 ) -> bool {
     *span_id = probe_span_id(span);
     let Some((trace, header)) = traceparent_ids(span) else {
-        *trace_id = rand::random();
+        let Some(link) = &span.trace else {
+            *trace_id = rand::random();
+            return false;
+        };
+        *trace_id = link.trace_id;
+        if let Some(id) = link.parent_span_id {
+            *parent = id;
+            return true;
+        }
         return false;
     };
     *trace_id = trace;

@@ -12,7 +12,7 @@ pub mod spans;
 pub mod wire;
 pub mod writer;
 
-pub use ids::{probe_span_id, traceparent_ids};
+pub use ids::{exported_trace_id, probe_span_id, traceparent_ids};
 pub use request::OtlpRequest;
 pub use resource::{kubernetes_of, KubernetesCache, ResourceInfo};
 pub use spans::export_request;

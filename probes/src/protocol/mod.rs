@@ -29,6 +29,8 @@ pub struct Message<'a> {
     pub flow: Option<&'a Flow>,
     pub sample_threshold: u32,
     pub sampled_out: bool,
+    /// A request's trace context from the kernel (None for a response).
+    pub trace: Option<apiary_span::TraceLink>,
     pub data: &'a [u8],
     pub netns: u32,
     pub cgroup_id: u64,

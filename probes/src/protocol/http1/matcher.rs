@@ -2,7 +2,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use apiary_span::{Http, Protocol, Span, SpanKind};
+use apiary_span::{Http, Protocol, Span, SpanKind, TraceLink};
 
 use super::parse::{parse_request, parse_status, request_line, Request};
 use super::route::route_template;
@@ -15,6 +15,7 @@ struct Pending {
     ts_ns: u64,
     sample_threshold: u32,
     sampled_out: bool,
+    trace: Option<TraceLink>,
 }
 
 /// Pairs requests with responses. Bounded: the oldest connections are forgotten first.
@@ -55,6 +56,7 @@ impl Matcher {
                 ts_ns: message.ts_ns,
                 sample_threshold: message.sample_threshold,
                 sampled_out: message.sampled_out,
+                trace: message.trace,
             });
             return None;
         }
@@ -139,6 +141,7 @@ pub fn exchange(
         ts_ns: request.ts_ns,
         sample_threshold: request.sample_threshold,
         sampled_out: request.sampled_out,
+        trace: request.trace,
     };
     let response = Message {
         ts_ns: response_ts_ns,
@@ -179,6 +182,7 @@ fn span_of(
         kept_by: None,
         netns: response.netns,
         cgroup_id: response.cgroup_id,
+        trace: pending.trace,
         protocol: Protocol::Http(Http {
             method: pending.request.method,
             target: pending.request.target,

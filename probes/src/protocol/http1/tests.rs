@@ -72,6 +72,7 @@ fn message<'a>(conn: u64, ts: u64, direction: Direction, data: &'a [u8]) -> Mess
         flow: None,
         sample_threshold: u32::MAX,
         sampled_out: false,
+        trace: None,
         data,
         netns: 1,
         cgroup_id: 1,
