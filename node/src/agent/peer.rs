@@ -48,6 +48,10 @@ impl Handler for PeerService {
         };
         match service {
             Service::CaStatus => answer_status(&self.ca),
+            // Spans hold what apps sent (paths, hosts): members only, like the config.
+            Service::TraceSpans if !self.consensus.is_member(sender) => Message::Refused {
+                reason: format!("node {sender} is not a member: trace spans go to members only"),
+            },
             Service::TraceSpans => self.traces.answer(&self.node_name, &payload),
             Service::SignCsr => answer_sign_csr(&self.ca, &self.consensus, sender, &payload),
             Service::SignJoin => {
