@@ -85,6 +85,7 @@ static __always_inline struct ap_conn *fresh_conn(__u64 file, __u32 netns)
 	bpf_get_current_comm(&fresh->comm, sizeof(fresh->comm));
 	fresh->in_flight = 0;
 	fresh->waiting = 0;
+	fresh->db_proto = 0;
 	return fresh;
 }
 

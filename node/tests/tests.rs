@@ -20,5 +20,6 @@ mod probes;
 mod profiles;
 mod quickstart;
 mod receiver;
+mod redis;
 mod security;
 mod setup;

@@ -16,6 +16,7 @@ pub const PROBE_HTTP: u32 = 0;
 pub const PROBE_TLS: u32 = 1;
 pub const PROBE_TCP: u32 = 2;
 pub const PROBE_PROCESS: u32 = 3;
+pub const PROBE_REDIS: u32 = 4;
 
 pub const MAX_CAPTURE: u32 = 4095;
 
@@ -40,6 +41,8 @@ const DIR_EGRESS: u32 = 1;
 
 /// `flags` bit of a data event (apiary.h).
 const DATA_SAMPLED_OUT: u32 = 1;
+/// `flags` bit of a data event of a connection-detected protocol: the requests' side.
+const DATA_REQUEST_SIDE: u32 = 4;
 /// `flags` bit of an exchange event: the response part is there.
 const EXCHANGE_RESPONSE: u32 = 2;
 /// What an exchange record keeps of its request, and of its response.
@@ -74,6 +77,7 @@ same_as_c!(
     PROBE_TLS,
     PROBE_TCP,
     PROBE_PROCESS,
+    PROBE_REDIS,
     MAX_CAPTURE,
     HAS_PID_INCLUDE,
     HAS_PORT_INCLUDE,
@@ -92,6 +96,7 @@ same_as_c!(
     DIR_INGRESS,
     DIR_EGRESS,
     DATA_SAMPLED_OUT,
+    DATA_REQUEST_SIDE,
     EXCHANGE_RESPONSE,
     BRIEF_CAPTURE,
 );
@@ -379,6 +384,8 @@ pub enum Event<'a> {
         sample_threshold: u32,
         /// Sampling dropped the request: count it, do not export it.
         sampled_out: bool,
+        /// A connection-detected protocol's buffer (bpf/db.h) on its requests' side.
+        request_side: bool,
         data: &'a [u8],
     },
     /// A request and the start of its response, paired in the kernel (`response` None: a
@@ -677,6 +684,7 @@ pub fn decode(record: &[u8]) -> Result<Event<'_>, DecodeError> {
                 direction: direction(get!(r, D, direction)?),
                 sample_threshold: get!(r, D, sample_threshold)?,
                 sampled_out: get!(r, D, flags)? & DATA_SAMPLED_OUT != 0,
+                request_side: get!(r, D, flags)? & DATA_REQUEST_SIDE != 0,
                 data: r.bytes(DATA_PAYLOAD_AT, captured)?,
                 header,
             })
