@@ -17,26 +17,26 @@ char LICENSE[] SEC("license") = "GPL";
 SEC("tracepoint/syscalls/sys_enter_write")
 int http_enter_write(struct ap_sys_enter_ctx *ctx)
 {
-	socket_send(ctx->args[0], (void *)ctx->args[1], ctx->args[2]);
+	socket_send(ctx->args[0], (void *)ctx->args[1], ctx->args[2], 0, 0);
 	return 0;
 }
 
 SEC("tracepoint/syscalls/sys_enter_sendto")
 int http_enter_sendto(struct ap_sys_enter_ctx *ctx)
 {
-	socket_send(ctx->args[0], (void *)ctx->args[1], ctx->args[2]);
+	socket_send(ctx->args[0], (void *)ctx->args[1], ctx->args[2], 0, 0);
 	return 0;
 }
 
 SEC("tracepoint/syscalls/sys_enter_writev")
 int http_enter_writev(struct ap_sys_enter_ctx *ctx)
 {
-	if (!probe_enabled(PROBE_HTTP))
+	if (!socket_probes_enabled())
 		return 0;
 	struct iovec first = {};
 	if (bpf_probe_read_user(&first, sizeof(first), (void *)ctx->args[1]) < 0)
 		return 0;
-	socket_send(ctx->args[0], first.iov_base, first.iov_len);
+	socket_send(ctx->args[0], first.iov_base, first.iov_len, (void *)ctx->args[1], ctx->args[2]);
 	return 0;
 }
 

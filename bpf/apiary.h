@@ -22,7 +22,10 @@
 #define PROBE_TLS 1
 #define PROBE_TCP 2
 #define PROBE_PROCESS 3
-#define NUM_PROBES 4
+/* Protocols found per connection on the http probe's socket tracepoints (bpf/db.h): each has
+ * its own switch, sampling, capture size, filters and counters, but no programs of its own. */
+#define PROBE_REDIS 4
+#define NUM_PROBES 5
 
 /* Largest payload prefix an event carries; the config's capture_bytes is clamped to it. */
 #define MAX_CAPTURE 4095
@@ -55,8 +58,10 @@
 #define EV_EXCHANGE 6
 
 /* ap_event_header.proto of EV_DATA and EV_EXCHANGE records: the protocol of the message
- * (bpf/protocol.h). HTTP/1 is the only one yet, so the kernel writes 0 in every record. */
+ * (bpf/protocol.h). HTTP/1 records carry 0; a protocol found per connection (bpf/db.h) its
+ * own value, in records of its own probe (PROBE_REDIS, ...). */
 #define PROTO_HTTP1 0
+#define PROTO_REDIS 1
 
 #define DIR_INGRESS 0 /* read/recv: bytes into the process */
 #define DIR_EGRESS 1  /* write/send: bytes out of the process */
@@ -64,6 +69,9 @@
 /* A request sampling dropped still sends its first bytes (method, path, status line) so that
  * request counts, errors and latency stay exact; only the span is not exported. */
 #define DATA_SAMPLED_OUT 1
+/* A buffer of a connection-detected protocol (bpf/db.h) going the way its requests go (read by
+ * a server, written by a client); without it, the way its responses go. */
+#define DATA_REQUEST_SIDE 4
 #define BRIEF_CAPTURE 256
 /* ap_exchange_event.flags: the response part is there (without it, a request whose pairing was
  * given up, e.g. a pipelined one: userspace pairs it as a plain message). */

@@ -126,6 +126,11 @@ struct ap_conn {
 	__u8 in_flight;
 	__u8 waiting; /* req_* below hold a request that waits for its response */
 	__u16 req_captured;
+	/* The protocol bpf/db.h found on this connection (PROTO_*; 0: none, HTTP/1 never sets
+	 * it), and the direction its requests go: found once, from a request's first bytes. */
+	__u8 db_proto;
+	__u8 db_request_dir;
+	__u16 db_pad;
 	__u32 req_direction;
 	__u32 req_threshold;
 	__u32 req_flags;

@@ -1,15 +1,57 @@
 /* The http probe: the buffers of sends and reads on sockets, from the syscall tracepoints
- * (apiary.bpf.c). */
+ * (apiary.bpf.c); the probes of protocols found per connection (db.h) ride on them. */
 #ifndef APIARY_SOCKETS_H
 #define APIARY_SOCKETS_H
 
 #include "message.h"
+#include "db.h"
 
-static __always_inline void socket_send(__u32 fd, const void *buf, __s64 len)
+/* Whether the socket tracepoints have anything to do: the http probe, or a protocol found per
+ * connection (db.h). With http on, this is the one lookup it always was. */
+static __always_inline int socket_probes_enabled(void)
 {
-	if (len <= 0 || !probe_enabled(PROBE_HTTP))
+	return probe_enabled(PROBE_HTTP) || db_probes_enabled();
+}
+
+/* One buffer sent or read on a socket: an HTTP/1 message start goes the HTTP/1 way
+ * (message.h), unless its connection is one db.h recognised (then it is that protocol's
+ * bytes); anything else may be a database protocol's (db.h). `len` bytes are at `buf`; the
+ * syscall moved `extent` (db.h: the bytes of the iovecs after the first). */
+static __always_inline void socket_buffer(__u32 fd, const void *buf, __s64 len,
+					  struct db_extent extent, __u32 direction)
+{
+	struct ap_data_event *ev = scratch_event();
+	__u32 got = 0;
+	if (!ev)
 		return;
-	emit_message(PROBE_HTTP, fd, buf, len, DIR_EGRESS);
+	int kind = read_message_start(ev, buf, len, &got);
+	if (kind == PREFIX_NONE) {
+		emit_db_buffer(ev, got, fd, buf, len, extent, direction);
+		return;
+	}
+	if (!probe_enabled(PROBE_HTTP)) {
+		emit_db_buffer(ev, got, fd, buf, len, extent, direction);
+		return;
+	}
+	struct ap_conn *conn = conn_of_fd(FD_CONN_KEY(fd), fd, kind);
+	if (!conn)
+		return;
+	if (conn->db_proto) {
+		emit_db_buffer(ev, got, fd, buf, len, extent, direction);
+		return;
+	}
+	emit_data(PROBE_HTTP, conn, ev, got, fd, kind, buf, len, direction);
+}
+
+/* A send of `len` bytes at `buf`, or of an iovec array (`iov`, `iovcnt`) whose first entry
+ * they are. */
+static __always_inline void socket_send(__u32 fd, const void *buf, __s64 len,
+					const struct iovec *iov, __u32 iovcnt)
+{
+	if (len <= 0 || !socket_probes_enabled())
+		return;
+	struct db_extent extent = { .total = len, .iov = iov, .iovcnt = iovcnt };
+	socket_buffer(fd, buf, len, extent, DIR_EGRESS);
 }
 
 /* A read on a socket returned `ret` bytes. Its fd and buffer are the syscall's own arguments,
@@ -17,13 +59,14 @@ static __always_inline void socket_send(__u32 fd, const void *buf, __s64 len)
  * on the syscall's entry, and nothing kept per thread between entry and exit. */
 static __always_inline void finish_read(__s64 ret, __u32 iovec)
 {
-	if (ret <= 0 || !probe_enabled(PROBE_HTTP))
+	if (ret <= 0 || !socket_probes_enabled())
 		return;
 	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
 	if (!regs)
 		return;
 	__u32 fd = regs->di;
 	__u64 buf = regs->si;
+	struct db_extent extent = { .total = ret };
 	if (iovec) {
 		struct iovec first = {};
 		if (bpf_probe_read_user(&first, sizeof(first), (void *)buf) < 0)
@@ -32,7 +75,7 @@ static __always_inline void finish_read(__s64 ret, __u32 iovec)
 		if ((__s64)first.iov_len < ret)
 			ret = first.iov_len;
 	}
-	emit_message(PROBE_HTTP, fd, (void *)buf, ret, DIR_INGRESS);
+	socket_buffer(fd, (void *)buf, ret, extent, DIR_INGRESS);
 }
 
 #endif /* APIARY_SOCKETS_H */

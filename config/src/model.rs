@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use crate::ConfigError;
 
 /// Names of the probes a node can run, in display order.
-pub const PROBE_NAMES: [&str; 4] = ["http", "tls", "tcp", "process"];
+pub const PROBE_NAMES: [&str; 5] = ["http", "tls", "tcp", "process", "redis"];
 
 /// The one configuration every node of a cluster agrees on.
 ///
@@ -69,6 +69,9 @@ pub struct Privacy {
     /// Query parameters whose name and value a span's target keeps (e.g. `["page", "sort"]`);
     /// every other parameter is removed, and with an empty list the whole query string.
     pub keep_query_params: Vec<String>,
+    /// Whether Redis spans keep the command's key (`db.query.text` `GET user:42`); off, a
+    /// span names the command alone. Keys often hold user ids, emails and session tokens.
+    pub keep_redis_keys: bool,
 }
 
 /// Access to the HTTP API beyond what tokens grant.
@@ -87,13 +90,17 @@ pub struct Probes {
     pub tls: ProbeSettings,
     pub tcp: ProbeSettings,
     pub process: ProbeSettings,
+    /// Redis commands and replies (RESP2/RESP3) on the http probe's socket tracepoints, its
+    /// connections found from their first command (absent from configs written before it).
+    #[serde(default = "ProbeSettings::database")]
+    pub redis: ProbeSettings,
 }
 
 impl Probes {
     pub fn iter(&self) -> impl Iterator<Item = (&'static str, &ProbeSettings)> {
         PROBE_NAMES
             .into_iter()
-            .zip([&self.http, &self.tls, &self.tcp, &self.process])
+            .zip([&self.http, &self.tls, &self.tcp, &self.process, &self.redis])
     }
 }
 
@@ -204,6 +211,18 @@ impl std::fmt::Display for Protocol {
     }
 }
 
+impl ProbeSettings {
+    /// A database protocol's probe: on, every operation, and 1 KiB per buffer, so that a
+    /// pipeline of a few dozen commands is read whole (a cut one stops its connection's
+    /// pairing, see docs/concepts.md).
+    pub fn database() -> Self {
+        ProbeSettings {
+            capture_bytes: 1024,
+            ..ProbeSettings::default()
+        }
+    }
+}
+
 impl Default for ProbeSettings {
     fn default() -> Self {
         ProbeSettings {
@@ -223,6 +242,7 @@ impl Default for ClusterConfig {
                 tls: ProbeSettings::default(),
                 tcp: ProbeSettings::default(),
                 process: ProbeSettings::default(),
+                redis: ProbeSettings::database(),
             },
             budget: Budget {
                 cpu_percent_per_node: 10.0,

@@ -107,7 +107,7 @@ await step('04-probes', async () => {
   await page.goto(`${A_URL}/#/probes`);
   await waitText('[data-testid=probes] tbody', 'http');
   const rows = await page.locator('[data-testid=probes] tbody tr').count();
-  if (rows !== 4) throw new Error(`expected 4 probes, saw ${rows}`);
+  if (rows !== 5) throw new Error(`expected 5 probes, saw ${rows}`);
 });
 
 let versionBefore = 0;

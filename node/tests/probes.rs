@@ -29,7 +29,7 @@ async fn replicated_config_drives_the_probes_of_a_node() {
     cluster.unbind_budgets().await;
     let probes = cluster.get(0, "/v1/probes").await.unwrap();
     let probes = probes.as_array().unwrap();
-    assert_eq!(probes.len(), 4);
+    assert_eq!(probes.len(), 5);
     for probe in probes {
         assert_eq!(probe["state"], "attached", "{probe}");
     }

@@ -20,6 +20,7 @@ mod probes;
 mod profiles;
 mod quickstart;
 mod receiver;
+mod redis;
 mod security;
 mod setup;
 mod traces;

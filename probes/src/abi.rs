@@ -18,6 +18,7 @@ pub const PROBE_HTTP: u32 = 0;
 pub const PROBE_TLS: u32 = 1;
 pub const PROBE_TCP: u32 = 2;
 pub const PROBE_PROCESS: u32 = 3;
+pub const PROBE_REDIS: u32 = 4;
 
 pub const MAX_CAPTURE: u32 = 4095;
 
@@ -42,6 +43,8 @@ const DIR_EGRESS: u32 = 1;
 
 /// `flags` bit of a data event (apiary.h).
 const DATA_SAMPLED_OUT: u32 = 1;
+/// `flags` bit of a data event of a connection-detected protocol: the requests' side.
+const DATA_REQUEST_SIDE: u32 = 4;
 /// `flags` bit of an exchange event: the response part is there.
 const EXCHANGE_RESPONSE: u32 = 2;
 /// What an exchange record keeps of its request, and of its response.
@@ -86,6 +89,7 @@ same_as_c!(
     PROBE_TLS,
     PROBE_TCP,
     PROBE_PROCESS,
+    PROBE_REDIS,
     MAX_CAPTURE,
     HAS_PID_INCLUDE,
     HAS_PORT_INCLUDE,
@@ -104,6 +108,7 @@ same_as_c!(
     DIR_INGRESS,
     DIR_EGRESS,
     DATA_SAMPLED_OUT,
+    DATA_REQUEST_SIDE,
     EXCHANGE_RESPONSE,
     BRIEF_CAPTURE,
     LINK_NONE,
@@ -414,6 +419,8 @@ pub enum Event<'a> {
         sampled_out: bool,
         /// A request's trace context (None in a response's record).
         trace: Option<TraceLink>,
+        /// A connection-detected protocol's buffer (bpf/db.h) on its requests' side.
+        request_side: bool,
         data: &'a [u8],
     },
     /// A request and the start of its response, paired in the kernel (`response` None: a
@@ -744,6 +751,7 @@ pub fn decode(record: &[u8]) -> Result<Event<'_>, DecodeError> {
                 sample_threshold: get!(r, D, sample_threshold)?,
                 sampled_out: get!(r, D, flags)? & DATA_SAMPLED_OUT != 0,
                 trace: trace(&r, offset_of!(D, trace))?,
+                request_side: get!(r, D, flags)? & DATA_REQUEST_SIDE != 0,
                 data: r.bytes(DATA_PAYLOAD_AT, captured)?,
                 header,
             })

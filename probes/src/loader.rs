@@ -139,6 +139,9 @@ pub struct ProbeReport {
     pub lost: u64,
     pub sampled_out: u64,
     pub filtered: u64,
+    /// Messages of the probe's protocol that gave no span (bad bytes, beyond the capture, on a
+    /// connection no longer followed); filled in from the observer, 0 for the other probes.
+    pub unparsed: u64,
 }
 
 pub struct ProbeSet {
@@ -161,6 +164,7 @@ fn probe_index(name: &str) -> u32 {
         "http" => PROBE_HTTP,
         "tls" => PROBE_TLS,
         "tcp" => PROBE_TCP,
+        "redis" => PROBE_REDIS,
         _ => PROBE_PROCESS,
     }
 }
@@ -389,7 +393,7 @@ impl ProbeSet {
     }
 
     pub fn reports(&self) -> Vec<ProbeReport> {
-        ["http", "tls", "tcp", "process"]
+        apiary_config::PROBE_NAMES
             .into_iter()
             .map(|name| {
                 let probe = probe_index(name);
@@ -415,7 +419,15 @@ impl ProbeSet {
                     }
                 }
                 let settings = self.settings.get(name);
-                let failure = self.failures.get(name).cloned();
+                // A protocol found per connection rides the http probe's programs.
+                let failure = self.failures.get(name).cloned().or_else(|| {
+                    (name == "redis")
+                        .then(|| self.failures.get("http"))
+                        .flatten()
+                        .map(|e| {
+                            format!("needs the http probe's socket tracepoints, which failed: {e}")
+                        })
+                });
                 let state = match (&failure, settings) {
                     (Some(_), _) => ProbeState::Failed,
                     (None, Some(s)) if !s.enabled => ProbeState::Disabled,
@@ -438,6 +450,7 @@ impl ProbeSet {
                     lost: stats.lost,
                     sampled_out: stats.sampled_out,
                     filtered: stats.filtered,
+                    unparsed: 0,
                 }
             })
             .collect()

@@ -74,6 +74,10 @@ pub struct Observer {
     tap: std::sync::OnceLock<RequestTap>,
     keep: Mutex<KeepBudget>,
     kept_query_params: std::sync::RwLock<Vec<String>>,
+    /// `privacy.keep_redis_keys`.
+    keep_redis_keys: std::sync::atomic::AtomicBool,
+    /// Redis messages that gave no span (see [`Observer::unparsed`]).
+    redis_unparsed: AtomicU64,
     /// Requests seen, sampled or not (the demand cooperative tuning shares).
     pub requests_total: AtomicU64,
     /// Spans kept by `budget.always_keep` that sampling had dropped.
@@ -101,6 +105,8 @@ impl Default for Observer {
             tap: std::sync::OnceLock::new(),
             keep: Mutex::new(KeepBudget::default()),
             kept_query_params: Default::default(),
+            keep_redis_keys: Default::default(),
+            redis_unparsed: AtomicU64::new(0),
             requests_total: AtomicU64::new(0),
             kept_by_rule: AtomicU64::new(0),
             kept_over_cap: AtomicU64::new(0),
@@ -181,6 +187,20 @@ impl Observer {
             .unwrap_or_else(|p| p.into_inner()) = params;
     }
 
+    /// Whether Redis spans keep their keys (`privacy.keep_redis_keys`).
+    pub fn set_keep_redis_keys(&self, keep: bool) {
+        self.keep_redis_keys.store(keep, Ordering::Relaxed);
+    }
+
+    /// Messages of a probe's protocol that gave no span: unparsable, beyond the capture, or on
+    /// a connection no longer followed (0 for probes that do not parse a protocol this way).
+    pub fn unparsed(&self, probe: &str) -> u64 {
+        match probe {
+            "redis" => self.redis_unparsed.load(Ordering::Relaxed),
+            _ => 0,
+        }
+    }
+
     pub fn set_keep_rule(&self, rule: KeepRule) {
         self.keep.lock().unwrap_or_else(|p| p.into_inner()).rule = rule;
     }
@@ -240,12 +260,16 @@ impl Observer {
             span.kept_by = Some(reason);
         }
         self.spans_total.fetch_add(1, Ordering::Relaxed);
-        span.apply_privacy(
-            &self
-                .kept_query_params
-                .read()
-                .unwrap_or_else(|p| p.into_inner()),
-        );
+        let kept_query_params = self
+            .kept_query_params
+            .read()
+            .unwrap_or_else(|p| p.into_inner());
+        if self.keep_redis_keys.load(Ordering::Relaxed) {
+            span.apply_privacy_keeping_db_keys(&kept_query_params);
+        } else {
+            span.apply_privacy(&kept_query_params);
+        }
+        drop(kept_query_params);
         if let Some(tap) = self.export_tap.get() {
             tap(&span);
         }
@@ -283,6 +307,53 @@ impl Assembler {
             }
         };
         match event {
+            Event::Data {
+                header,
+                flow,
+                conn_id,
+                total_len,
+                direction,
+                sample_threshold,
+                sampled_out,
+                request_side,
+                data,
+                // Not set on the DB path (bpf/db.h): its spans stay roots.
+                trace: _,
+            } if header.probe == crate::abi::PROBE_REDIS => {
+                let message = Message {
+                    probe: probe_name(header.probe),
+                    pid: header.pid,
+                    conn_id,
+                    ts_ns: header.ts_ns,
+                    direction,
+                    flow: flow.as_ref(),
+                    sample_threshold,
+                    sampled_out,
+                    data,
+                    netns: header.netns,
+                    cgroup_id: header.cgroup_id,
+                    trace: None,
+                };
+                let names = &mut self.names;
+                let comm = &header.comm;
+                let service = |pid: u32| service_name(names, pid, comm);
+                let mut spans = Vec::new();
+                let total_len = u64::try_from(total_len).unwrap_or(0);
+                self.parsers.stream(
+                    message,
+                    total_len,
+                    request_side,
+                    service,
+                    &self.clock,
+                    &mut spans,
+                );
+                self.observer
+                    .redis_unparsed
+                    .store(self.parsers.unparsed("redis"), Ordering::Relaxed);
+                for span in spans {
+                    self.observer.publish(span);
+                }
+            }
             Event::Data {
                 header,
                 flow,
@@ -415,10 +486,10 @@ impl Assembler {
 }
 
 fn probe_name(probe: u32) -> &'static str {
-    if probe == crate::abi::PROBE_TLS {
-        "tls"
-    } else {
-        "http"
+    match probe {
+        crate::abi::PROBE_TLS => "tls",
+        crate::abi::PROBE_REDIS => "redis",
+        _ => "http",
     }
 }
 

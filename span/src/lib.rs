@@ -13,11 +13,13 @@ use std::net::SocketAddr;
 
 use serde::Serialize;
 
+pub mod db;
 pub mod http;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod trace;
 
+pub use db::Db;
 pub use http::Http;
 pub use trace::{Link, TraceLink};
 
@@ -75,10 +77,12 @@ pub struct Span {
 #[serde(tag = "protocol", rename_all = "lowercase")]
 pub enum Protocol {
     Http(Http),
+    /// A Redis command and its reply (`db.system.name` redis).
+    Redis(Db),
 }
 
 /// Every protocol's RED schema, in the order metrics are exported.
-pub static RED_SCHEMAS: &[&RedSchema] = &[&http::RED_SCHEMA];
+pub static RED_SCHEMAS: &[&RedSchema] = &[&http::RED_SCHEMA, &db::REDIS_RED_SCHEMA];
 
 /// An attribute value, borrowed from the span.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -124,6 +128,7 @@ impl Span {
     pub fn name(&self, out: &mut String) {
         match &self.protocol {
             Protocol::Http(http) => http.name(out),
+            Protocol::Redis(db) => db.name(out),
         }
     }
 
@@ -137,6 +142,7 @@ impl Span {
     pub fn is_error(&self) -> bool {
         match &self.protocol {
             Protocol::Http(http) => http.is_error(self.kind),
+            Protocol::Redis(db) => db.is_error(),
         }
     }
 
@@ -145,6 +151,8 @@ impl Span {
     pub fn server_failed(&self) -> bool {
         match &self.protocol {
             Protocol::Http(http) => http.is_error(SpanKind::Server),
+            // The reply is the server's answer whichever side saw it.
+            Protocol::Redis(db) => db.is_error(),
         }
     }
 
@@ -152,6 +160,7 @@ impl Span {
     pub fn red(&self) -> RedDimensions<'_> {
         match &self.protocol {
             Protocol::Http(http) => http.red(),
+            Protocol::Redis(db) => db.red(&db::REDIS_RED_SCHEMA),
         }
     }
 
@@ -160,6 +169,7 @@ impl Span {
     pub fn for_each_attribute(&self, scratch: &mut String, mut emit: impl FnMut(&str, Value)) {
         match &self.protocol {
             Protocol::Http(http) => http.for_each_attribute(&mut emit),
+            Protocol::Redis(db) => db.for_each_attribute(&mut emit),
         }
         emit("apiary.probe", Value::Str(self.probe));
         emit("apiary.sample_rate", Value::Double(self.sample_rate));
@@ -187,6 +197,7 @@ impl Span {
     pub fn server_address(&self) -> Option<&str> {
         match &self.protocol {
             Protocol::Http(http) => http.host.as_deref(),
+            Protocol::Redis(_) => None,
         }
     }
 
@@ -195,6 +206,17 @@ impl Span {
     pub fn apply_privacy(&mut self, keep_query_params: &[String]) {
         match &mut self.protocol {
             Protocol::Http(http) => http.strip_query(keep_query_params),
+            // Keys go unless [`Span::keep_db_keys`] says otherwise.
+            Protocol::Redis(db) => db.apply_privacy(false),
+        }
+    }
+
+    /// [`Span::apply_privacy`] for an operator who asked to keep Redis keys
+    /// (`privacy.keep_redis_keys`): the same, but a Redis span keeps its key and query text.
+    pub fn apply_privacy_keeping_db_keys(&mut self, keep_query_params: &[String]) {
+        match &mut self.protocol {
+            Protocol::Redis(_) => {}
+            _ => self.apply_privacy(keep_query_params),
         }
     }
 
@@ -209,6 +231,15 @@ impl Span {
     pub fn http(&self) -> Option<&Http> {
         match &self.protocol {
             Protocol::Http(http) => Some(http),
+            _ => None,
+        }
+    }
+
+    /// The database attributes, when the exchange was a database's.
+    pub fn db(&self) -> Option<&Db> {
+        match &self.protocol {
+            Protocol::Redis(db) => Some(db),
+            Protocol::Http(_) => None,
         }
     }
 }

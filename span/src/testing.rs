@@ -38,6 +38,7 @@ impl Span {
     pub fn http_mut(&mut self) -> &mut Http {
         match &mut self.protocol {
             Protocol::Http(http) => http,
+            _ => panic!("not an HTTP span"),
         }
     }
 }

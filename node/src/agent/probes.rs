@@ -43,6 +43,7 @@ impl ProbeRuntime {
         let observer = Arc::new(Observer::default());
         observer.set_keep_rule(keep_rule(state.history().current()));
         observer.set_kept_query_params(state.history().current().privacy.keep_query_params.clone());
+        observer.set_keep_redis_keys(state.history().current().privacy.keep_redis_keys);
         let events = set
             .take_events()
             .context("the probes' ring buffer was already taken")?;
@@ -67,6 +68,9 @@ impl ProbeRuntime {
                 runtime
                     .observer
                     .set_kept_query_params(config.privacy.keep_query_params.clone());
+                runtime
+                    .observer
+                    .set_keep_redis_keys(config.privacy.keep_redis_keys);
                 let tuned = *runtime.tuned_rate.lock().unwrap_or_else(|p| p.into_inner());
                 let applied = runtime.lock().apply(&effective(&config, tuned));
                 match applied {
@@ -83,7 +87,11 @@ impl ProbeRuntime {
     }
 
     pub fn reports(&self) -> Vec<ProbeReport> {
-        self.lock().reports()
+        let mut reports = self.lock().reports();
+        for report in &mut reports {
+            report.unparsed = self.observer.unparsed(report.name);
+        }
+        reports
     }
 
     /// Sets the rate cooperative tuning chose (never above the configured one) and writes it
@@ -109,7 +117,7 @@ fn keep_rule(config: &ClusterConfig) -> KeepRule {
 
 /// `/v1/probes` when the node runs without probes.
 pub fn reports_without_probes(reason: &str) -> Vec<ProbeReport> {
-    ["http", "tls", "tcp", "process"]
+    apiary_config::PROBE_NAMES
         .into_iter()
         .map(|name| ProbeReport {
             name,
@@ -124,6 +132,7 @@ pub fn reports_without_probes(reason: &str) -> Vec<ProbeReport> {
             lost: 0,
             sampled_out: 0,
             filtered: 0,
+            unparsed: 0,
         })
         .collect()
 }

@@ -14,6 +14,7 @@
 //! 4. `span/src/lib.rs` — one [`apiary_span::Protocol`] variant and its arms.
 
 pub mod http1;
+pub mod redis;
 
 use apiary_span::Span;
 
@@ -40,6 +41,7 @@ pub struct Message<'a> {
 #[derive(Default)]
 pub struct Parsers {
     http1: http1::Matcher,
+    redis: redis::Matcher,
 }
 
 impl Parsers {
@@ -72,14 +74,43 @@ impl Parsers {
         http1::exchange(request, response, response_ts_ns, may_keep, service, clock)
     }
 
+    /// One buffer of a connection whose protocol the kernel found once for the connection and
+    /// whose every buffer it sends (bpf/db.h): `total_len` bytes, of which `message.data` were
+    /// captured, on the requests' side or the responses'. Spans of the exchanges it completes
+    /// (several, when commands were pipelined) go to `out`.
+    pub fn stream(
+        &mut self,
+        message: Message,
+        total_len: u64,
+        request_side: bool,
+        service: impl FnOnce(u32) -> String,
+        clock: &Clock,
+        out: &mut Vec<Span>,
+    ) {
+        // Redis is the only protocol found per connection yet; the next dispatch here on
+        // `message.probe`.
+        self.redis
+            .feed(message, total_len, request_side, service, clock, out)
+    }
+
+    /// Messages of a protocol that gave no span because they could not be parsed or paired
+    /// (`/v1/probes`' `unparsed`), by probe name.
+    pub fn unparsed(&self, probe: &str) -> u64 {
+        match probe {
+            "redis" => self.redis.unparsed,
+            _ => 0,
+        }
+    }
+
     /// Forgets the connections of a process that exited.
     pub fn forget_process(&mut self, pid: u32) {
         self.http1.forget_process(pid);
+        self.redis.forget_process(pid);
     }
 
     /// Connections with requests waiting for their response, over all protocols.
     pub fn pending_connections(&self) -> usize {
-        self.http1.pending_connections()
+        self.http1.pending_connections() + self.redis.pending_connections()
     }
 }
 

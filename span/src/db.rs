@@ -1,0 +1,93 @@
+//! Database exchanges (Redis; PostgreSQL and MySQL share the type), per the OpenTelemetry
+//! semantic conventions for database spans and metrics (`db.*`, v1.26+ names).
+
+use serde::Serialize;
+
+use crate::{RedDimensions, RedSchema, Value};
+
+/// One database operation: a command or statement and its reply.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+pub struct Db {
+    /// `db.system.name`: `redis`.
+    pub system: &'static str,
+    /// `db.operation.name`: the command (`GET`) or the statement's verb (`SELECT`).
+    pub operation: String,
+    /// `db.collection.name`: the table a statement names, where it names one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub collection: Option<String>,
+    /// `db.query.text`, sanitised (literals replaced by `?`); for Redis built from the key,
+    /// and only while the key is kept.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub query_text: Option<String>,
+    /// Redis: the command's first argument, its key. Dropped before a span is shown or
+    /// exported unless `privacy.keep_redis_keys` is set ([`crate::Span::apply_privacy`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// `db.response.status_code`: the error's code (Redis: its prefix, `ERR`, `WRONGTYPE`;
+    /// SQL: the SQLSTATE); `None` when the operation succeeded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status_code: Option<String>,
+}
+
+/// RED of Redis commands: by service, side and command; the status label is 1 for a command
+/// the server answered with an error, else 0 (the error's code is in the span).
+pub static REDIS_RED_SCHEMA: RedSchema = RedSchema {
+    protocol: "redis",
+    server_metric: "db.server.operation.duration",
+    client_metric: "db.client.operation.duration",
+    metric_description:
+        "Duration of Redis commands seen by Apiary's probes, counted before sampling.",
+    operation_attribute: "db.operation.name",
+    route_attribute: "db.collection.name",
+    status_attribute: "apiary.db.error",
+    prometheus_prefix: "apiary_redis",
+    prometheus_labels: ["command", "collection", "error"],
+};
+
+impl Db {
+    /// `{operation} {collection}`, or the operation alone (semantic conventions).
+    pub(crate) fn name(&self, out: &mut String) {
+        out.clear();
+        out.push_str(&self.operation);
+        if let Some(collection) = &self.collection {
+            out.push(' ');
+            out.push_str(collection);
+        }
+    }
+
+    pub fn is_error(&self) -> bool {
+        self.status_code.is_some()
+    }
+
+    pub(crate) fn red(&self, schema: &'static RedSchema) -> RedDimensions<'_> {
+        RedDimensions {
+            protocol: schema,
+            operation: &self.operation,
+            route: self.collection.as_deref().unwrap_or(""),
+            status: u16::from(self.is_error()),
+        }
+    }
+
+    /// What privacy rules keep: a Redis key only when asked for (keys hold user ids, emails,
+    /// session tokens), and with it the query text built from it.
+    pub(crate) fn apply_privacy(&mut self, keep_keys: bool) {
+        if !keep_keys && self.key.take().is_some() {
+            self.query_text = None;
+        }
+    }
+
+    pub(crate) fn for_each_attribute(&self, emit: &mut impl FnMut(&str, Value)) {
+        emit("db.system.name", Value::Str(self.system));
+        emit("db.operation.name", Value::Str(&self.operation));
+        if let Some(collection) = &self.collection {
+            emit("db.collection.name", Value::Str(collection));
+        }
+        if let Some(text) = &self.query_text {
+            emit("db.query.text", Value::Str(text));
+        }
+        if let Some(code) = &self.status_code {
+            emit("db.response.status_code", Value::Str(code));
+            emit("error.type", Value::Str(code));
+        }
+    }
+}
