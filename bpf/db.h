@@ -128,6 +128,8 @@ static __always_inline void emit_db_buffer(struct ap_data_event *ev, __u32 got, 
 			captured = got;
 	}
 	fill_data_event(ev, probe, conn, fd, db_total(extent), direction, threshold, flags);
+	/* The scratch event may hold an HTTP request's context from this CPU: DB records carry none. */
+	__builtin_memset(&ev->trace, 0, sizeof(ev->trace));
 	ev->h.proto = proto;
 	ev->captured = captured;
 	asm volatile("%0 &= %1" : "+r"(captured) : "i"(CAPTURE_MASK));

@@ -128,6 +128,38 @@ async fn retry_after_is_honoured_and_refusals_are_counted() {
     assert_eq!(load(&partial.stats.delivered_items), 4);
 }
 
+/// A merged request refused for good goes again batch by batch: only the stored batch the
+/// destination will not take is counted refused, the others' spans arrive.
+#[tokio::test]
+async fn a_merged_request_refused_for_good_costs_only_the_refused_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = free_addr();
+    let (receiver, _server) = Receiver::start(addr, Mode::RefuseSpan(23)).await;
+    let delivery = http_delivery(dir.path(), "strict", addr, 64 << 20, FullPolicy::Refuse);
+    // Stored before the delivery runs, so that the five batches go as one merged request.
+    enqueue_batches(&delivery, 0, 5, 10).await;
+    tokio::spawn(delivery.clone().run());
+    wait_until("all acknowledged", || {
+        load(&delivery.stats.queued_batches) == 0
+    })
+    .await;
+    assert_eq!(
+        load(&delivery.stats.refused_items),
+        10,
+        "the batch holding r23"
+    );
+    assert_eq!(load(&delivery.stats.delivered_items), 40);
+    let mut got = receiver.span_names();
+    got.sort();
+    let mut want = [expected(0, 20), expected(30, 20)].concat();
+    want.sort();
+    assert_eq!(got, want);
+    assert!(
+        receiver.requests.load(Ordering::SeqCst) >= 6,
+        "one merged request, then one per batch"
+    );
+}
+
 /// A slow destination gets several requests at once (up to the window, never more), and the
 /// acknowledgements, in order, leave nothing behind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

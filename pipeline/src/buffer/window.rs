@@ -4,7 +4,9 @@
 //! buffer in order so that a restart re-sends from the oldest unacknowledged batch.
 //!
 //! Retryable failures back off exponentially with jitter (or as long as the destination
-//! asked); a batch refused for good is counted as refused and acknowledged.
+//! asked); a batch refused for good is counted as refused and acknowledged. A merged request
+//! refused for good is sent again batch by batch, so that one app's batch the destination will
+//! not take (bad bytes the receivers did not decode) costs only that batch.
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
@@ -28,6 +30,8 @@ struct Send {
     items: u32,
     batches: u64,
     payload: Vec<u8>,
+    /// Where each stored batch ends in `payload`, and its items.
+    parts: Vec<(usize, u32)>,
 }
 
 /// What became of a send, by its place in the order.
@@ -148,6 +152,7 @@ impl<S: Sink> Delivery<S> {
                     items: 0,
                     batches: 1,
                     payload: Vec::new(),
+                    parts: Vec::new(),
                 });
                 continue;
             };
@@ -159,6 +164,7 @@ impl<S: Sink> Delivery<S> {
                         && send.items.saturating_add(items) <= self.limits.max_items =>
                 {
                     send.payload.extend_from_slice(&payload);
+                    send.parts.push((send.payload.len(), items));
                     send.items += items;
                     send.batches += 1;
                     send.last = seq;
@@ -168,6 +174,7 @@ impl<S: Sink> Delivery<S> {
                     signal,
                     items,
                     batches: 1,
+                    parts: vec![(payload.len(), items)],
                     payload: payload.into_owned(),
                 }),
             }
@@ -175,7 +182,8 @@ impl<S: Sink> Delivery<S> {
         Ok(sends)
     }
 
-    /// Sends until the destination took it or refused it for good.
+    /// Sends until the destination took it or refused it for good; a merged request refused
+    /// for good goes again one stored batch at a time.
     async fn send_until_done(&self, send: Send) -> Finished {
         let finished = |refused| Finished {
             last: send.last,
@@ -186,16 +194,43 @@ impl<S: Sink> Delivery<S> {
         if send.payload.is_empty() {
             return finished(send.items as u64);
         }
+        match self
+            .send_payload(send.signal, &send.payload, send.items)
+            .await
+        {
+            Ok(rejected) => finished(rejected),
+            Err(()) if send.parts.len() > 1 => {
+                tracing::warn!(destination = %self.name, batches = send.parts.len(),
+                    "a merged request was refused for good: sending its batches one by one");
+                let mut refused = 0;
+                let mut start = 0;
+                for &(end, items) in &send.parts {
+                    let part = &send.payload[start..end];
+                    refused += match self.send_payload(send.signal, part, items).await {
+                        Ok(rejected) => rejected,
+                        Err(()) => items as u64,
+                    };
+                    start = end;
+                }
+                finished(refused)
+            }
+            Err(()) => finished(send.items as u64),
+        }
+    }
+
+    /// Sends `payload` (`items` items) until the destination takes it (`Ok`: how many items
+    /// it rejected) or refuses it for good (`Err`, logged and counted as a failed attempt).
+    async fn send_payload(&self, signal: Signal, payload: &[u8], items: u32) -> Result<u64, ()> {
         let mut attempt: u32 = 0;
         loop {
-            match self.sink.send(send.signal, &send.payload).await {
+            match self.sink.send(signal, payload).await {
                 Ok(outcome) => {
                     if outcome.rejected_items > 0 {
                         tracing::warn!(destination = %self.name, rejected = outcome.rejected_items,
                             "destination rejected part of a batch: {}", outcome.message);
                     }
                     self.stats.set_last_error(None);
-                    return finished(outcome.rejected_items.min(send.items as u64));
+                    return Ok(outcome.rejected_items.min(items as u64));
                 }
                 Err(SendError::Retryable {
                     reason,
@@ -210,10 +245,10 @@ impl<S: Sink> Delivery<S> {
                 }
                 Err(SendError::Permanent(reason)) => {
                     self.stats.failed_attempts.fetch_add(1, Ordering::Relaxed);
-                    tracing::error!(destination = %self.name, items = send.items,
+                    tracing::error!(destination = %self.name, items,
                         "destination refused a batch for good: {reason}");
                     self.stats.set_last_error(Some(reason));
-                    return finished(send.items as u64);
+                    return Err(());
                 }
             }
         }

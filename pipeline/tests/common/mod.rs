@@ -28,6 +28,9 @@ pub enum Mode {
     RejectOne,
     /// Hold every request this long before accepting it: a slow collector.
     Slow(Duration),
+    /// Answer 400 to a request holding span `GET /r{N}`, as a strict collector answers
+    /// bytes it cannot decode.
+    RefuseSpan(usize),
 }
 
 /// A destination: what it received, and how many requests it held at once.
@@ -98,6 +101,18 @@ impl Receiver {
             "the destination's headers are sent"
         );
         let request = ExportTraceServiceRequest::decode(body.as_ref()).expect("valid OTLP");
+        if let Mode::RefuseSpan(refused) = mode {
+            let name = format!("GET /r{refused}");
+            let holds = request
+                .resource_spans
+                .iter()
+                .flat_map(|r| &r.scope_spans)
+                .flat_map(|s| &s.spans)
+                .any(|s| s.name == name);
+            if holds {
+                return (StatusCode::BAD_REQUEST, Vec::new()).into_response();
+            }
+        }
         let mut spans = self.spans.lock().unwrap();
         for resource in &request.resource_spans {
             for scope in &resource.scope_spans {
