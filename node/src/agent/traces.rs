@@ -151,6 +151,13 @@ impl TraceStore {
             }
         };
         match serde_json::to_vec(&self.spans_json(&trace, node)) {
+            // Past a frame the answer would be cut off at the caller: say so instead.
+            Ok(payload) if payload.len() > MAX_ANSWER_BYTES => Message::Refused {
+                reason: format!(
+                    "this node holds {} bytes of that trace's spans, more than one answer carries ({MAX_ANSWER_BYTES}); lower --trace-store-spans",
+                    payload.len()
+                ),
+            },
             Ok(payload) => Message::Response { payload },
             Err(e) => Message::Refused {
                 reason: format!("cannot encode the spans: {e}"),
@@ -159,12 +166,18 @@ impl TraceStore {
     }
 }
 
+/// The most bytes of spans one member answers with, under the wire's 16 MiB frame.
+const MAX_ANSWER_BYTES: usize = 8 << 20;
+
 /// A W3C trace id: 32 lowercase or uppercase hex digits, not all zero.
 pub fn parse_trace_id(text: &str) -> Result<TraceId, String> {
     let bytes = text.as_bytes();
     if bytes.len() != 32 {
+        // Not echoed whole: it may be anything a caller put in the path.
+        let shown: String = text.chars().take(40).collect();
         return Err(format!(
-            "{text:?} has {} characters; a trace id is 32 hex digits",
+            "{shown:?}{} has {} characters; a trace id is 32 hex digits",
+            if shown.len() < text.len() { "…" } else { "" },
             bytes.len()
         ));
     }
