@@ -47,6 +47,66 @@ fn names(bodies: Vec<Vec<u8>>) -> Vec<String> {
         .collect()
 }
 
+/// Posts `requests` requests of `per` spans (built by `build`) until the node refuses one with
+/// 429: the span names it acknowledged, and the refusal's Retry-After and body.
+async fn flood_until_refused(
+    cluster: &Cluster,
+    requests: usize,
+    per: usize,
+    build: fn(usize, usize) -> ExportTraceServiceRequest,
+) -> (
+    Vec<String>,
+    Option<(Option<reqwest::header::HeaderValue>, String)>,
+) {
+    let url = format!("http://{}/v1/traces", cluster.nodes[0].otlp);
+    let mut acknowledged = Vec::new();
+    for r in 0..requests {
+        let response = cluster
+            .http
+            .post(&url)
+            .header("content-type", "application/x-protobuf")
+            .body(build(r * per, per).encode_to_vec())
+            .send()
+            .await
+            .unwrap();
+        match response.status().as_u16() {
+            200 => acknowledged.extend((r * per..(r + 1) * per).map(|i| format!("flood-{i}"))),
+            429 => {
+                let retry_after = response.headers().get("retry-after").cloned();
+                return (
+                    acknowledged,
+                    Some((retry_after, response.text().await.unwrap())),
+                );
+            }
+            other => panic!("answered {other}: {}", response.text().await.unwrap()),
+        }
+    }
+    (acknowledged, None)
+}
+
+/// Waits until `collector` holds every span in `acknowledged`, then checks it holds exactly
+/// those.
+async fn collector_gets_exactly(
+    cluster: &Cluster,
+    collector: &Collector,
+    acknowledged: Vec<String>,
+) {
+    cluster
+        .wait_for(
+            Duration::from_secs(60),
+            "every acknowledged span at the collector",
+            |_| {
+                let got = names(collector.bodies("/v1/traces"));
+                let want = acknowledged.len();
+                async move { (got.len() >= want).then_some(()) }
+            },
+        )
+        .await;
+    let got: BTreeSet<String> = names(collector.bodies("/v1/traces")).into_iter().collect();
+    let want: BTreeSet<String> = acknowledged.into_iter().collect();
+    assert_eq!(got, want, "delivered exactly what was acknowledged");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_buffer_answers_429_and_every_acknowledged_span_arrives_later() {
     let max_bytes = 200_000;
@@ -71,29 +131,8 @@ async fn a_full_buffer_answers_429_and_every_acknowledged_span_arrives_later() {
     assert_eq!(status, 200, "{body}");
     tokio::time::sleep(Duration::from_millis(300)).await;
 
-    let url = format!("http://{}/v1/traces", cluster.nodes[0].otlp);
     let per = 200;
-    let mut acknowledged = Vec::new();
-    let mut refusal = None;
-    for r in 0..400 {
-        let response = cluster
-            .http
-            .post(&url)
-            .header("content-type", "application/x-protobuf")
-            .body(request(r * per, per).encode_to_vec())
-            .send()
-            .await
-            .unwrap();
-        match response.status().as_u16() {
-            200 => acknowledged.extend((r * per..(r + 1) * per).map(|i| format!("flood-{i}"))),
-            429 => {
-                let retry_after = response.headers().get("retry-after").cloned();
-                refusal = Some((retry_after, response.text().await.unwrap()));
-                break;
-            }
-            other => panic!("answered {other}: {}", response.text().await.unwrap()),
-        }
-    }
+    let (acknowledged, refusal) = flood_until_refused(&cluster, 400, per, request).await;
     let (retry_after, message) = refusal.expect("400 requests of 200 spans never pushed back");
     let seconds: u64 = retry_after
         .expect("a 429 without Retry-After")
@@ -133,20 +172,7 @@ async fn a_full_buffer_answers_429_and_every_acknowledged_span_arrives_later() {
     // The collector comes up: the backlog drains, and what was refused never shows up.
     let collector = Collector::default();
     collector.start_on(collector_port).await;
-    cluster
-        .wait_for(
-            Duration::from_secs(60),
-            "every acknowledged span at the collector",
-            |_| {
-                let got = names(collector.bodies("/v1/traces"));
-                let want = acknowledged.len();
-                async move { (got.len() >= want).then_some(()) }
-            },
-        )
-        .await;
-    let got: BTreeSet<String> = names(collector.bodies("/v1/traces")).into_iter().collect();
-    let want: BTreeSet<String> = acknowledged.into_iter().collect();
-    assert_eq!(got, want, "delivered exactly what was acknowledged");
+    collector_gets_exactly(&cluster, &collector, acknowledged).await;
 }
 
 /// `destination.NAME.when_full = "drop"` is the destination's own choice: while it is down
@@ -329,29 +355,9 @@ async fn a_nearly_full_disk_pushes_back_and_leaves_the_raft_log_room() {
     assert_eq!(status, 200, "{body}");
     tokio::time::sleep(Duration::from_millis(300)).await;
 
-    let url = format!("http://{}/v1/traces", cluster.nodes[0].otlp);
     let per = 200;
-    let mut acknowledged = Vec::new();
-    let mut refusal = None;
-    for r in 0..2000 {
-        let response = cluster
-            .http
-            .post(&url)
-            .header("content-type", "application/x-protobuf")
-            .body(incompressible(r * per, per).encode_to_vec())
-            .send()
-            .await
-            .unwrap();
-        match response.status().as_u16() {
-            200 => acknowledged.extend((r * per..(r + 1) * per).map(|i| format!("flood-{i}"))),
-            429 => {
-                refusal = Some(response.text().await.unwrap());
-                break;
-            }
-            other => panic!("answered {other}: {}", response.text().await.unwrap()),
-        }
-    }
-    let message = refusal.expect("a 24 MiB disk never pushed back");
+    let (acknowledged, refusal) = flood_until_refused(&cluster, 2000, per, incompressible).await;
+    let (_, message) = refusal.expect("a 24 MiB disk never pushed back");
     assert!(message.contains("disk is nearly full"), "{message}");
     assert!(!acknowledged.is_empty());
 
@@ -379,18 +385,5 @@ async fn a_nearly_full_disk_pushes_back_and_leaves_the_raft_log_room() {
 
     let collector = Collector::default();
     collector.start_on(collector_port).await;
-    cluster
-        .wait_for(
-            Duration::from_secs(60),
-            "every acknowledged span at the collector",
-            |_| {
-                let got = names(collector.bodies("/v1/traces"));
-                let want = acknowledged.len();
-                async move { (got.len() >= want).then_some(()) }
-            },
-        )
-        .await;
-    let got: BTreeSet<String> = names(collector.bodies("/v1/traces")).into_iter().collect();
-    let want: BTreeSet<String> = acknowledged.into_iter().collect();
-    assert_eq!(got, want, "delivered exactly what was acknowledged");
+    collector_gets_exactly(&cluster, &collector, acknowledged).await;
 }
