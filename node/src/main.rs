@@ -91,7 +91,23 @@ enum Command {
     },
 }
 
+/// Blocks of 256 KiB and more (merged export requests, request bodies) get a mapping of
+/// their own, handed back to the kernel when freed. By default glibc raises this threshold to
+/// the largest block freed so far and from then on keeps such blocks in its heap arenas, where
+/// a burst (a backlog draining, a flood) leaves its high-water mark resident for good.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn return_large_blocks_to_the_kernel() {
+    // SAFETY: mallopt only sets an allocator parameter; this runs before any other thread.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 10);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn return_large_blocks_to_the_kernel() {}
+
 fn main() -> std::process::ExitCode {
+    return_large_blocks_to_the_kernel();
     let matches = Cli::command().get_matches();
     let cli = match Cli::from_arg_matches(&matches) {
         Ok(cli) => cli,

@@ -7,7 +7,7 @@ mod common;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use apiary_pipeline::{Delivery, FullPolicy, OtlpHttp, SendLimits, Signal};
+use apiary_pipeline::{Delivery, Framed, FullPolicy, OtlpHttp, SendLimits, Signal};
 use apiary_storage::SegmentQueue;
 use common::{
     encoded, enqueue_batches, expected, free_addr, http_delivery, load, wait_until, Mode, Receiver,
@@ -158,6 +158,37 @@ async fn a_merged_request_refused_for_good_costs_only_the_refused_batch() {
         receiver.requests.load(Ordering::SeqCst) >= 6,
         "one merged request, then one per batch"
     );
+}
+
+/// A stored batch that does not decompress (damaged on disk) is left out of the request it
+/// was merged into and counted refused; the batches around it, and after a batch with no
+/// readable header at all, still arrive.
+#[tokio::test]
+async fn a_damaged_stored_batch_is_counted_refused_and_the_rest_arrive() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = free_addr();
+    let (receiver, _server) = Receiver::start(addr, Mode::Accept).await;
+    {
+        let queue = SegmentQueue::open_for_cap(&dir.path().join("damaged"), 64 << 20).unwrap();
+        let good = |from| Framed::new(Signal::Traces, 10, &encoded(from, 10));
+        queue.push(good(0).stored_bytes()).await.unwrap();
+        let cut = good(10).stored_bytes().to_vec();
+        queue.push(&cut[..cut.len() - 5]).await.unwrap();
+        queue.push(good(20).stored_bytes()).await.unwrap();
+        queue.push(b"\x7f").await.unwrap();
+        queue.push(good(30).stored_bytes()).await.unwrap();
+    }
+    let delivery = http_delivery(dir.path(), "damaged", addr, 64 << 20, FullPolicy::Refuse);
+    tokio::spawn(delivery.clone().run());
+    wait_until("the damaged batch counted", || {
+        load(&delivery.stats.refused_items) == 10 && load(&delivery.stats.delivered_items) == 30
+    })
+    .await;
+    let mut got = receiver.span_names();
+    got.sort();
+    let mut want = [expected(0, 10), expected(20, 10), expected(30, 10)].concat();
+    want.sort();
+    assert_eq!(got, want);
 }
 
 /// A slow destination gets several requests at once (up to the window, never more), and the

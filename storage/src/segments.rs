@@ -376,17 +376,30 @@ impl SegmentQueue {
     /// the last ones handed out, oldest first. Each is handed out once, until a reopen starts
     /// again from the first one not acknowledged.
     pub fn read_next(&self, max_items: usize, max_bytes: u64) -> Result<Vec<(u64, Vec<u8>)>> {
+        self.read_next_weighed(max_items, max_bytes, |item| item.len() as u64)
+    }
+
+    /// As [`read_next`](Self::read_next), with `max_weight` counted in `weight` of each item
+    /// instead of its stored bytes: a caller that expands what it reads (decompresses it) bounds
+    /// what it will hold, not what the disk holds.
+    pub fn read_next_weighed(
+        &self,
+        max_items: usize,
+        max_weight: u64,
+        weight: impl Fn(&[u8]) -> u64,
+    ) -> Result<Vec<(u64, Vec<u8>)>> {
         let mut state = self.lock();
         let mut out = Vec::new();
-        let mut bytes = 0u64;
+        let mut total = 0u64;
         while out.len() < max_items {
             let Some((item, next)) = self.record_at(&state, state.read)? else {
                 break;
             };
-            if !out.is_empty() && bytes + item.len() as u64 > max_bytes {
+            let this = weight(&item);
+            if !out.is_empty() && total.saturating_add(this) > max_weight {
                 break;
             }
-            bytes += item.len() as u64;
+            total = total.saturating_add(this);
             out.push((state.read.seq, item));
             state.read = next;
         }

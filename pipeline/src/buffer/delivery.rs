@@ -29,6 +29,11 @@ impl Framed {
         }
     }
 
+    /// The record the buffer stores (for tools and tests that write a buffer directly).
+    pub fn stored_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
     /// What it takes on disk.
     pub fn disk_bytes(&self) -> u64 {
         self.bytes.len() as u64 + RECORD_OVERHEAD

@@ -13,10 +13,11 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use tokio::task::JoinSet;
 
 use crate::buffer::delivery::{backoff, Delivery};
-use crate::buffer::frame::unframe;
+use crate::buffer::frame::{expanded_len, peek, Stored};
 use crate::signal::Signal;
 use crate::sinks::sink::{SendError, Sink};
 
@@ -27,11 +28,38 @@ const READ_BATCHES: usize = 64;
 struct Send {
     last: u64,
     signal: Signal,
+    /// Every stored batch's items, `damaged_items` among them.
     items: u32,
     batches: u64,
-    payload: Vec<u8>,
+    /// Items of batches that did not decompress: not in `payload`, counted refused.
+    damaged_items: u64,
+    payload: Bytes,
     /// Where each stored batch ends in `payload`, and its items.
     parts: Vec<(usize, u32)>,
+}
+
+/// Stored batches that will go as one send: one signal, within the size limits.
+struct Group<'a> {
+    signal: Signal,
+    /// Expanded bytes and items of all of them.
+    len: usize,
+    items: u32,
+    batches: Vec<(u64, Stored<'a>)>,
+}
+
+impl Send {
+    /// A stored batch whose header cannot be read (its items unknown): acknowledged, not sent.
+    fn unreadable(seq: u64) -> Send {
+        Send {
+            last: seq,
+            signal: Signal::Traces,
+            items: 0,
+            batches: 1,
+            damaged_items: 0,
+            payload: Bytes::new(),
+            parts: Vec::new(),
+        }
+    }
 }
 
 /// What became of a send, by its place in the order.
@@ -133,69 +161,98 @@ impl<S: Sink> Delivery<S> {
         }
     }
 
-    /// The next stored batches, merged into sends of one signal under the size limits.
+    /// The next stored batches, merged into sends of one signal under the size limits. Reads
+    /// are bounded by the batches' expanded size, and each send's payload is one allocation of
+    /// its exact size with every batch expanded straight into its place: what delivery holds
+    /// is what it sends, and the sinks take it without a copy.
     fn read_sends(&self) -> Result<Vec<Send>, String> {
         let stored = self
             .queue
             // About one request's worth per read: the loop in `run` reads again until the
             // window is full, and reading further ahead only holds memory.
-            .read_next(READ_BATCHES, self.limits.max_bytes.max(1 << 20) as u64)
+            .read_next_weighed(
+                READ_BATCHES,
+                self.limits.max_bytes.max(1 << 20) as u64,
+                expanded_len,
+            )
             .map_err(|e| e.to_string())?;
+        let mut groups: Vec<Group<'_>> = Vec::new();
         let mut sends: Vec<Send> = Vec::new();
-        for (seq, item) in stored {
-            let Some((signal, items, payload)) = unframe(&item) else {
+        for (seq, item) in &stored {
+            let Some(batch) = peek(item) else {
                 tracing::error!(destination = %self.name, seq, "unreadable batch in the export buffer, skipped");
-                // Acknowledged with the send before it (or alone), so it is not read again.
-                sends.push(Send {
-                    last: seq,
-                    signal: Signal::Traces,
-                    items: 0,
-                    batches: 1,
-                    payload: Vec::new(),
-                    parts: Vec::new(),
-                });
+                // Acknowledged in its place in the order, so it is not read again.
+                sends.extend(groups.drain(..).map(|group| self.merge(group)));
+                sends.push(Send::unreadable(*seq));
                 continue;
             };
-            match sends.last_mut() {
-                Some(send)
-                    if send.signal == signal
-                        && send.items > 0
-                        && send.payload.len() + payload.len() <= self.limits.max_bytes
-                        && send.items.saturating_add(items) <= self.limits.max_items =>
+            let (len, items) = (batch.len, batch.items);
+            match groups.last_mut() {
+                Some(group)
+                    if group.signal == batch.signal
+                        && group.len + len <= self.limits.max_bytes
+                        && group.items.saturating_add(items) <= self.limits.max_items =>
                 {
-                    send.payload.extend_from_slice(&payload);
-                    send.parts.push((send.payload.len(), items));
-                    send.items += items;
-                    send.batches += 1;
-                    send.last = seq;
+                    group.batches.push((*seq, batch));
+                    group.len += len;
+                    group.items += items;
                 }
-                _ => sends.push(Send {
-                    last: seq,
-                    signal,
+                _ => groups.push(Group {
+                    signal: batch.signal,
+                    len,
                     items,
-                    batches: 1,
-                    parts: vec![(payload.len(), items)],
-                    payload: payload.into_owned(),
+                    batches: vec![(*seq, batch)],
                 }),
             }
         }
+        sends.extend(groups.into_iter().map(|group| self.merge(group)));
         Ok(sends)
+    }
+
+    /// One send of `group`: its batches expanded one after another. A batch that does not
+    /// expand to what its header says is left out and counted refused.
+    fn merge(&self, group: Group<'_>) -> Send {
+        let mut payload = Vec::with_capacity(group.len);
+        let mut send = Send {
+            last: group.batches.last().map_or(0, |(seq, _)| *seq),
+            signal: group.signal,
+            items: group.items,
+            batches: group.batches.len() as u64,
+            damaged_items: 0,
+            payload: Bytes::new(),
+            parts: Vec::with_capacity(group.batches.len()),
+        };
+        for (seq, batch) in &group.batches {
+            let start = payload.len();
+            payload.resize(start + batch.len, 0);
+            if batch.expand_into(&mut payload[start..]).is_none() {
+                tracing::error!(destination = %self.name, seq, items = batch.items,
+                    "a batch in the export buffer does not decompress: counted refused, skipped");
+                payload.truncate(start);
+                send.damaged_items += batch.items as u64;
+                continue;
+            }
+            send.parts.push((payload.len(), batch.items));
+        }
+        send.payload = Bytes::from(payload);
+        send
     }
 
     /// Sends until the destination took it or refused it for good; a merged request refused
     /// for good goes again one stored batch at a time.
     async fn send_until_done(&self, send: Send) -> Finished {
-        let finished = |refused| Finished {
+        let finished = |refused: u64| Finished {
             last: send.last,
             items: send.items,
             batches: send.batches,
-            refused,
+            refused: refused + send.damaged_items,
         };
+        let sent_items = (send.items as u64).saturating_sub(send.damaged_items) as u32;
         if send.payload.is_empty() {
-            return finished(send.items as u64);
+            return finished(sent_items as u64);
         }
         match self
-            .send_payload(send.signal, &send.payload, send.items)
+            .send_payload(send.signal, send.payload.clone(), sent_items)
             .await
         {
             Ok(rejected) => finished(rejected),
@@ -205,7 +262,7 @@ impl<S: Sink> Delivery<S> {
                 let mut refused = 0;
                 let mut start = 0;
                 for &(end, items) in &send.parts {
-                    let part = &send.payload[start..end];
+                    let part = send.payload.slice(start..end);
                     refused += match self.send_payload(send.signal, part, items).await {
                         Ok(rejected) => rejected,
                         Err(()) => items as u64,
@@ -214,16 +271,16 @@ impl<S: Sink> Delivery<S> {
                 }
                 finished(refused)
             }
-            Err(()) => finished(send.items as u64),
+            Err(()) => finished(sent_items as u64),
         }
     }
 
     /// Sends `payload` (`items` items) until the destination takes it (`Ok`: how many items
     /// it rejected) or refuses it for good (`Err`, logged and counted as a failed attempt).
-    async fn send_payload(&self, signal: Signal, payload: &[u8], items: u32) -> Result<u64, ()> {
+    async fn send_payload(&self, signal: Signal, payload: Bytes, items: u32) -> Result<u64, ()> {
         let mut attempt: u32 = 0;
         loop {
-            match self.sink.send(signal, payload).await {
+            match self.sink.send(signal, payload.clone()).await {
                 Ok(outcome) => {
                     if outcome.rejected_items > 0 {
                         tracing::warn!(destination = %self.name, rejected = outcome.rejected_items,

@@ -1,6 +1,7 @@
 //! The JSON-lines sink: OTLP/JSON, one export request per line, to a file (rotated) or to
 //! standard output.
 
+use bytes::Bytes;
 use opentelemetry_proto::tonic::collector::{logs, metrics, trace};
 use prost::Message;
 
@@ -62,9 +63,9 @@ impl JsonLines {
 }
 
 impl Sink for JsonLines {
-    async fn send(&self, signal: Signal, payload: &[u8]) -> Result<Accepted, SendError> {
+    async fn send(&self, signal: Signal, payload: Bytes) -> Result<Accepted, SendError> {
         use tokio::io::AsyncWriteExt;
-        let line = Self::line(signal, payload)?;
+        let line = Self::line(signal, &payload)?;
         let retry = |what: &str, e: std::io::Error| SendError::Retryable {
             reason: format!("cannot {what}: {e}"),
             retry_after: None,
@@ -121,7 +122,9 @@ mod tests {
         };
         let payload = request.encode_to_vec();
         for _ in 0..12 {
-            sink.send(Signal::Traces, &payload).await.unwrap();
+            sink.send(Signal::Traces, payload.clone().into())
+                .await
+                .unwrap();
         }
         let text = std::fs::read_to_string(&path).unwrap();
         let first = text.lines().next().unwrap();
@@ -130,7 +133,8 @@ mod tests {
         assert!(dir.path().join("spans.jsonl.1").exists(), "rotated");
         assert!(std::fs::metadata(&path).unwrap().len() <= 200);
         assert!(matches!(
-            sink.send(Signal::Traces, b"\xff\xff").await,
+            sink.send(Signal::Traces, Bytes::from_static(b"\xff\xff"))
+                .await,
             Err(SendError::Permanent(_))
         ));
     }

@@ -12,6 +12,8 @@ pub use otlp_grpc::OtlpGrpc;
 pub use otlp_http::OtlpHttp;
 pub use sink::{Accepted, SendError, Sink};
 
+use bytes::Bytes;
+
 use crate::signal::Signal;
 
 /// Any of the sinks, so one delivery type serves every destination.
@@ -22,7 +24,7 @@ pub enum AnySink {
 }
 
 impl Sink for AnySink {
-    async fn send(&self, signal: Signal, payload: &[u8]) -> Result<Accepted, SendError> {
+    async fn send(&self, signal: Signal, payload: Bytes) -> Result<Accepted, SendError> {
         match self {
             AnySink::Http(sink) => sink.send(signal, payload).await,
             AnySink::Grpc(sink) => sink.send(signal, payload).await,

@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use bytes::Bytes;
 use opentelemetry_proto::tonic::collector::{logs, metrics, trace};
 use prost::bytes::{Buf, BufMut};
 use tonic::codegen::http::uri::PathAndQuery;
@@ -18,7 +19,7 @@ use crate::sinks::sink::{Accepted, SendError, Sink};
 
 /// An already-encoded protobuf message: encoding it writes its bytes unchanged.
 #[derive(Clone, Default, PartialEq)]
-struct Encoded(Vec<u8>);
+struct Encoded(Bytes);
 
 impl std::fmt::Debug for Encoded {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -47,7 +48,7 @@ impl prost::Message for Encoded {
     }
 
     fn clear(&mut self) {
-        self.0.clear();
+        self.0 = Bytes::new();
     }
 }
 
@@ -95,13 +96,13 @@ impl OtlpGrpc {
     async fn export<Response: prost::Message + Default + 'static>(
         &self,
         path: &'static str,
-        payload: &[u8],
+        payload: Bytes,
     ) -> Result<Response, Status> {
         let mut grpc = tonic::client::Grpc::new(self.channel.clone());
         grpc.ready()
             .await
             .map_err(|e| Status::unavailable(format!("not connected: {e}")))?;
-        let mut request = tonic::Request::new(Encoded(payload.to_vec()));
+        let mut request = tonic::Request::new(Encoded(payload));
         *request.metadata_mut() = self.metadata.clone();
         let codec = tonic_prost::ProstCodec::<Encoded, Response>::default();
         grpc.unary(request, PathAndQuery::from_static(path), codec)
@@ -111,7 +112,7 @@ impl OtlpGrpc {
 }
 
 impl Sink for OtlpGrpc {
-    async fn send(&self, signal: Signal, payload: &[u8]) -> Result<Accepted, SendError> {
+    async fn send(&self, signal: Signal, payload: Bytes) -> Result<Accepted, SendError> {
         let result = match signal {
             Signal::Traces => self
                 .export::<trace::v1::ExportTraceServiceResponse>(
@@ -231,7 +232,7 @@ mod tests {
     fn encoded_payload_is_sent_unchanged() {
         let request = trace::v1::ExportTraceServiceRequest::default();
         let bytes = vec![10, 0];
-        let encoded = Encoded(bytes.clone());
+        let encoded = Encoded(Bytes::from(bytes.clone()));
         assert_eq!(encoded.encode_to_vec(), bytes);
         assert!(trace::v1::ExportTraceServiceRequest::decode(bytes.as_slice()).is_ok());
         assert_eq!(request.encode_to_vec().len(), 0);
@@ -253,7 +254,10 @@ mod tests {
             .port();
         let sink = OtlpGrpc::new(&format!("http://collector:s3cret@127.0.0.1:{port}"), vec![]);
         let text = match sink {
-            Ok(sink) => format!("{:?}", sink.send(Signal::Traces, b"").await.unwrap_err()),
+            Ok(sink) => format!(
+                "{:?}",
+                sink.send(Signal::Traces, Bytes::new()).await.unwrap_err()
+            ),
             Err(refused) => refused,
         };
         assert!(!text.contains("s3cret"), "{text}");

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use bytes::Bytes;
 use opentelemetry_proto::tonic::collector::{logs, metrics, trace};
 use prost::Message;
 
@@ -61,13 +62,13 @@ impl OtlpHttp {
 }
 
 impl Sink for OtlpHttp {
-    async fn send(&self, signal: Signal, payload: &[u8]) -> Result<Accepted, SendError> {
+    async fn send(&self, signal: Signal, payload: Bytes) -> Result<Accepted, SendError> {
         let url = format!("{}{}", self.base, signal.path());
         let mut request = self
             .client
             .post(&url)
             .header("content-type", "application/x-protobuf")
-            .body(payload.to_vec());
+            .body(payload);
         for (name, value) in &self.headers {
             request = request.header(name, value);
         }
@@ -118,7 +119,7 @@ mod tests {
             .port(); // free, so the connection is refused
         let sink =
             OtlpHttp::new(&format!("http://collector:s3cret@127.0.0.1:{port}"), vec![]).unwrap();
-        let error = sink.send(Signal::Traces, b"").await.unwrap_err();
+        let error = sink.send(Signal::Traces, Bytes::new()).await.unwrap_err();
         let text = format!("{error:?}");
         assert!(!text.contains("s3cret"), "{text}");
         assert!(text.contains("cannot reach http://collector:"), "{text}");

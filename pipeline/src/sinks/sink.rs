@@ -4,6 +4,8 @@
 use std::future::Future;
 use std::time::Duration;
 
+use bytes::Bytes;
+
 use crate::signal::Signal;
 
 /// What the destination said about a batch it took.
@@ -30,11 +32,12 @@ pub enum SendError {
 }
 
 /// A destination's transport: sends one stored batch, the encoded OTLP export request of
-/// `signal`, and says what became of it.
+/// `signal`, and says what became of it. The payload is shared, not copied: a retry sends the
+/// same bytes again, and the transport holds them only while it writes them.
 pub trait Sink: Send + Sync + 'static {
     fn send(
         &self,
         signal: Signal,
-        payload: &[u8],
+        payload: Bytes,
     ) -> impl Future<Output = Result<Accepted, SendError>> + Send;
 }
