@@ -2,7 +2,7 @@
 //! ([`Delivery::admit`]) and then store ([`Delivery::store`]); what happens when there is no
 //! room is the [`FullPolicy`]'s. Sending is `buffer::window`'s.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -106,6 +106,9 @@ pub struct Delivery<S: Sink> {
     /// Free bytes the buffer leaves on its filesystem (0: no check): the disk is shared with
     /// the Raft log, which must never be the one to find it full.
     disk_reserve: AtomicU64,
+    /// The filesystem would not say its free space (logged once): the reserve goes unchecked
+    /// and only a failed write refuses.
+    disk_unknown_logged: AtomicBool,
     pub stats: Arc<DeliveryStats>,
     pub(crate) wake: Notify,
 }
@@ -145,6 +148,7 @@ impl<S: Sink> Delivery<S> {
             max_bytes,
             policy,
             disk_reserve: AtomicU64::new(0),
+            disk_unknown_logged: AtomicBool::new(false),
             stats,
             wake: Notify::new(),
         }))
@@ -170,8 +174,17 @@ impl<S: Sink> Delivery<S> {
         if reserve == 0 {
             return None;
         }
-        let available = self.queue.disk_available().ok()?;
-        Some(DiskRoom { available, reserve })
+        match self.queue.disk_available() {
+            Ok(available) => Some(DiskRoom { available, reserve }),
+            Err(e) => {
+                if !self.disk_unknown_logged.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(destination = %self.name,
+                        "cannot read the export buffer's free disk space ({e}): the disk reserve \
+                         is not checked, and a full disk shows only as failed writes");
+                }
+                None
+            }
+        }
     }
 
     /// Room for `batch` now, or why not. The cap is the segment files' size on disk plus
