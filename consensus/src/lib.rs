@@ -323,6 +323,62 @@ impl Consensus {
         ))
     }
 
+    /// Where the membership says peers dial this node, if it knows this node.
+    pub fn recorded_member(&self) -> Option<Member> {
+        let metrics = self.raft.metrics().borrow().clone();
+        metrics
+            .membership_config
+            .membership()
+            .get_node(&self.id)
+            .cloned()
+    }
+
+    /// Commits `me` (this node's name and address now) to the membership when it records
+    /// another address, through the leader: asked of the leader this node knows, else of each
+    /// member it knows (any of them points it to the leader), else of `fallback` (the address
+    /// it joined through). `Ok(false)`: nothing to change.
+    pub async fn record_address(
+        &self,
+        me: &Member,
+        fallback: Option<&str>,
+    ) -> Result<bool, WriteError> {
+        let recorded = self.recorded_member();
+        if recorded.is_none() || recorded.as_ref() == Some(me) {
+            return Ok(false);
+        }
+        let mut targets: Vec<String> = Vec::new();
+        match self.leader() {
+            // Elected at its new address already: peers answer it, but dial it at the old one.
+            Some((leader, _)) if leader == self.id => {
+                return match self.admit_here(self.id, me.clone()).await {
+                    Attempt::Done(()) => Ok(true),
+                    Attempt::Failed(error) => Err(error),
+                    Attempt::Retry(reason) | Attempt::Redirect(reason) => {
+                        Err(WriteError::Unavailable(reason))
+                    }
+                };
+            }
+            Some((_, member)) => targets.push(member.addr),
+            None => {}
+        }
+        let metrics = self.raft.metrics().borrow().clone();
+        for (id, member) in metrics.membership_config.membership().nodes() {
+            if *id != self.id && !targets.contains(&member.addr) {
+                targets.push(member.addr.clone());
+            }
+        }
+        targets.extend(fallback.map(str::to_string));
+        let mut last = WriteError::Unavailable("this node knows no other member".into());
+        for target in targets {
+            match self.request_admission(&target, me.clone()).await {
+                Ok(()) => return Ok(true),
+                Err(WriteError::Unavailable(reason)) => last = WriteError::Unavailable(reason),
+                Err(other) => return Err(other),
+            }
+        }
+        Err(last)
+    }
+
     /// Runs `local` if this node leads, else forwards `request` with its `caller` to the
     /// leader's `service`; retries through elections until the write timeout.
     async fn on_leader<Req, T, F, Fut>(
@@ -438,13 +494,43 @@ impl Consensus {
                  granted one, or its token was revoked before it was admitted)",
             )));
         }
-        if known.is_none() || known.as_ref() != Some(&member) {
-            let add = self.raft.add_learner(id, member.clone(), true);
-            match tokio::time::timeout(self.settings.write_timeout, add).await {
-                Err(_) => return Attempt::Retry("the new learner did not catch up in time".into()),
-                Ok(Err(e)) => return membership_error(e),
-                Ok(Ok(_)) => {}
+        match &known {
+            None => {
+                let add = self.raft.add_learner(id, member.clone(), true);
+                match tokio::time::timeout(self.settings.write_timeout, add).await {
+                    Err(_) => {
+                        return Attempt::Retry("the new learner did not catch up in time".into())
+                    }
+                    Ok(Err(e)) => return membership_error(e),
+                    Ok(Ok(_)) => {}
+                }
             }
+            // A member restarted with another address (`--advertise`, `--listen`): the
+            // membership says where peers dial it, so the new address is committed there.
+            // `add_learner` keeps a known node's old entry, so this sets it. Only the node
+            // itself asks (its certificate names `id`), and every dial checks that the peer at
+            // the new address holds that certificate.
+            Some(old) if old != &member => {
+                let set = ChangeMembers::SetNodes(std::collections::BTreeMap::from([(
+                    id,
+                    member.clone(),
+                )]));
+                let change = self.raft.change_membership(set, false);
+                match tokio::time::timeout(self.settings.write_timeout, change).await {
+                    Err(_) => {
+                        return Attempt::Retry("the new address did not commit in time".into())
+                    }
+                    Ok(Err(e)) => return membership_error(e),
+                    Ok(Ok(_)) => tracing::info!(
+                        node = id,
+                        "{} now listens at {} (was {})",
+                        member.name,
+                        member.addr,
+                        old.addr
+                    ),
+                }
+            }
+            Some(_) => {}
         }
         let membership = self.raft.metrics().borrow().membership_config.clone();
         let voters: BTreeSet<NodeId> = membership.membership().voter_ids().collect();

@@ -4,6 +4,7 @@
 
 mod common;
 
+mod address;
 mod backpressure;
 mod ca_rotation;
 mod cluster;
