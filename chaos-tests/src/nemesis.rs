@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Result;
 
 use crate::hosts::{Network, Node};
+use crate::telemetry::Receiver;
 
 /// SplitMix64: tiny, and the same sequence from a seed whatever crate versions the lock holds.
 #[derive(Debug, Clone)]
@@ -66,6 +67,8 @@ pub enum Fault {
     OneWay { from: Vec<usize>, to: Vec<usize> },
     /// Every node drops 20 % of the packets it receives from its peers.
     Loss,
+    /// The counting receiver (the nodes' export destination) stops: connections refused.
+    ReceiverDown,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,6 +89,7 @@ impl Fault {
             Fault::Bridge => "bridge partition",
             Fault::OneWay { .. } => "one-way cut",
             Fault::Loss => "20 % loss",
+            Fault::ReceiverDown => "receiver outage",
         }
     }
 
@@ -98,7 +102,7 @@ impl Fault {
                 Target::Node(rng.below(size as u64) as usize)
             }
         };
-        match rng.below(8) {
+        match rng.below(9) {
             0 | 1 => Fault::Kill(node(rng)),
             2 => Fault::Pause(node(rng)),
             3 => {
@@ -113,7 +117,8 @@ impl Fault {
                 let to = (0..size).filter(|i| !from.contains(i)).collect();
                 Fault::OneWay { from, to }
             }
-            _ => Fault::Loss,
+            7 => Fault::Loss,
+            _ => Fault::ReceiverDown,
         }
     }
 }
@@ -170,6 +175,7 @@ pub fn strike(
     fault: &Fault,
     network: &Network,
     nodes: &mut [Node],
+    receiver: &mut Receiver,
     leader: Option<usize>,
     rng: &mut Rng,
 ) -> Result<String> {
@@ -251,13 +257,22 @@ pub fn strike(
             }
             "20 % loss on every node".into()
         }
+        Fault::ReceiverDown => {
+            receiver.down();
+            format!("counting receiver at {} down", receiver.addr)
+        }
     })
 }
 
-/// Undoes every fault: rules flushed, paused nodes continued, killed nodes restarted.
-pub fn heal(network: &Network, nodes: &mut [Node]) -> Result<Vec<String>> {
+/// Undoes every fault: rules flushed, paused nodes continued, killed nodes restarted, the
+/// receiver up.
+pub fn heal(network: &Network, nodes: &mut [Node], receiver: &mut Receiver) -> Result<Vec<String>> {
     heal_network(network)?;
     let mut done = Vec::new();
+    if !receiver.is_up() {
+        receiver.up()?;
+        done.push("counting receiver up".into());
+    }
     for node in nodes.iter_mut() {
         if node.paused {
             node.resume();
