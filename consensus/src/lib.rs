@@ -150,6 +150,8 @@ pub struct Consensus {
     last_heard: Mutex<HashMap<NodeId, Instant>>,
     settings: Settings,
     confirmations: leadership::Confirmations,
+    /// The log store's last write failure (see [`Consensus::storage_problem`]).
+    write_failure: Arc<Mutex<Option<String>>>,
 }
 
 impl Consensus {
@@ -172,6 +174,7 @@ impl Consensus {
         .map_err(|e| ConsensusError::Settings(e.to_string()))?;
         let log_store = LogStore::new(store.clone());
         let committed_index = log_store.committed_index();
+        let write_failure = log_store.write_failure();
         let state = ConfigState::open(store).map_err(|e| ConsensusError::Storage(e.to_string()))?;
         let network = PeerNetwork {
             transport: transport.clone(),
@@ -194,6 +197,7 @@ impl Consensus {
             last_heard: Mutex::new(HashMap::new()),
             settings,
             confirmations: Default::default(),
+            write_failure,
         }))
     }
 
@@ -889,7 +893,9 @@ impl Consensus {
             .map(|member| member.name.clone());
         ClusterStatus {
             node_id: self.id,
+            // A Raft stopped on a fatal error keeps its last metrics: say it stopped.
             state: match metrics.state {
+                _ if metrics.running_state.is_err() => "stopped",
                 ServerState::Leader => "leader",
                 ServerState::Follower => "follower",
                 ServerState::Candidate => "candidate",
@@ -905,6 +911,31 @@ impl Consensus {
             last_log_index: metrics.last_log_index.unwrap_or(0),
             last_applied_index: metrics.last_applied.map(|id| id.index).unwrap_or(0),
             members,
+        }
+    }
+
+    /// Why this node cannot take part in consensus, if it cannot: its last write of the Raft
+    /// log or vote failed (a full or read-only disk), or Raft stopped on a fatal error (it
+    /// stops on any storage error and takes no part until the node is restarted).
+    pub fn storage_problem(&self) -> Option<String> {
+        let metrics = self.raft.metrics().borrow().clone();
+        let failure = self
+            .write_failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        match (metrics.running_state, failure) {
+            (Err(openraft::error::Fatal::StorageError(e)), _) => Some(format!(
+                "Raft stopped: cannot write the Raft log or state to the data dir ({e}); this \
+                 node takes no part in consensus until it is restarted: free space on the data \
+                 dir's disk (or make it writable), then restart the node"
+            )),
+            (Err(fatal), _) => Some(format!(
+                "Raft stopped ({fatal}): this node takes no part in consensus; see its log, \
+                 then restart it"
+            )),
+            (Ok(()), Some(failure)) => Some(failure),
+            (Ok(()), None) => None,
         }
     }
 

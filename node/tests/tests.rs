@@ -11,6 +11,7 @@ mod cluster;
 mod collector;
 mod dashboard_ui;
 mod dashboards;
+mod disk_full;
 mod docs;
 mod export;
 mod hybrid;
