@@ -7,6 +7,7 @@ mod common;
 mod address;
 mod backpressure;
 mod ca_rotation;
+mod catch_up;
 mod cluster;
 mod collector;
 mod dashboard_ui;
