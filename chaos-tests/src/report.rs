@@ -60,6 +60,14 @@ impl fmt::Display for Report {
             "  writes: {} acknowledged, {} unknown that committed, {} unknown that did not",
             log.acknowledged, log.unknown_committed, log.unknown_not_committed
         )?;
+        if self.faults.disk_full_reported + self.faults.disk_full_unreported > 0 {
+            writeln!(
+                f,
+                "  disk full: the node said so in /healthz (503) after {} of {} (it may say ok when it had nothing to write)",
+                self.faults.disk_full_reported,
+                self.faults.disk_full_reported + self.faults.disk_full_unreported
+            )?;
+        }
         let count = |linearizable: bool, ok: bool| {
             self.reads
                 .iter()

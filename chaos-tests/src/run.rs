@@ -11,7 +11,7 @@ use serde_json::Value;
 use crate::checker::{self, Entry};
 use crate::clients::{self, Target, KEY};
 use crate::history::{Action, ReadOutcome, Recorder};
-use crate::hosts::{Network, Node};
+use crate::hosts::{Network, Node, SmallDisk};
 use crate::nemesis::{self, Fault, Rng, Tally};
 pub use crate::report::Report;
 use crate::telemetry::{self, Acked, Receiver};
@@ -54,6 +54,8 @@ struct Cluster {
     nodes: Vec<Node>,
     http: reqwest::Client,
     token: String,
+    /// The last node's data dir, small enough to fill.
+    disk: SmallDisk,
     _dir: tempfile::TempDir,
 }
 
@@ -122,11 +124,14 @@ impl Cluster {
                 )
             })
             .collect();
+        // Room for the Raft log and the export buffers' reserve (64 MiB) and some spans.
+        let disk = SmallDisk::mount(&dir.path().join(format!("n{}", size - 1)), "112m")?;
         let mut cluster = Cluster {
             network,
             nodes,
             http: reqwest::Client::new(),
             token: String::new(),
+            disk,
             _dir: dir,
         };
         for i in 0..size {
@@ -317,6 +322,7 @@ pub async fn run(plan: &Plan) -> Result<Report> {
             &cluster.network,
             &mut cluster.nodes,
             &mut receiver,
+            &cluster.disk,
             leader,
             &mut rng,
         )?;
@@ -325,11 +331,26 @@ pub async fn run(plan: &Plan) -> Result<Report> {
         tally.log.push(format!("{at:.1} s {line}"));
         *tally.by_kind.entry(fault.kind()).or_default() += 1;
         tokio::time::sleep(hold).await;
-        for line in nemesis::heal(&cluster.network, &mut cluster.nodes, &mut receiver)? {
+        for line in nemesis::heal(
+            &cluster.network,
+            &mut cluster.nodes,
+            &mut receiver,
+            &cluster.disk,
+            &mut tally,
+        )
+        .await?
+        {
             eprintln!("chaos:           {line}");
         }
     }
-    nemesis::heal(&cluster.network, &mut cluster.nodes, &mut receiver)?;
+    nemesis::heal(
+        &cluster.network,
+        &mut cluster.nodes,
+        &mut receiver,
+        &cluster.disk,
+        &mut tally,
+    )
+    .await?;
     stop.store(true, Ordering::Relaxed);
     for task in tasks {
         task.await.context("a client task panicked")?;
