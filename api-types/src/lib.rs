@@ -22,10 +22,15 @@ pub struct ErrorBody {
 /// `GET /healthz`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Health {
+    /// `ok`, or `failing` (answered with 503) while `problems` is not empty.
     pub status: String,
     pub node: String,
     pub leader_known: bool,
     pub version: u64,
+    /// What stops this node from doing its part, each with what to do (for example: its Raft
+    /// log cannot be written because the data dir's disk is full).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<String>,
 }
 
 /// `GET /v1/cluster`: the consensus status as this node sees it, with this node's name.

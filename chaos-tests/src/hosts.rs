@@ -121,7 +121,13 @@ pub struct Node {
     child: Option<Child>,
     /// Stopped by SIGSTOP and not continued yet.
     pub paused: bool,
+    /// The file libfaketime reads this node's wall-clock offset from (`+0`, `+600`, `-600`),
+    /// when libfaketime is installed: writing it makes the running node's clock jump.
+    pub skew_file: Option<PathBuf>,
 }
+
+/// Debian's libfaketime (package `faketime`), the thread-safe build.
+pub const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
 
 impl Node {
     pub fn new(name: &str, namespace: &str, ip: Ipv4Addr, data_dir: &Path, binary: &Path) -> Node {
@@ -134,7 +140,20 @@ impl Node {
             join: None,
             child: None,
             paused: false,
+            skew_file: Path::new(LIBFAKETIME)
+                .exists()
+                .then(|| data_dir.with_extension("faketime")),
         }
+    }
+
+    /// Sets this node's wall clock `seconds` off the real one (it jumps there within 1 s, the
+    /// library's cache); false when libfaketime is not installed.
+    pub fn set_clock_offset(&self, seconds: i64) -> Result<bool> {
+        let Some(file) = &self.skew_file else {
+            return Ok(false);
+        };
+        std::fs::write(file, format!("{seconds:+}\n")).context("writing the clock offset")?;
+        Ok(true)
     }
 
     pub fn api_url(&self, path: &str) -> String {
@@ -186,6 +205,18 @@ impl Node {
         if let Some((via, token)) = &self.join {
             command.args(["--join", via, "--join-token", token]);
         }
+        if let Some(file) = &self.skew_file {
+            // Only the wall clock (certificates, token expiry, event times) is offset, as an
+            // NTP step does; timers run on the monotonic clock, which stays true.
+            if !file.exists() {
+                std::fs::write(file, "+0\n").context("writing the clock offset")?;
+            }
+            command
+                .env("LD_PRELOAD", LIBFAKETIME)
+                .env("FAKETIME_TIMESTAMP_FILE", file)
+                .env("FAKETIME_CACHE_DURATION", "1")
+                .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+        }
         // `ip netns exec` execs the binary: the child's pid is the node's.
         self.child = Some(
             command
@@ -220,6 +251,18 @@ impl Node {
     pub fn resume(&mut self) {
         self.signal(libc::SIGCONT);
         self.paused = false;
+    }
+
+    /// `/healthz`'s status and body (a failing node answers 503), if it answers within 2 s.
+    pub async fn health(&self) -> Option<(u16, serde_json::Value)> {
+        let response = reqwest::Client::new()
+            .get(self.api_url("/healthz"))
+            .timeout(std::time::Duration::from_secs(2))
+            .send()
+            .await
+            .ok()?;
+        let status = response.status().as_u16();
+        Some((status, response.json().await.ok()?))
     }
 
     pub fn log_tail(&self, lines: usize) -> String {
@@ -262,5 +305,68 @@ pub fn apiary_binary() -> Result<PathBuf> {
             "no apiary binary at {}: build it first (`cargo build -p apiary`) or set APIARY_BIN",
             candidate.display()
         )
+    }
+}
+
+/// A small tmpfs mounted over one node's data dir, so that the nemesis can fill its disk;
+/// unmounted (lazily, after the node) on drop.
+pub struct SmallDisk {
+    pub at: PathBuf,
+}
+
+impl SmallDisk {
+    pub fn mount(at: &Path, size: &str) -> Result<SmallDisk> {
+        std::fs::create_dir_all(at).context("creating the data dir")?;
+        let at_text = at.to_string_lossy().into_owned();
+        run(
+            "mount",
+            &[
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size}"),
+                "tmpfs",
+                &at_text,
+            ],
+        )?;
+        Ok(SmallDisk { at: at.into() })
+    }
+
+    fn filler(&self) -> PathBuf {
+        self.at.join("chaos-filler")
+    }
+
+    /// Fills the file system: writes until it refuses. Returns the bytes written.
+    pub fn fill(&self) -> Result<u64> {
+        use std::io::Write;
+        let mut file = std::fs::File::create(self.filler()).context("creating the filler")?;
+        let chunk = vec![0u8; 1 << 20];
+        let mut written = 0u64;
+        while let Ok(n) = file.write(&chunk) {
+            if n == 0 {
+                break;
+            }
+            written += n as u64;
+        }
+        Ok(written)
+    }
+
+    pub fn full(&self) -> bool {
+        self.filler().exists()
+    }
+
+    pub fn free(&self) -> Result<()> {
+        match std::fs::remove_file(self.filler()) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(e).context("removing the filler")
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = run("umount", &["-l", &self.at.to_string_lossy()]);
     }
 }

@@ -8,4 +8,6 @@ pub mod clients;
 pub mod history;
 pub mod hosts;
 pub mod nemesis;
+pub mod report;
 pub mod run;
+pub mod telemetry;

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use anyhow::Result;
 
-use crate::hosts::{Network, Node};
+use crate::hosts::{Network, Node, SmallDisk};
+use crate::telemetry::Receiver;
 
 /// SplitMix64: tiny, and the same sequence from a seed whatever crate versions the lock holds.
 #[derive(Debug, Clone)]
@@ -66,6 +67,13 @@ pub enum Fault {
     OneWay { from: Vec<usize>, to: Vec<usize> },
     /// Every node drops 20 % of the packets it receives from its peers.
     Loss,
+    /// The counting receiver (the nodes' export destination) stops: connections refused.
+    ReceiverDown,
+    /// A running node's wall clock jumps by `seconds` (libfaketime), back when it heals.
+    ClockJump { target: Target, seconds: i64 },
+    /// The node whose data dir is a small tmpfs (the last) has its disk filled; when it heals
+    /// the room comes back, and a node that says it cannot write its Raft log is restarted.
+    DiskFull,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,6 +94,10 @@ impl Fault {
             Fault::Bridge => "bridge partition",
             Fault::OneWay { .. } => "one-way cut",
             Fault::Loss => "20 % loss",
+            Fault::ReceiverDown => "receiver outage",
+            Fault::ClockJump { seconds, .. } if *seconds < 0 => "clock jump back",
+            Fault::ClockJump { .. } => "clock jump ahead",
+            Fault::DiskFull => "disk full",
         }
     }
 
@@ -98,7 +110,7 @@ impl Fault {
                 Target::Node(rng.below(size as u64) as usize)
             }
         };
-        match rng.below(8) {
+        match rng.below(11) {
             0 | 1 => Fault::Kill(node(rng)),
             2 => Fault::Pause(node(rng)),
             3 => {
@@ -113,7 +125,16 @@ impl Fault {
                 let to = (0..size).filter(|i| !from.contains(i)).collect();
                 Fault::OneWay { from, to }
             }
-            _ => Fault::Loss,
+            7 => Fault::Loss,
+            8 => Fault::ReceiverDown,
+            9 => Fault::DiskFull,
+            _ => {
+                let target = node(rng);
+                // Minutes to an hour, either way.
+                let seconds = 60 + rng.below(3541) as i64;
+                let seconds = if rng.below(2) == 0 { -seconds } else { seconds };
+                Fault::ClockJump { target, seconds }
+            }
         }
     }
 }
@@ -129,6 +150,10 @@ impl fmt::Display for Fault {
 pub struct Tally {
     pub by_kind: BTreeMap<&'static str, usize>,
     pub log: Vec<String>,
+    /// Disk-full faults after which the node's /healthz said it was failing (503) / said ok.
+    /// A node whose disk was full but that had nothing to write meanwhile may rightly say ok.
+    pub disk_full_reported: usize,
+    pub disk_full_unreported: usize,
 }
 
 impl Tally {
@@ -170,6 +195,8 @@ pub fn strike(
     fault: &Fault,
     network: &Network,
     nodes: &mut [Node],
+    receiver: &mut Receiver,
+    disk: &SmallDisk,
     leader: Option<usize>,
     rng: &mut Rng,
 ) -> Result<String> {
@@ -251,14 +278,78 @@ pub fn strike(
             }
             "20 % loss on every node".into()
         }
+        Fault::ReceiverDown => {
+            receiver.down();
+            format!("counting receiver at {} down", receiver.addr)
+        }
+        Fault::DiskFull => {
+            let written = disk.fill()?;
+            format!(
+                "disk of {} full ({} MiB of filler)",
+                nodes[size - 1].name,
+                written >> 20
+            )
+        }
+        Fault::ClockJump { target, seconds } => {
+            let i = resolve(*target);
+            if nodes[i].set_clock_offset(*seconds)? {
+                format!("{}'s wall clock jumps {seconds:+} s", nodes[i].name)
+            } else {
+                format!(
+                    "clock jump of {} skipped: libfaketime is not installed (Debian package faketime)",
+                    nodes[i].name
+                )
+            }
+        }
     })
 }
 
-/// Undoes every fault: rules flushed, paused nodes continued, killed nodes restarted.
-pub fn heal(network: &Network, nodes: &mut [Node]) -> Result<Vec<String>> {
+/// Undoes every fault: rules flushed, paused nodes continued, killed nodes restarted, the
+/// receiver up.
+pub async fn heal(
+    network: &Network,
+    nodes: &mut [Node],
+    receiver: &mut Receiver,
+    disk: &SmallDisk,
+    tally: &mut Tally,
+) -> Result<Vec<String>> {
     heal_network(network)?;
     let mut done = Vec::new();
+    if disk.full() {
+        // What the node said while it could not write, before it gets room again.
+        let last = nodes.len() - 1;
+        let health = nodes[last].health().await;
+        disk.free()?;
+        done.push(format!("disk of {} freed", nodes[last].name));
+        match health {
+            Some((503, body)) => {
+                tally.disk_full_reported += 1;
+                nodes[last].kill();
+                done.push(format!(
+                    "{} said it cannot write ({}): restarted",
+                    nodes[last].name, body["problems"]
+                ));
+            }
+            Some((status, _)) => {
+                tally.disk_full_unreported += 1;
+                done.push(format!("{} answered /healthz {status}", nodes[last].name));
+            }
+            None => done.push(format!("{} did not answer /healthz", nodes[last].name)),
+        }
+    }
+    if !receiver.is_up() {
+        receiver.up()?;
+        done.push("counting receiver up".into());
+    }
     for node in nodes.iter_mut() {
+        if node
+            .skew_file
+            .as_ref()
+            .is_some_and(|f| std::fs::read_to_string(f).is_ok_and(|offset| offset.trim() != "+0"))
+        {
+            node.set_clock_offset(0)?;
+            done.push(format!("{}'s wall clock back to the real time", node.name));
+        }
         if node.paused {
             node.resume();
             done.push(format!("SIGCONT {}", node.name));

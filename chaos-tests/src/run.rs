@@ -1,19 +1,20 @@
 //! One run: the cluster brought up in its namespaces, the clients and the nemesis for a while,
 //! everything healed, the final logs read from every node, and the checker's findings.
 
-use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
-use crate::checker::{self, Entry, Findings};
+use crate::checker::{self, Entry};
 use crate::clients::{self, Target, KEY};
 use crate::history::{Action, ReadOutcome, Recorder};
-use crate::hosts::{Network, Node};
+use crate::hosts::{Network, Node, SmallDisk};
 use crate::nemesis::{self, Fault, Rng, Tally};
+pub use crate::report::Report;
+use crate::telemetry::{self, Acked, Receiver};
 
 pub const SIZE: usize = 5;
 
@@ -29,6 +30,8 @@ pub struct Plan {
     pub writers: usize,
     pub local_readers: usize,
     pub linearizable_readers: usize,
+    /// Apps posting spans to every node (the telemetry side).
+    pub apps: bool,
 }
 
 impl Plan {
@@ -46,104 +49,13 @@ impl Plan {
     }
 }
 
-/// What a run measured.
-pub struct Report {
-    pub seed: u64,
-    pub elapsed: Duration,
-    pub ops: usize,
-    pub faults: Tally,
-    pub findings: Findings,
-    pub description: String,
-    /// Each read: (linearizable, answered).
-    pub reads: Vec<(bool, bool)>,
-}
-
-impl Report {
-    pub fn violations(&self) -> usize {
-        self.findings.violations()
-    }
-}
-
-impl fmt::Display for Report {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let log = &self.findings.log;
-        let secs = self.elapsed.as_secs_f64().max(0.001);
-        writeln!(
-            f,
-            "chaos run, seed {} (replay: APIARY_CHAOS_SEED={})",
-            self.seed, self.seed
-        )?;
-        writeln!(
-            f,
-            "  {} ops in {:.0} s: {:.1} ops/s; {} config versions committed",
-            self.ops,
-            secs,
-            self.ops as f64 / secs,
-            log.committed
-        )?;
-        writeln!(
-            f,
-            "  faults injected: {} {:?}",
-            self.faults.total(),
-            self.faults.by_kind
-        )?;
-        writeln!(
-            f,
-            "  writes: {} acknowledged, {} unknown that committed, {} unknown that did not",
-            log.acknowledged, log.unknown_committed, log.unknown_not_committed
-        )?;
-        let count = |linearizable: bool, ok: bool| {
-            self.reads
-                .iter()
-                .filter(|&&(l, o)| l == linearizable && o == ok)
-                .count()
-        };
-        writeln!(
-            f,
-            "  reads: {} local ({} unanswered), {} linearizable ({} unanswered: no confirmed leader)",
-            count(false, true),
-            count(false, false),
-            count(true, true),
-            count(true, false)
-        )?;
-        writeln!(
-            f,
-            "  violations: {}; committed lost: {}; duplicates: {}; reads of states the log never had: {}",
-            self.violations(),
-            log.lost,
-            log.duplicates,
-            log.bad_reads
-        )?;
-        writeln!(f, "  writes and linearizable reads: {}", self.description)?;
-        let local = match &self.findings.with_local_reads {
-            checker::linearizable::Verdict::Linearizable => "linearizable".to_string(),
-            other => format!(
-                "not linearizable (allowed: local reads may be stale): {:?}",
-                short(other)
-            ),
-        };
-        writeln!(f, "  with local reads too: {local}")?;
-        for problem in &log.problems {
-            writeln!(f, "  PROBLEM: {problem}")?;
-        }
-        Ok(())
-    }
-}
-
-fn short(verdict: &checker::linearizable::Verdict) -> String {
-    match verdict {
-        checker::linearizable::Verdict::Violation(v) => {
-            format!("stuck after {} of {} ops", v.placed, v.total)
-        }
-        other => format!("{other:?}"),
-    }
-}
-
 struct Cluster {
     network: Network,
     nodes: Vec<Node>,
     http: reqwest::Client,
     token: String,
+    /// The last node's data dir, small enough to fill.
+    disk: SmallDisk,
     _dir: tempfile::TempDir,
 }
 
@@ -212,11 +124,14 @@ impl Cluster {
                 )
             })
             .collect();
+        // Room for the Raft log and the export buffers' reserve (64 MiB) and some spans.
+        let disk = SmallDisk::mount(&dir.path().join(format!("n{}", size - 1)), "112m")?;
         let mut cluster = Cluster {
             network,
             nodes,
             http: reqwest::Client::new(),
             token: String::new(),
+            disk,
             _dir: dir,
         };
         for i in 0..size {
@@ -252,6 +167,46 @@ impl Cluster {
         Ok(cluster)
     }
 
+    /// Makes the counting receiver every node's export destination, and waits until every
+    /// node applied it (an app's span acked before would have no destination to go to).
+    async fn export_to(&self, receiver: &Receiver) -> Result<()> {
+        let body = serde_json::json!({"changes": [
+            {"key": "destination.count.endpoint", "value": format!("http://{}", receiver.addr)},
+            {"key": "destination.count.protocol", "value": "http/protobuf"},
+            // Budgets too large to bind: tuning would otherwise sample apps' spans.
+            {"key": "budget.cpu_percent_per_node", "value": 100},
+            {"key": "budget.export_events_per_second", "value": 1_000_000_000u64},
+        ], "comment": "chaos: export to the counting receiver"});
+        let response = self
+            .http
+            .patch(self.nodes[0].api_url("/v1/config"))
+            .bearer_auth(&self.token)
+            .json(&body)
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+            .context("setting the export destination")?;
+        let status = response.status();
+        let answer: Value = response.json().await.unwrap_or_default();
+        let version = match answer["version"].as_u64() {
+            Some(version) if status.is_success() => version,
+            _ => bail!("setting the export destination: {status} {answer}"),
+        };
+        self.wait_for(
+            Duration::from_secs(20),
+            "every node to apply the destination",
+            || async move {
+                for i in 0..self.nodes.len() {
+                    if self.get(i, "/v1/config").await?["version"].as_u64()? < version {
+                        return None;
+                    }
+                }
+                Some(())
+            },
+        )
+        .await
+    }
+
     /// Each node's config log (its history), as checker entries.
     async fn logs(&self) -> Result<Vec<(String, Vec<Entry>)>> {
         let mut logs = Vec::new();
@@ -285,6 +240,8 @@ pub async fn run(plan: &Plan) -> Result<Report> {
         plan.seed, plan.seed
     );
     let mut cluster = Cluster::start(SIZE).await?;
+    let mut receiver = Receiver::start(cluster.network.client_ip)?;
+    cluster.export_to(&receiver).await?;
     let initial = cluster
         .get(0, "/v1/config")
         .await
@@ -327,6 +284,24 @@ pub async fn run(plan: &Plan) -> Result<Report> {
         client += 1;
     }
 
+    let (acked, posted, next_id) = (
+        Acked::default(),
+        Arc::new(AtomicU64::new(1)),
+        Arc::new(AtomicU64::new(1)),
+    );
+    if plan.apps {
+        for node in &cluster.nodes {
+            tasks.push(tokio::spawn(telemetry::app(
+                format!("http://{}:4318/v1/traces", node.ip),
+                next_id.clone(),
+                acked.clone(),
+                posted.clone(),
+                stop.clone(),
+                Duration::from_millis(200),
+            )));
+        }
+    }
+
     let mut rng = Rng::new(plan.seed);
     let mut tally = Tally::default();
     let started = Instant::now();
@@ -346,6 +321,8 @@ pub async fn run(plan: &Plan) -> Result<Report> {
             &fault,
             &cluster.network,
             &mut cluster.nodes,
+            &mut receiver,
+            &cluster.disk,
             leader,
             &mut rng,
         )?;
@@ -354,11 +331,26 @@ pub async fn run(plan: &Plan) -> Result<Report> {
         tally.log.push(format!("{at:.1} s {line}"));
         *tally.by_kind.entry(fault.kind()).or_default() += 1;
         tokio::time::sleep(hold).await;
-        for line in nemesis::heal(&cluster.network, &mut cluster.nodes)? {
+        for line in nemesis::heal(
+            &cluster.network,
+            &mut cluster.nodes,
+            &mut receiver,
+            &cluster.disk,
+            &mut tally,
+        )
+        .await?
+        {
             eprintln!("chaos:           {line}");
         }
     }
-    nemesis::heal(&cluster.network, &mut cluster.nodes)?;
+    nemesis::heal(
+        &cluster.network,
+        &mut cluster.nodes,
+        &mut receiver,
+        &cluster.disk,
+        &mut tally,
+    )
+    .await?;
     stop.store(true, Ordering::Relaxed);
     for task in tasks {
         task.await.context("a client task panicked")?;
@@ -387,6 +379,22 @@ pub async fn run(plan: &Plan) -> Result<Report> {
             .collect();
         anyhow::anyhow!("{e}\n{}", tails.join("\n"))
     })?;
+    // Every span a node acked must reach the receiver once the nodes drain their buffers.
+    let draining = Instant::now();
+    let acked = acked.ids();
+    let posted = posted.load(Ordering::Relaxed);
+    let mut spans = telemetry::compare(&acked, &receiver.counts.snapshot(), posted);
+    while spans.lost > 0 && draining.elapsed() < DRAIN_TIMEOUT {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        spans = telemetry::compare(&acked, &receiver.counts.snapshot(), posted);
+    }
+    let drained_in = draining.elapsed();
+    if spans.lost > 0 {
+        for (i, node) in cluster.nodes.iter().enumerate() {
+            let export = cluster.get(i, "/v1/export").await.unwrap_or_default();
+            eprintln!("chaos: {} still holds: {export}", node.name);
+        }
+    }
     let logs = cluster.logs().await?;
     let ops = recorder.ops();
     let checking = Instant::now();
@@ -415,5 +423,11 @@ pub async fn run(plan: &Plan) -> Result<Report> {
         faults: tally,
         findings,
         description,
+        spans,
+        malformed_exports: receiver.malformed.load(Ordering::Relaxed),
+        drained_in,
     })
 }
+
+/// How long the healed nodes get to deliver what they acked.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);

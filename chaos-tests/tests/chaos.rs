@@ -26,6 +26,7 @@ async fn the_config_stays_linearizable_under_faults() {
         writers: 3,
         local_readers: 2,
         linearizable_readers: 2,
+        apps: true,
     };
     let report = run(&plan).await.expect("the chaos run");
     println!("{report}");

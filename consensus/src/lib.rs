@@ -47,6 +47,11 @@ use crate::network::{call_json, PeerNetwork};
 use crate::state_machine::StateMachine;
 use crate::tokens::Scope;
 
+/// The largest config change, encoded, a node proposes. A leader replicates each request to a
+/// follower within one heartbeat interval (100 ms): a change of 1.8 MB never committed (measured
+/// with a debug build: every attempt timed out and was sent again).
+pub const MAX_CHANGE_BYTES: usize = 256 * 1024;
+
 /// Raft timing and cluster shape.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -150,6 +155,8 @@ pub struct Consensus {
     last_heard: Mutex<HashMap<NodeId, Instant>>,
     settings: Settings,
     confirmations: leadership::Confirmations,
+    /// The log store's last write failure (see [`Consensus::storage_problem`]).
+    write_failure: Arc<Mutex<Option<String>>>,
 }
 
 impl Consensus {
@@ -172,6 +179,7 @@ impl Consensus {
         .map_err(|e| ConsensusError::Settings(e.to_string()))?;
         let log_store = LogStore::new(store.clone());
         let committed_index = log_store.committed_index();
+        let write_failure = log_store.write_failure();
         let state = ConfigState::open(store).map_err(|e| ConsensusError::Storage(e.to_string()))?;
         let network = PeerNetwork {
             transport: transport.clone(),
@@ -194,6 +202,7 @@ impl Consensus {
             last_heard: Mutex::new(HashMap::new()),
             settings,
             confirmations: Default::default(),
+            write_failure,
         }))
     }
 
@@ -231,7 +240,20 @@ impl Consensus {
     }
 
     /// Commits a config change made by `caller` through the leader; returns the new version.
+    /// A change larger than [`MAX_CHANGE_BYTES`] encoded is refused before it is proposed.
     pub async fn propose(&self, caller: &Caller, proposal: Proposal) -> Result<u64, WriteError> {
+        let size = network::encoded_size(&proposal);
+        if size > MAX_CHANGE_BYTES {
+            return Err(WriteError::Rejected(ConfigError::invalid(
+                "change",
+                format!("of {} KiB", size / 1024),
+                format!(
+                    "a change of at most {} KiB (every member stores and replicates it within a \
+                     heartbeat): split it into several changes",
+                    MAX_CHANGE_BYTES / 1024
+                ),
+            )));
+        }
         self.on_leader(Service::ForwardWrite, caller, proposal, |p| {
             self.write_here(p)
         })
@@ -321,6 +343,62 @@ impl Consensus {
         Err(WriteError::Unavailable(
             "the leader moved while this node asked to be admitted".into(),
         ))
+    }
+
+    /// Where the membership says peers dial this node, if it knows this node.
+    pub fn recorded_member(&self) -> Option<Member> {
+        let metrics = self.raft.metrics().borrow().clone();
+        metrics
+            .membership_config
+            .membership()
+            .get_node(&self.id)
+            .cloned()
+    }
+
+    /// Commits `me` (this node's name and address now) to the membership when it records
+    /// another address, through the leader: asked of the leader this node knows, else of each
+    /// member it knows (any of them points it to the leader), else of `fallback` (the address
+    /// it joined through). `Ok(false)`: nothing to change.
+    pub async fn record_address(
+        &self,
+        me: &Member,
+        fallback: Option<&str>,
+    ) -> Result<bool, WriteError> {
+        let recorded = self.recorded_member();
+        if recorded.is_none() || recorded.as_ref() == Some(me) {
+            return Ok(false);
+        }
+        let mut targets: Vec<String> = Vec::new();
+        match self.leader() {
+            // Elected at its new address already: peers answer it, but dial it at the old one.
+            Some((leader, _)) if leader == self.id => {
+                return match self.admit_here(self.id, me.clone()).await {
+                    Attempt::Done(()) => Ok(true),
+                    Attempt::Failed(error) => Err(error),
+                    Attempt::Retry(reason) | Attempt::Redirect(reason) => {
+                        Err(WriteError::Unavailable(reason))
+                    }
+                };
+            }
+            Some((_, member)) => targets.push(member.addr),
+            None => {}
+        }
+        let metrics = self.raft.metrics().borrow().clone();
+        for (id, member) in metrics.membership_config.membership().nodes() {
+            if *id != self.id && !targets.contains(&member.addr) {
+                targets.push(member.addr.clone());
+            }
+        }
+        targets.extend(fallback.map(str::to_string));
+        let mut last = WriteError::Unavailable("this node knows no other member".into());
+        for target in targets {
+            match self.request_admission(&target, me.clone()).await {
+                Ok(()) => return Ok(true),
+                Err(WriteError::Unavailable(reason)) => last = WriteError::Unavailable(reason),
+                Err(other) => return Err(other),
+            }
+        }
+        Err(last)
     }
 
     /// Runs `local` if this node leads, else forwards `request` with its `caller` to the
@@ -438,13 +516,43 @@ impl Consensus {
                  granted one, or its token was revoked before it was admitted)",
             )));
         }
-        if known.is_none() || known.as_ref() != Some(&member) {
-            let add = self.raft.add_learner(id, member.clone(), true);
-            match tokio::time::timeout(self.settings.write_timeout, add).await {
-                Err(_) => return Attempt::Retry("the new learner did not catch up in time".into()),
-                Ok(Err(e)) => return membership_error(e),
-                Ok(Ok(_)) => {}
+        match &known {
+            None => {
+                let add = self.raft.add_learner(id, member.clone(), true);
+                match tokio::time::timeout(self.settings.write_timeout, add).await {
+                    Err(_) => {
+                        return Attempt::Retry("the new learner did not catch up in time".into())
+                    }
+                    Ok(Err(e)) => return membership_error(e),
+                    Ok(Ok(_)) => {}
+                }
             }
+            // A member restarted with another address (`--advertise`, `--listen`): the
+            // membership says where peers dial it, so the new address is committed there.
+            // `add_learner` keeps a known node's old entry, so this sets it. Only the node
+            // itself asks (its certificate names `id`), and every dial checks that the peer at
+            // the new address holds that certificate.
+            Some(old) if old != &member => {
+                let set = ChangeMembers::SetNodes(std::collections::BTreeMap::from([(
+                    id,
+                    member.clone(),
+                )]));
+                let change = self.raft.change_membership(set, false);
+                match tokio::time::timeout(self.settings.write_timeout, change).await {
+                    Err(_) => {
+                        return Attempt::Retry("the new address did not commit in time".into())
+                    }
+                    Ok(Err(e)) => return membership_error(e),
+                    Ok(Ok(_)) => tracing::info!(
+                        node = id,
+                        "{} now listens at {} (was {})",
+                        member.name,
+                        member.addr,
+                        old.addr
+                    ),
+                }
+            }
+            Some(_) => {}
         }
         let membership = self.raft.metrics().borrow().membership_config.clone();
         let voters: BTreeSet<NodeId> = membership.membership().voter_ids().collect();
@@ -803,7 +911,9 @@ impl Consensus {
             .map(|member| member.name.clone());
         ClusterStatus {
             node_id: self.id,
+            // A Raft stopped on a fatal error keeps its last metrics: say it stopped.
             state: match metrics.state {
+                _ if metrics.running_state.is_err() => "stopped",
                 ServerState::Leader => "leader",
                 ServerState::Follower => "follower",
                 ServerState::Candidate => "candidate",
@@ -819,6 +929,31 @@ impl Consensus {
             last_log_index: metrics.last_log_index.unwrap_or(0),
             last_applied_index: metrics.last_applied.map(|id| id.index).unwrap_or(0),
             members,
+        }
+    }
+
+    /// Why this node cannot take part in consensus, if it cannot: its last write of the Raft
+    /// log or vote failed (a full or read-only disk), or Raft stopped on a fatal error (it
+    /// stops on any storage error and takes no part until the node is restarted).
+    pub fn storage_problem(&self) -> Option<String> {
+        let metrics = self.raft.metrics().borrow().clone();
+        let failure = self
+            .write_failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        match (metrics.running_state, failure) {
+            (Err(openraft::error::Fatal::StorageError(e)), _) => Some(format!(
+                "Raft stopped: cannot write the Raft log or state to the data dir ({e}); this \
+                 node takes no part in consensus until it is restarted: free space on the data \
+                 dir's disk (or make it writable), then restart the node"
+            )),
+            (Err(fatal), _) => Some(format!(
+                "Raft stopped ({fatal}): this node takes no part in consensus; see its log, \
+                 then restart it"
+            )),
+            (Ok(()), Some(failure)) => Some(failure),
+            (Ok(()), None) => None,
         }
     }
 

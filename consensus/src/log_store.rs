@@ -34,6 +34,8 @@ pub struct LogStore {
     store: Store,
     /// Highest committed index this node knows of, for `/metrics`.
     committed_index: Arc<AtomicU64>,
+    /// The last failed write of the log or the vote, cleared by the next that succeeds.
+    write_failure: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl LogStore {
@@ -41,7 +43,26 @@ impl LogStore {
         LogStore {
             store,
             committed_index: Arc::new(AtomicU64::new(0)),
+            write_failure: Arc::default(),
         }
+    }
+
+    /// Why the last write of the Raft log or vote failed, if it did (`None` once one succeeds).
+    pub fn write_failure(&self) -> Arc<std::sync::Mutex<Option<String>>> {
+        self.write_failure.clone()
+    }
+
+    /// Notes how a write of the log or the vote ended, and passes its result on.
+    fn noted<T>(&self, what: &str, result: Result<T, StorageError>) -> Result<T, StorageError> {
+        let mut failure = self.write_failure.lock().unwrap_or_else(|p| p.into_inner());
+        match &result {
+            Ok(_) => *failure = None,
+            Err(e) => {
+                tracing::error!("cannot write the Raft {what}: {e}");
+                *failure = Some(format!("cannot write the Raft {what} to the data dir: {e}"));
+            }
+        }
+        result
     }
 
     pub fn committed_index(&self) -> Arc<AtomicU64> {
@@ -120,7 +141,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError> {
-        self.put_meta(VOTE, vote, StorageIOError::write_vote).await
+        let result = self.put_meta(VOTE, vote, StorageIOError::write_vote).await;
+        self.noted("vote", result)
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError> {
@@ -158,16 +180,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .into_iter()
             .map(|entry| Ok((entry.log_id.index, to_json(&entry)?)))
             .collect::<Result<Vec<_>, StorageError>>()?;
-        self.store
+        let appended = self
+            .store
             .log_append(encoded)
-            .map_err(|e| io(StorageIOError::write_logs, e))?;
+            .map_err(|e| io(StorageIOError::write_logs, e));
+        self.noted("log", appended)?;
         let flushed = self.store.flush().await;
         let result = flushed
             .as_ref()
             .map(|_| ())
             .map_err(|e| std::io::Error::other(e.to_string()));
         callback.log_io_completed(result);
-        flushed.map_err(|e| io(StorageIOError::write_logs, e))
+        let flushed = flushed.map_err(|e| io(StorageIOError::write_logs, e));
+        self.noted("log", flushed)
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {

@@ -118,13 +118,72 @@ impl PeerConnection {
     }
 }
 
+/// Entries one AppendEntries request carries at most, in encoded bytes (but always one entry).
+/// Openraft sends up to `max_payload_entries` (300) at once and gives each request one
+/// heartbeat interval (100 ms): a follower far behind on large entries would be sent more than
+/// a frame holds (16 MiB) or than arrives in time, be refused or time out, and be sent the same
+/// again for ever. A request cut here answers a partial success, and openraft sends the rest.
+pub const APPEND_BUDGET_BYTES: usize = 512 * 1024;
+
+/// Counts what serde writes, to size an entry without keeping its encoding.
+struct Counter(usize);
+
+impl std::io::Write for Counter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The size of `value` encoded as JSON (what the log and the frames hold).
+pub fn encoded_size<T: Serialize>(value: &T) -> usize {
+    let mut counter = Counter(0);
+    match serde_json::to_writer(&mut counter, value) {
+        Ok(()) => counter.0,
+        Err(_) => usize::MAX,
+    }
+}
+
+/// How many of `entries`, from the first, fit `budget` encoded bytes (at least one).
+pub fn entries_within<T: Serialize>(entries: &[T], budget: usize) -> usize {
+    let mut used = 0usize;
+    for (i, entry) in entries.iter().enumerate() {
+        let size = encoded_size(entry);
+        if i > 0 && used.saturating_add(size) > budget {
+            return i;
+        }
+        used = used.saturating_add(size);
+    }
+    entries.len()
+}
+
 impl RaftNetwork<TypeConfig> for PeerConnection {
     async fn append_entries(
         &mut self,
-        rpc: AppendEntriesRequest<TypeConfig>,
+        mut rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
-        self.rpc(Service::RaftAppendEntries, &rpc, &option).await
+        let fits = entries_within(&rpc.entries, APPEND_BUDGET_BYTES);
+        if fits == rpc.entries.len() {
+            return self.rpc(Service::RaftAppendEntries, &rpc, &option).await;
+        }
+        rpc.entries.truncate(fits);
+        let last = rpc.entries.last().map(|entry| entry.log_id);
+        tracing::debug!(
+            target = self.target,
+            "sending {fits} entries of a larger batch (the rest follows)"
+        );
+        let answer: AppendEntriesResponse<NodeId> =
+            self.rpc(Service::RaftAppendEntries, &rpc, &option).await?;
+        // The follower matched everything sent: tell openraft how far, so it sends on from there.
+        Ok(match answer {
+            AppendEntriesResponse::Success => AppendEntriesResponse::PartialSuccess(last),
+            other => other,
+        })
     }
 
     async fn install_snapshot(

@@ -275,10 +275,10 @@ async fn a_down_destination_that_may_drop_never_stops_intake_for_the_others() {
 }
 
 /// A tmpfs mounted over a data dir for one test, unmounted (lazily, after the node) on drop.
-struct SmallDisk(std::path::PathBuf);
+pub(crate) struct SmallDisk(std::path::PathBuf);
 
 impl SmallDisk {
-    fn mount(at: &std::path::Path, size: &str) -> SmallDisk {
+    pub(crate) fn mount(at: &std::path::Path, size: &str) -> SmallDisk {
         std::fs::create_dir_all(at).unwrap();
         let status = std::process::Command::new("mount")
             .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])

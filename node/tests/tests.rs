@@ -4,12 +4,15 @@
 
 mod common;
 
+mod address;
 mod backpressure;
 mod ca_rotation;
+mod catch_up;
 mod cluster;
 mod collector;
 mod dashboard_ui;
 mod dashboards;
+mod disk_full;
 mod docs;
 mod export;
 mod hybrid;

@@ -119,9 +119,43 @@ pub async fn become_member(
             node.admitted = true;
             dir.save_node(&node)?;
         }
+        // A member restarted from its data dir: nothing to join, but it may listen at another
+        // address than the membership records (see `keep_address`).
         Some(_) => {}
     }
     Ok(())
+}
+
+/// Until the membership records this node at `me.addr`, asks the leader (every 2 s, in the
+/// background) to record it there: a member restarted with another `--advertise` (or
+/// `--listen`) is dialled at its old address by everyone until then, so it hears no leader.
+pub fn keep_address(consensus: Arc<Consensus>, me: Member, via: Option<String>) {
+    tokio::spawn(async move {
+        let mut told = false;
+        loop {
+            match consensus.recorded_member() {
+                Some(recorded) if recorded != me => {
+                    if !told {
+                        tracing::warn!(
+                            "the cluster dials this node at {}, but it listens at {}: asking the \
+                             leader to record the new address",
+                            recorded.addr,
+                            me.addr
+                        );
+                        told = true;
+                    }
+                    match consensus.record_address(&me, via.as_deref()).await {
+                        Ok(true) => tracing::info!("the cluster records this node at {}", me.addr),
+                        Ok(false) => {}
+                        Err(e) => tracing::debug!("the new address is not recorded yet: {e}"),
+                    }
+                }
+                // Recorded (or not a member at all, as after a removal): nothing to do.
+                _ => return,
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+    });
 }
 
 /// Commits the new cluster's first tokens (DATA_DIR/api-token, admin, and DATA_DIR/join-token,

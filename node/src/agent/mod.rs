@@ -72,7 +72,8 @@ pub async fn run(args: NodeArgs, seed: ClusterSeed) -> Result<()> {
         name: identity.node.name.clone(),
         addr: start.advertise.clone(),
     };
-    join::become_member(&mesh.consensus, &dir, identity, me, creating, seed).await?;
+    join::become_member(&mesh.consensus, &dir, identity, me.clone(), creating, seed).await?;
+    join::keep_address(mesh.consensus.clone(), me, identity.node.joined_via.clone());
 
     let probes = start_probes(&args, &mesh.consensus)?;
     if let Some(probes) = &probes {

@@ -14,14 +14,25 @@ use serde_json::{json, Value};
 
 use super::{metrics, ApiError, ApiResult, ApiState};
 
-pub(super) async fn healthz(State(state): State<Arc<ApiState>>) -> Json<Health> {
+/// 200 while the node can do its part; 503 with the problems when it cannot (a load balancer
+/// or `apiary doctor` then sees it), such as a Raft log it cannot write.
+pub(super) async fn healthz(State(state): State<Arc<ApiState>>) -> (StatusCode, Json<Health>) {
     let status = state.consensus.status();
-    Json(Health {
-        status: "ok".into(),
+    let problems: Vec<String> = state.consensus.storage_problem().into_iter().collect();
+    let code = if problems.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let health = Health {
+        status: if problems.is_empty() { "ok" } else { "failing" }.into(),
         node: state.node_name.clone(),
-        leader_known: status.leader_id.is_some(),
+        // A stopped Raft's leader is only the last one it knew.
+        leader_known: status.leader_id.is_some() && status.state != "stopped",
         version: status.committed_version,
-    })
+        problems,
+    };
+    (code, Json(health))
 }
 
 pub(super) async fn prometheus(State(state): State<Arc<ApiState>>) -> impl IntoResponse {

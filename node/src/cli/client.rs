@@ -110,6 +110,38 @@ impl Client {
     pub(crate) async fn get(&self, path: &str) -> Result<Value> {
         self.send(reqwest::Method::GET, path, None).await
     }
+
+    /// `GET /healthz`, also when the node answers 503 (failing, with its `problems`).
+    pub(crate) async fn health(&self) -> Result<Value> {
+        let url = format!("{}/healthz", self.base);
+        let response = self
+            .authorized(
+                self.http
+                    .get(&url)
+                    .timeout(std::time::Duration::from_secs(30)),
+            )
+            .send()
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot reach the node at {}: is `apiary node` running there? (--peer URL)",
+                    self.base
+                )
+            })?;
+        let status = response.status();
+        let body: Value = response
+            .json()
+            .await
+            .with_context(|| format!("{url} answered {status} with a body that is not JSON"))?;
+        if status.is_success() || body["status"].is_string() {
+            Ok(body)
+        } else {
+            bail!(
+                "{status}: {}",
+                body["error"].as_str().unwrap_or("(no message)")
+            )
+        }
+    }
 }
 
 /// `answer` read as the API type `T` (from `apiary-api-types`); an answer of another shape is a

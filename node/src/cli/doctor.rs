@@ -17,12 +17,9 @@ const BACKLOG_WARN_BATCHES: u64 = 100;
 pub async fn run(args: &ClientArgs) -> Result<()> {
     let client = Client::new(args)?;
     let mut found = Vec::new();
-    match client.get("/healthz").await {
+    match client.health().await {
         Ok(health) => {
-            found.push(Check::ok(
-                "node",
-                format!("{} answers at {}", text(&health["node"]), args.peer),
-            ));
+            found.push(health_check(&health, &args.peer));
             found.extend(cluster_checks(&client.get("/v1/cluster").await?));
             // Nodes from before CA rotation have no /v1/ca: nothing to check there.
             if let Ok(ca) = client.get("/v1/ca").await {
@@ -72,6 +69,31 @@ pub async fn run(args: &ClientArgs) -> Result<()> {
         bail!("{failed} check(s) failed: see the fix column");
     }
     Ok(())
+}
+
+/// The node answers; it fails this check when it says it cannot do its part (a Raft log it
+/// cannot write: each problem says what to do).
+fn health_check(health: &Value, peer: &str) -> Check {
+    let problems: Vec<&str> = health["problems"]
+        .as_array()
+        .map(|list| list.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    if problems.is_empty() {
+        Check::ok(
+            "node",
+            format!("{} answers at {peer}", text(&health["node"])),
+        )
+    } else {
+        Check::fail(
+            "node",
+            format!(
+                "{} answers at {peer} but is failing: {}",
+                text(&health["node"]),
+                problems.join("; ")
+            ),
+            "free space on the data dir's disk (or make it writable), then restart the node",
+        )
+    }
 }
 
 fn cluster_checks(cluster: &Value) -> Vec<Check> {
