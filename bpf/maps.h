@@ -13,12 +13,17 @@ struct {
 	__uint(max_entries, 8 * 1024 * 1024);
 } events SEC(".maps");
 
-/* When each CPU last asked for a wakeup (events.h). */
+/* When each CPU last asked for a wakeup, and what it wrote since it last looked (events.h). */
+struct ap_wakeup {
+	__u64 last_ns;
+	__u64 bytes;
+};
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
-	__type(value, __u64);
+	__type(value, struct ap_wakeup);
 } last_wakeup SEC(".maps");
 
 /* --- knobs, written by userspace (probes/src/loader.rs), read by filters.h ------------------ */

@@ -124,7 +124,7 @@ static __always_inline void emit_exchange(__u32 probe, struct ap_probe_stats *st
 	x->request_captured = request;
 	x->response_captured = response;
 	__u64 size = offsetof(struct ap_exchange_event, data) + request + response;
-	if (bpf_ringbuf_output(&events, x, size, wakeup_flags()) < 0)
+	if (bpf_ringbuf_output(&events, x, size, wakeup_flags(size)) < 0)
 		stats->lost++;
 	else
 		stats->emitted++;
@@ -237,7 +237,7 @@ static __always_inline void emit_data(__u32 probe, struct ap_conn *conn, struct 
 	/* The verifier needs the bound in the register itself; clang would drop a plain mask. */
 	asm volatile("%0 &= %1" : "+r"(captured) : "i"(CAPTURE_MASK));
 	__u64 size = offsetof(struct ap_data_event, data) + captured;
-	if (bpf_ringbuf_output(&events, ev, size, wakeup_flags()) < 0)
+	if (bpf_ringbuf_output(&events, ev, size, wakeup_flags(size)) < 0)
 		stats->lost++;
 	else
 		stats->emitted++;
