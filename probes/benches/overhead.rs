@@ -383,7 +383,8 @@ fn busy_nginx(quick: bool, runtime: &tokio::runtime::Runtime) {
             (
                 format!("{ns:.0}"),
                 format!("{:.0}", ns / 2.0),
-                format!("{:.0} %", median(&mut counted[m]) * 100.0),
+                // Both sides are traced: a request is two sides.
+                format!("{:.0} %", median(&mut counted[m]) * 100.0 / 2.0),
             )
         };
         println!(
@@ -392,7 +393,7 @@ fn busy_nginx(quick: bool, runtime: &tokio::runtime::Runtime) {
             p / base_p99,
         );
     }
-    println!("(spread of no-probe rounds: {:.0}-{:.0} req/s; kernel-counted: sampled-out requests counted in the kernel, per request)",
+    println!("(spread of no-probe rounds: {:.0}-{:.0} req/s; kernel-counted: traced sides counted in the kernel, no record)",
         rps[0].iter().cloned().fold(f64::MAX, f64::min),
         rps[0].iter().cloned().fold(0.0, f64::max));
     for (m, name) in MODES

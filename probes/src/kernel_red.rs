@@ -14,7 +14,11 @@ use std::time::{Duration, Instant};
 
 use aya::maps::{HashMap, MapData, PerCpuHashMap};
 
-use crate::abi::{RedKey, RedValue, RED_BUCKETS, RED_ROUTE_ENTRIES};
+use apiary_span::{Http, Protocol, Span, SpanKind, TraceLink};
+
+use crate::abi::{
+    red_direction, red_link, Direction, RedKey, RedValue, RED_BUCKETS, RED_ROUTE_ENTRIES,
+};
 
 /// How often the counts are read (and on every `Observer::sync`).
 pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
@@ -108,6 +112,56 @@ impl KernelRed {
             .get(&key)?
             .as_ref()
             .map(|(m, r)| (m.as_str(), r.as_str()))
+    }
+
+    /// The span that stands for requests counted under `key` (its duration 0: theirs are in
+    /// the counts), or None when its route or its service cannot be told. `service(pid,
+    /// comm)` names a process; `now_unix_nanos` is when they were read.
+    pub fn counted_span(
+        &self,
+        key: &RedKey,
+        counted: &Counted,
+        service: impl FnOnce(u32, &str) -> String,
+        now_unix_nanos: u64,
+    ) -> Option<Span> {
+        let (method, route) = self.resolve(key.route)?;
+        let service = service(key.pid, &counted.comm);
+        if service.is_empty() {
+            return None;
+        }
+        let kind = match red_direction(key.direction) {
+            Direction::Ingress => SpanKind::Server,
+            Direction::Egress => SpanKind::Client,
+        };
+        Some(Span {
+            kind,
+            probe: "http",
+            service,
+            pid: key.pid,
+            start_unix_nanos: now_unix_nanos,
+            duration_ns: 0,
+            peer: None,
+            local: None,
+            traceparent: None,
+            sample_rate: 0.0,
+            sampled: false,
+            kept_by: None,
+            netns: 0,
+            cgroup_id: 0,
+            trace: red_link(key.link).map(|link| TraceLink {
+                trace_id: [0; 16],
+                span_id: [0; 8],
+                parent_span_id: None,
+                link,
+            }),
+            protocol: Protocol::Http(Http {
+                method: method.to_string(),
+                target: String::new(),
+                route: route.to_string(),
+                status: key.status,
+                host: None,
+            }),
+        })
     }
 
     /// Whether a poll is due (`force`: asked for by `Observer::sync`).

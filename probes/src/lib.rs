@@ -7,6 +7,7 @@
 //! names (each protocol in its module under [`protocol`]). A probe that cannot attach is reported with the kernel's reason; the others run on.
 
 pub mod abi;
+mod attach;
 pub mod kernel_red;
 mod loader;
 pub mod observer;

@@ -12,7 +12,7 @@ use tokio::sync::broadcast;
 
 use apiary_span::{Link, Span};
 
-use crate::abi::{decode, red_direction, red_link, Event, RedKey};
+use crate::abi::{decode, Event};
 use crate::kernel_red::{Counted, KernelRed};
 use crate::protocol::{Clock, Message, Parsers};
 
@@ -357,8 +357,13 @@ impl Assembler {
         if !red.due(force) {
             return;
         }
+        let now = self
+            .clock
+            .to_unix_nanos(crate::protocol::clock_ns(libc::CLOCK_MONOTONIC));
         for (key, counted) in red.poll() {
-            match counted_span(red, &mut self.names, &self.clock, &key, &counted) {
+            let names = &mut self.names;
+            let service = |pid: u32, comm: &str| service_name(names, pid, comm);
+            match red.counted_span(&key, &counted, service, now) {
                 Some(span) => self.observer.publish_counted(&span, &counted),
                 None => {
                     self.observer
@@ -593,55 +598,6 @@ fn service_name(
     }
     names.insert(pid, name.clone());
     name
-}
-
-/// The span that stands for requests the kernel counted under `key`, or None when its route or
-/// its service cannot be told.
-fn counted_span(
-    red: &KernelRed,
-    names: &mut HashMap<u32, String, foldhash::fast::RandomState>,
-    clock: &Clock,
-    key: &RedKey,
-    counted: &Counted,
-) -> Option<Span> {
-    let (method, route) = red.resolve(key.route)?;
-    let service = service_name(names, key.pid, &counted.comm);
-    if service.is_empty() {
-        return None;
-    }
-    let kind = match red_direction(key.direction) {
-        crate::abi::Direction::Ingress => apiary_span::SpanKind::Server,
-        crate::abi::Direction::Egress => apiary_span::SpanKind::Client,
-    };
-    Some(Span {
-        kind,
-        probe: "http",
-        service,
-        pid: key.pid,
-        start_unix_nanos: clock.to_unix_nanos(crate::protocol::clock_ns(libc::CLOCK_MONOTONIC)),
-        duration_ns: 0,
-        peer: None,
-        local: None,
-        traceparent: None,
-        sample_rate: 0.0,
-        sampled: false,
-        kept_by: None,
-        netns: 0,
-        cgroup_id: 0,
-        trace: red_link(key.link).map(|link| apiary_span::TraceLink {
-            trace_id: [0; 16],
-            span_id: [0; 8],
-            parent_span_id: None,
-            link,
-        }),
-        protocol: apiary_span::Protocol::Http(apiary_span::Http {
-            method: method.to_string(),
-            target: String::new(),
-            route: route.to_string(),
-            status: key.status,
-            host: None,
-        }),
-    })
 }
 
 /// Reads the ring buffer until it is closed, waking on epoll readiness, and the kernel's RED
