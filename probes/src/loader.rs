@@ -370,6 +370,7 @@ impl ProbeSet {
     /// Attaches the programs of the probes that want them and detaches the others'. A program
     /// that cannot attach again fails its probe (reported, with the reason); the others go on.
     fn attach_wanted(&mut self) {
+        let mut forgotten = false;
         for (probe, program, attach) in PROGRAMS {
             let Some(wanted) = self.wanted(probe) else {
                 continue;
@@ -380,9 +381,10 @@ impl ProbeSet {
                 self.links.remove(program);
                 tracing::info!(probe, program, "detached (probe disabled)");
             } else if wanted && !attached && !self.load_failed(probe) {
-                if *probe == "http" {
+                if *probe == "http" && !forgotten {
                     // The connections it followed went on unseen while it was off.
                     self.forget_socket_connections();
+                    forgotten = true;
                 }
                 let libssl = self.libssl.as_deref().map_err(Clone::clone);
                 match attach_one(&mut self.ebpf, program, attach, libssl) {
