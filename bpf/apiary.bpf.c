@@ -157,7 +157,7 @@ int process_exec(struct ap_exec_ctx *ctx)
 		return 0;
 	bpf_probe_read_kernel_str(ev->filename, sizeof(ev->filename),
 				  (void *)ctx + (ctx->filename_loc & 0xffff));
-	bpf_ringbuf_submit(ev, wakeup_flags());
+	bpf_ringbuf_submit(ev, wakeup_flags(sizeof(*ev)));
 	return 0;
 }
 
@@ -172,6 +172,6 @@ int process_exit(struct ap_exit_ctx *ctx)
 		return 0;
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
 	ev->exit_code = BPF_CORE_READ(task, exit_code) >> 8;
-	bpf_ringbuf_submit(ev, wakeup_flags());
+	bpf_ringbuf_submit(ev, wakeup_flags(sizeof(*ev)));
 	return 0;
 }

@@ -98,13 +98,15 @@ struct ap_probe_stats {
 	__u64 lost;        /* events the ring buffer had no room for */
 	__u64 sampled_out; /* events dropped by sampling */
 	__u64 filtered;    /* events dropped by the probe's pid/port/cgroup filters */
+	__u64 counted;     /* sampled-out requests counted in the kernel (red_counts), no record */
 };
-AP_ABI_SIZE(ap_probe_stats, 40);
+AP_ABI_SIZE(ap_probe_stats, 48);
 AP_ABI_OFFSET(ap_probe_stats, offered, 0);
 AP_ABI_OFFSET(ap_probe_stats, emitted, 8);
 AP_ABI_OFFSET(ap_probe_stats, lost, 16);
 AP_ABI_OFFSET(ap_probe_stats, sampled_out, 24);
 AP_ABI_OFFSET(ap_probe_stats, filtered, 32);
+AP_ABI_OFFSET(ap_probe_stats, counted, 40);
 
 struct ap_scope_config {
 	__u32 by_cgroup;
@@ -244,9 +246,13 @@ struct ap_exchange_event {
 	__u16 request_captured; /* data[0..request_captured] */
 	__u16 response_captured; /* then data[request_captured..][..response_captured] */
 	struct ap_trace_ctx trace; /* the request's */
+	/* A sampled-out request's route key (bpf/red.h: a hash of its method and path), 0 when
+	 * the kernel could not tell it: userspace learns which route the key is, and writes it
+	 * into red_routes so that the route's next sampled-out requests are counted in the kernel. */
+	__u64 route;
 	__u8 data[BRIEF_CAPTURE * 2];
 };
-AP_ABI_SIZE(ap_exchange_event, 688);
+AP_ABI_SIZE(ap_exchange_event, 696);
 AP_ABI_OFFSET(ap_exchange_event, h, 0);
 AP_ABI_OFFSET(ap_exchange_event, flow, 48);
 AP_ABI_OFFSET(ap_exchange_event, conn_id, 88);
@@ -259,7 +265,8 @@ AP_ABI_OFFSET(ap_exchange_event, flags, 128);
 AP_ABI_OFFSET(ap_exchange_event, request_captured, 132);
 AP_ABI_OFFSET(ap_exchange_event, response_captured, 134);
 AP_ABI_OFFSET(ap_exchange_event, trace, 136);
-AP_ABI_OFFSET(ap_exchange_event, data, 176);
+AP_ABI_OFFSET(ap_exchange_event, route, 176);
+AP_ABI_OFFSET(ap_exchange_event, data, 184);
 
 struct ap_tcp_event {
 	struct ap_event_header h;
@@ -296,5 +303,76 @@ AP_ABI_OFFSET(ap_proc_event, h, 0);
 AP_ABI_OFFSET(ap_proc_event, ppid, 48);
 AP_ABI_OFFSET(ap_proc_event, exit_code, 52);
 AP_ABI_OFFSET(ap_proc_event, filename, 56);
+
+/* --- RED in the kernel (bpf/red.h) ---------------------------------------------------------
+ * A request sampling dropped whose route userspace knows (red_routes) and whose response no
+ * keep rule may want is counted in red_counts, and sends no record. */
+#define RED_BUCKETS 20
+#define RED_ROUTE_ENTRIES 4096
+#define RED_COUNT_ENTRIES 16384
+/* The request-line bytes red.h scans for the method and path. */
+#define RED_SCAN 192
+/* sizeof(struct ap_conn) (maps.h, kernel-only): userspace empties the map of socket entries. */
+#define CONN_ENTRY_BYTES 432
+/* The histogram's upper bounds in ns (pipeline's DURATION_BOUNDS_SECONDS); the last bucket
+ * is +Inf. */
+#define RED_BOUND_0 100000
+#define RED_BOUND_1 250000
+#define RED_BOUND_2 500000
+#define RED_BOUND_3 1000000
+#define RED_BOUND_4 2500000
+#define RED_BOUND_5 5000000
+#define RED_BOUND_6 10000000
+#define RED_BOUND_7 25000000
+#define RED_BOUND_8 50000000
+#define RED_BOUND_9 75000000
+#define RED_BOUND_10 100000000
+#define RED_BOUND_11 250000000
+#define RED_BOUND_12 500000000
+#define RED_BOUND_13 750000000
+#define RED_BOUND_14 1000000000
+#define RED_BOUND_15 2500000000
+#define RED_BOUND_16 5000000000
+#define RED_BOUND_17 7500000000
+#define RED_BOUND_18 10000000000
+
+struct ap_red_config {
+	__u64 seed;           /* of the route hash, random per load */
+	__u64 slower_than_ns; /* budget.always_keep.slower_than_ms (0: off): slower goes to userspace */
+	__u32 keep_errors;    /* budget.always_keep.errors: a 5xx goes to userspace */
+	__u32 enabled;        /* 0: every sampled-out request is sent as a record */
+};
+AP_ABI_SIZE(ap_red_config, 24);
+AP_ABI_OFFSET(ap_red_config, seed, 0);
+AP_ABI_OFFSET(ap_red_config, slower_than_ns, 8);
+AP_ABI_OFFSET(ap_red_config, keep_errors, 16);
+AP_ABI_OFFSET(ap_red_config, enabled, 20);
+
+struct ap_red_key {
+	__u64 route;  /* ap_exchange_event.route */
+	__u32 pid;    /* the process that answered or got the response (service.name) */
+	__u16 status;
+	__u8 direction; /* the request's */
+	__u8 link;      /* LINK_* */
+};
+AP_ABI_SIZE(ap_red_key, 16);
+AP_ABI_OFFSET(ap_red_key, route, 0);
+AP_ABI_OFFSET(ap_red_key, pid, 8);
+AP_ABI_OFFSET(ap_red_key, status, 12);
+AP_ABI_OFFSET(ap_red_key, direction, 14);
+AP_ABI_OFFSET(ap_red_key, link, 15);
+
+/* Per CPU, cumulative: userspace reads the deltas. */
+struct ap_red_value {
+	__u64 count;
+	__u64 sum_ns;
+	__u64 buckets[RED_BUCKETS];
+	char comm[16]; /* set on the CPU that created the entry */
+};
+AP_ABI_SIZE(ap_red_value, 192);
+AP_ABI_OFFSET(ap_red_value, count, 0);
+AP_ABI_OFFSET(ap_red_value, sum_ns, 8);
+AP_ABI_OFFSET(ap_red_value, buckets, 16);
+AP_ABI_OFFSET(ap_red_value, comm, 176);
 
 #endif

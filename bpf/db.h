@@ -134,7 +134,7 @@ static __always_inline void emit_db_buffer(struct ap_data_event *ev, __u32 got, 
 	ev->captured = captured;
 	asm volatile("%0 &= %1" : "+r"(captured) : "i"(CAPTURE_MASK));
 	__u64 size = offsetof(struct ap_data_event, data) + captured;
-	if (bpf_ringbuf_output(&events, ev, size, wakeup_flags()) < 0)
+	if (bpf_ringbuf_output(&events, ev, size, wakeup_flags(size)) < 0)
 		stats->lost++;
 	else
 		stats->emitted++;

@@ -13,12 +13,17 @@ struct {
 	__uint(max_entries, 8 * 1024 * 1024);
 } events SEC(".maps");
 
-/* When each CPU last asked for a wakeup (events.h). */
+/* When each CPU last asked for a wakeup, and what it wrote since it last looked (events.h). */
+struct ap_wakeup {
+	__u64 last_ns;
+	__u64 bytes;
+};
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
-	__type(value, __u64);
+	__type(value, struct ap_wakeup);
 } last_wakeup SEC(".maps");
 
 /* --- knobs, written by userspace (probes/src/loader.rs), read by filters.h ------------------ */
@@ -136,6 +141,7 @@ struct ap_conn {
 	__u32 req_flags;
 	__u64 req_ts;
 	__s64 req_len;
+	__u64 req_route; /* a sampled-out request's route key (red.h), 0: none */
 	/* Trace context (trace.h): requests started on this connection (both sides count from the
 	 * entry's creation, so a client's nth request is its server's nth), the thread that read
 	 * the last server request (0 on a client), and the last request's context. */
@@ -144,6 +150,7 @@ struct ap_conn {
 	struct ap_trace_ctx req_trace;
 	__u8 req_data[BRIEF_CAPTURE];
 };
+_Static_assert(sizeof(struct ap_conn) == CONN_ENTRY_BYTES, "update CONN_ENTRY_BYTES in apiary.h");
 
 /* Keyed by pid << 32 | fd, or, for TLS, by bit 63 set, the pid's low 16 bits in bits 47-62 and
  * the SSL pointer below (user addresses are under 2^47 on x86-64): forked workers often hold
@@ -221,5 +228,37 @@ struct {
 	__type(key, __u32);
 	__type(value, struct ap_conn);
 } conn_scratch SEC(".maps");
+
+/* --- RED in the kernel (red.h) ----------------------------------------------------------- */
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct ap_red_config);
+} red_config SEC(".maps");
+
+/* Route keys userspace has resolved to a method and route (value unused). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, RED_ROUTE_ENTRIES);
+	__type(key, __u64);
+	__type(value, __u8);
+} red_routes SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, RED_COUNT_ENTRIES);
+	__type(key, struct ap_red_key);
+	__type(value, struct ap_red_value);
+} red_counts SEC(".maps");
+
+/* A new red_counts entry's value (zero but its comm). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct ap_red_value);
+} red_scratch SEC(".maps");
 
 #endif /* APIARY_MAPS_H */

@@ -16,6 +16,7 @@
 #include "filters.h"
 #include "conn.h"
 #include "protocol.h"
+#include "red.h"
 
 static __always_inline struct ap_data_event *scratch_event(void)
 {
@@ -119,10 +120,11 @@ static __always_inline void emit_exchange(__u32 probe, struct ap_probe_stats *st
 			response = 0;
 	}
 	x->trace = conn->req_trace;
+	x->route = conn->req_route;
 	x->request_captured = request;
 	x->response_captured = response;
 	__u64 size = offsetof(struct ap_exchange_event, data) + request + response;
-	if (bpf_ringbuf_output(&events, x, size, wakeup_flags()) < 0)
+	if (bpf_ringbuf_output(&events, x, size, wakeup_flags(size)) < 0)
 		stats->lost++;
 	else
 		stats->emitted++;
@@ -169,7 +171,11 @@ static __always_inline void emit_data(__u32 probe, struct ap_conn *conn, struct 
 			stats->sampled_out++;
 			flags = DATA_SAMPLED_OUT;
 		}
+		conn->req_route = 0;
 		if (!was_waiting && conn->in_flight == 0 && capture <= BRIEF_CAPTURE) {
+			/* Sampled out: may be counted in the kernel when its response comes (red.h). */
+			if (flags)
+				conn->req_route = red_request_route(ev, got);
 			/* A sampled-out request keeps its brief prefix (always_keep may want its
 			 * traceparent); a kept one what the config asks. */
 			hold_request(conn, ev, flags || capture > got ? got : capture, len, direction,
@@ -183,7 +189,13 @@ static __always_inline void emit_data(__u32 probe, struct ap_conn *conn, struct 
 		trace_response(conn, direction);
 		if (conn->waiting && conn->in_flight == 1 && conn->req_direction != direction) {
 			__u32 limit = conn->req_flags & DATA_SAMPLED_OUT ? STATUS_CAPTURE : capture;
-			emit_exchange(probe, stats, conn, conn_id, ev, got < limit ? got : limit, len);
+			if ((conn->req_flags & DATA_SAMPLED_OUT) && red_count(conn, ev, got)) {
+				conn->waiting = 0;
+				stats->counted++;
+			} else {
+				emit_exchange(probe, stats, conn, conn_id, ev, got < limit ? got : limit,
+					      len);
+			}
 			conn->in_flight = 0;
 			conn->keep = KEEP_UNDECIDED;
 			return;
@@ -225,7 +237,7 @@ static __always_inline void emit_data(__u32 probe, struct ap_conn *conn, struct 
 	/* The verifier needs the bound in the register itself; clang would drop a plain mask. */
 	asm volatile("%0 &= %1" : "+r"(captured) : "i"(CAPTURE_MASK));
 	__u64 size = offsetof(struct ap_data_event, data) + captured;
-	if (bpf_ringbuf_output(&events, ev, size, wakeup_flags()) < 0)
+	if (bpf_ringbuf_output(&events, ev, size, wakeup_flags(size)) < 0)
 		stats->lost++;
 	else
 		stats->emitted++;

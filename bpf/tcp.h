@@ -78,7 +78,7 @@ static __always_inline void emit_tcp(struct sock *sk, struct ap_flow *flow, __u8
 	ev->bytes_acked = BPF_CORE_READ(tp, bytes_acked);
 	ev->retransmits = BPF_CORE_READ(tp, total_retrans);
 	ev->pad = 0;
-	bpf_ringbuf_submit(ev, wakeup_flags());
+	bpf_ringbuf_submit(ev, wakeup_flags(sizeof(*ev)));
 	stats->emitted++;
 }
 

@@ -24,6 +24,10 @@
  * entry is then more likely a reused flow's. */
 #define CLIENT_REQUEST_MAX_AGE_NS (10ULL * 1000000000ULL)
 
+#ifndef barrier
+#define barrier() asm volatile("" ::: "memory")
+#endif
+
 static __always_inline void random_bytes(__u8 *out, int words)
 {
 	for (int i = 0; i < words; i++) {
@@ -87,8 +91,11 @@ static __always_inline int join_client(struct ap_conn *conn, struct ap_trace_ctx
 	struct ap_client_request *client = bpf_map_lookup_elem(&client_requests, &key);
 	if (!client)
 		return 0;
-	if (client->seq != conn->seq || now < client->ts ||
-	    now - client->ts > CLIENT_REQUEST_MAX_AGE_NS ||
+	/* The client rewrites its entry in place (note_client_request): seq is 0 while it does,
+	 * and the entry is taken only if seq is the same before and after reading it. */
+	__u32 seq = *(volatile __u32 *)&client->seq;
+	barrier();
+	if (seq != conn->seq || now < client->ts || now - client->ts > CLIENT_REQUEST_MAX_AGE_NS ||
 	    (is_loopback(&key) && client->netns != conn->netns)) {
 		t->link = LINK_ROOT_ORDER;
 		return 0;
@@ -96,6 +103,11 @@ static __always_inline int join_client(struct ap_conn *conn, struct ap_trace_ctx
 	__builtin_memcpy(t->trace_id, client->trace_id, 16);
 	__builtin_memcpy(t->parent_span_id, client->span_id, 8);
 	t->keep = client->keep;
+	barrier();
+	if (*(volatile __u32 *)&client->seq != seq) {
+		t->link = LINK_ROOT_ORDER;
+		return 0;
+	}
 	t->link = LINK_CONNECTION;
 	return 1;
 }
@@ -168,6 +180,23 @@ static __always_inline void note_client_request(struct ap_conn *conn, struct ap_
 	struct ap_flow key;
 	if (!client_flow_key(&conn->flow, 0, &key))
 		return;
+	struct ap_client_request *entry = bpf_map_lookup_elem(&client_requests, &key);
+	if (entry) {
+		/* In place: an update of an LRU map's key allocates a new element and frees the old
+		 * one, under the LRU lists' locks, which cost as much as the rest of the program in a
+		 * perf profile of wrk. A server reading the entry meanwhile sees seq 0 or a changed
+		 * seq, and does not join it (join_client). Stores stay in this order (x86, barriers). */
+		*(volatile __u32 *)&entry->seq = 0;
+		barrier();
+		__builtin_memcpy(entry->trace_id, t->trace_id, 16);
+		__builtin_memcpy(entry->span_id, t->span_id, 8);
+		entry->ts = now;
+		entry->netns = conn->netns;
+		entry->keep = t->keep;
+		barrier();
+		*(volatile __u32 *)&entry->seq = conn->seq;
+		return;
+	}
 	struct ap_client_request value = {};
 	__builtin_memcpy(value.trace_id, t->trace_id, 16);
 	__builtin_memcpy(value.span_id, t->span_id, 8);

@@ -281,3 +281,96 @@ async fn spans_of_the_last_requests_before_a_stop_are_exported_after_the_restart
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// `/v1/red`'s count of server requests to `route` on `port`'s server (python3).
+async fn red_count(cluster: &Cluster, route: &str) -> u64 {
+    let red = cluster.get(0, "/v1/red").await.unwrap();
+    red["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["kind"] == "server" && r["route"] == route && r["service"] == "python3")
+        .map(|r| r["count"].as_u64().unwrap())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn red_counts_every_request_at_one_percent_sampling() {
+    if !root() {
+        eprintln!("SKIPPED red_counts_every_request_at_one_percent_sampling: needs root to load eBPF (CI runs it as root)");
+        return;
+    }
+    let cluster = Cluster::start_with(1, &[]).await;
+    cluster.unbind_budgets().await;
+    let (status, body) = cluster.set(0, "probe.http.sample_rate", json!(0.01)).await;
+    assert_eq!(status, 200, "{body}");
+    let (_server, port) = python_server();
+    // Applied once the probes report the new rate.
+    cluster
+        .wait_for(
+            Duration::from_secs(5),
+            "sample_rate 0.01 in the maps",
+            |c| async move {
+                let probes = c.get(0, "/v1/probes").await.ok()?;
+                let http = probes
+                    .as_array()?
+                    .iter()
+                    .find(|p| p["name"] == "http")?
+                    .clone();
+                (http["sample_rate"].as_f64()? < 0.02).then_some(())
+            },
+        )
+        .await;
+    let requests = 2000u64;
+    tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        for i in 0..requests {
+            let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+            // A few paths of one route, as a service's clients send them.
+            let request = format!("GET /items/{} HTTP/1.1\r\nHost: x\r\n\r\n", i % 3);
+            stream.write_all(request.as_bytes()).unwrap();
+            let mut response = Vec::new();
+            let _ = stream.read_to_end(&mut response);
+        }
+    })
+    .await
+    .unwrap();
+    let counted = cluster
+        .wait_for(
+            Duration::from_secs(15),
+            "RED to count every request",
+            |c| async move {
+                let n = red_count(c, "/items/{id}").await;
+                (n >= requests).then_some(n)
+            },
+        )
+        .await;
+    assert_eq!(
+        counted, requests,
+        "RED counts every request whatever the sampling"
+    );
+    let probes = cluster.get(0, "/v1/probes").await.unwrap();
+    let http = probes
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "http")
+        .unwrap()
+        .clone();
+    // Most of them never left the kernel as a record.
+    assert!(http["counted"].as_u64().unwrap() > requests / 2, "{http}");
+    let spans = cluster.get(0, "/v1/spans?limit=4096").await.unwrap();
+    let kept = spans
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["kind"] == "server" && s["route"] == "/items/{id}")
+        .count();
+    assert!(
+        (5..=50).contains(&kept),
+        "{kept} server spans of {requests} requests at sample_rate 0.01"
+    );
+    // And it stays exact: nothing counted twice once everything is read.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert_eq!(red_count(&cluster, "/items/{id}").await, requests);
+}

@@ -4,6 +4,11 @@
 //!
 //! Then p99 at a fixed request rate, no probes against all probes, in alternating rounds.
 //!
+//! Then a real busy server: nginx (one worker) saturated by `wrk -t1 -c4`, in alternating
+//! rounds of no probes, all probes disabled (detached), all at rate 1 and at rate 0.01; medians,
+//! ratios against no probes, and the kernel time per traced side (BPF run-time statistics).
+//! APIARY_BENCH_NGINX_ROUNDS (default 5) and APIARY_BENCH_NGINX_SECONDS (default 5).
+//!
 //! `cargo bench -p apiary-probes --bench overhead` (APIARY_BENCH_REQUESTS per connection,
 //! default 20 000, 4 connections; APIARY_BENCH_RATE for the fixed rate, default 2 000 req/s;
 //! APIARY_BENCH_PHASE_SECONDS per round and mode, default 5).
@@ -15,6 +20,8 @@ use std::time::{Duration, Instant};
 
 #[path = "support/loopback.rs"]
 mod loopback;
+#[path = "support/nginx.rs"]
+mod nginx;
 
 use apiary_config::{apply_settings, ClusterConfig, Setting};
 use apiary_probes::{spawn_reader, Observer, ProbeReport, ProbeSet};
@@ -69,6 +76,19 @@ fn all_probes_at(rate: f64) -> ClusterConfig {
     apply_settings(
         &ClusterConfig::default(),
         &["http", "tls", "tcp", "process"].map(setting),
+    )
+    .unwrap()
+}
+
+/// The default config with every probe disabled.
+fn all_probes_disabled() -> ClusterConfig {
+    let setting = |probe: &str| Setting {
+        key: format!("probe.{probe}.enabled"),
+        value: serde_json::json!(false),
+    };
+    apply_settings(
+        &ClusterConfig::default(),
+        &apiary_config::PROBE_NAMES.map(setting),
     )
     .unwrap()
 }
@@ -231,6 +251,169 @@ fn main() {
     );
     reader.abort();
     fixed_rate(port, quick, &runtime);
+    busy_nginx(quick, &runtime);
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(|a, b| a.total_cmp(b));
+    values.get(values.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// nginx saturated by wrk, both traced: throughput and p99 per mode in alternating rounds, and
+/// the kernel time per request and per traced side (wrk's and nginx's) at rate 1 and 0.01.
+fn busy_nginx(quick: bool, runtime: &tokio::runtime::Runtime) {
+    if let Some(missing) = nginx::missing() {
+        println!("\nSKIPPED the busy nginx section: {missing}");
+        return;
+    }
+    let rounds: usize = env_or("APIARY_BENCH_NGINX_ROUNDS", if quick { 1 } else { 5 });
+    let seconds: f64 = env_or("APIARY_BENCH_NGINX_SECONDS", if quick { 1.0 } else { 5.0 });
+    let server = nginx::start();
+    nginx::wrk(server.port, seconds.min(2.0)); // warm-up
+    const MODES: [&str; 4] = [
+        "no probes",
+        "all probes disabled (detached)",
+        "all probes, rate 1",
+        "all probes, rate 0.01",
+    ];
+    let configs = [
+        None,
+        Some(all_probes_disabled()),
+        Some(all_probes_at(1.0)),
+        Some(all_probes_at(0.01)),
+    ];
+    let mut rps = vec![Vec::new(); MODES.len()];
+    let mut p99 = vec![Vec::new(); MODES.len()];
+    let mut kernel_ns = vec![Vec::new(); MODES.len()];
+    let mut counted = vec![Vec::new(); MODES.len()];
+    let mut programs: Vec<Vec<(&'static str, f64, f64)>> = vec![Vec::new(); MODES.len()];
+    println!();
+    println!(
+        "nginx (1 worker) saturated by wrk -t1 -c4 -d{seconds}s, {rounds} alternating rounds:"
+    );
+    for round in 1..=rounds {
+        let mut probes: Option<(ProbeSet, tokio::task::JoinHandle<()>)> = None;
+        for (mode, config) in configs.iter().enumerate() {
+            match config {
+                None => {
+                    if let Some((set, reader)) = probes.take() {
+                        reader.abort();
+                        drop(set);
+                    }
+                }
+                Some(config) => {
+                    if probes.is_none() {
+                        let mut set = ProbeSet::load(&[]).expect("load probes");
+                        let observer = Arc::new(Observer::default());
+                        let reader = {
+                            let _entered = runtime.enter();
+                            spawn_reader(set.take_events().unwrap(), observer).unwrap()
+                        };
+                        probes = Some((set, reader));
+                    }
+                    probes.as_mut().unwrap().0.apply(config).unwrap();
+                }
+            }
+            let before = probes
+                .as_ref()
+                .map(|(set, _)| (set.program_stats(), set.reports()));
+            let (r, p, requests) = nginx::wrk(server.port, seconds);
+            rps[mode].push(r);
+            p99[mode].push(p.as_secs_f64() * 1e6);
+            if let (Some((set, _)), Some((programs_before, reports_before))) = (&probes, before) {
+                let after = set.program_stats();
+                let ns: u64 = after.iter().map(|p| p.2).sum::<u64>()
+                    - programs_before.iter().map(|p| p.2).sum::<u64>();
+                let requests = requests.max(1) as f64;
+                kernel_ns[mode].push(ns as f64 / requests);
+                let http = |reports: &[ProbeReport]| {
+                    reports
+                        .iter()
+                        .find(|r| r.name == "http")
+                        .map(|r| r.counted)
+                        .unwrap_or(0)
+                };
+                counted[mode]
+                    .push((http(&set.reports()) - http(&reports_before)) as f64 / requests);
+                programs[mode] = after
+                    .iter()
+                    .zip(&programs_before)
+                    .filter(|(a, b)| a.1 > b.1)
+                    .map(|(a, b)| {
+                        let runs = (a.1 - b.1) as f64;
+                        (a.0, runs / requests, (a.2 - b.2) as f64 / runs)
+                    })
+                    .collect();
+            }
+        }
+        if let Some((set, reader)) = probes.take() {
+            reader.abort();
+            drop(set);
+        }
+        println!(
+            "round {round}: {}",
+            MODES
+                .iter()
+                .enumerate()
+                .map(|(m, name)| format!("{name} {:.0} req/s", rps[m][round - 1]))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    let base_rps = median(&mut rps[0].clone());
+    let base_p99 = median(&mut p99[0].clone());
+    println!(
+        "{:<32} | {:>9} | {:>9} | {:>9} | {:>9} | {:>13} | {:>14} | {:>14}",
+        "mode",
+        "req/s",
+        "vs none",
+        "p99 µs",
+        "p99 ratio",
+        "kernel ns/req",
+        "ns/traced side",
+        "kernel-counted"
+    );
+    for (m, name) in MODES.iter().enumerate() {
+        let r = median(&mut rps[m]);
+        let p = median(&mut p99[m]);
+        let (ns, side, share) = if kernel_ns[m].is_empty() {
+            ("-".to_string(), "-".to_string(), "-".to_string())
+        } else {
+            let ns = median(&mut kernel_ns[m]);
+            (
+                format!("{ns:.0}"),
+                format!("{:.0}", ns / 2.0),
+                // Both sides are traced: a request is two sides.
+                format!("{:.0} %", median(&mut counted[m]) * 100.0 / 2.0),
+            )
+        };
+        println!(
+            "{name:<32} | {r:>9.0} | {:>8.3}x | {p:>9.0} | {:>8.2}x | {ns:>13} | {side:>14} | {share:>14}",
+            r / base_rps,
+            p / base_p99,
+        );
+    }
+    println!("(spread of no-probe rounds: {:.0}-{:.0} req/s; kernel-counted: traced sides counted in the kernel, no record)",
+        rps[0].iter().cloned().fold(f64::MAX, f64::min),
+        rps[0].iter().cloned().fold(0.0, f64::max));
+    for (m, name) in MODES
+        .iter()
+        .enumerate()
+        .filter(|(m, _)| !programs[*m].is_empty())
+    {
+        println!();
+        println!("where the kernel time goes, {name} (last round):");
+        println!(
+            "{:<22} | {:>12} | {:>10} | {:>10}",
+            "program", "runs/request", "ns/run", "ns/request"
+        );
+        for (program, runs, ns) in &programs[m] {
+            println!(
+                "{program:<22} | {runs:>12.2} | {ns:>10.0} | {:>10.0}",
+                runs * ns
+            );
+        }
+    }
 }
 
 /// p99 at a fixed request rate (open loop, as a service sees it), with no probes loaded and with

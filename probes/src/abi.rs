@@ -119,6 +119,9 @@ same_as_c!(
     LINK_ROOT_THREAD_BUSY,
     LINK_ROOT_THREAD_STALE,
     LINK_ROOT_MULTIPLEXED,
+    RED_BUCKETS,
+    RED_ROUTE_ENTRIES,
+    CONN_ENTRY_BYTES,
 );
 
 // The replicated config refuses filters the kernel's maps cannot hold: its limits are theirs.
@@ -197,6 +200,76 @@ pub struct ProbeStats {
     pub lost: u64,
     pub sampled_out: u64,
     pub filtered: u64,
+    pub counted: u64,
+}
+
+/// `red_config` (bpf/red.h).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RedConfig {
+    pub seed: u64,
+    pub slower_than_ns: u64,
+    pub keep_errors: u32,
+    pub enabled: u32,
+}
+
+/// A key of `red_counts`: sampled-out requests the kernel counted.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct RedKey {
+    pub route: u64,
+    pub pid: u32,
+    pub status: u16,
+    pub direction: u8,
+    pub link: u8,
+}
+
+/// A value of `red_counts` on one CPU (cumulative).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RedValue {
+    pub count: u64,
+    pub sum_ns: u64,
+    pub buckets: [u64; RED_BUCKETS],
+    pub comm: [u8; 16],
+}
+
+pub const RED_BUCKETS: usize = 20;
+pub const RED_ROUTE_ENTRIES: u32 = 4096;
+pub const CONN_ENTRY_BYTES: usize = 432;
+/// The upper bounds (ns) of the kernel's duration buckets; the last bucket is +Inf.
+pub const RED_BOUNDS_NS: [u64; RED_BUCKETS - 1] = [
+    c::RED_BOUND_0,
+    c::RED_BOUND_1,
+    c::RED_BOUND_2,
+    c::RED_BOUND_3,
+    c::RED_BOUND_4,
+    c::RED_BOUND_5,
+    c::RED_BOUND_6,
+    c::RED_BOUND_7,
+    c::RED_BOUND_8,
+    c::RED_BOUND_9,
+    c::RED_BOUND_10,
+    c::RED_BOUND_11,
+    c::RED_BOUND_12,
+    c::RED_BOUND_13,
+    c::RED_BOUND_14,
+    c::RED_BOUND_15,
+    c::RED_BOUND_16,
+    c::RED_BOUND_17,
+    c::RED_BOUND_18,
+];
+/// A `conns` entry (kernel-only layout, bpf/maps.h), as bytes: userspace only deletes them.
+pub type ConnEntry = [u8; CONN_ENTRY_BYTES];
+
+/// The direction of a `red_counts` key.
+pub fn red_direction(raw: u8) -> Direction {
+    direction(raw as u32)
+}
+
+/// The link of a `red_counts` key (None: one this decoder does not know).
+pub fn red_link(raw: u8) -> Option<Link> {
+    link_of(raw as u32)
 }
 
 #[repr(C)]
@@ -235,6 +308,9 @@ unsafe impl aya::Pod for ScopeConfig {}
 unsafe impl aya::Pod for PidFilterKey {}
 unsafe impl aya::Pod for PortFilterKey {}
 unsafe impl aya::Pod for CgroupFilterKey {}
+unsafe impl aya::Pod for RedConfig {}
+unsafe impl aya::Pod for RedKey {}
+unsafe impl aya::Pod for RedValue {}
 
 // The records. These mirrors are never built: they give the decoder and the encoders each
 // field's offset and width.
@@ -304,6 +380,7 @@ struct ApExchangeEvent {
     request_captured: u16,
     response_captured: u16,
     trace: ApTraceCtx,
+    route: u64,
     data: [u8; BRIEF_CAPTURE * 2],
 }
 
@@ -333,7 +410,7 @@ struct ApProcEvent {
 
 mirrors! {
     ProbeConfig => ap_probe_config { enabled, sample_threshold, capture_bytes, filter_flags }
-    ProbeStats => ap_probe_stats { offered, emitted, lost, sampled_out, filtered }
+    ProbeStats => ap_probe_stats { offered, emitted, lost, sampled_out, filtered, counted }
     ScopeConfig => ap_scope_config { by_cgroup, by_netns }
     PidFilterKey => ap_pid_filter_key { probe, pid }
     PortFilterKey => ap_port_filter_key { probe, port }
@@ -346,13 +423,16 @@ mirrors! {
     }
     ApExchangeEvent => ap_exchange_event {
         h, flow, conn_id, request_ts, request_len, response_len, direction, sample_threshold,
-        flags, request_captured, response_captured, trace, data
+        flags, request_captured, response_captured, trace, route, data
     }
     ApTcpEvent => ap_tcp_event {
         h, flow, sock, old_state, new_state, bytes_sent, bytes_received, bytes_acked,
         retransmits, pad
     }
     ApProcEvent => ap_proc_event { h, ppid, exit_code, filename }
+    RedConfig => ap_red_config { seed, slower_than_ns, keep_errors, enabled }
+    RedKey => ap_red_key { route, pid, status, direction, link }
+    RedValue => ap_red_value { count, sum_ns, buckets, comm }
 }
 
 // Where the records' parts are (`layout_matches_the_c_header` pins the numbers).
@@ -436,6 +516,8 @@ pub enum Event<'a> {
         sample_threshold: u32,
         sampled_out: bool,
         trace: Option<TraceLink>,
+        /// A sampled-out request's route key (bpf/red.h), 0 when the kernel took none.
+        route: u64,
         request: &'a [u8],
         response: Option<&'a [u8]>,
     },
@@ -604,15 +686,8 @@ fn flow(r: &Reader, at: usize) -> Result<Option<Flow>, DecodeError> {
 /// LINK_NONE, and for a link this decoder does not know (a newer kernel side).
 fn trace(r: &Reader, at: usize) -> Result<Option<TraceLink>, DecodeError> {
     type T = ApTraceCtx;
-    let link = match get!(r at at, T, link)? {
-        LINK_CONNECTION => Link::Connection,
-        LINK_THREAD => Link::Thread,
-        LINK_ROOT => Link::Root,
-        LINK_ROOT_ORDER => Link::RootOutOfOrder,
-        LINK_ROOT_THREAD_BUSY => Link::RootThreadBusy,
-        LINK_ROOT_THREAD_STALE => Link::RootThreadStale,
-        LINK_ROOT_MULTIPLEXED => Link::RootMultiplexed,
-        _ => return Ok(None),
+    let Some(link) = link_of(get!(r at at, T, link)?) else {
+        return Ok(None);
     };
     let array = |offset: usize, out: &mut [u8]| -> Result<(), DecodeError> {
         out.copy_from_slice(r.bytes(at + offset, out.len())?);
@@ -628,6 +703,19 @@ fn trace(r: &Reader, at: usize) -> Result<Option<TraceLink>, DecodeError> {
         parent_span_id: link.is_joined().then_some(parent),
         link,
     }))
+}
+
+fn link_of(raw: u32) -> Option<Link> {
+    Some(match raw {
+        LINK_CONNECTION => Link::Connection,
+        LINK_THREAD => Link::Thread,
+        LINK_ROOT => Link::Root,
+        LINK_ROOT_ORDER => Link::RootOutOfOrder,
+        LINK_ROOT_THREAD_BUSY => Link::RootThreadBusy,
+        LINK_ROOT_THREAD_STALE => Link::RootThreadStale,
+        LINK_ROOT_MULTIPLEXED => Link::RootMultiplexed,
+        _ => return None,
+    })
 }
 
 fn direction(raw: u32) -> Direction {
@@ -771,6 +859,7 @@ pub fn decode(record: &[u8]) -> Result<Event<'_>, DecodeError> {
                 sample_threshold: get!(r, X, sample_threshold)?,
                 sampled_out: flags & DATA_SAMPLED_OUT != 0,
                 trace: trace(&r, offset_of!(X, trace))?,
+                route: get!(r, X, route)?,
                 request,
                 response: (flags & EXCHANGE_RESPONSE != 0).then_some(response),
                 header,
@@ -827,10 +916,10 @@ mod tests {
         // The numbers of bpf/apiary.h, written out: the build already fails when a mirror and
         // its C struct differ (`mirrors!`); this pins the record format itself.
         assert_eq!(std::mem::size_of::<ProbeConfig>(), 16);
-        assert_eq!(std::mem::size_of::<ProbeStats>(), 40);
+        assert_eq!(std::mem::size_of::<ProbeStats>(), 48);
         assert_eq!(std::mem::size_of::<CgroupFilterKey>(), 16);
         assert_eq!(DATA_PAYLOAD_AT, 160);
-        assert_eq!(EXCHANGE_PAYLOAD_AT, 176);
+        assert_eq!(EXCHANGE_PAYLOAD_AT, 184);
         assert_eq!(TCP_EVENT_SIZE, 136);
         assert_eq!(PROC_EVENT_SIZE, 312);
     }

@@ -7,13 +7,16 @@
 //! names (each protocol in its module under [`protocol`]). A probe that cannot attach is reported with the kernel's reason; the others run on.
 
 pub mod abi;
+mod attach;
+pub mod kernel_red;
 mod loader;
 pub mod observer;
 pub mod protocol;
 
 pub use apiary_span::{Span, SpanKind};
+pub use kernel_red::Counted;
 pub use loader::{find_libssl, ProbeReport, ProbeSet, ProbeState, Scope};
-pub use observer::{spawn_reader, Assembler, KeepRule, Observer, TcpFlow};
+pub use observer::{spawn_reader, Assembler, CountedTap, Events, KeepRule, Observer, TcpFlow};
 
 /// Fails with [`ProbeError::NotRoot`] unless this process may load eBPF programs.
 pub fn check_privileges() -> Result<(), ProbeError> {

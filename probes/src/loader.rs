@@ -1,5 +1,7 @@
 //! Loads the eBPF object, attaches each probe's programs (a probe that fails is reported and the
-//! others go on), and writes the replicated config into the maps.
+//! others go on), and writes the replicated config into the maps. A probe disabled in the config
+//! has its programs detached (loaded still, so enabling it again attaches them without a reload
+//! and without touching the other probes' programs or the ring buffer).
 
 use std::collections::BTreeSet;
 use std::os::fd::OwnedFd;
@@ -7,91 +9,17 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use apiary_config::{ClusterConfig, ProbeSettings};
-use aya::maps::{Array, HashMap, MapData, PerCpuArray, RingBuf};
-use aya::programs::{TracePoint, UProbe};
+use aya::maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap};
 use aya::Ebpf;
 use serde::Serialize;
 
 use crate::abi::*;
+use crate::attach::{attach_one, load_one, Link, PROGRAMS};
+use crate::kernel_red::KernelRed;
+use crate::observer::Events;
 use crate::ProbeError;
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/apiary.bpf.o"));
-
-/// Where each probe's programs attach.
-enum Attach {
-    Tracepoint(&'static str, &'static str),
-    Uprobe(&'static str),
-    Uretprobe(&'static str),
-}
-
-const PROGRAMS: &[(&str, &str, Attach)] = &[
-    (
-        "http",
-        "http_enter_write",
-        Attach::Tracepoint("syscalls", "sys_enter_write"),
-    ),
-    (
-        "http",
-        "http_enter_sendto",
-        Attach::Tracepoint("syscalls", "sys_enter_sendto"),
-    ),
-    (
-        "http",
-        "http_enter_writev",
-        Attach::Tracepoint("syscalls", "sys_enter_writev"),
-    ),
-    (
-        "http",
-        "http_exit_read",
-        Attach::Tracepoint("syscalls", "sys_exit_read"),
-    ),
-    (
-        "http",
-        "http_exit_recvfrom",
-        Attach::Tracepoint("syscalls", "sys_exit_recvfrom"),
-    ),
-    (
-        "http",
-        "http_exit_readv",
-        Attach::Tracepoint("syscalls", "sys_exit_readv"),
-    ),
-    (
-        "http",
-        "http_enter_close",
-        Attach::Tracepoint("syscalls", "sys_enter_close"),
-    ),
-    ("tls", "tls_ssl_write", Attach::Uprobe("SSL_write")),
-    ("tls", "tls_ssl_read", Attach::Uprobe("SSL_read")),
-    ("tls", "tls_ssl_read_ret", Attach::Uretprobe("SSL_read")),
-    ("tls", "tls_ssl_write_ex", Attach::Uprobe("SSL_write_ex")),
-    ("tls", "tls_ssl_read_ex", Attach::Uprobe("SSL_read_ex")),
-    ("tls", "tls_ssl_free", Attach::Uprobe("SSL_free")),
-    (
-        "tls",
-        "tls_ssl_read_ex_ret",
-        Attach::Uretprobe("SSL_read_ex"),
-    ),
-    (
-        "tcp",
-        "tcp_state",
-        Attach::Tracepoint("sock", "inet_sock_set_state"),
-    ),
-    (
-        "tcp",
-        "tcp_retransmit",
-        Attach::Tracepoint("tcp", "tcp_retransmit_skb"),
-    ),
-    (
-        "process",
-        "process_exec",
-        Attach::Tracepoint("sched", "sched_process_exec"),
-    ),
-    (
-        "process",
-        "process_exit",
-        Attach::Tracepoint("sched", "sched_process_exit"),
-    ),
-];
 
 /// Limits a node to some processes (`--scope cgroup:PATH` or `--scope netns:NAME`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -139,6 +67,8 @@ pub struct ProbeReport {
     pub lost: u64,
     pub sampled_out: u64,
     pub filtered: u64,
+    /// Sampled-out requests counted in the kernel (RED), for which no record was sent.
+    pub counted: u64,
     /// Messages of the probe's protocol that gave no span (bad bytes, beyond the capture, on a
     /// connection no longer followed); filled in from the observer, 0 for the other probes.
     pub unparsed: u64,
@@ -147,13 +77,23 @@ pub struct ProbeReport {
 pub struct ProbeSet {
     ebpf: Ebpf,
     failures: std::collections::HashMap<&'static str, String>,
+    /// The attached programs, by name; a program of a disabled probe has none.
+    links: std::collections::HashMap<&'static str, Link>,
+    /// The connection entries (bpf/maps.h), emptied of socket connections when the http
+    /// programs attach again.
+    conns: Option<HashMap<MapData, u64, ConnEntry>>,
+    /// Where the tls probe's uprobes go (or why they cannot).
+    libssl: Result<PathBuf, String>,
     settings: std::collections::HashMap<&'static str, ProbeSettings>,
     config: Array<MapData, ProbeConfig>,
     stats: PerCpuArray<MapData, ProbeStats>,
     pid_filter: HashMap<MapData, PidFilterKey, u8>,
     port_filter: HashMap<MapData, PortFilterKey, u8>,
     cgroup_filter: HashMap<MapData, CgroupFilterKey, u8>,
-    events: Option<RingBuf<MapData>>,
+    events: Option<Events>,
+    red_config: Array<MapData, RedConfig>,
+    /// The route hash's seed (bpf/red.h), random per load.
+    red_seed: u64,
     cgroup_root: Option<PathBuf>,
     // Keeps the kernel's BPF run-time statistics on while the probes live.
     _stats_enabled: Option<OwnedFd>,
@@ -211,18 +151,33 @@ impl ProbeSet {
             }),
         };
         let mut failures = std::collections::HashMap::new();
+        let mut links = std::collections::HashMap::new();
         for (probe, program, attach) in PROGRAMS {
             if failures.contains_key(probe) {
                 continue;
             }
-            if let Err(reason) = attach_one(
+            let loaded = load_one(
                 &mut ebpf,
                 program,
                 attach,
                 libssl.as_deref().map_err(Clone::clone),
-            ) {
-                tracing::warn!(probe, program, "probe failed: {reason}");
-                failures.insert(*probe, reason);
+            )
+            .and_then(|()| {
+                attach_one(
+                    &mut ebpf,
+                    program,
+                    attach,
+                    libssl.as_deref().map_err(Clone::clone),
+                )
+            });
+            match loaded {
+                Ok(link) => {
+                    links.insert(*program, link);
+                }
+                Err(reason) => {
+                    tracing::warn!(probe, program, "probe failed: {reason}");
+                    failures.insert(*probe, reason);
+                }
             }
         }
         let mut set = ProbeSet {
@@ -231,9 +186,23 @@ impl ProbeSet {
             pid_filter: map(&mut ebpf, "pid_filter")?,
             port_filter: map(&mut ebpf, "port_filter")?,
             cgroup_filter: map(&mut ebpf, "cgroup_filter")?,
-            events: Some(map(&mut ebpf, "events")?),
+            events: Some(Events {
+                ring: map(&mut ebpf, "events")?,
+                red: Some(KernelRed::new(
+                    map(&mut ebpf, "red_routes")?,
+                    map::<PerCpuHashMap<MapData, RedKey, RedValue>>(&mut ebpf, "red_counts")?,
+                )),
+            }),
+            red_config: map(&mut ebpf, "red_config")?,
+            red_seed: {
+                use std::hash::BuildHasher;
+                std::collections::hash_map::RandomState::new().hash_one(0x5eed_u64)
+            },
             cgroup_root: cgroup2_root(),
             failures,
+            links,
+            conns: Some(map(&mut ebpf, "conns")?),
+            libssl,
             settings: Default::default(),
             ebpf,
             _stats_enabled: stats_enabled,
@@ -283,12 +252,13 @@ impl ProbeSet {
             .ino())
     }
 
-    /// Takes the ring buffer for the event reader (once).
-    pub fn take_events(&mut self) -> Option<RingBuf<MapData>> {
+    /// Takes the ring buffer and the kernel's RED counts for the event reader (once).
+    pub fn take_events(&mut self) -> Option<Events> {
         self.events.take()
     }
 
-    /// Writes the replicated config into the maps. No program is reloaded or detached.
+    /// Writes the replicated config into the maps, and detaches the programs of the probes it
+    /// disables (attaching those it enables again). No program is reloaded.
     pub fn apply(&mut self, config: &ClusterConfig) -> Result<(), ProbeError> {
         let mut pids = BTreeSet::new();
         let mut ports = BTreeSet::new();
@@ -373,7 +343,106 @@ impl ProbeSet {
         for (probe, value) in values {
             self.config.set(probe, value, 0).map_err(map_error)?;
         }
+        // A sampled-out request a keep rule may want still goes to userspace (bpf/red.h).
+        let keep = &config.budget.always_keep;
+        let red = RedConfig {
+            seed: self.red_seed,
+            slower_than_ns: keep.slower_than_ms.saturating_mul(1_000_000),
+            keep_errors: keep.errors as u32,
+            enabled: 1,
+        };
+        self.red_config.set(0, red, 0).map_err(map_error)?;
+        self.attach_wanted();
         Ok(())
+    }
+
+    /// Whether a probe's programs should be attached: it is enabled (the http probe's also
+    /// while a protocol found per connection rides them). A probe without settings yet (before
+    /// the first apply) keeps what it has.
+    fn wanted(&self, probe: &str) -> Option<bool> {
+        let enabled = |name: &str| self.settings.get(name).map(|s| s.enabled);
+        match probe {
+            "http" => Some(enabled("http")? || enabled("redis").unwrap_or(false)),
+            other => enabled(other),
+        }
+    }
+
+    /// Attaches the programs of the probes that want them and detaches the others'. A program
+    /// that cannot attach again fails its probe (reported, with the reason); the others go on.
+    fn attach_wanted(&mut self) {
+        let mut forgotten = false;
+        for (probe, program, attach) in PROGRAMS {
+            let Some(wanted) = self.wanted(probe) else {
+                continue;
+            };
+            let attached = self.links.contains_key(program);
+            if !wanted && attached {
+                // Dropping the link detaches the program.
+                self.links.remove(program);
+                tracing::info!(probe, program, "detached (probe disabled)");
+            } else if wanted && !attached && !self.load_failed(probe) {
+                if *probe == "http" && !forgotten {
+                    // The connections it followed went on unseen while it was off.
+                    self.forget_socket_connections();
+                    forgotten = true;
+                }
+                let libssl = self.libssl.as_deref().map_err(Clone::clone);
+                match attach_one(&mut self.ebpf, program, attach, libssl) {
+                    Ok(link) => {
+                        self.links.insert(program, link);
+                        self.failures.remove(probe);
+                        tracing::info!(probe, program, "attached (probe enabled)");
+                    }
+                    Err(reason) => {
+                        tracing::warn!(probe, program, "probe failed to attach again: {reason}");
+                        self.failures.insert(probe, reason);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether a probe's programs never loaded (attaching them again cannot help).
+    fn load_failed(&self, probe: &str) -> bool {
+        self.failures.contains_key(probe)
+            && PROGRAMS
+                .iter()
+                .filter(|(p, _, _)| *p == probe)
+                .any(|(_, program, _)| self.ebpf.program(program).is_none_or(|p| p.fd().is_err()))
+    }
+
+    /// Drops the socket connections' entries (`conns` keys without bit 63, bpf/conn.h): while
+    /// the http programs were off, requests and responses went by unseen, and an entry left
+    /// waiting would pair a response with a request long answered. TLS entries stay: the tls
+    /// probe may be running.
+    fn forget_socket_connections(&mut self) {
+        let conns = match self.conns.as_mut() {
+            Some(conns) => conns,
+            None => return,
+        };
+        let keys: Vec<u64> = conns
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|key| key >> 63 == 0)
+            .collect();
+        for key in keys {
+            // Already gone (evicted, or closed by a tls program) is fine.
+            let _ = conns.remove(&key);
+        }
+    }
+
+    /// The kernel's id of a loaded program (as `bpftool prog` and `bpftool link` show it).
+    pub fn program_id(&self, program: &str) -> Option<u32> {
+        Some(self.ebpf.program(program)?.info().ok()?.id())
+    }
+
+    /// Names of the programs attached now (`bpftool link` shows the same links).
+    pub fn attached_programs(&self) -> Vec<&'static str> {
+        PROGRAMS
+            .iter()
+            .map(|(_, program, _)| *program)
+            .filter(|program| self.links.contains_key(program))
+            .collect()
     }
 
     /// Run count and total run time (BPF statistics) of each attached program, by name: the
@@ -407,6 +476,7 @@ impl ProbeSet {
                             sum.lost += s.lost;
                             sum.sampled_out += s.sampled_out;
                             sum.filtered += s.filtered;
+                            sum.counted += s.counted;
                             sum
                         })
                     })
@@ -450,6 +520,7 @@ impl ProbeSet {
                     lost: stats.lost,
                     sampled_out: stats.sampled_out,
                     filtered: stats.filtered,
+                    counted: stats.counted,
                     unparsed: 0,
                 }
             })
@@ -475,55 +546,6 @@ fn sync<K: aya::Pod + Ord>(
 
 fn map_error(e: aya::maps::MapError) -> ProbeError {
     ProbeError::Map(e.to_string())
-}
-
-fn attach_one(
-    ebpf: &mut Ebpf,
-    name: &str,
-    attach: &Attach,
-    libssl: Result<&Path, String>,
-) -> Result<(), String> {
-    let program = ebpf
-        .program_mut(name)
-        .ok_or_else(|| format!("the eBPF object has no program {name}"))?;
-    let explain = |e: aya::programs::ProgramError| verifier_summary(&e.to_string());
-    match attach {
-        Attach::Tracepoint(category, event) => {
-            let tracepoint: &mut TracePoint = program.try_into().map_err(|e| format!("{e}"))?;
-            tracepoint.load().map_err(explain)?;
-            tracepoint
-                .attach(category, event)
-                .map_err(|e| format!("cannot attach to tracepoint {category}/{event}: {e}"))?;
-        }
-        Attach::Uprobe(symbol) | Attach::Uretprobe(symbol) => {
-            let libssl = libssl?;
-            if !libssl.exists() {
-                return Err(format!(
-                    "{} does not exist: no HTTPS plaintext from this node",
-                    libssl.display()
-                ));
-            }
-            let uprobe: &mut UProbe = program.try_into().map_err(|e| format!("{e}"))?;
-            uprobe.load().map_err(explain)?;
-            uprobe
-                .attach(
-                    *symbol,
-                    libssl,
-                    aya::programs::uprobe::UProbeScope::AllProcesses,
-                )
-                .map_err(|e| format!("cannot attach to {symbol} in {}: {e}", libssl.display()))?;
-        }
-    }
-    Ok(())
-}
-
-/// The verifier's log can run to thousands of lines; its end says what was wrong.
-fn verifier_summary(message: &str) -> String {
-    let lines: Vec<&str> = message.lines().collect();
-    if lines.len() <= 12 {
-        return message.to_string();
-    }
-    format!("{} … {}", lines[0], lines[lines.len() - 8..].join(" | "))
 }
 
 /// Tracepoints need tracefs, which a fresh machine does not mount.

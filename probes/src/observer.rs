@@ -13,6 +13,7 @@ use tokio::sync::broadcast;
 use apiary_span::{Link, Span};
 
 use crate::abi::{decode, Event};
+use crate::kernel_red::{Counted, KernelRed};
 use crate::protocol::{Clock, Message, Parsers};
 
 /// A TCP connection that closed, with the bytes the kernel counted for it.
@@ -36,6 +37,16 @@ const TCP_CLOSING: i32 = 11;
 
 /// Sees every request, sampled or not (for RED metrics, which must stay exact).
 pub type RequestTap = Box<dyn Fn(&Span) + Send + Sync>;
+
+/// Sees the requests the kernel counted without sending them (sampled out, bpf/red.h): `span`
+/// stands for all of them (its duration is 0: the durations are in the counts).
+pub type CountedTap = Box<dyn Fn(&Span, &Counted) + Send + Sync>;
+
+/// What the ring reader takes from the probes: the ring buffer, and the kernel's RED counts.
+pub struct Events {
+    pub(crate) ring: RingBuf<MapData>,
+    pub(crate) red: Option<KernelRed>,
+}
 
 /// Requests kept whatever the sampling (`budget.always_keep`), within a per-second cap.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -72,6 +83,7 @@ pub struct Observer {
     /// Shared, not copied: every subscriber and the recent list hold the same span.
     spans: broadcast::Sender<Arc<Span>>,
     tap: std::sync::OnceLock<RequestTap>,
+    counted_tap: std::sync::OnceLock<CountedTap>,
     keep: Mutex<KeepBudget>,
     kept_query_params: std::sync::RwLock<Vec<String>>,
     /// `privacy.keep_redis_keys`.
@@ -80,6 +92,11 @@ pub struct Observer {
     redis_unparsed: AtomicU64,
     /// Requests seen, sampled or not (the demand cooperative tuning shares).
     pub requests_total: AtomicU64,
+    /// Of those, the requests the kernel counted without a record (bpf/red.h).
+    pub counted_in_kernel: AtomicU64,
+    /// Requests the kernel counted under a route key that met a second route, or whose
+    /// service could not be told: not in RED (a guess would be a wrong answer).
+    pub counted_unresolved: AtomicU64,
     /// Spans kept by `budget.always_keep` that sampling had dropped.
     pub kept_by_rule: AtomicU64,
     /// Spans the rule would have kept beyond its per-second cap.
@@ -103,11 +120,14 @@ impl Default for Observer {
         Observer {
             spans: broadcast::channel(8192).0,
             tap: std::sync::OnceLock::new(),
+            counted_tap: std::sync::OnceLock::new(),
             keep: Mutex::new(KeepBudget::default()),
             kept_query_params: Default::default(),
             keep_redis_keys: Default::default(),
             redis_unparsed: AtomicU64::new(0),
             requests_total: AtomicU64::new(0),
+            counted_in_kernel: AtomicU64::new(0),
+            counted_unresolved: AtomicU64::new(0),
             kept_by_rule: AtomicU64::new(0),
             kept_over_cap: AtomicU64::new(0),
             recent_spans: Mutex::new(VecDeque::new()),
@@ -159,6 +179,12 @@ impl Observer {
     /// takes effect (returns false otherwise).
     pub fn set_request_tap(&self, tap: RequestTap) -> bool {
         self.tap.set(tap).is_ok()
+    }
+
+    /// Installs the function that sees the requests the kernel counted (see [`CountedTap`]);
+    /// only the first call takes effect.
+    pub fn set_counted_tap(&self, tap: CountedTap) -> bool {
+        self.counted_tap.set(tap).is_ok()
     }
 
     /// Sees every span that will be exported, synchronously as it is published: for indexes
@@ -240,6 +266,22 @@ impl Observer {
             .collect()
     }
 
+    /// Requests the kernel counted (sampled out, no record), as `span` stands for them.
+    fn publish_counted(&self, span: &Span, counted: &Counted) {
+        self.requests_total
+            .fetch_add(counted.count, Ordering::Relaxed);
+        self.counted_in_kernel
+            .fetch_add(counted.count, Ordering::Relaxed);
+        if let Some(trace) = &span.trace {
+            if let Some(at) = Link::ALL.iter().position(|l| *l == trace.link) {
+                self.links[at].fetch_add(counted.count, Ordering::Relaxed);
+            }
+        }
+        if let Some(tap) = self.counted_tap.get() {
+            tap(span, counted);
+        }
+    }
+
     fn publish(&self, mut span: Span) {
         self.requests_total.fetch_add(1, Ordering::Relaxed);
         if let Some(trace) = &span.trace {
@@ -285,6 +327,7 @@ pub struct Assembler {
     parsers: Parsers,
     names: HashMap<u32, String, foldhash::fast::RandomState>,
     clock: Clock,
+    kernel_red: Option<KernelRed>,
 }
 
 impl Assembler {
@@ -294,6 +337,40 @@ impl Assembler {
             parsers: Parsers::default(),
             names: HashMap::default(),
             clock: Clock::now(),
+            kernel_red: None,
+        }
+    }
+
+    fn with_kernel_red(observer: Arc<Observer>, red: Option<KernelRed>) -> Self {
+        Assembler {
+            kernel_red: red,
+            ..Assembler::new(observer)
+        }
+    }
+
+    /// Reads what the kernel counted since the last time (when due, or `force`), and passes it
+    /// on as the requests it stands for.
+    fn count_kernel_red(&mut self, force: bool) {
+        let Some(red) = self.kernel_red.as_mut() else {
+            return;
+        };
+        if !red.due(force) {
+            return;
+        }
+        let now = self
+            .clock
+            .to_unix_nanos(crate::protocol::clock_ns(libc::CLOCK_MONOTONIC));
+        for (key, counted) in red.poll() {
+            let names = &mut self.names;
+            let service = |pid: u32, comm: &str| service_name(names, pid, comm);
+            match red.counted_span(&key, &counted, service, now) {
+                Some(span) => self.observer.publish_counted(&span, &counted),
+                None => {
+                    self.observer
+                        .counted_unresolved
+                        .fetch_add(counted.count, Ordering::Relaxed);
+                }
+            }
         }
     }
 
@@ -395,6 +472,7 @@ impl Assembler {
                 sample_threshold,
                 sampled_out,
                 trace,
+                route,
                 request,
                 response,
             } => {
@@ -430,6 +508,13 @@ impl Assembler {
                     None => self.parsers.message(message, service, &self.clock),
                 };
                 if let Some(span) = span {
+                    if let (Some(red), apiary_span::Protocol::Http(http)) =
+                        (self.kernel_red.as_mut(), &span.protocol)
+                    {
+                        if route != 0 {
+                            red.learn(route, &http.method, &http.route);
+                        }
+                    }
                     self.observer.publish(span);
                 }
             }
@@ -515,16 +600,18 @@ fn service_name(
     name
 }
 
-/// Reads the ring buffer until it is closed, waking on epoll readiness.
+/// Reads the ring buffer until it is closed, waking on epoll readiness, and the kernel's RED
+/// counts once a second (and on every `Observer::sync`).
 pub fn spawn_reader(
-    ring: RingBuf<MapData>,
+    events: Events,
     observer: Arc<Observer>,
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    let Events { ring, red } = events;
     // SAFETY: the ring buffer owns its map fd, keeps it open and returns the same fd for as long
     // as the AsyncFd owns the ring buffer.
     let mut fd = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
         .map_err(|e| std::io::Error::other(e.to_string()))?;
-    let mut assembler = Assembler::new(observer.clone());
+    let mut assembler = Assembler::with_kernel_red(observer.clone(), red);
     Ok(tokio::spawn(async move {
         // The probes write without waking this reader (see WAKEUP_BYTES in bpf/events.h):
         // it drains on this timer, or at once when the kernel wakes it for a large backlog.
@@ -536,6 +623,7 @@ pub fn spawn_reader(
                     Ok(mut guard) => {
                         drain(guard.get_inner_mut(), &mut assembler);
                         guard.clear_ready();
+                        assembler.count_kernel_red(false);
                     }
                     Err(e) => {
                         tracing::error!("probe ring buffer failed: {e}");
@@ -548,9 +636,11 @@ pub fn spawn_reader(
                     } else {
                         DRAIN_INTERVAL
                     };
+                    assembler.count_kernel_red(false);
                 }
                 _ = observer.drain_requests.notified() => {
                     drain(fd.get_mut(), &mut assembler);
+                    assembler.count_kernel_red(true);
                     observer.drains.send_modify(|n| *n += 1);
                 }
             }

@@ -5,6 +5,7 @@
 
 #[macro_use]
 mod common;
+mod cost;
 mod kernel;
 mod pairing;
 mod scope;

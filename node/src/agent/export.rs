@@ -159,6 +159,15 @@ impl Export {
         if let Some(observer) = observer {
             let red = export.red.clone();
             observer.set_request_tap(Box::new(move |span| red.record(span)));
+            // Requests sampling dropped that the kernel counted without sending them.
+            let red = export.red.clone();
+            observer.set_counted_tap(Box::new(move |span, counted| {
+                if let Err(e) =
+                    red.record_counted(span, counted.count, counted.sum_ns, &counted.buckets)
+                {
+                    tracing::error!("kernel RED counts not added: {e}");
+                }
+            }));
             // Indexed as published, so that after `Observer::sync` an app span finds the probe
             // span of its request.
             let index = export.server_spans.clone();

@@ -132,7 +132,26 @@ pub fn reports_without_probes(reason: &str) -> Vec<ProbeReport> {
             lost: 0,
             sampled_out: 0,
             filtered: 0,
+            counted: 0,
             unparsed: 0,
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use apiary_pipeline::transforms::red::DURATION_BOUNDS_SECONDS;
+    use apiary_probes::abi::{RED_BOUNDS_NS, RED_BUCKETS};
+
+    /// The kernel counts sampled-out requests into its own histogram (bpf/red.h), which RED
+    /// adds bucket by bucket: the bounds must be the same.
+    #[test]
+    fn the_kernel_histogram_has_the_red_bounds() {
+        assert_eq!(RED_BUCKETS, DURATION_BOUNDS_SECONDS.len() + 1);
+        for (ns, seconds) in RED_BOUNDS_NS.iter().zip(DURATION_BOUNDS_SECONDS) {
+            assert_eq!(*ns, (seconds * 1e9).round() as u64);
+            // The kernel compares integer ns, userspace ns / 1e9 in f64: the same at the bound.
+            assert!((*ns as f64 / 1e9) <= seconds && ((*ns + 1) as f64 / 1e9) > seconds);
+        }
+    }
 }

@@ -189,14 +189,51 @@ impl RedMetrics {
 
     /// Counts one request, sampled or not.
     pub fn record(&self, span: &Span) {
-        let kind = span.kind.as_str();
-        let red = span.red();
         let seconds = span.duration_ns as f64 / 1e9;
-        let ended = span.start_unix_nanos.saturating_add(span.duration_ns);
         let bucket = DURATION_BOUNDS_SECONDS
             .iter()
             .position(|bound| seconds <= *bound)
             .unwrap_or(BUCKETS - 1);
+        let ended = span.start_unix_nanos.saturating_add(span.duration_ns);
+        self.add(span, ended, |key, entry| {
+            entry.count += 1;
+            entry.errors += u64::from(key.error);
+            entry.sum_seconds += seconds;
+            entry.buckets[bucket] += 1;
+        });
+    }
+
+    /// Counts `count` requests that `span` stands for, counted elsewhere (the probes' kernel
+    /// side, for requests sampling dropped): their total duration and their histogram, whose
+    /// buckets are [`DURATION_BOUNDS_SECONDS`]'s (a histogram of another length is refused).
+    pub fn record_counted(
+        &self,
+        span: &Span,
+        count: u64,
+        sum_ns: u64,
+        buckets: &[u64],
+    ) -> Result<(), String> {
+        if buckets.len() != BUCKETS {
+            return Err(format!(
+                "a histogram of {} buckets, not {BUCKETS}",
+                buckets.len()
+            ));
+        }
+        self.add(span, span.start_unix_nanos, |key, entry| {
+            entry.count += count;
+            entry.errors += if key.error { count } else { 0 };
+            entry.sum_seconds += sum_ns as f64 / 1e9;
+            for (total, n) in entry.buckets.iter_mut().zip(buckets) {
+                *total += n;
+            }
+        });
+        Ok(())
+    }
+
+    /// The series of `span`'s key (created if new, `{other}` past the cap), given to `count`.
+    fn add(&self, span: &Span, ended: u64, count: impl FnOnce(&RedKey, &mut RedSeries)) {
+        let kind = span.kind.as_str();
+        let red = span.red();
         let matches = |k: &RedKey, operation: &str, route: &str| {
             std::ptr::eq(k.protocol, red.protocol)
                 && k.service == span.service
@@ -247,10 +284,7 @@ impl RedMetrics {
             }
         };
         let (key, entry) = &mut same_hash[index];
-        entry.count += 1;
-        entry.errors += u64::from(key.error);
-        entry.sum_seconds += seconds;
-        entry.buckets[bucket] += 1;
+        count(key, entry);
         entry.last_unix_nanos = entry.last_unix_nanos.max(ended);
     }
 
