@@ -347,3 +347,5 @@ impl History {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod slo_tests;
