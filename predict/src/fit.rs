@@ -98,7 +98,8 @@ mod tests {
     /// A line with two wild outliers: Theil–Sen keeps the slope, least squares would not.
     #[test]
     fn theil_sen_ignores_outliers() {
-        let mut points: Vec<(f64, f64)> = (0..20).map(|i| (i as f64, 2.0 * i as f64 + 1.0)).collect();
+        let mut points: Vec<(f64, f64)> =
+            (0..20).map(|i| (i as f64, 2.0 * i as f64 + 1.0)).collect();
         points[5].1 = 500.0;
         points[15].1 = -300.0;
         let line = theil_sen(&points).unwrap();

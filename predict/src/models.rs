@@ -71,30 +71,38 @@ pub struct KneeFit {
     pub knee_rate: f64,
     /// The rate at which the fitted latency reaches the limit.
     pub breach_rate: f64,
-    /// 0 to 1: how consistently latency rose with the rate (-tau).
+    /// 0 to 1: how consistently latency rose with the rate (-tau over [`KNEE_FULL_TAU`]).
     pub confidence: f64,
 }
 
-/// Fits [`KneeFit`] to `(rate, latency)` pairs, with `limit` the latency objective. `None`
-/// when there are too few pairs, when the rates span too little to say (the highest under
-/// 1.3x the lowest), or when latency does not climb with the rate.
+/// Fits [`KneeFit`] to `(rate, latency)` pairs, with `limit` the latency objective. Only the
+/// pairs at or above the median rate are fitted: a pool of `c` workers (M/M/c) stays flat
+/// longer than one queue and then climbs faster, so the line through its low-rate points
+/// would put the capacity far too high; near the current operating point it is the tangent.
+/// `None` when there are too few pairs, when those rates span too little to say (the highest
+/// under 1.3x the lowest), or when latency does not climb with the rate.
 pub fn knee(pairs: &[(f64, f64)], limit: f64) -> Option<KneeFit> {
-    let points: Vec<(f64, f64)> = pairs
+    let mut points: Vec<(f64, f64)> = pairs
         .iter()
-        .filter(|(rate, latency)| *rate > 0.0 && *latency > 0.0)
+        .filter(|(rate, latency)| *rate > 0.0 && *latency > 0.0 && rate.is_finite())
         .map(|(rate, latency)| (*rate, 1.0 / latency))
         .collect();
-    if points.len() < MIN_KNEE_POINTS || !(limit.is_finite() && limit > 0.0) {
+    if points.len() < 2 * MIN_KNEE_POINTS || !(limit.is_finite() && limit > 0.0) {
         return None;
     }
+    let mut rates: Vec<f64> = points.iter().map(|p| p.0).collect();
+    let median_rate = crate::fit::median(&mut rates)?;
+    points.retain(|(rate, _)| *rate >= median_rate);
     let (low, high) = points
         .iter()
-        .fold((f64::MAX, f64::MIN), |(lo, hi), (r, _)| (lo.min(*r), hi.max(*r)));
+        .fold((f64::MAX, f64::MIN), |(lo, hi), (r, _)| {
+            (lo.min(*r), hi.max(*r))
+        });
     if high < 1.3 * low {
         return None;
     }
     let line = theil_sen(&points)?;
-    if line.slope >= 0.0 || line.intercept <= 0.0 || line.tau > -0.3 {
+    if line.slope >= 0.0 || line.intercept <= 0.0 || line.tau > -KNEE_MIN_TAU {
         return None;
     }
     let capacity = -line.intercept / line.slope;
@@ -109,9 +117,16 @@ pub fn knee(pairs: &[(f64, f64)], limit: f64) -> Option<KneeFit> {
         capacity,
         knee_rate: capacity / 2.0,
         breach_rate,
-        confidence: (-line.tau).clamp(0.0, 1.0),
+        confidence: (-line.tau / KNEE_FULL_TAU).clamp(0.0, 1.0),
     })
 }
+
+/// How strongly latency must climb with the rate (Kendall's tau of the rate against
+/// 1/latency, negated) for a queueing fit at all, and for full confidence in it. Over the 60
+/// pairs of a 120-point window a tau of 0.25 is about 3 standard errors away from no
+/// association; 0.5 leaves no doubt.
+pub const KNEE_MIN_TAU: f64 = 0.25;
+pub const KNEE_FULL_TAU: f64 = 0.5;
 
 /// The share of an error budget spent per unit of time, over two windows: `1.0` spends the
 /// budget exactly as fast as the objective allows.
@@ -170,7 +185,10 @@ mod tests {
         let now = 1095.0;
         let forecast = trend_to_limit(&points, now, 0.200, 3600.0).unwrap();
         assert!((forecast.level - 0.145).abs() < 1e-9, "{forecast:?}");
-        assert!((forecast.seconds_to_limit - 55.0).abs() < 1e-6, "{forecast:?}");
+        assert!(
+            (forecast.seconds_to_limit - 55.0).abs() < 1e-6,
+            "{forecast:?}"
+        );
         assert!(forecast.confidence > 0.99);
         // Beyond the horizon: nothing to say.
         assert!(trend_to_limit(&points, now, 0.200, 30.0).is_none());
@@ -189,13 +207,13 @@ mod tests {
     }
 
     /// Latency of an M/M/1 queue with a 10 ms service time (capacity 100/s), sampled as the
-    /// rate rises from 20 to 80/s: the fit finds the capacity and the rate at which a 100 ms
+    /// rate rises from 20 to 77.5/s: the fit finds the capacity and the rate at which a 100 ms
     /// limit breaks (90/s).
     #[test]
     fn the_queueing_fit_finds_capacity_and_breach_rate() {
-        let pairs: Vec<(f64, f64)> = (0..16)
+        let pairs: Vec<(f64, f64)> = (0..24)
             .map(|i| {
-                let rate = 20.0 + 4.0 * i as f64;
+                let rate = 20.0 + 2.5 * i as f64;
                 (rate, 0.010 / (1.0 - rate / 100.0))
             })
             .collect();

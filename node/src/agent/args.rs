@@ -150,7 +150,12 @@ pub struct NodeArgs {
           value_parser = clap::value_parser!(u32).range(24..=100_000))]
     pub predict_history: u32,
     /// Forecasts further out than this are not raised.
-    #[arg(long, env = "APIARY_PREDICT_HORIZON", default_value = "30min", value_name = "DURATION")]
+    #[arg(
+        long,
+        env = "APIARY_PREDICT_HORIZON",
+        default_value = "30min",
+        value_name = "DURATION"
+    )]
     pub predict_horizon: humantime::Duration,
     /// Run the mesh without eBPF probes (no root needed).
     #[arg(long, env = "APIARY_NO_PROBES")]

@@ -89,7 +89,11 @@ pub fn unix_now() -> f64 {
 fn slower_than(buckets: &[u64; BUCKETS], threshold: f64) -> f64 {
     let mut slow = 0.0;
     for (i, &n) in buckets.iter().enumerate() {
-        let lower = if i == 0 { 0.0 } else { DURATION_BOUNDS_SECONDS[i - 1] };
+        let lower = if i == 0 {
+            0.0
+        } else {
+            DURATION_BOUNDS_SECONDS[i - 1]
+        };
         match DURATION_BOUNDS_SECONDS.get(i) {
             Some(&upper) if upper <= threshold => {}
             Some(_) if lower >= threshold => slow += n as f64,
@@ -246,7 +250,15 @@ impl Predictor {
             let (slo, view) = slo_for(config, &state.history, service);
             state.slos.insert(service.clone(), view);
             if let Some((then, before)) = previous {
-                record_interval(&mut state.history, service, now - then, &before, now_totals, slo, now);
+                record_interval(
+                    &mut state.history,
+                    service,
+                    now - then,
+                    &before,
+                    now_totals,
+                    slo,
+                    now,
+                );
             }
             let last_cpu = state.cpu.entry(service.clone()).or_default();
             let reading = saturation::sample(
@@ -258,15 +270,21 @@ impl Predictor {
             for (signal, value) in reading.values {
                 state.history.push(service, signal, now, value);
             }
-            state.unavailable.insert(service.clone(), reading.unavailable);
+            state
+                .unavailable
+                .insert(service.clone(), reading.unavailable);
         }
         state.last.retain(|service, _| totals.contains_key(service));
         state.cpu.retain(|service, _| totals.contains_key(service));
         state.slos.retain(|service, _| totals.contains_key(service));
-        state.unavailable.retain(|service, _| totals.contains_key(service));
+        state
+            .unavailable
+            .retain(|service, _| totals.contains_key(service));
         let slos: BTreeMap<String, Slo> = totals
             .keys()
-            .filter_map(|service| Some((service.clone(), slo_for(config, &state.history, service).0?)))
+            .filter_map(|service| {
+                Some((service.clone(), slo_for(config, &state.history, service).0?))
+            })
             .collect();
         let events = state.detector.evaluate(&state.history, &slos, now);
         for event in &events {
@@ -331,7 +349,11 @@ impl Predictor {
                 "apiary_prediction_seconds_to_breach{{{labels}}} {}",
                 (p.breach_at - unix_now()).max(0.0)
             );
-            let _ = writeln!(confidence, "apiary_prediction_confidence{{{labels}}} {}", p.confidence);
+            let _ = writeln!(
+                confidence,
+                "apiary_prediction_confidence{{{labels}}} {}",
+                p.confidence
+            );
         }
         let _ = write!(
             out,
@@ -375,9 +397,19 @@ fn record_interval(
     }
     history.push(service, Signal::Requests, now, count as f64);
     history.push(service, Signal::Errors, now, errors as f64);
-    history.push(service, Signal::ErrorRate, now, errors as f64 / count as f64);
+    history.push(
+        service,
+        Signal::ErrorRate,
+        now,
+        errors as f64 / count as f64,
+    );
     if let Some(slo) = slo {
-        history.push(service, Signal::Slow, now, slower_than(&buckets, slo.p99_seconds));
+        history.push(
+            service,
+            Signal::Slow,
+            now,
+            slower_than(&buckets, slo.p99_seconds),
+        );
     }
     if count >= MIN_QUANTILE_REQUESTS {
         history.push(service, Signal::P50, now, quantile(&buckets, 0.50));

@@ -147,9 +147,10 @@ fn cpu_counters(
         }
     }
     let stat = read(&under(mounts.v1_cpu.as_ref()?, v1.get("cpu")?).join("cpu.stat"))?;
-    let usage = read(&under(mounts.v1_cpuacct.as_ref()?, v1.get("cpuacct")?).join("cpuacct.usage"))?
-        .parse::<f64>()
-        .ok()?;
+    let usage =
+        read(&under(mounts.v1_cpuacct.as_ref()?, v1.get("cpuacct")?).join("cpuacct.usage"))?
+            .parse::<f64>()
+            .ok()?;
     Some(CpuCounters {
         at,
         usage_seconds: usage / 1e9,
@@ -166,9 +167,10 @@ fn memory(
 ) -> Result<(f64, f64), String> {
     if let (Some(mount), Some(path)) = (&mounts.v2, v2) {
         let dir = under(mount, path);
-        if let (Some(current), Some(max)) =
-            (read(&dir.join("memory.current")), read(&dir.join("memory.max")))
-        {
+        if let (Some(current), Some(max)) = (
+            read(&dir.join("memory.current")),
+            read(&dir.join("memory.max")),
+        ) {
             let current: f64 = current.parse().map_err(|_| "memory.current unreadable")?;
             if max == "max" {
                 return Err(format!("no memory.max on cgroup {path}"));
@@ -210,12 +212,7 @@ fn fds(pid: u32) -> Option<f64> {
 
 /// The signals of a service whose processes are `pids` (the cgroup of the first; the fds of
 /// the one nearest its limit). `last` holds the previous CPU counters and is updated.
-pub fn sample(
-    mounts: &Mounts,
-    pids: &[u32],
-    at: f64,
-    last: &mut Option<CpuCounters>,
-) -> Reading {
+pub fn sample(mounts: &Mounts, pids: &[u32], at: f64, last: &mut Option<CpuCounters>) -> Reading {
     let mut reading = Reading::default();
     let Some(&pid) = pids.first() else {
         reading
@@ -253,7 +250,9 @@ pub fn sample(
     let nearest = pids
         .iter()
         .filter_map(|pid| fds(*pid))
-        .fold(None, |max: Option<f64>, f| Some(max.map_or(f, |m| m.max(f))));
+        .fold(None, |max: Option<f64>, f| {
+            Some(max.map_or(f, |m| m.max(f)))
+        });
     match nearest {
         Some(share) => reading.values.push((Signal::Fds, share)),
         None => reading
@@ -270,7 +269,11 @@ pub fn pids_by_name(names: &[&str]) -> HashMap<String, Vec<u32>> {
         return out;
     };
     for entry in entries.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
             continue;
         };
         let Some(comm) = read(&entry.path().join("comm")) else {

@@ -19,7 +19,15 @@ pub async fn predict(args: &ClientArgs) -> Result<()> {
         println!("{node}: no predictions ({} pending)", answer["pending"]);
     } else {
         let mut rows = table(&[
-            "SERVICE", "SIGNAL", "MODEL", "BREACH IN", "CONFIDENCE", "NOW", "LIMIT", "WHY", "ACTION",
+            "SERVICE",
+            "SIGNAL",
+            "MODEL",
+            "BREACH IN",
+            "CONFIDENCE",
+            "NOW",
+            "LIMIT",
+            "WHY",
+            "ACTION",
         ]);
         for p in &active {
             let signal = p["signal"].as_str().unwrap_or("-");
@@ -39,20 +47,40 @@ pub async fn predict(args: &ClientArgs) -> Result<()> {
         println!("{rows}");
     }
     if let Some(slos) = answer["slos"].as_object().filter(|s| !s.is_empty()) {
-        let mut rows = table(&["SERVICE", "P99 OBJECTIVE", "ERROR OBJECTIVE", "SIGNALS UNAVAILABLE"]);
+        let mut rows = table(&[
+            "SERVICE",
+            "P99 OBJECTIVE",
+            "ERROR OBJECTIVE",
+            "SIGNALS UNAVAILABLE",
+        ]);
         for (service, slo) in slos {
-            let objective = |value: Option<f64>, source: &Value, unit: &str, scale: f64| match value {
-                Some(v) => format!("{:.4}{unit} ({})", v * scale, source.as_str().unwrap_or("?")),
+            let objective = |value: Option<f64>, source: &Value, unit: &str, scale: f64| match value
+            {
+                Some(v) => format!(
+                    "{:.4}{unit} ({})",
+                    v * scale,
+                    source.as_str().unwrap_or("?")
+                ),
                 None => "waiting for a baseline".to_string(),
             };
             let unavailable: Vec<String> = answer["unavailable"][service]
                 .as_array()
-                .map(|a| a.iter().filter_map(Value::as_str).map(str::to_string).collect())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(Value::as_str)
+                        .map(str::to_string)
+                        .collect()
+                })
                 .unwrap_or_default();
             rows.add_row(vec![
                 service.clone(),
                 objective(slo["p99_ms"].as_f64(), &slo["p99_source"], " ms", 1.0),
-                objective(slo["error_rate"].as_f64(), &slo["error_source"], " %", 100.0),
+                objective(
+                    slo["error_rate"].as_f64(),
+                    &slo["error_source"],
+                    " %",
+                    100.0,
+                ),
                 unavailable.join("; "),
             ]);
         }

@@ -43,10 +43,16 @@ fn push_interval(history: &mut History, at: f64, rate: f64, mu: f64, limit: f64,
     };
     let requests = rate * STEP;
     // P(sojourn > limit) = exp(-(mu - rate) * limit).
-    let slow_share = if rate < mu { (-(mu - rate) * limit).exp() } else { 1.0 };
+    let slow_share = if rate < mu {
+        (-(mu - rate) * limit).exp()
+    } else {
+        1.0
+    };
     for (signal, value) in [
         (Signal::Rate, rate),
         (Signal::P99, p99),
+        // An M/M/1 sojourn time is exponential: its p99 is ln(100) ≈ 4.6x its mean.
+        (Signal::Mean, p99 / (100f64).ln()),
         (Signal::ErrorRate, 0.0),
         (Signal::Requests, requests),
         (Signal::Errors, 0.0),
@@ -71,10 +77,19 @@ fn a_saturation_ramp_is_forecast_before_it_breaches() {
     for i in 0..300 {
         let at = T0 + STEP * i as f64;
         // 10/s for 5 minutes, then +0.25/s every 5 s (3/s per minute).
-        let rate = if i < 60 { 10.0 } else { 10.0 + 0.25 * (i - 60) as f64 };
+        let rate = if i < 60 {
+            10.0
+        } else {
+            10.0 + 0.25 * (i - 60) as f64
+        };
         let rate = rate * (1.0 + 0.03 * noise.next());
         push_interval(&mut history, at, rate, 100.0, limit, noise.next());
-        let p99 = history.ring("web", Signal::P99).unwrap().latest().unwrap().1;
+        let p99 = history
+            .ring("web", Signal::P99)
+            .unwrap()
+            .latest()
+            .unwrap()
+            .1;
         if p99 > limit && breach.is_none() {
             breach = Some(at);
         }
@@ -101,10 +116,17 @@ fn a_saturation_ramp_is_forecast_before_it_breaches() {
     );
     // The forecast said when: within a factor of 2 of the truth.
     let said = prediction.seconds_to_breach;
-    assert!(said > lead / 2.0 && said < lead * 2.0, "forecast {said} s, truth {lead} s: {}", prediction.why);
+    assert!(
+        said > lead / 2.0 && said < lead * 2.0,
+        "forecast {said} s, truth {lead} s: {}",
+        prediction.why
+    );
     assert!(!prediction.evidence.series.is_empty());
     let burn = burn_raised.expect("the burn rate is raised once the objective breaks");
-    assert!(burn >= breach - 30.0, "burn rate raised at {burn}, breach at {breach}");
+    assert!(
+        burn >= breach - 30.0,
+        "burn rate raised at {burn}, breach at {breach}"
+    );
 }
 
 /// An hour of steady load with noise, and one of bursty load well under capacity: nothing
@@ -117,7 +139,11 @@ fn steady_and_bursty_controls_raise_nothing() {
         let mut noise = Noise(7);
         for i in 0..720 {
             let at = T0 + STEP * i as f64;
-            let base = if bursty && (i / 6) % 4 == 0 { 35.0 } else { 20.0 };
+            let base = if bursty && (i / 6) % 4 == 0 {
+                35.0
+            } else {
+                20.0
+            };
             let rate = base * (1.0 + 0.1 * noise.next());
             push_interval(&mut history, at, rate, 100.0, 0.100, noise.next());
             history.push("web", Signal::Memory, at, 0.4 + 0.01 * noise.next());
@@ -147,7 +173,11 @@ fn a_memory_leak_is_forecast_then_resolved_when_it_stops() {
     for i in 0..180 {
         let at = T0 + STEP * i as f64;
         // 0.5 + 0.5 * t/600 s until i=100 (≈ 0.917), then a restart back at 0.3, flat.
-        let memory = if i < 100 { 0.5 + 0.5 * (STEP * i as f64) / 600.0 } else { 0.3 };
+        let memory = if i < 100 {
+            0.5 + 0.5 * (STEP * i as f64) / 600.0
+        } else {
+            0.3
+        };
         history.push("web", Signal::Memory, at, memory + 0.002 * noise.next());
         for event in detector.evaluate(&history, &BTreeMap::new(), at) {
             match event.kind {
@@ -166,7 +196,10 @@ fn a_memory_leak_is_forecast_then_resolved_when_it_stops() {
     // Memory reaches 95 % at t = 0.45 * 600 / 0.5 = 540 s from T0.
     let truth = T0 + 540.0 - at;
     let said = prediction.seconds_to_breach;
-    assert!((said - truth).abs() < 0.2 * truth, "said {said} s, truth {truth} s");
+    assert!(
+        (said - truth).abs() < 0.2 * truth,
+        "said {said} s, truth {truth} s"
+    );
     let resolved = resolved.expect("resolved once memory stopped climbing");
     assert!(resolved > T0 + 500.0 && resolved < T0 + 600.0, "{resolved}");
     assert_eq!(detector.active().count(), 0);
@@ -183,6 +216,10 @@ fn a_single_spike_raises_nothing() {
         let rate = if i == 40 { 45.0 } else { 20.0 };
         push_interval(&mut history, at, rate, 100.0, 0.100, 0.0);
         let events = detector.evaluate(&history, &slo(0.100), at);
-        assert!(events.is_empty(), "interval {i}: {:?}", events[0].prediction.why);
+        assert!(
+            events.is_empty(),
+            "interval {i}: {:?}",
+            events[0].prediction.why
+        );
     }
 }
