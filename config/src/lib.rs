@@ -346,6 +346,6 @@ impl History {
 }
 
 #[cfg(test)]
-mod tests;
-#[cfg(test)]
 mod slo_tests;
+#[cfg(test)]
+mod tests;

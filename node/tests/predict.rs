@@ -270,7 +270,7 @@ async fn predictions_lead_a_saturation_ramp_and_stay_quiet_on_a_control() {
     let (ramp_samples, steady_samples, bursty_samples) = if long {
         // 40/s and 130/s in turns of 30 s: bursts to 65 % of capacity.
         let bursty = load(bursty_port, duration, 3, |t| {
-            if (t / 30.0) as u64 % 2 == 0 {
+            if ((t / 30.0) as u64).is_multiple_of(2) {
                 40.0
             } else {
                 130.0

@@ -150,7 +150,7 @@ pub fn burn(
     long_since: f64,
     budget: f64,
 ) -> Option<Burn> {
-    if !(budget > 0.0) {
+    if budget.is_nan() || budget <= 0.0 {
         return None;
     }
     let sum = |series: &[(f64, f64)], since: f64| -> f64 {

@@ -293,7 +293,10 @@ impl Predictor {
         state.intervals += 1;
         state.last_spent = started.elapsed();
         state.spent += state.last_spent;
-        (state.intervals % SAVE_EVERY == 0).then(|| (state.history.clone(), self.path.clone()))
+        state
+            .intervals
+            .is_multiple_of(SAVE_EVERY)
+            .then(|| (state.history.clone(), self.path.clone()))
     }
 
     /// `GET /v1/predictions`.
