@@ -35,7 +35,20 @@ pub fn parse_cli_assignment(arg: &str) -> Result<Setting, ConfigError> {
 }
 
 const TOP_LEVEL_HINT: &str =
-    "keys start with `probe.<name>.`, `budget.`, `api.`, `privacy.`, `trust.` or `destination.<name>.` (e.g. probe.http.sample_rate)";
+    "keys start with `probe.<name>.`, `budget.`, `api.`, `privacy.`, `trust.`, `destination.<name>.` or `slo.<service>.` (e.g. probe.http.sample_rate)";
+
+/// `slo.<service>.<field>` with the service's name whole even when it holds dots
+/// (`slo.python3.11.p99_ms`): the service is everything between the first and last segment.
+fn slo_path(key: &str) -> Option<(&str, Option<&str>)> {
+    let rest = key
+        .strip_prefix("slo.")
+        .or_else(|| key.strip_prefix("slos."))?;
+    const FIELDS: [&str; 2] = ["p99_ms", "error_rate"];
+    match rest.rsplit_once('.') {
+        Some((service, field)) if FIELDS.contains(&field) => Some((service, Some(field))),
+        _ => Some((rest, None)),
+    }
+}
 
 /// The configuration after `settings`, each applied in order; checked as a whole at the end.
 pub fn apply_settings(
@@ -53,6 +66,9 @@ pub fn apply_settings(
 
 fn apply_one(config: &ClusterConfig, setting: &Setting) -> Result<ClusterConfig, ConfigError> {
     let key = setting.key.as_str();
+    if let Some((service, field)) = slo_path(key) {
+        return apply_slo(config, setting, service, field);
+    }
     let mut path: Vec<&str> = key.split('.').collect();
     if path.iter().any(|segment| segment.is_empty()) {
         return Err(unknown(key, TOP_LEVEL_HINT));
@@ -136,6 +152,56 @@ fn apply_one(config: &ClusterConfig, setting: &Setting) -> Result<ClusterConfig,
     parse(tree, setting)
 }
 
+/// `slo.<service>.<field>=value`, or `slo.<service>=null` to remove the service's objectives.
+fn apply_slo(
+    config: &ClusterConfig,
+    setting: &Setting,
+    service: &str,
+    field: Option<&str>,
+) -> Result<ClusterConfig, ConfigError> {
+    let key = setting.key.as_str();
+    let mut next = config.clone();
+    let Some(field) = field else {
+        if setting.value.is_null() && next.slos.remove(service).is_some() {
+            return Ok(next);
+        }
+        if setting.value.is_null() {
+            return Err(unknown(
+                key,
+                &format!("there are no objectives for `{service}`"),
+            ));
+        }
+        return Err(unknown(
+            key,
+            "objectives are `slo.<service>.p99_ms` and `slo.<service>.error_rate` (or \
+             `slo.<service>=null` to remove both)",
+        ));
+    };
+    let value = match &setting.value {
+        Value::Null => None,
+        Value::Number(n) => n.as_f64(),
+        // A shell may hand `250` on as a string when it was quoted.
+        Value::String(text) => text.trim().parse::<f64>().ok(),
+        _ => None,
+    };
+    if value.is_none() && !setting.value.is_null() {
+        return Err(ConfigError::invalid(
+            key,
+            &setting.value,
+            "a number, or null for the observed baseline",
+        ));
+    }
+    let slo = next.slos.entry(service.to_string()).or_default();
+    match field {
+        "p99_ms" => slo.p99_ms = value,
+        _ => slo.error_rate = value,
+    }
+    if slo.p99_ms.is_none() && slo.error_rate.is_none() {
+        next.slos.remove(service);
+    }
+    Ok(next)
+}
+
 /// An RFC 9110 token, the only thing a header name may be.
 fn is_header_name(name: &str) -> bool {
     !name.is_empty()
@@ -215,6 +281,13 @@ fn internal(key: &str, error: impl std::fmt::Display) -> ConfigError {
 /// The value at a dotted key (`probe.http.sample_rate`), in the CLI's spelling; `None` for a key
 /// the config does not hold.
 pub fn value_at(config: &ClusterConfig, key: &str) -> Option<Value> {
+    if let Some((service, field)) = slo_path(key) {
+        let slo = serde_json::to_value(config.slos.get(service)?).ok()?;
+        return match field {
+            Some(field) => slo.get(field).cloned(),
+            None => Some(slo),
+        };
+    }
     let mut value = serde_json::to_value(config).ok()?;
     for (i, segment) in key.split('.').enumerate() {
         let segment = match (i, segment) {
@@ -237,6 +310,7 @@ pub fn flatten(config: &Value) -> Vec<(String, Value)> {
                     let key = match (prefix, key.as_str()) {
                         ("", "probes") => "probe".to_string(),
                         ("", "destinations") => "destination".to_string(),
+                        ("", "slos") => "slo".to_string(),
                         ("", other) => other.to_string(),
                         (prefix, other) => format!("{prefix}.{other}"),
                     };

@@ -346,4 +346,6 @@ impl History {
 }
 
 #[cfg(test)]
+mod slo_tests;
+#[cfg(test)]
 mod tests;

@@ -29,7 +29,28 @@ pub struct ClusterConfig {
     /// configs written before profiles existed: then the project's key alone).
     #[serde(default)]
     pub trust: Trust,
+    /// Service level objectives by service name (`slo.<service>.p99_ms`,
+    /// `slo.<service>.error_rate`); a service without one is held to objectives derived from
+    /// its observed baseline (absent from configs written before predictions existed).
+    #[serde(default)]
+    pub slos: BTreeMap<String, ServiceSlo>,
 }
+
+/// One service's objectives; an unset field falls back to the observed baseline.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServiceSlo {
+    /// 99 % of the service's requests finish within this many milliseconds.
+    pub p99_ms: Option<f64>,
+    /// The share of requests allowed to fail, greater than 0 and below 1 (0.01 is 1 %).
+    pub error_rate: Option<f64>,
+}
+
+/// Services the config may set objectives for.
+pub const MAX_SLOS: usize = 1024;
+/// The longest service name an objective may name (a process name is at most 15 bytes; an
+/// OTLP `service.name` may be longer).
+pub const MAX_SLO_SERVICE_CHARS: usize = 128;
 
 /// The minisign public key the project signs the catalogue in `profiles/` with (the second line
 /// of `profiles/apiary-project.pub`). Its secret key is kept out of the repository.
@@ -257,6 +278,7 @@ impl Default for ClusterConfig {
             api: ApiAccess::default(),
             privacy: Privacy::default(),
             trust: Trust::default(),
+            slos: BTreeMap::new(),
         }
     }
 }
@@ -322,6 +344,9 @@ impl ClusterConfig {
         for (name, destination) in &self.destinations {
             validate_destination(name, destination)?;
         }
+        for (service, slo) in &self.slos {
+            validate_slo(service, slo)?;
+        }
         if let Some(bad) = self
             .trust
             .profile_keys
@@ -342,6 +367,13 @@ impl ClusterConfig {
     /// replayed): at most [`MAX_DESTINATIONS`], and every probe's filters together within the
     /// kernel's filter maps.
     pub fn validate_limits(&self) -> Result<(), ConfigError> {
+        if self.slos.len() > MAX_SLOS {
+            return Err(ConfigError::invalid(
+                "slo",
+                format!("({} services)", self.slos.len()),
+                format!("objectives for at most {MAX_SLOS} services: remove one first"),
+            ));
+        }
         if self.destinations.len() > MAX_DESTINATIONS {
             return Err(ConfigError::invalid(
                 "destination",
@@ -417,6 +449,43 @@ fn validate_destination(name: &str, destination: &Destination) -> Result<(), Con
         .map_err(|_| ConfigError::invalid(&field, &destination.endpoint, allowed))?;
     if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
         return Err(ConfigError::invalid(&field, &destination.endpoint, allowed));
+    }
+    Ok(())
+}
+
+fn validate_slo(service: &str, slo: &ServiceSlo) -> Result<(), ConfigError> {
+    let valid_name = !service.is_empty()
+        && service.chars().count() <= MAX_SLO_SERVICE_CHARS
+        && !service.chars().any(|c| c.is_control() || c.is_whitespace());
+    if !valid_name {
+        return Err(ConfigError::invalid(
+            format!("slo.{service}"),
+            format!("{service:?}"),
+            format!(
+                "a service name of 1 to {MAX_SLO_SERVICE_CHARS} characters without spaces, as \
+                 `apiary predict` and GET /v1/red name it"
+            ),
+        ));
+    }
+    if let Some(ms) = slo.p99_ms {
+        if !(ms.is_finite() && ms > 0.0 && ms <= 3_600_000.0) {
+            return Err(ConfigError::invalid(
+                format!("slo.{service}.p99_ms"),
+                ms,
+                "milliseconds greater than 0 and at most 3600000 (e.g. 250), or null for the \
+                 observed baseline",
+            ));
+        }
+    }
+    if let Some(rate) = slo.error_rate {
+        if !(rate.is_finite() && rate > 0.0 && rate < 1.0) {
+            return Err(ConfigError::invalid(
+                format!("slo.{service}.error_rate"),
+                rate,
+                "a share of requests greater than 0 and below 1 (0.01 allows 1 % to fail), or \
+                 null for the observed baseline",
+            ));
+        }
     }
     Ok(())
 }

@@ -46,6 +46,9 @@ enum Command {
         /// The trace id (32 hex digits), as `apiary tail --json` and /v1/spans show it.
         trace_id: String,
     },
+    /// Show this node's predictions: which service is forecast to break its objective, when,
+    /// why, and what to do (or --json, with the evidence).
+    Predict(ClientArgs),
     /// Manage the cluster's members.
     Members {
         #[command(flatten)]
@@ -142,6 +145,7 @@ async fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<()> {
         Command::Status(client) => cli::status::status(&client).await,
         Command::Tail { client, service } => cli::tail::tail(&client, service.as_deref()).await,
         Command::Trace { client, trace_id } => cli::trace::trace(&client, &trace_id).await,
+        Command::Predict(client) => cli::predict::predict(&client).await,
         Command::Members { client, command } => cli::members::members(&client, &command).await,
         Command::Ca { client, command } => cli::ca::run(&client, &command).await,
         Command::Config { client, command } => cli::config::config(&client, &command).await,

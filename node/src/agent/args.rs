@@ -139,6 +139,24 @@ pub struct NodeArgs {
         value_name = "DURATION"
     )]
     pub trace_store_age: humantime::Duration,
+    /// How often each service's RED and saturation signals are sampled for predictions (the
+    /// history's resolution).
+    #[arg(long, env = "APIARY_PREDICT_INTERVAL", default_value = "5s", value_name = "DURATION",
+          value_parser = predict_interval)]
+    pub predict_interval: humantime::Duration,
+    /// Points each series of the prediction history keeps (720 at 5s: one hour); the history
+    /// is saved in the data dir and survives a restart.
+    #[arg(long, env = "APIARY_PREDICT_HISTORY", default_value_t = 720,
+          value_parser = clap::value_parser!(u32).range(24..=100_000))]
+    pub predict_history: u32,
+    /// Forecasts further out than this are not raised.
+    #[arg(
+        long,
+        env = "APIARY_PREDICT_HORIZON",
+        default_value = "30min",
+        value_name = "DURATION"
+    )]
+    pub predict_horizon: humantime::Duration,
     /// Run the mesh without eBPF probes (no root needed).
     #[arg(long, env = "APIARY_NO_PROBES")]
     pub no_probes: bool,
@@ -160,6 +178,19 @@ fn cert_lifetime(text: &str) -> Result<humantime::Duration, String> {
         ));
     }
     Ok(lifetime)
+}
+
+/// `--predict-interval`: 1 s to 10 min.
+fn predict_interval(text: &str) -> Result<humantime::Duration, String> {
+    let interval: humantime::Duration = text
+        .parse()
+        .map_err(|e| format!("{text:?} is not a duration (e.g. 5s, 1min): {e}"))?;
+    if !(1..=600).contains(&interval.as_secs()) {
+        return Err(format!(
+            "{text} is out of range: the prediction interval must be 1s to 10min (5s is the default)"
+        ));
+    }
+    Ok(interval)
 }
 
 /// `--nice` (and `nice` in the file, read through this same parser): 0 to 19.

@@ -12,8 +12,10 @@ pub mod intensity;
 mod join;
 mod listeners;
 mod peer;
+pub mod predict;
 mod priority;
 pub mod probes;
+mod saturation;
 pub mod settings;
 pub mod traces;
 
@@ -105,6 +107,14 @@ pub async fn run(args: NodeArgs, seed: ClusterSeed) -> Result<()> {
         export.probe_items_shed.clone(),
     );
     let _ = mesh.intensity.set(intensity.clone());
+    let predictor = predict::Predictor::start(
+        dir.path(),
+        args.predict_interval.into(),
+        args.predict_history as usize,
+        args.predict_horizon.into(),
+        export.red.clone(),
+        mesh.consensus.clone(),
+    );
     let state = Arc::new(ApiState {
         intensity,
         consensus: mesh.consensus.clone(),
@@ -121,6 +131,7 @@ pub async fn run(args: NodeArgs, seed: ClusterSeed) -> Result<()> {
         ca: mesh.ca.clone(),
         data_dir: dir.clone(),
         traces,
+        predictor,
     });
     api::server::serve(
         listeners.api,

@@ -52,6 +52,9 @@ pub(super) async fn prometheus(State(state): State<Arc<ApiState>>) -> impl IntoR
         .export
         .red
         .render_prometheus(&state.node_name, &mut text);
+    state
+        .predictor
+        .render_prometheus(&state.node_name, &mut text);
     text.push_str(&metrics::render_intensity(
         &state.node_name,
         &state.intensity.status(),
@@ -168,6 +171,12 @@ pub(super) async fn red(State(state): State<Arc<ApiState>>) -> Json<Value> {
         "bounds_seconds": apiary_pipeline::transforms::red::DURATION_BOUNDS_SECONDS,
         "routes": state.export.red.routes(),
     }))
+}
+
+pub(super) async fn predictions(State(state): State<Arc<ApiState>>) -> Json<Value> {
+    let mut answer = state.predictor.status();
+    answer["node"] = json!(state.node_name);
+    Json(answer)
 }
 
 pub(super) async fn intensity(State(state): State<Arc<ApiState>>) -> Json<Value> {

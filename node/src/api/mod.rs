@@ -44,6 +44,8 @@ pub struct ApiState {
     pub data_dir: crate::agent::identity::DataDir,
     /// The spans this node exported, by trace, for `GET /v1/traces/{id}`.
     pub traces: Arc<crate::agent::traces::TraceStore>,
+    /// This node's predictions (`GET /v1/predictions`).
+    pub predictor: Arc<crate::agent::predict::Predictor>,
 }
 
 impl ApiState {

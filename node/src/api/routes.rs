@@ -193,6 +193,13 @@ pub const ROUTES: &[Route] = &[
     },
     Route {
         method: Get,
+        path: "/v1/predictions",
+        documented: true,
+        access: Needs(Read),
+        handler: |m| on(m, handlers::predictions),
+    },
+    Route {
+        method: Get,
         path: "/v1/tokens",
         documented: true,
         access: Needs(Admin),

@@ -8,6 +8,7 @@ pub mod config;
 pub mod doctor;
 pub mod init;
 pub mod members;
+pub mod predict;
 pub mod profile;
 mod profile_site;
 /// Spinners and counters for long steps; the agent reports its startup steps through it too.

@@ -1,0 +1,90 @@
+//! `slo.<service>.*`: set, checked, named in errors, removed.
+
+use crate::{apply_settings, flatten, value_at, ClusterConfig, ConfigError, Setting};
+use serde_json::{json, Value};
+
+fn set(key: &str, value: Value) -> Setting {
+    Setting {
+        key: key.to_string(),
+        value,
+    }
+}
+
+#[test]
+fn objectives_are_set_per_service_even_with_dots_in_its_name() {
+    let config = apply_settings(
+        &ClusterConfig::default(),
+        &[
+            set("slo.web.p99_ms", json!(250)),
+            set("slo.python3.11.error_rate", json!(0.02)),
+            set("slo.web.error_rate", json!("0.005")),
+        ],
+    )
+    .unwrap();
+    assert_eq!(config.slos["web"].p99_ms, Some(250.0));
+    assert_eq!(config.slos["web"].error_rate, Some(0.005));
+    assert_eq!(config.slos["python3.11"].error_rate, Some(0.02));
+    assert_eq!(config.slos["python3.11"].p99_ms, None);
+    assert_eq!(value_at(&config, "slo.web.p99_ms"), Some(json!(250.0)));
+    assert_eq!(
+        value_at(&config, "slo.python3.11.error_rate"),
+        Some(json!(0.02))
+    );
+    let keys: Vec<String> = flatten(&serde_json::to_value(&config).unwrap())
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    assert!(keys.contains(&"slo.web.p99_ms".to_string()), "{keys:?}");
+    // Unsetting both fields removes the service; `slo.NAME=null` removes it at once.
+    let config = apply_settings(
+        &config,
+        &[
+            set("slo.web.p99_ms", Value::Null),
+            set("slo.web.error_rate", Value::Null),
+            set("slo.python3.11", Value::Null),
+        ],
+    )
+    .unwrap();
+    assert!(config.slos.is_empty(), "{:?}", config.slos);
+}
+
+#[test]
+fn bad_objectives_are_refused_naming_the_key_and_what_is_allowed() {
+    let base = ClusterConfig::default();
+    let refuse = |key: &str, value: Value| -> String {
+        apply_settings(&base, &[set(key, value)])
+            .unwrap_err()
+            .to_string()
+    };
+    let message = refuse("slo.web.p99_ms", json!(-5));
+    assert!(
+        message.contains("slo.web.p99_ms") && message.contains("greater than 0"),
+        "{message}"
+    );
+    let message = refuse("slo.web.error_rate", json!(1.5));
+    assert!(
+        message.contains("slo.web.error_rate") && message.contains("below 1"),
+        "{message}"
+    );
+    let message = refuse("slo.web.p99_ms", json!("fast"));
+    assert!(message.contains("a number"), "{message}");
+    let message = refuse("slo.web.latency", json!(3));
+    assert!(message.contains("slo.<service>.p99_ms"), "{message}");
+    let message = refuse("slo.web", Value::Null);
+    assert!(message.contains("no objectives for `web`"), "{message}");
+    let message = refuse("slo.my service.p99_ms", json!(3));
+    assert!(message.contains("without spaces"), "{message}");
+    assert!(matches!(
+        apply_settings(&base, &[set("slo.web.p99_ms", json!(0))]),
+        Err(ConfigError::Invalid { .. })
+    ));
+}
+
+/// A config written before objectives existed still reads, with none.
+#[test]
+fn configs_without_objectives_still_parse() {
+    let mut tree = serde_json::to_value(ClusterConfig::default()).unwrap();
+    tree.as_object_mut().unwrap().remove("slos");
+    let config: ClusterConfig = serde_json::from_value(tree).unwrap();
+    assert!(config.slos.is_empty());
+}
