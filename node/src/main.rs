@@ -109,6 +109,16 @@ fn return_large_blocks_to_the_kernel() {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn return_large_blocks_to_the_kernel() {}
 
+/// A client whose output goes to a pipe the reader closed (`apiary status --json | head`) ends
+/// quietly, as other command-line tools do, instead of panicking in `println!`. Not for the
+/// agent, which must outlive any reader.
+fn end_quietly_on_closed_output() {
+    // SAFETY: signal(2) with the default action, before any other thread runs.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn main() -> std::process::ExitCode {
     return_large_blocks_to_the_kernel();
     let matches = Cli::command().get_matches();
@@ -116,6 +126,9 @@ fn main() -> std::process::ExitCode {
         Ok(cli) => cli,
         Err(e) => e.exit(),
     };
+    if !matches!(cli.command, Command::Node(_)) {
+        end_quietly_on_closed_output();
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => {

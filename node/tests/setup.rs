@@ -414,3 +414,27 @@ async fn a_creator_killed_before_it_recorded_its_first_tokens_finishes_on_restar
         );
     }
 }
+
+/// A client whose reader closed its output (`apiary … --json | head`) ends on SIGPIPE as other
+/// command-line tools do, never with a panic.
+#[test]
+fn a_closed_output_pipe_ends_a_client_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let mut child = Command::new(BIN)
+        .args(["profile", "show", "edge-low-overhead", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The reader goes away before the client writes.
+    drop(child.stdout.take());
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(
+        output.status.signal(),
+        Some(libc::SIGPIPE),
+        "{:?}: {stderr}",
+        output.status
+    );
+}
