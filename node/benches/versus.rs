@@ -726,11 +726,12 @@ async fn main() {
     if failed > 0 {
         println!("{failed} requests failed across all rounds");
     }
-    // The smoke run (under `cargo test`) fails when a mode that traces delivered nothing, so
-    // that the bench cannot rot into measuring uninstrumented runs.
+    // The smoke run (under `cargo test`) fails when a mode that keeps every span delivered
+    // nothing, so that the bench cannot rot into measuring uninstrumented runs. (The node as
+    // installed may sample a short, heavy run down to nothing: its budget's right answer.)
     for (service, mode, row) in &rows {
         assert!(
-            *mode == Mode::Bare || row.spans_per_request > 0.0,
+            matches!(mode, Mode::Bare | Mode::Apiary) || row.spans_per_request > 0.0,
             "{} {}: no span reached the sink",
             service.name(),
             mode.name()
