@@ -21,7 +21,7 @@
  * the ring's producer and consumer positions, cache lines the other CPU and the reader write,
  * and cost more than the program's own work in a perf profile of nginx under wrk (every record
  * paid a cache miss). A backlog may then pass the mark by up to this much per CPU before the
- * reader is woken, which the 8 MiB ring has room for. */
+ * reader is woken, which the ring (4 MiB by default) has room for. */
 #define WAKEUP_CHECK_BYTES (64 * 1024)
 
 /* The flags for writing a record of `size` bytes. */

@@ -7,10 +7,11 @@
 
 #include "common.h"
 
-/* Every event goes through this one ring buffer; a full buffer counts the event as lost. */
+/* Every event goes through this one ring buffer; a full buffer counts the event as lost. The
+ * size here is the default; the loader sets the node's --probe-ring-bytes. */
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 8 * 1024 * 1024);
+	__uint(max_entries, 4 * 1024 * 1024);
 } events SEC(".maps");
 
 /* When each CPU last asked for a wakeup, and what it wrote since it last looked (events.h). */

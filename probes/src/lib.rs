@@ -15,7 +15,9 @@ pub mod protocol;
 
 pub use apiary_span::{Span, SpanKind};
 pub use kernel_red::Counted;
-pub use loader::{find_libssl, ProbeReport, ProbeSet, ProbeState, Scope};
+pub use loader::{
+    check_ring_bytes, find_libssl, ProbeReport, ProbeSet, ProbeState, Scope, DEFAULT_RING_BYTES,
+};
 pub use observer::{spawn_reader, Assembler, CountedTap, Events, KeepRule, Observer, TcpFlow};
 
 /// Fails with [`ProbeError::NotRoot`] unless this process may load eBPF programs.

@@ -119,16 +119,40 @@ fn map<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
     T::try_from(map).map_err(|e| ProbeError::Load(format!("map {name}: {e}")))
 }
 
+/// The ring buffer's default size. The kernel maps a ring's pages twice into the reader (so
+/// that a record can wrap), and all of them at once, so the agent's RSS counts twice this from
+/// the start: 8 MiB of RSS for 4 MiB of kernel memory. The reader is woken at 1 MiB waiting
+/// (bpf/events.h), which leaves 3 MiB for a burst while it runs.
+pub const DEFAULT_RING_BYTES: u32 = 4 << 20;
+
+/// A ring size the kernel takes: a power of two, and here at least 2 MiB (above the 1 MiB at
+/// which the reader is woken) and at most 256 MiB.
+pub fn check_ring_bytes(bytes: u32) -> Result<(), String> {
+    if !bytes.is_power_of_two() || !(2 << 20..=256 << 20).contains(&bytes) {
+        return Err(format!(
+            "a probe ring of {bytes} bytes: the kernel takes a power of two; use 2 MiB to 256 MiB \
+             (2097152, 4194304, 8388608, …)"
+        ));
+    }
+    Ok(())
+}
+
 impl ProbeSet {
     /// Loads and attaches every probe. Fails only if nothing can be loaded at all (not root, no
     /// BPF); a single probe that cannot attach is reported by [`ProbeSet::reports`].
     pub fn load(scopes: &[Scope]) -> Result<Self, ProbeError> {
-        Self::load_with_libssl(scopes, None)
+        Self::load_with_libssl(scopes, None, DEFAULT_RING_BYTES)
     }
 
     /// [`ProbeSet::load`], with the `tls` probe on a given libssl (e.g. an OpenSSL 3 built into
-    /// /opt) instead of the one found on the system.
-    pub fn load_with_libssl(scopes: &[Scope], libssl: Option<&Path>) -> Result<Self, ProbeError> {
+    /// /opt) instead of the one found on the system, and a ring buffer of `ring_bytes` (see
+    /// [`check_ring_bytes`]).
+    pub fn load_with_libssl(
+        scopes: &[Scope],
+        libssl: Option<&Path>,
+        ring_bytes: u32,
+    ) -> Result<Self, ProbeError> {
+        check_ring_bytes(ring_bytes).map_err(ProbeError::Load)?;
         crate::check_privileges()?;
         ensure_tracefs()?;
         let stats_enabled = match aya::sys::enable_stats(aya::sys::Stats::RunTime) {
@@ -142,6 +166,7 @@ impl ProbeSet {
         // kernel creates and uses it, userspace never reads it.
         let mut ebpf = aya::EbpfLoader::new()
             .allow_unsupported_maps()
+            .map_max_entries("events", ring_bytes)
             .load(OBJECT)
             .map_err(|e| ProbeError::Load(e.to_string()))?;
         let libssl = match libssl {

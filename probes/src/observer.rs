@@ -652,7 +652,7 @@ pub fn spawn_reader(
 /// span gains, traded for no wakeup per event in the traced programs. A wakeup of this process
 /// costs about 0.1 ms of CPU on the 2-core VMs measured (a bare tokio timer loop at 50 wakeups/s
 /// took 0.6 % of a core), so at 20 ms the timer alone cost more than a few thousand records/s;
-/// the ring (8 MiB, the kernel wakes the reader at 1 MiB) holds far more than 100 ms of them.
+/// the ring (4 MiB by default, the kernel wakes the reader at 1 MiB) holds far more than 100 ms of them.
 const DRAIN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
 /// The same after a drain that found nothing: an idle node should cost next to nothing.
 const IDLE_DRAIN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);

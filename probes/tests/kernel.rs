@@ -460,7 +460,8 @@ async fn https_spans_through_the_tls_probe() {
 async fn a_probe_that_cannot_attach_is_reported_and_the_others_run() {
     require_root!("a_probe_that_cannot_attach_is_reported_and_the_others_run");
     let missing = std::path::Path::new("/nonexistent/apiary/libssl.so.3");
-    let mut set = ProbeSet::load_with_libssl(&[], Some(missing)).expect("the other probes load");
+    let mut set = ProbeSet::load_with_libssl(&[], Some(missing), apiary_probes::DEFAULT_RING_BYTES)
+        .expect("the other probes load");
     set.apply(&ClusterConfig::default()).unwrap();
     let observer = Arc::new(Observer::default());
     spawn_reader(set.take_events().unwrap(), observer.clone()).unwrap();

@@ -87,6 +87,12 @@ pub struct NodeArgs {
     /// OpenSSL 3 libssl for the `tls` probe [default: found on the system]
     #[arg(long, env = "APIARY_LIBSSL")]
     pub libssl: Option<PathBuf>,
+    /// Bytes of the probes' ring buffer (a power of two, 2 MiB to 256 MiB). Counted twice in
+    /// the agent's RSS (the kernel maps it twice); raise it if `/v1/probes` counts lost events
+    /// on a busy host.
+    #[arg(long, env = "APIARY_PROBE_RING_BYTES", default_value_t = apiary_probes::DEFAULT_RING_BYTES,
+        value_parser = parse_ring_bytes)]
+    pub probe_ring_bytes: u32,
     /// Bytes of disk each export destination's buffer may take (its files, measured) while the
     /// destination is down or slower than what comes in.
     #[arg(long, env = "APIARY_EXPORT_BUFFER_BYTES", default_value_t = 256 << 20)]
@@ -211,6 +217,13 @@ fn connection_cap(text: &str) -> Result<usize, String> {
             "{text} is not a connection count: give 1 to 65536 (default 512)"
         )),
     }
+}
+
+fn parse_ring_bytes(text: &str) -> Result<u32, String> {
+    let bytes = text
+        .parse::<u32>()
+        .map_err(|_| format!("{text} is not a byte count: give a power of two such as 4194304"))?;
+    apiary_probes::check_ring_bytes(bytes).map(|()| bytes)
 }
 
 /// The node's name when `--name` is not given: the host name. `apiary init` offers the same

@@ -312,7 +312,12 @@ fn start_probes(args: &NodeArgs, consensus: &Arc<Consensus>) -> Result<Option<Ar
         return Ok(None);
     }
     let progress = Progress::spinner("loading and attaching the eBPF probes");
-    let runtime = ProbeRuntime::start(&args.scopes, args.libssl.as_deref(), consensus)?;
+    let runtime = ProbeRuntime::start(
+        &args.scopes,
+        args.libssl.as_deref(),
+        args.probe_ring_bytes,
+        consensus,
+    )?;
     let reports = runtime.reports();
     let attached = reports
         .iter()

@@ -33,9 +33,10 @@ impl ProbeRuntime {
     pub fn start(
         scopes: &[Scope],
         libssl: Option<&std::path::Path>,
+        ring_bytes: u32,
         consensus: &Arc<Consensus>,
     ) -> Result<Arc<Self>> {
-        let mut set = ProbeSet::load_with_libssl(scopes, libssl)?;
+        let mut set = ProbeSet::load_with_libssl(scopes, libssl, ring_bytes)?;
         let state = consensus.config_state().clone();
         let mut versions = state.subscribe();
         set.apply(state.history().current())
