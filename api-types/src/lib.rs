@@ -22,7 +22,8 @@ pub struct ErrorBody {
 /// `GET /healthz`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Health {
-    /// `ok`, or `failing` (answered with 503) while `problems` is not empty.
+    /// `ok`; `degraded` (still 200) while `warnings` is not empty; or `failing` (answered with
+    /// 503) while `problems` is not empty.
     pub status: String,
     pub node: String,
     pub leader_known: bool,
@@ -31,6 +32,10 @@ pub struct Health {
     /// log cannot be written because the data dir's disk is full).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub problems: Vec<String>,
+    /// What makes this node slow at its part, each with what to do (for example: a flush of
+    /// its Raft log took longer than an election timeout).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// `GET /v1/cluster`: the consensus status as this node sees it, with this node's name.

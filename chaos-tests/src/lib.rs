@@ -10,4 +10,5 @@ pub mod hosts;
 pub mod nemesis;
 pub mod report;
 pub mod run;
+pub mod slow_disk;
 pub mod telemetry;

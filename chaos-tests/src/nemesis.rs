@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Result;
 
 use crate::hosts::{Network, Node, SmallDisk};
+use crate::slow_disk::SlowDisk;
 use crate::telemetry::Receiver;
 
 /// SplitMix64: tiny, and the same sequence from a seed whatever crate versions the lock holds.
@@ -74,6 +75,16 @@ pub enum Fault {
     /// The node whose data dir is a small tmpfs (the last) has its disk filled; when it heals
     /// the room comes back, and a node that says it cannot write its Raft log is restarted.
     DiskFull,
+    /// Every write and sync of the node whose data dir is the slow disk (the one before the
+    /// last) takes `millis` ms, until it heals.
+    SlowDisk { millis: u64 },
+}
+
+/// The nodes' special data dirs: the last node's can be filled, the one before it made slow
+/// (None when FUSE cannot be used here: the fault is then skipped with a line in the log).
+pub struct Disks {
+    pub full: SmallDisk,
+    pub slow: Option<SlowDisk>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,6 +109,7 @@ impl Fault {
             Fault::ClockJump { seconds, .. } if *seconds < 0 => "clock jump back",
             Fault::ClockJump { .. } => "clock jump ahead",
             Fault::DiskFull => "disk full",
+            Fault::SlowDisk { .. } => "slow disk",
         }
     }
 
@@ -110,7 +122,7 @@ impl Fault {
                 Target::Node(rng.below(size as u64) as usize)
             }
         };
-        match rng.below(11) {
+        match rng.below(12) {
             0 | 1 => Fault::Kill(node(rng)),
             2 => Fault::Pause(node(rng)),
             3 => {
@@ -128,6 +140,10 @@ impl Fault {
             7 => Fault::Loss,
             8 => Fault::ReceiverDown,
             9 => Fault::DiskFull,
+            10 => Fault::SlowDisk {
+                // From a busy disk to one that barely moves: 20 ms to 1 s a write.
+                millis: 20 + rng.below(981),
+            },
             _ => {
                 let target = node(rng);
                 // Minutes to an hour, either way.
@@ -154,6 +170,10 @@ pub struct Tally {
     /// A node whose disk was full but that had nothing to write meanwhile may rightly say ok.
     pub disk_full_reported: usize,
     pub disk_full_unreported: usize,
+    /// Slow-disk faults after which the node's /healthz said it was degraded / said ok (it
+    /// rightly says ok when no flush took longer than the election timeout).
+    pub slow_disk_reported: usize,
+    pub slow_disk_unreported: usize,
 }
 
 impl Tally {
@@ -196,7 +216,7 @@ pub fn strike(
     network: &Network,
     nodes: &mut [Node],
     receiver: &mut Receiver,
-    disk: &SmallDisk,
+    disks: &Disks,
     leader: Option<usize>,
     rng: &mut Rng,
 ) -> Result<String> {
@@ -283,13 +303,26 @@ pub fn strike(
             format!("counting receiver at {} down", receiver.addr)
         }
         Fault::DiskFull => {
-            let written = disk.fill()?;
+            let written = disks.full.fill()?;
             format!(
                 "disk of {} full ({} MiB of filler)",
                 nodes[size - 1].name,
                 written >> 20
             )
         }
+        Fault::SlowDisk { millis } => match &disks.slow {
+            Some(slow) => {
+                slow.set_delay(*millis)?;
+                format!(
+                    "disk of {} slow: {millis} ms a write or sync",
+                    nodes[size - 2].name
+                )
+            }
+            None => format!(
+                "slow disk of {} skipped: no FUSE here (see the start of the log)",
+                nodes[size - 2].name
+            ),
+        },
         Fault::ClockJump { target, seconds } => {
             let i = resolve(*target);
             if nodes[i].set_clock_offset(*seconds)? {
@@ -310,11 +343,33 @@ pub async fn heal(
     network: &Network,
     nodes: &mut [Node],
     receiver: &mut Receiver,
-    disk: &SmallDisk,
+    disks: &Disks,
     tally: &mut Tally,
 ) -> Result<Vec<String>> {
     heal_network(network)?;
     let mut done = Vec::new();
+    if let Some(slow) = disks.slow.as_ref().filter(|slow| slow.slow()) {
+        // What the node said while its disk was slow, before it is fast again.
+        let at = nodes.len() - 2;
+        let health = nodes[at].health().await;
+        slow.set_delay(0)?;
+        match &health {
+            Some((_, body)) if body["status"] == "degraded" => tally.slow_disk_reported += 1,
+            Some(_) => tally.slow_disk_unreported += 1,
+            None => {}
+        }
+        done.push(match health {
+            Some((status, body)) => format!(
+                "disk of {} fast again (it answered /healthz {status} {} {})",
+                nodes[at].name, body["status"], body["warnings"]
+            ),
+            None => format!(
+                "disk of {} fast again (it did not answer /healthz)",
+                nodes[at].name
+            ),
+        });
+    }
+    let disk = &disks.full;
     if disk.full() {
         // What the node said while it could not write, before it gets room again.
         let last = nodes.len() - 1;

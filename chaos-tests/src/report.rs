@@ -68,6 +68,14 @@ impl fmt::Display for Report {
                 self.faults.disk_full_reported + self.faults.disk_full_unreported
             )?;
         }
+        if self.faults.slow_disk_reported + self.faults.slow_disk_unreported > 0 {
+            writeln!(
+                f,
+                "  slow disk: the node said degraded in /healthz after {} of {} (it says ok while no flush took longer than the election timeout)",
+                self.faults.slow_disk_reported,
+                self.faults.slow_disk_reported + self.faults.slow_disk_unreported
+            )?;
+        }
         let count = |linearizable: bool, ok: bool| {
             self.reads
                 .iter()

@@ -12,8 +12,10 @@ use crate::checker::{self, Entry};
 use crate::clients::{self, Target, KEY};
 use crate::history::{Action, ReadOutcome, Recorder};
 use crate::hosts::{Network, Node, SmallDisk};
+use crate::nemesis::Disks;
 use crate::nemesis::{self, Fault, Rng, Tally};
 pub use crate::report::Report;
+use crate::slow_disk::SlowDisk;
 use crate::telemetry::{self, Acked, Receiver};
 
 pub const SIZE: usize = 5;
@@ -54,8 +56,8 @@ struct Cluster {
     nodes: Vec<Node>,
     http: reqwest::Client,
     token: String,
-    /// The last node's data dir, small enough to fill.
-    disk: SmallDisk,
+    /// The last node's data dir, small enough to fill; the one before it, a slow disk.
+    disks: Disks,
     _dir: tempfile::TempDir,
 }
 
@@ -126,12 +128,19 @@ impl Cluster {
             .collect();
         // Room for the Raft log and the export buffers' reserve (64 MiB) and some spans.
         let disk = SmallDisk::mount(&dir.path().join(format!("n{}", size - 1)), "112m")?;
+        let slow = match SlowDisk::mount(&dir.path().join(format!("n{}", size - 2))) {
+            Ok(slow) => Some(slow),
+            Err(e) => {
+                eprintln!("chaos: no slow-disk faults: {e:#}");
+                None
+            }
+        };
         let mut cluster = Cluster {
             network,
             nodes,
             http: reqwest::Client::new(),
             token: String::new(),
-            disk,
+            disks: Disks { full: disk, slow },
             _dir: dir,
         };
         for i in 0..size {
@@ -322,7 +331,7 @@ pub async fn run(plan: &Plan) -> Result<Report> {
             &cluster.network,
             &mut cluster.nodes,
             &mut receiver,
-            &cluster.disk,
+            &cluster.disks,
             leader,
             &mut rng,
         )?;
@@ -335,7 +344,7 @@ pub async fn run(plan: &Plan) -> Result<Report> {
             &cluster.network,
             &mut cluster.nodes,
             &mut receiver,
-            &cluster.disk,
+            &cluster.disks,
             &mut tally,
         )
         .await?
@@ -347,7 +356,7 @@ pub async fn run(plan: &Plan) -> Result<Report> {
         &cluster.network,
         &mut cluster.nodes,
         &mut receiver,
-        &cluster.disk,
+        &cluster.disks,
         &mut tally,
     )
     .await?;

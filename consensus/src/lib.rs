@@ -143,6 +143,16 @@ pub struct ClusterStatus {
     pub commit_index: u64,
     pub last_log_index: u64,
     pub last_applied_index: u64,
+    /// The last log index this node's snapshot covers (0: none yet).
+    #[serde(default)]
+    pub snapshot_index: u64,
+    /// The last log index this node has purged (0: none): a follower that needs an entry at or
+    /// below the leader's is sent the leader's snapshot instead.
+    #[serde(default)]
+    pub purged_index: u64,
+    /// The slowest flush of the data dir's database in the last 30 to 60 s, in ms.
+    #[serde(default)]
+    pub slowest_flush_ms: u64,
     pub members: Vec<MemberStatus>,
 }
 
@@ -157,6 +167,8 @@ pub struct Consensus {
     confirmations: leadership::Confirmations,
     /// The log store's last write failure (see [`Consensus::storage_problem`]).
     write_failure: Arc<Mutex<Option<String>>>,
+    /// For the disk's recent flush times (see [`Consensus::slow_disk`]).
+    store: Store,
 }
 
 impl Consensus {
@@ -173,6 +185,13 @@ impl Consensus {
             election_timeout_max: settings.election_timeout_max.as_millis() as u64,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(1000),
             max_in_snapshot_log_to_keep: 500,
+            // A follower behind the purged log is sent the snapshot (the whole config history)
+            // in chunks, each one RPC that must finish within the timeout; the last one also
+            // installs it (a parse and a sled batch of every event). openraft's defaults (3 MiB
+            // chunks, 200 ms) timed out on a 5 MB history here on every try, for ever, and the
+            // follower never came back. Chunks as large as an AppendEntries request, 5 s each.
+            snapshot_max_chunk_size: network::APPEND_BUDGET_BYTES as u64,
+            install_snapshot_timeout: 5_000,
             ..Default::default()
         }
         .validate()
@@ -180,7 +199,8 @@ impl Consensus {
         let log_store = LogStore::new(store.clone());
         let committed_index = log_store.committed_index();
         let write_failure = log_store.write_failure();
-        let state = ConfigState::open(store).map_err(|e| ConsensusError::Storage(e.to_string()))?;
+        let state =
+            ConfigState::open(store.clone()).map_err(|e| ConsensusError::Storage(e.to_string()))?;
         let network = PeerNetwork {
             transport: transport.clone(),
         };
@@ -203,6 +223,7 @@ impl Consensus {
             settings,
             confirmations: Default::default(),
             write_failure,
+            store,
         }))
     }
 
@@ -928,6 +949,9 @@ impl Consensus {
             commit_index: self.committed_index.load(Ordering::Relaxed),
             last_log_index: metrics.last_log_index.unwrap_or(0),
             last_applied_index: metrics.last_applied.map(|id| id.index).unwrap_or(0),
+            snapshot_index: metrics.snapshot.map(|id| id.index).unwrap_or(0),
+            purged_index: metrics.purged.map(|id| id.index).unwrap_or(0),
+            slowest_flush_ms: self.slowest_recent_flush().as_millis() as u64,
             members,
         }
     }
@@ -955,6 +979,29 @@ impl Consensus {
             (Ok(()), Some(failure)) => Some(failure),
             (Ok(()), None) => None,
         }
+    }
+
+    /// The slowest flush of the data dir lately (every Raft append and vote waits for one).
+    pub fn slowest_recent_flush(&self) -> std::time::Duration {
+        self.store.slowest_recent_flush()
+    }
+
+    /// What a slow disk does to this node, when a flush lately took longer than the shortest
+    /// election timeout: a follower that cannot append in time answers late and a leader
+    /// commits late, so elections and writes stall while it lasts. Not a failure (the node
+    /// still takes part), a degradation to look into.
+    pub fn slow_disk(&self) -> Option<String> {
+        let slowest = self.slowest_recent_flush();
+        (slowest >= self.settings.election_timeout_min).then(|| {
+            format!(
+                "the data dir's disk is slow: a flush of the Raft log took {:.1} s in the last \
+                 minute (longer than the {} ms election timeout, so this node's votes and \
+                 commits come late): move the data dir to a faster disk or find what else \
+                 loads it",
+                slowest.as_secs_f64(),
+                self.settings.election_timeout_min.as_millis()
+            )
+        })
     }
 
     pub async fn shutdown(&self) {

@@ -1,12 +1,13 @@
 //! Apiary against traditional instrumentation, on the same real services under the same load:
-//! a Flask app with one downstream call (PyPI), a Node.js `http` server, and nginx (Debian),
+//! a Flask app with one downstream call (PyPI), a Node.js `http` server, a Go `net/http` server
+//! (Debian's golang-go, standard library only) and nginx (Debian),
 //! each (a) bare, (b) with an Apiary node (default config, probes on, exporting to a sink),
 //! (c) instrumented the traditional way: the OpenTelemetry SDK's auto-instrumentation in the
 //! app (Python `opentelemetry-instrument`, Node `@opentelemetry/auto-instrumentations-node`)
 //! exporting to a collector (`rotel`, PyPI) that exports to the sink, and (d) both (hybrid: the
 //! SDK exports to the node's OTLP receiver). nginx has no SDK here (no OpenTelemetry module in
-//! Debian), so it runs (a) and (b) only; Go's `otelhttp` needs Go modules this machine cannot
-//! fetch (no Go module proxy among its registries), so there is no Go row.
+//! Debian), so it runs (a) and (b) only; nor has Go: its `otelhttp` needs Go modules this
+//! machine cannot fetch (no Go module proxy among its registries).
 //!
 //! Per service, mode and round (modes alternate within a round): the saturation rate (closed
 //! loop, keep-alive connections), p50/p99 at a fixed rate (open loop, latency from when each
@@ -16,7 +17,7 @@
 //! agent/collector CPU minus bare's, and Apiary's is compared with the SDK's.
 //!
 //! `cargo bench -p apiary --bench versus`, as root for the Apiary modes. APIARY_BENCH_ROUNDS
-//! (3), APIARY_BENCH_SECONDS (5, per phase), APIARY_BENCH_SERVICES (`flask,node,nginx`). It
+//! (3), APIARY_BENCH_SECONDS (5, per phase), APIARY_BENCH_SERVICES (`flask,node,go,nginx`). It
 //! installs what it lacks (Flask and the OpenTelemetry distro into target/otel-venv with pip,
 //! the Node SDK into target/versus-node with npm) and says what it cannot run.
 
@@ -40,6 +41,7 @@ use apiary_tuning::process_cpu_seconds;
 enum Service {
     Flask,
     Node,
+    Go,
     Nginx,
 }
 
@@ -48,6 +50,7 @@ impl Service {
         match self {
             Service::Flask => "flask (+1 downstream call)",
             Service::Node => "node.js http",
+            Service::Go => "go net/http",
             Service::Nginx => "nginx",
         }
     }
@@ -84,6 +87,8 @@ struct Tools {
     /// `node`, and a directory whose node_modules holds the OpenTelemetry Node SDK.
     node: Option<(PathBuf, PathBuf)>,
     nginx: Option<PathBuf>,
+    /// The Go service, built here.
+    go_app: Option<PathBuf>,
     rotel: Option<PathBuf>,
 }
 
@@ -175,6 +180,7 @@ fn find_tools() -> Tools {
     if nginx.is_none() {
         println!("no nginx rows: nginx is not installed (apt-get install nginx)");
     }
+    let go_app = build_go_app();
     let rotel = common::venv_tool(
         "APIARY_ROTEL",
         "lib/python3*/site-packages/rotel/rotel-agent",
@@ -186,7 +192,33 @@ fn find_tools() -> Tools {
         python,
         node,
         nginx,
+        go_app,
         rotel,
+    }
+}
+
+/// Builds versus/app.go with Debian's `go` (standard library only) into target/versus-go.
+fn build_go_app() -> Option<PathBuf> {
+    let Some(go) = which("go") else {
+        println!("no Go rows: go is not installed (apt-get install golang-go)");
+        return None;
+    };
+    let dir = workspace().join("target/versus-go");
+    let app = dir.join("app");
+    let built = succeeds(
+        Command::new(go)
+            .args(["build", "-o"])
+            .arg(&app)
+            .arg(workspace().join("node/benches/versus/app.go"))
+            .env("GO111MODULE", "off")
+            .env("GOCACHE", dir.join("cache"))
+            .env("GOPATH", dir.join("gopath")),
+    );
+    if built && app.exists() {
+        Some(app)
+    } else {
+        println!("no Go rows: go build of node/benches/versus/app.go failed");
+        None
     }
 }
 
@@ -399,6 +431,16 @@ async fn start_service(
                     .expect("start the Node.js app"),
             );
         }
+        Service::Go => {
+            started.app.push(
+                Command::new(tools.go_app.as_ref().expect("checked"))
+                    .arg(port.to_string())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("start the Go app"),
+            );
+        }
         Service::Nginx => {
             let dir = tempfile::tempdir().unwrap();
             let conf = dir.path().join("nginx.conf");
@@ -597,11 +639,12 @@ async fn main() {
     };
     let tools = find_tools();
     let wanted =
-        std::env::var("APIARY_BENCH_SERVICES").unwrap_or_else(|_| "flask,node,nginx".into());
+        std::env::var("APIARY_BENCH_SERVICES").unwrap_or_else(|_| "flask,node,go,nginx".into());
     let mut services = Vec::new();
     for (name, service, available) in [
         ("flask", Service::Flask, tools.python.is_some()),
         ("node", Service::Node, tools.node.is_some()),
+        ("go", Service::Go, tools.go_app.is_some()),
         ("nginx", Service::Nginx, tools.nginx.is_some()),
     ] {
         if wanted.split(',').any(|w| w == name) && available {
@@ -613,7 +656,7 @@ async fn main() {
         println!("not root: the Apiary modes (probes) are skipped");
     }
     let modes_of = |service: Service| -> Vec<Mode> {
-        let sdk = service != Service::Nginx && tools.rotel.is_some();
+        let sdk = !matches!(service, Service::Nginx | Service::Go) && tools.rotel.is_some();
         [
             Mode::Bare,
             Mode::Apiary,

@@ -1,6 +1,8 @@
 //! A follower that was away while more than one 16 MiB frame of entries committed catches up:
 //! the leader sends what fits in a frame and openraft sends the rest after (a partial success),
 //! where one request of every missed entry would never fit a frame and be refused for good.
+//! A follower away for longer than the leader keeps its log is sent the leader's snapshot, in
+//! chunks, over QUIC, and ends with the same history.
 
 use std::time::Duration;
 
@@ -76,4 +78,91 @@ async fn a_change_too_large_to_replicate_is_refused() {
     assert!(error.contains("split it into several changes"), "{body}");
     let (status, body) = cluster.set(0, "probe.http.sample_rate", json!(0.5)).await;
     assert_eq!(status, 200, "{body}");
+}
+
+/// Field `key` of node `node`'s `/v1/cluster`.
+async fn cluster_index(cluster: &Cluster, node: usize, key: &str) -> u64 {
+    let status = cluster.get(node, "/v1/cluster").await.expect("/v1/cluster");
+    status[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no {key} in {status}"))
+}
+
+/// The leader snapshots every 1000 entries and keeps 500 behind it: after about 1600 entries
+/// committed while a follower was away, the entries it lacks are gone from the leader's log and
+/// only the snapshot (here about 5 MB of history: several chunks) can bring it back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_behind_the_purged_log_is_sent_the_snapshot() {
+    let mut cluster = Cluster::start(3).await;
+    let (status, body) = cluster.set(0, "probe.http.sample_rate", json!(0.5)).await;
+    assert_eq!(status, 200, "{body}");
+    let leader = cluster.leader(&[0, 1, 2]).await;
+    let away = (leader + 1) % 3;
+    let writer = 3 - leader - away;
+    let left_at = cluster_index(&cluster, away, "last_log_index").await;
+    cluster.nodes[away].kill();
+
+    // A large history first, so that the snapshot spans several chunks.
+    for round in 0..30 {
+        let (status, body) = cluster
+            .write(
+                writer,
+                reqwest::Method::PATCH,
+                "/v1/config",
+                big_change(round, 1_800),
+            )
+            .await;
+        assert_eq!(status, 200, "round {round}: {body}");
+    }
+    let mut version = 0;
+    let mut round = 0u64;
+    while cluster_index(&cluster, leader, "purged_index").await <= left_at {
+        assert!(
+            round < 5_000,
+            "the leader never purged its log past {left_at}"
+        );
+        let (status, body) = cluster
+            .set(
+                writer,
+                "probe.http.capture_bytes",
+                json!(256 + round % 1000),
+            )
+            .await;
+        assert_eq!(status, 200, "change {round}: {body}");
+        version = body["version"].as_u64().expect("a version");
+        round += 1;
+    }
+    let purged = cluster_index(&cluster, leader, "purged_index").await;
+    assert!(
+        purged > left_at,
+        "purged {purged}, the follower left at {left_at}"
+    );
+
+    cluster.nodes[away].spawn();
+    cluster
+        .wait_for(
+            Duration::from_secs(90),
+            &format!("the returning follower at version {version}"),
+            |c| async move { (c.config_version(away).await? >= version).then_some(()) },
+        )
+        .await;
+    // Its log could not be filled from the leader's: what it holds now came in a snapshot.
+    let installed = cluster_index(&cluster, away, "snapshot_index").await;
+    assert!(
+        installed > left_at,
+        "the follower's snapshot covers up to {installed}, not past {left_at}"
+    );
+    let reference = cluster.get(leader, "/v1/config/history").await.unwrap();
+    let caught_up = cluster.get(away, "/v1/config/history").await.unwrap();
+    assert_eq!(caught_up, reference);
+    let reference = cluster.get(leader, "/v1/config").await.unwrap();
+    let caught_up = cluster.get(away, "/v1/config").await.unwrap();
+    assert_eq!(caught_up, reference);
+    // And it goes on taking part: a change after it is applied there too.
+    let (status, body) = cluster
+        .set(writer, "probe.http.sample_rate", json!(0.25))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let version = body["version"].as_u64().expect("a version");
+    cluster.wait_version(&[0, 1, 2], version).await;
 }

@@ -14,6 +14,7 @@ pub use segments::{SegmentQueue, RECORD_OVERHEAD, SEGMENT_BYTES};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -59,6 +60,44 @@ struct Flusher {
     /// Writes made so far, and the count the last finished flush covered.
     written: AtomicU64,
     flushed: AtomicU64,
+    slowest: std::sync::Mutex<SlowestFlush>,
+}
+
+/// The slowest flush of the current 30 s window and of the one before, so that a slow disk
+/// shows for 30 to 60 s after its last slow flush (a node with nothing to write shows nothing).
+#[derive(Default)]
+struct SlowestFlush {
+    window_start: Option<Instant>,
+    current: Duration,
+    previous: Duration,
+}
+
+const FLUSH_WINDOW: Duration = Duration::from_secs(30);
+
+impl SlowestFlush {
+    fn roll(&mut self, now: Instant) {
+        let start = *self.window_start.get_or_insert(now);
+        let age = now.saturating_duration_since(start);
+        if age >= FLUSH_WINDOW * 2 {
+            self.previous = Duration::ZERO;
+            self.current = Duration::ZERO;
+            self.window_start = Some(now);
+        } else if age >= FLUSH_WINDOW {
+            self.previous = self.current;
+            self.current = Duration::ZERO;
+            self.window_start = Some(start + FLUSH_WINDOW);
+        }
+    }
+
+    fn record(&mut self, now: Instant, took: Duration) {
+        self.roll(now);
+        self.current = self.current.max(took);
+    }
+
+    fn recent(&mut self, now: Instant) -> Duration {
+        self.roll(now);
+        self.current.max(self.previous)
+    }
 }
 
 impl Flusher {
@@ -77,13 +116,21 @@ impl Flusher {
         // The turn goes with the flush: a caller that stops waiting (a dropped request) must not
         // let the next flush start while this one still runs.
         let db = db.clone();
+        let started = Instant::now();
         tokio::task::spawn_blocking(move || {
             let _turn = turn;
             db.flush()
         })
         .await??;
+        let now = Instant::now();
+        self.slowest_lock()
+            .record(now, now.saturating_duration_since(started));
         self.flushed.fetch_max(covered, Ordering::SeqCst);
         Ok(())
+    }
+
+    fn slowest_lock(&self) -> std::sync::MutexGuard<'_, SlowestFlush> {
+        self.slowest.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -112,6 +159,12 @@ impl Store {
     /// Waits until everything written so far is on disk.
     pub async fn flush(&self) -> Result<()> {
         self.flusher.flush(&self.db).await
+    }
+
+    /// The slowest flush to disk in the last 30 to 60 s (zero when none was made): what every
+    /// Raft append and vote of this node waited for, at worst, lately.
+    pub fn slowest_recent_flush(&self) -> Duration {
+        self.flusher.slowest_lock().recent(Instant::now())
     }
 
     pub fn size_on_disk(&self) -> Result<u64> {
@@ -491,5 +544,39 @@ mod tests {
             Err(error) => assert!(error.to_string().contains("another node"), "{error}"),
             Ok(_) => panic!("a second open of a locked database succeeded"),
         }
+    }
+}
+
+#[cfg(test)]
+mod slowest_flush_tests {
+    use super::*;
+
+    #[test]
+    fn a_slow_flush_shows_for_one_to_two_windows_then_goes() {
+        let start = Instant::now();
+        let mut slowest = SlowestFlush::default();
+        slowest.record(start, Duration::from_millis(5));
+        slowest.record(start + Duration::from_secs(10), Duration::from_millis(900));
+        slowest.record(start + Duration::from_secs(20), Duration::from_millis(7));
+        assert_eq!(
+            slowest.recent(start + Duration::from_secs(25)),
+            Duration::from_millis(900)
+        );
+        // The next window still shows the one before.
+        assert_eq!(
+            slowest.recent(start + Duration::from_secs(45)),
+            Duration::from_millis(900)
+        );
+        // Two windows on, only what came since.
+        slowest.record(start + Duration::from_secs(65), Duration::from_millis(3));
+        assert_eq!(
+            slowest.recent(start + Duration::from_secs(66)),
+            Duration::from_millis(3)
+        );
+        // And after a long quiet, nothing.
+        assert_eq!(
+            slowest.recent(start + Duration::from_secs(300)),
+            Duration::ZERO
+        );
     }
 }

@@ -24,8 +24,16 @@ pub(super) async fn healthz(State(state): State<Arc<ApiState>>) -> (StatusCode, 
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
+    // A slow disk degrades the node but it still takes part: 200, with what is wrong.
+    let warnings: Vec<String> = state.consensus.slow_disk().into_iter().collect();
     let health = Health {
-        status: if problems.is_empty() { "ok" } else { "failing" }.into(),
+        status: match (problems.is_empty(), warnings.is_empty()) {
+            (false, _) => "failing",
+            (true, false) => "degraded",
+            (true, true) => "ok",
+        }
+        .into(),
+        warnings,
         node: state.node_name.clone(),
         // A stopped Raft's leader is only the last one it knew.
         leader_known: status.leader_id.is_some() && status.state != "stopped",

@@ -24,6 +24,7 @@ pub const METRIC_NAMES: &[&str] = &[
     "apiary_cluster_learners",
     "apiary_peers_up",
     "apiary_peers_total",
+    "apiary_storage_slowest_flush_ms",
 ];
 
 fn node_label(node: &str) -> String {
@@ -429,6 +430,11 @@ pub fn render(node: &str, status: &ClusterStatus) -> String {
         peers_up,
     );
     gauge("apiary_peers_total", "Other members.", peers_total);
+    gauge(
+        "apiary_storage_slowest_flush_ms",
+        "Slowest flush of the data dir's database in the last 30 to 60 s (Raft appends and votes wait for it).",
+        status.slowest_flush_ms,
+    );
     out
 }
 
@@ -457,6 +463,9 @@ mod tests {
             commit_index: 12,
             last_log_index: 13,
             last_applied_index: 12,
+            snapshot_index: 0,
+            purged_index: 0,
+            slowest_flush_ms: 3,
             members: vec![
                 member(1, true, Role::Voter),
                 member(2, true, Role::Voter),

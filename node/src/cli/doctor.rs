@@ -78,10 +78,24 @@ fn health_check(health: &Value, peer: &str) -> Check {
         .as_array()
         .map(|list| list.iter().filter_map(Value::as_str).collect())
         .unwrap_or_default();
-    if problems.is_empty() {
+    let warnings: Vec<&str> = health["warnings"]
+        .as_array()
+        .map(|list| list.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    if problems.is_empty() && warnings.is_empty() {
         Check::ok(
             "node",
             format!("{} answers at {peer}", text(&health["node"])),
+        )
+    } else if problems.is_empty() {
+        Check::warn(
+            "node",
+            format!(
+                "{} answers at {peer} but is degraded: {}",
+                text(&health["node"]),
+                warnings.join("; ")
+            ),
+            "each warning says what to do; a slow disk: move the data dir to a faster disk",
         )
     } else {
         Check::fail(
@@ -384,5 +398,19 @@ mod tests {
         let found = export_checks(&export);
         assert_eq!(found[0].status, Status::Warn);
         assert!(found[0].detail.contains("connection refused"));
+    }
+
+    #[test]
+    fn a_degraded_node_warns_and_a_failing_one_fails() {
+        let ok = json!({"status": "ok", "node": "n1"});
+        assert_eq!(health_check(&ok, "p").status, Status::Ok);
+        let slow = json!({"status": "degraded", "node": "n1",
+            "warnings": ["the data dir's disk is slow: a flush took 1.2 s"]});
+        let found = health_check(&slow, "p");
+        assert_eq!(found.status, Status::Warn);
+        assert!(found.detail.contains("disk is slow"), "{}", found.detail);
+        let failing = json!({"status": "failing", "node": "n1", "problems": ["Raft stopped"],
+            "warnings": ["slow"]});
+        assert_eq!(health_check(&failing, "p").status, Status::Fail);
     }
 }

@@ -86,6 +86,10 @@ impl<S: Sink> Delivery<S> {
                     Ok(sends) => ready.extend(sends),
                     Err(e) => {
                         tracing::error!(destination = %self.name, "export buffer unreadable: {e}");
+                        // Shown as the destination's reason in /v1/export: nothing leaves
+                        // while the buffer cannot be read, and the counters alone say nothing.
+                        self.stats
+                            .set_last_error(Some(format!("export buffer unreadable: {e}")));
                         tokio::time::sleep(Duration::from_secs(1)).await;
                         break;
                     }
