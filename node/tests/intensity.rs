@@ -84,6 +84,21 @@ fn load(netns: &Netns, pause: Option<&str>) -> Killed {
     Killed(netns.spawn(&["sh", "-c", &script]))
 }
 
+/// Spans exported so far by the three nodes together (`apiary_spans_total`).
+async fn exported_counts(cluster: &Cluster) -> u64 {
+    let mut total = 0;
+    for node in 0..3 {
+        let text = cluster.metrics(node).await;
+        total += text
+            .lines()
+            .find(|l| l.starts_with("apiary_spans_total{"))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no apiary_spans_total from n{node}: {text}"));
+    }
+    total
+}
+
 async fn intensity(cluster: &Cluster, node: usize) -> Value {
     cluster
         .get(node, "/v1/intensity")
@@ -173,36 +188,48 @@ async fn heavy_load_on_one_host_is_sampled_down_within_the_cluster_budget() {
         "took {:?}",
         loaded.elapsed()
     );
-    // The export rate across the cluster, as each node's peers hear it, over 10 s (each 1 s
-    // report varies by about 10 % with sampling alone; ten of them average that out).
+    // The export rate across the cluster: every node's count of exported spans over 15 s. The
+    // one-second reports the nodes exchange (printed) swing 50-150 % of the budget on a busy
+    // machine, because the ring is read in bursts; an average of ten of them judged the
+    // tuning by that jitter rather than by what the cluster exported.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let mut samples = Vec::new();
-    for _ in 0..10 {
-        let mut total = 0.0;
+    let window = Duration::from_secs(15);
+    let before = exported_counts(&cluster).await;
+    let started = Instant::now();
+    let mut reports = Vec::new();
+    while started.elapsed() < window {
         for node in 0..3 {
             let observer = intensity(&cluster, (node + 1) % 3).await;
             let report = observer["view"]
                 .as_array()
-                .unwrap()
-                .iter()
-                .find(|v| v["name"] == format!("n{node}"))
+                .and_then(|view| view.iter().find(|v| v["name"] == format!("n{node}")))
                 .cloned()
                 .unwrap_or(Value::Null);
-            total += report["exported"].as_f64().unwrap_or(0.0);
+            reports.push(format!(
+                "n{node}: exported {:.0} demand {:.0} rate {:.3}",
+                report["exported"].as_f64().unwrap_or(0.0),
+                report["demand"].as_f64().unwrap_or(0.0),
+                report["rate"].as_f64().unwrap_or(0.0)
+            ));
         }
-        samples.push(total);
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    let exported = samples.iter().sum::<f64>() / samples.len() as f64;
+    let after = exported_counts(&cluster).await;
+    let seconds = started.elapsed().as_secs_f64();
+    let exported = (after - before) as f64 / seconds;
     let a = intensity(&cluster, 0).await;
     eprintln!(
-        "cluster export {exported:.1} spans/s (budget {BUDGET}), samples {samples:?}; A demand {} rate {}",
+        "cluster export {exported:.1} spans/s over {seconds:.1} s (budget {BUDGET}); A demand {} rate {}; kept by rule {} {} {}",
         decision(&a, "n0").map(|d| d["demand"].clone()).unwrap_or_default(),
-        a["rate"]
+        a["rate"],
+        a["kept_by_rule"],
+        intensity(&cluster, 1).await["kept_by_rule"],
+        intensity(&cluster, 2).await["kept_by_rule"],
     );
     assert!(
         (exported - BUDGET).abs() <= BUDGET * 0.10,
-        "cluster export {exported:.1}/s is not within 10 % of the {BUDGET}/s budget"
+        "cluster export {exported:.1}/s is not within 10 % of the {BUDGET}/s budget; the \
+         nodes' one-second reports: {reports:#?}"
     );
     for node in [1, 2] {
         let status = intensity(&cluster, node).await;
