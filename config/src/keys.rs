@@ -35,7 +35,7 @@ pub fn parse_cli_assignment(arg: &str) -> Result<Setting, ConfigError> {
 }
 
 const TOP_LEVEL_HINT: &str =
-    "keys start with `probe.<name>.`, `budget.`, `api.`, `privacy.`, `trust.`, `destination.<name>.` or `slo.<service>.` (e.g. probe.http.sample_rate)";
+    "keys start with `probe.<name>.`, `budget.`, `api.`, `privacy.`, `trust.`, `predict.`, `destination.<name>.` or `slo.<service>.` (e.g. probe.http.sample_rate)";
 
 /// `slo.<service>.<field>` with the service's name whole even when it holds dots
 /// (`slo.python3.11.p99_ms`): the service is everything between the first and last segment.
@@ -79,6 +79,7 @@ fn apply_one(config: &ClusterConfig, setting: &Setting) -> Result<ClusterConfig,
         "api" => "api",
         "privacy" => "privacy",
         "trust" => "trust",
+        "predict" => "predict",
         "destination" | "destinations" => "destinations",
         _ => return Err(unknown(key, TOP_LEVEL_HINT)),
     };

@@ -34,6 +34,25 @@ pub struct ClusterConfig {
     /// its observed baseline (absent from configs written before predictions existed).
     #[serde(default)]
     pub slos: BTreeMap<String, ServiceSlo>,
+    /// Where predictions go beyond each node's API and export (absent from configs written
+    /// before it).
+    #[serde(default)]
+    pub predict: PredictOutputs,
+}
+
+/// Where each node sends its predictions as they are raised and resolved.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PredictOutputs {
+    pub webhook: Webhook,
+}
+
+/// `predict.webhook.url`: every node POSTs one JSON body per prediction raised or resolved to
+/// it (retried, never holding up the detector). Empty: none.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Webhook {
+    pub url: String,
 }
 
 /// One service's objectives; an unset field falls back to the observed baseline.
@@ -279,6 +298,7 @@ impl Default for ClusterConfig {
             privacy: Privacy::default(),
             trust: Trust::default(),
             slos: BTreeMap::new(),
+            predict: PredictOutputs::default(),
         }
     }
 }
@@ -347,6 +367,7 @@ impl ClusterConfig {
         for (service, slo) in &self.slos {
             validate_slo(service, slo)?;
         }
+        validate_webhook(&self.predict.webhook.url)?;
         if let Some(bad) = self
             .trust
             .profile_keys
@@ -449,6 +470,20 @@ fn validate_destination(name: &str, destination: &Destination) -> Result<(), Con
         .map_err(|_| ConfigError::invalid(&field, &destination.endpoint, allowed))?;
     if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
         return Err(ConfigError::invalid(&field, &destination.endpoint, allowed));
+    }
+    Ok(())
+}
+
+fn validate_webhook(url: &str) -> Result<(), ConfigError> {
+    if url.is_empty() {
+        return Ok(());
+    }
+    let allowed = "an http:// or https:// URL with a host, e.g. https://hooks.example.com/apiary \
+                   (or \"\" for no webhook)";
+    let parsed = url::Url::parse(url)
+        .map_err(|_| ConfigError::invalid("predict.webhook.url", url, allowed))?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+        return Err(ConfigError::invalid("predict.webhook.url", url, allowed));
     }
     Ok(())
 }

@@ -55,6 +55,8 @@ impl ClusterConfig {
                 *value = redact(value);
             }
         }
+        // A webhook's URL may carry a password like an endpoint.
+        shown.predict.webhook.url = redact_endpoint(&shown.predict.webhook.url);
         shown
     }
 
@@ -96,6 +98,19 @@ impl ClusterConfig {
                 }
             }
         }
+        let webhook = &mut self.predict.webhook.url;
+        if webhook.contains("redacted%20sha256") {
+            let before = &previous.predict.webhook.url;
+            if redact_endpoint(before) != *webhook {
+                return Err(ConfigError::invalid(
+                    "predict.webhook.url",
+                    webhook.as_str(),
+                    "the URL with its real password: this is the placeholder the API shows, \
+                     and it stands for no current webhook URL",
+                ));
+            }
+            *webhook = before.clone();
+        }
         Ok(())
     }
 }
@@ -105,6 +120,22 @@ impl Setting {
     pub fn redacted(&self) -> Setting {
         let path: Vec<&str> = self.key.split('.').collect();
         let value = match path.as_slice() {
+            ["predict", "webhook", "url"] => match &self.value {
+                Value::String(url) => Value::String(redact_endpoint(url)),
+                other => other.clone(),
+            },
+            ["predict", "webhook"] | ["predict"] => {
+                let mut value = self.value.clone();
+                let url = value.pointer_mut(if path.len() == 1 {
+                    "/webhook/url"
+                } else {
+                    "/url"
+                });
+                if let Some(Value::String(url)) = url {
+                    *url = redact_endpoint(url);
+                }
+                value
+            }
             [top, ..] if !matches!(*top, "destination" | "destinations") => self.value.clone(),
             [_, _] => redact_destination(&self.value),
             [_, _, "headers"] => redact_headers(&self.value),

@@ -88,3 +88,38 @@ fn configs_without_objectives_still_parse() {
     let config: ClusterConfig = serde_json::from_value(tree).unwrap();
     assert!(config.slos.is_empty());
 }
+
+/// `predict.webhook.url`: set and read back, checked, its password shown as a marker, and the
+/// marker written back keeps the real URL.
+#[test]
+fn the_prediction_webhook_is_a_checked_url_whose_password_is_not_shown() {
+    let url = "https://apiary:s3cret@hooks.example.com/predictions";
+    let config = apply_settings(
+        &ClusterConfig::default(),
+        &[set("predict.webhook.url", json!(url))],
+    )
+    .unwrap();
+    assert_eq!(config.predict.webhook.url, url);
+    assert_eq!(value_at(&config, "predict.webhook.url"), Some(json!(url)));
+    let shown = config.redacted().predict.webhook.url;
+    assert!(!shown.contains("s3cret"), "{shown}");
+    let written_back =
+        apply_settings(&config, &[set("predict.webhook.url", json!(shown.clone()))]).unwrap();
+    assert_eq!(written_back.predict.webhook.url, url);
+    let shown_setting = set("predict.webhook.url", json!(url)).redacted();
+    assert!(!shown_setting.value.to_string().contains("s3cret"));
+    for bad in ["ftp://hooks.example.com/", "hooks.example.com", "https://"] {
+        let error = apply_settings(
+            &ClusterConfig::default(),
+            &[set("predict.webhook.url", json!(bad))],
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&error, ConfigError::Invalid { key, .. } if key == "predict.webhook.url"),
+            "{bad}: {error}"
+        );
+    }
+    // Empty turns it off.
+    let off = apply_settings(&config, &[set("predict.webhook.url", json!(""))]).unwrap();
+    assert_eq!(off.predict.webhook.url, "");
+}

@@ -782,7 +782,8 @@ impl Consensus {
             | Service::SignCsr
             | Service::SignJoin
             | Service::CaKey
-            | Service::TraceSpans => {
+            | Service::TraceSpans
+            | Service::Predictions => {
                 return Message::Refused {
                     reason: format!("{service:?} is answered by the node, not by consensus"),
                 }

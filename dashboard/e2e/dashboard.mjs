@@ -187,6 +187,19 @@ await step('11-export', async () => {
   await waitText(row, '\\d+\\.\\d [MG]iB');
 });
 
+await step('12-predictions', async () => {
+  await page.goto(`${A_URL}/#/predictions`);
+  // Gathered from both members over the mesh.
+  await waitText('[data-testid=predictions-members]', '^2 members answered');
+  if (HAS_PROBES === '1') {
+    // node/tests/dashboard_ui.rs holds the nodes' own API to a p99 objective no request
+    // meets: the burn rate is raised, and its evidence drawn.
+    await waitText('[data-testid=prediction] h2', 'apiary · p99 · burn_rate', 30000);
+    await page.waitForSelector('[data-testid=prediction] svg[data-testid=forecast-plot] circle', { timeout: 10000 });
+    await waitText('[data-testid=prediction-events] tbody', 'raised');
+  }
+});
+
 await browser.close();
 if (errors.length) throw new Error(`the pages logged errors:\n${errors.join('\n')}`);
 console.log(`dashboard e2e passed; screenshots in ${SHOTS}`);

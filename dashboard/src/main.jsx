@@ -8,6 +8,7 @@ import { Config } from './pages/Config.jsx';
 import { Probes } from './pages/Probes.jsx';
 import { Profiles } from './pages/Profiles.jsx';
 import { Export } from './pages/Export.jsx';
+import { Predictions } from './pages/Predictions.jsx';
 import './style.css';
 
 const PAGES = {
@@ -18,6 +19,7 @@ const PAGES = {
   probes: ['Probes', Probes],
   profiles: ['Profiles', Profiles],
   export: ['Export', Export],
+  predictions: ['Predictions', Predictions],
 };
 
 function currentPage() {

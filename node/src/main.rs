@@ -47,8 +47,15 @@ enum Command {
         trace_id: String,
     },
     /// Show this node's predictions: which service is forecast to break its objective, when,
-    /// why, and what to do (or --json, with the evidence).
-    Predict(ClientArgs),
+    /// why, and what to do (or --json, with the evidence); --cluster: every member's.
+    Predict {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Every member's predictions, gathered over the mesh by the node asked (members that
+        /// did not answer in time are named).
+        #[arg(long)]
+        cluster: bool,
+    },
     /// Manage the cluster's members.
     Members {
         #[command(flatten)]
@@ -158,7 +165,7 @@ async fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<()> {
         Command::Status(client) => cli::status::status(&client).await,
         Command::Tail { client, service } => cli::tail::tail(&client, service.as_deref()).await,
         Command::Trace { client, trace_id } => cli::trace::trace(&client, &trace_id).await,
-        Command::Predict(client) => cli::predict::predict(&client).await,
+        Command::Predict { client, cluster } => cli::predict::predict(&client, cluster).await,
         Command::Members { client, command } => cli::members::members(&client, &command).await,
         Command::Ca { client, command } => cli::ca::run(&client, &command).await,
         Command::Config { client, command } => cli::config::config(&client, &command).await,

@@ -30,8 +30,20 @@ async fn every_page_loads_and_a_change_on_one_node_shows_on_another() {
     // With root the nodes run their probes, so the services and spans pages have data (the
     // browser's own requests); otherwise they run the mesh only and those pages stay empty.
     let probes = root();
-    let extra: &[&str] = if probes { &[] } else { &["--no-probes"] };
+    let extra: &[&str] = if probes {
+        &["--predict-interval", "1s"]
+    } else {
+        &["--no-probes"]
+    };
     let cluster = Cluster::start_with(2, extra).await;
+    if probes {
+        // The nodes' own API held to a p99 objective no request meets: the Predictions page
+        // then shows a burn rate raised, with its evidence.
+        let (status, body) = cluster
+            .set(0, "slo.apiary.p99_ms", serde_json::json!(0.001))
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
     let shots = repo().join("target/dashboard-screenshots");
     let _ = std::fs::remove_dir_all(&shots);
     // A read-only token: the pages show with it, and a write with it is refused.
@@ -97,6 +109,7 @@ async fn every_page_loads_and_a_change_on_one_node_shows_on_another() {
         "09-profiles-apply-on-a",
         "10-profile-undone-seen-on-b",
         "11-export",
+        "12-predictions",
     ] {
         assert!(
             shots.join(format!("{page}.png")).exists(),

@@ -31,7 +31,7 @@ const EXP_MS: &str = "6";
 const SLO_MS: f64 = 100.0;
 const WINDOW: f64 = 5.0;
 
-fn unix_now() -> f64 {
+pub(crate) fn unix_now() -> f64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -39,7 +39,7 @@ fn unix_now() -> f64 {
 }
 
 /// The pool app started as `name` (a symlink to python3, so the probes name the service so).
-fn pool_app(dir: &Path, name: &str) -> (Server, u16) {
+pub(crate) fn pool_app(dir: &Path, name: &str) -> (Server, u16) {
     let port = TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -78,7 +78,12 @@ type Samples = Arc<Mutex<Vec<(f64, f64)>>>;
 
 /// Open-loop load: Poisson arrivals at `rate(elapsed seconds)` requests/s for `duration`, each
 /// on its own connection, whether or not earlier ones were answered.
-async fn load(port: u16, duration: f64, seed: u64, rate: impl Fn(f64) -> f64) -> Vec<(f64, f64)> {
+pub(crate) async fn load(
+    port: u16,
+    duration: f64,
+    seed: u64,
+    rate: impl Fn(f64) -> f64,
+) -> Vec<(f64, f64)> {
     let samples: Samples = Arc::default();
     let started = Instant::now();
     let mut state = seed;

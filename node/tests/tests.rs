@@ -20,6 +20,7 @@ mod intensity;
 mod partition;
 mod peers;
 mod predict;
+mod predict_outputs;
 mod probes;
 mod profiles;
 mod quickstart;

@@ -3,17 +3,22 @@
 
 use serde::Serialize;
 
-/// The median of `values` (NaN-free); `None` when empty.
+/// The median of `values` (NaN-free); `None` when empty. Reorders `values`; linear time (a
+/// selection, not a sort: Theil–Sen takes the median of n²/2 slopes on every evaluation).
 pub fn median(values: &mut [f64]) -> Option<f64> {
     if values.is_empty() {
         return None;
     }
-    values.sort_by(f64::total_cmp);
+    let odd = values.len() % 2 == 1;
     let mid = values.len() / 2;
-    Some(if values.len() % 2 == 1 {
-        values[mid]
+    let (below, upper, _) = values.select_nth_unstable_by(mid, f64::total_cmp);
+    let upper = *upper;
+    Some(if odd {
+        upper
     } else {
-        (values[mid - 1] + values[mid]) / 2.0
+        // The lower middle is the largest of the values below the upper one.
+        let lower = below.iter().copied().max_by(f64::total_cmp)?;
+        (lower + upper) / 2.0
     })
 }
 

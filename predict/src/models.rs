@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-use crate::fit::{theil_sen, Line};
+use crate::fit::{median, theil_sen, Line};
 
 /// Fewest points a trend is fitted on.
 pub const MIN_TREND_POINTS: usize = 6;
@@ -56,13 +56,22 @@ pub fn trend_to_limit(
     })
 }
 
-/// Latency against throughput, fitted as an open queue: `latency = base / (1 - rate /
-/// capacity)` (M/M/1's shape, which a pool of workers follows near its saturation), i.e.
-/// `1/latency` falls linearly with the rate. Fitted with Theil–Sen on `(rate, 1/latency)`.
+/// Latency against throughput, fitted as a queue whose latency climbs as the rate nears its
+/// capacity: `latency = base / (1 - (rate / capacity)^n)`. With `n = 1` that is M/M/1's shape;
+/// a pool of `c` workers (M/M/c) stays flat longer and then climbs faster (its queueing delay
+/// grows about as the utilization to the power `c` at low load), which a larger `n` follows.
+/// `1/latency` is linear in `rate^n`; each of [`KNEE_EXPONENTS`] is fitted with Theil–Sen over
+/// every pair and the one with the smallest relative residuals is kept, so that the curve's
+/// flat part and its climb both constrain the capacity. (A line through `1/latency` against the
+/// rate alone is a tangent: while the climb is young it put a 4-worker pool's capacity at
+/// twice the truth, and the forecast was four times too late.)
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct KneeFit {
-    /// The fit of `1/latency` against the rate.
+    /// The fit of `1/latency` against `(rate / rate_scale)^exponent`.
     pub line: Line,
+    pub exponent: u32,
+    /// The highest rate fitted: the fit's x unit.
+    pub rate_scale: f64,
     /// Latency at no load, seconds.
     pub base_latency: f64,
     /// The rate at which latency grows without bound (requests/s).
@@ -71,62 +80,155 @@ pub struct KneeFit {
     pub knee_rate: f64,
     /// The rate at which the fitted latency reaches the limit.
     pub breach_rate: f64,
-    /// 0 to 1: how consistently latency rose with the rate (-tau over [`KNEE_FULL_TAU`]).
+    /// The highest breach rate of the exponents that fit about as well ([`KNEE_MISFIT_SLACK`]):
+    /// how much later the breach may come.
+    pub latest_breach_rate: f64,
+    /// Kendall's tau of the rate against `1/latency` over every pair (negative: latency climbs
+    /// with the rate), and how many standard errors it is from no association.
+    pub tau: f64,
+    pub z: f64,
+    /// 0 to 1: `z` over [`KNEE_FULL_Z`].
     pub confidence: f64,
 }
 
-/// Fits [`KneeFit`] to `(rate, latency)` pairs, with `limit` the latency objective. Only the
-/// pairs at or above the median rate are fitted: a pool of `c` workers (M/M/c) stays flat
-/// longer than one queue and then climbs faster, so the line through its low-rate points
-/// would put the capacity far too high; near the current operating point it is the tangent.
-/// `None` when there are too few pairs, when those rates span too little to say (the highest
-/// under 1.3x the lowest), or when latency does not climb with the rate.
+/// The exponents [`knee`] tries: 1 (one queue) to 8 (a pool of about eight workers).
+pub const KNEE_EXPONENTS: [u32; 6] = [1, 2, 3, 4, 6, 8];
+/// Ranges of the rate whose medians choose the exponent.
+pub const KNEE_BINS: usize = 6;
+/// Exponents whose misfit is within this factor of the best fit about as well.
+pub const KNEE_MISFIT_SLACK: f64 = 2.0;
+
+/// How strongly latency must climb with the rate for a queueing fit at all, and for full
+/// confidence in it, in standard errors of Kendall's tau from no association. The window's
+/// every pair counts, so a longer climb gives more evidence; the detector's 0.6 confidence bar
+/// is then 1.8 standard errors, and the rate's own trend must hold as well (the detector's
+/// `queueing`).
+pub const KNEE_MIN_Z: f64 = 1.5;
+pub const KNEE_FULL_Z: f64 = 3.0;
+
+/// The z-score of Kendall's tau over `n` points under no association.
+pub fn tau_z(tau: f64, n: usize) -> f64 {
+    let n = n as f64;
+    if n < 3.0 {
+        return 0.0;
+    }
+    3.0 * tau * (n * (n - 1.0)).sqrt() / (2.0 * (2.0 * n + 5.0)).sqrt()
+}
+
+/// Fits [`KneeFit`] to `(rate, latency)` pairs, with `limit` the latency objective. `None` when
+/// there are too few pairs, when the rates span too little to say (the 90th percentile under
+/// 1.3x the 10th), when latency does not climb with the rate, or when no rate keeps the limit.
 pub fn knee(pairs: &[(f64, f64)], limit: f64) -> Option<KneeFit> {
-    let mut points: Vec<(f64, f64)> = pairs
+    let points: Vec<(f64, f64)> = pairs
         .iter()
-        .filter(|(rate, latency)| *rate > 0.0 && *latency > 0.0 && rate.is_finite())
+        .filter(|(rate, latency)| {
+            *rate > 0.0 && *latency > 0.0 && rate.is_finite() && latency.is_finite()
+        })
         .map(|(rate, latency)| (*rate, 1.0 / latency))
         .collect();
     if points.len() < 2 * MIN_KNEE_POINTS || !(limit.is_finite() && limit > 0.0) {
         return None;
     }
     let mut rates: Vec<f64> = points.iter().map(|p| p.0).collect();
-    let median_rate = crate::fit::median(&mut rates)?;
-    points.retain(|(rate, _)| *rate >= median_rate);
-    let (low, high) = points
+    rates.sort_by(f64::total_cmp);
+    let at = |q: f64| rates[((rates.len() - 1) as f64 * q).round() as usize];
+    if at(0.9) < 1.3 * at(0.1) {
+        return None;
+    }
+    let rate_scale = rates[rates.len() - 1];
+    // The exponent is chosen by how well each curve passes through the medians of
+    // [`KNEE_BINS`] equally wide ranges of the rate: the medians hold the curve's shape with
+    // the interval-to-interval noise averaged out (a misfit over the single pairs lets a steep
+    // exponent fit the noise), and equal widths weigh the climb as much as a long plateau at
+    // one rate.
+    let low = rates[0];
+    let width = (rate_scale - low) / KNEE_BINS as f64;
+    let bins: Vec<(f64, f64)> = (0..KNEE_BINS)
+        .filter_map(|i| {
+            let from = low + width * i as f64;
+            let last = i + 1 == KNEE_BINS;
+            let (mut xs, mut ys): (Vec<f64>, Vec<f64>) = points
+                .iter()
+                .filter(|(r, _)| *r >= from && (*r < from + width || last))
+                .copied()
+                .unzip();
+            Some((median(&mut xs)?, median(&mut ys)?))
+        })
+        .collect();
+    let mut tau = 0.0;
+    let z_of = |tau: f64| tau_z(-tau, points.len());
+    // (misfit, fit) of each exponent whose curve has a capacity and keeps the limit below it.
+    let mut fits: Vec<(f64, KneeFit)> = Vec::new();
+    for exponent in KNEE_EXPONENTS {
+        let scale = |rate: f64| (rate / rate_scale).powi(exponent as i32);
+        let scaled: Vec<(f64, f64)> = points.iter().map(|(r, y)| (scale(*r), *y)).collect();
+        let Some(line) = theil_sen(&scaled) else {
+            continue;
+        };
+        // The rank correlation is the same for every exponent (x^n keeps the order): without
+        // a climb, the other exponents need not be fitted.
+        tau = line.tau;
+        if z_of(tau) < KNEE_MIN_Z {
+            return None;
+        }
+        // 1/latency = a + b x with x = (rate / scale)^n, b < 0: latency is unbounded at
+        // x = -a/b. A limit at or under the no-load latency is kept by no rate (burn rate
+        // says so).
+        let target = 1.0 / limit;
+        if line.slope >= 0.0 || line.intercept <= 0.0 || target >= line.intercept {
+            continue;
+        }
+        let root = 1.0 / exponent as f64;
+        let capacity = rate_scale * (-line.intercept / line.slope).powf(root);
+        let breach_rate = rate_scale * ((target - line.intercept) / line.slope).powf(root);
+        if !(breach_rate > 0.0 && breach_rate < capacity) {
+            continue;
+        }
+        let misfit: f64 = bins
+            .iter()
+            .map(|(rate, y)| ((y - line.at(scale(*rate))) / y).powi(2))
+            .sum();
+        let z = z_of(line.tau);
+        fits.push((
+            misfit,
+            KneeFit {
+                line,
+                exponent,
+                rate_scale,
+                base_latency: 1.0 / line.intercept,
+                capacity,
+                knee_rate: capacity * 0.5f64.powf(root),
+                breach_rate,
+                latest_breach_rate: breach_rate,
+                tau: line.tau,
+                z,
+                confidence: (z / KNEE_FULL_Z).clamp(0.0, 1.0),
+            },
+        ));
+    }
+    if z_of(tau) < KNEE_MIN_Z {
+        return None;
+    }
+    // While the climb is young the data cannot tell one queue from a pool (both fit a few
+    // percent of climb): of the shapes that fit about as well as the best, the one that
+    // breaks soonest is said, since a warning that comes late is the harmful error; the
+    // latest of them is kept beside it.
+    let best = fits.iter().map(|(m, _)| *m).min_by(f64::total_cmp)?;
+    let plausible: Vec<&KneeFit> = fits
         .iter()
-        .fold((f64::MAX, f64::MIN), |(lo, hi), (r, _)| {
-            (lo.min(*r), hi.max(*r))
-        });
-    if high < 1.3 * low {
-        return None;
-    }
-    let line = theil_sen(&points)?;
-    if line.slope >= 0.0 || line.intercept <= 0.0 || line.tau > -KNEE_MIN_TAU {
-        return None;
-    }
-    let capacity = -line.intercept / line.slope;
-    let breach_rate = (1.0 / limit - line.intercept) / line.slope;
-    if !(breach_rate > 0.0 && breach_rate < capacity) {
-        // The limit is below the no-load latency: no rate keeps it (burn rate says so).
-        return None;
-    }
-    Some(KneeFit {
-        line,
-        base_latency: 1.0 / line.intercept,
-        capacity,
-        knee_rate: capacity / 2.0,
-        breach_rate,
-        confidence: (-line.tau / KNEE_FULL_TAU).clamp(0.0, 1.0),
-    })
+        .filter(|(m, _)| *m <= KNEE_MISFIT_SLACK * best + 1e-12)
+        .map(|(_, fit)| fit)
+        .collect();
+    let latest = plausible
+        .iter()
+        .map(|f| f.breach_rate)
+        .max_by(f64::total_cmp)?;
+    let mut soonest = **plausible
+        .iter()
+        .min_by(|a, b| a.breach_rate.total_cmp(&b.breach_rate))?;
+    soonest.latest_breach_rate = latest;
+    Some(soonest)
 }
-
-/// How strongly latency must climb with the rate (Kendall's tau of the rate against
-/// 1/latency, negated) for a queueing fit at all, and for full confidence in it. Over the 60
-/// pairs of a 120-point window a tau of 0.25 is about 3 standard errors away from no
-/// association; 0.5 leaves no doubt.
-pub const KNEE_MIN_TAU: f64 = 0.25;
-pub const KNEE_FULL_TAU: f64 = 0.5;
 
 /// The share of an error budget spent per unit of time, over two windows: `1.0` spends the
 /// budget exactly as fast as the objective allows.
@@ -221,6 +323,50 @@ mod tests {
         assert!((fit.capacity - 100.0).abs() < 1e-6, "{fit:?}");
         assert!((fit.base_latency - 0.010).abs() < 1e-9, "{fit:?}");
         assert!((fit.breach_rate - 90.0).abs() < 1e-6, "{fit:?}");
+        assert!(fit.confidence > 0.99);
+    }
+
+    /// Mean sojourn time of an M/M/c queue (Erlang C), service time `service`.
+    fn mmc_latency(rate: f64, workers: u32, service: f64) -> f64 {
+        let load = rate * service;
+        let rho = load / workers as f64;
+        let mut term = 1.0;
+        let mut sum = 1.0;
+        for k in 1..workers {
+            term *= load / k as f64;
+            sum += term;
+        }
+        let last = term * load / workers as f64 / (1.0 - rho);
+        let waiting = last / (sum + last);
+        service + waiting * service / (workers as f64 * (1.0 - rho))
+    }
+
+    /// A pool of 4 workers (20 ms each, capacity 200/s) seen only from 30 % to 65 % of its
+    /// capacity, where its latency has barely started to climb: the fit still places the
+    /// capacity and the rate that breaks a 50 ms mean close to the truth (a line through
+    /// 1/latency put them at about twice the truth).
+    #[test]
+    fn the_queueing_fit_finds_a_pools_capacity_before_the_climb_is_steep() {
+        let pairs: Vec<(f64, f64)> = (0..36)
+            .map(|i| {
+                let rate = 60.0 + 2.0 * i as f64;
+                (rate, mmc_latency(rate, 4, 0.020))
+            })
+            .collect();
+        let truth = (1000..2000)
+            .map(|r| r as f64 / 10.0)
+            .find(|r| mmc_latency(*r, 4, 0.020) >= 0.050)
+            .unwrap();
+        let fit = knee(&pairs, 0.050).unwrap();
+        assert!(
+            (fit.capacity - 200.0).abs() < 0.15 * 200.0,
+            "{fit:?} (truth 200/s)"
+        );
+        assert!(
+            (fit.breach_rate - truth).abs() < 0.1 * truth,
+            "{fit:?} (truth {truth}/s)"
+        );
+        assert!(fit.exponent > 1, "{fit:?}");
         assert!(fit.confidence > 0.99);
     }
 

@@ -64,6 +64,9 @@ pub enum Service {
     /// The spans of one trace that a member exported and still holds (`GET /v1/traces/ID` on
     /// any member gathers them). Last, so that the earlier variants keep their encoding.
     TraceSpans,
+    /// A member's predictions, active and recent events (`GET /v1/predictions?scope=cluster`
+    /// on any member gathers them). Appended last, like `TraceSpans`.
+    Predictions,
 }
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]

@@ -358,6 +358,21 @@ impl Export {
         }
     }
 
+    /// Queues one request of the node's own making (a prediction's log record) for every
+    /// destination, shed where a buffer is full like the probes' spans. Without destinations
+    /// nothing is queued.
+    pub async fn enqueue_own(&self, signal: Signal, items: u32, payload: &[u8]) {
+        let deliveries = self.deliveries();
+        if !deliveries.is_empty() {
+            self.enqueue(&deliveries, signal, items, payload).await;
+        }
+    }
+
+    /// What the node's own exported data names as its resource.
+    pub fn resource(&self) -> &ResourceInfo {
+        &self.resource
+    }
+
     async fn enqueue_spans(&self, spans: &[Arc<Span>]) {
         let deliveries = self.deliveries();
         if deliveries.is_empty() {

@@ -13,6 +13,8 @@ mod join;
 mod listeners;
 mod peer;
 pub mod predict;
+pub mod predict_fleet;
+pub mod predict_notify;
 mod priority;
 pub mod probes;
 mod saturation;
@@ -114,7 +116,14 @@ pub async fn run(args: NodeArgs, seed: ClusterSeed) -> Result<()> {
         args.predict_horizon.into(),
         export.red.clone(),
         mesh.consensus.clone(),
+        predict_notify::Notifier::start(
+            Arc::downgrade(&export),
+            mesh.consensus.clone(),
+            identity.node.name.clone(),
+            reqwest::Client::new(),
+        ),
     );
+    let _ = mesh.predictor.set(predictor.clone());
     let state = Arc::new(ApiState {
         intensity,
         consensus: mesh.consensus.clone(),
@@ -199,6 +208,8 @@ struct Mesh {
     ca: Arc<CaRuntime>,
     /// Filled once tuning runs; peers' load reports are refused until then.
     intensity: Arc<OnceLock<Arc<Intensity>>>,
+    /// Filled once the predictor runs; peers' requests for predictions are refused until then.
+    predictor: Arc<OnceLock<Arc<predict::Predictor>>>,
 }
 
 impl Mesh {
@@ -240,11 +251,13 @@ impl Mesh {
         }
         ca.follow(&consensus);
         let intensity = Arc::new(OnceLock::new());
+        let predictor = Arc::new(OnceLock::new());
         transport.serve(Arc::new(PeerService {
             consensus: consensus.clone(),
             intensity: intensity.clone(),
             ca: ca.clone(),
             traces: traces.clone(),
+            predictor: predictor.clone(),
             node_name: identity.node.name.clone(),
         }));
         consensus.spawn_reachability_probe();
@@ -257,6 +270,7 @@ impl Mesh {
             consensus,
             ca,
             intensity,
+            predictor,
         })
     }
 }

@@ -19,6 +19,8 @@ pub struct PeerService {
     pub ca: Arc<CaRuntime>,
     /// The spans this node exported, by trace (`TraceSpans`).
     pub traces: Arc<super::traces::TraceStore>,
+    /// Set once the node's predictor runs; `Predictions` requests before that are refused.
+    pub predictor: Arc<std::sync::OnceLock<Arc<super::predict::Predictor>>>,
     pub node_name: String,
 }
 
@@ -53,6 +55,16 @@ impl Handler for PeerService {
                 reason: format!("node {sender} is not a member: trace spans go to members only"),
             },
             Service::TraceSpans => self.traces.answer(&self.node_name, &payload),
+            // Predictions name services and their objectives: members only, like spans.
+            Service::Predictions if !self.consensus.is_member(sender) => Message::Refused {
+                reason: format!("node {sender} is not a member: predictions go to members only"),
+            },
+            Service::Predictions => match self.predictor.get() {
+                Some(predictor) => super::predict_fleet::answer(predictor, &self.node_name),
+                None => Message::Refused {
+                    reason: "this node's predictor is not running yet".into(),
+                },
+            },
             Service::SignCsr => answer_sign_csr(&self.ca, &self.consensus, sender, &payload),
             Service::SignJoin => {
                 answer_sign_join(&self.ca, &self.consensus, sender, &payload).await

@@ -18,6 +18,7 @@ use apiary_predict::{
 use serde::Serialize;
 use serde_json::{json, Value};
 
+use super::predict_notify::Notifier;
 use super::saturation::{self, CpuCounters, Mounts};
 
 const BUCKETS: usize = DURATION_BOUNDS_SECONDS.len() + 1;
@@ -76,6 +77,8 @@ pub struct Predictor {
     state: Mutex<State>,
     interval: Duration,
     path: PathBuf,
+    /// Log records and the webhook for each event raised or resolved.
+    notifier: Notifier,
 }
 
 pub fn unix_now() -> f64 {
@@ -162,6 +165,7 @@ impl Predictor {
         horizon: Duration,
         red: Arc<RedMetrics>,
         consensus: Arc<Consensus>,
+        notifier: Notifier,
     ) -> Arc<Predictor> {
         let path = data_dir.join("predict-history.json");
         let history = History::load(&path, history_points, MAX_SERIES).unwrap_or_else(|e| {
@@ -189,6 +193,7 @@ impl Predictor {
             }),
             interval,
             path,
+            notifier,
         });
         let weak = Arc::downgrade(&predictor);
         let mounts = Mounts::read();
@@ -289,6 +294,7 @@ impl Predictor {
         let events = state.detector.evaluate(&state.history, &slos, now);
         for event in &events {
             log_event(event);
+            self.notifier.send(event);
         }
         state.intervals += 1;
         state.last_spent = started.elapsed();
@@ -319,6 +325,7 @@ impl Predictor {
             "active": active,
             "pending": state.detector.pending(),
             "events": events,
+            "outputs": self.notifier.status(),
             "cost": {
                 "intervals": state.intervals,
                 "seconds_total": state.spent.as_secs_f64(),

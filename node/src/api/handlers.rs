@@ -181,10 +181,26 @@ pub(super) async fn red(State(state): State<Arc<ApiState>>) -> Json<Value> {
     }))
 }
 
-pub(super) async fn predictions(State(state): State<Arc<ApiState>>) -> Json<Value> {
-    let mut answer = state.predictor.status();
-    answer["node"] = json!(state.node_name);
-    Json(answer)
+/// `GET /v1/predictions`: this node's; with `?scope=cluster`, every member's, gathered over
+/// the mesh (members that did not answer in time are named in `missing`).
+pub(super) async fn predictions(
+    State(state): State<Arc<ApiState>>,
+    Query(query): Query<HashMap<String, String>>,
+) -> ApiResult {
+    use crate::agent::predict_fleet;
+    match query.get("scope").map(String::as_str) {
+        None | Some("node") => Ok(Json(predict_fleet::local(
+            &state.predictor,
+            &state.node_name,
+        ))),
+        Some("cluster") => Ok(Json(
+            predict_fleet::gather(&state.consensus, &state.predictor, &state.node_name).await,
+        )),
+        Some(other) => Err(ApiError::bad_request(format!(
+            "scope={other:?}: give scope=node (this node's, the default) or scope=cluster \
+             (every member's)"
+        ))),
+    }
 }
 
 pub(super) async fn intensity(State(state): State<Arc<ApiState>>) -> Json<Value> {

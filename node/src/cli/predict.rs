@@ -1,14 +1,22 @@
 //! `apiary predict`: this node's active predictions (`GET /v1/predictions`) as a table, one row
-//! each, with the objectives in effect per service and the latest events; `--json` prints the
-//! answer whole (evidence included).
+//! each, with the objectives in effect per service and the latest events; `--cluster` every
+//! member's (`?scope=cluster`), a NODE column added and the members that did not answer named;
+//! `--json` prints the answer whole (evidence included).
 
 use anyhow::Result;
 use serde_json::Value;
 
 use super::client::{print_json, table, Client, ClientArgs};
 
-pub async fn predict(args: &ClientArgs) -> Result<()> {
+pub async fn predict(args: &ClientArgs, cluster: bool) -> Result<()> {
     let client = Client::new(args)?;
+    if cluster {
+        let answer = client.get("/v1/predictions?scope=cluster").await?;
+        if args.json {
+            return print_json(&answer);
+        }
+        return print_cluster(&answer);
+    }
     let answer = client.get("/v1/predictions").await?;
     if args.json {
         return print_json(&answer);
@@ -85,6 +93,53 @@ pub async fn predict(args: &ClientArgs) -> Result<()> {
             ]);
         }
         println!("{rows}");
+    }
+    Ok(())
+}
+
+fn print_cluster(answer: &Value) -> Result<()> {
+    let active = answer["active"].as_array().cloned().unwrap_or_default();
+    let answered = answer["answered"].as_array().map_or(0, Vec::len);
+    if active.is_empty() {
+        println!("cluster: no predictions on the {answered} members that answered");
+    } else {
+        let mut rows = table(&[
+            "NODE",
+            "SERVICE",
+            "SIGNAL",
+            "MODEL",
+            "BREACH IN",
+            "CONFIDENCE",
+            "NOW",
+            "LIMIT",
+            "WHY",
+        ]);
+        for p in &active {
+            let signal = p["signal"].as_str().unwrap_or("-");
+            rows.add_row(vec![
+                text(p, "node"),
+                text(p, "service"),
+                signal.to_string(),
+                text(p, "model"),
+                breach_in(p["seconds_to_breach"].as_f64().unwrap_or(0.0)),
+                format!("{:.2}", p["confidence"].as_f64().unwrap_or(0.0)),
+                value(signal, p["current"].as_f64()),
+                value(signal, p["limit"].as_f64()),
+                text(p, "why"),
+            ]);
+        }
+        println!(
+            "cluster: {} predictions on {answered} members",
+            active.len()
+        );
+        println!("{rows}");
+    }
+    for member in answer["missing"].as_array().into_iter().flatten() {
+        println!(
+            "missing: {} ({})",
+            text(member, "node"),
+            text(member, "error")
+        );
     }
     Ok(())
 }

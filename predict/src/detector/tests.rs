@@ -74,6 +74,8 @@ fn a_saturation_ramp_is_forecast_before_it_breaches() {
     let mut first_forecast = None;
     let mut breach = None;
     let mut burn_raised = None;
+    // (when, what the active queueing forecast said) before the breach.
+    let mut said_at = Vec::new();
     for i in 0..300 {
         let at = T0 + STEP * i as f64;
         // 10/s for 5 minutes, then +0.25/s every 5 s (3/s per minute).
@@ -93,7 +95,13 @@ fn a_saturation_ramp_is_forecast_before_it_breaches() {
         if p99 > limit && breach.is_none() {
             breach = Some(at);
         }
-        for event in detector.evaluate(&history, &slo(limit), at) {
+        let events = detector.evaluate(&history, &slo(limit), at);
+        if breach.is_none() {
+            if let Some(p) = detector.active().find(|p| p.model == "queueing") {
+                said_at.push((at, p.seconds_to_breach));
+            }
+        }
+        for event in events {
             if event.kind != EventKind::Raised {
                 continue;
             }
@@ -114,13 +122,34 @@ fn a_saturation_ramp_is_forecast_before_it_breaches() {
         "raised only {lead} s before the breach: {}",
         prediction.why
     );
-    // The forecast said when: within a factor of 2 of the truth.
+    // When it is raised, at 15 % of the capacity, latency has climbed 6 %: a single queue and
+    // a pool of workers fit that alike, and the forecast may say much sooner than the truth, never
+    // later by more than 2x (a forecast of "in ten minutes" for a breach in two is the harmful
+    // error). As the climb grows, the shape shows: from 5 minutes before the breach the
+    // forecast is never later than 2x the truth nor sooner than a third of it, give or take
+    // 3 intervals (of shapes that fit alike the soonest is said: see `knee`).
     let said = prediction.seconds_to_breach;
     assert!(
-        said > lead / 2.0 && said < lead * 2.0,
+        said < lead * 2.0,
         "forecast {said} s, truth {lead} s: {}",
         prediction.why
     );
+    let late: Vec<&(f64, f64)> = said_at
+        .iter()
+        .filter(|(at, _)| *at >= breach - 300.0)
+        .collect();
+    assert!(
+        !late.is_empty(),
+        "the forecast was resolved before the breach"
+    );
+    for (at, said) in late {
+        let truth = breach - at;
+        assert!(
+            *said < 2.0 * truth + 3.0 * STEP && *said > truth / 3.0 - 3.0 * STEP,
+            "at {} s before the breach the forecast said {said} s",
+            truth
+        );
+    }
     assert!(!prediction.evidence.series.is_empty());
     let burn = burn_raised.expect("the burn rate is raised once the objective breaks");
     assert!(
