@@ -18,7 +18,7 @@ pub use profile_events::{
     profile_may_not_set, ActiveProfile, ProfileStamp, Signer, MAX_PROFILE_NAME_CHARS,
     MAX_SIGNER_CHARS,
 };
-pub use secret::{is_marker, redact, redact_endpoint};
+pub use secret::{is_marker, redact, redact_endpoint, redact_webhook};
 
 use serde::{Deserialize, Serialize};
 

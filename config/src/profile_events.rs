@@ -93,6 +93,10 @@ pub fn profile_may_not_set(key: &str) -> Option<&'static str> {
     match first {
         "trust" => Some("a profile may not change whom the cluster trusts (`trust.*`)"),
         "api" => Some("a profile may not change who may read the API (`api.*`)"),
+        "predict" if key.starts_with("predict.webhook") || key == "predict" => Some(
+            "a profile may not set the prediction webhook (`predict.webhook.*`): it decides \
+             where the cluster's data is sent; set it with `apiary config set`",
+        ),
         "destination" | "destinations" => Some(
             "a profile may not add or change destinations (`destination.*`): they receive the \
              spans and the stored secrets; set them with `apiary config set`",

@@ -45,6 +45,35 @@ pub fn redact_endpoint(endpoint: &str) -> String {
     }
 }
 
+/// A webhook URL as the API shows it: its password and its path and query replaced by markers.
+/// Webhooks commonly carry their secret in the path (`https://hooks.example/services/T0/B0/XYZ`),
+/// so only the scheme, host and port are shown as they are.
+pub fn redact_webhook(webhook: &str) -> String {
+    let Ok(mut url) = url::Url::parse(webhook) else {
+        return webhook.to_string();
+    };
+    let mut hidden = false;
+    if let Some(password) = url.password() {
+        let marker = redact(password);
+        let _ = url.set_password(Some(&marker));
+        hidden = true;
+    }
+    let rest = match url.query() {
+        Some(query) => format!("{}?{query}", url.path()),
+        None => url.path().to_string(),
+    };
+    if !rest.is_empty() && rest != "/" {
+        url.set_query(None);
+        url.set_path(&format!("/{}", redact(&rest)));
+        hidden = true;
+    }
+    if hidden {
+        url.to_string()
+    } else {
+        webhook.to_string()
+    }
+}
+
 impl ClusterConfig {
     /// This configuration as the API shows it: every secret replaced by its marker.
     pub fn redacted(&self) -> ClusterConfig {
@@ -55,8 +84,8 @@ impl ClusterConfig {
                 *value = redact(value);
             }
         }
-        // A webhook's URL may carry a password like an endpoint.
-        shown.predict.webhook.url = redact_endpoint(&shown.predict.webhook.url);
+        // A webhook's URL carries its secret in its password or its path.
+        shown.predict.webhook.url = redact_webhook(&shown.predict.webhook.url);
         shown
     }
 
@@ -101,7 +130,7 @@ impl ClusterConfig {
         let webhook = &mut self.predict.webhook.url;
         if webhook.contains("redacted%20sha256") {
             let before = &previous.predict.webhook.url;
-            if redact_endpoint(before) != *webhook {
+            if redact_webhook(before) != *webhook {
                 return Err(ConfigError::invalid(
                     "predict.webhook.url",
                     webhook.as_str(),
@@ -121,7 +150,7 @@ impl Setting {
         let path: Vec<&str> = self.key.split('.').collect();
         let value = match path.as_slice() {
             ["predict", "webhook", "url"] => match &self.value {
-                Value::String(url) => Value::String(redact_endpoint(url)),
+                Value::String(url) => Value::String(redact_webhook(url)),
                 other => other.clone(),
             },
             ["predict", "webhook"] | ["predict"] => {
@@ -132,7 +161,7 @@ impl Setting {
                     "/url"
                 });
                 if let Some(Value::String(url)) = url {
-                    *url = redact_endpoint(url);
+                    *url = redact_webhook(url);
                 }
                 value
             }

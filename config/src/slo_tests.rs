@@ -108,6 +108,32 @@ fn the_prediction_webhook_is_a_checked_url_whose_password_is_not_shown() {
     assert_eq!(written_back.predict.webhook.url, url);
     let shown_setting = set("predict.webhook.url", json!(url)).redacted();
     assert!(!shown_setting.value.to_string().contains("s3cret"));
+    // A secret in the path (as chat webhooks carry theirs) is not shown either, and written
+    // back it stands for the real URL.
+    let in_path = "https://hooks.example.com/services/T000/B000/XyZsecretToken?x=1";
+    let config = apply_settings(&config, &[set("predict.webhook.url", json!(in_path))]).unwrap();
+    let shown = config.redacted().predict.webhook.url;
+    assert!(
+        !shown.contains("XyZsecretToken") && shown.starts_with("https://hooks.example.com/"),
+        "{shown}"
+    );
+    let shown_setting = set("predict.webhook.url", json!(in_path)).redacted();
+    assert!(!shown_setting.value.to_string().contains("XyZsecretToken"));
+    let written_back =
+        apply_settings(&config, &[set("predict.webhook.url", json!(shown))]).unwrap();
+    assert_eq!(written_back.predict.webhook.url, in_path);
+    let plain = apply_settings(
+        &config,
+        &[set(
+            "predict.webhook.url",
+            json!("https://hooks.example.com/"),
+        )],
+    )
+    .unwrap();
+    assert_eq!(
+        plain.redacted().predict.webhook.url,
+        "https://hooks.example.com/"
+    );
     for bad in ["ftp://hooks.example.com/", "hooks.example.com", "https://"] {
         let error = apply_settings(
             &ClusterConfig::default(),

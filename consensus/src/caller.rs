@@ -51,7 +51,11 @@ pub struct Forwarded<R> {
 pub fn scope_for_change(history: &History, proposal: &Proposal) -> (Scope, Option<String>) {
     let guarded = |key: &str| {
         let first = key.split('.').next().unwrap_or(key);
-        matches!(first, "api" | "trust") || first.starts_with("destination")
+        // predict.webhook: like a destination, it decides where this cluster's data is sent.
+        matches!(first, "api" | "trust")
+            || first.starts_with("destination")
+            || key.starts_with("predict.webhook")
+            || key == "predict"
     };
     let changed = history
         .check(proposal)
@@ -149,6 +153,13 @@ mod tests {
         assert!(key.starts_with("destination"), "{key}");
         let api = set("api.public_read", serde_json::json!(true));
         assert_eq!(scope_for_change(&history, &api).0, Scope::Admin);
+        // The prediction webhook is sent the cluster's predictions, as a destination its spans.
+        let webhook = set(
+            "predict.webhook.url",
+            serde_json::json!("https://hooks.example.com/x"),
+        );
+        assert_eq!(scope_for_change(&history, &webhook).0, Scope::Admin);
+        assert!(apiary_config::profile_may_not_set("predict.webhook.url").is_some());
     }
 
     #[test]

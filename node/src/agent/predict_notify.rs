@@ -171,7 +171,7 @@ async fn post(http: &reqwest::Client, url: &str, body: &serde_json::Value) -> Re
             {
                 return Err(format!(
                     "{} answered {}: not retried",
-                    apiary_config::redact_endpoint(url),
+                    apiary_config::redact_webhook(url),
                     answer.status()
                 ));
             }
@@ -185,7 +185,7 @@ async fn post(http: &reqwest::Client, url: &str, body: &serde_json::Value) -> Re
     }
     Err(format!(
         "{} {last} after {WEBHOOK_TRIES} tries",
-        apiary_config::redact_endpoint(url)
+        apiary_config::redact_webhook(url)
     ))
 }
 

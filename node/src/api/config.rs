@@ -91,9 +91,9 @@ fn admin_for_guarded_keys(
         _ => Err(ApiError::new(
             StatusCode::FORBIDDEN,
             format!(
-                "changing `{key}` needs an `admin` token: destinations receive the stored \
-                 secrets, api.* decides who reads and trust.* whose profiles apply, so a \
-                 `write` token may not change them"
+                "changing `{key}` needs an `admin` token: destinations and the prediction \
+                 webhook receive the cluster's data and secrets, api.* decides who reads and \
+                 trust.* whose profiles apply, so a `write` token may not change them"
             ),
         )),
     }
