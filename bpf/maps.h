@@ -228,21 +228,26 @@ struct ap_flow_context {
 	__u64 ts; /* bpf_ktime_get_ns() when it was written */
 };
 
-/* The last client request on a connection to a peer, keyed by its flow as the client sees it:
- * sock_ops writes the option on the segment that starts at `seq`. */
+/* Keyed by the socket (its struct sock's address, which the syscall side has from the fd and
+ * sock_ops as skops->sk): a u64 lookup where a flow key would be ~20 context reads and a 40-byte
+ * hash per TCP callback. An entry outlives its socket at most until the address's next
+ * connection is established (sock_ops deletes it then). */
+
+/* The last client request on a connection to a peer: sock_ops writes the option on the
+ * segment that starts at `seq`. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 16384);
-	__type(key, struct ap_flow);
+	__type(key, __u64);
 	__type(value, struct ap_flow_context);
 } outgoing_contexts SEC(".maps");
 
-/* The last context a peer's node sent on a connection, keyed by the flow as the server sees
- * it: the server's read of the request that starts at `seq` joins it. */
+/* The last context a peer's node sent on a server's connection: the server's read of the
+ * request that starts at `seq` joins it. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 16384);
-	__type(key, struct ap_flow);
+	__type(key, __u64);
 	__type(value, struct ap_flow_context);
 } incoming_contexts SEC(".maps");
 

@@ -4,7 +4,8 @@
  * its server's read of that request finds it (docs/architecture.md#connected-traces).
  *
  * - The client's send (a syscall tracepoint, trace.h) notes the request's context with the
- *   sequence number of its first byte (the socket's write_seq then) in outgoing_contexts.
+ *   sequence number of its first byte (the socket's write_seq then) in outgoing_contexts,
+ *   keyed by the socket.
  * - sock_ops on the client's socket (callbacks asked for when it connected) reserves the
  *   option's room on every segment until that byte is acknowledged, and writes the option on
  *   the segment that starts at it (so also on a retransmit of it).
@@ -50,7 +51,7 @@ static __always_inline __u32 tcp_seq_at(__u64 sock, __u32 offset)
 /* Rewrites an entry in place when there is one (an LRU map update allocates and frees under
  * the LRU's locks, see note_client_request); a reader sees seq 0 or a changed seq meanwhile,
  * and takes nothing (load_context). */
-static __always_inline void store_context(void *map, struct ap_flow *key, __u32 seq,
+static __always_inline void store_context(void *map, __u64 *key, __u32 seq,
 					  const __u8 *trace_id, const __u8 *span_id, __u64 now)
 {
 	struct ap_flow_context *entry = bpf_map_lookup_elem(map, key);
@@ -90,11 +91,12 @@ static __always_inline int load_context(struct ap_flow_context *entry, __u32 seq
 static __always_inline void note_remote_request(struct ap_conn *conn, struct ap_trace_ctx *t,
 						__u64 now)
 {
-	struct ap_flow key;
+	struct ap_flow flow;
 	struct ap_trace_config *config;
-	if (!conn->sock || !(config = propagation()) || !client_flow_key(&conn->flow, 0, &key) ||
-	    is_loopback(&key))
+	if (!conn->sock || !(config = propagation()) || !client_flow_key(&conn->flow, 0, &flow) ||
+	    is_loopback(&flow))
 		return;
+	__u64 key = conn->sock;
 	__u32 start = tcp_seq_at(conn->sock, config->write_seq_offset);
 	store_context(&outgoing_contexts, &key, start, t->trace_id, t->span_id, now);
 }
@@ -104,11 +106,10 @@ static __always_inline void note_remote_request(struct ap_conn *conn, struct ap_
 static __always_inline int join_remote(struct ap_conn *conn, struct ap_trace_ctx *t, __s64 len,
 				       __u64 now)
 {
-	struct ap_flow key;
 	struct ap_trace_config *config;
-	if (!conn->sock || !(config = propagation()) || !client_flow_key(&conn->flow, 0, &key) ||
-	    is_loopback(&key))
+	if (!conn->sock || !(config = propagation()))
 		return 0;
+	__u64 key = conn->sock;
 	struct ap_flow_context *entry = bpf_map_lookup_elem(&incoming_contexts, &key);
 	if (!entry)
 		return 0;
@@ -130,39 +131,12 @@ static __always_inline int join_remote(struct ap_conn *conn, struct ap_trace_ctx
 
 /* --- sock_ops ----------------------------------------------------------------------------- */
 
-/* A sock_ops socket's flow as `conns` entries hold it (local first), as a map key. */
-static __always_inline int sock_ops_flow_key(struct bpf_sock_ops *skops, struct ap_flow *key)
+/* A sock_ops socket as the contexts' maps key it (see maps.h); 0 without a full socket. The
+ * address is only a key, never dereferenced (root may turn a pointer into a number). */
+static __always_inline __u64 sock_key(struct bpf_sock_ops *skops)
 {
-	struct ap_flow flow = {};
-	flow.family = skops->family;
-	flow.local_port = skops->local_port;          /* host order */
-	flow.remote_port = bpf_ntohl(skops->remote_port); /* network order, in the upper half */
-	if (flow.family == AF_INET) {
-		__u32 local = skops->local_ip4, remote = skops->remote_ip4;
-		__builtin_memcpy(flow.local_addr, &local, 4);
-		__builtin_memcpy(flow.remote_addr, &remote, 4);
-	} else if (flow.family == AF_INET6) {
-		__u32 word;
-		word = skops->local_ip6[0];
-		__builtin_memcpy(flow.local_addr, &word, 4);
-		word = skops->local_ip6[1];
-		__builtin_memcpy(flow.local_addr + 4, &word, 4);
-		word = skops->local_ip6[2];
-		__builtin_memcpy(flow.local_addr + 8, &word, 4);
-		word = skops->local_ip6[3];
-		__builtin_memcpy(flow.local_addr + 12, &word, 4);
-		word = skops->remote_ip6[0];
-		__builtin_memcpy(flow.remote_addr, &word, 4);
-		word = skops->remote_ip6[1];
-		__builtin_memcpy(flow.remote_addr + 4, &word, 4);
-		word = skops->remote_ip6[2];
-		__builtin_memcpy(flow.remote_addr + 8, &word, 4);
-		word = skops->remote_ip6[3];
-		__builtin_memcpy(flow.remote_addr + 12, &word, 4);
-	} else {
-		return 0;
-	}
-	return client_flow_key(&flow, 0, key);
+	struct bpf_sock *sk = skops->sk;
+	return (__u64)sk;
 }
 
 /* A connection is made: a client's sends get the header option callbacks, a server's
@@ -172,6 +146,11 @@ static __always_inline void ask_option_callbacks(struct bpf_sock_ops *skops, int
 {
 	if (!propagation_on())
 		return;
+	/* A context left by the socket that had this address before is not this one's. */
+	__u64 key = sock_key(skops);
+	if (key)
+		bpf_map_delete_elem(client ? (void *)&outgoing_contexts : (void *)&incoming_contexts,
+				    &key);
 	__u32 flags = client ? BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG
 			     : BPF_SOCK_OPS_PARSE_UNKNOWN_HDR_OPT_CB_FLAG;
 	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | flags);
@@ -181,8 +160,8 @@ static __always_inline void ask_option_callbacks(struct bpf_sock_ops *skops, int
  * byte is not acknowledged (the kernel also asks without a segment, to size them). */
 static __always_inline void reserve_context_option(struct bpf_sock_ops *skops)
 {
-	struct ap_flow key;
-	if (!sock_ops_flow_key(skops, &key))
+	__u64 key = sock_key(skops);
+	if (!key)
 		return;
 	struct ap_flow_context *entry = bpf_map_lookup_elem(&outgoing_contexts, &key);
 	if (!entry || (__s32)(skops->snd_una - entry->seq) > 0)
@@ -201,8 +180,8 @@ static __always_inline void write_context_option(struct bpf_sock_ops *skops)
 	__u32 header = th->doff * 4;
 	if (skops->skb_len <= header)
 		return; /* no payload: an ACK, not the request */
-	struct ap_flow key;
-	if (!sock_ops_flow_key(skops, &key))
+	__u64 key = sock_key(skops);
+	if (!key)
 		return;
 	struct ap_flow_context *entry = bpf_map_lookup_elem(&outgoing_contexts, &key);
 	struct ap_flow_context ctx;
@@ -227,8 +206,8 @@ static __always_inline void read_context_option(struct bpf_sock_ops *skops)
 					    TRACE_OPTION_EXID_LO };
 	if (bpf_load_hdr_opt(skops, option, TRACE_OPTION_BYTES, 0) != TRACE_OPTION_BYTES)
 		return;
-	struct ap_flow key;
-	if (!sock_ops_flow_key(skops, &key))
+	__u64 key = sock_key(skops);
+	if (!key)
 		return;
 	/* The request's first segment again (a retransmit), or the later segments of one large
 	 * send (the kernel copies the header to each): the first one seen is the start. */

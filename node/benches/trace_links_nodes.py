@@ -45,8 +45,10 @@ def setup_network():
 
 
 def teardown_network():
-    for ns in NAMESPACES:
+    for i, ns in enumerate(NAMESPACES):
         sh("ip", "netns", "del", ns, check=False)
+        # A process left in a namespace keeps it, and its veth pair, alive.
+        sh("ip", "link", "del", f"aptlv{i}", check=False)
     sh("ip", "link", "del", BRIDGE, check=False)
 
 
