@@ -1,7 +1,8 @@
 /* Trace context across nodes: a client request's trace id, span id and sampling decision go to
  * the peer's node in a TCP header option, written by sock_ops on the segment that starts the
- * request and read by the peer node's sock_ops into a map by flow and sequence number, where
- * its server's read of that request finds it (docs/architecture.md#connected-traces).
+ * request and read by the peer node's sock_ops into a map by socket, with the segment's
+ * sequence number, where its server's read of that request finds it
+ * (docs/architecture.md#connected-traces).
  *
  * - The client's send (a syscall tracepoint, trace.h) notes the request's context with the
  *   sequence number of its first byte (the socket's write_seq then) in outgoing_contexts,
@@ -9,8 +10,8 @@
  * - sock_ops on the client's socket (callbacks asked for when it connected) reserves the
  *   option's room on every segment until that byte is acknowledged, and writes the option on
  *   the segment that starts at it (so also on a retransmit of it).
- * - sock_ops on the server's socket reads the option into incoming_contexts with the segment's
- *   sequence number; a server read joins it only if the request it read starts at that
+ * - sock_ops on the server's socket reads the option into incoming_contexts (by socket) with
+ *   the segment's sequence number; a server read joins it only if the request it read starts at that
  *   number (the socket's copied_seq less the bytes read). Anything else is a root: a context
  *   that does not fit is never guessed onto another request.
  *
