@@ -2,7 +2,8 @@
 /* Apiary's eBPF programs (CO-RE): the entry points, one per attach point (probes/src/loader.rs
  * finds them by name). What they do is in the headers (see bpf/README.md). Every knob is read
  * from a map at run time, so a config change is a map write, never a reload. Only tracepoints
- * and uprobes are used: this kernel has no kprobes and refuses fentry/fexit. */
+ * and uprobes are used (and sock_ops, for trace context across nodes): this kernel has no
+ * kprobes and refuses fentry/fexit. */
 #include "common.h"
 #include "tracepoints.h"
 #include "sockets.h"
@@ -145,6 +146,31 @@ int tcp_retransmit(struct ap_retransmit_ctx *ctx)
 			 ctx->daddr_v6);
 	emit_tcp((struct sock *)ctx->skaddr, &flow, EV_TCP_RETRANSMIT, ctx->state, ctx->state);
 	return 0;
+}
+
+/* --- trace context across nodes: TCP header options (propagate.h) ------------------------ */
+
+SEC("sockops")
+int trace_sock_ops(struct bpf_sock_ops *skops)
+{
+	switch (skops->op) {
+	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
+		ask_option_callbacks(skops, 1);
+		break;
+	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
+		ask_option_callbacks(skops, 0);
+		break;
+	case BPF_SOCK_OPS_HDR_OPT_LEN_CB:
+		reserve_context_option(skops);
+		break;
+	case BPF_SOCK_OPS_WRITE_HDR_OPT_CB:
+		write_context_option(skops);
+		break;
+	case BPF_SOCK_OPS_PARSE_HDR_OPT_CB:
+		read_context_option(skops);
+		break;
+	}
+	return 1;
 }
 
 /* --- process: exec and exit (process.h) ---------------------------------------------------- */

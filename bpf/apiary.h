@@ -189,6 +189,35 @@ AP_ABI_OFFSET(ap_flow, remote_addr, 24);
 #define LINK_ROOT_THREAD_BUSY 5 /* client: the thread handles several server requests at once */
 #define LINK_ROOT_THREAD_STALE 6 /* client: the thread's server request is answered or gone */
 #define LINK_ROOT_MULTIPLEXED 7 /* client: the thread once handled several requests at a time */
+#define LINK_REMOTE 8 /* server: the child of the client request whose node sent its context
+		       * in the request's first TCP segment (bpf/propagate.h) */
+#define LINK_ROOT_REMOTE_ORDER 9 /* server: a context came on the flow, not for this request */
+
+/* What the node's trace propagation does (bpf/propagate.h): `propagate` 1 when its sock_ops
+ * program is attached and this node sends and reads trace context in TCP header options; the
+ * offsets of struct tcp_sock's write_seq and copied_seq in the running kernel, which userspace
+ * reads from the kernel's BTF (aya 0.14 fails the CO-RE relocation of these two fields that
+ * libbpf resolves, and poisons the program). */
+struct ap_trace_config {
+	__u32 propagate;
+	__u32 write_seq_offset;
+	__u32 copied_seq_offset;
+	__u32 pad;
+};
+AP_ABI_SIZE(ap_trace_config, 16);
+AP_ABI_OFFSET(ap_trace_config, propagate, 0);
+AP_ABI_OFFSET(ap_trace_config, write_seq_offset, 4);
+AP_ABI_OFFSET(ap_trace_config, copied_seq_offset, 8);
+AP_ABI_OFFSET(ap_trace_config, pad, 12);
+
+/* The TCP header option that carries a request's trace context to the peer's node: an
+ * experimental option (kind 253, RFC 6994) with this 16-bit experiment id, the trace id and
+ * the client span's id, whose top bit is the trace's sampling decision. 28 bytes: what is left
+ * of the 40 bytes of options next to timestamps. */
+#define TRACE_OPTION_KIND 253
+#define TRACE_OPTION_EXID_HI 0xa7
+#define TRACE_OPTION_EXID_LO 0x1a
+#define TRACE_OPTION_BYTES 28
 
 /* The trace context of a request, decided when it starts: ids and the sampling decision are
  * the parent's when one was found (parent_span_id set), else new. */
@@ -313,7 +342,7 @@ AP_ABI_OFFSET(ap_proc_event, filename, 56);
 /* The request-line bytes red.h scans for the method and path. */
 #define RED_SCAN 192
 /* sizeof(struct ap_conn) (maps.h, kernel-only): userspace empties the map of socket entries. */
-#define CONN_ENTRY_BYTES 432
+#define CONN_ENTRY_BYTES 440
 /* The histogram's upper bounds in ns (pipeline's DURATION_BOUNDS_SECONDS); the last bucket
  * is +Inf. */
 #define RED_BOUND_0 100000

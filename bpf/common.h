@@ -20,6 +20,12 @@
 #define S_IFMT 00170000
 #define S_IFSOCK 0140000
 
+/* Keeps the compiler from moving loads and stores across it (entries rewritten in place while
+ * another CPU may read them: trace.h, propagate.h; x86 keeps stores in order). */
+#ifndef barrier
+#define barrier() asm volatile("" ::: "memory")
+#endif
+
 static __always_inline __u32 task_netns(void)
 {
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();

@@ -80,6 +80,7 @@ static __always_inline struct ap_conn *fresh_conn(__u64 file, __u32 netns)
 	if (!fresh)
 		return 0;
 	fresh->file = file;
+	fresh->sock = 0;
 	fresh->netns = netns;
 	fresh->keep = KEEP_UNDECIDED;
 	fresh->cgroup_id = bpf_get_current_cgroup_id();
@@ -125,6 +126,8 @@ static __always_inline struct ap_conn *conn_of_fd(__u64 key, __u32 fd, int kind)
 	if (!fresh)
 		return 0;
 	fill_flow_from_sock(&fresh->flow, sk);
+	if (BPF_CORE_READ(sk, sk_protocol) == IPPROTO_TCP)
+		fresh->sock = (__u64)sk;
 	if (bpf_map_update_elem(&conns, &key, fresh, BPF_ANY) < 0)
 		return 0;
 	return bpf_map_lookup_elem(&conns, &key);

@@ -120,6 +120,7 @@ struct {
  * connection costs one lookup instead of a walk from the fd to the socket, and no map update. */
 struct ap_conn {
 	__u64 file; /* the struct file behind the fd when cached: a reused fd gets a fresh entry */
+	__u64 sock; /* its struct tcp_sock (0: TLS, UDP): sequence numbers (bpf/propagate.h) */
 	struct ap_flow flow;
 	__u32 netns;
 	__u32 keep; /* the last request's sampling decision (its response follows it), or undecided */
@@ -206,6 +207,49 @@ struct {
 	__type(key, __u64);
 	__type(value, struct ap_thread_request);
 } thread_requests SEC(".maps");
+
+/* --- trace context across nodes, in TCP header options (propagate.h) ------------------- */
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct ap_trace_config);
+} trace_config SEC(".maps");
+
+/* A request's context to send, or one received: the sequence number of the request's first
+ * byte (0 while the entry is rewritten), the trace id and the client span's id (its top bit
+ * the sampling decision). */
+struct ap_flow_context {
+	__u32 seq;
+	__u32 pad;
+	__u8 trace_id[16];
+	__u8 span_id[8];
+	__u64 ts; /* bpf_ktime_get_ns() when it was written */
+};
+
+/* Keyed by the socket (its struct sock's address, which the syscall side has from the fd and
+ * sock_ops as skops->sk): a u64 lookup where a flow key would be ~20 context reads and a 40-byte
+ * hash per TCP callback. An entry outlives its socket at most until the address's next
+ * connection is established (sock_ops deletes it then). */
+
+/* The last client request on a connection to a peer: sock_ops writes the option on the
+ * segment that starts at `seq`. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64);
+	__type(value, struct ap_flow_context);
+} outgoing_contexts SEC(".maps");
+
+/* The last context a peer's node sent on a server's connection: the server's read of the
+ * request that starts at `seq` joins it. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64);
+	__type(value, struct ap_flow_context);
+} incoming_contexts SEC(".maps");
 
 /* --- per-CPU scratch: values too large for the 512-byte BPF stack ------------------------- */
 

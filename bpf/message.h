@@ -165,7 +165,7 @@ static __always_inline void emit_data(__u32 probe, struct ap_conn *conn, struct 
 		}
 		/* Sampling is per trace: a request joined to a parent follows its decision. */
 		__u64 key = probe == PROBE_HTTP ? FD_CONN_KEY(conn_id) : TLS_CONN_KEY(conn_id, pid);
-		__u32 keep = trace_request(conn, key, direction, threshold);
+		__u32 keep = trace_request(conn, key, direction, threshold, len);
 		conn->keep = keep;
 		if (!keep) {
 			stats->sampled_out++;

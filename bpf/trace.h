@@ -19,14 +19,12 @@
 #define APIARY_TRACE_H
 
 #include "maps.h"
+#include "flow.h"
+#include "propagate.h"
 
 /* A server that reads a request this long after its client sent it does not join it: the
  * entry is then more likely a reused flow's. */
 #define CLIENT_REQUEST_MAX_AGE_NS (10ULL * 1000000000ULL)
-
-#ifndef barrier
-#define barrier() asm volatile("" ::: "memory")
-#endif
 
 static __always_inline void random_bytes(__u8 *out, int words)
 {
@@ -34,52 +32,6 @@ static __always_inline void random_bytes(__u8 *out, int words)
 		__u32 r = bpf_get_prandom_u32();
 		__builtin_memcpy(out + 4 * i, &r, 4);
 	}
-}
-
-static __always_inline int is_v4_mapped(const __u8 *addr)
-{
-	__u64 head;
-	__u16 ff;
-	__builtin_memcpy(&head, addr, 8);
-	__builtin_memcpy(&ff, addr + 10, 2);
-	return head == 0 && addr[8] == 0 && addr[9] == 0 && ff == 0xffff;
-}
-
-/* The flow as the client sees it (`reverse`: `flow` is the server's), with IPv4-mapped IPv6
- * addresses written as IPv4, so that a dual-stack server meets an IPv4 client. False when the
- * flow has no addresses (TLS entries). */
-static __always_inline int client_flow_key(const struct ap_flow *flow, int reverse,
-					   struct ap_flow *key)
-{
-	if (!flow->family)
-		return 0;
-	const __u8 *local = reverse ? flow->remote_addr : flow->local_addr;
-	const __u8 *remote = reverse ? flow->local_addr : flow->remote_addr;
-	__builtin_memset(key, 0, sizeof(*key));
-	key->local_port = reverse ? flow->remote_port : flow->local_port;
-	key->remote_port = reverse ? flow->local_port : flow->remote_port;
-	if (flow->family == AF_INET6 && is_v4_mapped(local) && is_v4_mapped(remote)) {
-		key->family = AF_INET;
-		__builtin_memcpy(key->local_addr, local + 12, 4);
-		__builtin_memcpy(key->remote_addr, remote + 12, 4);
-	} else {
-		key->family = flow->family;
-		__builtin_memcpy(key->local_addr, local, 16);
-		__builtin_memcpy(key->remote_addr, remote, 16);
-	}
-	return 1;
-}
-
-/* Loopback addresses exist once per network namespace: a client and a server on 127.0.0.1
- * are one connection only in the same namespace. (Other addresses are unique on a host.) */
-static __always_inline int is_loopback(const struct ap_flow *key)
-{
-	if (key->family == AF_INET)
-		return key->local_addr[0] == 127;
-	__u64 head, tail;
-	__builtin_memcpy(&head, key->local_addr, 8);
-	__builtin_memcpy(&tail, key->local_addr + 8, 8);
-	return head == 0 && tail == 0x0100000000000000ULL;
 }
 
 /* A server request: the client request this node saw sent on the same connection, if any. */
@@ -207,10 +159,11 @@ static __always_inline void note_client_request(struct ap_conn *conn, struct ap_
 	bpf_map_update_elem(&client_requests, &key, &value, BPF_ANY);
 }
 
-/* The trace context of a request starting on `conn` (key `conn_key`), in conn->req_trace;
- * returns its sampling decision (1 keep): its parent's, or by `threshold` for a root. */
+/* The trace context of a request starting on `conn` (key `conn_key`; `len` bytes of it in
+ * this send or read), in conn->req_trace; returns its sampling decision (1 keep): its
+ * parent's, or by `threshold` for a root. */
 static __always_inline __u32 trace_request(struct ap_conn *conn, __u64 conn_key, __u32 direction,
-					   __u32 threshold)
+					   __u32 threshold, __s64 len)
 {
 	struct ap_trace_ctx *t = &conn->req_trace;
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
@@ -218,16 +171,29 @@ static __always_inline __u32 trace_request(struct ap_conn *conn, __u64 conn_key,
 	conn->seq++;
 	t->link = LINK_ROOT;
 	__builtin_memset(t->parent_span_id, 0, 8);
-	int joined = direction == DIR_INGRESS ? join_client(conn, t, now) : join_thread(t, pid_tgid);
+	int joined;
+	if (direction == DIR_INGRESS) {
+		joined = join_client(conn, t, now);
+		/* No client of it traced here: its client's node may have sent its context. */
+		if (!joined && t->link == LINK_ROOT)
+			joined = join_remote(conn, t, len, now);
+	} else {
+		joined = join_thread(t, pid_tgid);
+	}
 	if (!joined) {
 		random_bytes(t->trace_id, 4);
 		t->keep = threshold == 0xffffffff || bpf_get_prandom_u32() < threshold;
 	}
 	random_bytes(t->span_id, 2);
-	if (direction == DIR_INGRESS)
+	if (direction == DIR_INGRESS) {
 		note_server_request(conn, conn_key, t, pid_tgid);
-	else
+	} else {
+		/* A client span's id carries the trace's sampling decision in its top bit, so that
+		 * the option sent to a peer's node (propagate.h) has room for both ids. */
+		t->span_id[0] = (t->span_id[0] & 0x7f) | (t->keep ? 0x80 : 0);
 		note_client_request(conn, t, now);
+		note_remote_request(conn, t, now);
+	}
 	return t->keep;
 }
 

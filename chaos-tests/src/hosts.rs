@@ -124,6 +124,9 @@ pub struct Node {
     /// The file libfaketime reads this node's wall-clock offset from (`+0`, `+600`, `-600`),
     /// when libfaketime is installed: writing it makes the running node's clock jump.
     pub skew_file: Option<PathBuf>,
+    /// eBPF probes on, scoped to the node's own namespace (`--scope netns:NAME`), for tests of
+    /// what the probes see across hosts; off (`--no-probes`) unless set.
+    pub probes: bool,
 }
 
 /// Debian's libfaketime (package `faketime`), the thread-safe build.
@@ -143,6 +146,7 @@ impl Node {
             skew_file: Path::new(LIBFAKETIME)
                 .exists()
                 .then(|| data_dir.with_extension("faketime")),
+            probes: false,
         }
     }
 
@@ -193,15 +197,19 @@ impl Node {
                 &format!("{ip}:4318"),
                 "--otlp-grpc",
                 &format!("{ip}:4317"),
-                // The suite tests consensus: probes would watch every node's and client's
-                // traffic on this 2-core machine and slow the run without being checked.
-                "--no-probes",
             ])
             .env("APIARY_LOG", "info,openraft=warn")
             .env_remove("APIARY_NICE")
             .stdin(Stdio::null())
             .stdout(log("out")?)
             .stderr(log("err")?);
+        if self.probes {
+            command.args(["--scope", &format!("netns:{}", self.namespace)]);
+        } else {
+            // The chaos suite tests consensus: probes would watch every node's and client's
+            // traffic on this 2-core machine and slow the run without being checked.
+            command.arg("--no-probes");
+        }
         if let Some((via, token)) = &self.join {
             command.args(["--join", via, "--join-token", token]);
         }

@@ -7,6 +7,7 @@ pub mod checker;
 pub mod clients;
 pub mod history;
 pub mod hosts;
+pub mod mesh;
 pub mod nemesis;
 pub mod report;
 pub mod run;

@@ -59,6 +59,12 @@ const LINK_ROOT_ORDER: u32 = 4;
 const LINK_ROOT_THREAD_BUSY: u32 = 5;
 const LINK_ROOT_THREAD_STALE: u32 = 6;
 const LINK_ROOT_MULTIPLEXED: u32 = 7;
+const LINK_REMOTE: u32 = 8;
+const LINK_ROOT_REMOTE_ORDER: u32 = 9;
+/// The TCP header option of trace context across nodes (bpf/propagate.h), as `tcpdump` shows
+/// it: checked here so that docs and the kernel agree.
+pub const TRACE_OPTION_KIND: u32 = 253;
+pub const TRACE_OPTION_BYTES: u32 = 28;
 
 /// Address families of `ap_flow.family` (Linux's).
 const AF_INET: u16 = 2;
@@ -119,6 +125,10 @@ same_as_c!(
     LINK_ROOT_THREAD_BUSY,
     LINK_ROOT_THREAD_STALE,
     LINK_ROOT_MULTIPLEXED,
+    LINK_REMOTE,
+    LINK_ROOT_REMOTE_ORDER,
+    TRACE_OPTION_KIND,
+    TRACE_OPTION_BYTES,
     RED_BUCKETS,
     RED_ROUTE_ENTRIES,
     CONN_ENTRY_BYTES,
@@ -236,7 +246,7 @@ pub struct RedValue {
 
 pub const RED_BUCKETS: usize = 20;
 pub const RED_ROUTE_ENTRIES: u32 = 4096;
-pub const CONN_ENTRY_BYTES: usize = 432;
+pub const CONN_ENTRY_BYTES: usize = 440;
 /// The upper bounds (ns) of the kernel's duration buckets; the last bucket is +Inf.
 pub const RED_BOUNDS_NS: [u64; RED_BUCKETS - 1] = [
     c::RED_BOUND_0,
@@ -279,6 +289,16 @@ pub struct ScopeConfig {
     pub by_netns: u32,
 }
 
+/// Whether this node sends and reads trace context in TCP header options (bpf/propagate.h).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TraceConfig {
+    pub propagate: u32,
+    pub write_seq_offset: u32,
+    pub copied_seq_offset: u32,
+    pub pad: u32,
+}
+
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PidFilterKey {
@@ -305,6 +325,7 @@ pub struct CgroupFilterKey {
 unsafe impl aya::Pod for ProbeConfig {}
 unsafe impl aya::Pod for ProbeStats {}
 unsafe impl aya::Pod for ScopeConfig {}
+unsafe impl aya::Pod for TraceConfig {}
 unsafe impl aya::Pod for PidFilterKey {}
 unsafe impl aya::Pod for PortFilterKey {}
 unsafe impl aya::Pod for CgroupFilterKey {}
@@ -417,6 +438,7 @@ mirrors! {
     CgroupFilterKey => ap_cgroup_filter_key { probe, pad, cgroup_id }
     ApEventHeader => ap_event_header { kind, probe, proto, pid, tid, netns, ts_ns, cgroup_id, comm }
     ApFlow => ap_flow { family, local_port, remote_port, pad, local_addr, remote_addr }
+    TraceConfig => ap_trace_config { propagate, write_seq_offset, copied_seq_offset, pad }
     ApTraceCtx => ap_trace_ctx { trace_id, span_id, parent_span_id, link, keep }
     ApDataEvent => ap_data_event {
         h, flow, conn_id, total_len, direction, captured, sample_threshold, flags, trace, data
@@ -714,6 +736,8 @@ fn link_of(raw: u32) -> Option<Link> {
         LINK_ROOT_THREAD_BUSY => Link::RootThreadBusy,
         LINK_ROOT_THREAD_STALE => Link::RootThreadStale,
         LINK_ROOT_MULTIPLEXED => Link::RootMultiplexed,
+        LINK_REMOTE => Link::Remote,
+        LINK_ROOT_REMOTE_ORDER => Link::RootRemoteOutOfOrder,
         _ => return None,
     })
 }

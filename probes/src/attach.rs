@@ -159,7 +159,7 @@ pub(crate) fn attach_one(
 }
 
 /// The verifier's log can run to thousands of lines; its end says what was wrong.
-fn verifier_summary(message: &str) -> String {
+pub(crate) fn verifier_summary(message: &str) -> String {
     let lines: Vec<&str> = message.lines().collect();
     if lines.len() <= 12 {
         return message.to_string();

@@ -8,6 +8,7 @@
 
 pub mod abi;
 mod attach;
+mod btf_offsets;
 pub mod kernel_red;
 mod loader;
 pub mod observer;

@@ -95,6 +95,9 @@ pub struct ProbeSet {
     /// The route hash's seed (bpf/red.h), random per load.
     red_seed: u64,
     cgroup_root: Option<PathBuf>,
+    /// Trace context across nodes (bpf/propagate.h): off until [`ProbeSet::propagate_traces`],
+    /// or why it could not be turned on.
+    propagation: Result<(), String>,
     // Keeps the kernel's BPF run-time statistics on while the probes live.
     _stats_enabled: Option<OwnedFd>,
 }
@@ -224,6 +227,7 @@ impl ProbeSet {
                 std::collections::hash_map::RandomState::new().hash_one(0x5eed_u64)
             },
             cgroup_root: cgroup2_root(),
+            propagation: Err("not asked for".into()),
             failures,
             links,
             conns: Some(map(&mut ebpf, "conns")?),
@@ -275,6 +279,59 @@ impl ProbeSet {
         Ok(std::fs::metadata(&full)
             .map_err(|e| ProbeError::Scope(format!("cgroup {}: {e}", full.display())))?
             .ino())
+    }
+
+    /// Sends each client request's trace context to the peer's node in a TCP header option and
+    /// reads the peers' (bpf/propagate.h): attaches the sock_ops program to the cgroup v2 root,
+    /// so every TCP connection made from now on (on this host, whichever node's scope) gets
+    /// the option callbacks. Other nodes' programs on the same host attach beside it (links
+    /// are multi-attach). Returns why it cannot, and the probes go on without it.
+    pub fn propagate_traces(&mut self) -> Result<(), String> {
+        if self.propagation.is_ok() {
+            return Ok(());
+        }
+        let attached =
+            crate::btf_offsets::kernel_member_offsets("tcp_sock", &["write_seq", "copied_seq"])
+                .and_then(|offsets| {
+                    self.attach_sock_ops()?;
+                    let mut config: Array<MapData, TraceConfig> =
+                        map(&mut self.ebpf, "trace_config").map_err(|e| e.to_string())?;
+                    let on = TraceConfig {
+                        propagate: 1,
+                        write_seq_offset: offsets[0],
+                        copied_seq_offset: offsets[1],
+                        pad: 0,
+                    };
+                    config
+                        .set(0, on, 0)
+                        .map_err(|e| format!("trace_config: {e}"))
+                });
+        self.propagation = attached.clone();
+        attached
+    }
+
+    /// Whether trace context goes across nodes, or why not.
+    pub fn propagation(&self) -> Result<(), String> {
+        self.propagation.clone()
+    }
+
+    fn attach_sock_ops(&mut self) -> Result<(), String> {
+        let cgroup = open_cgroup2_root(self.cgroup_root.as_deref())?;
+        let program: &mut aya::programs::SockOps = self
+            .ebpf
+            .program_mut("trace_sock_ops")
+            .ok_or("the eBPF object has no program trace_sock_ops")?
+            .try_into()
+            .map_err(|e| format!("{e}"))?;
+        program
+            .load()
+            .map_err(|e| crate::attach::verifier_summary(&e.to_string()))?;
+        // Through a BPF link, which the kernel always attaches beside others (a link asked
+        // to allow multiple programs is refused: EINVAL).
+        program
+            .attach(&cgroup, aya::programs::links::CgroupAttachMode::Single)
+            .map_err(|e| format!("cannot attach sock_ops to the cgroup v2 root: {e}"))?;
+        Ok(())
     }
 
     /// Takes the ring buffer and the kernel's RED counts for the event reader (once).
@@ -637,6 +694,42 @@ pub fn find_libssl() -> Option<PathBuf> {
         }
     }
     None
+}
+
+/// The cgroup v2 root directory, open. Where none is mounted in this mount namespace (`ip netns
+/// exec` mounts a fresh /sys without the cgroup mounts), one is mounted on a private directory
+/// and detached again at once: the open directory still names the hierarchy's root.
+fn open_cgroup2_root(mounted: Option<&Path>) -> Result<std::fs::File, String> {
+    if let Some(root) = mounted {
+        return std::fs::File::open(root).map_err(|e| format!("{}: {e}", root.display()));
+    }
+    let dir = std::env::temp_dir().join(format!("apiary-cgroup2-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let c = |s: &str| std::ffi::CString::new(s).map_err(|e| e.to_string());
+    let (source, target, fstype) = (c("cgroup2")?, c(&dir.to_string_lossy())?, c("cgroup2")?);
+    // SAFETY: valid NUL-terminated strings; cgroup2 takes a null data pointer.
+    let rc = unsafe {
+        libc::mount(
+            source.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    let opened = if rc == 0 {
+        let opened = std::fs::File::open(&dir).map_err(|e| format!("{}: {e}", dir.display()));
+        // SAFETY: a valid NUL-terminated path; MNT_DETACH has no other precondition.
+        unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
+        opened
+    } else {
+        Err(format!(
+            "no cgroup v2 hierarchy is mounted, and mounting one failed: {}",
+            std::io::Error::last_os_error()
+        ))
+    };
+    let _ = std::fs::remove_dir(&dir);
+    opened
 }
 
 fn cgroup2_root() -> Option<PathBuf> {

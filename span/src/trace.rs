@@ -23,22 +23,30 @@ pub enum Link {
     /// A client span sent by a thread that has interleaved server requests (an event loop):
     /// its thread says nothing about which request caused it.
     RootMultiplexed,
+    /// A server span: the child of the client span whose node sent the request's context in
+    /// a TCP header option (another node, `bpf/propagate.h`).
+    Remote,
+    /// A server span whose connection carried a context from the client's node, but not for
+    /// this request's first byte: left a root rather than guessed.
+    RootRemoteOutOfOrder,
 }
 
 impl Link {
     /// Every value, in the order `/metrics` lists them.
-    pub const ALL: [Link; 7] = [
+    pub const ALL: [Link; 9] = [
         Link::Connection,
         Link::Thread,
+        Link::Remote,
         Link::Root,
         Link::RootOutOfOrder,
         Link::RootThreadBusy,
         Link::RootThreadStale,
         Link::RootMultiplexed,
+        Link::RootRemoteOutOfOrder,
     ];
 
     pub fn is_joined(self) -> bool {
-        matches!(self, Link::Connection | Link::Thread)
+        matches!(self, Link::Connection | Link::Thread | Link::Remote)
     }
 
     /// The reason as `/metrics` labels it (`connection`, `thread`, `no_parent`, ...).
@@ -51,6 +59,8 @@ impl Link {
             Link::RootThreadBusy => "thread_busy",
             Link::RootThreadStale => "thread_stale",
             Link::RootMultiplexed => "thread_multiplexed",
+            Link::Remote => "remote",
+            Link::RootRemoteOutOfOrder => "remote_out_of_order",
         }
     }
 }

@@ -166,6 +166,11 @@ pub struct NodeArgs {
     /// Run the mesh without eBPF probes (no root needed).
     #[arg(long, env = "APIARY_NO_PROBES")]
     pub no_probes: bool,
+    /// Do not send trace context to peers' nodes in TCP header options (nor read theirs): a
+    /// request from another node then starts a new trace here. For networks whose middleboxes
+    /// drop segments with unknown TCP options (docs/architecture.md#connected-traces).
+    #[arg(long, env = "APIARY_NO_TRACE_PROPAGATION")]
+    pub no_trace_propagation: bool,
     /// CPU niceness of the agent (0-19): above 0 the workload's threads run first when both
     /// want a core, and spans wait in the ring buffer meanwhile. 0 (the default) keeps the
     /// default priority; see docs/operations.md before raising it on saturated machines.

@@ -330,6 +330,7 @@ fn start_probes(args: &NodeArgs, consensus: &Arc<Consensus>) -> Result<Option<Ar
         &args.scopes,
         args.libssl.as_deref(),
         args.probe_ring_bytes,
+        !args.no_trace_propagation,
         consensus,
     )?;
     let reports = runtime.reports();

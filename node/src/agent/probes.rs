@@ -34,9 +34,18 @@ impl ProbeRuntime {
         scopes: &[Scope],
         libssl: Option<&std::path::Path>,
         ring_bytes: u32,
+        propagate_traces: bool,
         consensus: &Arc<Consensus>,
     ) -> Result<Arc<Self>> {
         let mut set = ProbeSet::load_with_libssl(scopes, libssl, ring_bytes)?;
+        if propagate_traces {
+            match set.propagate_traces() {
+                Ok(()) => tracing::info!("trace context goes to peers' nodes in TCP header options"),
+                Err(e) => tracing::warn!(
+                    "no trace context across nodes (requests from other nodes start new traces here): {e}"
+                ),
+            }
+        }
         let state = consensus.config_state().clone();
         let mut versions = state.subscribe();
         set.apply(state.history().current())
