@@ -111,7 +111,7 @@ impl Cluster {
         }
     }
 
-    async fn start(size: usize) -> Result<Cluster> {
+    async fn start(size: usize, small_disk: &str) -> Result<Cluster> {
         let binary = crate::hosts::apiary_binary()?;
         let network = Network::create(size).context("creating the namespaces")?;
         let dir = tempfile::tempdir()?;
@@ -126,8 +126,7 @@ impl Cluster {
                 )
             })
             .collect();
-        // Room for the Raft log and the export buffers' reserve (64 MiB) and some spans.
-        let disk = SmallDisk::mount(&dir.path().join(format!("n{}", size - 1)), "112m")?;
+        let disk = SmallDisk::mount(&dir.path().join(format!("n{}", size - 1)), small_disk)?;
         let slow = match SlowDisk::mount(&dir.path().join(format!("n{}", size - 2))) {
             Ok(slow) => Some(slow),
             Err(e) => {
@@ -248,7 +247,13 @@ pub async fn run(plan: &Plan) -> Result<Report> {
         "chaos: seed {} (replay with APIARY_CHAOS_SEED={})",
         plan.seed, plan.seed
     );
-    let mut cluster = Cluster::start(SIZE).await?;
+    // Room for the Raft log, the export buffers' reserve (64 MiB) and some spans; and, in a
+    // long run, for the config history, which keeps every committed change (the writers
+    // commit about 20 a second: a first 60-minute soak filled 112 MiB after about 50 minutes,
+    // and the node could then not even open its database).
+    let minutes = plan.duration.as_secs().div_ceil(60);
+    let small_disk = format!("{}m", 112 + 4 * minutes.saturating_sub(2));
+    let mut cluster = Cluster::start(SIZE, &small_disk).await?;
     let mut receiver = Receiver::start(cluster.network.client_ip)?;
     cluster.export_to(&receiver).await?;
     let initial = cluster

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
-    #[error("cannot open the database in {path}: {source} (is another node using this data dir?)")]
+    #[error("cannot open the database in {path}: {source} ({})", open_hint(source))]
     Open { path: PathBuf, source: sled::Error },
     #[error("storage I/O failed: {0}")]
     Io(#[from] sled::Error),
@@ -34,6 +34,18 @@ pub enum StorageError {
 }
 
 pub type Result<T> = std::result::Result<T, StorageError>;
+
+/// What to do when the database will not open: sled gives a lock failure and a full disk the
+/// same error type, and pointing at another node when the disk is full sends an operator the
+/// wrong way.
+fn open_hint(error: &sled::Error) -> &'static str {
+    match error {
+        sled::Error::Io(io) if io.kind() == std::io::ErrorKind::StorageFull => {
+            "the data dir's disk is full: free space on it, then start the node again"
+        }
+        _ => "is another node using this data dir?",
+    }
+}
 
 #[derive(Clone)]
 pub struct Store {
