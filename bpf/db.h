@@ -60,7 +60,8 @@ static __always_inline __u8 detect_db_protocol(const char *p, __u32 n, __s64 len
 {
 	if (is_redis_command(p, n) && probe_enabled(PROBE_REDIS))
 		return PROTO_REDIS;
-	if (is_postgres_startup(p, n, len) && probe_enabled(PROBE_POSTGRES))
+	if ((is_postgres_startup(p, n, len) || is_postgres_query(p, n, len)) &&
+	    probe_enabled(PROBE_POSTGRES))
 		return PROTO_POSTGRES;
 	return 0;
 }

@@ -7,132 +7,18 @@
 //! unparsed in `/v1/probes`. Needs root; skipped with one message otherwise, or when
 //! PostgreSQL is not installed.
 
-use std::net::{TcpListener, TcpStream};
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use serde_json::{json, Value};
 
+use crate::common::postgres::{pgbench, postgres_bin, start_postgres};
 use crate::common::{root, Cluster};
 
 /// Transactions per client per pgbench run.
 const TRANSACTIONS: u64 = 100;
 const CLIENTS: u64 = 2;
-/// Debian's `nobody`: initdb and postgres refuse to run as root.
-const NOBODY: u32 = 65534;
-
-/// The newest installed PostgreSQL's bin directory (Debian: /usr/lib/postgresql/N/bin).
-fn postgres_bin() -> Option<PathBuf> {
-    let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .ok()?
-        .filter_map(|e| Some(e.ok()?.path().join("bin")))
-        .filter(|bin| bin.join("postgres").exists() && bin.join("initdb").exists())
-        .collect();
-    found.sort();
-    found.pop()
-}
-
-/// A postmaster; stopped with a fast shutdown (SIGINT), which also ends its backends.
-struct Postgres {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Postgres {
-    fn drop(&mut self) {
-        // SAFETY: kill takes plain integers; the pid is our own child's, not yet reaped.
-        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGINT) };
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(10) {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn as_nobody(command: &mut Command) -> &mut Command {
-    command.uid(NOBODY).gid(NOBODY)
-}
-
-fn start_postgres(bin: &Path) -> Postgres {
-    let dir = tempfile::tempdir().unwrap();
-    std::os::unix::fs::chown(dir.path(), Some(NOBODY), Some(NOBODY)).unwrap();
-    let data = dir.path().join("data");
-    let initdb = as_nobody(Command::new(bin.join("initdb")).arg("-D").arg(&data))
-        .args(["-A", "trust", "-U", "postgres", "--no-sync"])
-        .output()
-        .expect("initdb");
-    assert!(
-        initdb.status.success(),
-        "initdb: {}",
-        String::from_utf8_lossy(&initdb.stderr)
-    );
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let log = std::fs::File::create(dir.path().join("postgres.log")).unwrap();
-    let child = as_nobody(Command::new(bin.join("postgres")).arg("-D").arg(&data))
-        .args(["-p", &port.to_string(), "-k"])
-        .arg(dir.path())
-        .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("postgres");
-    let server = Postgres {
-        child,
-        port,
-        _dir: dir,
-    };
-    let start = Instant::now();
-    while !pg_isready(bin, port) {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "postgres did not start"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    server
-}
-
-fn pg_isready(bin: &Path, port: u16) -> bool {
-    TcpStream::connect(("127.0.0.1", port)).is_ok()
-        && Command::new(bin.join("pg_isready"))
-            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q"])
-            .status()
-            .is_ok_and(|s| s.success())
-}
-
-/// Runs pgbench against the server; returns the transactions it reports processed.
-fn pgbench(port: u16, args: &[&str]) -> u64 {
-    let output = Command::new("pgbench")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres"])
-        .args(args)
-        .arg("postgres")
-        .output()
-        .expect("pgbench");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "pgbench {args:?}: {stdout}{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("number of transactions actually processed: "))
-        .and_then(|rest| rest.split('/').next()?.parse().ok())
-        .unwrap_or(0)
-}
-
 /// RED rows of PostgreSQL, by (kind, service, operation, table): (count, errors).
 type Rows = Vec<((String, String, String, String), (u64, u64))>;
 
@@ -263,6 +149,27 @@ async fn postgres_statements_give_spans_and_red_per_operation() {
         eprintln!("SKIPPED {NAME}: PostgreSQL is not installed (apt-get install postgresql postgresql-contrib)");
         return;
     };
+    // A connection older than the node: psql connected first, its queries come later.
+    let server = start_postgres(&bin);
+    let port = server.port;
+    let mut old_psql = Command::new("psql")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-U",
+            "postgres",
+            "-q",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("psql");
+    let mut old_psql_input = old_psql.stdin.take().unwrap();
+    old_psql_input.write_all(b"SELECT 1;\n").unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+
     let cluster = Cluster::start_with(1, &[]).await;
     cluster.unbind_budgets().await;
     let probes = cluster.get(0, "/v1/probes").await.unwrap();
@@ -276,8 +183,41 @@ async fn postgres_statements_give_spans_and_red_per_operation() {
             .unwrap_or_else(|| panic!("no postgres probe in /v1/probes: {probes}"))
     };
     assert_eq!(probe(&probes)["state"], "attached", "{probes}");
-    let server = start_postgres(&bin);
-    let port = server.port;
+
+    // Its server side resyncs on the first whole Query and its whole answer; its client side
+    // (psql's) is counted as unparsed, never paired.
+    for _ in 0..2 {
+        old_psql_input
+            .write_all(b"SELECT 'older than the node' AS answer;\n")
+            .unwrap();
+    }
+    let resynced = cluster
+        .wait_for(
+            Duration::from_secs(10),
+            "the old connection's spans",
+            |c| async move {
+                let spans = c.get(0, "/v1/spans?limit=4096").await.ok()?;
+                let texts: Vec<Value> = spans
+                    .as_array()?
+                    .iter()
+                    .filter(|s| s["query_text"] == "SELECT ? AS answer;")
+                    .cloned()
+                    .collect();
+                (texts.len() >= 2).then_some(texts)
+            },
+        )
+        .await;
+    assert_eq!(resynced.len(), 2, "{resynced:?}");
+    assert!(
+        resynced
+            .iter()
+            .all(|s| s["kind"] == "server" && s["service"] == "postgres"),
+        "{resynced:?}"
+    );
+    assert!(probe(&cluster.get(0, "/v1/probes").await.unwrap())["unparsed"].as_u64() >= Some(2));
+    drop(old_psql_input);
+    let _ = old_psql.wait();
+
     pgbench(port, &["-i", "-s", "1", "-q"]);
 
     every_mode_counts_exactly(&cluster, port, "every pgbench operation at rate 1").await;

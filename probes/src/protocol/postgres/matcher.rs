@@ -68,9 +68,11 @@ struct Connection {
     responses: Stream,
     /// SSLRequests and GSSENCRequests sent, each answered by one untyped byte.
     encryption_answers: u32,
-    /// The StartupMessage was seen: typed messages follow. A typed message before it means
-    /// the connection was met mid-stream, and it is not followed.
+    /// The StartupMessage was seen, or the connection was resynced on: typed messages follow.
     started: bool,
+    /// Met mid-stream on a server that read one whole Query: followed once its first answer
+    /// proves the boundary (see [`Connection::resync_on`]).
+    resyncing: bool,
     batches: VecDeque<Batch>,
     pending: usize,
     statements: HashMap<String, Arc<Statement>>,
@@ -224,6 +226,7 @@ impl Connection {
             sampled_out: message.sampled_out,
             sample_threshold: message.sample_threshold,
         };
+        let whole = message.data.len() as u64 == total;
         let mut frontend = Vec::new();
         let fed = self.requests.feed(
             message.data,
@@ -232,6 +235,21 @@ impl Connection {
             wire::frontend,
             |m, ts| frontend.push((m, ts)),
         );
+        if !self.started && self.batches.is_empty() {
+            if let [(Frontend::Query(statement), ts_ns)] = &frontend[..] {
+                if kind == SpanKind::Server && whole && fed.is_ok() {
+                    self.started = true;
+                    self.resyncing = true;
+                    let query = Some(operation(statement.clone(), *ts_ns));
+                    self.closed_batch(Batch {
+                        query,
+                        ..Batch::default()
+                    })?;
+                    self.pending += 1;
+                    return Ok(());
+                }
+            }
+        }
         for (m, ts_ns) in frontend {
             match m {
                 // An untyped packet after the startup is not the protocol.
@@ -247,7 +265,8 @@ impl Connection {
                 Frontend::EncryptionRequest => self.encryption_answers += 1,
                 // A cancel connection sends one packet and is answered by none.
                 Frontend::Cancel => {}
-                _ if !self.started => return Err(Lost), // met mid-stream
+                // Met mid-stream, and not on a Query a server read whole: not followed.
+                _ if !self.started => return Err(Lost),
                 Frontend::Query(statement) => {
                     let query = Some(operation(statement, ts_ns));
                     self.closed_batch(Batch {
@@ -328,6 +347,9 @@ impl Connection {
                 _ => return Err(Lost),
             }
         }
+        if self.resyncing {
+            self.resync_on(data, total)?;
+        }
         let mut backend = Vec::new();
         let fed = self
             .responses
@@ -338,6 +360,35 @@ impl Connection {
             self.answer(m, ts_ns, ended)?;
         }
         fed.map_err(|_| Lost)
+    }
+
+    /// The first answer on a connection met mid-stream, to the one whole Query its server read
+    /// (bpf/protocol_postgres.h): followed only if it is whole and a chain of messages ending
+    /// exactly with ReadyForQuery. The backend reads a socket only once it has answered, and
+    /// flushed, all it read before (it is one process, reading when its input is empty), so
+    /// the Query started at a message boundary and what it writes next answers that Query. A
+    /// client's side is never resynced: a client may still be reading an earlier answer when
+    /// it sends.
+    fn resync_on(&mut self, data: &[u8], total: u64) -> Result<(), Lost> {
+        if data.len() as u64 != total {
+            return Err(Lost);
+        }
+        let mut at = 0;
+        let mut last = None;
+        while at < data.len() {
+            match wire::backend(data, at) {
+                (Ok(m), Ok(end)) => {
+                    last = Some(m);
+                    at = end;
+                }
+                _ => return Err(Lost),
+            }
+        }
+        if last != Some(Backend::Ready) {
+            return Err(Lost);
+        }
+        self.resyncing = false;
+        Ok(())
     }
 
     /// One backend message, against the first batch waiting.

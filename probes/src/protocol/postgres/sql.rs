@@ -290,7 +290,12 @@ fn skip_number(s: &[u8], mut i: usize) -> usize {
 fn operation(tokens: &[Token]) -> String {
     let mut first = tokens.iter().skip_while(|t| **t == Token::Punct(b'('));
     let word = match first.next() {
-        Some(Token::Word(word)) if word.len() <= 32 && !word.contains('$') => word.clone(),
+        // Keywords are ASCII letters: anything else names no RED series.
+        Some(Token::Word(word))
+            if word.len() <= 32 && word.bytes().all(|b| b.is_ascii_alphabetic()) =>
+        {
+            word.clone()
+        }
         _ => return "UNKNOWN".to_string(),
     };
     if word != "WITH" {

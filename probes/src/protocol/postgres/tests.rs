@@ -83,17 +83,27 @@ impl Server {
     }
 
     fn buffer(&mut self, request_side: bool, data: &[u8], total: usize) {
+        let direction = if request_side {
+            Direction::Ingress
+        } else {
+            Direction::Egress
+        };
+        self.buffer_with(direction, request_side, data, total);
+    }
+
+    /// A whole buffer going `direction`, on the requests' side or the responses'.
+    fn buffer_as(&mut self, direction: Direction, request_side: bool, data: &[u8]) {
+        self.buffer_with(direction, request_side, data, data.len());
+    }
+
+    fn buffer_with(&mut self, direction: Direction, request_side: bool, data: &[u8], total: usize) {
         self.ts += 100;
         let message = Message {
             probe: "postgres",
             pid: 7,
             conn_id: 5,
             ts_ns: self.ts,
-            direction: if request_side {
-                Direction::Ingress
-            } else {
-                Direction::Egress
-            },
+            direction,
             flow: None,
             sample_threshold: u32::MAX,
             sampled_out: false,
@@ -304,16 +314,51 @@ fn messages_split_over_buffers_and_beyond_the_capture_are_followed() {
 }
 
 #[test]
-fn a_connection_met_mid_stream_or_garbage_is_counted_never_paired() {
-    // No startup seen: the Query cannot be trusted to start a message.
+fn a_server_met_mid_stream_resyncs_on_a_whole_query_and_its_whole_answer() {
     let mut server = Server::new();
     server.read(BEGIN);
     server.write(BEGIN_REPLY);
     server.read(SELECT);
     server.write(SELECT_REPLY);
-    assert!(server.spans.is_empty());
-    assert_eq!(server.matcher.unparsed, 4);
+    assert_eq!(
+        server.seen(),
+        [
+            op("BEGIN", None, None),
+            op("SELECT", Some("pgbench_accounts"), None)
+        ]
+    );
+    assert_eq!(server.matcher.unparsed, 0);
 
+    // The first answer not a whole chain ending in ReadyForQuery: not followed.
+    for answer in [&SELECT_REPLY[..20], &BEGIN_REPLY[..BEGIN_REPLY.len() - 6]] {
+        let mut server = Server::new();
+        server.read(BEGIN);
+        server.write(answer);
+        server.read(BEGIN);
+        server.write(BEGIN_REPLY);
+        assert!(server.spans.is_empty());
+        assert_eq!(server.matcher.unparsed, 4);
+    }
+    // An extended batch (or any other message) first: not followed.
+    let mut server = Server::new();
+    server.read(EXTENDED_BEGIN);
+    server.write(EXTENDED_BEGIN_REPLY);
+    assert!(server.spans.is_empty());
+    assert_eq!(server.matcher.unparsed, 2);
+}
+
+#[test]
+fn a_client_met_mid_stream_is_counted_never_paired() {
+    // A client may still be reading an earlier answer when it sends: no resync on its side.
+    let mut client = Server::new();
+    client.buffer_as(Direction::Egress, true, BEGIN);
+    client.buffer_as(Direction::Ingress, false, BEGIN_REPLY);
+    assert!(client.spans.is_empty());
+    assert_eq!(client.matcher.unparsed, 2);
+}
+
+#[test]
+fn garbage_is_counted_never_paired() {
     // Garbage after a good start, then anything more on that connection.
     let mut server = Server::started();
     server.read(b"\x01\x02garbage that is no message");
@@ -443,5 +488,51 @@ fn operations_and_the_one_table_a_statement_names() {
             (*operation, *collection),
             "{raw}"
         );
+    }
+}
+
+/// Real exchanges with random bytes flipped, cut and split, on both sides: nothing panics, and
+/// every span names an operation that was in the input.
+#[test]
+fn mutated_exchanges_never_panic() {
+    let exchanges: [&[u8]; 10] = [
+        STARTUP,
+        STARTUP_REPLY,
+        BEGIN,
+        BEGIN_REPLY,
+        EXTENDED_BEGIN,
+        EXTENDED_BEGIN_REPLY,
+        PREPARE,
+        PREPARE_REPLY,
+        EXECUTE_PREPARED,
+        EXECUTE_PREPARED_REPLY,
+    ];
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    for _ in 0..2000 {
+        let mut server = Server::new();
+        for (i, bytes) in exchanges.iter().enumerate() {
+            let mut bytes = bytes.to_vec();
+            for _ in 0..next() % 3 {
+                let at = (next() as usize) % bytes.len();
+                bytes[at] = next() as u8;
+            }
+            let cut = (next() as usize) % (bytes.len() + 1);
+            let total = bytes.len() + (next() % 2) as usize * 7;
+            let request_side = i % 2 == 0;
+            server.buffer(request_side, &bytes[..cut], cut);
+            server.buffer(request_side, &bytes[cut..], total - cut);
+        }
+        for (operation, ..) in server.seen() {
+            assert!(
+                ["BEGIN", "UNKNOWN"].contains(&operation.as_str()) || operation.len() <= 6,
+                "{operation}"
+            );
+        }
     }
 }
