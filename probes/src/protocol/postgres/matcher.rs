@@ -32,8 +32,9 @@ type Key = (u32, u64, u16, u16);
 const MAX_CONNECTIONS: usize = 65_536;
 /// Executes and batches waiting on one connection; more and the connection is given up.
 const MAX_PENDING: usize = 4_096;
-/// Prepared statements and portals remembered per connection; more and the connection is
-/// given up (a statement forgotten would leave its Executes without text).
+/// Prepared statements and portals remembered per connection; past it they are forgotten
+/// (a DEALLOCATE in SQL, or a transaction's end for portals, drops them without a message),
+/// and a later Bind or Execute naming a forgotten one gives the connection up.
 const MAX_NAMES: usize = 4_096;
 
 /// An Execute, or a whole Query, waiting for its result.
@@ -278,7 +279,7 @@ impl Connection {
                 Frontend::FunctionCall => self.closed_batch(Batch::default())?,
                 Frontend::Parse { name, statement } => {
                     if self.statements.len() >= MAX_NAMES && !self.statements.contains_key(&name) {
-                        return Err(Lost);
+                        self.statements.clear();
                     }
                     self.statements.insert(name, statement.clone());
                     let batch = self.open_batch();
@@ -291,7 +292,7 @@ impl Connection {
                     // its Executes cannot be named.
                     let statement = self.statements.get(&statement).ok_or(Lost)?.clone();
                     if self.portals.len() >= MAX_NAMES && !self.portals.contains_key(&portal) {
-                        return Err(Lost);
+                        self.portals.clear();
                     }
                     self.portals.insert(portal, statement);
                     self.open_batch();
