@@ -1,4 +1,4 @@
-/* Protocols found once per connection (Redis; PostgreSQL and MySQL next), on the http probe's
+/* Protocols found once per connection (Redis, PostgreSQL; MySQL next), on the http probe's
  * socket tracepoints. The HTTP/1 path (message.h) classifies every buffer by its first bytes;
  * only a buffer it does not take comes here, and only while one of these probes is enabled.
  *
@@ -16,6 +16,7 @@
 
 #include "message.h"
 #include "protocol_redis.h"
+#include "protocol_postgres.h"
 
 /* How many bytes a syscall moved beyond the `len` at its first buffer: `total` (a readv's
  * return), or, for a writev, the sum of its iovecs, read only for a connection of this file's
@@ -50,20 +51,24 @@ static __always_inline __s64 db_total(struct db_extent extent)
 /* Whether any probe of this file is on: the socket tracepoints then run for it too. */
 static __always_inline int db_probes_enabled(void)
 {
-	return probe_enabled(PROBE_REDIS);
+	return probe_enabled(PROBE_REDIS) || probe_enabled(PROBE_POSTGRES);
 }
 
-/* The protocol a connection's first request starts (PROTO_*), or 0. Cheapest first. */
-static __always_inline __u8 detect_db_protocol(const char *p, __u32 n)
+/* The protocol a connection's first request starts (PROTO_*), or 0, from its first `n` bytes
+ * (of `len` the syscall moved). Cheapest first. */
+static __always_inline __u8 detect_db_protocol(const char *p, __u32 n, __s64 len)
 {
 	if (is_redis_command(p, n) && probe_enabled(PROBE_REDIS))
 		return PROTO_REDIS;
+	if ((is_postgres_startup(p, n, len) || is_postgres_query(p, n, len)) &&
+	    probe_enabled(PROBE_POSTGRES))
+		return PROTO_POSTGRES;
 	return 0;
 }
 
 static __always_inline __u32 probe_of_db_protocol(__u8 proto)
 {
-	return PROBE_REDIS;
+	return proto == PROTO_POSTGRES ? PROBE_POSTGRES : PROBE_REDIS;
 }
 
 /* One socket buffer that starts no HTTP/1 message (`got` bytes of it already in `ev`, 0 when
@@ -85,7 +90,7 @@ static __always_inline void emit_db_buffer(struct ap_data_event *ev, __u32 got, 
 	struct ap_conn *conn = bpf_map_lookup_elem(&conns, &key);
 	__u8 proto = conn ? conn->db_proto : 0;
 	if (!proto) {
-		proto = detect_db_protocol((const char *)ev->data, got);
+		proto = detect_db_protocol((const char *)ev->data, got, len);
 		if (!proto)
 			return;
 		/* A request: checks the fd still holds the cached file, else starts a fresh entry. */

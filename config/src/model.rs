@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use crate::ConfigError;
 
 /// Names of the probes a node can run, in display order.
-pub const PROBE_NAMES: [&str; 5] = ["http", "tls", "tcp", "process", "redis"];
+pub const PROBE_NAMES: [&str; 6] = ["http", "tls", "tcp", "process", "redis", "postgres"];
 
 /// The one configuration every node of a cluster agrees on.
 ///
@@ -134,13 +134,23 @@ pub struct Probes {
     /// connections found from their first command (absent from configs written before it).
     #[serde(default = "ProbeSettings::database")]
     pub redis: ProbeSettings,
+    /// PostgreSQL queries and their results (protocol 3, simple and extended) on the http
+    /// probe's socket tracepoints, its connections found from their startup packet (absent
+    /// from configs written before it).
+    #[serde(default = "ProbeSettings::database")]
+    pub postgres: ProbeSettings,
 }
 
 impl Probes {
     pub fn iter(&self) -> impl Iterator<Item = (&'static str, &ProbeSettings)> {
-        PROBE_NAMES
-            .into_iter()
-            .zip([&self.http, &self.tls, &self.tcp, &self.process, &self.redis])
+        PROBE_NAMES.into_iter().zip([
+            &self.http,
+            &self.tls,
+            &self.tcp,
+            &self.process,
+            &self.redis,
+            &self.postgres,
+        ])
     }
 }
 
@@ -283,6 +293,7 @@ impl Default for ClusterConfig {
                 tcp: ProbeSettings::default(),
                 process: ProbeSettings::default(),
                 redis: ProbeSettings::database(),
+                postgres: ProbeSettings::database(),
             },
             budget: Budget {
                 cpu_percent_per_node: 10.0,

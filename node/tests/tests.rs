@@ -19,6 +19,7 @@ mod hybrid;
 mod intensity;
 mod partition;
 mod peers;
+mod postgres;
 mod predict;
 mod predict_outputs;
 mod probes;

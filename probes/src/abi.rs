@@ -19,6 +19,7 @@ pub const PROBE_TLS: u32 = 1;
 pub const PROBE_TCP: u32 = 2;
 pub const PROBE_PROCESS: u32 = 3;
 pub const PROBE_REDIS: u32 = 4;
+pub const PROBE_POSTGRES: u32 = 5;
 
 pub const MAX_CAPTURE: u32 = 4095;
 
@@ -96,6 +97,7 @@ same_as_c!(
     PROBE_TCP,
     PROBE_PROCESS,
     PROBE_REDIS,
+    PROBE_POSTGRES,
     MAX_CAPTURE,
     HAS_PID_INCLUDE,
     HAS_PORT_INCLUDE,

@@ -19,6 +19,10 @@ pub use kernel_red::Counted;
 pub use loader::{
     check_ring_bytes, find_libssl, ProbeReport, ProbeSet, ProbeState, Scope, DEFAULT_RING_BYTES,
 };
+/// The probes of protocols found once per connection (bpf/db.h): they ride the http probe's
+/// socket tracepoints and have no programs of their own.
+pub const DB_PROBES: [&str; 2] = ["redis", "postgres"];
+
 pub use observer::{spawn_reader, Assembler, CountedTap, Events, KeepRule, Observer, TcpFlow};
 
 /// Fails with [`ProbeError::NotRoot`] unless this process may load eBPF programs.

@@ -17,7 +17,7 @@ use crate::abi::*;
 use crate::attach::{attach_one, load_one, Link, PROGRAMS};
 use crate::kernel_red::KernelRed;
 use crate::observer::Events;
-use crate::ProbeError;
+use crate::{ProbeError, DB_PROBES};
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/apiary.bpf.o"));
 
@@ -108,6 +108,7 @@ fn probe_index(name: &str) -> u32 {
         "tls" => PROBE_TLS,
         "tcp" => PROBE_TCP,
         "redis" => PROBE_REDIS,
+        "postgres" => PROBE_POSTGRES,
         _ => PROBE_PROCESS,
     }
 }
@@ -444,7 +445,9 @@ impl ProbeSet {
     fn wanted(&self, probe: &str) -> Option<bool> {
         let enabled = |name: &str| self.settings.get(name).map(|s| s.enabled);
         match probe {
-            "http" => Some(enabled("http")? || enabled("redis").unwrap_or(false)),
+            "http" => Some(
+                enabled("http")? || DB_PROBES.iter().any(|name| enabled(name).unwrap_or(false)),
+            ),
             other => enabled(other),
         }
     }
@@ -573,7 +576,8 @@ impl ProbeSet {
                 let settings = self.settings.get(name);
                 // A protocol found per connection rides the http probe's programs.
                 let failure = self.failures.get(name).cloned().or_else(|| {
-                    (name == "redis")
+                    DB_PROBES
+                        .contains(&name)
                         .then(|| self.failures.get("http"))
                         .flatten()
                         .map(|e| {

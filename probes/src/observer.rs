@@ -88,8 +88,9 @@ pub struct Observer {
     kept_query_params: std::sync::RwLock<Vec<String>>,
     /// `privacy.keep_redis_keys`.
     keep_redis_keys: std::sync::atomic::AtomicBool,
-    /// Redis messages that gave no span (see [`Observer::unparsed`]).
-    redis_unparsed: AtomicU64,
+    /// Messages of the protocols found per connection that gave no span, by probe
+    /// (`DB_PROBES`' order; see [`Observer::unparsed`]).
+    db_unparsed: [AtomicU64; crate::DB_PROBES.len()],
     /// Requests seen, sampled or not (the demand cooperative tuning shares).
     pub requests_total: AtomicU64,
     /// Of those, the requests the kernel counted without a record (bpf/red.h).
@@ -124,7 +125,7 @@ impl Default for Observer {
             keep: Mutex::new(KeepBudget::default()),
             kept_query_params: Default::default(),
             keep_redis_keys: Default::default(),
-            redis_unparsed: AtomicU64::new(0),
+            db_unparsed: Default::default(),
             requests_total: AtomicU64::new(0),
             counted_in_kernel: AtomicU64::new(0),
             counted_unresolved: AtomicU64::new(0),
@@ -221,10 +222,10 @@ impl Observer {
     /// Messages of a probe's protocol that gave no span: unparsable, beyond the capture, or on
     /// a connection no longer followed (0 for probes that do not parse a protocol this way).
     pub fn unparsed(&self, probe: &str) -> u64 {
-        match probe {
-            "redis" => self.redis_unparsed.load(Ordering::Relaxed),
-            _ => 0,
-        }
+        crate::DB_PROBES
+            .iter()
+            .position(|name| *name == probe)
+            .map_or(0, |at| self.db_unparsed[at].load(Ordering::Relaxed))
     }
 
     pub fn set_keep_rule(&self, rule: KeepRule) {
@@ -396,7 +397,11 @@ impl Assembler {
                 data,
                 // Not set on the DB path (bpf/db.h): its spans stay roots.
                 trace: _,
-            } if header.probe == crate::abi::PROBE_REDIS => {
+            } if matches!(
+                header.probe,
+                crate::abi::PROBE_REDIS | crate::abi::PROBE_POSTGRES
+            ) =>
+            {
                 let message = Message {
                     probe: probe_name(header.probe),
                     pid: header.pid,
@@ -424,9 +429,10 @@ impl Assembler {
                     &self.clock,
                     &mut spans,
                 );
-                self.observer
-                    .redis_unparsed
-                    .store(self.parsers.unparsed("redis"), Ordering::Relaxed);
+                for (at, name) in crate::DB_PROBES.iter().enumerate() {
+                    self.observer.db_unparsed[at]
+                        .store(self.parsers.unparsed(name), Ordering::Relaxed);
+                }
                 for span in spans {
                     self.observer.publish(span);
                 }
@@ -574,6 +580,7 @@ fn probe_name(probe: u32) -> &'static str {
     match probe {
         crate::abi::PROBE_TLS => "tls",
         crate::abi::PROBE_REDIS => "redis",
+        crate::abi::PROBE_POSTGRES => "postgres",
         _ => "http",
     }
 }

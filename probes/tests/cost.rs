@@ -53,8 +53,10 @@ async fn a_disabled_probe_is_detached_and_attached_again_without_a_reload() {
     let off = config(&[
         ("probe.http.filters.include_ports", json!([port])),
         ("probe.http.enabled", json!(false)),
-        // Redis rides the http probe's socket tracepoints: they stay while it is on.
+        // Redis and PostgreSQL ride the http probe's socket tracepoints: they stay while
+        // either is on.
         ("probe.redis.enabled", json!(false)),
+        ("probe.postgres.enabled", json!(false)),
     ]);
     let mut probes = load(&on);
     let ids: Vec<u32> = HTTP_PROGRAMS

@@ -1,4 +1,4 @@
-//! Database exchanges (Redis; PostgreSQL and MySQL share the type), per the OpenTelemetry
+//! Database exchanges (Redis, PostgreSQL; MySQL will share the type), per the OpenTelemetry
 //! semantic conventions for database spans and metrics (`db.*`, v1.26+ names).
 
 use serde::Serialize;
@@ -8,7 +8,7 @@ use crate::{RedDimensions, RedSchema, Value};
 /// One database operation: a command or statement and its reply.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 pub struct Db {
-    /// `db.system.name`: `redis`.
+    /// `db.system.name`: `redis`, `postgresql`.
     pub system: &'static str,
     /// `db.operation.name`: the command (`GET`) or the statement's verb (`SELECT`).
     pub operation: String,
@@ -37,11 +37,29 @@ pub static REDIS_RED_SCHEMA: RedSchema = RedSchema {
     client_metric: "db.client.operation.duration",
     metric_description:
         "Duration of Redis commands seen by Apiary's probes, counted before sampling.",
+    db_system: Some("redis"),
     operation_attribute: "db.operation.name",
     route_attribute: "db.collection.name",
     status_attribute: "apiary.db.error",
     prometheus_prefix: "apiary_redis",
     prometheus_labels: ["command", "collection", "error"],
+};
+
+/// RED of PostgreSQL statements: by service, side, operation (`SELECT`) and the one table the
+/// statement names (empty when it names none or several); the status label is 1 for a
+/// statement the server answered with an ErrorResponse (its SQLSTATE is in the span).
+pub static POSTGRES_RED_SCHEMA: RedSchema = RedSchema {
+    protocol: "postgres",
+    server_metric: "db.server.operation.duration",
+    client_metric: "db.client.operation.duration",
+    metric_description:
+        "Duration of PostgreSQL statements seen by Apiary's probes, counted before sampling.",
+    db_system: Some("postgresql"),
+    operation_attribute: "db.operation.name",
+    route_attribute: "db.collection.name",
+    status_attribute: "apiary.db.error",
+    prometheus_prefix: "apiary_postgres",
+    prometheus_labels: ["operation", "collection", "error"],
 };
 
 impl Db {

@@ -26,6 +26,7 @@ pub static RED_SCHEMA: RedSchema = RedSchema {
     operation_attribute: "http.request.method",
     route_attribute: "http.route",
     status_attribute: "http.response.status_code",
+    db_system: None,
     prometheus_prefix: "apiary_http",
     prometheus_labels: ["method", "route", "status"],
 };

@@ -79,10 +79,16 @@ pub enum Protocol {
     Http(Http),
     /// A Redis command and its reply (`db.system.name` redis).
     Redis(Db),
+    /// A PostgreSQL statement and its result (`db.system.name` postgresql).
+    Postgres(Db),
 }
 
 /// Every protocol's RED schema, in the order metrics are exported.
-pub static RED_SCHEMAS: &[&RedSchema] = &[&http::RED_SCHEMA, &db::REDIS_RED_SCHEMA];
+pub static RED_SCHEMAS: &[&RedSchema] = &[
+    &http::RED_SCHEMA,
+    &db::REDIS_RED_SCHEMA,
+    &db::POSTGRES_RED_SCHEMA,
+];
 
 /// An attribute value, borrowed from the span.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -114,6 +120,9 @@ pub struct RedSchema {
     pub server_metric: &'static str,
     pub client_metric: &'static str,
     pub metric_description: &'static str,
+    /// `db.system.name` on every point, for protocols that share their metric names (the
+    /// databases' `db.*.operation.duration`); `None` for HTTP.
+    pub db_system: Option<&'static str>,
     /// OTLP attribute names of the operation, route and status.
     pub operation_attribute: &'static str,
     pub route_attribute: &'static str,
@@ -128,7 +137,7 @@ impl Span {
     pub fn name(&self, out: &mut String) {
         match &self.protocol {
             Protocol::Http(http) => http.name(out),
-            Protocol::Redis(db) => db.name(out),
+            Protocol::Redis(db) | Protocol::Postgres(db) => db.name(out),
         }
     }
 
@@ -142,7 +151,7 @@ impl Span {
     pub fn is_error(&self) -> bool {
         match &self.protocol {
             Protocol::Http(http) => http.is_error(self.kind),
-            Protocol::Redis(db) => db.is_error(),
+            Protocol::Redis(db) | Protocol::Postgres(db) => db.is_error(),
         }
     }
 
@@ -152,7 +161,7 @@ impl Span {
         match &self.protocol {
             Protocol::Http(http) => http.is_error(SpanKind::Server),
             // The reply is the server's answer whichever side saw it.
-            Protocol::Redis(db) => db.is_error(),
+            Protocol::Redis(db) | Protocol::Postgres(db) => db.is_error(),
         }
     }
 
@@ -161,6 +170,7 @@ impl Span {
         match &self.protocol {
             Protocol::Http(http) => http.red(),
             Protocol::Redis(db) => db.red(&db::REDIS_RED_SCHEMA),
+            Protocol::Postgres(db) => db.red(&db::POSTGRES_RED_SCHEMA),
         }
     }
 
@@ -169,7 +179,7 @@ impl Span {
     pub fn for_each_attribute(&self, scratch: &mut String, mut emit: impl FnMut(&str, Value)) {
         match &self.protocol {
             Protocol::Http(http) => http.for_each_attribute(&mut emit),
-            Protocol::Redis(db) => db.for_each_attribute(&mut emit),
+            Protocol::Redis(db) | Protocol::Postgres(db) => db.for_each_attribute(&mut emit),
         }
         emit("apiary.probe", Value::Str(self.probe));
         emit("apiary.sample_rate", Value::Double(self.sample_rate));
@@ -197,7 +207,7 @@ impl Span {
     pub fn server_address(&self) -> Option<&str> {
         match &self.protocol {
             Protocol::Http(http) => http.host.as_deref(),
-            Protocol::Redis(_) => None,
+            Protocol::Redis(_) | Protocol::Postgres(_) => None,
         }
     }
 
@@ -207,7 +217,9 @@ impl Span {
         match &mut self.protocol {
             Protocol::Http(http) => http.strip_query(keep_query_params),
             // Keys go unless [`Span::keep_db_keys`] says otherwise.
-            Protocol::Redis(db) => db.apply_privacy(false),
+            // Keys go unless [`Span::keep_db_keys`] says otherwise; a PostgreSQL span has no
+            // key, and its query text was sanitised when it was built.
+            Protocol::Redis(db) | Protocol::Postgres(db) => db.apply_privacy(false),
         }
     }
 
@@ -238,7 +250,7 @@ impl Span {
     /// The database attributes, when the exchange was a database's.
     pub fn db(&self) -> Option<&Db> {
         match &self.protocol {
-            Protocol::Redis(db) => Some(db),
+            Protocol::Redis(db) | Protocol::Postgres(db) => Some(db),
             Protocol::Http(_) => None,
         }
     }

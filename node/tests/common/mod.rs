@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+pub mod postgres;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_apiary");
 
 /// A UDP port (QUIC) and three TCP ports (API, OTLP/HTTP, OTLP/gRPC), free when asked.

@@ -14,7 +14,9 @@
 //! 4. `span/src/lib.rs` — one [`apiary_span::Protocol`] variant and its arms.
 
 pub mod http1;
+pub mod postgres;
 pub mod redis;
+mod stream;
 
 use apiary_span::Span;
 
@@ -42,6 +44,7 @@ pub struct Message<'a> {
 pub struct Parsers {
     http1: http1::Matcher,
     redis: redis::Matcher,
+    postgres: postgres::Matcher,
 }
 
 impl Parsers {
@@ -87,10 +90,14 @@ impl Parsers {
         clock: &Clock,
         out: &mut Vec<Span>,
     ) {
-        // Redis is the only protocol found per connection yet; the next dispatch here on
-        // `message.probe`.
-        self.redis
-            .feed(message, total_len, request_side, service, clock, out)
+        match message.probe {
+            "postgres" => self
+                .postgres
+                .feed(message, total_len, request_side, service, clock, out),
+            _ => self
+                .redis
+                .feed(message, total_len, request_side, service, clock, out),
+        }
     }
 
     /// Messages of a protocol that gave no span because they could not be parsed or paired
@@ -98,6 +105,7 @@ impl Parsers {
     pub fn unparsed(&self, probe: &str) -> u64 {
         match probe {
             "redis" => self.redis.unparsed,
+            "postgres" => self.postgres.unparsed,
             _ => 0,
         }
     }
@@ -106,11 +114,14 @@ impl Parsers {
     pub fn forget_process(&mut self, pid: u32) {
         self.http1.forget_process(pid);
         self.redis.forget_process(pid);
+        self.postgres.forget_process(pid);
     }
 
     /// Connections with requests waiting for their response, over all protocols.
     pub fn pending_connections(&self) -> usize {
-        self.http1.pending_connections() + self.redis.pending_connections()
+        self.http1.pending_connections()
+            + self.redis.pending_connections()
+            + self.postgres.pending_connections()
     }
 }
 

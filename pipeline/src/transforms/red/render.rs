@@ -20,6 +20,24 @@ use crate::otlp::attributes::{int_attribute, string_attribute};
 use crate::otlp::resource::ResourceInfo;
 use crate::prometheus::escape_label_value;
 
+/// Adds a metric to a service's list, into the one of the same name when there is one: the
+/// databases share theirs (`db.client.operation.duration`, told apart by `db.system.name`),
+/// and a metric name must appear once per scope.
+fn merge_same_name(mut metrics: Vec<Metric>, metric: Metric) -> Vec<Metric> {
+    let same = metrics.iter_mut().find(|m| m.name == metric.name);
+    match (same, metric.data) {
+        (
+            Some(Metric {
+                data: Some(metric::Data::Histogram(into)),
+                ..
+            }),
+            Some(metric::Data::Histogram(from)),
+        ) => into.data_points.extend(from.data_points),
+        (_, data) => metrics.push(Metric { data, ..metric }),
+    }
+    metrics
+}
+
 impl RedMetrics {
     /// Cumulative OTLP histograms, one resource per service; `None` when nothing was counted.
     pub fn to_otlp(&self, resource: &ResourceInfo) -> Option<ExportMetricsServiceRequest> {
@@ -40,6 +58,9 @@ impl RedMetrics {
             ];
             if key.error {
                 attributes.push(string_attribute("error.type", key.status.to_string()));
+            }
+            if let Some(system) = schema.db_system {
+                attributes.push(string_attribute("db.system.name", system));
             }
             let protocols = by_service.entry(key.service.clone()).or_default();
             let at = match protocols.iter().position(|(p, _)| std::ptr::eq(*p, schema)) {
@@ -64,7 +85,7 @@ impl RedMetrics {
         let resource_metrics = by_service
             .into_iter()
             .map(|(service, protocols)| {
-                let metrics = protocols
+                let metrics: Vec<Metric> = protocols
                     .into_iter()
                     .flat_map(|(schema, [server, client])| {
                         [
@@ -85,7 +106,7 @@ impl RedMetrics {
                         })),
                         ..Default::default()
                     })
-                    .collect();
+                    .fold(Vec::new(), merge_same_name);
                 ResourceMetrics {
                     resource: Some(Resource {
                         attributes: resource.attributes(&service, None),

@@ -5,8 +5,8 @@ use std::collections::{HashMap, VecDeque};
 use apiary_span::{Db, Protocol, Span, SpanKind};
 
 use super::resp::{self, Command, Reply};
-use super::stream::Stream;
 use crate::abi::{rate_of_threshold, Direction};
+use crate::protocol::stream::Stream;
 use crate::protocol::{Clock, Message};
 
 /// A connection: the process, its fd, and the ports, so that a reused fd on a new connection

@@ -11,7 +11,6 @@
 
 mod matcher;
 mod resp;
-mod stream;
 
 pub use matcher::Matcher;
 

@@ -11,14 +11,7 @@ const MAX_DEPTH: usize = 32;
 const MAX_BULK: i64 = 512 * 1024 * 1024;
 const MAX_COUNT: i64 = i32::MAX as i64;
 
-/// Why a value could not be walked to its end.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Cut {
-    /// The bytes end inside the value; `Some(n)`: it ends exactly `n` bytes after them.
-    Short(Option<u64>),
-    /// Not RESP.
-    Invalid,
-}
+pub use crate::protocol::stream::Cut;
 
 /// The first of a value's types that matter: errors (`-`, `!`) and pushes (`>`), which answer
 /// no command.

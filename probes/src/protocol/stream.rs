@@ -1,5 +1,6 @@
-//! Following one direction of a connection's byte stream from the buffers the kernel sends:
-//! each a captured prefix of a read or write whose full length is known.
+//! Following one direction of a connection's byte stream from the buffers the kernel sends
+//! (bpf/db.h): each a captured prefix of a read or write whose full length is known. Shared by
+//! the protocols found per connection (Redis, PostgreSQL); each gives its message parser.
 //!
 //! A message split over two buffers is carried over and parsed again with the next; a message
 //! longer than the capture whose end is known exactly (its last string's length was given) is
@@ -7,7 +8,14 @@
 //! stream impossible to follow, and says so: guessing where the next message starts would
 //! pair replies with the wrong commands.
 
-use super::resp::Cut;
+/// Why a message could not be walked to its end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cut {
+    /// The bytes end inside the message; `Some(n)`: it ends exactly `n` bytes after them.
+    Short(Option<u64>),
+    /// Not the protocol.
+    Invalid,
+}
 
 /// Bytes of a message cut at the end of a buffer that are kept to parse again with the next.
 const MAX_CARRY: usize = 8 * 1024;
