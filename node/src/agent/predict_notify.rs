@@ -217,7 +217,11 @@ pub fn log_request(event: &Event, resource: &ResourceInfo) -> ExportLogsServiceR
     let nanos = |seconds: f64| (seconds.max(0.0) * 1e9) as u64;
     let record = LogRecord {
         time_unix_nano: nanos(event.at),
-        observed_time_unix_nano: nanos(super::predict::unix_now()),
+        observed_time_unix_nano: nanos(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64()),
+        ),
         severity_number: severity as i32,
         severity_text: severity
             .as_str_name()
