@@ -105,9 +105,10 @@ await step('03-spans', async () => {
 
 await step('04-probes', async () => {
   await page.goto(`${A_URL}/#/probes`);
-  await waitText('[data-testid=probes] tbody', 'http');
+  await waitText('[data-testid=probes] tbody', 'postgres');
   const rows = await page.locator('[data-testid=probes] tbody tr').count();
-  if (rows !== 5) throw new Error(`expected 5 probes, saw ${rows}`);
+  // http, tls, tcp, process, redis, postgres
+  if (rows !== 6) throw new Error(`expected 6 probes, saw ${rows}`);
 });
 
 let versionBefore = 0;

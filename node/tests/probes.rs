@@ -29,7 +29,13 @@ async fn replicated_config_drives_the_probes_of_a_node() {
     cluster.unbind_budgets().await;
     let probes = cluster.get(0, "/v1/probes").await.unwrap();
     let probes = probes.as_array().unwrap();
-    assert_eq!(probes.len(), 5);
+    let mut names: Vec<&str> = probes.iter().filter_map(|p| p["name"].as_str()).collect();
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        ["http", "postgres", "process", "redis", "tcp", "tls"],
+        "{probes:?}"
+    );
     for probe in probes {
         assert_eq!(probe["state"], "attached", "{probe}");
     }
