@@ -23,6 +23,24 @@ fn big_change(round: usize, bytes: usize) -> Value {
     json!({"changes": changes, "comment": format!("big change {round}")})
 }
 
+/// Commits `rounds` changes of [`big_change`] through node `writer`; the last version.
+async fn commit_big_changes(cluster: &Cluster, writer: usize, rounds: usize, bytes: usize) -> u64 {
+    let mut version = 0;
+    for round in 0..rounds {
+        let (status, body) = cluster
+            .write(
+                writer,
+                reqwest::Method::PATCH,
+                "/v1/config",
+                big_change(round, bytes),
+            )
+            .await;
+        assert_eq!(status, 200, "round {round}: {body}");
+        version = body["version"].as_u64().expect("a version");
+    }
+    version
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_behind_by_more_than_a_frame_catches_up() {
     let mut cluster = Cluster::start(3).await;
@@ -34,19 +52,7 @@ async fn a_follower_behind_by_more_than_a_frame_catches_up() {
     cluster.nodes[away].kill();
 
     // About 20 MB of entries while it is away: more than one 16 MiB frame.
-    let mut version = 0;
-    for round in 0..110 {
-        let (status, body) = cluster
-            .write(
-                writer,
-                reqwest::Method::PATCH,
-                "/v1/config",
-                big_change(round, 2_000),
-            )
-            .await;
-        assert_eq!(status, 200, "round {round}: {body}");
-        version = body["version"].as_u64().expect("a version");
-    }
+    let version = commit_big_changes(&cluster, writer, 110, 2_000).await;
     cluster.nodes[away].spawn();
     cluster
         .wait_for(
@@ -103,17 +109,7 @@ async fn a_follower_behind_the_purged_log_is_sent_the_snapshot() {
     cluster.nodes[away].kill();
 
     // A large history first, so that the snapshot spans several chunks.
-    for round in 0..30 {
-        let (status, body) = cluster
-            .write(
-                writer,
-                reqwest::Method::PATCH,
-                "/v1/config",
-                big_change(round, 1_800),
-            )
-            .await;
-        assert_eq!(status, 200, "round {round}: {body}");
-    }
+    commit_big_changes(&cluster, writer, 30, 1_800).await;
     let mut version = 0;
     let mut round = 0u64;
     while cluster_index(&cluster, leader, "purged_index").await <= left_at {
