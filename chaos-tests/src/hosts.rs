@@ -359,6 +359,39 @@ impl SmallDisk {
         Ok(written)
     }
 
+    /// What the node keeps on this disk, by top-level entry, largest first (e.g. `db 41 MiB,
+    /// export 12 MiB`): a long run shows what grows.
+    pub fn usage(&self) -> String {
+        // Two levels: `db/blobs` (sled's large values) apart from `db/db`, each export queue apart.
+        let entries = |dir: &Path| -> Vec<PathBuf> {
+            std::fs::read_dir(dir)
+                .map(|entries| entries.flatten().map(|e| e.path()).collect())
+                .unwrap_or_default()
+        };
+        let mut sizes: Vec<(String, u64)> = Vec::new();
+        for top in entries(&self.at) {
+            if top == self.filler() {
+                continue;
+            }
+            let inner = if top.is_dir() {
+                entries(&top)
+            } else {
+                vec![top]
+            };
+            for path in inner {
+                let name = path.strip_prefix(&self.at).unwrap_or(&path);
+                sizes.push((name.display().to_string(), bytes_under(&path)));
+            }
+        }
+        sizes.sort_by_key(|entry| std::cmp::Reverse(entry.1));
+        let shown: Vec<String> = sizes
+            .iter()
+            .take(5)
+            .map(|(name, bytes)| format!("{name} {:.1} MiB", *bytes as f64 / (1 << 20) as f64))
+            .collect();
+        shown.join(", ")
+    }
+
     pub fn full(&self) -> bool {
         self.filler().exists()
     }
@@ -370,6 +403,17 @@ impl SmallDisk {
             }
             _ => Ok(()),
         }
+    }
+}
+
+/// Bytes of the files under `path` (itself if a file).
+fn bytes_under(path: &Path) -> u64 {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_dir() => std::fs::read_dir(path)
+            .map(|entries| entries.flatten().map(|e| bytes_under(&e.path())).sum())
+            .unwrap_or(0),
+        Ok(meta) => meta.len(),
+        Err(_) => 0,
     }
 }
 

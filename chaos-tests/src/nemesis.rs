@@ -303,9 +303,10 @@ pub fn strike(
             format!("counting receiver at {} down", receiver.addr)
         }
         Fault::DiskFull => {
+            let used = disks.full.usage();
             let written = disks.full.fill()?;
             format!(
-                "disk of {} full ({} MiB of filler)",
+                "disk of {} full ({} MiB of filler; the node had {used})",
                 nodes[size - 1].name,
                 written >> 20
             )

@@ -26,7 +26,7 @@ use crate::types::{
 
 const APPLIED: &[u8] = b"applied";
 const EVENT_PREFIX: &[u8] = b"e/";
-const SNAPSHOT: &str = "snapshot";
+const LEGACY_SNAPSHOT: &str = "snapshot";
 
 fn io(make: fn(AnyError) -> StorageIOError<NodeId>, error: impl std::fmt::Display) -> StorageError {
     make(AnyError::error(error.to_string())).into()
@@ -62,8 +62,9 @@ struct SnapshotData {
     events: Vec<ConfigEvent>,
 }
 
-#[derive(Serialize, Deserialize)]
-struct StoredSnapshot {
+/// How a snapshot was kept before snapshot files: in the meta tree, its data as a JSON array.
+#[derive(Deserialize)]
+struct LegacySnapshot {
     meta: SnapshotMeta,
     data: Vec<u8>,
 }
@@ -216,17 +217,27 @@ impl ConfigState {
     }
 
     async fn save_snapshot(&self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), StorageError> {
-        let stored = StoredSnapshot {
-            meta: meta.clone(),
-            data: data.to_vec(),
-        };
         self.store
-            .meta_put(SNAPSHOT, &to_json(&stored)?)
-            .map_err(|e| io(StorageIOError::write, e))?;
-        self.store
-            .flush()
+            .save_snapshot(&to_json(meta)?, data)
             .await
+            .map_err(|e| io(StorageIOError::write, e))?;
+        // A data dir from before snapshot files kept it in the meta tree, as JSON numbers.
+        self.store
+            .meta_remove(LEGACY_SNAPSHOT)
             .map_err(|e| io(StorageIOError::write, e))
+    }
+
+    /// The current snapshot: from its file, or as data dirs from before snapshot files kept it.
+    fn load_snapshot(&self) -> Result<Option<(SnapshotMeta, Vec<u8>)>, StorageError> {
+        let read = |e| io(StorageIOError::read, e);
+        if let Some(stored) = self.store.load_snapshot().map_err(read)? {
+            return Ok(Some((from_json(&stored.meta)?, stored.data)));
+        }
+        let Some(bytes) = self.store.meta_get(LEGACY_SNAPSHOT).map_err(read)? else {
+            return Ok(None);
+        };
+        let legacy: LegacySnapshot = from_json(&bytes)?;
+        Ok(Some((legacy.meta, legacy.data)))
     }
 }
 
@@ -413,18 +424,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
-        let Some(bytes) = self
-            .0
-            .store
-            .meta_get(SNAPSHOT)
-            .map_err(|e| io(StorageIOError::read, e))?
-        else {
-            return Ok(None);
-        };
-        let stored: StoredSnapshot = from_json(&bytes)?;
-        Ok(Some(Snapshot {
-            meta: stored.meta,
-            snapshot: Box::new(Cursor::new(stored.data)),
+        Ok(self.0.load_snapshot()?.map(|(meta, data)| Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
         }))
     }
 }
@@ -505,6 +507,45 @@ mod tests {
         let current = other.get_current_snapshot().await.unwrap().unwrap();
         assert_eq!(current.meta.last_log_id.unwrap().index, 5);
         assert_eq!(*other.0.subscribe().borrow(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_kept_the_old_way_still_loads_and_the_next_save_replaces_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut machine = StateMachine(ConfigState::open(store.clone()).unwrap());
+        machine
+            .apply(vec![entry(1, membership()), entry(2, set(0.5))])
+            .await
+            .unwrap();
+        let built = machine.build_snapshot().await.unwrap();
+        let data = built.snapshot.into_inner();
+        // As data dirs from before snapshot files hold it: one JSON value in the meta tree.
+        let legacy = serde_json::json!({ "meta": built.meta, "data": data });
+        let fresh_dir = tempfile::tempdir().unwrap();
+        let old = Store::open(fresh_dir.path()).unwrap();
+        old.meta_put(LEGACY_SNAPSHOT, legacy.to_string().as_bytes())
+            .unwrap();
+        let mut reopened = StateMachine(ConfigState::open(old.clone()).unwrap());
+        let loaded = reopened.get_current_snapshot().await.unwrap().unwrap();
+        assert_eq!(loaded.meta.last_log_id, built.meta.last_log_id);
+        assert_eq!(loaded.snapshot.into_inner(), data);
+
+        reopened
+            .apply(vec![entry(1, membership()), entry(2, set(0.25))])
+            .await
+            .unwrap();
+        reopened.build_snapshot().await.unwrap();
+        assert!(old.meta_get(LEGACY_SNAPSHOT).unwrap().is_none());
+        assert!(
+            fresh_dir
+                .path()
+                .join("snapshot")
+                .read_dir()
+                .unwrap()
+                .count()
+                == 1
+        );
     }
 
     #[tokio::test]

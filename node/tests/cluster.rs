@@ -73,6 +73,19 @@ async fn change_sent_to_a_follower_is_applied_on_all_three() {
     let reverted: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(reverted["version"], 3);
     assert_eq!(reverted["event"]["change"]["kind"], "revert");
+    // Paged: the second event alone, with its diff from the first.
+    let page = cluster
+        .get(0, "/v1/config/history?since=1&limit=1")
+        .await
+        .unwrap();
+    assert_eq!(page["version"], 3, "{page}");
+    let events = page["events"].as_array().unwrap();
+    assert_eq!(events.len(), 1, "{page}");
+    assert_eq!(events[0]["version"], 2, "{page}");
+    assert!(
+        events[0]["diff"].to_string().contains("probe.tcp.enabled"),
+        "{page}"
+    );
     cluster.wait_version(&[0, 1, 2], 3).await;
     for node in 0..3 {
         let config = cluster.get(node, "/v1/config").await.unwrap();
@@ -245,6 +258,11 @@ async fn bad_api_input_gets_clear_errors_and_the_node_goes_on() {
         .await
         .unwrap_err();
     assert!(error.starts_with("400"), "{error}");
+    let error = cluster
+        .get(0, "/v1/config/history?limit=0")
+        .await
+        .unwrap_err();
+    assert!(error.contains("page size"), "{error}");
     let error = cluster.get(0, "/v2/nothing").await.unwrap_err();
     assert!(error.starts_with("404"), "{error}");
     // Nothing bad was committed.

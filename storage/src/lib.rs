@@ -1,15 +1,18 @@
 //! Apiary's durable state, in one `sled` database in the node's data dir.
 //!
 //! Three trees for consensus, each with one job: the Raft log (entries keyed by index), small
-//! metadata (vote, committed id, last purged id, current snapshot), and the applied state
-//! machine; and one `queue/{name}` tree per export destination, the [`Queue`] that is that
-//! destination's disk buffer. Values are opaque bytes: the consensus crate owns the format of
+//! metadata (vote, committed id, last purged id, which snapshot is current), and the applied
+//! state machine; the current snapshot's data in a file of its own (`snapshot/`); and one
+//! `queue/{name}` tree per export destination, the [`Queue`] that is that destination's disk
+//! buffer. Values are opaque bytes: the consensus crate owns the format of
 //! the first three, the pipeline crate that of the queues' batches; this crate owns atomicity
 //! and durability. Writes that must survive a crash are followed by [`Store::flush`].
 
 mod segments;
+mod snapshot;
 
 pub use segments::{SegmentQueue, RECORD_OVERHEAD, SEGMENT_BYTES};
+pub use snapshot::StoredSnapshot;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,6 +31,11 @@ pub enum StorageError {
         "export buffer file {path}: {source} (is the disk full or the data dir not writable?)"
     )]
     Segment {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("snapshot file {path}: {source} (is the disk full or the data dir not writable?)")]
+    Snapshot {
         path: PathBuf,
         source: std::io::Error,
     },
@@ -242,6 +250,11 @@ impl Store {
 
     pub fn meta_put(&self, key: &str, value: &[u8]) -> Result<()> {
         self.meta.insert(key, value)?;
+        Ok(())
+    }
+
+    pub fn meta_remove(&self, key: &str) -> Result<()> {
+        self.meta.remove(key)?;
         Ok(())
     }
 

@@ -115,24 +115,29 @@ pub struct Export {
     pub red: Arc<RedMetrics>,
     /// Probe server spans by (trace, caller span), to re-parent apps' own spans under them.
     pub server_spans: Arc<ServerSpanIndex>,
-    /// The probes' observer, when the node runs probes: the OTLP receivers sync with it
-    /// (`Ingest::sync_with_probes`).
-    pub observer: Option<Arc<Observer>>,
+    /// The probes' observer, once the node's probes are loaded ([`Export::follow_probes`]): the
+    /// OTLP receivers sync with it (`Ingest::sync_with_probes`).
+    observer: std::sync::OnceLock<Arc<Observer>>,
     /// Asks the span batcher to enqueue what it holds at once; it answers when it has.
     flush_requests: tokio::sync::mpsc::UnboundedSender<tokio::sync::oneshot::Sender<()>>,
+    /// The batcher's end of `flush_requests`, until the probes' batcher takes it.
+    flushes: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<tokio::sync::oneshot::Sender<()>>>>,
 }
 
 impl Export {
+    /// Starts delivering to every destination, what the buffers already hold first. The
+    /// probes come later ([`Export::follow_probes`]): loading them can take many seconds on a
+    /// busy host, and a restarted node's backlog should not wait for that.
     pub fn start(
         store: Store,
         consensus: &Arc<Consensus>,
-        observer: Option<Arc<Observer>>,
         resource: ResourceInfo,
         options: ExportOptions,
     ) -> Result<Arc<Self>> {
         let (flush_requests, flushes) = tokio::sync::mpsc::unbounded_channel();
         let export = Arc::new(Export {
             flush_requests,
+            flushes: Mutex::new(Some(flushes)),
             store,
             resource,
             options,
@@ -143,7 +148,7 @@ impl Export {
             received_without_destination: AtomicU64::new(0),
             red: Arc::new(RedMetrics::new()),
             server_spans: Arc::default(),
-            observer: observer.clone(),
+            observer: std::sync::OnceLock::new(),
         });
         let state = consensus.config_state().clone();
         let mut versions = state.subscribe();
@@ -156,35 +161,50 @@ impl Export {
                 export.reconcile(&config);
             }
         });
-        if let Some(observer) = observer {
-            let red = export.red.clone();
-            observer.set_request_tap(Box::new(move |span| red.record(span)));
-            // Requests sampling dropped that the kernel counted without sending them.
-            let red = export.red.clone();
-            observer.set_counted_tap(Box::new(move |span, counted| {
-                if let Err(e) =
-                    red.record_counted(span, counted.count, counted.sum_ns, &counted.buckets)
-                {
-                    tracing::error!("kernel RED counts not added: {e}");
-                }
-            }));
-            // Indexed as published, so that after `Observer::sync` an app span finds the probe
-            // span of its request.
-            let index = export.server_spans.clone();
-            observer.set_export_tap(Box::new(move |span| index.remember(span)));
-            tokio::spawn(batch_spans(Arc::downgrade(&export), observer, flushes));
-            tokio::spawn(export_red_metrics(Arc::downgrade(&export)));
-        }
         Ok(export)
+    }
+
+    /// Takes the probes' spans and RED counts into the export, once they are loaded.
+    pub fn follow_probes(self: &Arc<Self>, observer: Arc<Observer>) {
+        let Some(flushes) = self
+            .flushes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        else {
+            tracing::error!("the export already follows the probes");
+            return;
+        };
+        if self.observer.set(observer.clone()).is_err() {
+            return;
+        }
+        let red = self.red.clone();
+        observer.set_request_tap(Box::new(move |span| red.record(span)));
+        // Requests sampling dropped that the kernel counted without sending them.
+        let red = self.red.clone();
+        observer.set_counted_tap(Box::new(move |span, counted| {
+            if let Err(e) =
+                red.record_counted(span, counted.count, counted.sum_ns, &counted.buckets)
+            {
+                tracing::error!("kernel RED counts not added: {e}");
+            }
+        }));
+        // Indexed as published, so that after `Observer::sync` an app span finds the probe
+        // span of its request.
+        let index = self.server_spans.clone();
+        observer.set_export_tap(Box::new(move |span| index.remember(span)));
+        tokio::spawn(batch_spans(Arc::downgrade(self), observer, flushes));
+        tokio::spawn(export_red_metrics(Arc::downgrade(self)));
     }
 
     /// At shutdown: the probes' records still in the ring and the spans the batcher holds go
     /// into the destinations' disk buffers, to be delivered after a restart rather than lost.
     pub async fn finish(&self) {
         const WAIT: Duration = Duration::from_secs(2);
-        if let Some(observer) = &self.observer {
-            observer.sync(WAIT).await;
-        }
+        let Some(observer) = self.observer.get() else {
+            return;
+        };
+        observer.sync(WAIT).await;
         let (done, enqueued) = tokio::sync::oneshot::channel();
         if self.flush_requests.send(done).is_ok() {
             let _ = tokio::time::timeout(WAIT, enqueued).await;
@@ -602,7 +622,7 @@ impl Ingest for Export {
     }
 
     async fn sync_with_probes(&self, timeout: Duration) -> bool {
-        match &self.observer {
+        match self.observer.get() {
             Some(observer) => {
                 observer.sync(timeout).await;
                 true

@@ -79,18 +79,13 @@ pub async fn run(args: NodeArgs, seed: ClusterSeed) -> Result<()> {
     join::become_member(&mesh.consensus, &dir, identity, me.clone(), creating, seed).await?;
     join::keep_address(mesh.consensus.clone(), me, identity.node.joined_via.clone());
 
+    // Before the probes: a restarted node delivers its buffered backlog while they load.
+    let export = start_export(&args, mesh.store.clone(), &mesh.consensus, identity, &dir)?;
     let probes = start_probes(&args, &mesh.consensus)?;
     if let Some(probes) = &probes {
         traces.follow(&probes.observer);
+        export.follow_probes(probes.observer.clone());
     }
-    let export = start_export(
-        &args,
-        mesh.store.clone(),
-        &mesh.consensus,
-        &probes,
-        identity,
-        &dir,
-    )?;
     let receivers = listeners.serve_receivers(&export);
     banner::print(
         identity,
@@ -326,13 +321,22 @@ fn start_probes(args: &NodeArgs, consensus: &Arc<Consensus>) -> Result<Option<Ar
         return Ok(None);
     }
     let progress = Progress::spinner("loading and attaching the eBPF probes");
-    let runtime = ProbeRuntime::start(
-        &args.scopes,
-        args.libssl.as_deref(),
-        args.probe_ring_bytes,
-        !args.no_trace_propagation,
-        consensus,
-    )?;
+    let started = std::time::Instant::now();
+    // The verifier can take seconds on a busy host: the other worker keeps the export and the
+    // mesh going meanwhile.
+    let runtime = tokio::task::block_in_place(|| {
+        ProbeRuntime::start(
+            &args.scopes,
+            args.libssl.as_deref(),
+            args.probe_ring_bytes,
+            !args.no_trace_propagation,
+            consensus,
+        )
+    })?;
+    tracing::info!(
+        "eBPF probes loaded in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
     let reports = runtime.reports();
     let attached = reports
         .iter()
@@ -347,7 +351,6 @@ fn start_export(
     args: &NodeArgs,
     store: Store,
     consensus: &Arc<Consensus>,
-    probes: &Option<Arc<ProbeRuntime>>,
     identity: &NodeIdentity,
     dir: &DataDir,
 ) -> Result<Arc<Export>> {
@@ -362,7 +365,6 @@ fn start_export(
     Export::start(
         store,
         consensus,
-        probes.as_ref().map(|p| p.observer.clone()),
         resource,
         ExportOptions {
             buffer_bytes: args.export_buffer_bytes,

@@ -168,11 +168,24 @@ pub(super) async fn history(
             ))
         })?,
     };
+    // A long history (a busy cluster's, or a soak's: 100 000 events) is read in pages.
+    let limit = match query.get("limit") {
+        None => usize::MAX,
+        Some(text) => match text.parse::<usize>() {
+            Ok(limit) if limit > 0 => limit,
+            _ => {
+                return Err(ApiError::bad_request(format!(
+                    "limit={text:?} is not a page size: give a positive integer (then ask again \
+                     with since= the last version you got)"
+                )))
+            }
+        },
+    };
     let history = state.consensus.config_state().history();
     // Each event with the keys it changed, old and new: the dashboard's per-version diff.
     let mut before = history.config_at(since.min(history.version()))?;
     let mut events = Vec::new();
-    for event in history.since(since) {
+    for event in history.since(since).iter().take(limit) {
         let after = before.apply(&event.change)?;
         let diff = apiary_config::diff(&before, &after)
             .iter()
