@@ -63,18 +63,24 @@ struct Cluster {
 
 impl Cluster {
     async fn get(&self, i: usize, path: &str) -> Option<Value> {
+        self.get_within(i, path, Duration::from_secs(2)).await.ok()
+    }
+
+    /// Node `i`'s answer to `GET path`, or why there is none.
+    async fn get_within(&self, i: usize, path: &str, within: Duration) -> Result<Value> {
         let response = self
             .http
             .get(self.nodes[i].api_url(path))
             .bearer_auth(&self.token)
-            .timeout(Duration::from_secs(2))
+            .timeout(within)
             .send()
-            .await
-            .ok()?;
-        if !response.status().is_success() {
-            return None;
+            .await?;
+        let status = response.status();
+        let body: Value = response.json().await?;
+        if !status.is_success() {
+            bail!("{status} {body}");
         }
-        response.json().await.ok()
+        Ok(body)
     }
 
     /// The leader every running, unpaused node that answers names, if they agree.
@@ -224,20 +230,8 @@ impl Cluster {
             let since = events
                 .last()
                 .map_or(0, |e| e["version"].as_u64().unwrap_or(0));
-            let url =
-                self.nodes[i].api_url(&format!("/v1/config/history?since={since}&limit={PAGE}"));
-            let response = self
-                .http
-                .get(url)
-                .bearer_auth(&self.token)
-                .timeout(Duration::from_secs(30))
-                .send()
-                .await?;
-            let status = response.status();
-            let mut page: Value = response.json().await?;
-            if !status.is_success() {
-                bail!("{status} {page}");
-            }
+            let path = format!("/v1/config/history?since={since}&limit={PAGE}");
+            let mut page = self.get_within(i, &path, Duration::from_secs(30)).await?;
             let got = match page["events"].take() {
                 Value::Array(got) => got,
                 other => bail!("no events in {other}"),

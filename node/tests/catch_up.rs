@@ -41,29 +41,44 @@ async fn commit_big_changes(cluster: &Cluster, writer: usize, rounds: usize, byt
     version
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_follower_behind_by_more_than_a_frame_catches_up() {
-    let mut cluster = Cluster::start(3).await;
+/// Three nodes with one committed change; the nodes' roles: the leader, a follower the test
+/// sends away, and the other follower, which takes the writes.
+async fn three_with_a_follower_to_send_away() -> (Cluster, usize, usize, usize) {
+    let cluster = Cluster::start(3).await;
     let (status, body) = cluster.set(0, "probe.http.sample_rate", json!(0.5)).await;
     assert_eq!(status, 200, "{body}");
     let leader = cluster.leader(&[0, 1, 2]).await;
     let away = (leader + 1) % 3;
     let writer = 3 - leader - away;
+    (cluster, leader, away, writer)
+}
+
+async fn wait_until_back(cluster: &Cluster, away: usize, version: u64, within: Duration) {
+    cluster
+        .wait_for(
+            within,
+            &format!("the returning follower at version {version}"),
+            |c| async move { (c.config_version(away).await? >= version).then_some(()) },
+        )
+        .await;
+}
+
+async fn assert_same_history(cluster: &Cluster, leader: usize, away: usize) {
+    let reference = cluster.get(leader, "/v1/config/history").await.unwrap();
+    let caught_up = cluster.get(away, "/v1/config/history").await.unwrap();
+    assert_eq!(caught_up, reference);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_behind_by_more_than_a_frame_catches_up() {
+    let (mut cluster, leader, away, writer) = three_with_a_follower_to_send_away().await;
     cluster.nodes[away].kill();
 
     // About 20 MB of entries while it is away: more than one 16 MiB frame.
     let version = commit_big_changes(&cluster, writer, 110, 2_000).await;
     cluster.nodes[away].spawn();
-    cluster
-        .wait_for(
-            Duration::from_secs(60),
-            &format!("the returning follower at version {version}"),
-            |c| async move { (c.config_version(away).await? >= version).then_some(()) },
-        )
-        .await;
-    let reference = cluster.get(leader, "/v1/config/history").await.unwrap();
-    let caught_up = cluster.get(away, "/v1/config/history").await.unwrap();
-    assert_eq!(caught_up, reference);
+    wait_until_back(&cluster, away, version, Duration::from_secs(60)).await;
+    assert_same_history(&cluster, leader, away).await;
 }
 
 /// A change too large to replicate within a heartbeat is refused before it is proposed, saying
@@ -99,12 +114,7 @@ async fn cluster_index(cluster: &Cluster, node: usize, key: &str) -> u64 {
 /// only the snapshot (here about 5 MB of history: several chunks) can bring it back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_behind_the_purged_log_is_sent_the_snapshot() {
-    let mut cluster = Cluster::start(3).await;
-    let (status, body) = cluster.set(0, "probe.http.sample_rate", json!(0.5)).await;
-    assert_eq!(status, 200, "{body}");
-    let leader = cluster.leader(&[0, 1, 2]).await;
-    let away = (leader + 1) % 3;
-    let writer = 3 - leader - away;
+    let (mut cluster, leader, away, writer) = three_with_a_follower_to_send_away().await;
     let left_at = cluster_index(&cluster, away, "last_log_index").await;
     cluster.nodes[away].kill();
 
@@ -135,22 +145,14 @@ async fn a_follower_behind_the_purged_log_is_sent_the_snapshot() {
     );
 
     cluster.nodes[away].spawn();
-    cluster
-        .wait_for(
-            Duration::from_secs(90),
-            &format!("the returning follower at version {version}"),
-            |c| async move { (c.config_version(away).await? >= version).then_some(()) },
-        )
-        .await;
+    wait_until_back(&cluster, away, version, Duration::from_secs(90)).await;
     // Its log could not be filled from the leader's: what it holds now came in a snapshot.
     let installed = cluster_index(&cluster, away, "snapshot_index").await;
     assert!(
         installed > left_at,
         "the follower's snapshot covers up to {installed}, not past {left_at}"
     );
-    let reference = cluster.get(leader, "/v1/config/history").await.unwrap();
-    let caught_up = cluster.get(away, "/v1/config/history").await.unwrap();
-    assert_eq!(caught_up, reference);
+    assert_same_history(&cluster, leader, away).await;
     let reference = cluster.get(leader, "/v1/config").await.unwrap();
     let caught_up = cluster.get(away, "/v1/config").await.unwrap();
     assert_eq!(caught_up, reference);

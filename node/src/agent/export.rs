@@ -115,13 +115,15 @@ pub struct Export {
     pub red: Arc<RedMetrics>,
     /// Probe server spans by (trace, caller span), to re-parent apps' own spans under them.
     pub server_spans: Arc<ServerSpanIndex>,
-    /// The probes' observer, once the node's probes are loaded ([`Export::follow_probes`]): the
-    /// OTLP receivers sync with it (`Ingest::sync_with_probes`).
-    observer: std::sync::OnceLock<Arc<Observer>>,
+    /// Set once the node's probes are loaded ([`Export::follow_probes`]).
+    probes: std::sync::OnceLock<FollowedProbes>,
+}
+
+struct FollowedProbes {
+    /// The OTLP receivers sync with it (`Ingest::sync_with_probes`).
+    observer: Arc<Observer>,
     /// Asks the span batcher to enqueue what it holds at once; it answers when it has.
     flush_requests: tokio::sync::mpsc::UnboundedSender<tokio::sync::oneshot::Sender<()>>,
-    /// The batcher's end of `flush_requests`, until the probes' batcher takes it.
-    flushes: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<tokio::sync::oneshot::Sender<()>>>>,
 }
 
 impl Export {
@@ -134,10 +136,7 @@ impl Export {
         resource: ResourceInfo,
         options: ExportOptions,
     ) -> Result<Arc<Self>> {
-        let (flush_requests, flushes) = tokio::sync::mpsc::unbounded_channel();
         let export = Arc::new(Export {
-            flush_requests,
-            flushes: Mutex::new(Some(flushes)),
             store,
             resource,
             options,
@@ -148,7 +147,7 @@ impl Export {
             received_without_destination: AtomicU64::new(0),
             red: Arc::new(RedMetrics::new()),
             server_spans: Arc::default(),
-            observer: std::sync::OnceLock::new(),
+            probes: std::sync::OnceLock::new(),
         });
         let state = consensus.config_state().clone();
         let mut versions = state.subscribe();
@@ -166,16 +165,13 @@ impl Export {
 
     /// Takes the probes' spans and RED counts into the export, once they are loaded.
     pub fn follow_probes(self: &Arc<Self>, observer: Arc<Observer>) {
-        let Some(flushes) = self
-            .flushes
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-        else {
-            tracing::error!("the export already follows the probes");
-            return;
+        let (flush_requests, flushes) = tokio::sync::mpsc::unbounded_channel();
+        let followed = FollowedProbes {
+            observer: observer.clone(),
+            flush_requests,
         };
-        if self.observer.set(observer.clone()).is_err() {
+        if self.probes.set(followed).is_err() {
+            tracing::error!("the export already follows the probes");
             return;
         }
         let red = self.red.clone();
@@ -201,12 +197,12 @@ impl Export {
     /// into the destinations' disk buffers, to be delivered after a restart rather than lost.
     pub async fn finish(&self) {
         const WAIT: Duration = Duration::from_secs(2);
-        let Some(observer) = self.observer.get() else {
+        let Some(probes) = self.probes.get() else {
             return;
         };
-        observer.sync(WAIT).await;
+        probes.observer.sync(WAIT).await;
         let (done, enqueued) = tokio::sync::oneshot::channel();
-        if self.flush_requests.send(done).is_ok() {
+        if probes.flush_requests.send(done).is_ok() {
             let _ = tokio::time::timeout(WAIT, enqueued).await;
         }
     }
@@ -622,9 +618,9 @@ impl Ingest for Export {
     }
 
     async fn sync_with_probes(&self, timeout: Duration) -> bool {
-        match self.observer.get() {
-            Some(observer) => {
-                observer.sync(timeout).await;
+        match self.probes.get() {
+            Some(probes) => {
+                probes.observer.sync(timeout).await;
                 true
             }
             None => false,
