@@ -1,14 +1,15 @@
-/* Protocols found once per connection (Redis, PostgreSQL; MySQL next), on the http probe's
+/* Protocols found once per connection (Redis, PostgreSQL, MySQL/MariaDB), on the http probe's
  * socket tracepoints. The HTTP/1 path (message.h) classifies every buffer by its first bytes;
  * only a buffer it does not take comes here, and only while one of these probes is enabled.
  *
- * A connection is recognised from a request's first bytes (protocol_<name>.h), and the result
- * kept in its `conns` entry (db_proto, db_request_dir): later buffers cost one lookup and are
- * never classified again. Unlike HTTP/1, EVERY buffer of a recognised connection is sent, in
- * both directions, as an EV_DATA record of the protocol's own probe (PROBE_REDIS, ...) with
- * DATA_REQUEST_SIDE on the requests' side: userspace follows the byte stream (pipelined
- * commands, replies split over reads, a value too large to capture whose length is known), and
- * a buffer left out would desynchronise it. Nothing is paired in the kernel. Sampling marks a
+ * A connection is recognised from a request's first bytes (protocol_<name>.h; MySQL's from the
+ * server's greeting, which goes the other way), and the result kept in its `conns` entry
+ * (db_proto, db_request_dir): later buffers cost one lookup and are never classified again.
+ * Unlike HTTP/1, EVERY buffer of a recognised connection is sent, in both directions, as an
+ * EV_DATA record of the protocol's own probe (PROBE_REDIS, ...) with DATA_REQUEST_SIDE on the
+ * requests' side: userspace follows the byte stream (pipelined commands, replies split over
+ * reads, a value too large to capture whose length is known), and a buffer left out would
+ * desynchronise it. Nothing is paired in the kernel. Sampling marks a
  * request-side buffer DATA_SAMPLED_OUT (its commands count in RED, no span leaves) but never
  * drops a buffer, for the same reason; so a low rate saves export, not kernel time. */
 #ifndef APIARY_DB_H
@@ -17,6 +18,7 @@
 #include "message.h"
 #include "protocol_redis.h"
 #include "protocol_postgres.h"
+#include "protocol_mysql.h"
 
 /* How many bytes a syscall moved beyond the `len` at its first buffer: `total` (a readv's
  * return), or, for a writev, the sum of its iovecs, read only for a connection of this file's
@@ -51,7 +53,8 @@ static __always_inline __s64 db_total(struct db_extent extent)
 /* Whether any probe of this file is on: the socket tracepoints then run for it too. */
 static __always_inline int db_probes_enabled(void)
 {
-	return probe_enabled(PROBE_REDIS) || probe_enabled(PROBE_POSTGRES);
+	return probe_enabled(PROBE_REDIS) || probe_enabled(PROBE_POSTGRES) ||
+	       probe_enabled(PROBE_MYSQL);
 }
 
 /* The protocol a connection's first request starts (PROTO_*), or 0, from its first `n` bytes
@@ -63,12 +66,16 @@ static __always_inline __u8 detect_db_protocol(const char *p, __u32 n, __s64 len
 	if ((is_postgres_startup(p, n, len) || is_postgres_query(p, n, len)) &&
 	    probe_enabled(PROBE_POSTGRES))
 		return PROTO_POSTGRES;
+	if (is_mysql_greeting(p, n, len) && probe_enabled(PROBE_MYSQL))
+		return PROTO_MYSQL;
 	return 0;
 }
 
 static __always_inline __u32 probe_of_db_protocol(__u8 proto)
 {
-	return proto == PROTO_POSTGRES ? PROBE_POSTGRES : PROBE_REDIS;
+	if (proto == PROTO_POSTGRES)
+		return PROBE_POSTGRES;
+	return proto == PROTO_MYSQL ? PROBE_MYSQL : PROBE_REDIS;
 }
 
 /* One socket buffer that starts no HTTP/1 message (`got` bytes of it already in `ev`, 0 when
@@ -98,7 +105,8 @@ static __always_inline void emit_db_buffer(struct ap_data_event *ev, __u32 got, 
 		if (!conn)
 			return;
 		conn->db_proto = proto;
-		conn->db_request_dir = direction;
+		/* MySQL's server speaks first: its greeting goes the other way from requests. */
+		conn->db_request_dir = proto == PROTO_MYSQL ? !direction : direction;
 	}
 	__u32 probe = probe_of_db_protocol(proto);
 	struct ap_probe_config *config = bpf_map_lookup_elem(&probe_config, &probe);

@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 use crate::ConfigError;
 
 /// Names of the probes a node can run, in display order.
-pub const PROBE_NAMES: [&str; 6] = ["http", "tls", "tcp", "process", "redis", "postgres"];
+pub const PROBE_NAMES: [&str; 7] = [
+    "http", "tls", "tcp", "process", "redis", "postgres", "mysql",
+];
 
 /// The one configuration every node of a cluster agrees on.
 ///
@@ -139,6 +141,11 @@ pub struct Probes {
     /// from configs written before it).
     #[serde(default = "ProbeSettings::database")]
     pub postgres: ProbeSettings,
+    /// MySQL and MariaDB statements and their results (text and prepared statements) on the
+    /// http probe's socket tracepoints, its connections found from the server's greeting
+    /// (absent from configs written before it).
+    #[serde(default = "ProbeSettings::database")]
+    pub mysql: ProbeSettings,
 }
 
 impl Probes {
@@ -150,6 +157,7 @@ impl Probes {
             &self.process,
             &self.redis,
             &self.postgres,
+            &self.mysql,
         ])
     }
 }
@@ -294,6 +302,7 @@ impl Default for ClusterConfig {
                 process: ProbeSettings::default(),
                 redis: ProbeSettings::database(),
                 postgres: ProbeSettings::database(),
+                mysql: ProbeSettings::database(),
             },
             budget: Budget {
                 cpu_percent_per_node: 10.0,

@@ -105,10 +105,10 @@ await step('03-spans', async () => {
 
 await step('04-probes', async () => {
   await page.goto(`${A_URL}/#/probes`);
-  await waitText('[data-testid=probes] tbody', 'postgres');
+  await waitText('[data-testid=probes] tbody', 'mysql');
   const rows = await page.locator('[data-testid=probes] tbody tr').count();
-  // http, tls, tcp, process, redis, postgres
-  if (rows !== 6) throw new Error(`expected 6 probes, saw ${rows}`);
+  // http, tls, tcp, process, redis, postgres, mysql
+  if (rows !== 7) throw new Error(`expected 7 probes, saw ${rows}`);
 });
 
 let versionBefore = 0;

@@ -17,6 +17,7 @@ mod docs;
 mod export;
 mod hybrid;
 mod intensity;
+mod mysql;
 mod partition;
 mod peers;
 mod postgres;

@@ -20,6 +20,7 @@ pub const PROBE_TCP: u32 = 2;
 pub const PROBE_PROCESS: u32 = 3;
 pub const PROBE_REDIS: u32 = 4;
 pub const PROBE_POSTGRES: u32 = 5;
+pub const PROBE_MYSQL: u32 = 6;
 
 pub const MAX_CAPTURE: u32 = 4095;
 
@@ -98,6 +99,7 @@ same_as_c!(
     PROBE_PROCESS,
     PROBE_REDIS,
     PROBE_POSTGRES,
+    PROBE_MYSQL,
     MAX_CAPTURE,
     HAS_PID_INCLUDE,
     HAS_PORT_INCLUDE,

@@ -109,6 +109,7 @@ fn probe_index(name: &str) -> u32 {
         "tcp" => PROBE_TCP,
         "redis" => PROBE_REDIS,
         "postgres" => PROBE_POSTGRES,
+        "mysql" => PROBE_MYSQL,
         _ => PROBE_PROCESS,
     }
 }

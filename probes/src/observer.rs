@@ -399,7 +399,7 @@ impl Assembler {
                 trace: _,
             } if matches!(
                 header.probe,
-                crate::abi::PROBE_REDIS | crate::abi::PROBE_POSTGRES
+                crate::abi::PROBE_REDIS | crate::abi::PROBE_POSTGRES | crate::abi::PROBE_MYSQL
             ) =>
             {
                 let message = Message {
@@ -581,6 +581,7 @@ fn probe_name(probe: u32) -> &'static str {
         crate::abi::PROBE_TLS => "tls",
         crate::abi::PROBE_REDIS => "redis",
         crate::abi::PROBE_POSTGRES => "postgres",
+        crate::abi::PROBE_MYSQL => "mysql",
         _ => "http",
     }
 }

@@ -50,14 +50,17 @@ async fn a_disabled_probe_is_detached_and_attached_again_without_a_reload() {
     require_root!("a_disabled_probe_is_detached_and_attached_again_without_a_reload");
     let port = rust_server();
     let on = config(&[("probe.http.filters.include_ports", json!([port]))]);
-    let off = config(&[
+    // The database probes ride the http probe's socket tracepoints: they stay while any is on.
+    let db_switches: Vec<String> = apiary_probes::DB_PROBES
+        .iter()
+        .map(|probe| format!("probe.{probe}.enabled"))
+        .collect();
+    let mut off = vec![
         ("probe.http.filters.include_ports", json!([port])),
         ("probe.http.enabled", json!(false)),
-        // Redis and PostgreSQL ride the http probe's socket tracepoints: they stay while
-        // either is on.
-        ("probe.redis.enabled", json!(false)),
-        ("probe.postgres.enabled", json!(false)),
-    ]);
+    ];
+    off.extend(db_switches.iter().map(|key| (key.as_str(), json!(false))));
+    let off = config(&off);
     let mut probes = load(&on);
     let ids: Vec<u32> = HTTP_PROGRAMS
         .iter()

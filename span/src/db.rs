@@ -1,4 +1,4 @@
-//! Database exchanges (Redis, PostgreSQL; MySQL will share the type), per the OpenTelemetry
+//! Database exchanges (Redis, PostgreSQL, MySQL and MariaDB), per the OpenTelemetry
 //! semantic conventions for database spans and metrics (`db.*`, v1.26+ names).
 
 use serde::Serialize;
@@ -8,7 +8,7 @@ use crate::{RedDimensions, RedSchema, Value};
 /// One database operation: a command or statement and its reply.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 pub struct Db {
-    /// `db.system.name`: `redis`, `postgresql`.
+    /// `db.system.name`: `redis`, `postgresql`, `mysql`, `mariadb`.
     pub system: &'static str,
     /// `db.operation.name`: the command (`GET`) or the statement's verb (`SELECT`).
     pub operation: String,
@@ -24,7 +24,8 @@ pub struct Db {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
     /// `db.response.status_code`: the error's code (Redis: its prefix, `ERR`, `WRONGTYPE`;
-    /// SQL: the SQLSTATE); `None` when the operation succeeded.
+    /// PostgreSQL: the SQLSTATE; MySQL: the error number, `1054`); `None` when the operation
+    /// succeeded.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub status_code: Option<String>,
 }
@@ -60,6 +61,33 @@ pub static POSTGRES_RED_SCHEMA: RedSchema = RedSchema {
     status_attribute: "apiary.db.error",
     prometheus_prefix: "apiary_postgres",
     prometheus_labels: ["operation", "collection", "error"],
+};
+
+/// RED of MySQL statements (text and prepared), as [`POSTGRES_RED_SCHEMA`] counts PostgreSQL's;
+/// the status label is 1 for a statement answered with an ERR packet.
+pub static MYSQL_RED_SCHEMA: RedSchema = RedSchema {
+    protocol: "mysql",
+    server_metric: "db.server.operation.duration",
+    client_metric: "db.client.operation.duration",
+    metric_description:
+        "Duration of MySQL statements seen by Apiary's probes, counted before sampling.",
+    db_system: Some("mysql"),
+    operation_attribute: "db.operation.name",
+    route_attribute: "db.collection.name",
+    status_attribute: "apiary.db.error",
+    prometheus_prefix: "apiary_mysql",
+    prometheus_labels: ["operation", "collection", "error"],
+};
+
+/// RED of MariaDB statements: the mysql probe's, for a server whose greeting says MariaDB (the
+/// conventions name the two systems apart).
+pub static MARIADB_RED_SCHEMA: RedSchema = RedSchema {
+    protocol: "mariadb",
+    metric_description:
+        "Duration of MariaDB statements seen by Apiary's probes, counted before sampling.",
+    db_system: Some("mariadb"),
+    prometheus_prefix: "apiary_mariadb",
+    ..MYSQL_RED_SCHEMA
 };
 
 impl Db {

@@ -81,6 +81,9 @@ pub enum Protocol {
     Redis(Db),
     /// A PostgreSQL statement and its result (`db.system.name` postgresql).
     Postgres(Db),
+    /// A MySQL or MariaDB statement and its result (`db.system.name` mysql or mariadb, from
+    /// the server's greeting).
+    Mysql(Db),
 }
 
 /// Every protocol's RED schema, in the order metrics are exported.
@@ -88,6 +91,8 @@ pub static RED_SCHEMAS: &[&RedSchema] = &[
     &http::RED_SCHEMA,
     &db::REDIS_RED_SCHEMA,
     &db::POSTGRES_RED_SCHEMA,
+    &db::MYSQL_RED_SCHEMA,
+    &db::MARIADB_RED_SCHEMA,
 ];
 
 /// An attribute value, borrowed from the span.
@@ -137,7 +142,7 @@ impl Span {
     pub fn name(&self, out: &mut String) {
         match &self.protocol {
             Protocol::Http(http) => http.name(out),
-            Protocol::Redis(db) | Protocol::Postgres(db) => db.name(out),
+            Protocol::Redis(db) | Protocol::Postgres(db) | Protocol::Mysql(db) => db.name(out),
         }
     }
 
@@ -151,7 +156,7 @@ impl Span {
     pub fn is_error(&self) -> bool {
         match &self.protocol {
             Protocol::Http(http) => http.is_error(self.kind),
-            Protocol::Redis(db) | Protocol::Postgres(db) => db.is_error(),
+            Protocol::Redis(db) | Protocol::Postgres(db) | Protocol::Mysql(db) => db.is_error(),
         }
     }
 
@@ -161,7 +166,7 @@ impl Span {
         match &self.protocol {
             Protocol::Http(http) => http.is_error(SpanKind::Server),
             // The reply is the server's answer whichever side saw it.
-            Protocol::Redis(db) | Protocol::Postgres(db) => db.is_error(),
+            Protocol::Redis(db) | Protocol::Postgres(db) | Protocol::Mysql(db) => db.is_error(),
         }
     }
 
@@ -171,6 +176,8 @@ impl Span {
             Protocol::Http(http) => http.red(),
             Protocol::Redis(db) => db.red(&db::REDIS_RED_SCHEMA),
             Protocol::Postgres(db) => db.red(&db::POSTGRES_RED_SCHEMA),
+            Protocol::Mysql(db) if db.system == "mariadb" => db.red(&db::MARIADB_RED_SCHEMA),
+            Protocol::Mysql(db) => db.red(&db::MYSQL_RED_SCHEMA),
         }
     }
 
@@ -179,7 +186,9 @@ impl Span {
     pub fn for_each_attribute(&self, scratch: &mut String, mut emit: impl FnMut(&str, Value)) {
         match &self.protocol {
             Protocol::Http(http) => http.for_each_attribute(&mut emit),
-            Protocol::Redis(db) | Protocol::Postgres(db) => db.for_each_attribute(&mut emit),
+            Protocol::Redis(db) | Protocol::Postgres(db) | Protocol::Mysql(db) => {
+                db.for_each_attribute(&mut emit)
+            }
         }
         emit("apiary.probe", Value::Str(self.probe));
         emit("apiary.sample_rate", Value::Double(self.sample_rate));
@@ -207,7 +216,7 @@ impl Span {
     pub fn server_address(&self) -> Option<&str> {
         match &self.protocol {
             Protocol::Http(http) => http.host.as_deref(),
-            Protocol::Redis(_) | Protocol::Postgres(_) => None,
+            Protocol::Redis(_) | Protocol::Postgres(_) | Protocol::Mysql(_) => None,
         }
     }
 
@@ -216,10 +225,11 @@ impl Span {
     pub fn apply_privacy(&mut self, keep_query_params: &[String]) {
         match &mut self.protocol {
             Protocol::Http(http) => http.strip_query(keep_query_params),
-            // Keys go unless [`Span::keep_db_keys`] says otherwise.
-            // Keys go unless [`Span::keep_db_keys`] says otherwise; a PostgreSQL span has no
-            // key, and its query text was sanitised when it was built.
-            Protocol::Redis(db) | Protocol::Postgres(db) => db.apply_privacy(false),
+            // Keys go unless [`Span::keep_db_keys`] says otherwise; a SQL span has no key, and
+            // its query text was sanitised when it was built.
+            Protocol::Redis(db) | Protocol::Postgres(db) | Protocol::Mysql(db) => {
+                db.apply_privacy(false)
+            }
         }
     }
 
@@ -250,7 +260,7 @@ impl Span {
     /// The database attributes, when the exchange was a database's.
     pub fn db(&self) -> Option<&Db> {
         match &self.protocol {
-            Protocol::Redis(db) | Protocol::Postgres(db) => Some(db),
+            Protocol::Redis(db) | Protocol::Postgres(db) | Protocol::Mysql(db) => Some(db),
             Protocol::Http(_) => None,
         }
     }

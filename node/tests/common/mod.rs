@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+pub mod mariadb;
 pub mod postgres;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_apiary");

@@ -13,14 +13,17 @@
 //! 3. `span/src/<name>.rs` — the protocol's typed attributes and RED schema;
 //! 4. `span/src/lib.rs` — one [`apiary_span::Protocol`] variant and its arms.
 
+mod connections;
 pub mod http1;
+pub mod mysql;
 pub mod postgres;
 pub mod redis;
+mod sql;
 mod stream;
 
-use apiary_span::Span;
+use apiary_span::{Protocol, Span, SpanKind};
 
-use crate::abi::{Direction, Flow};
+use crate::abi::{rate_of_threshold, Direction, Flow};
 
 /// A message start from the kernel, as every protocol's parser takes it.
 pub struct Message<'a> {
@@ -39,12 +42,69 @@ pub struct Message<'a> {
     pub cgroup_id: u64,
 }
 
+/// How a database request was seen, kept until its reply ends it: what its span needs besides
+/// the protocol's attributes (the DB protocols of bpf/db.h share it).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct DbRequest {
+    pub ts_ns: u64,
+    pub kind: SpanKind,
+    pub sampled_out: bool,
+    pub sample_threshold: u32,
+}
+
+impl DbRequest {
+    /// A request that started at `ts_ns` in a buffer of `message` (the requests' side).
+    pub fn at(message: &Message, ts_ns: u64) -> Self {
+        DbRequest {
+            ts_ns,
+            kind: match message.direction {
+                Direction::Ingress => SpanKind::Server,
+                Direction::Egress => SpanKind::Client,
+            },
+            sampled_out: message.sampled_out,
+            sample_threshold: message.sample_threshold,
+        }
+    }
+
+    /// Its span, ended at `end_ts_ns` by a reply in a buffer of `message`.
+    pub fn span(
+        self,
+        end_ts_ns: u64,
+        message: &Message,
+        service: String,
+        clock: &Clock,
+        protocol: Protocol,
+    ) -> Span {
+        Span {
+            kind: self.kind,
+            probe: message.probe,
+            service,
+            pid: message.pid,
+            start_unix_nanos: clock.to_unix_nanos(self.ts_ns),
+            duration_ns: end_ts_ns.saturating_sub(self.ts_ns),
+            peer: message.flow.map(|f| f.remote),
+            local: message.flow.map(|f| f.local),
+            traceparent: None,
+            sample_rate: rate_of_threshold(self.sample_threshold),
+            sampled: !self.sampled_out,
+            kept_by: None,
+            netns: message.netns,
+            cgroup_id: message.cgroup_id,
+            // Database calls are not joined into traces yet (the kernel's DB path gives no
+            // context).
+            trace: None,
+            protocol,
+        }
+    }
+}
+
 /// Every protocol's parser, with its per-connection state.
 #[derive(Default)]
 pub struct Parsers {
     http1: http1::Matcher,
     redis: redis::Matcher,
     postgres: postgres::Matcher,
+    mysql: mysql::Matcher,
 }
 
 impl Parsers {
@@ -94,6 +154,9 @@ impl Parsers {
             "postgres" => self
                 .postgres
                 .feed(message, total_len, request_side, service, clock, out),
+            "mysql" => self
+                .mysql
+                .feed(message, total_len, request_side, service, clock, out),
             _ => self
                 .redis
                 .feed(message, total_len, request_side, service, clock, out),
@@ -106,6 +169,7 @@ impl Parsers {
         match probe {
             "redis" => self.redis.unparsed,
             "postgres" => self.postgres.unparsed,
+            "mysql" => self.mysql.unparsed,
             _ => 0,
         }
     }
@@ -115,6 +179,7 @@ impl Parsers {
         self.http1.forget_process(pid);
         self.redis.forget_process(pid);
         self.postgres.forget_process(pid);
+        self.mysql.forget_process(pid);
     }
 
     /// Connections with requests waiting for their response, over all protocols.
@@ -122,6 +187,7 @@ impl Parsers {
         self.http1.pending_connections()
             + self.redis.pending_connections()
             + self.postgres.pending_connections()
+            + self.mysql.pending_connections()
     }
 }
 

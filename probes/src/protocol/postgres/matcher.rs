@@ -19,17 +19,13 @@ use std::sync::Arc;
 
 use apiary_span::{Db, Protocol, Span, SpanKind};
 
-use super::sql::Statement;
 use super::wire::{self, Backend, Frontend};
-use crate::abi::{rate_of_threshold, Direction};
+use crate::abi::Direction;
+use crate::protocol::connections::Table;
+use crate::protocol::sql::Statement;
 use crate::protocol::stream::Stream;
-use crate::protocol::{Clock, Message};
+use crate::protocol::{Clock, DbRequest, Message};
 
-/// A connection: the process, its fd, and the ports, so that a reused fd on a new connection
-/// starts afresh.
-type Key = (u32, u64, u16, u16);
-
-const MAX_CONNECTIONS: usize = 65_536;
 /// Executes and batches waiting on one connection; more and the connection is given up.
 const MAX_PENDING: usize = 4_096;
 /// Prepared statements and portals remembered per connection; past it they are forgotten
@@ -40,10 +36,7 @@ const MAX_NAMES: usize = 4_096;
 /// An Execute, or a whole Query, waiting for its result.
 struct Operation {
     statement: Arc<Statement>,
-    ts_ns: u64,
-    kind: SpanKind,
-    sampled_out: bool,
-    sample_threshold: u32,
+    request: DbRequest,
 }
 
 /// What one ReadyForQuery answers: a Query, an extended batch up to its Sync, the startup.
@@ -80,7 +73,6 @@ struct Connection {
     portals: HashMap<String, Arc<Statement>>,
     /// Given up: nothing more is paired on it.
     lost: bool,
-    last_ts_ns: u64,
 }
 
 /// What one buffer brought, for the spans: an ended operation and its error, if any.
@@ -94,7 +86,7 @@ struct Ended {
 /// least recently is forgotten first.
 #[derive(Default)]
 pub struct Matcher {
-    connections: HashMap<Key, Connection>,
+    connections: Table<Connection>,
     /// Messages that gave no span: on connections given up or met mid-stream, results with
     /// nothing waiting, bytes that are not the protocol.
     pub unparsed: u64,
@@ -113,15 +105,7 @@ impl Matcher {
         clock: &Clock,
         out: &mut Vec<Span>,
     ) {
-        let ports = message
-            .flow
-            .map_or((0, 0), |f| (f.local.port(), f.remote.port()));
-        let key = (message.pid, message.conn_id, ports.0, ports.1);
-        if self.connections.len() >= MAX_CONNECTIONS && !self.connections.contains_key(&key) {
-            self.evict_oldest();
-        }
-        let connection = self.connections.entry(key).or_default();
-        connection.last_ts_ns = message.ts_ns;
+        let connection = self.connections.of(&message);
         if connection.lost {
             self.unparsed += 1;
             return;
@@ -158,23 +142,12 @@ impl Matcher {
 
     /// Forgets the connections of a process that exited.
     pub fn forget_process(&mut self, pid: u32) {
-        self.connections.retain(|(p, ..), _| *p != pid);
+        self.connections.forget_process(pid);
     }
 
     /// Connections with statements waiting for their results.
     pub fn pending_connections(&self) -> usize {
-        self.connections.values().filter(|c| c.pending > 0).count()
-    }
-
-    fn evict_oldest(&mut self) {
-        let oldest = self
-            .connections
-            .iter()
-            .min_by_key(|(_, c)| c.last_ts_ns)
-            .map(|(key, _)| *key);
-        if let Some(key) = oldest {
-            self.connections.remove(&key);
-        }
+        self.connections.states().filter(|c| c.pending > 0).count()
     }
 }
 
@@ -188,7 +161,6 @@ impl Connection {
         let unparsed = self.pending as u64 + 1;
         *self = Connection {
             lost: true,
-            last_ts_ns: self.last_ts_ns,
             ..Connection::default()
         };
         unparsed
@@ -222,10 +194,7 @@ impl Connection {
         };
         let operation = |statement: Arc<Statement>, ts_ns: u64| Operation {
             statement,
-            ts_ns,
-            kind,
-            sampled_out: message.sampled_out,
-            sample_threshold: message.sample_threshold,
+            request: DbRequest::at(message, ts_ns),
         };
         let whole = message.data.len() as u64 == total;
         let mut frontend = Vec::new();
@@ -487,30 +456,15 @@ fn span_of(
     } = (*operation.statement).clone();
     // An error whose SQLSTATE was not captured is still an error.
     let status_code = error.map(|code| code.unwrap_or_else(|| "ERROR".to_string()));
-    Span {
-        kind: operation.kind,
-        probe: message.probe,
-        service,
-        pid: message.pid,
-        start_unix_nanos: clock.to_unix_nanos(operation.ts_ns),
-        duration_ns: end_ts_ns.saturating_sub(operation.ts_ns),
-        peer: message.flow.map(|f| f.remote),
-        local: message.flow.map(|f| f.local),
-        traceparent: None,
-        sample_rate: rate_of_threshold(operation.sample_threshold),
-        sampled: !operation.sampled_out,
-        kept_by: None,
-        netns: message.netns,
-        cgroup_id: message.cgroup_id,
-        // Database calls are not joined into traces yet (the kernel's DB path gives no context).
-        trace: None,
-        protocol: Protocol::Postgres(Db {
-            system: "postgresql",
-            operation: name,
-            collection,
-            query_text: Some(text),
-            key: None,
-            status_code,
-        }),
-    }
+    let db = Db {
+        system: "postgresql",
+        operation: name,
+        collection,
+        query_text: Some(text),
+        key: None,
+        status_code,
+    };
+    operation
+        .request
+        .span(end_ts_ns, message, service, clock, Protocol::Postgres(db))
 }

@@ -5,10 +5,10 @@
 //! The kernel sends every buffer of such a connection; each direction is followed as a byte
 //! stream (`crate::protocol::stream`), its messages framed (`wire`), results paired with the
 //! Query or Execute that asked for them (`matcher`), and each statement's text reduced to what
-//! a span may show (`sql`: literals replaced by `?`, the operation, the one table it names).
+//! a span may show (`crate::protocol::sql` in its PostgreSQL dialect: literals replaced by `?`,
+//! the operation, the one table it names).
 
 mod matcher;
-mod sql;
 mod wire;
 
 pub use matcher::Matcher;

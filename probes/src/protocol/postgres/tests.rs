@@ -3,9 +3,9 @@
 
 use apiary_span::{Protocol, Span, SpanKind};
 
-use super::sql::summarize;
 use super::Matcher;
 use crate::abi::Direction;
+use crate::protocol::sql::{summarize, Dialect};
 use crate::protocol::{Clock, Message};
 
 const SSL_REQUEST: &[u8] = b"\0\0\0\x08\x04\xd2\x16/";
@@ -421,9 +421,16 @@ fn literals_never_survive_sanitising() {
         ("SELECT 'unterminated", "SELECT ?"),
     ];
     for (raw, sanitized) in cases {
-        assert_eq!(summarize(raw.as_bytes(), true).text, sanitized, "{raw}");
+        assert_eq!(
+            summarize(raw.as_bytes(), true, Dialect::Postgres).text,
+            sanitized,
+            "{raw}"
+        );
     }
-    assert_eq!(summarize(b"SELECT 'abc", false).text, "SELECT ?…");
+    assert_eq!(
+        summarize(b"SELECT 'abc", false, Dialect::Postgres).text,
+        "SELECT ?…"
+    );
 }
 
 #[test]
@@ -479,7 +486,7 @@ fn operations_and_the_one_table_a_statement_names() {
         ("", "UNKNOWN", None),
     ];
     for (raw, operation, collection) in cases {
-        let statement = summarize(raw.as_bytes(), true);
+        let statement = summarize(raw.as_bytes(), true, Dialect::Postgres);
         assert_eq!(
             (
                 statement.operation.as_str(),

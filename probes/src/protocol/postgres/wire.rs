@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use super::sql::{self, Statement};
+use crate::protocol::sql::{self, Dialect, Statement};
 use crate::protocol::stream::Cut;
 
 /// PostgreSQL refuses messages over 1 GiB (`PQ_LARGE_MESSAGE_LIMIT`); a larger length is not
@@ -134,7 +134,7 @@ fn frontend_head(kind: u8, body: &[u8], whole: bool) -> Result<Frontend, Cut> {
                 None if whole => return Err(Cut::Invalid),
                 None => (body, false),
             };
-            Frontend::Query(Arc::new(sql::summarize(text, whole)))
+            Frontend::Query(Arc::new(sql::summarize(text, whole, Dialect::Postgres)))
         }
         b'P' => {
             let (statement_name, rest) = cstr(body).ok_or(cut)?;
@@ -145,7 +145,7 @@ fn frontend_head(kind: u8, body: &[u8], whole: bool) -> Result<Frontend, Cut> {
             };
             Frontend::Parse {
                 name: name(statement_name)?,
-                statement: Arc::new(sql::summarize(text, whole)),
+                statement: Arc::new(sql::summarize(text, whole, Dialect::Postgres)),
             }
         }
         b'B' => {

@@ -1,19 +1,14 @@
 //! Pairing Redis replies with commands, per connection and in order, and their spans.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 
-use apiary_span::{Db, Protocol, Span, SpanKind};
+use apiary_span::{Db, Protocol, Span};
 
 use super::resp::{self, Command, Reply};
-use crate::abi::{rate_of_threshold, Direction};
+use crate::protocol::connections::Table;
 use crate::protocol::stream::Stream;
-use crate::protocol::{Clock, Message};
+use crate::protocol::{Clock, DbRequest, Message};
 
-/// A connection: the process, its fd, and the ports, so that a reused fd on a new connection
-/// starts afresh (a stream given up stays given up until its connection ends).
-type Key = (u32, u64, u16, u16);
-
-const MAX_CONNECTIONS: usize = 65_536;
 /// Commands waiting for replies on one connection; more and the connection is given up.
 const MAX_PENDING: usize = 4_096;
 
@@ -32,10 +27,7 @@ fn leaves_request_reply(command: &Command) -> bool {
 
 struct Pending {
     command: Command,
-    ts_ns: u64,
-    kind: SpanKind,
-    sampled_out: bool,
-    sample_threshold: u32,
+    request: DbRequest,
 }
 
 #[derive(Default)]
@@ -45,14 +37,13 @@ struct Connection {
     pending: VecDeque<Pending>,
     /// Given up: nothing more is paired on it.
     lost: bool,
-    last_ts_ns: u64,
 }
 
 /// Every Redis connection's streams and waiting commands. Bounded: the connection seen least
 /// recently is forgotten first.
 #[derive(Default)]
 pub struct Matcher {
-    connections: HashMap<Key, Connection>,
+    connections: Table<Connection>,
     /// Commands and replies that gave no span: on connections given up, replies with no command
     /// waiting, bytes that are not RESP.
     pub unparsed: u64,
@@ -71,25 +62,13 @@ impl Matcher {
         clock: &Clock,
         out: &mut Vec<Span>,
     ) {
-        let ports = message
-            .flow
-            .map_or((0, 0), |f| (f.local.port(), f.remote.port()));
-        let key = (message.pid, message.conn_id, ports.0, ports.1);
-        if self.connections.len() >= MAX_CONNECTIONS && !self.connections.contains_key(&key) {
-            self.evict_oldest();
-        }
-        let connection = self.connections.entry(key).or_default();
-        connection.last_ts_ns = message.ts_ns;
+        let connection = self.connections.of(&message);
         if connection.lost {
             self.unparsed += 1;
             return;
         }
         let mut unparsed = 0;
         if request_side {
-            let kind = match message.direction {
-                Direction::Ingress => SpanKind::Server,
-                Direction::Egress => SpanKind::Client,
-            };
             let mut leaves = false;
             let pending = &mut connection.pending;
             let fed = connection.commands.feed(
@@ -101,10 +80,7 @@ impl Matcher {
                     leaves |= leaves_request_reply(&command);
                     pending.push_back(Pending {
                         command,
-                        ts_ns,
-                        kind,
-                        sampled_out: message.sampled_out,
-                        sample_threshold: message.sample_threshold,
+                        request: DbRequest::at(&message, ts_ns),
                     });
                 },
             );
@@ -145,26 +121,15 @@ impl Matcher {
 
     /// Forgets the connections of a process that exited.
     pub fn forget_process(&mut self, pid: u32) {
-        self.connections.retain(|(p, ..), _| *p != pid);
+        self.connections.forget_process(pid);
     }
 
     /// Connections with commands waiting for their replies.
     pub fn pending_connections(&self) -> usize {
         self.connections
-            .values()
+            .states()
             .filter(|c| !c.pending.is_empty())
             .count()
-    }
-
-    fn evict_oldest(&mut self) {
-        let oldest = self
-            .connections
-            .iter()
-            .min_by_key(|(_, c)| c.last_ts_ns)
-            .map(|(key, _)| *key);
-        if let Some(key) = oldest {
-            self.connections.remove(&key);
-        }
     }
 }
 
@@ -197,30 +162,15 @@ fn span_of(
         Reply::Error(code) => Some(code),
         Reply::Ok | Reply::Push => None,
     };
-    Span {
-        kind: pending.kind,
-        probe: message.probe,
-        service,
-        pid: message.pid,
-        start_unix_nanos: clock.to_unix_nanos(pending.ts_ns),
-        duration_ns: reply_ts_ns.saturating_sub(pending.ts_ns),
-        peer: message.flow.map(|f| f.remote),
-        local: message.flow.map(|f| f.local),
-        traceparent: None,
-        sample_rate: rate_of_threshold(pending.sample_threshold),
-        sampled: !pending.sampled_out,
-        kept_by: None,
-        netns: message.netns,
-        cgroup_id: message.cgroup_id,
-        // Database calls are not joined into traces yet (the kernel's DB path gives no context).
-        trace: None,
-        protocol: Protocol::Redis(Db {
-            system: "redis",
-            operation: name,
-            collection: None,
-            query_text,
-            key,
-            status_code,
-        }),
-    }
+    let db = Db {
+        system: "redis",
+        operation: name,
+        collection: None,
+        query_text,
+        key,
+        status_code,
+    };
+    pending
+        .request
+        .span(reply_ts_ns, message, service, clock, Protocol::Redis(db))
 }

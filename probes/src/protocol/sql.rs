@@ -2,14 +2,27 @@
 //! OpenTelemetry conventions advise for `db.query.text`), its operation (the first keyword:
 //! `SELECT`) and the one table it names, when it names exactly one.
 //!
-//! Literals are string constants in all their PostgreSQL forms (`'..'` with `''`, `E'..'` with
-//! backslash escapes, `B'..'`, `X'..'`, `U&'..'`, dollar-quoted `$tag$..$tag$`) and numbers.
-//! Comments are dropped (they can hold anything). Identifiers, keywords, operators and
-//! parameters (`$1`) are kept. A text cut by the capture is sanitised as far as it goes: a
-//! literal the cut falls in is a `?` too, so nothing of a value ever shows.
+//! Shared by the SQL protocols, each reading its own [`Dialect`]. Literals are string constants
+//! in all their PostgreSQL forms (`'..'` with `''`, `E'..'` with backslash escapes, `B'..'`,
+//! `X'..'`, `U&'..'`, dollar-quoted `$tag$..$tag$`) or MySQL's (`'..'` and `".."`, both with
+//! backslash escapes, `_charset'..'`, `X'..'`) and numbers. Comments are dropped (they can hold
+//! anything; MySQL's `#` too). Identifiers (PostgreSQL's `".."`, MySQL's backquoted), keywords,
+//! operators and parameters (`$1`, `?`) are kept. A text cut by the capture is sanitised as far
+//! as it goes: a literal the cut falls in is a `?` too, so nothing of a value ever shows.
 
 /// Longest sanitised text a span keeps.
 const MAX_TEXT: usize = 2048;
+
+/// Whose SQL a text is: where they differ, quoting and the case of table names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    /// `".."` quotes an identifier; unquoted names fold to lower case.
+    Postgres,
+    /// `".."` is a string (the default `sql_mode`; with `ANSI_QUOTES` it would be a name, which
+    /// is then hidden as if a value: never the other way round); `` `..` `` quotes a name;
+    /// unquoted names keep their case (table names are case-sensitive on Linux).
+    Mysql,
+}
 
 /// A statement as a span shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,26 +38,25 @@ pub struct Statement {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Token {
-    /// An unquoted word, upper-cased (keywords and identifiers alike; PostgreSQL folds
-    /// unquoted identifiers, so their lower-case form is the table's name).
-    Word(String),
-    /// A double-quoted identifier, as written.
+    /// An unquoted word, upper-cased (keywords and identifiers alike), and as written.
+    Word(String, String),
+    /// A quoted identifier, as written.
     Quoted(String),
     Punct(u8),
     Literal,
 }
 
 /// Sanitises and summarises a statement's text (`whole`: not cut by the capture).
-pub fn summarize(raw: &[u8], whole: bool) -> Statement {
+pub fn summarize(raw: &[u8], whole: bool, dialect: Dialect) -> Statement {
     let text = String::from_utf8_lossy(raw);
-    let (mut sanitized, tokens, statements) = scan(text.as_bytes());
+    let (mut sanitized, tokens, statements) = scan(text.as_bytes(), dialect);
     if !whole {
         sanitized.push('…');
     }
     let (operation, collection) = if statements > 1 {
         ("BATCH".to_string(), None)
     } else {
-        (operation(&tokens), collection(&tokens))
+        (operation(&tokens), collection(&tokens, dialect))
     };
     Statement {
         operation,
@@ -62,7 +74,8 @@ fn is_word(b: u8) -> bool {
 }
 
 /// The sanitised text, its tokens, and how many statements it holds.
-fn scan(s: &[u8]) -> (String, Vec<Token>, usize) {
+fn scan(s: &[u8], dialect: Dialect) -> (String, Vec<Token>, usize) {
+    let mysql = dialect == Dialect::Mysql;
     let mut out: Vec<u8> = Vec::with_capacity(s.len().min(MAX_TEXT));
     let mut tokens = Vec::new();
     let mut statements = 0;
@@ -76,7 +89,8 @@ fn scan(s: &[u8]) -> (String, Vec<Token>, usize) {
     while i < s.len() {
         let b = s[i];
         // A statement starts at its first token after a `;`.
-        let comment = matches!((b, s.get(i + 1)), (b'-', Some(b'-')) | (b'/', Some(b'*')));
+        let comment = matches!((b, s.get(i + 1)), (b'-', Some(b'-')) | (b'/', Some(b'*')))
+            || (mysql && b == b'#');
         if !b.is_ascii_whitespace() && b != b';' && !comment && !open_statement {
             open_statement = true;
             statements += 1;
@@ -86,12 +100,17 @@ fn scan(s: &[u8]) -> (String, Vec<Token>, usize) {
                 push_space(&mut out);
                 i += 1;
             }
+            b'#' if mysql => {
+                i = memchr::memchr(b'\n', &s[i..]).map_or(s.len(), |n| i + n + 1);
+                push_space(&mut out);
+            }
             b'-' if s.get(i + 1) == Some(&b'-') => {
                 i = memchr::memchr(b'\n', &s[i..]).map_or(s.len(), |n| i + n + 1);
                 push_space(&mut out);
             }
             b'/' if s.get(i + 1) == Some(&b'*') => {
-                // Block comments nest in PostgreSQL.
+                // Block comments nest in PostgreSQL (in MySQL they do not, and reading them as
+                // nested only drops more).
                 let mut depth = 0;
                 while i < s.len() {
                     if s[i] == b'/' && s.get(i + 1) == Some(&b'*') {
@@ -111,10 +130,26 @@ fn scan(s: &[u8]) -> (String, Vec<Token>, usize) {
             }
             b'\'' => {
                 // A one-letter prefix (E, B, X, N) or U& belongs to the literal.
-                let escapes = strip_prefix(&mut out, &mut tokens);
-                i = skip_string(s, i + 1, escapes);
+                let escapes = strip_prefix(&mut out, &mut tokens) || mysql;
+                i = skip_string(s, i + 1, escapes, b'\'');
                 out.push(b'?');
                 tokens.push(Token::Literal);
+            }
+            b'"' if mysql => {
+                strip_prefix(&mut out, &mut tokens);
+                i = skip_string(s, i + 1, true, b'"');
+                out.push(b'?');
+                tokens.push(Token::Literal);
+            }
+            b'`' if mysql => {
+                let start = i;
+                i = memchr::memchr(b'`', &s[i + 1..]).map_or(s.len(), |n| i + n + 2);
+                let quoted = &s[start..i];
+                out.extend_from_slice(quoted);
+                let inner = quoted
+                    .get(1..quoted.len().saturating_sub(1))
+                    .unwrap_or_default();
+                tokens.push(Token::Quoted(String::from_utf8_lossy(inner).into_owned()));
             }
             b'"' => {
                 let start = i;
@@ -141,7 +176,7 @@ fn scan(s: &[u8]) -> (String, Vec<Token>, usize) {
                     String::from_utf8_lossy(inner).replace("\"\"", "\""),
                 ));
             }
-            b'$' => match dollar_tag(s, i) {
+            b'$' if !mysql => match dollar_tag(s, i) {
                 Some(tag_end) => {
                     let tag = &s[i..tag_end];
                     i = find(s, tag_end, tag).map_or(s.len(), |n| n + tag.len());
@@ -173,9 +208,8 @@ fn scan(s: &[u8]) -> (String, Vec<Token>, usize) {
                 }
                 let word = &s[start..i];
                 out.extend_from_slice(word);
-                tokens.push(Token::Word(
-                    String::from_utf8_lossy(word).to_ascii_uppercase(),
-                ));
+                let word = String::from_utf8_lossy(word);
+                tokens.push(Token::Word(word.to_ascii_uppercase(), word.into_owned()));
             }
             b';' => {
                 out.push(b';');
@@ -208,9 +242,16 @@ fn scan(s: &[u8]) -> (String, Vec<Token>, usize) {
     (text, tokens, statements)
 }
 
-/// Drops a string prefix just written (`E`, `B`, `X`, `N`, `U&`); whether it was `E`
-/// (backslash escapes).
+/// Drops a string prefix just written (`E`, `B`, `X`, `N`, `U&`, MySQL's `_utf8mb4`); whether
+/// it was `E` (backslash escapes).
 fn strip_prefix(out: &mut Vec<u8>, tokens: &mut Vec<Token>) -> bool {
+    if let Some(Token::Word(_, raw)) = tokens.last() {
+        if raw.starts_with('_') && out.ends_with(raw.as_bytes()) {
+            out.truncate(out.len() - raw.len());
+            tokens.pop();
+            return false;
+        }
+    }
     let n = out.len();
     let before = |k: usize| n < k + 1 || !is_word(out[n - k - 1]);
     if n >= 2 && out[n - 1] == b'&' && out[n - 2].eq_ignore_ascii_case(&b'u') && before(2) {
@@ -227,13 +268,13 @@ fn strip_prefix(out: &mut Vec<u8>, tokens: &mut Vec<Token>) -> bool {
     false
 }
 
-/// Past the end of a string constant whose body starts at `i`.
-fn skip_string(s: &[u8], mut i: usize, escapes: bool) -> usize {
+/// Past the end of a string constant quoted by `quote` whose body starts at `i`.
+fn skip_string(s: &[u8], mut i: usize, escapes: bool, quote: u8) -> usize {
     while i < s.len() {
         match s[i] {
             b'\\' if escapes => i += 2,
-            b'\'' if s.get(i + 1) == Some(&b'\'') => i += 2,
-            b'\'' => return i + 1,
+            q if q == quote && s.get(i + 1) == Some(&quote) => i += 2,
+            q if q == quote => return i + 1,
             _ => i += 1,
         }
     }
@@ -291,7 +332,7 @@ fn operation(tokens: &[Token]) -> String {
     let mut first = tokens.iter().skip_while(|t| **t == Token::Punct(b'('));
     let word = match first.next() {
         // Keywords are ASCII letters: anything else names no RED series.
-        Some(Token::Word(word))
+        Some(Token::Word(word, _))
             if word.len() <= 32 && word.bytes().all(|b| b.is_ascii_alphabetic()) =>
         {
             word.clone()
@@ -306,7 +347,7 @@ fn operation(tokens: &[Token]) -> String {
         match token {
             Token::Punct(b'(') => depth += 1,
             Token::Punct(b')') => depth -= 1,
-            Token::Word(w)
+            Token::Word(w, _)
                 if depth == 0
                     && matches!(
                         w.as_str(),
@@ -362,7 +403,7 @@ const NOT_A_TABLE: &[&str] = &["SELECT", "LATERAL", "VALUES", "WITH", "ROWS", "F
 /// The one table the statement names: after `FROM` (of a SELECT or DELETE at the same
 /// parenthesis depth), `JOIN`, `INTO`, `UPDATE`, `TABLE` (TRUNCATE, LOCK), `TRUNCATE`, `COPY`.
 /// None when it names none, several (a comma list, a join, a subquery's), or a function.
-fn collection(tokens: &[Token]) -> Option<String> {
+fn collection(tokens: &[Token], dialect: Dialect) -> Option<String> {
     let mut tables: Vec<String> = Vec::new();
     // Per parenthesis depth: whether a SELECT or DELETE opened there (its FROM names tables;
     // another FROM, as in EXTRACT(x FROM y), does not).
@@ -382,7 +423,7 @@ fn collection(tokens: &[Token]) -> Option<String> {
                 }
                 continue;
             }
-            Token::Word(w) => match w.as_str() {
+            Token::Word(w, _) => match w.as_str() {
                 "SELECT" | "DELETE" => {
                     if let Some(top) = selects.last_mut() {
                         *top = true;
@@ -405,7 +446,7 @@ fn collection(tokens: &[Token]) -> Option<String> {
             },
             _ => continue,
         };
-        match table_at(tokens, i + 1, columns_may_follow) {
+        match table_at(tokens, i + 1, columns_may_follow, dialect) {
             Reference::Table(name, next) => {
                 if !tables.contains(&name) {
                     tables.push(name);
@@ -435,8 +476,13 @@ enum Reference {
 
 /// The table named at `i`; `columns_may_follow`: a parenthesis after it lists columns (INSERT
 /// INTO, COPY) rather than a function's arguments.
-fn table_at(tokens: &[Token], mut i: usize, columns_may_follow: bool) -> Reference {
-    if let Some(Token::Word(w)) = tokens.get(i) {
+fn table_at(
+    tokens: &[Token],
+    mut i: usize,
+    columns_may_follow: bool,
+    dialect: Dialect,
+) -> Reference {
+    if let Some(Token::Word(w, _)) = tokens.get(i) {
         if w == "ONLY" || w == "TABLE" {
             i += 1;
         }
@@ -444,10 +490,15 @@ fn table_at(tokens: &[Token], mut i: usize, columns_may_follow: bool) -> Referen
     let mut name = String::new();
     loop {
         match tokens.get(i) {
-            Some(Token::Word(w)) if name.is_empty() && NOT_A_TABLE.contains(&w.as_str()) => {
+            Some(Token::Word(w, _)) if name.is_empty() && NOT_A_TABLE.contains(&w.as_str()) => {
                 return Reference::Unknown
             }
-            Some(Token::Word(w)) if !w.contains('$') => name.push_str(&w.to_ascii_lowercase()),
+            Some(Token::Word(w, raw)) if !w.contains('$') || dialect == Dialect::Mysql => {
+                match dialect {
+                    Dialect::Postgres => name.push_str(&raw.to_ascii_lowercase()),
+                    Dialect::Mysql => name.push_str(raw),
+                }
+            }
             Some(Token::Quoted(q)) => name.push_str(q),
             Some(Token::Punct(b'(')) if name.is_empty() => return Reference::Other,
             _ => return Reference::Unknown,
@@ -462,8 +513,8 @@ fn table_at(tokens: &[Token], mut i: usize, columns_may_follow: bool) -> Referen
     }
     match tokens.get(i) {
         Some(Token::Punct(b'(')) if !columns_may_follow => return Reference::Unknown, // a function
-        Some(Token::Word(w)) if w == "AS" => i += 2,
-        Some(Token::Word(w)) if !AFTER_TABLE.contains(&w.as_str()) => i += 1,
+        Some(Token::Word(w, _)) if w == "AS" => i += 2,
+        Some(Token::Word(w, _)) if !AFTER_TABLE.contains(&w.as_str()) => i += 1,
         _ => {}
     }
     Reference::Table(name, i)
