@@ -34,6 +34,7 @@ fn main() {
     otlp_grpc();
     ring_record();
     http1();
+    db_stream();
 }
 
 fn write(target: &str, name: &str, bytes: &[u8]) {
@@ -554,4 +555,77 @@ fn http1() {
         }
         write("http1", name, &seed);
     }
+}
+
+/// Buffers of one connection as `db_stream` reads them: (flags, bytes); flags 1 = the requests'
+/// side, 2 = more moved than captured, 4 = a new connection.
+fn buffers(parts: &[(u8, &[u8])]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (flags, bytes) in parts {
+        out.push(*flags);
+        out.extend_from_slice(&(bytes.len() as u16).to_le_bytes());
+        out.extend_from_slice(bytes);
+    }
+    out
+}
+
+/// A MySQL packet: 3-byte length, sequence number, payload.
+fn mysql_packet(seq: u8, payload: &[u8]) -> Vec<u8> {
+    let mut out = (payload.len() as u32).to_le_bytes()[..3].to_vec();
+    out.push(seq);
+    out.extend_from_slice(payload);
+    out
+}
+
+fn db_stream() {
+    // Selector: bits 0-1 the protocol (0 redis, 1 postgres, 2 mysql), 4 the client's side.
+    let redis = buffers(&[
+        (1, b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n*2\r\n$3\r\nGET\r\n$1\r\nk\r\n"),
+        (0, b"+OK\r\n$1\r\nv\r\n"),
+        (1, b"*2\r\n$4\r\nINCR\r\n$1\r\nk\r\n"),
+        (0, b"-ERR value is not an integer or out of range\r\n"),
+    ]);
+    write("db_stream", "redis_pipeline", &with(0, &redis));
+
+    let startup = b"\0\0\0\x17\0\x03\0\0user\0postgres\0\0";
+    let ready = b"R\0\0\0\x08\0\0\0\0Z\0\0\0\x05I";
+    let query = b"Q\0\0\0\x26SELECT * FROM items WHERE id = 42\0";
+    let result = b"C\0\0\0\x0dSELECT 1\0Z\0\0\0\x05I";
+    let postgres = buffers(&[(1, startup), (0, ready), (1, query), (0, result)]);
+    write("db_stream", "postgres_simple_query", &with(1, &postgres));
+
+    // A MariaDB greeting (protocol 10, PROTOCOL_41 and SECURE_CONNECTION among the
+    // capabilities), the client's handshake response, the OK, a query and its result set.
+    let mut greeting = b"\x0a10.11.19-MariaDB\0\x05\0\0\0abcdefgh\0".to_vec();
+    greeting.extend_from_slice(&0xf7feu16.to_le_bytes());
+    greeting.extend_from_slice(b"\x08\x02\0");
+    greeting.extend_from_slice(&0x81ffu16.to_le_bytes());
+    greeting.extend_from_slice(&[0x15; 11]);
+    greeting.extend_from_slice(b"ijklmnopqrst\0mysql_native_password\0");
+    let mut handshake = (0x0200u32 | 0x8000 | 0x0008_0000).to_le_bytes().to_vec();
+    handshake.extend_from_slice(&[0; 28]);
+    handshake.extend_from_slice(b"root\0\0mysql_native_password\0");
+    let ok = mysql_packet(2, b"\0\0\0\x02\0\0\0");
+    let select = mysql_packet(0, b"\x03SELECT v FROM items WHERE id = 'a'");
+    let mut column = b"\x03def\x01t\x05items\x05items\x01v\x01v\x0c".to_vec();
+    column.extend_from_slice(b"\x21\0\xfc\xff\x03\0\xfc\x10\0\0\0\0");
+    let result = [
+        mysql_packet(1, b"\x01"),
+        mysql_packet(2, &column),
+        mysql_packet(3, b"\xfe\0\0\x02\0"),
+        mysql_packet(4, b"\x01b"),
+        mysql_packet(5, b"\xfe\0\0\x02\0"),
+    ]
+    .concat();
+    let error = mysql_packet(1, b"\xff\x1e\x04#42S22Unknown column");
+    let mysql = buffers(&[
+        (0, &mysql_packet(0, &greeting)),
+        (1, &mysql_packet(1, &handshake)),
+        (0, &ok),
+        (1, &select),
+        (0, &result),
+        (1, &mysql_packet(0, b"\x03SELECT nope FROM items")),
+        (0, &error),
+    ]);
+    write("db_stream", "mysql_query_and_error", &with(2 | 4, &mysql));
 }
