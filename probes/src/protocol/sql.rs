@@ -49,8 +49,8 @@ enum Token {
 /// Sanitises and summarises a statement's text (`whole`: not cut by the capture).
 pub fn summarize(raw: &[u8], whole: bool, dialect: Dialect) -> Statement {
     let text = String::from_utf8_lossy(raw);
-    let (mut sanitized, tokens, statements) = scan(text.as_bytes(), dialect);
-    if !whole {
+    let (mut sanitized, tokens, statements, cut) = scan(text.as_bytes(), dialect);
+    if !whole || cut {
         sanitized.push('…');
     }
     let (operation, collection) = if statements > 1 {
@@ -73,14 +73,24 @@ fn is_word(b: u8) -> bool {
     is_word_start(b) || b.is_ascii_digit() || b == b'$'
 }
 
-/// The sanitised text, its tokens, and how many statements it holds.
-fn scan(s: &[u8], dialect: Dialect) -> (String, Vec<Token>, usize) {
+/// The sanitised text, its tokens, how many statements it holds, and whether it stopped early
+/// at a literal whose end cannot be known.
+fn scan(s: &[u8], dialect: Dialect) -> (String, Vec<Token>, usize, bool) {
     let mysql = dialect == Dialect::Mysql;
     let mut out: Vec<u8> = Vec::with_capacity(s.len().min(MAX_TEXT));
     let mut tokens = Vec::new();
     let mut statements = 0;
     let mut open_statement = false;
     let mut i = 0;
+    let mut stopped = false;
+    // MySQL's `--` starts a comment only before a space or a control character (`1--1` is
+    // `1 - -1`).
+    let dash_comment = |i: usize| {
+        s.get(i + 1) == Some(&b'-')
+            && (!mysql
+                || s.get(i + 2)
+                    .is_none_or(|c| c.is_ascii_whitespace() || c.is_ascii_control()))
+    };
     let push_space = |out: &mut Vec<u8>| {
         if out.last().is_some_and(|b| *b != b' ') {
             out.push(b' ');
@@ -89,7 +99,8 @@ fn scan(s: &[u8], dialect: Dialect) -> (String, Vec<Token>, usize) {
     while i < s.len() {
         let b = s[i];
         // A statement starts at its first token after a `;`.
-        let comment = matches!((b, s.get(i + 1)), (b'-', Some(b'-')) | (b'/', Some(b'*')))
+        let comment = (b == b'-' && dash_comment(i))
+            || (b == b'/' && s.get(i + 1) == Some(&b'*'))
             || (mysql && b == b'#');
         if !b.is_ascii_whitespace() && b != b';' && !comment && !open_statement {
             open_statement = true;
@@ -104,7 +115,7 @@ fn scan(s: &[u8], dialect: Dialect) -> (String, Vec<Token>, usize) {
                 i = memchr::memchr(b'\n', &s[i..]).map_or(s.len(), |n| i + n + 1);
                 push_space(&mut out);
             }
-            b'-' if s.get(i + 1) == Some(&b'-') => {
+            b'-' if dash_comment(i) => {
                 i = memchr::memchr(b'\n', &s[i..]).map_or(s.len(), |n| i + n + 1);
                 push_space(&mut out);
             }
@@ -128,16 +139,25 @@ fn scan(s: &[u8], dialect: Dialect) -> (String, Vec<Token>, usize) {
                 }
                 push_space(&mut out);
             }
-            b'\'' => {
-                // A one-letter prefix (E, B, X, N) or U& belongs to the literal.
-                let escapes = strip_prefix(&mut out, &mut tokens) || mysql;
-                i = skip_string(s, i + 1, escapes, b'\'');
+            b'\'' | b'"' if mysql => {
+                strip_prefix(&mut out, &mut tokens);
                 out.push(b'?');
                 tokens.push(Token::Literal);
+                // A backslash escapes the next byte unless the session runs with
+                // NO_BACKSLASH_ESCAPES, or the client's character set (sjis, gbk, big5, cp932)
+                // ends a character with it. Neither is known here: where the two readings end
+                // the literal apart, the text stops, so no reading shows a value.
+                let escaped = skip_string(s, i + 1, true, b);
+                if escaped != skip_string(s, i + 1, false, b) {
+                    stopped = true;
+                    break;
+                }
+                i = escaped;
             }
-            b'"' if mysql => {
-                strip_prefix(&mut out, &mut tokens);
-                i = skip_string(s, i + 1, true, b'"');
+            b'\'' => {
+                // A one-letter prefix (E, B, X, N) or U& belongs to the literal.
+                let escapes = strip_prefix(&mut out, &mut tokens);
+                i = skip_string(s, i + 1, escapes, b'\'');
                 out.push(b'?');
                 tokens.push(Token::Literal);
             }
@@ -239,7 +259,7 @@ fn scan(s: &[u8], dialect: Dialect) -> (String, Vec<Token>, usize) {
         text.truncate(cut);
         text.push('…');
     }
-    (text, tokens, statements)
+    (text, tokens, statements, stopped)
 }
 
 /// Drops a string prefix just written (`E`, `B`, `X`, `N`, `U&`, MySQL's `_utf8mb4`); whether

@@ -50,6 +50,8 @@ mod com {
     pub const SET_OPTION: u8 = 0x1b;
     pub const STMT_FETCH: u8 = 0x1c;
     pub const RESET_CONNECTION: u8 = 0x1f;
+    /// MariaDB's execute of one prepared statement for many rows of parameters.
+    pub const STMT_BULK_EXECUTE: u8 = 0xfa;
 }
 
 /// MariaDB's execute of the statement prepared last on the connection (sent before its id is
@@ -124,6 +126,8 @@ struct Connection {
     server_capabilities: u32,
     /// Results end with OK packets, not EOF (`CLIENT_DEPRECATE_EOF` on both sides).
     deprecate_eof: bool,
+    /// A prepare's definitions may be left out (MySQL 8's `CLIENT_OPTIONAL_RESULTSET_METADATA`).
+    optional_metadata: bool,
     /// COM_QUERY starts with query attributes (MySQL 8's `CLIENT_QUERY_ATTRIBUTES`).
     query_attributes: bool,
     /// The next sequence number of the login's (or COM_CHANGE_USER's) exchange.
@@ -131,8 +135,9 @@ struct Connection {
     commands: VecDeque<Command>,
     statements: HashMap<u32, Arc<Statement>>,
     last_prepared: Option<Arc<Statement>>,
-    /// The last request packet was 16 MiB - 1 long: the next one continues it.
-    request_continued: Option<u8>,
+    /// The last request packet was 16 MiB - 1 long: the next one continues it (its sequence
+    /// number, and whether its command waits for a reply).
+    request_continued: Option<(u8, bool)>,
     /// The same for the last reply packet.
     reply_continued: bool,
     /// Given up: nothing more is paired on it.
@@ -175,7 +180,8 @@ impl Matcher {
     ) {
         let connection = self.connections.of(&message);
         if connection.lost {
-            self.unparsed += 1;
+            // Commands, not the replies' buffers, are what went unparsed.
+            self.unparsed += u64::from(request_side);
             return;
         }
         let (stream, parse): (_, Parse<Packet>) = if request_side {
@@ -274,28 +280,31 @@ impl Connection {
         message: &Message,
         unparsed: &mut u64,
     ) -> Result<(), Lost> {
-        if let Some(seq) = self.request_continued.take() {
+        if let Some((seq, queued)) = self.request_continued.take() {
             // The rest of a command over 16 MiB: its reply is numbered on from the last part.
             if packet.seq != seq.wrapping_add(1) {
                 return Err(Lost);
             }
             if packet.len == CONTINUED {
-                self.request_continued = Some(packet.seq);
+                self.request_continued = Some((packet.seq, queued));
             }
-            if let Some(command) = self.commands.back_mut() {
+            // Not another command's: a long COM_STMT_SEND_LONG_DATA waits for nothing.
+            if let (true, Some(command)) = (queued, self.commands.back_mut()) {
                 command.seq = packet.seq.wrapping_add(1);
             }
             return Ok(());
         }
-        if packet.len == CONTINUED {
-            self.request_continued = Some(packet.seq);
-        }
-        match self.phase {
+        let (continued, seq, waiting) = (packet.len == CONTINUED, packet.seq, self.commands.len());
+        let followed = match self.phase {
             Phase::Greeting => Err(Lost), // the server speaks first
             Phase::Handshake => self.handshake_response(&packet),
             Phase::Auth => self.auth_packet(&packet),
             Phase::Commands => self.command(packet, ts_ns, message, unparsed),
+        };
+        if continued {
+            self.request_continued = Some((seq, self.commands.len() > waiting));
         }
+        followed
     }
 
     fn handshake_response(&mut self, packet: &Packet) -> Result<(), Lost> {
@@ -313,6 +322,7 @@ impl Connection {
             return Err(Lost);
         }
         self.deprecate_eof = both & caps::DEPRECATE_EOF != 0;
+        self.optional_metadata = both & caps::OPTIONAL_RESULTSET_METADATA != 0;
         self.query_attributes = both & caps::QUERY_ATTRIBUTES != 0;
         self.phase = Phase::Auth;
         self.auth_seq = 2;
@@ -354,7 +364,7 @@ impl Connection {
                 self.last_prepared = Some(statement.clone());
                 (Reply::Prepare, Some(statement))
             }
-            com::STMT_EXECUTE => {
+            com::STMT_EXECUTE | com::STMT_BULK_EXECUTE => {
                 let id = wire::u32_at(body, 0).ok_or(Lost)?;
                 let statement = match id {
                     LAST_PREPARED => self.last_prepared.clone(),
@@ -478,7 +488,11 @@ impl Connection {
         }
         command.seq = command.seq.wrapping_add(1);
         self.reply_continued = packet.len == CONTINUED;
-        let Some(status) = step(command, &packet, self.deprecate_eof, &mut self.statements)? else {
+        let ending = Ending {
+            deprecate_eof: self.deprecate_eof,
+            optional_metadata: self.optional_metadata,
+        };
+        let Some(status) = step(command, &packet, ending, &mut self.statements)? else {
             return Ok(());
         };
         let command = self.commands.pop_front().ok_or(Lost)?;
@@ -497,13 +511,21 @@ impl Connection {
     }
 }
 
+/// What the login agreed on that says where replies end.
+#[derive(Clone, Copy)]
+struct Ending {
+    deprecate_eof: bool,
+    optional_metadata: bool,
+}
+
 /// One packet of a command's reply: the status when it ends the reply.
 fn step(
     command: &mut Command,
     packet: &Packet,
-    deprecate_eof: bool,
+    ending: Ending,
     statements: &mut HashMap<u32, Arc<Statement>>,
 ) -> Result<Option<Status>, Lost> {
+    let deprecate_eof = ending.deprecate_eof;
     let first = packet.first().ok_or(Lost)?;
     if first == 0xFF {
         // An error ends any reply (mid-rows too); none comes inside a list of definitions.
@@ -531,10 +553,14 @@ fn step(
             if first != 0x00 || packet.len < 12 {
                 return Err(Lost);
             }
+            // The capture may end inside it: each field is read only if it was captured.
             let head = &packet.head;
             let id = wire::u32_at(head, 1).ok_or(Lost)?;
-            let columns = u16::from_le_bytes([head[5], head[6]]);
-            let params = u16::from_le_bytes([head[7], head[8]]);
+            let columns = wire::u16_at(head, 5).ok_or(Lost)?;
+            let params = wire::u16_at(head, 7).ok_or(Lost)?;
+            // MySQL 8 with resultset_metadata=NONE: no definitions follow.
+            let no_metadata =
+                ending.optional_metadata && packet.len >= 13 && head.get(12) == Some(&0);
             if let Some(statement) = &command.statement {
                 if statements.len() >= MAX_STATEMENTS && !statements.contains_key(&id) {
                     statements.clear();
@@ -542,6 +568,7 @@ fn step(
                 statements.insert(id, statement.clone());
             }
             match (params, columns) {
+                _ if no_metadata => Reading::Done,
                 (0, 0) => Reading::Done,
                 (0, columns) => definitions(u64::from(columns), Next::Done),
                 (params, columns) => definitions(u64::from(params), Next::Columns(columns)),

@@ -83,7 +83,7 @@ pub fn lenenc(bytes: &[u8]) -> Option<(u64, usize)> {
     Some((u64::from_le_bytes(le), size + 1))
 }
 
-fn u16_at(bytes: &[u8], at: usize) -> Option<u16> {
+pub fn u16_at(bytes: &[u8], at: usize) -> Option<u16> {
     let b = bytes.get(at..at + 2)?;
     Some(u16::from_le_bytes([b[0], b[1]]))
 }
@@ -99,6 +99,8 @@ pub mod caps {
     pub const PROTOCOL_41: u32 = 0x200;
     pub const SSL: u32 = 0x800;
     pub const DEPRECATE_EOF: u32 = 1 << 24;
+    /// MySQL 8's optional result-set metadata (`resultset_metadata=NONE` leaves it out).
+    pub const OPTIONAL_RESULTSET_METADATA: u32 = 1 << 25;
     /// MySQL 8's zstd compression.
     pub const ZSTD: u32 = 1 << 26;
     /// MySQL 8.0.23's query attributes: COM_QUERY then starts with their count.
