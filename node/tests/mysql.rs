@@ -14,41 +14,10 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::common::mariadb::{mariadb, mariadb_ok, mariadbd_bin, start_mariadb};
-use crate::common::{root, Cluster};
+use crate::common::{red_count, red_rows, root, Cluster, RedRows};
 
 /// Statements of each kind per run.
 const ROWS: u64 = 40;
-/// RED rows of MariaDB, by (kind, service, operation, table): (count, errors).
-type Rows = Vec<((String, String, String, String), (u64, u64))>;
-
-async fn mariadb_red(cluster: &Cluster) -> Rows {
-    let red = cluster.get(0, "/v1/red").await.unwrap();
-    red["routes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|r| r["protocol"] == "mariadb")
-        .map(|r| {
-            let text = |k: &str| r[k].as_str().unwrap_or_default().to_string();
-            (
-                (
-                    text("kind"),
-                    text("service"),
-                    text("operation"),
-                    text("route"),
-                ),
-                (r["count"].as_u64().unwrap(), r["errors"].as_u64().unwrap()),
-            )
-        })
-        .collect()
-}
-
-fn count(rows: &Rows, kind: &str, service: &str, operation: &str, table: &str) -> u64 {
-    rows.iter()
-        .filter(|((k, s, o, t), _)| k == kind && s == service && o == operation && t == table)
-        .map(|(_, (count, _))| count)
-        .sum()
-}
 
 /// `ROWS` inserts, selects and updates of `items`, each its own COM_QUERY on one connection.
 fn text_statements(port: u16, first_id: u64) {
@@ -101,17 +70,17 @@ const EXPECTED: [(&str, &str); 4] = [
 
 /// Runs both clients and checks that both sides counted exactly what ran.
 async fn every_statement_counts_exactly(cluster: &Cluster, port: u16, first_id: u64, what: &str) {
-    let before = mariadb_red(cluster).await;
+    let before = red_rows(cluster, "mariadb").await;
     text_statements(port, first_id);
     prepared_statements(port);
-    let delta = |rows: &Rows, kind: &str, service: &str, op: &str| {
-        count(rows, kind, service, op, "items") - count(&before, kind, service, op, "items")
+    let delta = |rows: &RedRows, kind: &str, service: &str, op: &str| {
+        red_count(rows, kind, service, op, "items") - red_count(&before, kind, service, op, "items")
     };
     // On the server's side the two clients' SELECTs are one row.
     let server_expected = |op: &str| if op == "SELECT" { 2 * ROWS } else { ROWS };
     let rows = cluster
         .wait_for(Duration::from_secs(30), what, |c| async move {
-            let rows = mariadb_red(c).await;
+            let rows = red_rows(c, "mariadb").await;
             EXPECTED
                 .iter()
                 .all(|(client, op)| {
@@ -133,6 +102,19 @@ async fn every_statement_counts_exactly(cluster: &Cluster, port: u16, first_id: 
             "{what}: server {op} items: {rows:?}"
         );
     }
+}
+
+/// The first of mariadbd's spans that `matches`, waited for up to 10 s.
+async fn server_span(cluster: &Cluster, what: &str, matches: fn(&Value) -> bool) -> Value {
+    cluster
+        .wait_for(Duration::from_secs(10), what, |c| async move {
+            let spans = c
+                .get(0, "/v1/spans?limit=4096&service=mariadbd")
+                .await
+                .ok()?;
+            spans.as_array()?.iter().find(|s| matches(s)).cloned()
+        })
+        .await
 }
 
 /// Logs in as root over a raw socket (no password: the auth response is empty whatever the
@@ -230,23 +212,10 @@ async fn mysql_statements_give_spans_and_red_per_operation() {
         "SELECT nope FROM items WHERE secret = 'hunter2' AND pin = 4242",
     );
     assert!(!failed.status.success());
-    let error = cluster
-        .wait_for(
-            Duration::from_secs(10),
-            "the failing statement's span",
-            |c| async move {
-                let spans = c
-                    .get(0, "/v1/spans?limit=4096&service=mariadbd")
-                    .await
-                    .ok()?;
-                spans
-                    .as_array()?
-                    .iter()
-                    .find(|s| s["status_code"].is_string())
-                    .cloned()
-            },
-        )
-        .await;
+    let error = server_span(&cluster, "the failing statement's span", |s| {
+        s["status_code"].is_string()
+    })
+    .await;
     assert_eq!(error["status_code"], "1054", "{error}");
     assert_eq!(error["operation"], "SELECT", "{error}");
     assert_eq!(error["collection"], "items", "{error}");
@@ -256,7 +225,7 @@ async fn mysql_statements_give_spans_and_red_per_operation() {
         error["query_text"], "SELECT nope FROM items WHERE secret = ? AND pin = ?",
         "{error}"
     );
-    let red = mariadb_red(&cluster).await;
+    let red = red_rows(&cluster, "mariadb").await;
     let errors: u64 = red
         .iter()
         .filter(|((k, s, o, t), _)| {
@@ -312,27 +281,12 @@ async fn mysql_statements_give_spans_and_red_per_operation() {
         .status()
         .expect("python3");
     assert!(status.success(), "python bad-input client failed");
-    let big = cluster
-        .wait_for(
-            Duration::from_secs(10),
-            "the 1 MiB statement's span",
-            |c| async move {
-                let spans = c
-                    .get(0, "/v1/spans?limit=4096&service=mariadbd")
-                    .await
-                    .ok()?;
-                spans
-                    .as_array()?
-                    .iter()
-                    .find(|s| {
-                        s["query_text"]
-                            .as_str()
-                            .is_some_and(|t| t.starts_with("SELECT id FROM t.items WHERE v = ?"))
-                    })
-                    .cloned()
-            },
-        )
-        .await;
+    let big = server_span(&cluster, "the 1 MiB statement's span", |s| {
+        s["query_text"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("SELECT id FROM t.items WHERE v = ?"))
+    })
+    .await;
     assert_eq!(
         big["query_text"], "SELECT id FROM t.items WHERE v = ?…",
         "{big}"
@@ -363,8 +317,8 @@ async fn mysql_statements_give_spans_and_red_per_operation() {
     let (status, body) = cluster.set(0, "probe.mysql.enabled", json!(false)).await;
     assert_eq!(status, 200, "{body}");
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let before = count(
-        &mariadb_red(&cluster).await,
+    let before = red_count(
+        &red_rows(&cluster, "mariadb").await,
         "server",
         "mariadbd",
         "INSERT",
@@ -372,8 +326,8 @@ async fn mysql_statements_give_spans_and_red_per_operation() {
     );
     text_statements(port, 1 + 2 * ROWS);
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let after = count(
-        &mariadb_red(&cluster).await,
+    let after = red_count(
+        &red_rows(&cluster, "mariadb").await,
         "server",
         "mariadbd",
         "INSERT",

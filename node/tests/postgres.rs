@@ -14,42 +14,11 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::common::postgres::{pgbench, postgres_bin, start_postgres};
-use crate::common::{root, Cluster};
+use crate::common::{red_count, red_rows, root, Cluster, RedRows};
 
 /// Transactions per client per pgbench run.
 const TRANSACTIONS: u64 = 100;
 const CLIENTS: u64 = 2;
-/// RED rows of PostgreSQL, by (kind, service, operation, table): (count, errors).
-type Rows = Vec<((String, String, String, String), (u64, u64))>;
-
-async fn postgres_red(cluster: &Cluster) -> Rows {
-    let red = cluster.get(0, "/v1/red").await.unwrap();
-    red["routes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|r| r["protocol"] == "postgres")
-        .map(|r| {
-            let text = |k: &str| r[k].as_str().unwrap_or_default().to_string();
-            (
-                (
-                    text("kind"),
-                    text("service"),
-                    text("operation"),
-                    text("route"),
-                ),
-                (r["count"].as_u64().unwrap(), r["errors"].as_u64().unwrap()),
-            )
-        })
-        .collect()
-}
-
-fn count(rows: &Rows, kind: &str, service: &str, operation: &str, table: &str) -> u64 {
-    rows.iter()
-        .filter(|((k, s, o, t), _)| k == kind && s == service && o == operation && t == table)
-        .map(|(_, (count, _))| count)
-        .sum()
-}
 
 /// What one pgbench transaction (TPC-B like) runs, per operation and table.
 const TRANSACTION: [(&str, &str); 7] = [
@@ -64,7 +33,7 @@ const TRANSACTION: [(&str, &str); 7] = [
 
 /// Runs pgbench in every query mode and checks that both sides counted exactly what ran.
 async fn every_mode_counts_exactly(cluster: &Cluster, port: u16, what: &str) {
-    let before = postgres_red(cluster).await;
+    let before = red_rows(cluster, "postgres").await;
     let mut ran = 0;
     for mode in ["simple", "extended", "prepared"] {
         let t = TRANSACTIONS.to_string();
@@ -72,12 +41,12 @@ async fn every_mode_counts_exactly(cluster: &Cluster, port: u16, what: &str) {
         ran += pgbench(port, &["-n", "-t", &t, "-c", &c, "-M", mode]);
     }
     assert_eq!(ran, 3 * TRANSACTIONS * CLIENTS, "pgbench's own count");
-    let delta = |rows: &Rows, kind: &str, service: &str, op: &str, table: &str| {
-        count(rows, kind, service, op, table) - count(&before, kind, service, op, table)
+    let delta = |rows: &RedRows, kind: &str, service: &str, op: &str, table: &str| {
+        red_count(rows, kind, service, op, table) - red_count(&before, kind, service, op, table)
     };
     let rows = cluster
         .wait_for(Duration::from_secs(30), what, |c| async move {
-            let rows = postgres_red(c).await;
+            let rows = red_rows(c, "postgres").await;
             TRANSACTION
                 .iter()
                 .all(|(op, table)| {
@@ -256,7 +225,7 @@ async fn postgres_statements_give_spans_and_red_per_operation() {
         error["query_text"], "SELECT * FROM no_such_table WHERE secret = ? AND pin = ?",
         "{error}"
     );
-    let red = postgres_red(&cluster).await;
+    let red = red_rows(&cluster, "postgres").await;
     let errors: u64 = red
         .iter()
         .filter(|((k, s, o, t), _)| {
@@ -330,8 +299,8 @@ async fn postgres_statements_give_spans_and_red_per_operation() {
     let (status, body) = cluster.set(0, "probe.postgres.enabled", json!(false)).await;
     assert_eq!(status, 200, "{body}");
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let before = count(
-        &postgres_red(&cluster).await,
+    let before = red_count(
+        &red_rows(&cluster, "postgres").await,
         "server",
         "postgres",
         "BEGIN",
@@ -340,8 +309,8 @@ async fn postgres_statements_give_spans_and_red_per_operation() {
     pgbench(port, &["-n", "-t", "10", "-c", "1"]);
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(
-        count(
-            &postgres_red(&cluster).await,
+        red_count(
+            &red_rows(&cluster, "postgres").await,
             "server",
             "postgres",
             "BEGIN",

@@ -24,17 +24,7 @@ pub struct MariaDb {
 
 impl Drop for MariaDb {
     fn drop(&mut self) {
-        // SAFETY: kill takes plain integers; the pid is our own child's, not yet reaped.
-        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(10) {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        super::stop_gracefully(&mut self.child, libc::SIGTERM);
     }
 }
 

@@ -464,6 +464,56 @@ pub fn root() -> bool {
 /// A child process killed when dropped.
 pub struct Server(pub Child);
 
+/// Sends `signal` to a server the test started (its clean shutdown), then waits up to 10 s for
+/// it to exit, and kills it if it has not.
+pub fn stop_gracefully(child: &mut Child, signal: libc::c_int) {
+    // SAFETY: kill takes plain integers; the pid is our own child's, not yet reaped.
+    unsafe { libc::kill(child.id() as libc::pid_t, signal) };
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(10) {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// RED rows of one protocol in a node's `/v1/red`, by (kind, service, operation, route):
+/// (count, errors).
+pub type RedRows = Vec<((String, String, String, String), (u64, u64))>;
+
+pub async fn red_rows(cluster: &Cluster, protocol: &str) -> RedRows {
+    let red = cluster.get(0, "/v1/red").await.unwrap();
+    red["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["protocol"] == protocol)
+        .map(|r| {
+            let text = |k: &str| r[k].as_str().unwrap_or_default().to_string();
+            (
+                (
+                    text("kind"),
+                    text("service"),
+                    text("operation"),
+                    text("route"),
+                ),
+                (r["count"].as_u64().unwrap(), r["errors"].as_u64().unwrap()),
+            )
+        })
+        .collect()
+}
+
+/// The count of one (kind, service, operation, route) in `rows`.
+pub fn red_count(rows: &RedRows, kind: &str, service: &str, operation: &str, route: &str) -> u64 {
+    rows.iter()
+        .filter(|((k, s, o, r), _)| k == kind && s == service && o == operation && r == route)
+        .map(|(_, (count, _))| count)
+        .sum()
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.0.kill();

@@ -30,17 +30,7 @@ pub struct Postgres {
 
 impl Drop for Postgres {
     fn drop(&mut self) {
-        // SAFETY: kill takes plain integers; the pid is our own child's, not yet reaped.
-        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGINT) };
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(10) {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        super::stop_gracefully(&mut self.child, libc::SIGINT);
     }
 }
 
