@@ -203,6 +203,7 @@ impl Consensus {
             ConfigState::open(store.clone()).map_err(|e| ConsensusError::Storage(e.to_string()))?;
         let network = PeerNetwork {
             transport: transport.clone(),
+            heartbeat_interval: settings.heartbeat_interval,
         };
         let raft = Raft::new(
             id,

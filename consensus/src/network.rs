@@ -7,13 +7,16 @@ use std::time::Duration;
 
 use apiary_wire::{Message, Service, Transport, WireError};
 use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+    Fatal, InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, ReplicationClosed,
+    StreamingError, Unreachable,
 };
+use openraft::network::snapshot_transport::{Chunked, SnapshotTransport};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
-    VoteRequest, VoteResponse,
+    SnapshotResponse, VoteRequest, VoteResponse,
 };
+use openraft::{OptionalSend, Vote};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -62,12 +65,15 @@ pub async fn call_json<Req: Serialize, Resp: DeserializeOwned>(
 
 pub struct PeerNetwork {
     pub transport: Arc<Transport>,
+    /// How often the leader tells a follower it is alive (Raft's heartbeat interval).
+    pub heartbeat_interval: Duration,
 }
 
 pub struct PeerConnection {
     transport: Arc<Transport>,
     target: NodeId,
     member: Member,
+    heartbeat_interval: Duration,
 }
 
 impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
@@ -78,6 +84,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
             transport: self.transport.clone(),
             target,
             member: node.clone(),
+            heartbeat_interval: self.heartbeat_interval,
         }
     }
 }
@@ -197,11 +204,75 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         self.rpc(Service::RaftInstallSnapshot, &rpc, &option).await
     }
 
+    /// The snapshot in chunks (openraft's own transfer), while the follower is told every
+    /// heartbeat interval that the leader is alive. Openraft 0.9 sends a follower nothing else
+    /// while its snapshot is in flight, and the chunks do not reach the part of the follower
+    /// that holds its election timer: a transfer longer than the election timeout (a history
+    /// of a few MB, in a debug build) made the follower stand for election, its higher term
+    /// deposed the leader, and the transfer began again under the next leader, for ever (the
+    /// soak's election storm).
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote<NodeId>,
+        snapshot: crate::types::Snapshot,
+        cancel: impl std::future::Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<NodeId>, StreamingError<TypeConfig, Fatal<NodeId>>> {
+        let keepalive = keep_alive(
+            self.transport.clone(),
+            self.member.addr.clone(),
+            self.target,
+            vote,
+            self.heartbeat_interval,
+        );
+        tokio::select! {
+            sent = Chunked::send_snapshot(self, vote, snapshot, cancel, option) => sent,
+            never = keepalive => match never {},
+        }
+    }
+
     async fn vote(
         &mut self,
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
         self.rpc(Service::RaftVote, &rpc, &option).await
+    }
+}
+
+/// Sends `target` an empty AppendEntries under the leader's `vote` every `interval`, until
+/// dropped. It names no previous entry and no commit index, so it matches any follower's log
+/// and changes nothing in it: it only renews the follower's view of the leader (its election
+/// timer), as a heartbeat does. Answers are not needed: the snapshot's own answers carry a
+/// higher vote back to openraft.
+async fn keep_alive(
+    transport: Arc<Transport>,
+    addr: String,
+    target: NodeId,
+    vote: Vote<NodeId>,
+    interval: Duration,
+) -> std::convert::Infallible {
+    let heartbeat = AppendEntriesRequest::<TypeConfig> {
+        vote,
+        prev_log_id: None,
+        leader_commit: None,
+        entries: Vec::new(),
+    };
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let sent = call_json::<_, Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>>(
+            &transport,
+            &addr,
+            Some(target),
+            Service::RaftAppendEntries,
+            &heartbeat,
+            interval.max(Duration::from_millis(500)),
+        )
+        .await;
+        if let Err(e) = sent {
+            tracing::debug!(target, "keepalive during the snapshot: {e}");
+        }
     }
 }

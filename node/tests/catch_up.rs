@@ -111,7 +111,10 @@ async fn cluster_index(cluster: &Cluster, node: usize, key: &str) -> u64 {
 
 /// The leader snapshots every 1000 entries and keeps 500 behind it: after about 1600 entries
 /// committed while a follower was away, the entries it lacks are gone from the leader's log and
-/// only the snapshot (here about 5 MB of history: several chunks) can bring it back.
+/// only the snapshot (here about 15 MB of history: 30 chunks, longer to send than an election
+/// timeout) can bring it back. The leader stays leader in its term meanwhile: the follower is
+/// told it is alive during the transfer, so it does not stand for election (which deposed the
+/// leader and restarted the transfer, for ever, in the soak).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_behind_the_purged_log_is_sent_the_snapshot() {
     let (mut cluster, leader, away, writer) = three_with_a_follower_to_send_away().await;
@@ -119,7 +122,7 @@ async fn a_follower_behind_the_purged_log_is_sent_the_snapshot() {
     cluster.nodes[away].kill();
 
     // A large history first, so that the snapshot spans several chunks.
-    commit_big_changes(&cluster, writer, 30, 1_800).await;
+    commit_big_changes(&cluster, writer, 90, 1_800).await;
     let mut version = 0;
     let mut round = 0u64;
     while cluster_index(&cluster, leader, "purged_index").await <= left_at {
@@ -144,8 +147,17 @@ async fn a_follower_behind_the_purged_log_is_sent_the_snapshot() {
         "purged {purged}, the follower left at {left_at}"
     );
 
+    let term = cluster_index(&cluster, leader, "term").await;
     cluster.nodes[away].spawn();
     wait_until_back(&cluster, away, version, Duration::from_secs(90)).await;
+    assert_eq!(
+        (
+            cluster.leader(&[0, 1, 2]).await,
+            cluster_index(&cluster, leader, "term").await
+        ),
+        (leader, term),
+        "the leader (node {leader}, term {term}) was deposed while the snapshot was sent"
+    );
     // Its log could not be filled from the leader's: what it holds now came in a snapshot.
     let installed = cluster_index(&cluster, away, "snapshot_index").await;
     assert!(
