@@ -181,24 +181,38 @@ pub(super) async fn history(
             }
         },
     };
-    let history = state.consensus.config_state().history();
-    // Each event with the keys it changed, old and new: the dashboard's per-version diff.
-    let mut before = history.config_at(since.min(history.version()))?;
-    let mut events = Vec::new();
-    for event in history.since(since).iter().take(limit) {
-        let after = before.apply(&event.change)?;
-        let diff = apiary_config::diff(&before, &after)
-            .iter()
-            .map(apiary_config::KeyChange::redacted)
-            .collect();
-        events.push(HistoryEntry {
-            event: event.redacted(),
-            diff,
-        });
-        before = after;
-    }
-    Ok(Json(HistoryView {
-        version: history.version(),
-        events,
-    }))
+    // The page's events are copied out under the state machine's lock and folded without it,
+    // on a blocking thread: the fold replays every event before the page, and a soak's history
+    // of 100 000 events held the lock Raft applies under, and an async worker its heartbeats
+    // run on, for seconds a page (an election storm while the chaos suite read histories).
+    let config_state = state.consensus.config_state().clone();
+    let view = tokio::task::spawn_blocking(move || -> Result<HistoryView, ApiError> {
+        let (version, earlier, page) = {
+            let history = config_state.history();
+            let start = since.min(history.version()) as usize;
+            let events = history.events();
+            let page: Vec<apiary_config::ConfigEvent> =
+                history.since(since).iter().take(limit).cloned().collect();
+            (history.version(), events[..start].to_vec(), page)
+        };
+        // Each event with the keys it changed, old and new: the dashboard's per-version diff.
+        let mut before = apiary_config::fold(&earlier)?;
+        let mut events = Vec::with_capacity(page.len());
+        for event in &page {
+            let after = before.apply(&event.change)?;
+            let diff = apiary_config::diff(&before, &after)
+                .iter()
+                .map(apiary_config::KeyChange::redacted)
+                .collect();
+            events.push(HistoryEntry {
+                event: event.redacted(),
+                diff,
+            });
+            before = after;
+        }
+        Ok(HistoryView { version, events })
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("reading the history failed: {e}")))??;
+    Ok(Json(view))
 }
