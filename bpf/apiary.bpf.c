@@ -41,6 +41,23 @@ int http_enter_writev(struct ap_sys_enter_ctx *ctx)
 	return 0;
 }
 
+/* sendmsg(fd, msg, flags): its iovecs, as writev's (gRPC's C core and Go send this way). */
+SEC("tracepoint/syscalls/sys_enter_sendmsg")
+int http_enter_sendmsg(struct ap_sys_enter_ctx *ctx)
+{
+	if (!socket_probes_enabled())
+		return 0;
+	struct ap_msghdr msg = {};
+	if (bpf_probe_read_user(&msg, sizeof(msg), (void *)ctx->args[1]) < 0 || !msg.msg_iov ||
+	    msg.msg_iovlen == 0)
+		return 0;
+	struct iovec first = {};
+	if (bpf_probe_read_user(&first, sizeof(first), msg.msg_iov) < 0)
+		return 0;
+	socket_send(ctx->args[0], first.iov_base, first.iov_len, msg.msg_iov, msg.msg_iovlen);
+	return 0;
+}
+
 SEC("tracepoint/syscalls/sys_exit_read")
 int http_exit_read(struct ap_sys_exit_ctx *ctx)
 {
@@ -58,7 +75,14 @@ int http_exit_recvfrom(struct ap_sys_exit_ctx *ctx)
 SEC("tracepoint/syscalls/sys_exit_readv")
 int http_exit_readv(struct ap_sys_exit_ctx *ctx)
 {
-	finish_read(ctx->ret, 1);
+	finish_read(ctx->ret, READ_IOVEC);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_exit_recvmsg")
+int http_exit_recvmsg(struct ap_sys_exit_ctx *ctx)
+{
+	finish_read(ctx->ret, READ_MSGHDR);
 	return 0;
 }
 

@@ -27,7 +27,8 @@
 #define PROBE_REDIS 4
 #define PROBE_POSTGRES 5
 #define PROBE_MYSQL 6
-#define NUM_PROBES 7
+#define PROBE_HTTP2 7
+#define NUM_PROBES 8
 
 /* Largest payload prefix an event carries; the config's capture_bytes is clamped to it. */
 #define MAX_CAPTURE 4095
@@ -61,11 +62,13 @@
 
 /* ap_event_header.proto of EV_DATA and EV_EXCHANGE records: the protocol of the message
  * (bpf/protocol.h). HTTP/1 records carry 0; a protocol found per connection (bpf/db.h) its
- * own value, in records of its own probe (PROBE_REDIS, PROBE_POSTGRES, PROBE_MYSQL). */
+ * own value, in records of its own probe (PROBE_REDIS, PROBE_POSTGRES, PROBE_MYSQL,
+ * PROBE_HTTP2). */
 #define PROTO_HTTP1 0
 #define PROTO_REDIS 1
 #define PROTO_POSTGRES 2
 #define PROTO_MYSQL 3
+#define PROTO_HTTP2 4
 
 #define DIR_INGRESS 0 /* read/recv: bytes into the process */
 #define DIR_EGRESS 1  /* write/send: bytes out of the process */

@@ -1,4 +1,4 @@
-/* Protocols found once per connection (Redis, PostgreSQL, MySQL/MariaDB), on the http probe's
+/* Protocols found once per connection (Redis, PostgreSQL, MySQL/MariaDB, HTTP/2), on the http probe's
  * socket tracepoints. The HTTP/1 path (message.h) classifies every buffer by its first bytes;
  * only a buffer it does not take comes here, and only while one of these probes is enabled.
  *
@@ -19,42 +19,32 @@
 #include "protocol_redis.h"
 #include "protocol_postgres.h"
 #include "protocol_mysql.h"
+#include "protocol_http2.h"
 
 /* How many bytes a syscall moved beyond the `len` at its first buffer: `total` (a readv's
- * return), or, for a writev, the sum of its iovecs, read only for a connection of this file's
- * (HTTP pays nothing for it). The stream userspace follows needs every byte counted: a writev
- * seen as its first iovec alone would shift every message after it. */
+ * return), or, for a writev, its iovecs, read only for a connection of this file's (HTTP pays
+ * nothing for it). The stream userspace follows needs every byte counted: a writev seen as its
+ * first iovec alone would shift every message after it. A writev's iovecs are each sent as a
+ * record of their own (emit_iovecs): servers write a frame's header and its body from two
+ * iovecs (nginx's HTTP/2 does for every frame), and a capture of the first alone would miss
+ * every body. */
 struct db_extent {
 	__s64 total;
 	const struct iovec *iov;
 	__u32 iovcnt;
 };
 
-/* iovecs summed; a writev with more is counted as a gap userspace cannot cross. */
-#define DB_MAX_IOVECS 16
+/* iovecs sent one record each; a writev with more is followed by a gap userspace cannot
+ * cross. gRPC's C core sends a connection's first request with each header field a slice of
+ * its own (25 iovecs for a call with default metadata; it allows up to 260 a sendmsg). */
+#define DB_MAX_IOVECS 256
 #define DB_UNKNOWN_EXTENT (1LL << 40)
-
-static __always_inline __s64 db_total(struct db_extent extent)
-{
-	if (!extent.iov || extent.iovcnt <= 1)
-		return extent.total;
-	__s64 total = 0;
-	for (int i = 0; i < DB_MAX_IOVECS; i++) {
-		if (i >= extent.iovcnt)
-			return total;
-		struct iovec one = {};
-		if (bpf_probe_read_user(&one, sizeof(one), &extent.iov[i]) < 0)
-			return total + DB_UNKNOWN_EXTENT;
-		total += one.iov_len;
-	}
-	return total + DB_UNKNOWN_EXTENT;
-}
 
 /* Whether any probe of this file is on: the socket tracepoints then run for it too. */
 static __always_inline int db_probes_enabled(void)
 {
 	return probe_enabled(PROBE_REDIS) || probe_enabled(PROBE_POSTGRES) ||
-	       probe_enabled(PROBE_MYSQL);
+	       probe_enabled(PROBE_MYSQL) || probe_enabled(PROBE_HTTP2);
 }
 
 /* The protocol a connection's first request starts (PROTO_*), or 0, from its first `n` bytes
@@ -68,6 +58,8 @@ static __always_inline __u8 detect_db_protocol(const char *p, __u32 n, __s64 len
 		return PROTO_POSTGRES;
 	if (is_mysql_greeting(p, n, len) && probe_enabled(PROBE_MYSQL))
 		return PROTO_MYSQL;
+	if (is_http2_preface(p, n) && probe_enabled(PROBE_HTTP2))
+		return PROTO_HTTP2;
 	return 0;
 }
 
@@ -75,7 +67,80 @@ static __always_inline __u32 probe_of_db_protocol(__u8 proto)
 {
 	if (proto == PROTO_POSTGRES)
 		return PROBE_POSTGRES;
+	if (proto == PROTO_HTTP2)
+		return PROBE_HTTP2;
 	return proto == PROTO_MYSQL ? PROBE_MYSQL : PROBE_REDIS;
+}
+
+/* One record: `len` bytes the syscall moved from `buf`, of which the first `captured` are read
+ * into ev->data (`got` of them already are). */
+static __always_inline void emit_stream_record(struct ap_data_event *ev, __u32 got,
+					       const void *buf, __s64 len, __u32 captured,
+					       struct ap_probe_stats *stats)
+{
+	if ((__s64)captured > len)
+		captured = len;
+	if (captured > MAX_CAPTURE)
+		captured = MAX_CAPTURE;
+	if (captured > got) {
+		asm volatile("%0 &= %1" : "+r"(captured) : "i"(CAPTURE_MASK));
+		if (bpf_probe_read_user(ev->data, captured, buf) < 0)
+			captured = got;
+	}
+	ev->total_len = len;
+	ev->captured = captured;
+	asm volatile("%0 &= %1" : "+r"(captured) : "i"(CAPTURE_MASK));
+	__u64 size = offsetof(struct ap_data_event, data) + captured;
+	if (bpf_ringbuf_output(&events, ev, size, wakeup_flags(size)) < 0)
+		stats->lost++;
+	else
+		stats->emitted++;
+}
+
+/* What emit_one_iovec needs, on the stack of the program that loops (bpf_loop). */
+struct iovec_walk {
+	struct ap_data_event *ev;
+	const struct iovec *iov;
+	struct ap_probe_stats *stats;
+	__u32 iovcnt;
+	__u32 capture;
+};
+
+/* The i-th iovec of a writev (i >= 1) as its own record; 1 stops the loop. */
+static long emit_one_iovec(__u32 i, void *ctx)
+{
+	struct iovec_walk *walk = ctx;
+	if (i == 0)
+		return 0;
+	if (i >= walk->iovcnt)
+		return 1;
+	struct iovec one = {};
+	if (bpf_probe_read_user(&one, sizeof(one), &walk->iov[i]) < 0)
+		return 1;
+	if ((__s64)one.iov_len > 0)
+		emit_stream_record(walk->ev, 0, one.iov_base, one.iov_len, walk->capture,
+				   walk->stats);
+	return 0;
+}
+
+/* The iovecs of a writev after the first, each its own record (see db_extent). bpf_loop: the
+ * verifier checks the body once, where an unrolled loop made it check every path of every
+ * program that sends 16 times over (40 s to load). */
+static __always_inline void emit_iovecs(struct ap_data_event *ev, struct db_extent extent,
+					__u32 capture, struct ap_probe_stats *stats)
+{
+	struct iovec_walk walk = {
+		.ev = ev,
+		.iov = extent.iov,
+		.stats = stats,
+		.iovcnt = extent.iovcnt,
+		.capture = capture,
+	};
+	bpf_loop(DB_MAX_IOVECS, emit_one_iovec, &walk, 0);
+	if (extent.iovcnt <= DB_MAX_IOVECS)
+		return;
+	/* More iovecs than are followed: a gap of unknown length. */
+	emit_stream_record(ev, 0, 0, DB_UNKNOWN_EXTENT, 0, stats);
 }
 
 /* One socket buffer that starts no HTTP/1 message (`got` bytes of it already in `ev`, 0 when
@@ -105,7 +170,8 @@ static __always_inline void emit_db_buffer(struct ap_data_event *ev, __u32 got, 
 		if (!conn)
 			return;
 		conn->db_proto = proto;
-		/* MySQL's server speaks first: its greeting goes the other way from requests. */
+		/* MySQL's server speaks first: its greeting goes the other way from requests (an
+		 * HTTP/2 preface goes the requests' way). */
 		conn->db_request_dir = proto == PROTO_MYSQL ? !direction : direction;
 	}
 	__u32 probe = probe_of_db_protocol(proto);
@@ -130,27 +196,17 @@ static __always_inline void emit_db_buffer(struct ap_data_event *ev, __u32 got, 
 			flags |= DATA_SAMPLED_OUT;
 		}
 	}
-	__u32 captured = config->capture_bytes;
-	if ((__s64)captured > len)
-		captured = len;
-	if (captured > MAX_CAPTURE)
-		captured = MAX_CAPTURE;
-	if (captured > got) {
-		asm volatile("%0 &= %1" : "+r"(captured) : "i"(CAPTURE_MASK));
-		if (bpf_probe_read_user(ev->data, captured, buf) < 0)
-			captured = got;
-	}
-	fill_data_event(ev, probe, conn, fd, db_total(extent), direction, threshold, flags);
+	__u32 capture = config->capture_bytes;
+	int iovecs = extent.iov && extent.iovcnt > 1;
+	/* A read's bytes past its first buffer (a readv's other iovecs) are counted, not read. */
+	__s64 first_len = iovecs ? len : (extent.total > len ? extent.total : len);
+	fill_data_event(ev, probe, conn, fd, first_len, direction, threshold, flags);
 	/* The scratch event may hold an HTTP request's context from this CPU: DB records carry none. */
 	__builtin_memset(&ev->trace, 0, sizeof(ev->trace));
 	ev->h.proto = proto;
-	ev->captured = captured;
-	asm volatile("%0 &= %1" : "+r"(captured) : "i"(CAPTURE_MASK));
-	__u64 size = offsetof(struct ap_data_event, data) + captured;
-	if (bpf_ringbuf_output(&events, ev, size, wakeup_flags(size)) < 0)
-		stats->lost++;
-	else
-		stats->emitted++;
+	emit_stream_record(ev, got, buf, len, capture, stats);
+	if (iovecs)
+		emit_iovecs(ev, extent, capture, stats);
 }
 
 #endif /* APIARY_DB_H */

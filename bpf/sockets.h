@@ -54,6 +54,11 @@ static __always_inline void socket_send(__u32 fd, const void *buf, __s64 len,
 	socket_buffer(fd, buf, len, extent, DIR_EGRESS);
 }
 
+/* How a read's second argument points at its bytes. */
+#define READ_BUFFER 0 /* read, recvfrom: the buffer */
+#define READ_IOVEC 1  /* readv: an iovec array */
+#define READ_MSGHDR 2 /* recvmsg: a msghdr holding an iovec array */
+
 /* A read on a socket returned `ret` bytes. Its fd and buffer are the syscall's own arguments,
  * still in the registers the task saved on entry (the kernel does not change them): no program
  * on the syscall's entry, and nothing kept per thread between entry and exit. */
@@ -67,6 +72,12 @@ static __always_inline void finish_read(__s64 ret, __u32 iovec)
 	__u32 fd = regs->di;
 	__u64 buf = regs->si;
 	struct db_extent extent = { .total = ret };
+	if (iovec == READ_MSGHDR) {
+		struct ap_msghdr msg = {};
+		if (bpf_probe_read_user(&msg, sizeof(msg), (void *)buf) < 0 || !msg.msg_iov)
+			return;
+		buf = (__u64)msg.msg_iov;
+	}
 	if (iovec) {
 		struct iovec first = {};
 		if (bpf_probe_read_user(&first, sizeof(first), (void *)buf) < 0)

@@ -36,6 +36,15 @@ struct ap_retransmit_ctx {
 	__u8 saddr[4], daddr[4], saddr_v6[16], daddr_v6[16];
 } __attribute__((packed));
 
+/* The head of a sendmsg/recvmsg's `struct msghdr` as user space lays it out (x86_64): the
+ * iovecs are all the probes read of it. */
+struct ap_msghdr {
+	void *msg_name;
+	__u64 msg_namelen;
+	struct iovec *msg_iov;
+	__u64 msg_iovlen;
+};
+
 struct ap_exec_ctx {
 	__u64 common;
 	__u32 filename_loc;

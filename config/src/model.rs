@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use crate::ConfigError;
 
 /// Names of the probes a node can run, in display order.
-pub const PROBE_NAMES: [&str; 7] = [
-    "http", "tls", "tcp", "process", "redis", "postgres", "mysql",
+pub const PROBE_NAMES: [&str; 8] = [
+    "http", "tls", "tcp", "process", "redis", "postgres", "mysql", "http2",
 ];
 
 /// The one configuration every node of a cluster agrees on.
@@ -146,6 +146,11 @@ pub struct Probes {
     /// (absent from configs written before it).
     #[serde(default = "ProbeSettings::database")]
     pub mysql: ProbeSettings,
+    /// HTTP/2 in cleartext and gRPC over it (requests, responses, gRPC status), on the http
+    /// probe's socket tracepoints, its connections found from the client's preface (absent
+    /// from configs written before it).
+    #[serde(default = "ProbeSettings::http2")]
+    pub http2: ProbeSettings,
 }
 
 impl Probes {
@@ -158,6 +163,7 @@ impl Probes {
             &self.redis,
             &self.postgres,
             &self.mysql,
+            &self.http2,
         ])
     }
 }
@@ -279,6 +285,17 @@ impl ProbeSettings {
             ..ProbeSettings::default()
         }
     }
+
+    /// HTTP/2's probe: on, every request, and as much of each buffer as a record holds. Every
+    /// header block must be read whole to keep the connection's HPACK tables (a cut one stops
+    /// the connection's decoding, see docs/concepts.md), and a server's write holds the frames
+    /// of several streams.
+    pub fn http2() -> Self {
+        ProbeSettings {
+            capture_bytes: 4095,
+            ..ProbeSettings::default()
+        }
+    }
 }
 
 impl Default for ProbeSettings {
@@ -303,6 +320,7 @@ impl Default for ClusterConfig {
                 redis: ProbeSettings::database(),
                 postgres: ProbeSettings::database(),
                 mysql: ProbeSettings::database(),
+                http2: ProbeSettings::http2(),
             },
             budget: Budget {
                 cpu_percent_per_node: 10.0,

@@ -107,8 +107,8 @@ await step('04-probes', async () => {
   await page.goto(`${A_URL}/#/probes`);
   await waitText('[data-testid=probes] tbody', 'mysql');
   const rows = await page.locator('[data-testid=probes] tbody tr').count();
-  // http, tls, tcp, process, redis, postgres, mysql
-  if (rows !== 7) throw new Error(`expected 7 probes, saw ${rows}`);
+  // http, tls, tcp, process, redis, postgres, mysql, http2
+  if (rows !== 8) throw new Error(`expected 8 probes, saw ${rows}`);
 });
 
 let versionBefore = 0;

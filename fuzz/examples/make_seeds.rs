@@ -578,7 +578,8 @@ fn mysql_packet(seq: u8, payload: &[u8]) -> Vec<u8> {
 }
 
 fn db_stream() {
-    // Selector: bits 0-1 the protocol (0 redis, 1 postgres, 2 mysql), 4 the client's side.
+    // Selector: bits 0-1 the protocol (0 redis, 1 postgres, 2 mysql, 3 http2), 4 the client's
+    // side.
     let redis = buffers(&[
         (1, b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n*2\r\n$3\r\nGET\r\n$1\r\nk\r\n"),
         (0, b"+OK\r\n$1\r\nv\r\n"),
@@ -628,4 +629,24 @@ fn db_stream() {
         (0, &error),
     ]);
     write("db_stream", "mysql_query_and_error", &with(2 | 4, &mysql));
+
+    // HTTP/2: the preface, a GET / on stream 1 (static-table HPACK), a gRPC call on stream 3
+    // (literal names, indexed into the dynamic table); nginx-like answers, the gRPC one with
+    // its trailers, each frame header and payload in buffers of their own as writev sends them.
+    let mut open = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0".to_vec();
+    open.extend_from_slice(b"\0\0\x03\x01\x05\0\0\0\x01\x82\x84\x86");
+    let grpc_block = b"\x83\x44\x0e/demo.Echo/Say\x40\x0ccontent-type\x10application/grpc";
+    open.extend_from_slice(&[0, 0, grpc_block.len() as u8, 1, 4, 0, 0, 0, 3]);
+    open.extend_from_slice(grpc_block);
+    open.extend_from_slice(b"\0\0\x05\0\x01\0\0\0\x03\0\0\0\0\0");
+    let trailers = b"\x40\x0bgrpc-status\x010";
+    let http2 = buffers(&[
+        (1, &open),
+        (0, b"\0\0\x01\x01\x04\0\0\0\x01"),
+        (0, b"\x88"),
+        (0, b"\0\0\x02\0\x01\0\0\0\x01ok"),
+        (0, b"\0\0\x01\x01\x04\0\0\0\x03\x88"),
+        (0, &[&[0, 0, trailers.len() as u8, 1, 5, 0, 0, 0, 3][..], trailers].concat()),
+    ]);
+    write("db_stream", "http2_get_and_grpc", &with(3, &http2));
 }

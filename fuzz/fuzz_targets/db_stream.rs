@@ -1,10 +1,10 @@
-//! The probes' byte-stream protocols (bpf/db.h): Redis, PostgreSQL and MySQL, through
+//! The probes' byte-stream protocols (bpf/db.h): Redis, PostgreSQL, MySQL and HTTP/2, through
 //! `Parsers::stream` as the kernel's buffers of one connection reach them from any process on
 //! the machine: framing across buffers, pairing, the SQL summary, bytes past the capture.
 //!
 //! Input: a selector byte, then buffers, each a flags byte, a 2-byte little-endian length and
 //! that many bytes (the last may be short). Selector bits 0-1: the protocol (0 redis, 1
-//! postgres, 2 and 3 mysql); bit 2: the client's side (requests written) rather than the
+//! postgres, 2 mysql, 3 http2); bit 2: the client's side (requests written) rather than the
 //! server's; bit 3: the requests' buffers are sampled out. Flags bit 0: the buffer is on the
 //! requests' side; bit 1: the syscall moved more than was captured (its length times 64 plus
 //! one); bit 2: a new connection (another fd) from this buffer on.
@@ -23,7 +23,8 @@ fuzz_target!(|data: &[u8]| {
     let probe = match options & 3 {
         0 => "redis",
         1 => "postgres",
-        _ => "mysql",
+        2 => "mysql",
+        _ => "http2",
     };
     let client = options & 4 != 0;
     let sampled_out = options & 8 != 0;

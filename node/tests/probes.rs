@@ -33,7 +33,7 @@ async fn replicated_config_drives_the_probes_of_a_node() {
     names.sort_unstable();
     assert_eq!(
         names,
-        ["http", "mysql", "postgres", "process", "redis", "tcp", "tls"],
+        ["http", "http2", "mysql", "postgres", "process", "redis", "tcp", "tls"],
         "{probes:?}"
     );
     for probe in probes {

@@ -15,6 +15,7 @@ mod dashboards;
 mod disk_full;
 mod docs;
 mod export;
+mod http2;
 mod hybrid;
 mod intensity;
 mod mysql;

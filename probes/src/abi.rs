@@ -21,6 +21,7 @@ pub const PROBE_PROCESS: u32 = 3;
 pub const PROBE_REDIS: u32 = 4;
 pub const PROBE_POSTGRES: u32 = 5;
 pub const PROBE_MYSQL: u32 = 6;
+pub const PROBE_HTTP2: u32 = 7;
 
 pub const MAX_CAPTURE: u32 = 4095;
 
@@ -100,6 +101,7 @@ same_as_c!(
     PROBE_REDIS,
     PROBE_POSTGRES,
     PROBE_MYSQL,
+    PROBE_HTTP2,
     MAX_CAPTURE,
     HAS_PID_INCLUDE,
     HAS_PORT_INCLUDE,

@@ -33,6 +33,11 @@ pub(crate) const PROGRAMS: &[(&str, &str, Attach)] = &[
     ),
     (
         "http",
+        "http_enter_sendmsg",
+        Attach::Tracepoint("syscalls", "sys_enter_sendmsg"),
+    ),
+    (
+        "http",
         "http_exit_read",
         Attach::Tracepoint("syscalls", "sys_exit_read"),
     ),
@@ -45,6 +50,11 @@ pub(crate) const PROGRAMS: &[(&str, &str, Attach)] = &[
         "http",
         "http_exit_readv",
         Attach::Tracepoint("syscalls", "sys_exit_readv"),
+    ),
+    (
+        "http",
+        "http_exit_recvmsg",
+        Attach::Tracepoint("syscalls", "sys_exit_recvmsg"),
     ),
     (
         "http",

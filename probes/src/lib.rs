@@ -21,7 +21,7 @@ pub use loader::{
 };
 /// The probes of protocols found once per connection (bpf/db.h): they ride the http probe's
 /// socket tracepoints and have no programs of their own.
-pub const DB_PROBES: [&str; 3] = ["redis", "postgres", "mysql"];
+pub const DB_PROBES: [&str; 4] = ["redis", "postgres", "mysql", "http2"];
 
 pub use observer::{spawn_reader, Assembler, CountedTap, Events, KeepRule, Observer, TcpFlow};
 

@@ -110,6 +110,7 @@ fn probe_index(name: &str) -> u32 {
         "redis" => PROBE_REDIS,
         "postgres" => PROBE_POSTGRES,
         "mysql" => PROBE_MYSQL,
+        "http2" => PROBE_HTTP2,
         _ => PROBE_PROCESS,
     }
 }

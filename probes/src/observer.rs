@@ -399,7 +399,10 @@ impl Assembler {
                 trace: _,
             } if matches!(
                 header.probe,
-                crate::abi::PROBE_REDIS | crate::abi::PROBE_POSTGRES | crate::abi::PROBE_MYSQL
+                crate::abi::PROBE_REDIS
+                    | crate::abi::PROBE_POSTGRES
+                    | crate::abi::PROBE_MYSQL
+                    | crate::abi::PROBE_HTTP2
             ) =>
             {
                 let message = Message {
@@ -582,6 +585,7 @@ fn probe_name(probe: u32) -> &'static str {
         crate::abi::PROBE_REDIS => "redis",
         crate::abi::PROBE_POSTGRES => "postgres",
         crate::abi::PROBE_MYSQL => "mysql",
+        crate::abi::PROBE_HTTP2 => "http2",
         _ => "http",
     }
 }

@@ -11,13 +11,15 @@ use crate::common::{config, get, load, root, rust_server, spans_on_port, wait_sp
 use apiary_probes::{ProbeSet, SpanKind};
 use serde_json::json;
 
-const HTTP_PROGRAMS: [&str; 7] = [
+const HTTP_PROGRAMS: [&str; 9] = [
     "http_enter_write",
     "http_enter_sendto",
     "http_enter_writev",
+    "http_enter_sendmsg",
     "http_exit_read",
     "http_exit_recvfrom",
     "http_exit_readv",
+    "http_exit_recvmsg",
     "http_enter_close",
 ];
 

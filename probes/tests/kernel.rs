@@ -475,7 +475,9 @@ async fn a_probe_that_cannot_attach_is_reported_and_the_others_run() {
             .contains("/nonexistent/apiary/libssl.so.3"),
         "{tls:?}"
     );
-    for name in ["http", "tcp", "process", "redis", "postgres", "mysql"] {
+    for name in [
+        "http", "tcp", "process", "redis", "postgres", "mysql", "http2",
+    ] {
         let report = reports.iter().find(|r| r.name == name).unwrap();
         assert_eq!(report.state, ProbeState::Attached, "{report:?}");
     }

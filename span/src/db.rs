@@ -38,7 +38,7 @@ pub static REDIS_RED_SCHEMA: RedSchema = RedSchema {
     client_metric: "db.client.operation.duration",
     metric_description:
         "Duration of Redis commands seen by Apiary's probes, counted before sampling.",
-    db_system: Some("redis"),
+    fixed_attribute: Some(("db.system.name", "redis")),
     operation_attribute: "db.operation.name",
     route_attribute: "db.collection.name",
     status_attribute: "apiary.db.error",
@@ -55,7 +55,7 @@ pub static POSTGRES_RED_SCHEMA: RedSchema = RedSchema {
     client_metric: "db.client.operation.duration",
     metric_description:
         "Duration of PostgreSQL statements seen by Apiary's probes, counted before sampling.",
-    db_system: Some("postgresql"),
+    fixed_attribute: Some(("db.system.name", "postgresql")),
     operation_attribute: "db.operation.name",
     route_attribute: "db.collection.name",
     status_attribute: "apiary.db.error",
@@ -71,7 +71,7 @@ pub static MYSQL_RED_SCHEMA: RedSchema = RedSchema {
     client_metric: "db.client.operation.duration",
     metric_description:
         "Duration of MySQL statements seen by Apiary's probes, counted before sampling.",
-    db_system: Some("mysql"),
+    fixed_attribute: Some(("db.system.name", "mysql")),
     operation_attribute: "db.operation.name",
     route_attribute: "db.collection.name",
     status_attribute: "apiary.db.error",
@@ -85,7 +85,7 @@ pub static MARIADB_RED_SCHEMA: RedSchema = RedSchema {
     protocol: "mariadb",
     metric_description:
         "Duration of MariaDB statements seen by Apiary's probes, counted before sampling.",
-    db_system: Some("mariadb"),
+    fixed_attribute: Some(("db.system.name", "mariadb")),
     prometheus_prefix: "apiary_mariadb",
     ..MYSQL_RED_SCHEMA
 };

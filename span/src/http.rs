@@ -26,9 +26,19 @@ pub static RED_SCHEMA: RedSchema = RedSchema {
     operation_attribute: "http.request.method",
     route_attribute: "http.route",
     status_attribute: "http.response.status_code",
-    db_system: None,
+    fixed_attribute: None,
     prometheus_prefix: "apiary_http",
     prometheus_labels: ["method", "route", "status"],
+};
+
+/// RED of HTTP/2 requests: HTTP's metrics, told apart by `network.protocol.version`.
+pub static HTTP2_RED_SCHEMA: RedSchema = RedSchema {
+    protocol: "http2",
+    metric_description:
+        "Duration of HTTP/2 requests seen by Apiary's probes, counted before sampling.",
+    fixed_attribute: Some(("network.protocol.version", "2")),
+    prometheus_prefix: "apiary_http2",
+    ..RED_SCHEMA
 };
 
 impl Http {
@@ -44,9 +54,9 @@ impl Http {
         is_error(kind, self.status)
     }
 
-    pub(crate) fn red(&self) -> RedDimensions<'_> {
+    pub(crate) fn red(&self, schema: &'static RedSchema) -> RedDimensions<'_> {
         RedDimensions {
-            protocol: &RED_SCHEMA,
+            protocol: schema,
             operation: &self.method,
             route: &self.route,
             status: self.status,

@@ -14,12 +14,14 @@ use std::net::SocketAddr;
 use serde::Serialize;
 
 pub mod db;
+pub mod grpc;
 pub mod http;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod trace;
 
 pub use db::Db;
+pub use grpc::Grpc;
 pub use http::Http;
 pub use trace::{Link, TraceLink};
 
@@ -84,11 +86,17 @@ pub enum Protocol {
     /// A MySQL or MariaDB statement and its result (`db.system.name` mysql or mariadb, from
     /// the server's greeting).
     Mysql(Db),
+    /// An HTTP/2 request and its response (`network.protocol.version` 2).
+    Http2(Http),
+    /// A gRPC call over HTTP/2 and its status (`rpc.system` grpc).
+    Grpc(Grpc),
 }
 
 /// Every protocol's RED schema, in the order metrics are exported.
 pub static RED_SCHEMAS: &[&RedSchema] = &[
     &http::RED_SCHEMA,
+    &http::HTTP2_RED_SCHEMA,
+    &grpc::RED_SCHEMA,
     &db::REDIS_RED_SCHEMA,
     &db::POSTGRES_RED_SCHEMA,
     &db::MYSQL_RED_SCHEMA,
@@ -125,9 +133,10 @@ pub struct RedSchema {
     pub server_metric: &'static str,
     pub client_metric: &'static str,
     pub metric_description: &'static str,
-    /// `db.system.name` on every point, for protocols that share their metric names (the
-    /// databases' `db.*.operation.duration`); `None` for HTTP.
-    pub db_system: Option<&'static str>,
+    /// An attribute on every point, for protocols that share their metric names: the
+    /// databases' `db.*.operation.duration` (`db.system.name`), HTTP/2's HTTP ones
+    /// (`network.protocol.version`); `None` for HTTP/1.
+    pub fixed_attribute: Option<(&'static str, &'static str)>,
     /// OTLP attribute names of the operation, route and status.
     pub operation_attribute: &'static str,
     pub route_attribute: &'static str,
@@ -141,7 +150,8 @@ impl Span {
     /// The span's name as OTLP exports it (HTTP: `GET /users/{id}`).
     pub fn name(&self, out: &mut String) {
         match &self.protocol {
-            Protocol::Http(http) => http.name(out),
+            Protocol::Http(http) | Protocol::Http2(http) => http.name(out),
+            Protocol::Grpc(grpc) => grpc.name(out),
             Protocol::Redis(db) | Protocol::Postgres(db) | Protocol::Mysql(db) => db.name(out),
         }
     }
@@ -155,7 +165,8 @@ impl Span {
     /// definition of an error: spans, RED and keep rules downstream all ask here.
     pub fn is_error(&self) -> bool {
         match &self.protocol {
-            Protocol::Http(http) => http.is_error(self.kind),
+            Protocol::Http(http) | Protocol::Http2(http) => http.is_error(self.kind),
+            Protocol::Grpc(grpc) => grpc.is_error(self.kind),
             Protocol::Redis(db) | Protocol::Postgres(db) | Protocol::Mysql(db) => db.is_error(),
         }
     }
@@ -164,7 +175,8 @@ impl Span {
     /// `budget.always_keep.errors` keeps. A client's own mistakes (HTTP 4xx) are not.
     pub fn server_failed(&self) -> bool {
         match &self.protocol {
-            Protocol::Http(http) => http.is_error(SpanKind::Server),
+            Protocol::Http(http) | Protocol::Http2(http) => http.is_error(SpanKind::Server),
+            Protocol::Grpc(grpc) => grpc.is_error(SpanKind::Server),
             // The reply is the server's answer whichever side saw it.
             Protocol::Redis(db) | Protocol::Postgres(db) | Protocol::Mysql(db) => db.is_error(),
         }
@@ -173,7 +185,9 @@ impl Span {
     /// What RED metrics count this exchange under.
     pub fn red(&self) -> RedDimensions<'_> {
         match &self.protocol {
-            Protocol::Http(http) => http.red(),
+            Protocol::Http(http) => http.red(&http::RED_SCHEMA),
+            Protocol::Http2(http) => http.red(&http::HTTP2_RED_SCHEMA),
+            Protocol::Grpc(grpc) => grpc.red(),
             Protocol::Redis(db) => db.red(&db::REDIS_RED_SCHEMA),
             Protocol::Postgres(db) => db.red(&db::POSTGRES_RED_SCHEMA),
             Protocol::Mysql(db) if db.system == "mariadb" => db.red(&db::MARIADB_RED_SCHEMA),
@@ -186,6 +200,11 @@ impl Span {
     pub fn for_each_attribute(&self, scratch: &mut String, mut emit: impl FnMut(&str, Value)) {
         match &self.protocol {
             Protocol::Http(http) => http.for_each_attribute(&mut emit),
+            Protocol::Http2(http) => {
+                http.for_each_attribute(&mut emit);
+                emit("network.protocol.version", Value::Str("2"));
+            }
+            Protocol::Grpc(grpc) => grpc.for_each_attribute(&mut emit),
             Protocol::Redis(db) | Protocol::Postgres(db) | Protocol::Mysql(db) => {
                 db.for_each_attribute(&mut emit)
             }
@@ -215,7 +234,8 @@ impl Span {
     /// `Host`).
     pub fn server_address(&self) -> Option<&str> {
         match &self.protocol {
-            Protocol::Http(http) => http.host.as_deref(),
+            Protocol::Http(http) | Protocol::Http2(http) => http.host.as_deref(),
+            Protocol::Grpc(grpc) => grpc.host.as_deref(),
             Protocol::Redis(_) | Protocol::Postgres(_) | Protocol::Mysql(_) => None,
         }
     }
@@ -224,7 +244,8 @@ impl Span {
     /// not in `keep_query_params`). Called before a span is shown or exported.
     pub fn apply_privacy(&mut self, keep_query_params: &[String]) {
         match &mut self.protocol {
-            Protocol::Http(http) => http.strip_query(keep_query_params),
+            Protocol::Http(http) | Protocol::Http2(http) => http.strip_query(keep_query_params),
+            Protocol::Grpc(_) => {}
             // Keys go unless [`Span::keep_db_keys`] says otherwise; a SQL span has no key, and
             // its query text was sanitised when it was built.
             Protocol::Redis(db) | Protocol::Postgres(db) | Protocol::Mysql(db) => {
@@ -252,7 +273,7 @@ impl Span {
     /// The HTTP attributes, when the exchange was HTTP.
     pub fn http(&self) -> Option<&Http> {
         match &self.protocol {
-            Protocol::Http(http) => Some(http),
+            Protocol::Http(http) | Protocol::Http2(http) => Some(http),
             _ => None,
         }
     }
@@ -261,7 +282,7 @@ impl Span {
     pub fn db(&self) -> Option<&Db> {
         match &self.protocol {
             Protocol::Redis(db) | Protocol::Postgres(db) | Protocol::Mysql(db) => Some(db),
-            Protocol::Http(_) => None,
+            Protocol::Http(_) | Protocol::Http2(_) | Protocol::Grpc(_) => None,
         }
     }
 }

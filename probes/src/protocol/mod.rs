@@ -15,6 +15,7 @@
 
 mod connections;
 pub mod http1;
+pub mod http2;
 pub mod mysql;
 pub mod postgres;
 pub mod redis;
@@ -105,6 +106,7 @@ pub struct Parsers {
     redis: redis::Matcher,
     postgres: postgres::Matcher,
     mysql: mysql::Matcher,
+    http2: http2::Matcher,
 }
 
 impl Parsers {
@@ -157,6 +159,9 @@ impl Parsers {
             "mysql" => self
                 .mysql
                 .feed(message, total_len, request_side, service, clock, out),
+            "http2" => self
+                .http2
+                .feed(message, total_len, request_side, service, clock, out),
             _ => self
                 .redis
                 .feed(message, total_len, request_side, service, clock, out),
@@ -170,6 +175,7 @@ impl Parsers {
             "redis" => self.redis.unparsed,
             "postgres" => self.postgres.unparsed,
             "mysql" => self.mysql.unparsed,
+            "http2" => self.http2.unparsed,
             _ => 0,
         }
     }
@@ -180,6 +186,7 @@ impl Parsers {
         self.redis.forget_process(pid);
         self.postgres.forget_process(pid);
         self.mysql.forget_process(pid);
+        self.http2.forget_process(pid);
     }
 
     /// Connections with requests waiting for their response, over all protocols.
@@ -188,6 +195,7 @@ impl Parsers {
             + self.redis.pending_connections()
             + self.postgres.pending_connections()
             + self.mysql.pending_connections()
+            + self.http2.pending_connections()
     }
 }
 

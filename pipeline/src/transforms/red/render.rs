@@ -59,8 +59,8 @@ impl RedMetrics {
             if key.error {
                 attributes.push(string_attribute("error.type", key.status.to_string()));
             }
-            if let Some(system) = schema.db_system {
-                attributes.push(string_attribute("db.system.name", system));
+            if let Some((name, value)) = schema.fixed_attribute {
+                attributes.push(string_attribute(name, value));
             }
             let protocols = by_service.entry(key.service.clone()).or_default();
             let at = match protocols.iter().position(|(p, _)| std::ptr::eq(*p, schema)) {

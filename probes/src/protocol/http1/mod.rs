@@ -9,6 +9,7 @@ mod parse;
 mod route;
 
 pub use matcher::{exchange, Matcher};
+pub(crate) use parse::valid_traceparent;
 pub use parse::{parse_request, parse_status, Request};
 pub use route::route_template;
 

@@ -95,7 +95,7 @@ pub fn parse_status(data: &[u8]) -> Option<u16> {
 }
 
 /// W3C trace context: `00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`.
-fn valid_traceparent(value: &str) -> bool {
+pub(crate) fn valid_traceparent(value: &str) -> bool {
     let mut parts = value.split('-');
     let lower_hex = |p: &str, len: usize| {
         p.len() == len
