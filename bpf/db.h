@@ -72,11 +72,12 @@ static __always_inline __u32 probe_of_db_protocol(__u8 proto)
 	return proto == PROTO_MYSQL ? PROBE_MYSQL : PROBE_REDIS;
 }
 
-/* One record: `len` bytes the syscall moved from `buf`, of which the first `captured` are read
- * into ev->data (`got` of them already are). */
+/* One record: `len` bytes readable at `buf`, of which the first `captured` are read into
+ * ev->data (`got` of them already are), standing for `total` bytes of the stream (more than
+ * `len` when a read filled iovecs past its first). */
 static __always_inline void emit_stream_record(struct ap_data_event *ev, __u32 got,
-					       const void *buf, __s64 len, __u32 captured,
-					       struct ap_probe_stats *stats)
+					       const void *buf, __s64 len, __s64 total,
+					       __u32 captured, struct ap_probe_stats *stats)
 {
 	if ((__s64)captured > len)
 		captured = len;
@@ -87,7 +88,7 @@ static __always_inline void emit_stream_record(struct ap_data_event *ev, __u32 g
 		if (bpf_probe_read_user(ev->data, captured, buf) < 0)
 			captured = got;
 	}
-	ev->total_len = len;
+	ev->total_len = total;
 	ev->captured = captured;
 	asm volatile("%0 &= %1" : "+r"(captured) : "i"(CAPTURE_MASK));
 	__u64 size = offsetof(struct ap_data_event, data) + captured;
@@ -118,8 +119,8 @@ static long emit_one_iovec(__u32 i, void *ctx)
 	if (bpf_probe_read_user(&one, sizeof(one), &walk->iov[i]) < 0)
 		return 1;
 	if ((__s64)one.iov_len > 0)
-		emit_stream_record(walk->ev, 0, one.iov_base, one.iov_len, walk->capture,
-				   walk->stats);
+		emit_stream_record(walk->ev, 0, one.iov_base, one.iov_len, one.iov_len,
+				   walk->capture, walk->stats);
 	return 0;
 }
 
@@ -140,7 +141,7 @@ static __always_inline void emit_iovecs(struct ap_data_event *ev, struct db_exte
 	if (extent.iovcnt <= DB_MAX_IOVECS)
 		return;
 	/* More iovecs than are followed: a gap of unknown length. */
-	emit_stream_record(ev, 0, 0, DB_UNKNOWN_EXTENT, 0, stats);
+	emit_stream_record(ev, 0, 0, DB_UNKNOWN_EXTENT, DB_UNKNOWN_EXTENT, 0, stats);
 }
 
 /* One socket buffer that starts no HTTP/1 message (`got` bytes of it already in `ev`, 0 when
@@ -204,7 +205,7 @@ static __always_inline void emit_db_buffer(struct ap_data_event *ev, __u32 got, 
 	/* The scratch event may hold an HTTP request's context from this CPU: DB records carry none. */
 	__builtin_memset(&ev->trace, 0, sizeof(ev->trace));
 	ev->h.proto = proto;
-	emit_stream_record(ev, got, buf, len, capture, stats);
+	emit_stream_record(ev, got, buf, len, first_len, capture, stats);
 	if (iovecs)
 		emit_iovecs(ev, extent, capture, stats);
 }

@@ -20,6 +20,25 @@ const MAX_OPEN_STREAMS: usize = 1_024;
 /// default; this bounds what one connection can make the agent hold.
 const MAX_TABLE_BYTES: usize = 64 * 1024;
 
+/// A header block (HEADERS and its CONTINUATIONs) longer than this gives the connection up:
+/// a peer that never ends one must not make the agent hold it whole.
+const MAX_BLOCK_BYTES: usize = 64 * 1024;
+
+/// The fields pairing and spans read; every other field is decoded (the table needs it) and
+/// dropped, so a block of many references to one large table entry copies nothing.
+const KEPT_FIELDS: [&[u8]; 7] = [
+    b":method",
+    b":path",
+    b":authority",
+    b":status",
+    b"content-type",
+    b"grpc-status",
+    b"traceparent",
+];
+
+/// A kept value is cut here: it bounds what the open streams of a connection hold.
+const MAX_VALUE_BYTES: usize = 2048;
+
 /// A header block being received (HEADERS or PUSH_PROMISE, then CONTINUATIONs).
 struct Block {
     stream: u32,
@@ -253,6 +272,9 @@ fn walk(
                         ts_ns,
                     },
                     (Some(mut block), true) if block.stream == stream => {
+                        if block.bytes.len() + fragment.len() > MAX_BLOCK_BYTES {
+                            return Err(());
+                        }
                         block.bytes.extend_from_slice(&fragment);
                         block
                     }
@@ -263,7 +285,16 @@ fn walk(
                     side.block = Some(block);
                     continue;
                 }
-                let fields = side.decoder.decode(&block.bytes).map_err(|_| ())?;
+                let mut fields: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+                side.decoder
+                    .decode_with_cb(&block.bytes, |name, value| {
+                        let name: &[u8] = &name;
+                        if KEPT_FIELDS.contains(&name) && !fields.iter().any(|(n, _)| n == name) {
+                            let value = &value[..value.len().min(MAX_VALUE_BYTES)];
+                            fields.push((name.to_vec(), value.to_vec()));
+                        }
+                    })
+                    .map_err(|_| ())?;
                 events.push(Event::Headers(Headers {
                     stream: block.stream,
                     fields,

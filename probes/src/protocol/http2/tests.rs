@@ -346,3 +346,23 @@ fn a_header_block_beyond_the_capture_gives_the_connection_up() {
     other.read(&[PREFACE, b"\0\0\x07\x01\x05\0\0\0\0garbage".as_slice()].concat());
     assert_eq!(other.matcher.unparsed, 1);
 }
+
+#[test]
+fn a_header_block_that_never_ends_is_not_held() {
+    let mut server = Server::new();
+    let mut open = PREFACE.to_vec();
+    // HEADERS without END_HEADERS, then CONTINUATIONs without it: 70 KiB of block.
+    open.extend_from_slice(&[0, 0, 1, 0x1, 0x1, 0, 0, 0, 1, 0x82]);
+    server.read(&open);
+    let mut continuation = vec![0, 0x10, 0, 0x9, 0, 0, 0, 0, 1];
+    continuation.extend(std::iter::repeat_n(0x82u8, 0x1000));
+    for _ in 0..17 {
+        server.read(&continuation);
+    }
+    assert!(server.spans.is_empty());
+    assert!(server.matcher.unparsed >= 1, "the connection was given up");
+    // Nothing more is held for it: later buffers only count.
+    let before = server.matcher.unparsed;
+    server.read(&continuation);
+    assert_eq!(server.matcher.unparsed, before + 1);
+}
