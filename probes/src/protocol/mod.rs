@@ -99,6 +99,30 @@ impl DbRequest {
     }
 }
 
+/// The service name of the process a buffer came from, asked of `ask` at most once, and only
+/// when a span needs it (most buffers of a stream complete none).
+pub(crate) struct ServiceName<F> {
+    ask: Option<F>,
+    pid: u32,
+    name: Option<String>,
+}
+
+impl<F: FnOnce(u32) -> String> ServiceName<F> {
+    pub fn new(ask: F, pid: u32) -> Self {
+        ServiceName {
+            ask: Some(ask),
+            pid,
+            name: None,
+        }
+    }
+
+    pub fn get(&mut self) -> String {
+        let ServiceName { ask, pid, name } = self;
+        name.get_or_insert_with(|| ask.take().map_or_else(String::new, |f| f(*pid)))
+            .clone()
+    }
+}
+
 /// Every protocol's parser, with its per-connection state.
 #[derive(Default)]
 pub struct Parsers {

@@ -9,7 +9,7 @@ use super::frame::{self, Frame};
 use crate::protocol::connections::Table;
 use crate::protocol::http1::{route_template, valid_traceparent};
 use crate::protocol::stream::Stream;
-use crate::protocol::{Clock, DbRequest, Message};
+use crate::protocol::{Clock, DbRequest, Message, ServiceName};
 
 /// Streams open at once on one connection (servers allow 100 to 250); more and the connection
 /// is given up.
@@ -147,8 +147,7 @@ impl Matcher {
         let mut events = Vec::new();
         let walked = walk(side, &message, total_len, &mut events);
         let mut unparsed = 0;
-        let mut service = Some(service);
-        let mut name = None::<String>;
+        let mut service = ServiceName::new(service, message.pid);
         let mut table_too_large = false;
         for event in events {
             match event {
@@ -182,14 +181,9 @@ impl Matcher {
                         continue;
                     }
                     let exchange = connection.open.remove(&headers.stream);
-                    if let Some(span) = exchange.and_then(|e| {
-                        let service = name
-                            .get_or_insert_with(|| {
-                                service.take().map_or_else(String::new, |f| f(message.pid))
-                            })
-                            .clone();
-                        span_of(e, headers.ts_ns, &message, service, clock)
-                    }) {
+                    if let Some(span) = exchange
+                        .and_then(|e| span_of(e, headers.ts_ns, &message, service.get(), clock))
+                    {
                         out.push(span);
                     } else {
                         unparsed += 1; // gRPC ended without a status

@@ -7,7 +7,7 @@ use apiary_span::{Db, Protocol, Span};
 use super::resp::{self, Command, Reply};
 use crate::protocol::connections::Table;
 use crate::protocol::stream::Stream;
-use crate::protocol::{Clock, DbRequest, Message};
+use crate::protocol::{Clock, DbRequest, Message, ServiceName};
 
 /// Commands waiting for replies on one connection; more and the connection is given up.
 const MAX_PENDING: usize = 4_096;
@@ -96,7 +96,7 @@ impl Matcher {
                 resp::reply,
                 |reply, ts_ns| replies.push((reply, ts_ns)),
             );
-            let (mut service, mut name) = (Some(service), None::<String>);
+            let mut service = ServiceName::new(service, message.pid);
             for (reply, ts_ns) in replies {
                 if reply == Reply::Push {
                     continue;
@@ -105,12 +105,14 @@ impl Matcher {
                     unparsed += 1; // a reply to a command never seen
                     continue;
                 };
-                let service = name
-                    .get_or_insert_with(|| {
-                        service.take().map_or_else(String::new, |f| f(message.pid))
-                    })
-                    .clone();
-                out.push(span_of(pending, reply, ts_ns, &message, service, clock));
+                out.push(span_of(
+                    pending,
+                    reply,
+                    ts_ns,
+                    &message,
+                    service.get(),
+                    clock,
+                ));
             }
             if fed.is_err() {
                 give_up(connection, &mut unparsed);
