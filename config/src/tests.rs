@@ -212,6 +212,46 @@ fn fold_equals_incremental_state_including_reverts() {
 }
 
 #[test]
+fn past_versions_of_a_long_history_are_found_across_its_checkpoints() {
+    let mut history = History::default();
+    let long = 3 * CHECKPOINT_EVERY + 5;
+    for i in 0..long {
+        let rate = (i + 1) as f64 / (long + 1) as f64;
+        history
+            .commit(&set_proposal(vec![set(
+                "probe.http.sample_rate",
+                json!(rate),
+            )]))
+            .unwrap();
+    }
+    let target = (CHECKPOINT_EVERY + 3) as u64;
+    history
+        .commit(&proposal(Intent::Revert { to_version: target }))
+        .unwrap();
+    assert_eq!(history.current(), &history.config_at(target).unwrap());
+    let edges = [CHECKPOINT_EVERY, 2 * CHECKPOINT_EVERY, 3 * CHECKPOINT_EVERY];
+    let versions = edges
+        .iter()
+        .flat_map(|&edge| [edge - 1, edge, edge + 1])
+        .chain([0, 1, long, long + 1]);
+    let replayed = History::from_events(history.events().to_vec()).unwrap();
+    for version in versions {
+        let expected = fold(&history.events()[..version]).unwrap();
+        assert_eq!(
+            history.config_at(version as u64).unwrap(),
+            expected,
+            "v{version}"
+        );
+        assert_eq!(
+            replayed.config_at(version as u64).unwrap(),
+            expected,
+            "v{version}"
+        );
+    }
+    assert_eq!(replayed.current(), history.current());
+}
+
+#[test]
 fn refused_changes_leave_no_event() {
     let mut history = History::default();
     assert!(history

@@ -12,10 +12,12 @@
 mod allocate;
 mod controller;
 mod cpu;
+mod demand;
 
 pub use allocate::{allocate, Allocation, Budget, Decision};
 pub use controller::RateController;
 pub use cpu::{own_cpu_seconds, process_cpu_seconds};
+pub use demand::DemandMeter;
 
 use serde::{Deserialize, Serialize};
 
@@ -24,7 +26,8 @@ use serde::{Deserialize, Serialize};
 pub struct LoadReport {
     pub node: u64,
     pub name: String,
-    /// Requests per second the probes saw, before sampling.
+    /// Requests per second the probes saw, before sampling (smoothed over rounds: see
+    /// [`DemandMeter`]).
     pub demand: f64,
     /// Exported spans per second this node could afford within its CPU budget (from its own
     /// measured cost per span); `None` when it has not measured enough to say.

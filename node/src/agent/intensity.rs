@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use apiary_consensus::Consensus;
-use apiary_tuning::{allocate, Allocation, Budget, LoadReport, RateController};
+use apiary_tuning::{allocate, Allocation, Budget, DemandMeter, LoadReport, RateController};
 use apiary_wire::{Message, Service};
 use serde::Serialize;
 
@@ -110,6 +110,7 @@ struct Counters {
 
 struct State {
     controller: RateController,
+    demand: DemandMeter,
     /// The agent's CPU % of the last rounds, for its quiet floor.
     agent_history: VecDeque<f64>,
     last: Option<Counters>,
@@ -161,6 +162,7 @@ impl Intensity {
             reports: Mutex::new(HashMap::new()),
             state: Mutex::new(State {
                 controller: RateController::new(configured),
+                demand: DemandMeter::default(),
                 agent_history: VecDeque::new(),
                 last: None,
                 allocation: None,
@@ -239,7 +241,8 @@ impl Intensity {
             return;
         };
         let seconds = now.at.duration_since(last.at).as_secs_f64().max(1e-3);
-        let demand = now.requests.saturating_sub(last.requests) as f64 / seconds;
+        let seen = now.requests.saturating_sub(last.requests) as f64;
+        let demand = state.demand.observe(seen, seconds);
         let exported = now.exported.saturating_sub(last.exported) as f64 / seconds;
         let bpf_percent = now.bpf_ns.saturating_sub(last.bpf_ns) as f64 / 1e9 / seconds * 100.0;
         let agent_percent = (now.cpu_s - last.cpu_s).max(0.0) / seconds * 100.0;

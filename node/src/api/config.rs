@@ -181,22 +181,21 @@ pub(super) async fn history(
             }
         },
     };
-    // The page's events are copied out under the state machine's lock and folded without it,
-    // on a blocking thread: the fold replays every event before the page, and a soak's history
-    // of 100 000 events held the lock Raft applies under, and an async worker its heartbeats
-    // run on, for seconds a page (an election storm while the chaos suite read histories).
+    // The page is copied out under the state machine's lock and diffed without it, on a
+    // blocking thread: a soak's history of 100 000 events, folded whole for each page, held the
+    // lock Raft applies under, and an async worker its heartbeats run on, for seconds a page (an
+    // election storm while the chaos suite read histories). The configuration before the page
+    // comes from the history's nearest checkpoint (a bounded replay).
     let config_state = state.consensus.config_state().clone();
     let view = tokio::task::spawn_blocking(move || -> Result<HistoryView, ApiError> {
-        let (version, earlier, page) = {
+        let (version, mut before, page) = {
             let history = config_state.history();
-            let start = since.min(history.version()) as usize;
-            let events = history.events();
             let page: Vec<apiary_config::ConfigEvent> =
                 history.since(since).iter().take(limit).cloned().collect();
-            (history.version(), events[..start].to_vec(), page)
+            let before = history.config_at(since.min(history.version()))?;
+            (history.version(), before, page)
         };
         // Each event with the keys it changed, old and new: the dashboard's per-version diff.
-        let mut before = apiary_config::fold(&earlier)?;
         let mut events = Vec::with_capacity(page.len());
         for event in &page {
             let after = before.apply(&event.change)?;
