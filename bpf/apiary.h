@@ -79,6 +79,10 @@
 /* A buffer of a connection-detected protocol (bpf/db.h) going the way its requests go (read by
  * a server, written by a client); without it, the way its responses go. */
 #define DATA_REQUEST_SIDE 4
+/* The first buffer of a connection-detected protocol's connection (its entry in `conns` is new):
+ * userspace starts its state afresh, since the key it follows a connection by may be an old
+ * one's (OpenSSL reuses a freed SSL object's address for the next connection). */
+#define DATA_STREAM_START 8
 #define BRIEF_CAPTURE 256
 /* ap_exchange_event.flags: the response part is there (without it, a request whose pairing was
  * given up, e.g. a pipelined one: userspace pairs it as a plain message). */

@@ -1,5 +1,6 @@
 /* Protocols found once per connection (Redis, PostgreSQL, MySQL/MariaDB, HTTP/2), on the http probe's
- * socket tracepoints. The HTTP/1 path (message.h) classifies every buffer by its first bytes;
+ * socket tracepoints and on the tls probe's OpenSSL uprobes (HTTP/2 over TLS: the plaintext of
+ * SSL_write and SSL_read, the connection an SSL object). The HTTP/1 path (message.h) classifies every buffer by its first bytes;
  * only a buffer it does not take comes here, and only while one of these probes is enabled.
  *
  * A connection is recognised from a request's first bytes (protocol_<name>.h; MySQL's from the
@@ -144,11 +145,16 @@ static __always_inline void emit_iovecs(struct ap_data_event *ev, struct db_exte
 	emit_stream_record(ev, 0, 0, DB_UNKNOWN_EXTENT, DB_UNKNOWN_EXTENT, 0, stats);
 }
 
-/* One socket buffer that starts no HTTP/1 message (`got` bytes of it already in `ev`, 0 when
- * none were read). */
-static __always_inline void emit_db_buffer(struct ap_data_event *ev, __u32 got, __u32 fd,
-					   const void *buf, __s64 len, struct db_extent extent,
-					   __u32 direction)
+/* Where a stream's buffers come from: a socket fd of the current process (the http probe's
+ * tracepoints), or an OpenSSL SSL object of it (the tls probe's uprobes). */
+#define STREAM_SOCKET 0
+#define STREAM_TLS 1
+
+/* One buffer that starts no HTTP/1 message (`got` bytes of it already in `ev`, 0 when none were
+ * read), on `conn_id`: an fd or an SSL pointer, as `source` says. */
+static __always_inline void emit_db_buffer(struct ap_data_event *ev, __u32 got, __u64 conn_id,
+					   int source, const void *buf, __s64 len,
+					   struct db_extent extent, __u32 direction)
 {
 	if (len <= 0 || !buf || !db_probes_enabled())
 		return;
@@ -159,17 +165,22 @@ static __always_inline void emit_db_buffer(struct ap_data_event *ev, __u32 got, 
 			return;
 		got = n;
 	}
-	__u64 key = FD_CONN_KEY(fd);
+	__u32 pid = bpf_get_current_pid_tgid() >> 32;
+	__u64 key = source == STREAM_TLS ? TLS_CONN_KEY(conn_id, pid) : FD_CONN_KEY(conn_id);
 	struct ap_conn *conn = bpf_map_lookup_elem(&conns, &key);
 	__u8 proto = conn ? conn->db_proto : 0;
+	__u32 flags = 0;
 	if (!proto) {
 		proto = detect_db_protocol((const char *)ev->data, got, len);
 		if (!proto)
 			return;
-		/* A request: checks the fd still holds the cached file, else starts a fresh entry. */
-		conn = conn_of_fd(key, fd, PREFIX_REQUEST);
+		/* A request: an fd is checked to still hold the cached file, else (and for an SSL
+		 * object whose entry SSL_free dropped) the connection starts a fresh entry. */
+		conn = source == STREAM_TLS ? conn_of_ssl(conn_id)
+					    : conn_of_fd(key, conn_id, PREFIX_REQUEST);
 		if (!conn)
 			return;
+		flags = DATA_STREAM_START;
 		conn->db_proto = proto;
 		/* MySQL's server speaks first: its greeting goes the other way from requests (an
 		 * HTTP/2 preface goes the requests' way). */
@@ -182,15 +193,13 @@ static __always_inline void emit_db_buffer(struct ap_data_event *ev, __u32 got, 
 		return;
 	if (!in_scope(conn->netns))
 		return;
-	__u32 pid = bpf_get_current_pid_tgid() >> 32;
 	if (!passes_filters(probe, config, pid, conn->flow.local_port, conn->flow.remote_port)) {
 		stats->filtered++;
 		return;
 	}
 	__u32 threshold = config->sample_threshold;
-	__u32 flags = 0;
 	if (direction == conn->db_request_dir) {
-		flags = DATA_REQUEST_SIDE;
+		flags |= DATA_REQUEST_SIDE;
 		stats->offered++;
 		if (!(threshold == 0xffffffff || bpf_get_prandom_u32() < threshold)) {
 			stats->sampled_out++;
@@ -201,13 +210,15 @@ static __always_inline void emit_db_buffer(struct ap_data_event *ev, __u32 got, 
 	int iovecs = extent.iov && extent.iovcnt > 1;
 	/* A read's bytes past its first buffer (a readv's other iovecs) are counted, not read. */
 	__s64 first_len = iovecs ? len : (extent.total > len ? extent.total : len);
-	fill_data_event(ev, probe, conn, fd, first_len, direction, threshold, flags);
+	fill_data_event(ev, probe, conn, conn_id, first_len, direction, threshold, flags);
 	/* The scratch event may hold an HTTP request's context from this CPU: DB records carry none. */
 	__builtin_memset(&ev->trace, 0, sizeof(ev->trace));
 	ev->h.proto = proto;
 	emit_stream_record(ev, got, buf, len, first_len, capture, stats);
-	if (iovecs)
+	if (iovecs) {
+		ev->flags &= ~DATA_STREAM_START;
 		emit_iovecs(ev, extent, capture, stats);
+	}
 }
 
 #endif /* APIARY_DB_H */

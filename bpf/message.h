@@ -243,28 +243,4 @@ static __always_inline void emit_data(__u32 probe, struct ap_conn *conn, struct 
 		stats->emitted++;
 }
 
-/* One buffer seen by the http probe (`conn_id` an fd of the current process) or the tls probe
- * (an SSL pointer). Most buffers start no message: their first bytes are checked before the
- * connection is looked up (and, the first time, walked to from the fd). */
-static __always_inline void emit_message(__u32 probe, __u64 conn_id, const void *buf, __s64 len,
-					 __u32 direction)
-{
-	struct ap_data_event *ev = scratch_event();
-	__u32 got = 0;
-	if (!ev)
-		return;
-	int kind = read_message_start(ev, buf, len, &got);
-	if (kind == PREFIX_NONE)
-		return;
-	struct ap_conn *conn;
-	if (probe == PROBE_HTTP) {
-		conn = conn_of_fd(FD_CONN_KEY(conn_id), conn_id, kind);
-	} else {
-		conn = conn_of_ssl(conn_id);
-	}
-	if (!conn)
-		return;
-	emit_data(probe, conn, ev, got, conn_id, kind, buf, len, direction);
-}
-
 #endif /* APIARY_MESSAGE_H */

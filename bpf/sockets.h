@@ -26,18 +26,18 @@ static __always_inline void socket_buffer(__u32 fd, const void *buf, __s64 len,
 		return;
 	int kind = read_message_start(ev, buf, len, &got);
 	if (kind == PREFIX_NONE) {
-		emit_db_buffer(ev, got, fd, buf, len, extent, direction);
+		emit_db_buffer(ev, got, fd, STREAM_SOCKET, buf, len, extent, direction);
 		return;
 	}
 	if (!probe_enabled(PROBE_HTTP)) {
-		emit_db_buffer(ev, got, fd, buf, len, extent, direction);
+		emit_db_buffer(ev, got, fd, STREAM_SOCKET, buf, len, extent, direction);
 		return;
 	}
 	struct ap_conn *conn = conn_of_fd(FD_CONN_KEY(fd), fd, kind);
 	if (!conn)
 		return;
 	if (conn->db_proto) {
-		emit_db_buffer(ev, got, fd, buf, len, extent, direction);
+		emit_db_buffer(ev, got, fd, STREAM_SOCKET, buf, len, extent, direction);
 		return;
 	}
 	emit_data(PROBE_HTTP, conn, ev, got, fd, kind, buf, len, direction);

@@ -1,9 +1,12 @@
 /* The tls probe: OpenSSL 3's plaintext, from uprobes on SSL_write(_ex) and SSL_read(_ex) and
- * uretprobes on the reads (apiary.bpf.c). */
+ * uretprobes on the reads (apiary.bpf.c). HTTP/1 takes the message path; the protocols found
+ * per connection (db.h; HTTP/2 over TLS is the one that matters) follow the SSL object's
+ * stream, with both the tls probe and theirs enabled. */
 #ifndef APIARY_TLS_H
 #define APIARY_TLS_H
 
 #include "message.h"
+#include "db.h"
 
 static __always_inline struct ap_reads_in_flight *thread_reads(int create)
 {
@@ -11,11 +14,31 @@ static __always_inline struct ap_reads_in_flight *thread_reads(int create)
 				    create ? BPF_LOCAL_STORAGE_GET_F_CREATE : 0);
 }
 
+/* One buffer of plaintext: an HTTP/1 message start goes the HTTP/1 way (message.h) unless its
+ * connection is one db.h recognised (HTTP/2 over TLS); anything else may start such a
+ * connection (db.h). */
 static __always_inline void tls_emit(__u64 ssl, const void *buf, __s64 len, __u32 direction)
 {
 	if (!probe_enabled(PROBE_TLS))
 		return;
-	emit_message(PROBE_TLS, ssl, buf, len, direction);
+	struct ap_data_event *ev = scratch_event();
+	__u32 got = 0;
+	if (!ev)
+		return;
+	struct db_extent whole = { .total = len };
+	int kind = read_message_start(ev, buf, len, &got);
+	if (kind == PREFIX_NONE) {
+		emit_db_buffer(ev, got, ssl, STREAM_TLS, buf, len, whole, direction);
+		return;
+	}
+	struct ap_conn *conn = conn_of_ssl(ssl);
+	if (!conn)
+		return;
+	if (conn->db_proto) {
+		emit_db_buffer(ev, got, ssl, STREAM_TLS, buf, len, whole, direction);
+		return;
+	}
+	emit_data(PROBE_TLS, conn, ev, got, ssl, kind, buf, len, direction);
 }
 
 static __always_inline void tls_remember_read(void *ssl, void *buf, void *len_ptr)

@@ -7,7 +7,8 @@
 //! postgres, 2 mysql, 3 http2); bit 2: the client's side (requests written) rather than the
 //! server's; bit 3: the requests' buffers are sampled out. Flags bit 0: the buffer is on the
 //! requests' side; bit 1: the syscall moved more than was captured (its length times 64 plus
-//! one); bit 2: a new connection (another fd) from this buffer on.
+//! one); bit 2: a new connection (another fd) from this buffer on; bit 3: the kernel marked it its
+//! connection's first (what was followed under that fd is forgotten).
 #![no_main]
 
 use std::sync::LazyLock;
@@ -68,6 +69,7 @@ fuzz_target!(|data: &[u8]| {
             message,
             total_len,
             request_side,
+            flags & 8 != 0,
             |pid| format!("svc-{pid}"),
             &CLOCK,
             &mut spans,

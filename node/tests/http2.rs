@@ -1,5 +1,6 @@
 //! The http2 probe against real servers and clients on private ports: nginx with `http2` on a
-//! plaintext port driven by h2load (Debian `nginx`, `nghttp2-client`), and a Python grpcio
+//! plaintext port and on TLS driven by h2load (Debian `nginx`, `nghttp2-client`; TLS through the
+//! tls probe's OpenSSL uprobes on both), and a Python grpcio
 //! server and client (PyPI `grpcio`, in the workspace's venv). h2load's requests give exactly
 //! one span each, on both sides, with path and status; gRPC calls give their method and status
 //! (a non-OK one too), unary and server-streaming, and 16 concurrent calls on one connection
@@ -17,6 +18,7 @@ use crate::common::{red_count, red_rows, root, venv_tool, Cluster, Server};
 
 const H2LOAD_REQUESTS: u64 = 200;
 const H2LOAD_MISSING: u64 = 20;
+const H2LOAD_TLS_REQUESTS: u64 = 100;
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -37,17 +39,38 @@ fn wait_listening(port: u16, what: &str) {
     }
 }
 
-/// nginx answering h2c (HTTP/2 with prior knowledge) on a free port: `/api/` with 200, any
-/// other path from an empty root (404).
-fn nginx_h2c(dir: &Path) -> (Server, u16) {
-    let port = free_port();
+/// nginx answering HTTP/2 on two free ports, h2c (prior knowledge) and TLS (ALPN, a
+/// self-signed certificate): `/api/` with 200, any other path from an empty root (404).
+fn nginx_h2(dir: &Path) -> (Server, u16, u16) {
+    let (port, tls_port) = (free_port(), free_port());
     let d = dir.display();
+    let made = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args(["-nodes", "-days", "1", "-subj", "/CN=localhost", "-keyout"])
+        .arg(dir.join("key.pem"))
+        .arg("-out")
+        .arg(dir.join("cert.pem"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("openssl");
+    assert!(made.success(), "openssl could not make a certificate");
     let config = format!(
         "daemon off; master_process off; worker_processes 1; error_log {d}/error.log; \
          pid {d}/nginx.pid; events {{ worker_connections 256; }} \
          http {{ access_log off; client_body_temp_path {d}/body; proxy_temp_path {d}/proxy; \
          fastcgi_temp_path {d}/fcgi; uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi; \
          server {{ listen 127.0.0.1:{port} http2; root {d}/html; \
+         location /api/ {{ return 200 \"ok\\n\"; }} }} \
+         server {{ listen 127.0.0.1:{tls_port} ssl http2; root {d}/html; \
+         ssl_certificate {d}/cert.pem; ssl_certificate_key {d}/key.pem; \
          location /api/ {{ return 200 \"ok\\n\"; }} }} }}"
     );
     std::fs::create_dir_all(dir.join("html")).unwrap();
@@ -61,7 +84,8 @@ fn nginx_h2c(dir: &Path) -> (Server, u16) {
         .expect("nginx");
     let server = Server(child);
     wait_listening(port, "nginx");
-    (server, port)
+    wait_listening(tls_port, "nginx on TLS");
+    (server, port, tls_port)
 }
 
 fn h2load(url: &str, requests: u64) {
@@ -109,8 +133,8 @@ async fn red_reaches(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn nginx_h2c_requests_give_one_span_each() {
-    let name = "nginx_h2c_requests_give_one_span_each";
+async fn nginx_http2_requests_give_one_span_each_in_cleartext_and_tls() {
+    let name = "nginx_http2_requests_give_one_span_each_in_cleartext_and_tls";
     if !root() {
         eprintln!("SKIPPED {name}: needs root to load eBPF (CI runs it as root)");
         return;
@@ -124,7 +148,7 @@ async fn nginx_h2c_requests_give_one_span_each() {
     let cluster = Cluster::start_with(1, &[]).await;
     cluster.unbind_budgets().await;
     let dir = tempfile::tempdir().unwrap();
-    let (_nginx, port) = nginx_h2c(dir.path());
+    let (_nginx, port, tls_port) = nginx_h2(dir.path());
 
     h2load(
         &format!("http://127.0.0.1:{port}/api/items/42"),
@@ -160,6 +184,22 @@ async fn nginx_h2c_requests_give_one_span_each() {
         (errors("/api/items/{id}"), errors("/missing")),
         (0, H2LOAD_MISSING)
     );
+
+    // Over TLS (ALPN h2): the plaintext from the tls probe's OpenSSL uprobes, on both sides.
+    h2load(
+        &format!("https://127.0.0.1:{tls_port}/api/secure/7"),
+        H2LOAD_TLS_REQUESTS,
+    );
+    for (kind, service) in [("server", "nginx"), ("client", "h2load")] {
+        red_reaches(
+            &cluster,
+            "http2",
+            &format!("{service}'s GETs of /api/secure/{{id}} over TLS"),
+            H2LOAD_TLS_REQUESTS,
+            |rows| red_count(rows, kind, service, "GET", "/api/secure/{id}"),
+        )
+        .await;
+    }
 
     let spans = cluster
         .get(0, "/v1/spans?limit=4096&service=nginx")

@@ -48,6 +48,8 @@ const DIR_EGRESS: u32 = 1;
 const DATA_SAMPLED_OUT: u32 = 1;
 /// `flags` bit of a data event of a connection-detected protocol: the requests' side.
 const DATA_REQUEST_SIDE: u32 = 4;
+/// `flags` bit of a data event: the first buffer of a connection-detected protocol's connection.
+const DATA_STREAM_START: u32 = 8;
 /// `flags` bit of an exchange event: the response part is there.
 const EXCHANGE_RESPONSE: u32 = 2;
 /// What an exchange record keeps of its request, and of its response.
@@ -121,6 +123,7 @@ same_as_c!(
     DIR_EGRESS,
     DATA_SAMPLED_OUT,
     DATA_REQUEST_SIDE,
+    DATA_STREAM_START,
     EXCHANGE_RESPONSE,
     BRIEF_CAPTURE,
     LINK_NONE,
@@ -529,6 +532,8 @@ pub enum Event<'a> {
         trace: Option<TraceLink>,
         /// A connection-detected protocol's buffer (bpf/db.h) on its requests' side.
         request_side: bool,
+        /// The first buffer of a connection-detected protocol's connection.
+        stream_start: bool,
         data: &'a [u8],
     },
     /// A request and the start of its response, paired in the kernel (`response` None: a
@@ -870,6 +875,7 @@ pub fn decode(record: &[u8]) -> Result<Event<'_>, DecodeError> {
                 sampled_out: get!(r, D, flags)? & DATA_SAMPLED_OUT != 0,
                 trace: trace(&r, offset_of!(D, trace))?,
                 request_side: get!(r, D, flags)? & DATA_REQUEST_SIDE != 0,
+                stream_start: get!(r, D, flags)? & DATA_STREAM_START != 0,
                 data: r.bytes(DATA_PAYLOAD_AT, captured)?,
                 header,
             })

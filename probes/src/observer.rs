@@ -394,6 +394,7 @@ impl Assembler {
                 sample_threshold,
                 sampled_out,
                 request_side,
+                stream_start,
                 data,
                 // Not set on the DB path (bpf/db.h): its spans stay roots.
                 trace: _,
@@ -428,6 +429,7 @@ impl Assembler {
                     message,
                     total_len,
                     request_side,
+                    stream_start,
                     service,
                     &self.clock,
                     &mut spans,

@@ -30,13 +30,17 @@ impl<C> Default for Table<C> {
     }
 }
 
+fn key_of(message: &Message) -> Key {
+    let ports = message
+        .flow
+        .map_or((0, 0), |f| (f.local.port(), f.remote.port()));
+    (message.pid, message.conn_id, ports.0, ports.1)
+}
+
 impl<C: Default> Table<C> {
     /// The state of the connection `message` came on.
     pub fn of(&mut self, message: &Message) -> &mut C {
-        let ports = message
-            .flow
-            .map_or((0, 0), |f| (f.local.port(), f.remote.port()));
-        let key = (message.pid, message.conn_id, ports.0, ports.1);
+        let key = key_of(message);
         if self.entries.len() >= MAX_CONNECTIONS && !self.entries.contains_key(&key) {
             let oldest = self
                 .entries
@@ -53,6 +57,12 @@ impl<C: Default> Table<C> {
         });
         entry.last_ts_ns = message.ts_ns;
         &mut entry.state
+    }
+
+    /// Forgets what was followed under the key of `message`'s connection: an earlier
+    /// connection's (a new one starts with `message`).
+    pub fn forget(&mut self, message: &Message) {
+        self.entries.remove(&key_of(message));
     }
 
     /// Forgets the connections of a process that exited.

@@ -165,17 +165,28 @@ impl Parsers {
 
     /// One buffer of a connection whose protocol the kernel found once for the connection and
     /// whose every buffer it sends (bpf/db.h): `total_len` bytes, of which `message.data` were
-    /// captured, on the requests' side or the responses'. Spans of the exchanges it completes
-    /// (several, when commands were pipelined) go to `out`.
+    /// captured, on the requests' side or the responses'; `starts`, the connection's first (what
+    /// was followed under its key belonged to an earlier connection). Spans of the exchanges it
+    /// completes (several, when commands were pipelined) go to `out`.
+    #[allow(clippy::too_many_arguments)]
     pub fn stream(
         &mut self,
         message: Message,
         total_len: u64,
         request_side: bool,
+        starts: bool,
         service: impl FnOnce(u32) -> String,
         clock: &Clock,
         out: &mut Vec<Span>,
     ) {
+        if starts {
+            match message.probe {
+                "postgres" => self.postgres.connections.forget(&message),
+                "mysql" => self.mysql.connections.forget(&message),
+                "http2" => self.http2.connections.forget(&message),
+                _ => self.redis.connections.forget(&message),
+            }
+        }
         match message.probe {
             "postgres" => self
                 .postgres

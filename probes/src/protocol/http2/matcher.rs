@@ -84,7 +84,7 @@ struct Exchange {
 }
 
 #[derive(Default)]
-struct Connection {
+pub(in crate::protocol) struct Connection {
     requests: Side,
     responses: Side,
     open: HashMap<u32, Exchange>,
@@ -114,7 +114,7 @@ enum Event {
 /// least recently is forgotten first.
 #[derive(Default)]
 pub struct Matcher {
-    connections: Table<Connection>,
+    pub(in crate::protocol) connections: Table<Connection>,
     /// Requests and responses that gave no span: streams reset or never answered, responses
     /// to requests never seen, connections given up (a header block beyond the capture or that
     /// does not decode, bytes that are not HTTP/2).

@@ -366,3 +366,69 @@ fn a_header_block_that_never_ends_is_not_held() {
     server.read(&continuation);
     assert_eq!(server.matcher.unparsed, before + 1);
 }
+
+#[test]
+fn a_connection_marked_as_starting_is_followed_afresh_under_an_old_key() {
+    // OpenSSL often gives a new connection the address of a freed SSL object, the key a TLS
+    // stream is followed by: the kernel marks the new connection's first buffer.
+    let mut parsers = crate::protocol::Parsers::default();
+    let clock = Clock::with_offset(0);
+    let mut spans = Vec::new();
+    let mut ts = 0;
+    let mut feed = |parsers: &mut crate::protocol::Parsers, request: bool, starts, data: &[u8]| {
+        ts += 100;
+        let message = Message {
+            probe: "http2",
+            pid: 7,
+            conn_id: 0x5555_0000_1230,
+            ts_ns: ts,
+            direction: if request {
+                Direction::Ingress
+            } else {
+                Direction::Egress
+            },
+            flow: None,
+            sample_threshold: u32::MAX,
+            sampled_out: false,
+            data,
+            netns: 1,
+            cgroup_id: 1,
+            trace: None,
+        };
+        let total = data.len() as u64;
+        parsers.stream(
+            message,
+            total,
+            request,
+            starts,
+            |_| "nginx".into(),
+            &clock,
+            &mut spans,
+        );
+    };
+    let open = hex(H2LOAD_OPEN);
+    // The first connection ends in bytes that are not frames: given up.
+    feed(&mut parsers, true, true, &open[..PREFACE.len()]);
+    feed(
+        &mut parsers,
+        true,
+        false,
+        b"\0\0\x07\x01\x05\0\0\0\0garbage",
+    );
+    for starts in [false, true] {
+        feed(&mut parsers, true, starts, &open);
+        for part in [
+            headers_frame_header(1, 0x30, 0x4),
+            hex(NGINX_BLOCK),
+            data_frame(1, b"ok\n", true),
+        ] {
+            feed(&mut parsers, false, false, &part);
+        }
+    }
+    assert_eq!(
+        spans.len(),
+        1,
+        "only the connection marked as new: {spans:?}"
+    );
+    assert!(parsers.unparsed("http2") > 0);
+}

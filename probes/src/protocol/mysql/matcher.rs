@@ -118,7 +118,7 @@ struct Command {
 }
 
 #[derive(Default)]
-struct Connection {
+pub(in crate::protocol) struct Connection {
     requests: Stream,
     responses: Stream,
     phase: Phase,
@@ -159,7 +159,7 @@ struct Lost;
 /// recently is forgotten first.
 #[derive(Default)]
 pub struct Matcher {
-    connections: Table<Connection>,
+    pub(in crate::protocol) connections: Table<Connection>,
     /// Commands that gave no span: on connections given up or never seen from their greeting,
     /// executes of statements never seen prepared, bytes that are not the protocol.
     pub unparsed: u64,

@@ -57,7 +57,7 @@ struct Batch {
 }
 
 #[derive(Default)]
-struct Connection {
+pub(in crate::protocol) struct Connection {
     requests: Stream,
     responses: Stream,
     /// SSLRequests and GSSENCRequests sent, each answered by one untyped byte.
@@ -86,7 +86,7 @@ struct Ended {
 /// least recently is forgotten first.
 #[derive(Default)]
 pub struct Matcher {
-    connections: Table<Connection>,
+    pub(in crate::protocol) connections: Table<Connection>,
     /// Messages that gave no span: on connections given up or met mid-stream, results with
     /// nothing waiting, bytes that are not the protocol.
     pub unparsed: u64,

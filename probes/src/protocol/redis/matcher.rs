@@ -31,7 +31,7 @@ struct Pending {
 }
 
 #[derive(Default)]
-struct Connection {
+pub(in crate::protocol) struct Connection {
     commands: Stream,
     replies: Stream,
     pending: VecDeque<Pending>,
@@ -43,7 +43,7 @@ struct Connection {
 /// recently is forgotten first.
 #[derive(Default)]
 pub struct Matcher {
-    connections: Table<Connection>,
+    pub(in crate::protocol) connections: Table<Connection>,
     /// Commands and replies that gave no span: on connections given up, replies with no command
     /// waiting, bytes that are not RESP.
     pub unparsed: u64,
