@@ -6,51 +6,17 @@
 //! otherwise, or when redis-server is not installed.
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::common::{root, Cluster, Server};
+use crate::common::servers::redis_server;
+use crate::common::{root, Cluster};
 
 const BENCHMARK_REQUESTS: u64 = 2_000;
 const PIPELINES: u64 = 20;
-
-fn redis_server() -> (Server, u16) {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let dir = tempfile::tempdir().unwrap();
-    let child = Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-        ])
-        .args(["--appendonly", "no", "--dir"])
-        .arg(dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("redis-server");
-    let server = Server(child);
-    let start = Instant::now();
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "redis-server did not start"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    std::mem::forget(dir); // removed with the machine's temp files; redis writes nothing there
-    (server, port)
-}
 
 /// RED rows of redis-server's side, by command: (count, errors).
 async fn server_red(cluster: &Cluster) -> Vec<(String, u64, u64)> {

@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 
 pub mod mariadb;
 pub mod postgres;
+pub mod servers;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_apiary");
 

@@ -1,18 +1,22 @@
-//! What the database probes cost real servers: a load generator's throughput with no node, with
-//! a node whose probe keeps every statement (rate 1), and with it sampling 0.01, in alternating
+//! What the probes of the protocols found per connection cost real servers: a load generator's
+//! throughput with no node, with a node whose probe keeps every request (rate 1), and with it
+//! sampling 0.01, in alternating
 //! rounds (the order of the modes turns each round; the node is started for the traced modes
 //! and stopped for the bare one). PostgreSQL (`probe.postgres`) under pgbench: select-only
 //! (`pgbench -S`: one short query per transaction, the probe's worst case per unit of server
 //! work) and TPC-B (pgbench's default: seven statements per transaction). MariaDB
 //! (`probe.mysql`) under `mariadb-slap -c 4`: a point SELECT, and a SELECT and an UPDATE in
-//! turn. Per mode: the median operations (transactions, or statements for mariadb-slap) per
-//! second, its ratio to no node, the kernel time of the socket programs per operation (BPF
-//! run-time statistics of the http probe's programs, which the database probes ride; every
-//! traced syscall on the machine counts, so other work on it adds noise) and the node's CPU per
-//! 10 000 operations (/proc).
+//! turn. Redis (`probe.redis`) under `redis-benchmark -c 4`: SET and GET, and GET pipelined 16
+//! deep. nginx (`probe.http2`) under `h2load -c 4 -m 10`, in cleartext (h2c) and over TLS (the
+//! tls probe's OpenSSL uprobes carry it). Per mode: the median operations (transactions,
+//! statements or requests) per second, its ratio to no node, the kernel time of the socket and
+//! OpenSSL programs per operation (BPF run-time statistics of the http and tls probes' programs,
+//! which these probes ride; every traced syscall on the machine counts, so other work on it adds
+//! noise) and the node's CPU per 10 000 operations (/proc).
 //!
-//! `cargo bench -p apiary --bench databases`, as root, with Debian's `postgresql` and
-//! `mariadb-server` installed (a server that is not is skipped with a message).
+//! `cargo bench -p apiary --bench protocols`, as root, with Debian's `postgresql`,
+//! `mariadb-server`, `redis-server` and `nginx` + `nghttp2-client` installed (a server that is
+//! not is skipped with a message).
 //! APIARY_BENCH_ROUNDS (5), APIARY_BENCH_SECONDS (5, per phase). Under `cargo test
 //! --all-targets` it makes one short round of each as a smoke run.
 
@@ -25,6 +29,7 @@ use std::time::Duration;
 
 use common::mariadb::{mariadb_ok, mariadbd_bin, start_mariadb};
 use common::postgres::{pgbench_output, postgres_bin, start_postgres};
+use common::servers::{nginx_h2, redis_server};
 use common::{root, Cluster};
 use serde_json::json;
 
@@ -94,14 +99,17 @@ fn cpu_seconds(pid: u32) -> f64 {
     ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
 }
 
-/// The http probe's cumulative BPF run time (ns): its socket programs carry the database probes.
+/// The http and tls probes' cumulative BPF run time (ns): their socket and OpenSSL programs
+/// carry the protocols found per connection.
 async fn socket_run_time_ns(cluster: &Cluster) -> f64 {
     let probes = cluster.get(0, "/v1/probes").await.unwrap_or_default();
     probes
         .as_array()
-        .and_then(|all| all.iter().find(|p| p["name"] == "http"))
-        .and_then(|p| p["run_time_ns"].as_f64())
-        .unwrap_or(0.0)
+        .into_iter()
+        .flatten()
+        .filter(|p| p["name"] == "http" || p["name"] == "tls")
+        .filter_map(|p| p["run_time_ns"].as_f64())
+        .sum()
 }
 
 /// One pgbench phase: (tps without connection time, transactions).
@@ -158,6 +166,92 @@ fn run_mariadb_slap(port: u16, query: &str, rate: f64, seconds: u64) -> (f64, f6
     let queries = ((rate * seconds as f64) as u64).max(1_000);
     let took = mariadb_slap(port, query, queries);
     (queries as f64 / took, queries as f64)
+}
+
+/// One redis-benchmark run of `requests` of each of `tests` over 4 connections (`-P`
+/// `pipeline`): its requests and seconds.
+fn redis_benchmark(port: u16, tests: &str, pipeline: u32, requests: u64) -> (f64, f64) {
+    let output = Command::new("redis-benchmark")
+        .args(["-h", "127.0.0.1", "-c", "4", "-q"])
+        .arg("-p")
+        .arg(port.to_string())
+        .arg("-n")
+        .arg(requests.to_string())
+        .arg("-P")
+        .arg(pipeline.to_string())
+        .args(["-t", tests])
+        .output()
+        .expect("redis-benchmark (Debian redis-tools)");
+    let out = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "redis-benchmark: {out}");
+    // Its progress lines end in \r; each test's last line gives its rate.
+    let rates: Vec<f64> = out
+        .split(['\r', '\n'])
+        .filter_map(|l| {
+            l.trim()
+                .split_once(" requests per second")?
+                .0
+                .rsplit(' ')
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect();
+    assert_eq!(
+        rates.len(),
+        tests.split(',').count(),
+        "redis-benchmark: {out}"
+    );
+    let seconds = rates.iter().map(|rate| requests as f64 / rate).sum();
+    (requests as f64 * rates.len() as f64, seconds)
+}
+
+/// redis-benchmark counts requests, not time: a phase runs the requests that `rate` (a bare
+/// run's, measured once before the rounds) does in `seconds`.
+fn run_redis_benchmark(
+    port: u16,
+    tests: &str,
+    pipeline: u32,
+    rate: f64,
+    seconds: u64,
+) -> (f64, f64) {
+    let each = ((rate * seconds as f64) as u64 / tests.split(',').count() as u64).max(1_000);
+    let (requests, took) = redis_benchmark(port, tests, pipeline, each);
+    (requests / took, requests)
+}
+
+/// One h2load phase of `seconds` over 4 connections of 10 streams each: (requests/s, requests).
+fn run_h2load(url: &str, seconds: u64) -> (f64, f64) {
+    let output = Command::new("h2load")
+        .args(["-c", "4", "-m", "10", "-D"])
+        .arg(seconds.to_string())
+        .arg(url)
+        .output()
+        .expect("h2load (Debian nghttp2-client)");
+    let out = String::from_utf8_lossy(&output.stdout);
+    let rate = out
+        .lines()
+        .find_map(|l| l.strip_prefix("finished in "))
+        .and_then(|rest| {
+            rest.split(", ")
+                .nth(1)?
+                .strip_suffix(" req/s")?
+                .parse::<f64>()
+                .ok()
+        });
+    let done = out
+        .lines()
+        .find_map(|l| l.strip_prefix("requests: "))
+        .and_then(|rest| {
+            rest.split(", ")
+                .find_map(|part| part.strip_suffix(" done"))?
+                .parse::<f64>()
+                .ok()
+        });
+    match (rate, done) {
+        (Some(rate), Some(done)) => (rate, done),
+        _ => panic!("h2load gave no rate: {out}"),
+    }
 }
 
 async fn traced_phase(
@@ -273,7 +367,7 @@ async fn main() {
     }
     let quick = !std::env::args().any(|a| a == "--bench");
     if !root() {
-        println!("SKIPPED the databases bench: needs root to load eBPF");
+        println!("SKIPPED the protocols bench: needs root to load eBPF");
         return;
     }
     let rounds = if quick {
@@ -334,5 +428,48 @@ async fn main() {
             }
             drop(server);
         }
+    }
+
+    // Whether a tool is installed (it ran, whatever it made of the flag).
+    let has = |tool: &str| Command::new(tool).arg("--version").output().is_ok();
+    if !(has("redis-server") && has("redis-benchmark")) {
+        println!("SKIPPED the bench's Redis part: redis is not installed (apt-get install redis-server redis-tools)");
+    } else {
+        let (server, port) = redis_server();
+        let workloads = [
+            ("SET and GET", "set,get", 1),
+            ("GET pipelined 16 deep", "get", 16),
+        ];
+        for (label, tests, pipeline) in workloads {
+            let (requests, took) = redis_benchmark(port, tests, pipeline, 20_000);
+            let rate = requests / took.max(1e-3);
+            let workload = Workload {
+                label: format!("Redis, redis-benchmark -c 4, {label}"),
+                run: Box::new(move |seconds| {
+                    run_redis_benchmark(port, tests, pipeline, rate, seconds)
+                }),
+            };
+            measure("redis", &workload, rounds, seconds, quick).await;
+        }
+        drop(server);
+    }
+
+    if !(has("nginx") && has("h2load")) {
+        println!("SKIPPED the bench's HTTP/2 part: nginx or h2load is not installed (apt-get install nginx nghttp2-client)");
+    } else {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let (server, port, tls_port) = nginx_h2(dir.path());
+        let workloads = [
+            ("h2c", format!("http://127.0.0.1:{port}/api/items/1")),
+            ("TLS", format!("https://127.0.0.1:{tls_port}/api/items/1")),
+        ];
+        for (label, url) in workloads {
+            let workload = Workload {
+                label: format!("nginx HTTP/2 ({label}), h2load -c 4 -m 10"),
+                run: Box::new(move |seconds| run_h2load(&url, seconds)),
+            };
+            measure("http2", &workload, rounds, seconds, quick).await;
+        }
+        drop(server);
     }
 }
