@@ -61,14 +61,14 @@ int http_enter_sendmsg(struct ap_sys_enter_ctx *ctx)
 SEC("tracepoint/syscalls/sys_exit_read")
 int http_exit_read(struct ap_sys_exit_ctx *ctx)
 {
-	finish_read(ctx->ret, 0);
+	finish_read(ctx->ret, READ_BUFFER);
 	return 0;
 }
 
 SEC("tracepoint/syscalls/sys_exit_recvfrom")
 int http_exit_recvfrom(struct ap_sys_exit_ctx *ctx)
 {
-	finish_read(ctx->ret, 0);
+	finish_read(ctx->ret, READ_RECVFROM);
 	return 0;
 }
 

@@ -83,6 +83,9 @@
  * userspace starts its state afresh, since the key it follows a connection by may be an old
  * one's (OpenSSL reuses a freed SSL object's address for the next connection). */
 #define DATA_STREAM_START 8
+/* A record of the connection before this one was not sent (bpf/db.h: ring full, probe off):
+ * the stream has a hole and userspace stops following it. */
+#define DATA_STREAM_GAP 16
 #define BRIEF_CAPTURE 256
 /* ap_exchange_event.flags: the response part is there (without it, a request whose pairing was
  * given up, e.g. a pipelined one: userspace pairs it as a plain message). */

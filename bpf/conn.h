@@ -90,6 +90,7 @@ static __always_inline struct ap_conn *fresh_conn(__u64 file, __u32 netns)
 	fresh->seq = 0;
 	fresh->reader_tid = 0;
 	fresh->db_proto = 0;
+	fresh->db_gap = 0;
 	fresh->req_route = 0;
 	return fresh;
 }

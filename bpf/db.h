@@ -10,9 +10,11 @@
  * EV_DATA record of the protocol's own probe (PROBE_REDIS, ...) with DATA_REQUEST_SIDE on the
  * requests' side: userspace follows the byte stream (pipelined commands, replies split over
  * reads, a value too large to capture whose length is known), and a buffer left out would
- * desynchronise it. Nothing is paired in the kernel. Sampling marks a
- * request-side buffer DATA_SAMPLED_OUT (its commands count in RED, no span leaves) but never
- * drops a buffer, for the same reason; so a low rate saves export, not kernel time. */
+ * desynchronise it: one that could not be sent (the ring full) or was not (the probe off, a
+ * filter) marks the connection, and its next record says so (DATA_STREAM_GAP) so that userspace
+ * stops following it. Nothing is paired in the kernel. Sampling marks a request-side buffer
+ * DATA_SAMPLED_OUT (its commands count in RED, no span leaves) but never drops a buffer, for the
+ * same reason; so a low rate saves export, not kernel time. */
 #ifndef APIARY_DB_H
 #define APIARY_DB_H
 
@@ -76,9 +78,9 @@ static __always_inline __u32 probe_of_db_protocol(__u8 proto)
 /* One record: `len` bytes readable at `buf`, of which the first `captured` are read into
  * ev->data (`got` of them already are), standing for `total` bytes of the stream (more than
  * `len` when a read filled iovecs past its first). */
-static __always_inline void emit_stream_record(struct ap_data_event *ev, __u32 got,
-					       const void *buf, __s64 len, __s64 total,
-					       __u32 captured, struct ap_probe_stats *stats)
+static __always_inline int emit_stream_record(struct ap_data_event *ev, __u32 got,
+					      const void *buf, __s64 len, __s64 total,
+					      __u32 captured, struct ap_probe_stats *stats)
 {
 	if ((__s64)captured > len)
 		captured = len;
@@ -93,14 +95,30 @@ static __always_inline void emit_stream_record(struct ap_data_event *ev, __u32 g
 	ev->captured = captured;
 	asm volatile("%0 &= %1" : "+r"(captured) : "i"(CAPTURE_MASK));
 	__u64 size = offsetof(struct ap_data_event, data) + captured;
-	if (bpf_ringbuf_output(&events, ev, size, wakeup_flags(size)) < 0)
+	if (bpf_ringbuf_output(&events, ev, size, wakeup_flags(size)) < 0) {
 		stats->lost++;
+		return 0;
+	}
+	stats->emitted++;
+	return 1;
+}
+
+/* emit_stream_record for a buffer of `conn`: says if an earlier record of it was not sent, and
+ * remembers if this one is not. */
+static __always_inline void emit_followed(struct ap_conn *conn, struct ap_data_event *ev,
+					  __u32 got, const void *buf, __s64 len, __s64 total,
+					  __u32 captured, struct ap_probe_stats *stats)
+{
+	if (conn->db_gap)
+		ev->flags |= DATA_STREAM_GAP;
 	else
-		stats->emitted++;
+		ev->flags &= ~DATA_STREAM_GAP;
+	conn->db_gap = !emit_stream_record(ev, got, buf, len, total, captured, stats);
 }
 
 /* What emit_one_iovec needs, on the stack of the program that loops (bpf_loop). */
 struct iovec_walk {
+	struct ap_conn *conn;
 	struct ap_data_event *ev;
 	const struct iovec *iov;
 	struct ap_probe_stats *stats;
@@ -120,18 +138,20 @@ static long emit_one_iovec(__u32 i, void *ctx)
 	if (bpf_probe_read_user(&one, sizeof(one), &walk->iov[i]) < 0)
 		return 1;
 	if ((__s64)one.iov_len > 0)
-		emit_stream_record(walk->ev, 0, one.iov_base, one.iov_len, one.iov_len,
-				   walk->capture, walk->stats);
+		emit_followed(walk->conn, walk->ev, 0, one.iov_base, one.iov_len, one.iov_len,
+			      walk->capture, walk->stats);
 	return 0;
 }
 
 /* The iovecs of a writev after the first, each its own record (see db_extent). bpf_loop: the
  * verifier checks the body once, where an unrolled loop made it check every path of every
  * program that sends 16 times over (40 s to load). */
-static __always_inline void emit_iovecs(struct ap_data_event *ev, struct db_extent extent,
-					__u32 capture, struct ap_probe_stats *stats)
+static __always_inline void emit_iovecs(struct ap_conn *conn, struct ap_data_event *ev,
+					struct db_extent extent, __u32 capture,
+					struct ap_probe_stats *stats)
 {
 	struct iovec_walk walk = {
+		.conn = conn,
 		.ev = ev,
 		.iov = extent.iov,
 		.stats = stats,
@@ -142,7 +162,7 @@ static __always_inline void emit_iovecs(struct ap_data_event *ev, struct db_exte
 	if (extent.iovcnt <= DB_MAX_IOVECS)
 		return;
 	/* More iovecs than are followed: a gap of unknown length. */
-	emit_stream_record(ev, 0, 0, DB_UNKNOWN_EXTENT, DB_UNKNOWN_EXTENT, 0, stats);
+	emit_followed(conn, ev, 0, 0, DB_UNKNOWN_EXTENT, DB_UNKNOWN_EXTENT, 0, stats);
 }
 
 /* Where a stream's buffers come from: a socket fd of the current process (the http probe's
@@ -189,12 +209,13 @@ static __always_inline void emit_db_buffer(struct ap_data_event *ev, __u32 got, 
 	__u32 probe = probe_of_db_protocol(proto);
 	struct ap_probe_config *config = bpf_map_lookup_elem(&probe_config, &probe);
 	struct ap_probe_stats *stats = stats_of(probe);
-	if (!config || !stats || !config->enabled)
+	if (!config || !stats || !config->enabled || !in_scope(conn->netns)) {
+		conn->db_gap = 1;
 		return;
-	if (!in_scope(conn->netns))
-		return;
+	}
 	if (!passes_filters(probe, config, pid, conn->flow.local_port, conn->flow.remote_port)) {
 		stats->filtered++;
+		conn->db_gap = 1;
 		return;
 	}
 	__u32 threshold = config->sample_threshold;
@@ -214,10 +235,10 @@ static __always_inline void emit_db_buffer(struct ap_data_event *ev, __u32 got, 
 	/* The scratch event may hold an HTTP request's context from this CPU: DB records carry none. */
 	__builtin_memset(&ev->trace, 0, sizeof(ev->trace));
 	ev->h.proto = proto;
-	emit_stream_record(ev, got, buf, len, first_len, capture, stats);
+	emit_followed(conn, ev, got, buf, len, first_len, capture, stats);
 	if (iovecs) {
 		ev->flags &= ~DATA_STREAM_START;
-		emit_iovecs(ev, extent, capture, stats);
+		emit_iovecs(conn, ev, extent, capture, stats);
 	}
 }
 

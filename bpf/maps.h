@@ -137,7 +137,10 @@ struct ap_conn {
 	 * it), and the direction its requests go: found once, from a request's first bytes. */
 	__u8 db_proto;
 	__u8 db_request_dir;
-	__u16 db_pad;
+	/* A record of this connection was not sent (the ring was full, or the probe was off or
+	 * filtered it): the next one says so (DATA_STREAM_GAP), since the stream has a hole. */
+	__u8 db_gap;
+	__u8 db_pad;
 	__u32 req_direction;
 	__u32 req_threshold;
 	__u32 req_flags;

@@ -54,31 +54,40 @@ static __always_inline void socket_send(__u32 fd, const void *buf, __s64 len,
 	socket_buffer(fd, buf, len, extent, DIR_EGRESS);
 }
 
-/* How a read's second argument points at its bytes. */
-#define READ_BUFFER 0 /* read, recvfrom: the buffer */
-#define READ_IOVEC 1  /* readv: an iovec array */
-#define READ_MSGHDR 2 /* recvmsg: a msghdr holding an iovec array */
+/* Which read it was, so how its second argument points at its bytes and where its flags are. */
+#define READ_BUFFER 0	/* read: the buffer */
+#define READ_IOVEC 1	/* readv: an iovec array */
+#define READ_MSGHDR 2	/* recvmsg: a msghdr holding an iovec array; flags the 3rd argument */
+#define READ_RECVFROM 3 /* recvfrom: the buffer; flags the 4th argument */
+
+/* linux/socket.h's, which vmlinux.h (enums and types only) does not carry. */
+#define AP_MSG_PEEK 2
 
 /* A read on a socket returned `ret` bytes. Its fd and buffer are the syscall's own arguments,
  * still in the registers the task saved on entry (the kernel does not change them): no program
  * on the syscall's entry, and nothing kept per thread between entry and exit. */
-static __always_inline void finish_read(__s64 ret, __u32 iovec)
+static __always_inline void finish_read(__s64 ret, __u32 how)
 {
 	if (ret <= 0 || !socket_probes_enabled())
 		return;
 	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
 	if (!regs)
 		return;
+	/* A peek leaves its bytes to be read again: seen twice, a stream would go on with a
+	 * duplicate (a Redis reply paired with the next command, an HPACK block applied twice). */
+	if ((how == READ_RECVFROM && (regs->r10 & AP_MSG_PEEK)) ||
+	    (how == READ_MSGHDR && (regs->dx & AP_MSG_PEEK)))
+		return;
 	__u32 fd = regs->di;
 	__u64 buf = regs->si;
 	struct db_extent extent = { .total = ret };
-	if (iovec == READ_MSGHDR) {
+	if (how == READ_MSGHDR) {
 		struct ap_msghdr msg = {};
 		if (bpf_probe_read_user(&msg, sizeof(msg), (void *)buf) < 0 || !msg.msg_iov)
 			return;
 		buf = (__u64)msg.msg_iov;
 	}
-	if (iovec) {
+	if (how == READ_IOVEC || how == READ_MSGHDR) {
 		struct iovec first = {};
 		if (bpf_probe_read_user(&first, sizeof(first), (void *)buf) < 0)
 			return;

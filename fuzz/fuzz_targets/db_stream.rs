@@ -8,13 +8,14 @@
 //! server's; bit 3: the requests' buffers are sampled out. Flags bit 0: the buffer is on the
 //! requests' side; bit 1: the syscall moved more than was captured (its length times 64 plus
 //! one); bit 2: a new connection (another fd) from this buffer on; bit 3: the kernel marked it its
-//! connection's first (what was followed under that fd is forgotten).
+//! connection's first (what was followed under that fd is forgotten); bit 4: a record before it
+//! was not sent (the connection is given up).
 #![no_main]
 
 use std::sync::LazyLock;
 
 use apiary_probes::abi::Direction;
-use apiary_probes::protocol::{Clock, Message, Parsers};
+use apiary_probes::protocol::{Clock, Message, Parsers, StreamBuffer};
 use libfuzzer_sys::fuzz_target;
 
 static CLOCK: LazyLock<Clock> = LazyLock::new(Clock::now);
@@ -65,11 +66,15 @@ fuzz_target!(|data: &[u8]| {
             netns: 1,
             cgroup_id: 1,
         };
-        parsers.stream(
-            message,
+        let buffer = StreamBuffer {
             total_len,
             request_side,
-            flags & 8 != 0,
+            starts: flags & 8 != 0,
+            after_gap: flags & 16 != 0,
+        };
+        parsers.stream(
+            message,
+            buffer,
             |pid| format!("svc-{pid}"),
             &CLOCK,
             &mut spans,

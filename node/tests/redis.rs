@@ -1,9 +1,10 @@
 //! The redis probe against a real redis-server (Debian `redis-server`, `redis-tools`) on a
 //! private port: `redis-benchmark -n N` gives N server spans per command in RED, pipelined
 //! commands pair with their replies in order (an INCR of a string always carries its error, a
-//! GET never does), and bad input (garbage, a 1 MiB value, a connection closed mid-command)
-//! breaks nothing and counts as unparsed in `/v1/probes`. Needs root; skipped with one message
-//! otherwise, or when redis-server is not installed.
+//! GET never does), a client that peeks at each reply (MSG_PEEK) counts it once, and bad input
+//! (garbage, a 1 MiB value, a connection closed mid-command) breaks nothing and counts as
+//! unparsed in `/v1/probes`. Needs root; skipped with one message otherwise, or when
+//! redis-server is not installed.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -17,17 +18,31 @@ use crate::common::{root, Cluster};
 
 const BENCHMARK_REQUESTS: u64 = 2_000;
 const PIPELINES: u64 = 20;
+const PEEKED_PINGS: u64 = 10;
 
 /// RED rows of redis-server's side, by command: (count, errors).
 async fn server_red(cluster: &Cluster) -> Vec<(String, u64, u64)> {
+    red_of(cluster, |r| {
+        r["kind"] == "server" && r["service"] == "redis-server"
+    })
+    .await
+}
+
+/// RED rows of this test's own client side (not redis-benchmark's), by command.
+async fn own_client_red(cluster: &Cluster) -> Vec<(String, u64, u64)> {
+    red_of(cluster, |r| {
+        r["kind"] == "client" && r["service"] != "redis-benchmark"
+    })
+    .await
+}
+
+async fn red_of(cluster: &Cluster, keep: impl Fn(&Value) -> bool) -> Vec<(String, u64, u64)> {
     let red = cluster.get(0, "/v1/red").await.unwrap();
     red["routes"]
         .as_array()
         .unwrap()
         .iter()
-        .filter(|r| {
-            r["protocol"] == "redis" && r["kind"] == "server" && r["service"] == "redis-server"
-        })
+        .filter(|r| r["protocol"] == "redis" && keep(r))
         .map(|r| {
             (
                 r["operation"].as_str().unwrap().to_string(),
@@ -47,6 +62,11 @@ fn count_of(rows: &[(String, u64, u64)], command: &str) -> (u64, u64) {
 /// Writes `bytes` in one write and reads until `replies` CRLF-terminated lines came back.
 fn pipelined(stream: &mut TcpStream, bytes: &[u8], lines: usize) -> String {
     stream.write_all(bytes).unwrap();
+    pipelined_read(stream, lines)
+}
+
+/// Reads until `lines` CRLF-terminated lines came.
+fn pipelined_read(stream: &mut TcpStream, lines: usize) -> String {
     let mut got = Vec::new();
     let mut buf = [0u8; 4096];
     while got.windows(2).filter(|w| w == b"\r\n").count() < lines {
@@ -132,6 +152,20 @@ async fn redis_commands_give_spans_and_red_per_command() {
         assert!(replies.contains("-WRONGTYPE"), "{replies}");
     }
 
+    // A client that peeks at each reply before it reads it (std's peek: recvfrom with
+    // MSG_PEEK): the peeked bytes are read again, and counted twice the error reply would pair
+    // with the next command.
+    let mut peeking = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    for args in std::iter::once(&[&b"INCR"[..], b"word"][..])
+        .chain([&[&b"PING"[..]][..]; PEEKED_PINGS as usize])
+    {
+        peeking.write_all(&resp(args)).unwrap();
+        let mut buf = [0u8; 256];
+        let peeked = peeking.peek(&mut buf).unwrap();
+        assert!(peeked > 0);
+        pipelined_read(&mut peeking, 1);
+    }
+
     // Bad input: a 1 MiB value (longer than any capture, its length known) then a GET on the
     // same connection; a connection closed in the middle of a command; garbage.
     let big = vec![b'v'; 1024 * 1024];
@@ -160,7 +194,7 @@ async fn redis_commands_give_spans_and_red_per_command() {
                 let rows = server_red(c).await;
                 (count_of(&rows, "SET").0 >= sets
                     && count_of(&rows, "GET").0 >= gets
-                    && count_of(&rows, "PING").0 >= PIPELINES)
+                    && count_of(&rows, "PING").0 >= PIPELINES + PEEKED_PINGS)
                     .then_some(rows)
             },
         )
@@ -168,9 +202,38 @@ async fn redis_commands_give_spans_and_red_per_command() {
     // Exact: each command once, errors only where redis answered one.
     assert_eq!(count_of(&rows, "SET"), (sets, 0), "{rows:?}");
     assert_eq!(count_of(&rows, "GET"), (gets, 0), "{rows:?}");
-    assert_eq!(count_of(&rows, "INCR"), (PIPELINES, PIPELINES), "{rows:?}");
+    assert_eq!(
+        count_of(&rows, "INCR"),
+        (PIPELINES + 1, PIPELINES + 1),
+        "{rows:?}"
+    );
     assert_eq!(count_of(&rows, "LPUSH"), (PIPELINES, PIPELINES), "{rows:?}");
-    assert_eq!(count_of(&rows, "PING"), (PIPELINES, 0), "{rows:?}");
+    assert_eq!(
+        count_of(&rows, "PING"),
+        (PIPELINES + PEEKED_PINGS, 0),
+        "{rows:?}"
+    );
+    // The client's side, peeks and all: each reply once, with its own command.
+    let own = cluster
+        .wait_for(
+            Duration::from_secs(20),
+            "the test's own client commands in RED",
+            |c| async move {
+                let rows = own_client_red(c).await;
+                (count_of(&rows, "PING").0 >= PIPELINES + PEEKED_PINGS).then_some(rows)
+            },
+        )
+        .await;
+    assert_eq!(
+        count_of(&own, "PING"),
+        (PIPELINES + PEEKED_PINGS, 0),
+        "{own:?}"
+    );
+    assert_eq!(
+        count_of(&own, "INCR"),
+        (PIPELINES + 1, PIPELINES + 1),
+        "{own:?}"
+    );
 
     // Spans: OTel attributes, the error's code, and no key unless asked for.
     let spans = cluster
@@ -247,4 +310,31 @@ async fn redis_commands_give_spans_and_red_per_command() {
     pipelined(&mut client, &resp(&[b"PING"]), 1);
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(count_of(&server_red(&cluster).await, "PING").0, before);
+
+    // On again: the connection that went on meanwhile has a hole, and is followed no more
+    // (what was missed could have been half a pipeline); a new connection is.
+    let (status, body) = cluster.set(0, "probe.redis.enabled", json!(true)).await;
+    assert_eq!(status, 200, "{body}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for _ in 0..5 {
+        pipelined(&mut client, &resp(&[b"PING"]), 1);
+    }
+    let mut fresh = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    for _ in 0..4 {
+        pipelined(&mut fresh, &resp(&[b"PING"]), 1);
+    }
+    cluster
+        .wait_for(
+            Duration::from_secs(10),
+            "the new connection's PINGs",
+            |c| async move {
+                let rows = server_red(c).await;
+                (count_of(&rows, "PING").0 >= before + 4).then_some(())
+            },
+        )
+        .await;
+    // Time for the old connection's PINGs to come, were they followed.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rows = server_red(&cluster).await;
+    assert_eq!(count_of(&rows, "PING").0, before + 4, "{rows:?}");
 }

@@ -50,6 +50,8 @@ const DATA_SAMPLED_OUT: u32 = 1;
 const DATA_REQUEST_SIDE: u32 = 4;
 /// `flags` bit of a data event: the first buffer of a connection-detected protocol's connection.
 const DATA_STREAM_START: u32 = 8;
+/// `flags` bit of a data event: a record of its connection before it was not sent.
+const DATA_STREAM_GAP: u32 = 16;
 /// `flags` bit of an exchange event: the response part is there.
 const EXCHANGE_RESPONSE: u32 = 2;
 /// What an exchange record keeps of its request, and of its response.
@@ -124,6 +126,7 @@ same_as_c!(
     DATA_SAMPLED_OUT,
     DATA_REQUEST_SIDE,
     DATA_STREAM_START,
+    DATA_STREAM_GAP,
     EXCHANGE_RESPONSE,
     BRIEF_CAPTURE,
     LINK_NONE,
@@ -534,6 +537,8 @@ pub enum Event<'a> {
         request_side: bool,
         /// The first buffer of a connection-detected protocol's connection.
         stream_start: bool,
+        /// A record of its connection before it was not sent (a hole in the stream).
+        stream_gap: bool,
         data: &'a [u8],
     },
     /// A request and the start of its response, paired in the kernel (`response` None: a
@@ -876,6 +881,7 @@ pub fn decode(record: &[u8]) -> Result<Event<'_>, DecodeError> {
                 trace: trace(&r, offset_of!(D, trace))?,
                 request_side: get!(r, D, flags)? & DATA_REQUEST_SIDE != 0,
                 stream_start: get!(r, D, flags)? & DATA_STREAM_START != 0,
+                stream_gap: get!(r, D, flags)? & DATA_STREAM_GAP != 0,
                 data: r.bytes(DATA_PAYLOAD_AT, captured)?,
                 header,
             })

@@ -14,7 +14,7 @@ use apiary_span::{Link, Span};
 
 use crate::abi::{decode, Event};
 use crate::kernel_red::{Counted, KernelRed};
-use crate::protocol::{Clock, Message, Parsers};
+use crate::protocol::{Clock, Message, Parsers, StreamBuffer};
 
 /// A TCP connection that closed, with the bytes the kernel counted for it.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -91,6 +91,10 @@ pub struct Observer {
     /// Messages of the protocols found per connection that gave no span, by probe
     /// (`DB_PROBES`' order; see [`Observer::unparsed`]).
     db_unparsed: [AtomicU64; crate::DB_PROBES.len()],
+    /// How many configs applied with each of those probes off (`DB_PROBES`' order): the reader
+    /// gives up the probe's connections when it sees this move (see
+    /// [`Observer::note_switched_off`]).
+    db_switched_off: [AtomicU64; crate::DB_PROBES.len()],
     /// Requests seen, sampled or not (the demand cooperative tuning shares).
     pub requests_total: AtomicU64,
     /// Of those, the requests the kernel counted without a record (bpf/red.h).
@@ -126,6 +130,7 @@ impl Default for Observer {
             kept_query_params: Default::default(),
             keep_redis_keys: Default::default(),
             db_unparsed: Default::default(),
+            db_switched_off: Default::default(),
             requests_total: AtomicU64::new(0),
             counted_in_kernel: AtomicU64::new(0),
             counted_unresolved: AtomicU64::new(0),
@@ -217,6 +222,16 @@ impl Observer {
     /// Whether Redis spans keep their keys (`privacy.keep_redis_keys`).
     pub fn set_keep_redis_keys(&self, keep: bool) {
         self.keep_redis_keys.store(keep, Ordering::Relaxed);
+    }
+
+    /// A config applied with `probe` off (or, for http2, the tls probe that carries its TLS
+    /// connections off). The kernel then sends its connections' buffers no more, and does not
+    /// always say so when they come again (with every such probe off it looks no connection
+    /// up): each connection followed now has a hole and is given up.
+    pub fn note_switched_off(&self, probe: &str) {
+        if let Some(at) = crate::DB_PROBES.iter().position(|name| *name == probe) {
+            self.db_switched_off[at].fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Messages of a probe's protocol that gave no span: unparsable, beyond the capture, or on
@@ -326,6 +341,8 @@ impl Observer {
 pub struct Assembler {
     observer: Arc<Observer>,
     parsers: Parsers,
+    /// `Observer::db_switched_off` as last seen.
+    switched_off_seen: [u64; crate::DB_PROBES.len()],
     names: HashMap<u32, String, foldhash::fast::RandomState>,
     clock: Clock,
     kernel_red: Option<KernelRed>,
@@ -336,6 +353,7 @@ impl Assembler {
         Assembler {
             observer,
             parsers: Parsers::default(),
+            switched_off_seen: Default::default(),
             names: HashMap::default(),
             clock: Clock::now(),
             kernel_red: None,
@@ -346,6 +364,17 @@ impl Assembler {
         Assembler {
             kernel_red: red,
             ..Assembler::new(observer)
+        }
+    }
+
+    /// Gives up the connections of each probe switched off since the last stream buffer.
+    fn give_up_switched_off(&mut self) {
+        for (at, name) in crate::DB_PROBES.iter().enumerate() {
+            let now = self.observer.db_switched_off[at].load(Ordering::Relaxed);
+            if now != self.switched_off_seen[at] {
+                self.switched_off_seen[at] = now;
+                self.parsers.switched_off(name);
+            }
         }
     }
 
@@ -395,6 +424,7 @@ impl Assembler {
                 sampled_out,
                 request_side,
                 stream_start,
+                stream_gap,
                 data,
                 // Not set on the DB path (bpf/db.h): its spans stay roots.
                 trace: _,
@@ -406,6 +436,7 @@ impl Assembler {
                     | crate::abi::PROBE_HTTP2
             ) =>
             {
+                self.give_up_switched_off();
                 let message = Message {
                     probe: probe_name(header.probe),
                     pid: header.pid,
@@ -424,16 +455,14 @@ impl Assembler {
                 let comm = &header.comm;
                 let service = |pid: u32| service_name(names, pid, comm);
                 let mut spans = Vec::new();
-                let total_len = u64::try_from(total_len).unwrap_or(0);
-                self.parsers.stream(
-                    message,
-                    total_len,
+                let buffer = StreamBuffer {
+                    total_len: u64::try_from(total_len).unwrap_or(0),
                     request_side,
-                    stream_start,
-                    service,
-                    &self.clock,
-                    &mut spans,
-                );
+                    starts: stream_start,
+                    after_gap: stream_gap,
+                };
+                self.parsers
+                    .stream(message, buffer, service, &self.clock, &mut spans);
                 for (at, name) in crate::DB_PROBES.iter().enumerate() {
                     self.observer.db_unparsed[at]
                         .store(self.parsers.unparsed(name), Ordering::Relaxed);

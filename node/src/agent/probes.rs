@@ -27,6 +27,20 @@ fn effective(config: &ClusterConfig, tuned: Option<f64>) -> ClusterConfig {
     config
 }
 
+/// Tells the observer which probes going from `before` to `after` switches off: the streams of
+/// the connections they followed get holes (the observer ignores the probes that follow none).
+fn note_switched_off(observer: &Observer, before: &ClusterConfig, after: &ClusterConfig) {
+    for ((name, was), (_, is)) in before.probes.iter().zip(after.probes.iter()) {
+        if was.enabled && !is.enabled {
+            observer.note_switched_off(name);
+        }
+    }
+    // The tls probe carries HTTP/2's TLS connections.
+    if before.probes.tls.enabled && !after.probes.tls.enabled {
+        observer.note_switched_off("http2");
+    }
+}
+
 impl ProbeRuntime {
     /// Loads and attaches the probes, applies the current config, and keeps applying it as new
     /// versions commit. Map writes only: programs stay loaded and events keep flowing.
@@ -65,6 +79,7 @@ impl ProbeRuntime {
             state: state.clone(),
         });
         let weak = Arc::downgrade(&runtime);
+        let mut applied_last = state.history().current().clone();
         tokio::spawn(async move {
             while versions.changed().await.is_ok() {
                 let Some(runtime) = weak.upgrade() else {
@@ -81,6 +96,8 @@ impl ProbeRuntime {
                 runtime
                     .observer
                     .set_keep_redis_keys(config.privacy.keep_redis_keys);
+                note_switched_off(&runtime.observer, &applied_last, &config);
+                applied_last = config.clone();
                 let tuned = *runtime.tuned_rate.lock().unwrap_or_else(|p| p.into_inner());
                 let applied = runtime.lock().apply(&effective(&config, tuned));
                 match applied {

@@ -17,6 +17,14 @@ struct Entry<C> {
     last_ts_ns: u64,
 }
 
+/// A connection's state, which stops being followed when its stream cannot be trusted.
+pub trait Followed {
+    /// Stops following the connection; returns how many requests this leaves unparsed (its
+    /// waiting ones and the buffer at hand).
+    fn give_up(&mut self) -> u64;
+    fn lost(&self) -> bool;
+}
+
 /// Each connection's state `C`, created on its first buffer.
 pub struct Table<C> {
     entries: HashMap<Key, Entry<C>>,
@@ -63,6 +71,28 @@ impl<C: Default> Table<C> {
     /// connection's (a new one starts with `message`).
     pub fn forget(&mut self, message: &Message) {
         self.entries.remove(&key_of(message));
+    }
+
+    /// The kernel did not send a buffer of `message`'s connection (bpf/db.h DATA_STREAM_GAP):
+    /// it is given up; returns the requests left unparsed.
+    pub fn lose(&mut self, message: &Message) -> u64
+    where
+        C: Followed,
+    {
+        self.of(message).give_up()
+    }
+
+    /// Gives every connection up (the probe was switched off: each has a hole); returns the
+    /// requests left unparsed.
+    pub fn lose_all(&mut self) -> u64
+    where
+        C: Followed,
+    {
+        self.entries
+            .values_mut()
+            .filter(|entry| !entry.state.lost())
+            .map(|entry| entry.state.give_up())
+            .sum()
     }
 
     /// Forgets the connections of a process that exited.

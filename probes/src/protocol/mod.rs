@@ -124,6 +124,19 @@ impl<F: FnOnce(u32) -> String> ServiceName<F> {
 }
 
 /// Every protocol's parser, with its per-connection state.
+/// Where a buffer of a connection-detected protocol stands (bpf/db.h's record flags).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StreamBuffer {
+    /// Bytes the syscall moved (the record captured the first of them).
+    pub total_len: u64,
+    /// On the requests' side (read by a server, written by a client).
+    pub request_side: bool,
+    /// The connection's first: what was followed under its key was an earlier connection's.
+    pub starts: bool,
+    /// A buffer of the connection before this one was not sent: the stream has a hole.
+    pub after_gap: bool,
+}
+
 #[derive(Default)]
 pub struct Parsers {
     http1: http1::Matcher,
@@ -164,21 +177,23 @@ impl Parsers {
     }
 
     /// One buffer of a connection whose protocol the kernel found once for the connection and
-    /// whose every buffer it sends (bpf/db.h): `total_len` bytes, of which `message.data` were
-    /// captured, on the requests' side or the responses'; `starts`, the connection's first (what
-    /// was followed under its key belonged to an earlier connection). Spans of the exchanges it
-    /// completes (several, when commands were pipelined) go to `out`.
-    #[allow(clippy::too_many_arguments)]
+    /// whose every buffer it sends (bpf/db.h): `buffer.total_len` bytes, of which
+    /// `message.data` were captured. Spans of the exchanges it completes (several, when
+    /// commands were pipelined) go to `out`.
     pub fn stream(
         &mut self,
         message: Message,
-        total_len: u64,
-        request_side: bool,
-        starts: bool,
+        buffer: StreamBuffer,
         service: impl FnOnce(u32) -> String,
         clock: &Clock,
         out: &mut Vec<Span>,
     ) {
+        let StreamBuffer {
+            total_len,
+            request_side,
+            starts,
+            after_gap,
+        } = buffer;
         if starts {
             match message.probe {
                 "postgres" => self.postgres.connections.forget(&message),
@@ -186,6 +201,17 @@ impl Parsers {
                 "http2" => self.http2.connections.forget(&message),
                 _ => self.redis.connections.forget(&message),
             }
+        }
+        if after_gap {
+            // Bytes between the last buffer and this one never came: where this one's messages
+            // start, and (HTTP/2) what the header table holds, are unknown.
+            match message.probe {
+                "postgres" => self.postgres.unparsed += self.postgres.connections.lose(&message),
+                "mysql" => self.mysql.unparsed += self.mysql.connections.lose(&message),
+                "http2" => self.http2.unparsed += self.http2.connections.lose(&message),
+                _ => self.redis.unparsed += self.redis.connections.lose(&message),
+            }
+            return;
         }
         match message.probe {
             "postgres" => self
@@ -200,6 +226,17 @@ impl Parsers {
             _ => self
                 .redis
                 .feed(message, total_len, request_side, service, clock, out),
+        }
+    }
+
+    /// A probe of a protocol found per connection was switched off: its connections' buffers
+    /// stopped coming, so each now has a hole and is given up.
+    pub fn switched_off(&mut self, probe: &str) {
+        match probe {
+            "postgres" => self.postgres.unparsed += self.postgres.connections.lose_all(),
+            "mysql" => self.mysql.unparsed += self.mysql.connections.lose_all(),
+            "http2" => self.http2.unparsed += self.http2.connections.lose_all(),
+            _ => self.redis.unparsed += self.redis.connections.lose_all(),
         }
     }
 

@@ -6,7 +6,7 @@ use apiary_span::{Grpc, Http, Protocol, Span};
 use loona_hpack::Decoder;
 
 use super::frame::{self, Frame};
-use crate::protocol::connections::Table;
+use crate::protocol::connections::{Followed, Table};
 use crate::protocol::http1::{route_template, valid_traceparent};
 use crate::protocol::stream::Stream;
 use crate::protocol::{Clock, DbRequest, Message, ServiceName};
@@ -204,7 +204,7 @@ impl Matcher {
             }
         }
         if walked.is_err() || table_too_large || connection.open.len() > MAX_OPEN_STREAMS {
-            give_up(connection, &mut unparsed);
+            unparsed += connection.give_up();
         }
         self.unparsed += unparsed;
     }
@@ -414,11 +414,18 @@ fn span_of(
     Some(span)
 }
 
-/// Stops following a connection: its open streams and the buffer at hand are unparsed.
-fn give_up(connection: &mut Connection, unparsed: &mut u64) {
-    *unparsed += connection.open.len() as u64 + 1;
-    *connection = Connection {
-        lost: true,
-        ..Connection::default()
-    };
+impl Followed for Connection {
+    /// Its open streams and the buffer at hand are unparsed.
+    fn give_up(&mut self) -> u64 {
+        let unparsed = self.open.len() as u64 + 1;
+        *self = Connection {
+            lost: true,
+            ..Connection::default()
+        };
+        unparsed
+    }
+
+    fn lost(&self) -> bool {
+        self.lost
+    }
 }

@@ -367,22 +367,32 @@ fn a_header_block_that_never_ends_is_not_held() {
     assert_eq!(server.matcher.unparsed, before + 1);
 }
 
-#[test]
-fn a_connection_marked_as_starting_is_followed_afresh_under_an_old_key() {
-    // OpenSSL often gives a new connection the address of a freed SSL object, the key a TLS
-    // stream is followed by: the kernel marks the new connection's first buffer.
-    let mut parsers = crate::protocol::Parsers::default();
-    let clock = Clock::with_offset(0);
-    let mut spans = Vec::new();
-    let mut ts = 0;
-    let mut feed = |parsers: &mut crate::protocol::Parsers, request: bool, starts, data: &[u8]| {
-        ts += 100;
+/// Feeds buffers of one connection (one key) through `Parsers::stream`, as the observer does.
+struct Stream {
+    parsers: crate::protocol::Parsers,
+    clock: Clock,
+    spans: Vec<Span>,
+    ts: u64,
+}
+
+impl Stream {
+    fn new() -> Self {
+        Stream {
+            parsers: crate::protocol::Parsers::default(),
+            clock: Clock::with_offset(0),
+            spans: Vec::new(),
+            ts: 0,
+        }
+    }
+
+    fn feed(&mut self, request_side: bool, starts: bool, after_gap: bool, data: &[u8]) {
+        self.ts += 100;
         let message = Message {
             probe: "http2",
             pid: 7,
             conn_id: 0x5555_0000_1230,
-            ts_ns: ts,
-            direction: if request {
+            ts_ns: self.ts,
+            direction: if request_side {
                 Direction::Ingress
             } else {
                 Direction::Egress
@@ -395,40 +405,62 @@ fn a_connection_marked_as_starting_is_followed_afresh_under_an_old_key() {
             cgroup_id: 1,
             trace: None,
         };
-        let total = data.len() as u64;
-        parsers.stream(
-            message,
-            total,
-            request,
+        let buffer = crate::protocol::StreamBuffer {
+            total_len: data.len() as u64,
+            request_side,
             starts,
-            |_| "nginx".into(),
-            &clock,
-            &mut spans,
-        );
-    };
-    let open = hex(H2LOAD_OPEN);
-    // The first connection ends in bytes that are not frames: given up.
-    feed(&mut parsers, true, true, &open[..PREFACE.len()]);
-    feed(
-        &mut parsers,
-        true,
-        false,
-        b"\0\0\x07\x01\x05\0\0\0\0garbage",
-    );
-    for starts in [false, true] {
-        feed(&mut parsers, true, starts, &open);
+            after_gap,
+        };
+        let spans = &mut self.spans;
+        self.parsers
+            .stream(message, buffer, |_| "nginx".into(), &self.clock, spans);
+    }
+
+    /// h2load's opening and request (stream 1), nginx's answer.
+    fn exchange(&mut self, starts: bool) {
+        self.feed(true, starts, false, &hex(H2LOAD_OPEN));
         for part in [
             headers_frame_header(1, 0x30, 0x4),
             hex(NGINX_BLOCK),
             data_frame(1, b"ok\n", true),
         ] {
-            feed(&mut parsers, false, false, &part);
+            self.feed(false, false, false, &part);
         }
     }
-    assert_eq!(
-        spans.len(),
-        1,
-        "only the connection marked as new: {spans:?}"
-    );
-    assert!(parsers.unparsed("http2") > 0);
+}
+
+#[test]
+fn a_connection_marked_as_starting_is_followed_afresh_under_an_old_key() {
+    // OpenSSL often gives a new connection the address of a freed SSL object, the key a TLS
+    // stream is followed by: the kernel marks the new connection's first buffer.
+    let mut stream = Stream::new();
+    // The first connection ends in bytes that are not frames: given up.
+    stream.feed(true, true, false, &hex(H2LOAD_OPEN)[..PREFACE.len()]);
+    stream.feed(true, false, false, b"\0\0\x07\x01\x05\0\0\0\0garbage");
+    stream.exchange(false);
+    assert!(stream.spans.is_empty(), "{:?}", stream.spans);
+    stream.exchange(true);
+    assert_eq!(stream.spans.len(), 1, "{:?}", stream.spans);
+    assert!(stream.parsers.unparsed("http2") > 0);
+}
+
+#[test]
+fn a_hole_in_the_stream_gives_the_connection_up() {
+    let mut stream = Stream::new();
+    stream.exchange(true);
+    assert_eq!(stream.spans.len(), 1);
+    // A record the ring had no room for: the next one says so. A header block in the hole
+    // would have changed the table the next blocks are decoded with.
+    let before = stream.parsers.unparsed("http2");
+    stream.feed(true, false, true, &headers_frame_header(3, 0x10, 0x5));
+    stream.feed(false, false, false, &headers_frame_header(3, 0x30, 0x4));
+    stream.feed(false, false, false, &hex(NGINX_BLOCK));
+    assert_eq!(stream.spans.len(), 1, "{:?}", stream.spans);
+    assert!(stream.parsers.unparsed("http2") >= before + 3);
+    // Switched off and on: every connection it followed is given up alike.
+    let mut stream = Stream::new();
+    stream.exchange(true);
+    stream.parsers.switched_off("http2");
+    stream.feed(false, false, false, &headers_frame_header(1, 0x30, 0x4));
+    assert!(stream.parsers.unparsed("http2") >= 2);
 }

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use apiary_span::{Db, Protocol, Span};
 
 use super::wire::{self, caps, Packet, Status, CONTINUED, CURSOR_EXISTS, MORE_RESULTS};
-use crate::protocol::connections::Table;
+use crate::protocol::connections::{Followed, Table};
 use crate::protocol::sql::{self, Dialect, Statement};
 use crate::protocol::stream::{Parse, Stream};
 use crate::protocol::{Clock, DbRequest, Message};
@@ -260,7 +260,7 @@ impl Matcher {
     }
 }
 
-impl Connection {
+impl Followed for Connection {
     /// Stops following the connection: its waiting commands and the buffer at hand are
     /// unparsed (returned: how many).
     fn give_up(&mut self) -> u64 {
@@ -272,6 +272,12 @@ impl Connection {
         unparsed
     }
 
+    fn lost(&self) -> bool {
+        self.lost
+    }
+}
+
+impl Connection {
     /// One packet the client sent.
     fn request(
         &mut self,

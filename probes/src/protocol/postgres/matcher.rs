@@ -21,7 +21,7 @@ use apiary_span::{Db, Protocol, Span, SpanKind};
 
 use super::wire::{self, Backend, Frontend};
 use crate::abi::Direction;
-use crate::protocol::connections::Table;
+use crate::protocol::connections::{Followed, Table};
 use crate::protocol::sql::Statement;
 use crate::protocol::stream::Stream;
 use crate::protocol::{Clock, DbRequest, Message};
@@ -154,7 +154,7 @@ impl Matcher {
 /// Why a connection is no longer followed.
 struct Lost;
 
-impl Connection {
+impl Followed for Connection {
     /// Stops following the connection: its waiting statements and the buffer at hand are
     /// unparsed (returned: how many).
     fn give_up(&mut self) -> u64 {
@@ -166,6 +166,12 @@ impl Connection {
         unparsed
     }
 
+    fn lost(&self) -> bool {
+        self.lost
+    }
+}
+
+impl Connection {
     /// The batch the next extended-query message belongs to (a new one after a Sync).
     fn open_batch(&mut self) -> &mut Batch {
         if self.batches.back().is_none_or(|b| b.closed) {

@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 use apiary_span::{Db, Protocol, Span};
 
 use super::resp::{self, Command, Reply};
-use crate::protocol::connections::Table;
+use crate::protocol::connections::{Followed, Table};
 use crate::protocol::stream::Stream;
 use crate::protocol::{Clock, DbRequest, Message, ServiceName};
 
@@ -85,7 +85,7 @@ impl Matcher {
                 },
             );
             if fed.is_err() || leaves || connection.pending.len() > MAX_PENDING {
-                give_up(connection, &mut unparsed);
+                unparsed += connection.give_up();
             }
         } else {
             let mut replies = Vec::new();
@@ -115,7 +115,7 @@ impl Matcher {
                 ));
             }
             if fed.is_err() {
-                give_up(connection, &mut unparsed);
+                unparsed += connection.give_up();
             }
         }
         self.unparsed += unparsed;
@@ -135,13 +135,20 @@ impl Matcher {
     }
 }
 
-/// Stops following a connection: its waiting commands and the buffer at hand are unparsed.
-fn give_up(connection: &mut Connection, unparsed: &mut u64) {
-    *unparsed += connection.pending.len() as u64 + 1;
-    connection.pending = VecDeque::new();
-    connection.commands = Stream::default();
-    connection.replies = Stream::default();
-    connection.lost = true;
+impl Followed for Connection {
+    /// Its waiting commands and the buffer at hand are unparsed.
+    fn give_up(&mut self) -> u64 {
+        let unparsed = self.pending.len() as u64 + 1;
+        self.pending = VecDeque::new();
+        self.commands = Stream::default();
+        self.replies = Stream::default();
+        self.lost = true;
+        unparsed
+    }
+
+    fn lost(&self) -> bool {
+        self.lost
+    }
 }
 
 fn span_of(
