@@ -17,7 +17,8 @@
 //! `cargo bench -p apiary --bench protocols`, as root, with Debian's `postgresql`,
 //! `mariadb-server`, `redis-server` and `nginx` + `nghttp2-client` installed (a server that is
 //! not is skipped with a message).
-//! APIARY_BENCH_ROUNDS (5), APIARY_BENCH_SECONDS (5, per phase). Under `cargo test
+//! APIARY_BENCH_ROUNDS (5), APIARY_BENCH_SECONDS (5, per phase), APIARY_BENCH_ONLY (the parts
+//! to run, of `postgres,mysql,redis,http2`; all when unset). Under `cargo test
 //! --all-targets` it makes one short round of each as a smoke run.
 
 #[allow(dead_code)]
@@ -220,11 +221,12 @@ fn run_redis_benchmark(
     (requests / took, requests)
 }
 
-/// One h2load phase of `seconds` over 4 connections of 10 streams each: (requests/s, requests).
-fn run_h2load(url: &str, seconds: u64) -> (f64, f64) {
+/// One h2load run of `requests` over 4 connections of 10 streams each: (requests/s,
+/// requests done). (Its duration mode, `-D`, stopped at 1 000 requests a second here.)
+fn h2load(url: &str, requests: u64) -> (f64, f64) {
     let output = Command::new("h2load")
-        .args(["-c", "4", "-m", "10", "-D"])
-        .arg(seconds.to_string())
+        .args(["-c", "4", "-m", "10", "-n"])
+        .arg(requests.to_string())
         .arg(url)
         .output()
         .expect("h2load (Debian nghttp2-client)");
@@ -252,6 +254,12 @@ fn run_h2load(url: &str, seconds: u64) -> (f64, f64) {
         (Some(rate), Some(done)) => (rate, done),
         _ => panic!("h2load gave no rate: {out}"),
     }
+}
+
+/// h2load counts requests: a phase runs the requests that `rate` (a bare run's, measured once
+/// before the rounds) does in `seconds`.
+fn run_h2load(url: &str, rate: f64, seconds: u64) -> (f64, f64) {
+    h2load(url, ((rate * seconds as f64) as u64).max(1_000))
 }
 
 async fn traced_phase(
@@ -381,7 +389,11 @@ async fn main() {
         setting("APIARY_BENCH_SECONDS", 5)
     };
 
+    let only = std::env::var("APIARY_BENCH_ONLY").unwrap_or_default();
+    let wanted = |part: &str| only.is_empty() || only.split(',').any(|p| p.trim() == part);
+
     match postgres_bin() {
+        _ if !wanted("postgres") => {}
         None => println!("SKIPPED the bench's PostgreSQL part: PostgreSQL is not installed (apt-get install postgresql postgresql-contrib)"),
         Some(bin) => {
             let server = start_postgres(&bin);
@@ -401,6 +413,7 @@ async fn main() {
     }
 
     match mariadbd_bin() {
+        _ if !wanted("mysql") => {}
         None => println!("SKIPPED the bench's MariaDB part: MariaDB is not installed (apt-get install mariadb-server mariadb-client)"),
         Some(bin) => {
             let server = start_mariadb(&bin);
@@ -432,7 +445,9 @@ async fn main() {
 
     // Whether a tool is installed (it ran, whatever it made of the flag).
     let has = |tool: &str| Command::new(tool).arg("--version").output().is_ok();
-    if !(has("redis-server") && has("redis-benchmark")) {
+    if !wanted("redis") {
+        // Not asked for.
+    } else if !(has("redis-server") && has("redis-benchmark")) {
         println!("SKIPPED the bench's Redis part: redis is not installed (apt-get install redis-server redis-tools)");
     } else {
         let (server, port) = redis_server();
@@ -454,7 +469,9 @@ async fn main() {
         drop(server);
     }
 
-    if !(has("nginx") && has("h2load")) {
+    if !wanted("http2") {
+        // Not asked for.
+    } else if !(has("nginx") && has("h2load")) {
         println!("SKIPPED the bench's HTTP/2 part: nginx or h2load is not installed (apt-get install nginx nghttp2-client)");
     } else {
         let dir = tempfile::tempdir().expect("a temp dir");
@@ -464,9 +481,10 @@ async fn main() {
             ("TLS", format!("https://127.0.0.1:{tls_port}/api/items/1")),
         ];
         for (label, url) in workloads {
+            let (rate, _) = h2load(&url, 20_000);
             let workload = Workload {
                 label: format!("nginx HTTP/2 ({label}), h2load -c 4 -m 10"),
-                run: Box::new(move |seconds| run_h2load(&url, seconds)),
+                run: Box::new(move |seconds| run_h2load(&url, rate, seconds)),
             };
             measure("http2", &workload, rounds, seconds, quick).await;
         }
