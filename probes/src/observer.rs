@@ -91,7 +91,7 @@ pub struct Observer {
     /// Messages of the protocols found per connection that gave no span, by probe
     /// (`DB_PROBES`' order; see [`Observer::unparsed`]).
     db_unparsed: [AtomicU64; crate::DB_PROBES.len()],
-    /// How many configs applied with each of those probes off (`DB_PROBES`' order): the reader
+    /// How many times each of those probes was switched off (`DB_PROBES`' order): the reader
     /// gives up the probe's connections when it sees this move (see
     /// [`Observer::note_switched_off`]).
     db_switched_off: [AtomicU64; crate::DB_PROBES.len()],
@@ -224,8 +224,8 @@ impl Observer {
         self.keep_redis_keys.store(keep, Ordering::Relaxed);
     }
 
-    /// A config applied with `probe` off (or, for http2, the tls probe that carries its TLS
-    /// connections off). The kernel then sends its connections' buffers no more, and does not
+    /// `probe` was switched off (or, for http2, the tls probe that carries its TLS
+    /// connections). The kernel then sends its connections' buffers no more, and does not
     /// always say so when they come again (with every such probe off it looks no connection
     /// up): each connection followed now has a hole and is given up.
     pub fn note_switched_off(&self, probe: &str) {

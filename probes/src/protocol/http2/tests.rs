@@ -60,6 +60,28 @@ fn headers(encoder: &mut Encoder, stream: u8, fields: &[(&str, &str)], end: bool
     f
 }
 
+/// A buffer of connection `conn_id` of a server (pid 7): requests read, responses written.
+fn server_buffer(conn_id: u64, ts_ns: u64, request_side: bool, data: &[u8]) -> Message<'_> {
+    Message {
+        probe: "http2",
+        pid: 7,
+        conn_id,
+        ts_ns,
+        direction: if request_side {
+            Direction::Ingress
+        } else {
+            Direction::Egress
+        },
+        flow: None,
+        sample_threshold: u32::MAX,
+        sampled_out: false,
+        data,
+        netns: 1,
+        cgroup_id: 1,
+        trace: None,
+    }
+}
+
 /// A server's view of one connection: requests read (ingress), responses written (egress).
 struct Server {
     matcher: Matcher,
@@ -80,24 +102,7 @@ impl Server {
 
     fn buffer(&mut self, request_side: bool, data: &[u8], total: usize) {
         self.ts += 100;
-        let message = Message {
-            probe: "http2",
-            pid: 7,
-            conn_id: 5,
-            ts_ns: self.ts,
-            direction: if request_side {
-                Direction::Ingress
-            } else {
-                Direction::Egress
-            },
-            flow: None,
-            sample_threshold: u32::MAX,
-            sampled_out: false,
-            data,
-            netns: 1,
-            cgroup_id: 1,
-            trace: None,
-        };
+        let message = server_buffer(5, self.ts, request_side, data);
         self.matcher.feed(
             message,
             total as u64,
@@ -387,24 +392,7 @@ impl Stream {
 
     fn feed(&mut self, request_side: bool, starts: bool, after_gap: bool, data: &[u8]) {
         self.ts += 100;
-        let message = Message {
-            probe: "http2",
-            pid: 7,
-            conn_id: 0x5555_0000_1230,
-            ts_ns: self.ts,
-            direction: if request_side {
-                Direction::Ingress
-            } else {
-                Direction::Egress
-            },
-            flow: None,
-            sample_threshold: u32::MAX,
-            sampled_out: false,
-            data,
-            netns: 1,
-            cgroup_id: 1,
-            trace: None,
-        };
+        let message = server_buffer(0x5555_0000_1230, self.ts, request_side, data);
         let buffer = crate::protocol::StreamBuffer {
             total_len: data.len() as u64,
             request_side,
