@@ -36,6 +36,8 @@ pub struct LogStore {
     committed_index: Arc<AtomicU64>,
     /// The last failed write of the log or the vote, cleared by the next that succeeds.
     write_failure: Arc<std::sync::Mutex<Option<String>>>,
+    /// Set once the log on disk has been checked for holes, before Raft first reads it.
+    checked: Arc<tokio::sync::OnceCell<()>>,
 }
 
 impl LogStore {
@@ -44,6 +46,61 @@ impl LogStore {
             store,
             committed_index: Arc::new(AtomicU64::new(0)),
             write_failure: Arc::default(),
+            checked: Arc::default(),
+        }
+    }
+
+    /// Cuts the log at its first hole, once, before Raft reads its state (openraft reads the
+    /// committed id first, then the log state; both come here).
+    ///
+    /// Raft needs the entries after the purge point without a break, and openraft refuses to
+    /// start on a log with a hole ("try to get log at index N but got None"), for ever. One was
+    /// left by a full disk in the soak: a write the disk refused, a later one kept. The entries
+    /// from the hole on are dropped and fetched again from the leader. That is safe for those
+    /// whose write failed (never acknowledged); an entry after the hole may have been
+    /// acknowledged, and losing it is what losing this node's disk would be, which Raft survives
+    /// while a majority keeps its logs. Said in the log, loudly, with the indexes.
+    async fn cut_at_first_hole(&self) -> Result<(), StorageError> {
+        self.checked
+            .get_or_try_init(|| async {
+                let read = |e| io(StorageIOError::read_logs, e);
+                let last_purged: Option<LogId> = self.meta(LAST_PURGED)?;
+                let (from, must_start) = match last_purged {
+                    Some(purged) => (purged.index.saturating_add(1), true),
+                    // Unpurged, an openraft log starts at 0 (the first membership).
+                    None => (0, true),
+                };
+                let Some(hole) = self.store.log_first_hole(from, must_start).map_err(read)? else {
+                    return Ok(());
+                };
+                let last = self.store.log_last().map_err(read)?.map(|(index, _)| index);
+                tracing::warn!(
+                    hole,
+                    last = ?last,
+                    "the Raft log on disk misses entry {hole} (after a failed write?): entries \
+                     {hole} and later are dropped and will be fetched again from the leader"
+                );
+                self.store
+                    .log_truncate_from(hole)
+                    .map_err(|e| io(StorageIOError::write_logs, e))?;
+                self.store
+                    .flush()
+                    .await
+                    .map_err(|e| io(StorageIOError::write_logs, e))
+            })
+            .await
+            .map(|_| ())
+    }
+
+    /// The id of the last entry in the log, or the purge point when none is after it.
+    fn last_log_id(&self) -> Result<Option<LogId>, StorageError> {
+        match self
+            .store
+            .log_last()
+            .map_err(|e| io(StorageIOError::read_logs, e))?
+        {
+            Some((_, bytes)) => Ok(Some(from_json::<Entry>(&bytes)?.log_id)),
+            None => self.meta(LAST_PURGED),
         }
     }
 
@@ -121,18 +178,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = Self;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
-        let last_purged_log_id: Option<LogId> = self.meta(LAST_PURGED)?;
-        let last = self
-            .store
-            .log_last()
-            .map_err(|e| io(StorageIOError::read_logs, e))?;
-        let last_log_id = match last {
-            Some((_, bytes)) => Some(from_json::<Entry>(&bytes)?.log_id),
-            None => last_purged_log_id,
-        };
+        self.cut_at_first_hole().await?;
         Ok(LogState {
-            last_purged_log_id,
-            last_log_id,
+            last_purged_log_id: self.meta(LAST_PURGED)?,
+            last_log_id: self.last_log_id()?,
         })
     }
 
@@ -160,7 +209,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
-        let committed: Option<LogId> = self.meta(COMMITTED)?.flatten();
+        self.cut_at_first_hole().await?;
+        let mut committed: Option<LogId> = self.meta(COMMITTED)?.flatten();
+        // Entries cut at a hole may have been committed: openraft would re-apply up to the
+        // committed index and fail on the first missing one. Raft learns it again from the
+        // leader. (Below the state machine's last applied entry, openraft takes that instead.)
+        let last = self.last_log_id()?;
+        if committed.as_ref().map(|c| c.index) > last.as_ref().map(|l| l.index) {
+            committed = last;
+        }
         if let Some(log_id) = committed {
             self.committed_index.store(log_id.index, Ordering::Relaxed);
         }
@@ -213,5 +270,85 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.store
             .log_purge_upto(log_id.index)
             .map_err(|e| io(StorageIOError::write_logs, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    fn log_id(index: u64) -> LogId {
+        LogId::new(CommittedLeaderId::new(1, 7), index)
+    }
+
+    fn put(store: &Store, indexes: impl IntoIterator<Item = u64>) {
+        let entries = indexes.into_iter().map(|index| {
+            let entry = Entry {
+                log_id: log_id(index),
+                payload: EntryPayload::Blank,
+            };
+            (index, to_json(&entry).unwrap())
+        });
+        store.log_append(entries).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_log_with_a_hole_is_cut_at_the_hole_before_raft_reads_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        // Purged up to 2; 3 and 4 kept, 5 lost, 6 to 9 kept (the soak's disk-full left this).
+        put(&store, [1, 3, 4, 6, 7, 8, 9]);
+        store
+            .meta_put(LAST_PURGED, &to_json(&Some(log_id(2))).unwrap())
+            .unwrap();
+        store
+            .meta_put(COMMITTED, &to_json(&Some(log_id(8))).unwrap())
+            .unwrap();
+        let mut log = LogStore::new(store.clone());
+        // openraft reads the committed id first.
+        assert_eq!(log.read_committed().await.unwrap(), Some(log_id(4)));
+        let state = log.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id, Some(log_id(2)));
+        assert_eq!(state.last_log_id, Some(log_id(4)));
+        let kept = log.try_get_log_entries(3..=4).await.unwrap();
+        assert_eq!(
+            kept.iter().map(|e| e.log_id.index).collect::<Vec<_>>(),
+            [3, 4]
+        );
+        assert_eq!(
+            store.log_range(5, u64::MAX).unwrap(),
+            vec![],
+            "cut on disk too"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_hole_right_after_the_purge_point_leaves_no_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        put(&store, [5, 6]);
+        store
+            .meta_put(LAST_PURGED, &to_json(&Some(log_id(3))).unwrap())
+            .unwrap();
+        let mut log = LogStore::new(store);
+        let state = log.get_log_state().await.unwrap();
+        assert_eq!(state.last_log_id, Some(log_id(3)), "the purge point");
+    }
+
+    #[tokio::test]
+    async fn a_whole_log_is_left_as_it_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        put(&store, 0..10);
+        store
+            .meta_put(COMMITTED, &to_json(&Some(log_id(9))).unwrap())
+            .unwrap();
+        let mut log = LogStore::new(store);
+        assert_eq!(log.read_committed().await.unwrap(), Some(log_id(9)));
+        assert_eq!(
+            log.get_log_state().await.unwrap().last_log_id,
+            Some(log_id(9))
+        );
     }
 }

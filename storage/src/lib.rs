@@ -223,6 +223,22 @@ impl Store {
             .map(|(key, value)| (index_of(&key), value.to_vec())))
     }
 
+    /// The first index missing from the entries at `from` and after, if any is: `from` itself
+    /// when `must_start` and the log does not hold it, else the first index after one held
+    /// whose successor is absent while a later entry is present. `None` when they run without
+    /// a break (or there are none).
+    pub fn log_first_hole(&self, from: u64, must_start: bool) -> Result<Option<u64>> {
+        let mut expected = must_start.then_some(from);
+        for key in self.log.range(from.to_be_bytes()..).keys() {
+            let index = index_of(&key?);
+            match expected {
+                Some(next) if index != next => return Ok(Some(next)),
+                _ => expected = index.checked_add(1),
+            }
+        }
+        Ok(None)
+    }
+
     /// Removes entries with `index >= from` (a conflicting suffix).
     pub fn log_truncate_from(&self, from: u64) -> Result<()> {
         self.remove_log_keys(from.to_be_bytes().to_vec()..)
@@ -461,6 +477,28 @@ fn index_of(key: &[u8]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_first_hole_of_the_log_is_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.log_first_hole(0, false).unwrap(), None, "empty");
+        store.log_append(entries(3..6)).unwrap();
+        store.log_append(entries(7..9)).unwrap();
+        assert_eq!(store.log_first_hole(0, false).unwrap(), Some(6));
+        assert_eq!(store.log_first_hole(3, true).unwrap(), Some(6));
+        assert_eq!(
+            store.log_first_hole(2, true).unwrap(),
+            Some(2),
+            "must start at 2"
+        );
+        assert_eq!(store.log_first_hole(7, true).unwrap(), None);
+        assert_eq!(
+            store.log_first_hole(9, true).unwrap(),
+            None,
+            "none from 9 on"
+        );
+    }
 
     fn entries(range: std::ops::Range<u64>) -> Vec<(u64, Vec<u8>)> {
         range
