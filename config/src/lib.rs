@@ -39,6 +39,11 @@ pub enum ConfigError {
     NoSuchVersion { requested: u64, latest: u64 },
     #[error("the change lists no settings: give at least one `key=value`")]
     Empty,
+    #[error(
+        "the history's event {position} is version {found}, not {position}: an event was lost or \
+         is out of place (a damaged data dir?); remove this node's data dir and join it again"
+    )]
+    OutOfSequence { position: u64, found: u64 },
 }
 
 impl ConfigError {
@@ -238,7 +243,19 @@ pub struct History {
 }
 
 impl History {
+    /// The history of `events`, which must be versions 1, 2, 3, … in order: one lost (a write a
+    /// full disk refused while a later one was kept) would shift every version after it and
+    /// make this node's history differ from the others' without a word.
     pub fn from_events(events: Vec<ConfigEvent>) -> Result<Self, ConfigError> {
+        if let Some((i, event)) = (1u64..)
+            .zip(&events)
+            .find(|(position, event)| event.version != *position)
+        {
+            return Err(ConfigError::OutOfSequence {
+                position: i,
+                found: event.version,
+            });
+        }
         let mut current = ClusterConfig::default();
         let mut checkpoints = Vec::with_capacity(events.len() / CHECKPOINT_EVERY);
         for chunk in events.chunks(CHECKPOINT_EVERY) {

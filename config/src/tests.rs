@@ -621,3 +621,30 @@ fn request_ids_are_kept_in_the_event_and_checked() {
         assert!(error.contains("Idempotency-Key"), "{error}");
     }
 }
+
+#[test]
+fn a_history_with_a_lost_event_is_refused_not_shifted() {
+    let mut history = History::default();
+    for bytes in [300, 301, 302] {
+        history
+            .commit(&set_proposal(vec![set(
+                "probe.http.capture_bytes",
+                json!(bytes),
+            )]))
+            .unwrap();
+    }
+    let mut events = history.events().to_vec();
+    events.remove(1);
+    let error = History::from_events(events).unwrap_err();
+    assert!(
+        matches!(
+            error,
+            ConfigError::OutOfSequence {
+                position: 2,
+                found: 3
+            }
+        ),
+        "{error}"
+    );
+    assert!(error.to_string().contains("join it again"), "{error}");
+}
